@@ -1,0 +1,1 @@
+"""deepscope client SDK."""

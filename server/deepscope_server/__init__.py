@@ -1,0 +1,3 @@
+"""deepscope server: loads models, captures activations and runs metric plugins over gRPC."""
+
+__version__ = "0.1.0"

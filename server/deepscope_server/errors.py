@@ -1,0 +1,39 @@
+"""Domain errors. The service maps each to one gRPC status code, so raise these, not bare exceptions."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DeepscopeError(Exception):
+    """Base class: the message is shown to the user as is, so make it actionable."""
+
+
+class NotFound(DeepscopeError):
+    """A model, layer, run, metric or dataset that does not exist (NOT_FOUND)."""
+
+
+class InvalidInput(DeepscopeError):
+    """Bad request content: wrong dtype/shape, corrupt model, bad parameter (INVALID_ARGUMENT)."""
+
+
+class LimitExceeded(DeepscopeError):
+    """A configured size/count limit was exceeded (RESOURCE_EXHAUSTED). Name the limit and the size."""
+
+    def __init__(self, limit_name: str, limit: int | float, size: int | float, unit: str = "bytes") -> None:
+        super().__init__(f"{limit_name} exceeded: {size:,} {unit} > limit {limit:,} {unit}")
+        self.limit_name, self.limit, self.size = limit_name, limit, size
+
+
+class Unavailable(DeepscopeError):
+    """The server is shutting down or at capacity (UNAVAILABLE)."""
+
+
+def near_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
+    """A ' (did you mean: a, b?)' suffix for error messages; empty when nothing is close."""
+    cands = list(candidates)
+    close = difflib.get_close_matches(name, cands, n=n, cutoff=0.5)
+    if not close:
+        close = [c for c in cands if name.lower() in c.lower()][:n]
+    return f" (did you mean: {', '.join(close)}?)" if close else ""

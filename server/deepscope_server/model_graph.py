@@ -1,0 +1,110 @@
+"""The format-independent description of a loaded model: its inputs, outputs and layer table.
+
+Backends build a ModelGraph; the service sends it as the layer table, capture uses it to
+resolve layer selections, and metric plugins read weights and topology from it.
+Weights are always in PyTorch layout (Linear ``W[out, in]``, Conv ``K[C_out, C_in/groups, kh, kw]``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput, NotFound, near_matches
+
+#: Layer kinds every backend maps its operators onto.
+LAYER_KINDS = ("linear", "conv", "attention", "norm", "activation", "pool", "embedding", "other")
+
+#: Names of activation functions, as stored in ``Layer.attrs["function"]``.
+ACTIVATION_FUNCTIONS = (
+    "relu", "relu6", "hardtanh", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "softplus",
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, KServe dtype string (FP32, INT64, ...) and shape (None for a dynamic dimension)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+@dataclass
+class Layer:
+    """One row of the layer table.
+
+    ``attrs`` holds kind-specific facts: for conv ``stride``, ``padding``, ``dilation``, ``groups``
+    (tuples / int); for activations ``function`` (one of ACTIVATION_FUNCTIONS) and its arguments
+    (``negative_slope``, ``min_val``, ``max_val``, ``alpha``, ``beta``); for norm ``eps``.
+    ``channel_axis`` says where the unit ("neuron") axis of the output is: 1 for NCHW/NCL
+    maps, -1 for dense and token ([B, T, C]) outputs.
+    """
+
+    name: str
+    kind: str
+    op_type: str
+    inputs: list[str] = field(default_factory=list)
+    input_shapes: list[tuple[int | None, ...]] = field(default_factory=list)
+    output_shapes: list[tuple[int | None, ...]] = field(default_factory=list)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    channel_axis: int = -1
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(w.size for w in self.weights.values()))
+
+
+@dataclass
+class ModelGraph:
+    """A model as an ordered (topological) table of layers plus its input/output specs."""
+
+    format: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    layers: list[Layer]
+
+    def __post_init__(self) -> None:
+        self._by_name = {layer.name: layer for layer in self.layers}
+
+    def layer(self, name: str) -> Layer:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise NotFound(f"layer '{name}' not found{near_matches(name, self._by_name)}") from None
+
+    def successors(self, name: str) -> list[Layer]:
+        """Layers that take this layer's output as (one of) their inputs."""
+        return [layer for layer in self.layers if name in layer.inputs]
+
+    def predecessors(self, name: str) -> list[Layer]:
+        return [self._by_name[i] for i in self.layer(name).inputs if i in self._by_name]
+
+    def select(self, patterns: Sequence[str]) -> list[Layer]:
+        """Resolve layer names, glob patterns (``conv*``) and kinds (``kind:conv``), in graph order.
+
+        Every pattern must match at least one layer, so a typo fails loudly instead of
+        silently capturing nothing.
+        """
+        chosen: set[str] = set()
+        for pattern in patterns:
+            if pattern.startswith("kind:"):
+                kind = pattern[5:]
+                if kind not in LAYER_KINDS:
+                    raise InvalidInput(f"unknown layer kind '{kind}'; valid kinds: {', '.join(LAYER_KINDS)}")
+                hits = {layer.name for layer in self.layers if layer.kind == kind}
+            elif any(ch in pattern for ch in "*?["):
+                hits = set(fnmatch.filter(self._by_name, pattern))
+            else:
+                hits = {pattern} if pattern in self._by_name else set()
+            if not hits:
+                raise NotFound(
+                    f"layer selection '{pattern}' matches no layer{near_matches(pattern, self._by_name)}"
+                )
+            chosen |= hits
+        return [layer for layer in self.layers if layer.name in chosen]

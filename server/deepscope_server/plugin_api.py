@@ -1,0 +1,267 @@
+"""What plugin authors import: hook markers, hookspecs, the Metric base class and its data types.
+
+A plugin is a module with ``@hookimpl`` functions, registered under the ``deepscope``
+entry-point group::
+
+    from deepscope_server.plugin_api import Metric, Needs, Param, hookimpl
+
+    class MeanActivation(Metric):
+        name = "demo.mean_activation"
+        description = "Mean of each layer's output over all samples."
+        needs = Needs.OUTPUTS
+        params = (Param("absolute", bool, False, "average |a| instead of a"),)
+
+        def start(self):
+            self.sums = {layer.name: 0.0 for layer in self.ctx.layers}
+            self.count = 0
+
+        def update(self, batch):
+            for name, a in batch.outputs.items():
+                self.sums[name] += float((abs(a) if self.params["absolute"] else a).sum())
+            self.count += len(next(iter(batch.outputs.values())))
+
+        def finish(self):
+            return {name: {"mean": s / self.count} for name, s in self.sums.items()}
+
+    @hookimpl
+    def deepscope_register_metrics(register):
+        register(MeanActivation)
+
+Contract: ``start()`` once, ``update(batch)`` once per batch (memory must be bounded by the
+metric's statistics, not by the number of samples), ``finish()`` returns
+``{layer_name: {key: value}}`` (use ``WHOLE_MODEL`` as the layer for model-level values).
+Values may be: int/float/bool, str, numpy arrays (vector/matrix/tensor), ``Curve`` or ``Table``.
+Weight-only metrics (``needs = Needs.WEIGHTS``) get no ``update`` calls and no forward pass runs.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import pluggy
+
+from .backends.base import CaptureRequest, RunOutput
+from .model_graph import ACTIVATION_FUNCTIONS, LAYER_KINDS, Layer, ModelGraph, TensorSpec
+
+PROJECT = "deepscope"
+ENTRY_POINT_GROUP = "deepscope"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: The layer key for results that belong to the whole model (e.g. a spread across layers).
+WHOLE_MODEL = ""
+
+__all__ = [
+    "ACTIVATION_FUNCTIONS", "Batch", "CaptureRequest", "Context", "Curve", "Dataset", "LAYER_KINDS",
+    "Layer", "Metric", "ModelGraph", "ModelHandle", "Needs", "Param", "RunOutput", "Table",
+    "TensorSpec", "WHOLE_MODEL", "hookimpl", "hookspec", "unit_view",
+]
+
+
+class Needs(enum.Flag):
+    """What a metric needs from a run; the runner provides exactly this and nothing more."""
+
+    WEIGHTS = enum.auto()  #: layer parameters (always available; alone means no forward pass)
+    OUTPUTS = enum.auto()  #: each selected layer's output, per batch
+    INPUTS = enum.auto()  #: each selected layer's input (pre-activation for activation layers)
+    DATA = enum.auto()  #: the model inputs and labels of each batch
+    MODEL = enum.auto()  #: a ModelHandle to run the model again (perturbations, basins)
+
+
+@dataclass(frozen=True)
+class Param:
+    """A metric parameter: its type, default and allowed values. ``validate`` coerces and checks."""
+
+    name: str
+    type: type
+    default: Any
+    description: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def validate(self, value: Any) -> Any:
+        """Return the value coerced to ``type``; raise ValueError saying what would be valid."""
+        if self.type is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                value = value.lower() in ("true", "1", "yes")
+            elif not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
+                raise ValueError(f"parameter '{self.name}' expects a bool, got {value!r}")
+            value = bool(value)
+        elif self.type in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(f"parameter '{self.name}' expects {self.type.__name__}, got a bool")
+            try:
+                coerced = self.type(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"parameter '{self.name}' expects {self.type.__name__}, got {value!r}") from None
+            if self.type is int and float(value) != coerced:
+                raise ValueError(f"parameter '{self.name}' expects an integer, got {value!r}")
+            if self.type is float and not np.isfinite(coerced):
+                raise ValueError(f"parameter '{self.name}' must be finite, got {value!r}")
+            value = coerced
+            if self.min is not None and value < self.min:
+                raise ValueError(f"parameter '{self.name}' must be >= {self.min}, got {value}")
+            if self.max is not None and value > self.max:
+                raise ValueError(f"parameter '{self.name}' must be <= {self.max}, got {value}")
+        elif self.type is str:
+            if not isinstance(value, str):
+                raise ValueError(f"parameter '{self.name}' expects a string, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(
+                f"parameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; got {value!r}"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A result curve y(x), e.g. a KDE, FVU(K) or N_B(l_B)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_label: str = "x"
+    y_label: str = "y"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A small result table: column name -> equal-length 1-D array or list."""
+
+    columns: Mapping[str, Sequence[Any] | np.ndarray]
+
+
+@dataclass
+class Batch:
+    """One batch as a metric sees it; only the fields its ``needs`` asked for are filled."""
+
+    index: int
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  #: layer inputs (pre-activations)
+    data: dict[str, np.ndarray] = field(default_factory=dict)  #: model inputs
+    labels: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        for group in (self.data, self.outputs, self.inputs):
+            for a in group.values():
+                return int(a.shape[0])
+        return 0
+
+
+class ModelHandle(Protocol):
+    """Runs the model again from inside a metric (for perturbation metrics). Eval mode, no grad."""
+
+    graph: ModelGraph
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput: ...
+
+    def run_with_weights(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, Mapping[str, np.ndarray]],
+        capture: Sequence[CaptureRequest] = (),
+    ) -> RunOutput: ...
+
+
+@dataclass
+class Context:
+    """Everything a metric instance gets from the run."""
+
+    params: dict[str, Any]  #: validated parameters, defaults filled in
+    layers: list[Layer]  #: the selected layers this metric applies to, in graph order
+    graph: ModelGraph  #: the whole model, for cross-layer metrics
+    model: ModelHandle | None = None  #: set when the metric needs Needs.MODEL
+    seed: int = 0
+    max_batch_size: int = 256  #: batch size to use when re-running the model
+    progress: Callable[[float, str], None] = lambda fraction, message: None
+    cancelled: Callable[[], bool] = lambda: False
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        """Attach a warning to the metric's results (shown in reports)."""
+        self.warnings.append(message)
+
+
+class Metric:
+    """Base class for metrics. Subclass it, set the class attributes, override start/update/finish."""
+
+    name: ClassVar[str]  #: "family.metric", e.g. "cnt.node_strength"
+    description: ClassVar[str]
+    citation: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    needs: ClassVar[Needs] = Needs.OUTPUTS
+    layer_kinds: ClassVar[frozenset[str] | None] = None  #: None = any kind
+    result_kinds: ClassVar[tuple[str, ...]] = ()  #: e.g. ("scalar", "vector", "curve")
+    reconstructed: ClassVar[bool] = False  #: True when the definition is reconstructed from abstracts
+    extension: ClassVar[bool] = False  #: True when the metric goes beyond the cited papers
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.params = ctx.params
+
+    @classmethod
+    def applies_to(cls, layer: Layer) -> bool:
+        """Whether the metric can measure this layer (default: by ``layer_kinds``)."""
+        return cls.layer_kinds is None or layer.kind in cls.layer_kinds
+
+    def start(self) -> None:
+        """Set up per-layer accumulators."""
+
+    def update(self, batch: Batch) -> None:
+        """Fold one batch into the accumulators. Never keep all batches."""
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Return ``{layer_name: {key: value}}``."""
+        raise NotImplementedError
+
+
+class Dataset(Protocol):
+    """A server-side data source: yields (inputs, labels) batches for the model's first input."""
+
+    name: str
+    description: str
+
+    def batches(
+        self, spec: TensorSpec, batch_size: int, limit: int | None, seed: int, split: str
+    ) -> tuple[int, Any]:
+        """Return (number of samples, iterator of (x, labels-or-None) numpy batches)."""
+        ...
+
+
+class HookSpecs:
+    """The hooks a plugin may implement. Each receives a ``register`` callback."""
+
+    @hookspec
+    def deepscope_register_metrics(self, register: Callable[[type[Metric]], None]) -> None:
+        """Register Metric subclasses: ``register(MyMetric)``."""
+
+    @hookspec
+    def deepscope_register_datasets(self, register: Callable[[Dataset], None]) -> None:
+        """Register server-side datasets: ``register(dataset)``."""
+
+
+def unit_view(a: np.ndarray, layer: Layer, reduce: str = "mean") -> np.ndarray:
+    """Reshape a layer output ``a[B, ...]`` to a 2-D ``[rows, units]`` array (units = channels/neurons).
+
+    ``reduce="mean"``: average over spatial/token positions -> ``[B, C]``;
+    ``"positions"``: every (sample, position) is a row -> ``[B*P, C]``;
+    ``"flatten"``: every element is a unit -> ``[B, C*P]``.
+    """
+    if a.ndim == 1:
+        return a.reshape(-1, 1)
+    if a.ndim == 2:
+        return a
+    if reduce == "flatten":
+        return a.reshape(a.shape[0], -1)
+    axis = layer.channel_axis % a.ndim
+    moved = np.moveaxis(a, axis, -1)
+    if reduce == "mean":
+        return moved.reshape(a.shape[0], -1, moved.shape[-1]).mean(axis=1)
+    if reduce == "positions":
+        return moved.reshape(-1, moved.shape[-1])
+    raise ValueError(f"unknown reduce '{reduce}': use mean, positions or flatten")
