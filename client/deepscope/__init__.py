@@ -1,1 +1,31 @@
-"""deepscope client SDK."""
+"""deepscope client SDK: connect to a server, upload models, capture activations, run metrics.
+
+    import deepscope
+    client = deepscope.connect("127.0.0.1:50051")     # or deepscope.Client.embedded()
+    model = client.upload_model("net.onnx")
+    acts = client.capture(model, x, layers=["fc1", "conv*"])
+"""
+
+__version__ = "0.1.0"
+
+from .client import Activations, Client, Model, connect  # noqa: E402
+from .errors import (  # noqa: E402
+    Cancelled,
+    DeadlineExceeded,
+    DeepscopeError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from .results import Curve, Run  # noqa: E402
+
+__all__ = [
+    "Activations", "Cancelled", "Client", "Curve", "DeadlineExceeded", "DeepscopeError", "FailedPrecondition",
+    "Internal", "InvalidArgument", "Model", "NotFound", "PermissionDenied", "ResourceExhausted", "Run",
+    "Unauthenticated", "Unavailable", "__version__", "connect",
+]

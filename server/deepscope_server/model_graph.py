@@ -85,6 +85,23 @@ class ModelGraph:
     def predecessors(self, name: str) -> list[Layer]:
         return [self._by_name[i] for i in self.layer(name).inputs if i in self._by_name]
 
+    def bind_inputs(self, tensors: Sequence[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Map named (or one unnamed) tensors onto the model's input names; InvalidInput if they don't fit."""
+        names = [spec.name for spec in self.inputs]
+        if len(tensors) == 1 and not tensors[0][0] and len(names) == 1:
+            return {names[0]: tensors[0][1]}
+        bound: dict[str, np.ndarray] = {}
+        for name, array in tensors:
+            if not name:
+                raise InvalidInput(f"the model has {len(names)} inputs ({', '.join(names)}): name every input tensor")
+            if name not in names:
+                raise InvalidInput(f"unknown model input '{name}'; the model's inputs are: {', '.join(names)}")
+            bound[name] = array
+        missing = [n for n in names if n not in bound]
+        if missing:
+            raise InvalidInput(f"missing model input(s): {', '.join(missing)}")
+        return bound
+
     def select(self, patterns: Sequence[str]) -> list[Layer]:
         """Resolve layer names, glob patterns (``conv*``) and kinds (``kind:conv``), in graph order.
 

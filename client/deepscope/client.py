@@ -1,0 +1,436 @@
+"""The Python SDK: ``deepscope.connect(addr)`` or ``deepscope.Client.embedded()``.
+
+Every call has a deadline; status codes become typed exceptions (deepscope.NotFound, ...);
+uploads and multi-batch captures show a tqdm progress bar unless ``progress=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from . import __version__
+from .dtypes import numpy_dtype
+from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
+from .results import Run
+from .tensors import CHUNK_BYTES, Assembler, to_proto
+from .v1 import introspection_pb2 as pb
+from .v1 import introspection_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 256 << 20
+DEFAULT_TIMEOUT = 120.0
+LONG_TIMEOUT = 24 * 3600.0
+
+
+def _progress_bar(enabled: bool, **kwargs: Any):  # noqa: ANN202 - tqdm or a no-op
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, s: str) -> None: ...
+    def close(self) -> None: ...
+    total = None
+    n = 0
+
+
+@dataclass
+class Model:
+    """A model on the server. ``layers`` is the layer table as a pandas DataFrame."""
+
+    client: "Client"
+    info: pb.ModelInfo
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def format(self) -> str:
+        return self.info.format
+
+    def detail(self) -> pb.ModelDetail:
+        return self.client._call(self.client._stub.GetModel, pb.GetModelRequest(model=self.id))
+
+    @property
+    def layers(self):  # noqa: ANN201 - pandas DataFrame
+        import json
+
+        import pandas as pd
+
+        rows = []
+        for layer in self.detail().layers:
+            rows.append({
+                "name": layer.name, "kind": layer.kind, "op_type": layer.op_type,
+                "inputs": list(layer.inputs),
+                "input_shape": [tuple(s.dims) for s in layer.input_shapes],
+                "output_shape": [tuple(s.dims) for s in layer.output_shapes],
+                "params": int(sum(int(np.prod(p.shape)) for p in layer.params)),
+                "attrs": {k: json.loads(v) for k, v in layer.attrs.items()},
+            })
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        return f"Model(id={self.id[:12]}, name={self.name!r}, format={self.format}, layers={self.info.num_layers})"
+
+
+class Activations(dict):
+    """Layer name -> captured output; ``model_outputs`` and ``layer_inputs`` hold the rest."""
+
+    model_outputs: dict[str, np.ndarray]
+    layer_inputs: dict[str, np.ndarray]
+
+
+class Client:
+    """A connection to a deepscope server."""
+
+    def __init__(self, channel: grpc.Channel, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 progress: bool = True, on_close: Callable[[], None] | None = None) -> None:
+        self._channel = channel
+        self._stub = pb_grpc.IntrospectionStub(channel)
+        self._metadata = [("x-deepscope-client-version", __version__)]
+        if token:
+            self._metadata.append(("authorization", f"Bearer {token}"))
+        self.timeout = timeout
+        self.progress = progress
+        self._on_close = on_close
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def embedded(cls, store: str | Path | None = None, progress: bool = True, **server_flags: Any) -> "Client":
+        """Start a local server process on a free loopback port; ``close()`` stops it."""
+        from .embedded import EmbeddedServer
+
+        server = EmbeddedServer(store=store, **server_flags)
+        address = server.start()
+        return connect(address, token=server.token, progress=progress, _on_close=server.stop)
+
+    def close(self) -> None:
+        self._channel.close()
+        if self._on_close:
+            self._on_close()
+            self._on_close = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Iterator[Any]:
+        try:
+            yield from method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def health(self, service: str = "") -> str:
+        """SERVING / NOT_SERVING from the standard health service."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    # ------------------------------------------------------------ models
+
+    def upload_model(self, model: str | os.PathLike | bytes, name: str | None = None,
+                     timeout: float | None = None) -> Model:
+        """Upload a model file (path or bytes), streamed in chunks; returns the stored Model."""
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            data, name = bytes(model), name or "model"
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise FileNotFoundError(f"model file not found: {path}")
+            data, name = path.read_bytes(), name or path.name
+        bar = _progress_bar(self.progress and len(data) > 4 * CHUNK_BYTES, total=len(data), unit="B",
+                            unit_scale=True, desc=f"upload {name}")
+
+        def requests() -> Iterator[pb.UploadModelRequest]:
+            yield pb.UploadModelRequest(header=pb.UploadHeader(name=name, total_bytes=len(data),
+                                                               sha256=hashlib.sha256(data).hexdigest()))
+            view = memoryview(data)
+            for offset in range(0, len(data), CHUNK_BYTES):
+                chunk = view[offset:offset + CHUNK_BYTES]
+                yield pb.UploadModelRequest(chunk=chunk.tobytes())
+                bar.update(len(chunk))
+
+        try:
+            info = self._call(self._stub.UploadModel, requests(), timeout or max(self.timeout, 600.0))
+        finally:
+            bar.close()
+        return Model(self, info)
+
+    def models(self) -> list[Model]:
+        return [Model(self, info) for info in self._call(self._stub.ListModels, pb.ListModelsRequest()).models]
+
+    def model(self, ref: str | Model) -> Model:
+        """Look a model up by id, id prefix or name (fetches its info)."""
+        ref = ref.id if isinstance(ref, Model) else ref
+        return Model(self, self._call(self._stub.GetModel, pb.GetModelRequest(model=ref)).info)
+
+    def delete_model(self, model: str | Model) -> bool:
+        ref = model.id if isinstance(model, Model) else model
+        return self._call(self._stub.DeleteModel, pb.DeleteModelRequest(model=ref)).deleted
+
+    def weights(self, model: str | Model, layers: Sequence[str] = ()) -> dict[str, dict[str, np.ndarray]]:
+        """Layer parameters in PyTorch layout: {layer: {"weight": W, "bias": b, ...}}."""
+        ref = model.id if isinstance(model, Model) else model
+        assembler = Assembler()
+        for part in self._stream(self._stub.GetWeights, pb.GetWeightsRequest(model=ref, layers=list(layers))):
+            kind = part.WhichOneof("part")
+            if kind != "done":
+                assembler.add(getattr(part, kind))
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for name, array in assembler.close().items():
+            layer, _, key = name.rpartition("/")
+            out.setdefault(layer, {})[key] = array
+        return out
+
+    # ------------------------------------------------------------ capture
+
+    def _as_model(self, model: str | Model) -> Model:
+        return model if isinstance(model, Model) and model.info.inputs else self.model(model)
+
+    @staticmethod
+    def _cast_inputs(model: Model, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Name the inputs and cast floats to the model's dtype (e.g. float64 -> FP32)."""
+        specs = {s.name: s for s in model.info.inputs}
+        named = dict(x) if isinstance(x, Mapping) else {"": x}
+        if "" in named and len(specs) == 1:
+            named = {next(iter(specs)): named.pop("")}
+        out = {}
+        for name, array in named.items():
+            array = np.asarray(array)
+            spec = specs.get(name)
+            if spec is not None:
+                want = numpy_dtype(spec.dtype)
+                if array.dtype != want and array.dtype.kind == "f" and want.kind == "f":
+                    array = array.astype(want)
+            out[name] = array
+        return out
+
+    def capture(self, model: str | Model, x: np.ndarray | Mapping[str, np.ndarray], layers: Sequence[str] = (),
+                layer_inputs: Sequence[str] = (), batch_size: int | None = None,
+                timeout: float | None = None) -> Activations:
+        """Run ``x`` through the model and return the selected layers' outputs as numpy arrays.
+
+        ``layers`` and ``layer_inputs`` take names, globs (``conv*``) or ``kind:conv``. Large
+        inputs go in batches of ``batch_size`` (default: all at once up to 256 samples).
+        """
+        model = self._as_model(model)
+        inputs = self._cast_inputs(model, x)
+        n = len(next(iter(inputs.values())))
+        batch_size = batch_size or min(max(n, 1), 256)
+        starts = list(range(0, n, batch_size)) or [0]
+        bar = _progress_bar(self.progress and len(starts) > 1, total=n, unit="sample", desc="capture")
+        result = Activations()
+        result.model_outputs, result.layer_inputs = {}, {}
+        buckets = {"output": result.model_outputs, "layer": result, "input": result.layer_inputs}
+        try:
+            for lo in starts:
+                request = pb.CaptureRequest(model=model.id, layers=list(layers), layer_inputs=list(layer_inputs),
+                                            inputs=[to_proto(a[lo:lo + batch_size], name) for name, a in inputs.items()])
+                assembler = Assembler()
+                for part in self._stream(self._stub.Capture, request, timeout):
+                    kind = part.WhichOneof("part")
+                    if kind == "done":
+                        break
+                    assembler.add(getattr(part, kind))
+                for name, array in assembler.close().items():
+                    group, _, key = name.partition("/")
+                    target = buckets[group]
+                    if len(starts) == 1:
+                        target[key] = array
+                        continue
+                    if key not in target:  # preallocate once; later batches copy into place
+                        target[key] = np.empty((n, *array.shape[1:]), dtype=array.dtype)
+                    target[key][lo:lo + len(array)] = array
+                bar.update(min(batch_size, n - lo))
+        finally:
+            bar.close()
+        return result
+
+    # ------------------------------------------------------------ metrics and runs
+
+    def metrics(self):  # noqa: ANN201 - pandas DataFrame
+        """The server's metrics: name, description, parameters (with defaults), needs, plugin and version."""
+        import pandas as pd
+
+        response = self._call(self._stub.ListMetrics, pb.ListMetricsRequest())
+        rows = []
+        for m in response.metrics:
+            params = {p.name: _value(p.default) for p in m.params}
+            rows.append({"name": m.name, "description": m.description, "params": params, "needs": list(m.needs),
+                         "layer_kinds": list(m.layer_kinds), "plugin": m.plugin, "version": m.plugin_version,
+                         "reconstructed": m.reconstructed, "extension": m.extension, "citation": m.citation})
+        return pd.DataFrame(rows)
+
+    def metric_infos(self) -> pb.ListMetricsResponse:
+        return self._call(self._stub.ListMetrics, pb.ListMetricsRequest())
+
+    def analyze(self, model: str | Model | Sequence[str | Model], data: Any = "digits",
+                metrics: Sequence[str] = ("all",), layers: Sequence[str] = (),
+                params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 64, seed: int = 0,
+                limit: int | None = None, split: str = "test", metric_timeout: float | None = None,
+                timeout: float | None = None, label: str = "",
+                on_event: Callable[[pb.AnalyzeEvent], None] | None = None) -> Run:
+        """Run metrics over data; returns the finished Run.
+
+        ``model``: one model or a list of checkpoints (a series). ``data``: a server dataset name
+        ("digits", "synthetic"), an array ``x``, a tuple ``(x, labels)``, or an iterable of such batches.
+        """
+        checkpoints = list(model) if isinstance(model, (list, tuple)) else [model]
+        first = self._as_model(checkpoints[0])
+        refs = [first.id] + [(c.id if isinstance(c, Model) else c) for c in checkpoints[1:]]
+        config = pb.AnalyzeConfig(models=refs, layers=list(layers), batch_size=batch_size, seed=seed,
+                                  sample_limit=limit or 0, split=split, label=label,
+                                  metric_timeout_seconds=metric_timeout or 0.0)
+        params = dict(params or {})
+        for name in metrics:
+            request = pb.MetricRequest(name=name)
+            for key, value in params.pop(name, {}).items():
+                request.params[key].CopyFrom(_to_value(value))
+            config.metrics.append(request)
+        if params:
+            raise InvalidArgument(f"params given for metrics not requested: {', '.join(params)}")
+        batches: Iterable[tuple[Any, Any]] = ()
+        if isinstance(data, str):
+            config.dataset = data
+        else:
+            batches, expected = _client_batches(data, batch_size)
+            config.expected_samples = expected
+        return self._run_analysis(first, config, batches, timeout or LONG_TIMEOUT, on_event)
+
+    def _run_analysis(self, first: Model, config: pb.AnalyzeConfig, batches: Iterable[tuple[Any, Any]],
+                      timeout: float, on_event: Callable[[pb.AnalyzeEvent], None] | None) -> Run:
+        def requests() -> Iterator[pb.AnalyzeRequest]:
+            yield pb.AnalyzeRequest(config=config)
+            for x, y in batches:
+                batch = pb.DataBatch(inputs=[to_proto(a, n) for n, a in self._cast_inputs(first, x).items()])
+                if y is not None:
+                    batch.labels.CopyFrom(to_proto(np.asarray(y, dtype=np.int64)))
+                yield pb.AnalyzeRequest(batch=batch)
+
+        bar = _progress_bar(self.progress, total=config.expected_samples or None, unit="sample", desc="analyze")
+        results: list[pb.MetricResult] = []
+        info = pb.RunInfo()
+        call = None
+        try:
+            call = self._stub.Analyze(requests(), timeout=timeout, metadata=self._metadata)
+            for event in call:
+                if on_event:
+                    on_event(event)
+                kind = event.WhichOneof("event")
+                if kind == "started":
+                    info = event.started
+                elif kind == "progress":
+                    p = event.progress
+                    if p.stage == "forward":
+                        if p.total and bar.total != p.total:
+                            bar.total = p.total
+                        bar.update(p.done - bar.n)
+                    elif p.message:
+                        bar.set_postfix_str(p.message[:40])
+                elif kind == "result":
+                    results.append(event.result)
+                elif kind == "finished":
+                    info = event.finished
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        except BaseException:
+            if call is not None:
+                call.cancel()  # Ctrl-C: tell the server to stop the run
+            raise
+        finally:
+            bar.close()
+        return Run(info, results)
+
+    def runs(self, limit: int = 100) -> list[Run]:
+        return [Run(info) for info in self._call(self._stub.ListRuns, pb.ListRunsRequest(limit=limit)).runs]
+
+    def get_run(self, run_id: str) -> Run:
+        detail = self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id))
+        return Run(detail.info, list(detail.results))
+
+
+def _value(value: pb.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    return None if kind is None else getattr(value, kind)
+
+
+def _to_value(value: Any) -> pb.Value:
+    if isinstance(value, (bool, np.bool_)):
+        return pb.Value(flag=bool(value))
+    if isinstance(value, (int, np.integer)):
+        return pb.Value(integer=int(value))
+    if isinstance(value, (float, np.floating)):
+        return pb.Value(number=float(value))
+    if isinstance(value, str):
+        return pb.Value(text=value)
+    raise InvalidArgument(f"parameter values must be bool, int, float or str; got {type(value).__name__}")
+
+
+def _client_batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[Any, Any]], int]:
+    """Normalise user data into (x, labels) batches plus the sample count (0 if unknown)."""
+    if isinstance(data, np.ndarray) or isinstance(data, Mapping):
+        data = (data, None)
+    if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple):
+        x, y = data
+        first = next(iter(x.values())) if isinstance(x, Mapping) else np.asarray(x)
+        n = len(first)
+
+        def sliced() -> Iterator[tuple[Any, Any]]:
+            for lo in range(0, n, batch_size):
+                xs = {k: np.asarray(v)[lo:lo + batch_size] for k, v in x.items()} if isinstance(x, Mapping) \
+                    else np.asarray(x)[lo:lo + batch_size]
+                yield xs, None if y is None else np.asarray(y)[lo:lo + batch_size]
+
+        return sliced(), n
+
+    def items() -> Iterator[tuple[Any, Any]]:
+        for item in data:
+            yield item if isinstance(item, tuple) else (item, None)
+
+    return items(), 0
+
+
+def connect(address: str, token: str | None = None, *, tls: bool = False, root_certificates: bytes | None = None,
+            client_certificate: bytes | None = None, client_key: bytes | None = None,
+            timeout: float = DEFAULT_TIMEOUT, progress: bool = True,
+            _on_close: Callable[[], None] | None = None) -> Client:
+    """Connect to a server at ``host:port``. ``token`` defaults to $DEEPSCOPE_TOKEN."""
+    token = token or os.environ.get("DEEPSCOPE_TOKEN") or None
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    if tls or root_certificates or client_certificate:
+        credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
+        channel = grpc.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+    return Client(channel, token=token, timeout=timeout, progress=progress, on_close=_on_close)
+
+
+__all__ = ["Activations", "Client", "DeepscopeError", "Model", "connect"]

@@ -1,0 +1,108 @@
+"""Analysis results as Python objects: numpy arrays, curves, tables, and tidy pandas frames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .tensors import from_proto
+from .v1 import introspection_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Curve:
+    """y(x) with axis labels (a KDE, FVU(K), N_B(l_B), ...)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_label: str = "x"
+    y_label: str = "y"
+
+
+def decode_item(item: pb.ResultItem) -> Any:
+    """A ResultItem as float / str / numpy array / Curve / dict of columns."""
+    kind = item.WhichOneof("value")
+    if kind == "scalar":
+        return item.scalar
+    if kind == "text":
+        return item.text
+    if kind == "tensor":
+        return from_proto(item.tensor)
+    if kind == "curve":
+        c = item.curve
+        return Curve(from_proto(c.x), from_proto(c.y), c.x_label, c.y_label)
+    if kind == "table":
+        return {col.name: (from_proto(col.numbers) if col.WhichOneof("values") == "numbers" else list(col.strings.values))
+                for col in item.table.columns}
+    return None
+
+
+STATUS_NAMES = {v: k.lower() for k, v in pb.RunStatus.items()}
+
+
+@dataclass
+class Run:
+    """A finished (or fetched) analysis run."""
+
+    info: pb.RunInfo
+    results: list[pb.MetricResult] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def status(self) -> str:
+        """completed, failed, cancelled, interrupted or running."""
+        return STATUS_NAMES.get(self.info.status, "unknown")
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(r.metric for r in self.results))
+
+    @property
+    def failures(self) -> dict[tuple[str, str, int], str]:
+        """(metric, layer, checkpoint) -> error for every failed result."""
+        return {(r.metric, r.layer, r.checkpoint): r.error for r in self.results if r.status != "ok"}
+
+    def result(self, metric: str, layer: str = "", checkpoint: int = 0) -> dict[str, Any]:
+        """One metric's values for one layer ("" = whole model) as numpy arrays / curves / scalars."""
+        for r in self.results:
+            if r.metric == metric and r.layer == layer and r.checkpoint == checkpoint:
+                if r.status != "ok":
+                    raise RuntimeError(f"{metric} on '{layer}' failed: {r.error}")
+                return {item.key: decode_item(item) for item in r.items}
+        have = sorted({r.layer for r in self.results if r.metric == metric})
+        raise KeyError(f"no result for metric '{metric}' layer '{layer}' checkpoint {checkpoint}; "
+                       f"layers with results: {have}")
+
+    def layers(self, metric: str) -> list[str]:
+        return list(dict.fromkeys(r.layer for r in self.results if r.metric == metric))
+
+    def to_pandas(self, scalars_only: bool = False):  # noqa: ANN201 - pandas is an optional extra
+        """Tidy table: run, checkpoint, metric, layer, key, kind, value (arrays/curves as objects)."""
+        import pandas as pd
+
+        rows = []
+        for r in self.results:
+            if r.status != "ok":
+                rows.append((self.id, r.checkpoint, r.metric, r.layer, "error", "error", r.error))
+                continue
+            for item in r.items:
+                kind = item.WhichOneof("value")
+                if scalars_only and kind != "scalar":
+                    continue
+                rows.append((self.id, r.checkpoint, r.metric, r.layer, item.key, kind, decode_item(item)))
+        return pd.DataFrame(rows, columns=["run", "checkpoint", "metric", "layer", "key", "kind", "value"])
+
+    def summary(self):  # noqa: ANN201
+        """Scalars only, one row per (checkpoint, metric, layer), one column per key."""
+        frame = self.to_pandas(scalars_only=True)
+        frame = frame[frame["kind"] == "scalar"]
+        if frame.empty:
+            return frame
+        frame = frame.assign(value=frame["value"].astype(float))
+        return frame.pivot_table(index=["checkpoint", "metric", "layer"], columns="key", values="value",
+                                 aggfunc="first")

@@ -1,0 +1,39 @@
+"""Regenerate the committed Python code from the .proto files: ``python proto/generate.py``.
+
+Writes ``client/deepscope/v1/*_pb2*.py`` (importable as ``deepscope.v1``). ``--out DIR``
+writes elsewhere (the staleness test compares a fresh generation with the committed files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from grpc_tools import protoc
+
+PROTO_ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = PROTO_ROOT.parent / "client"
+
+
+def generate(out: Path) -> list[Path]:
+    """Run protoc on every .proto file; return the generated Python files."""
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    include = str(Path(protoc.__file__).parent / "_proto")
+    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
+            f"--grpc_python_out={out}", *protos]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    return sorted((out / "deepscope" / "v1").glob("*_pb2*.py*"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    for path in generate(args.out):
+        print(path.relative_to(args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""An analysis run: batches -> backend (one forward pass per batch for all metrics) -> metric
+accumulators -> typed results, streamed as events and persisted.
+
+``plan_run`` validates everything (models, metrics, parameters, layers, data) before any work;
+``RunExecutor.execute`` does the work in a worker thread. A metric that raises, returns a
+malformed result or exceeds its time limit fails only its own results; a client cancel or
+deadline stops the run between batches and between metrics and marks it cancelled.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deepscope.v1 import introspection_pb2 as pb
+
+from . import convert
+from .backends import CaptureRequest, RunOutput
+from .config import Limits
+from .errors import DeepscopeError, InvalidInput, LimitExceeded
+from .model_graph import Layer
+from .models import LoadedModel, ModelManager
+from .plugin_api import Batch, Context, Metric, Needs
+from .plugins import MetricEntry, Registry
+from .store import Store, utc_now
+from .testing import validate_params
+
+DEFAULT_BATCH_SIZE = 64
+#: Inputs of one batch from the data source: (model inputs by name, labels or None).
+InputBatch = tuple[dict[str, np.ndarray], np.ndarray | None]
+
+
+class RunCancelled(Exception):
+    """Raised inside the run (and inside model handles) once the client cancelled or the deadline passed."""
+
+
+@dataclass
+class PlannedMetric:
+    name: str
+    entry: MetricEntry
+    params: dict[str, Any]
+    layer_names: list[str]
+
+    @property
+    def needs(self) -> Needs:
+        return self.entry.cls.needs
+
+    @property
+    def needs_forward(self) -> bool:
+        return bool(self.needs & (Needs.OUTPUTS | Needs.INPUTS | Needs.DATA))
+
+
+@dataclass
+class RunPlan:
+    config: pb.AnalyzeConfig
+    checkpoints: list[LoadedModel]
+    metrics: list[PlannedMetric]
+    batch_size: int
+    metric_timeout: float
+    dataset_batches: Callable[[], tuple[int, Iterator[InputBatch]]] | None = None
+
+    @property
+    def needs_data(self) -> bool:
+        return any(m.needs_forward for m in self.metrics)
+
+    def captures(self) -> list[CaptureRequest]:
+        wanted: dict[CaptureRequest, None] = {}
+        for metric in self.metrics:
+            for name in metric.layer_names:
+                if metric.needs & Needs.OUTPUTS:
+                    wanted[CaptureRequest(name, "output")] = None
+                if metric.needs & Needs.INPUTS:
+                    wanted[CaptureRequest(name, "input")] = None
+        return list(wanted)
+
+
+def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager, limits: Limits) -> RunPlan:
+    """Resolve and validate a config; raises NotFound / InvalidInput / LimitExceeded before any work."""
+    if not config.models:
+        raise InvalidInput("no model given: set AnalyzeConfig.models to one model id/name (or several checkpoints)")
+    if not config.metrics:
+        raise InvalidInput(f"no metric given; available: {', '.join(sorted(registry.metrics)) or 'none'}")
+    batch_size = config.batch_size or DEFAULT_BATCH_SIZE
+    if batch_size > limits.max_batch_size:
+        raise LimitExceeded("max_batch_size", limits.max_batch_size, batch_size, "samples")
+    checkpoints = [models.get(ref) for ref in config.models]
+    first = checkpoints[0].graph
+    for index, ckpt in enumerate(checkpoints[1:], start=1):
+        if [layer.name for layer in ckpt.graph.layers] != [layer.name for layer in first.layers]:
+            raise InvalidInput(f"checkpoint {index} ('{config.models[index]}') has a different layer table "
+                               f"than checkpoint 0: a series must be checkpoints of one architecture")
+    selected = first.select(list(config.layers)) if config.layers else None
+
+    planned: list[PlannedMetric] = []
+    seen: set[str] = set()
+    for request in config.metrics:
+        for name in registry.expand([request.name]):
+            if name in seen:
+                continue
+            seen.add(name)
+            entry = registry.metric(name)
+            raw = {k: convert.value_from_proto(v) for k, v in request.params.items()}
+            try:
+                params = validate_params(entry.cls, raw)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            layers = [layer for layer in (selected or first.layers) if entry.cls.applies_to(layer)]
+            if not layers:
+                kinds = sorted(entry.cls.layer_kinds or ())
+                have = sorted({layer.kind for layer in (selected or first.layers)})
+                raise InvalidInput(
+                    f"metric '{name}' applies to layer kinds {', '.join(kinds) or 'any'}, but the selected layers "
+                    f"are of kinds {', '.join(have) or 'none'}; select other layers or drop the metric"
+                )
+            planned.append(PlannedMetric(name, entry, params, [layer.name for layer in layers]))
+
+    plan = RunPlan(config, checkpoints, planned, batch_size,
+                   config.metric_timeout_seconds or limits.metric_timeout_seconds)
+    if plan.needs_data and config.dataset:
+        dataset = registry.dataset(config.dataset)
+        spec = first.inputs[0]
+        if len(first.inputs) != 1:
+            raise InvalidInput(f"dataset '{config.dataset}' fills one input; the model has {len(first.inputs)} "
+                               "inputs: stream your own batches instead")
+        split = config.split or "test"
+        # Check the dataset fits the model now, not halfway through the run.
+        dataset.batches(spec, batch_size, config.sample_limit or None, config.seed, split)
+
+        def dataset_batches() -> tuple[int, Iterator[InputBatch]]:
+            n, it = dataset.batches(spec, batch_size, config.sample_limit or None, config.seed, split)
+            return n, ({spec.name: x}, y) for x, y in it)
+
+        plan.dataset_batches = dataset_batches
+    return plan
+
+
+class GuardedMetric:
+    """One metric instance for one checkpoint; every call into plugin code goes through ``call``."""
+
+    def __init__(self, planned: PlannedMetric, checkpoint: int, ctx: Context, timeout: float) -> None:
+        self.planned = planned
+        self.checkpoint = checkpoint
+        self.ctx = ctx
+        self.timeout = timeout
+        self.error = ""
+        self.seconds = 0.0
+        self.instance: Metric | None = None
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run plugin code in a daemon thread with a time limit; record (not raise) its failure."""
+        if self.error:
+            return None
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+                box["error"] = exc
+                box["trace"] = traceback.format_exc(limit=6)
+
+        start = time.perf_counter()
+        worker = threading.Thread(target=target, name=f"metric-{self.planned.name}", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        self.seconds += time.perf_counter() - start
+        if worker.is_alive():
+            self.error = f"{what} exceeded the metric time limit of {self.timeout:g} s"
+            return None
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, RunCancelled):
+                raise exc
+            self.error = f"{what} raised {type(exc).__name__}: {exc}\n{box['trace']}"
+            return None
+        return box.get("value")
+
+
+class _ModelHandle:
+    """What a Needs.MODEL metric gets: runs the checkpoint, honouring cancellation."""
+
+    def __init__(self, loaded: LoadedModel, cancelled: Callable[[], bool]) -> None:
+        self._loaded = loaded
+        self._cancelled = cancelled
+        self.graph = loaded.graph
+
+    def _check(self) -> None:
+        if self._cancelled():
+            raise RunCancelled("run cancelled")
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        self._check()
+        return self._loaded.run(inputs, capture)
+
+    def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
+                         capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        self._check()
+        return self._loaded.run_with_weights(inputs, weights, capture)
+
+
+@dataclass
+class RunExecutor:
+    """Executes a plan; ``emit`` receives AnalyzeEvents (called from the worker thread)."""
+
+    plan: RunPlan
+    store: Store
+    emit: Callable[[pb.AnalyzeEvent], None]
+    cancel: threading.Event
+    max_seconds: float
+    client_batches: Iterator[InputBatch] | None = None
+    info: pb.RunInfo = field(default_factory=pb.RunInfo)
+    _seq: int = 0
+
+    def create(self) -> pb.RunInfo:
+        """Record the run as RUNNING and announce it."""
+        self.info.config.CopyFrom(self.plan.config)
+        self.info.model_ids.extend(c.stored.id for c in self.plan.checkpoints)
+        for m in self.plan.metrics:
+            self.info.plugin_versions[m.entry.plugin] = m.entry.version
+        self.store.create_run(self.info)
+        self.emit(pb.AnalyzeEvent(started=self.info))
+        return self.info
+
+    def _cancelled(self) -> bool:
+        return self.cancel.is_set() or (time.monotonic() > self._deadline)
+
+    def _check(self) -> None:
+        if self._cancelled():
+            raise RunCancelled("run cancelled" if self.cancel.is_set()
+                               else f"run exceeded max_run_seconds = {self.max_seconds:g} s")
+
+    def _progress(self, stage: str, done: int, total: int, message: str = "") -> None:
+        self.emit(pb.AnalyzeEvent(progress=pb.Progress(stage=stage, done=done, total=total, message=message)))
+
+    def execute(self) -> pb.RunInfo:
+        start = time.perf_counter()
+        self._deadline = time.monotonic() + self.max_seconds
+        guards: list[GuardedMetric] = []
+        try:
+            guards = self._instantiate()
+            n_samples = self._forward(guards) if self.plan.needs_data else 0
+            self.info.num_samples = n_samples
+            self._finish(guards, n_samples)
+            self.info.status = pb.COMPLETED
+        except RunCancelled as exc:
+            self.info.status = pb.CANCELLED
+            self.info.error = str(exc)
+        except DeepscopeError as exc:
+            self.info.status = pb.FAILED
+            self.info.error = str(exc)
+            raise
+        except Exception as exc:
+            self.info.status = pb.FAILED
+            self.info.error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.info.seconds = time.perf_counter() - start
+            self.info.finished_at = utc_now()
+            self.store.update_run(self.info)
+            self._progress("done", 1, 1, pb.RunStatus.Name(self.info.status).lower())
+            self.emit(pb.AnalyzeEvent(finished=self.info))
+        return self.info
+
+    def _instantiate(self) -> list[GuardedMetric]:
+        guards = []
+        for index, ckpt in enumerate(self.plan.checkpoints):
+            for planned in self.plan.metrics:
+                layers: list[Layer] = [ckpt.graph.layer(name) for name in planned.layer_names]
+                ctx = Context(
+                    params=dict(planned.params), layers=layers, graph=ckpt.graph,
+                    model=_ModelHandle(ckpt, self._cancelled) if planned.needs & Needs.MODEL else None,
+                    seed=int(self.plan.config.seed), max_batch_size=self.plan.batch_size,
+                    cancelled=self._cancelled,
+                    progress=lambda f, msg, _n=planned.name: self._progress("metric", int(f * 100), 100, f"{_n}: {msg}"),
+                )
+                guard = GuardedMetric(planned, index, ctx, self.plan.metric_timeout)
+
+                def start(_g: GuardedMetric = guard, _ctx: Context = ctx) -> None:
+                    _g.instance = _g.planned.entry.cls(_ctx)
+                    _g.instance.start()
+
+                guard.call("start()", start)
+                guards.append(guard)
+        return guards
+
+    def _batches(self) -> tuple[int, Iterator[InputBatch]]:
+        if self.plan.dataset_batches is not None:
+            return self.plan.dataset_batches()
+        if self.client_batches is None:
+            raise InvalidInput("the metrics need data: name a dataset or stream DataBatch messages")
+        return int(self.plan.config.expected_samples), self.client_batches
+
+    def _forward(self, guards: list[GuardedMetric]) -> int:
+        total, batches = self._batches()
+        limit = int(self.plan.config.sample_limit) or None
+        captures = self.plan.captures()
+        data_guards = [g for g in guards if g.planned.needs_forward]
+        done = 0
+        self._progress("forward", 0, total)
+        for index, (inputs, labels) in enumerate(batches):
+            self._check()
+            size = len(next(iter(inputs.values())))
+            if size > self.plan.batch_size and self.plan.dataset_batches is None:
+                raise LimitExceeded("batch_size", self.plan.batch_size, size, "samples")
+            if limit is not None and done + size > limit:
+                keep = limit - done
+                inputs = {k: v[:keep] for k, v in inputs.items()}
+                labels = None if labels is None else labels[:keep]
+                size = keep
+            if size <= 0:
+                break
+            for ckpt_index, ckpt in enumerate(self.plan.checkpoints):
+                out = ckpt.run(inputs, captures)
+                for guard in data_guards:
+                    if guard.checkpoint != ckpt_index or guard.error:
+                        continue
+                    self._check()
+                    batch = self._batch_for(guard, index, out, inputs, labels)
+                    guard.call(f"update(batch {index})", lambda _g=guard, _b=batch: _g.instance.update(_b))
+            done += size
+            self._progress("forward", done, total)
+            if limit is not None and done >= limit:
+                break
+        if done == 0:
+            raise InvalidInput("the data source produced no samples")
+        return done
+
+    @staticmethod
+    def _batch_for(guard: GuardedMetric, index: int, out: RunOutput, inputs: dict[str, np.ndarray],
+                   labels: np.ndarray | None) -> Batch:
+        needs = guard.planned.needs
+        names = guard.planned.layer_names
+        batch = Batch(index=index)
+        if needs & Needs.OUTPUTS:
+            batch.outputs = {n: out.captured[CaptureRequest(n, "output")] for n in names}
+        if needs & Needs.INPUTS:
+            batch.inputs = {n: out.captured[CaptureRequest(n, "input")] for n in names}
+        if needs & Needs.DATA:
+            batch.data, batch.labels = dict(inputs), labels
+        return batch
+
+    def _finish(self, guards: list[GuardedMetric], n_samples: int) -> None:
+        for done, guard in enumerate(guards):
+            self._check()
+            self._progress("finishing", done, len(guards), guard.planned.name)
+            values = guard.call("finish()", lambda _g=guard: _g.instance.finish())
+            results = self._to_results(guard, values, n_samples)
+            for result in results:
+                self._seq += 1
+                self.info.num_results += 1
+                self.info.num_failed += result.status != "ok"
+                self.store.add_result(self.info.id, self._seq, result)
+                self.emit(pb.AnalyzeEvent(result=result))
+
+    def _to_results(self, guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:
+        def base(layer: str) -> pb.MetricResult:
+            result = pb.MetricResult(metric=guard.planned.name, layer=layer, checkpoint=guard.checkpoint,
+                                     seconds=guard.seconds, num_samples=n_samples, warnings=guard.ctx.warnings)
+            for key, value in guard.planned.params.items():
+                result.params[key].CopyFrom(convert.value_proto(value))
+            return result
+
+        if not guard.error:
+            try:
+                if not isinstance(values, Mapping):
+                    raise convert.MalformedResult(
+                        f"finish() must return {{layer: {{key: value}}}}, got {type(values).__name__}")
+                results = []
+                for layer, items in values.items():
+                    result = base(str(layer))
+                    result.status = "ok"
+                    result.items.extend(convert.result_items(items))
+                    results.append(result)
+                return results
+            except convert.MalformedResult as exc:
+                guard.error = f"malformed result: {exc}"
+        failed = []
+        for layer in guard.planned.layer_names:
+            result = base(layer)
+            result.status, result.error = "failed", guard.error
+            failed.append(result)
+        return failed

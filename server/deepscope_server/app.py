@@ -1,0 +1,178 @@
+"""Assembles the grpc.aio server: servicer, health, reflection, interceptors; the console script."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from deepscope.v1 import introspection_pb2 as pb
+from deepscope.v1 import introspection_pb2_grpc as pb_grpc
+
+from . import __version__
+from .config import Settings, settings_from_args
+from .models import ModelManager
+from .plugins import load_registry
+from .service import IntrospectionService
+from .store import Store
+
+log = logging.getLogger("deepscope_server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+VERSION_KEY = "x-deepscope-client-version"
+PROTOCOL_MAJOR = __version__.split(".")[0]
+
+
+def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as ``handler`` that fails with ``code``."""
+
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class GateInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer-token auth (health and reflection stay open) and the client protocol-version check."""
+
+    def __init__(self, token: str | None) -> None:
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        if self.expected is not None:
+            given = str(metadata.get("authorization", "")).encode()
+            if not hmac.compare_digest(given, self.expected):
+                return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
+                                      "missing or wrong token: send metadata 'authorization: Bearer <token>'")
+        version = str(metadata.get(VERSION_KEY, ""))
+        if version and version.split(".")[0] != PROTOCOL_MAJOR:
+            return _abort_handler(handler, grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"client version {version} is incompatible with server {__version__}: "
+                                  f"install deepscope {PROTOCOL_MAJOR}.x")
+        return handler
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service: IntrospectionService
+    models: ModelManager
+    store: Store
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """NOT_SERVING first (load balancers drain), cancel runs, then let calls finish."""
+        await self.health.enter_graceful_shutdown()
+        for cancel in list(self.service.active_cancels):
+            cancel.set()
+        await self.server.stop(grace)
+        self.models.close()
+        self.store.close()
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert:
+        if settings.tls_key or settings.tls_client_ca:
+            raise SystemExit("--tls-key / --tls-client-ca need --tls-cert")
+        return None
+    if not settings.tls_key:
+        raise SystemExit("--tls-cert needs --tls-key")
+    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=ca, require_client_auth=ca is not None,
+    )
+
+
+async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> RunningServer:
+    """Build and start a server; returns once it is SERVING."""
+    if not settings.loopback and not settings.auth_token and not settings.allow_unauthenticated:
+        raise SystemExit(
+            f"refusing to bind {settings.host} without auth: pass --auth-token-file, or --allow-unauthenticated "
+            "if the network is trusted"
+        )
+    store = Store(settings.store)
+    models = ModelManager(store, settings.model_dir, settings.trust_model_dir, settings.device)
+    modules = []
+    for dotted in settings.plugin_modules:
+        try:
+            modules.append(importlib.import_module(dotted))
+        except ImportError as exc:
+            raise SystemExit(f"--plugin-module {dotted}: {exc}") from None
+    registry = load_registry(settings.entry_points, settings.plugins, [*modules, *extra_plugins])
+    for error in registry.errors:
+        log.warning(error)
+    limit = settings.limits.max_message_bytes
+    server = grpc.aio.server(
+        ThreadPoolExecutor(max_workers=settings.workers),
+        interceptors=[GateInterceptor(settings.auth_token)],
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                 ("grpc.so_reuseport", 0)],
+    )
+    service = IntrospectionService(settings, store, models, registry)
+    pb_grpc.add_IntrospectionServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    address = f"{settings.host}:{settings.port}"
+    credentials = _credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise SystemExit(f"could not bind {address}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    if settings.port_file:
+        settings.port_file.write_text(str(port))
+    log.info("deepscope-server %s listening on %s:%d (%d metrics, store %s)", __version__, settings.host, port,
+             len(registry.metrics), settings.store)
+    return RunningServer(server, port, health_servicer, service, models, store)
+
+
+async def serve(settings: Settings) -> None:
+    running = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    settings = settings_from_args(argv)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

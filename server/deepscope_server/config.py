@@ -1,0 +1,112 @@
+"""Server settings and limits: command-line flags, each with a DEEPSCOPE_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+@dataclass
+class Limits:
+    """Every limit fails with RESOURCE_EXHAUSTED naming the limit and the size."""
+
+    max_model_bytes: int = 2 * GiB
+    max_message_bytes: int = 64 * MiB
+    max_tensor_elements: int = 1 << 28
+    max_batch_size: int = 4096
+    max_capture_bytes: int = 2 * GiB
+    max_concurrent_runs: int = 4
+    max_run_seconds: float = 3600.0
+    metric_timeout_seconds: float = 600.0
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    store: Path = field(default_factory=lambda: Path.home() / ".deepscope" / "store")
+    model_dir: Path | None = None
+    trust_model_dir: bool = False
+    reflection: bool = True
+    entry_points: bool = True
+    plugins: set[str] | None = None
+    plugin_modules: list[str] = field(default_factory=list)
+    device: str = "auto"
+    auth_token: str | None = None
+    allow_unauthenticated: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    port_file: Path | None = None
+    workers: int = 4
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1", "[::1]") or self.host.startswith("127.")
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(f"DEEPSCOPE_{name.upper()}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deepscope-server",
+        description="deepscope gRPC introspection server. Every flag has an environment variable "
+        "DEEPSCOPE_<FLAG> (e.g. DEEPSCOPE_PORT, DEEPSCOPE_MAX_MODEL_BYTES).",
+    )
+    d = Settings()
+    p.add_argument("--host", default=_env("host", d.host), help="bind address (default loopback)")
+    p.add_argument("--port", type=int, default=int(_env("port", d.port)), help="0 picks a free port")
+    p.add_argument("--port-file", type=Path, default=_env("port_file", None), help="write the bound port here")
+    p.add_argument("--store", type=Path, default=Path(str(_env("store", d.store))), help="models and runs")
+    p.add_argument("--model-dir", type=Path, default=_env("model_dir", None), help="server-side models by name")
+    p.add_argument("--trust-model-dir", action="store_true", default=bool(_env("trust_model_dir", "")),
+                   help="allow pickled torch modules from --model-dir (they can run code)")
+    p.add_argument("--no-reflection", action="store_true", default=bool(_env("no_reflection", "")))
+    p.add_argument("--no-entry-points", action="store_true", default=bool(_env("no_entry_points", "")),
+                   help="load no plugins from entry points")
+    p.add_argument("--plugins", default=_env("plugins", None), help="comma-separated allow-list of plugins")
+    p.add_argument("--plugin-module", action="append", dest="plugin_modules",
+                   default=[m for m in str(_env("plugin_modules", "")).split(",") if m],
+                   help="register a plugin module directly, without an entry point (repeatable; for development)")
+    p.add_argument("--device", default=_env("device", "auto"), choices=["auto", "cpu", "cuda"])
+    p.add_argument("--auth-token-file", type=Path, default=_env("auth_token_file", None))
+    p.add_argument("--allow-unauthenticated", action="store_true", default=bool(_env("allow_unauthenticated", "")),
+                   help="required to bind a non-loopback address without a token")
+    p.add_argument("--tls-cert", type=Path, default=_env("tls_cert", None))
+    p.add_argument("--tls-key", type=Path, default=_env("tls_key", None))
+    p.add_argument("--tls-client-ca", type=Path, default=_env("tls_client_ca", None),
+                   help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--workers", type=int, default=int(_env("workers", d.workers)))
+    for name, value in vars(Limits()).items():
+        kind = float if isinstance(value, float) else int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=kind(_env(name, value)))
+    return p
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    token = None
+    if args.auth_token_file:
+        token = Path(args.auth_token_file).read_text().strip()
+        if not token:
+            raise SystemExit(f"auth token file {args.auth_token_file} is empty")
+    elif os.environ.get("DEEPSCOPE_AUTH_TOKEN"):
+        token = os.environ["DEEPSCOPE_AUTH_TOKEN"].strip()
+    limits = Limits(**{name: getattr(args, name) for name in vars(Limits())})
+    return Settings(
+        host=args.host, port=args.port, store=args.store, model_dir=args.model_dir,
+        trust_model_dir=args.trust_model_dir, reflection=not args.no_reflection,
+        entry_points=not args.no_entry_points,
+        plugins={p.strip() for p in args.plugins.split(",") if p.strip()} if args.plugins else None,
+        plugin_modules=list(args.plugin_modules), device=args.device, auth_token=token, allow_unauthenticated=args.allow_unauthenticated,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        port_file=args.port_file, workers=args.workers, limits=limits,
+    )

@@ -1,0 +1,153 @@
+"""Domain objects <-> protobuf messages (layer table, metric descriptions, parameters, results)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from deepscope.tensors import to_proto
+from deepscope.v1 import introspection_pb2 as pb
+from deepscope.v1 import tensor_pb2 as tpb
+
+from .model_graph import Layer, ModelGraph, TensorSpec
+from .plugin_api import Curve, Needs, Param, Table
+from .plugins import MetricEntry
+
+
+def shape_proto(shape: tuple[int | None, ...]) -> tpb.Shape:
+    return tpb.Shape(dims=[-1 if d is None else int(d) for d in shape])
+
+
+def spec_proto(spec: TensorSpec) -> tpb.TensorSpec:
+    return tpb.TensorSpec(name=spec.name, dtype=spec.dtype, shape=shape_proto(spec.shape))
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+def layer_proto(layer: Layer) -> pb.LayerInfo:
+    return pb.LayerInfo(
+        name=layer.name, kind=layer.kind, op_type=layer.op_type, inputs=layer.inputs,
+        input_shapes=[shape_proto(s) for s in layer.input_shapes],
+        output_shapes=[shape_proto(s) for s in layer.output_shapes],
+        params=[pb.ParamInfo(name=k, dtype=str(v.dtype), shape=v.shape) for k, v in layer.weights.items()],
+        attrs={k: _json(v) for k, v in layer.attrs.items()},
+        channel_axis=layer.channel_axis,
+    )
+
+
+def model_info_proto(model_id: str, name: str, fmt: str, size: int, created_at: str, source: str,
+                     graph: ModelGraph) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        id=model_id, name=name, format=fmt, size_bytes=size, created_at=created_at, source=source,
+        inputs=[spec_proto(s) for s in graph.inputs], outputs=[spec_proto(s) for s in graph.outputs],
+        num_layers=len(graph.layers), num_params=sum(layer.num_params for layer in graph.layers),
+    )
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def value_proto(value: Any) -> pb.Value:
+    if isinstance(value, (bool, np.bool_)):
+        return pb.Value(flag=bool(value))
+    if isinstance(value, (int, np.integer)):
+        return pb.Value(integer=int(value))
+    if isinstance(value, (float, np.floating)):
+        return pb.Value(number=float(value))
+    return pb.Value(text=str(value))
+
+
+def value_from_proto(value: pb.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    return None if kind is None else getattr(value, kind)
+
+
+def param_spec_proto(param: Param) -> pb.ParamSpec:
+    spec = pb.ParamSpec(name=param.name, type=param.type.__name__, default=value_proto(param.default),
+                        description=param.description, choices=[value_proto(c) for c in param.choices or ()])
+    if param.min is not None:
+        spec.min = float(param.min)
+    if param.max is not None:
+        spec.max = float(param.max)
+    return spec
+
+
+def needs_names(needs: Needs) -> list[str]:
+    return [flag.name.lower() for flag in Needs if flag in needs]
+
+
+def metric_info_proto(entry: MetricEntry) -> pb.MetricInfo:
+    cls = entry.cls
+    return pb.MetricInfo(
+        name=cls.name, description=cls.description, citation=cls.citation,
+        params=[param_spec_proto(p) for p in cls.params], needs=needs_names(cls.needs),
+        layer_kinds=sorted(cls.layer_kinds or ()), result_kinds=list(cls.result_kinds),
+        plugin=entry.plugin, plugin_version=entry.version,
+        reconstructed=bool(cls.reconstructed), extension=bool(cls.extension),
+    )
+
+
+# ---------------------------------------------------------------- results
+
+
+class MalformedResult(ValueError):
+    """A metric returned something that is not a valid result."""
+
+
+def _numeric_tensor(values: Any, what: str) -> tpb.Tensor:
+    array = np.asarray(values)
+    if array.dtype == object or array.dtype.kind in "USV":
+        raise MalformedResult(f"{what}: expected numbers, got dtype {array.dtype}")
+    if array.dtype.kind == "c":
+        raise MalformedResult(f"{what}: complex values are not supported")
+    if array.dtype.kind == "f" and array.dtype != np.float32:
+        array = array.astype(np.float64)
+    return to_proto(array)
+
+
+def item_proto(key: str, value: Any) -> pb.ResultItem:
+    """One result value as a typed ResultItem; MalformedResult for anything else."""
+    if not isinstance(key, str) or not key:
+        raise MalformedResult(f"result keys must be non-empty strings, got {key!r}")
+    if isinstance(value, (bool, np.bool_, int, float, np.integer, np.floating)):
+        return pb.ResultItem(key=key, scalar=float(value))
+    if isinstance(value, str):
+        return pb.ResultItem(key=key, text=value)
+    if isinstance(value, Curve):
+        x, y = np.asarray(value.x), np.asarray(value.y)
+        if x.shape != y.shape or x.ndim != 1:
+            raise MalformedResult(f"curve '{key}': x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
+        return pb.ResultItem(key=key, curve=pb.Curve(x=_numeric_tensor(x, key), y=_numeric_tensor(y, key),
+                                                     x_label=value.x_label, y_label=value.y_label))
+    if isinstance(value, Table):
+        columns, length = [], None
+        for name, col in value.columns.items():
+            col_list = list(col) if not isinstance(col, np.ndarray) else col
+            n = len(col_list)
+            if length is not None and n != length:
+                raise MalformedResult(f"table '{key}': column '{name}' has {n} rows, expected {length}")
+            length = n
+            if n and all(isinstance(v, str) for v in col_list):
+                columns.append(pb.Column(name=str(name), strings=pb.StringList(values=list(col_list))))
+            else:
+                columns.append(pb.Column(name=str(name), numbers=_numeric_tensor(col_list, f"table '{key}'")))
+        return pb.ResultItem(key=key, table=pb.Table(columns=columns))
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return pb.ResultItem(key=key, tensor=_numeric_tensor(value, f"result '{key}'"))
+    raise MalformedResult(f"result '{key}' has unsupported type {type(value).__name__}")
+
+
+def result_items(values: Any) -> list[pb.ResultItem]:
+    if not isinstance(values, Mapping):
+        raise MalformedResult(f"each layer's results must be a dict of key -> value, got {type(values).__name__}")
+    return [item_proto(k, v) for k, v in values.items()]
+
+
+def finite_or_nan(x: float) -> float:
+    return x if math.isfinite(x) else float("nan")

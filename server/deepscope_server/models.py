@@ -1,0 +1,173 @@
+"""The server's models: uploads (validated by loading), the model directory, and a cache of loaded backends.
+
+A loaded model is shared by concurrent requests; its lock serialises calls into the backend
+(onnxruntime sessions and torch modules with hooks are not safe to drive from many threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend, CaptureRequest, RunOutput
+from .backends.detect import load_model
+from .errors import DeepscopeError, InvalidInput, NotFound, near_matches
+from .store import StoredModel, Store, utc_now
+
+
+@dataclass
+class LoadedModel:
+    """A catalogued model with its backend; ``run`` holds the model's lock."""
+
+    stored: StoredModel
+    source: str
+    backend: Backend
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def graph(self):  # noqa: ANN201 - ModelGraph
+        return self.backend.graph
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        with self.lock:
+            return self.backend.run(inputs, capture)
+
+    def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
+                         capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        with self.lock:
+            return self.backend.run_with_weights(inputs, weights, capture)
+
+
+class ModelManager:
+    """Uploads, lookups and the backend cache (least recently used models are closed first)."""
+
+    def __init__(self, store: Store, model_dir: Path | None = None, trust_model_dir: bool = False,
+                 device: str = "auto", cache_size: int = 8) -> None:
+        self.store = store
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.trust_model_dir = trust_model_dir
+        self.device = device
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._dir_ids: dict[tuple[str, int, int], str] = {}
+
+    # ------------------------------------------------------------ uploads
+
+    def upload(self, name: str, chunks: Iterable[bytes], max_bytes: int, declared_bytes: int | None,
+               declared_sha256: str = "") -> LoadedModel:
+        """Store the bytes, then load them: a file that does not load is removed, never catalogued."""
+        model_id, path, size = self.store.write_model(name, chunks, max_bytes, declared_bytes, declared_sha256)
+        try:
+            backend = load_model(path, device=self.device, trusted=False)
+        except DeepscopeError:
+            self.store.discard_file(path)
+            raise
+        except Exception as exc:  # a loader's own error means the bytes are not a usable model
+            self.store.discard_file(path)
+            raise InvalidInput(f"'{name}' is not a loadable model: {type(exc).__name__}: {exc}") from exc
+        stored = self.store.add_model(model_id, name, backend.format, size, path)
+        return self._remember(LoadedModel(stored, "upload", backend))
+
+    # ------------------------------------------------------------ lookups
+
+    def get(self, ref: str) -> LoadedModel:
+        """By id, id prefix or name; uploads first, then files in the model directory."""
+        if not ref:
+            raise InvalidInput("no model given: pass a model id or name (see ListModels)")
+        try:
+            stored, source, trusted = self.store.find_model(ref), "upload", False
+        except NotFound as not_found:
+            found = self._find_in_model_dir(ref)
+            if found is None:
+                raise not_found from None
+            stored, source, trusted = found, "model_dir", self.trust_model_dir
+        with self._lock:
+            if stored.id in self._cache:
+                self._cache.move_to_end(stored.id)
+                return self._cache[stored.id]
+        try:
+            backend = load_model(stored.path, device=self.device, trusted=trusted)
+        except DeepscopeError:
+            raise
+        except Exception as exc:
+            raise InvalidInput(f"model '{ref}' failed to load: {type(exc).__name__}: {exc}") from exc
+        if source == "model_dir":
+            stored = StoredModel(stored.id, stored.name, backend.format, stored.size_bytes, stored.created_at, stored.path)
+        return self._remember(LoadedModel(stored, source, backend))
+
+    def list(self) -> list[LoadedModel | StoredModel]:
+        """Catalogued uploads and model-directory files (not loaded unless cached)."""
+        entries: list[LoadedModel | StoredModel] = list(self.store.models())
+        entries += self._model_dir_files()
+        return entries
+
+    def cached(self, model_id: str) -> LoadedModel | None:
+        with self._lock:
+            return self._cache.get(model_id)
+
+    def delete(self, ref: str) -> bool:
+        stored = self.store.find_model(ref)
+        with self._lock:
+            loaded = self._cache.pop(stored.id, None)
+        if loaded is not None:
+            with loaded.lock:
+                loaded.backend.close()
+        return self.store.delete_model(stored.id)
+
+    def close(self) -> None:
+        with self._lock:
+            for loaded in self._cache.values():
+                loaded.backend.close()
+            self._cache.clear()
+
+    # ------------------------------------------------------------ internals
+
+    def _remember(self, loaded: LoadedModel) -> LoadedModel:
+        with self._lock:
+            existing = self._cache.get(loaded.stored.id)
+            if existing is not None:
+                loaded.backend.close()
+                self._cache.move_to_end(loaded.stored.id)
+                return existing
+            self._cache[loaded.stored.id] = loaded
+            while len(self._cache) > self.cache_size:
+                _, evicted = self._cache.popitem(last=False)
+                evicted.backend.close()
+        return loaded
+
+    def _model_dir_files(self) -> list[StoredModel]:
+        if not self.model_dir or not self.model_dir.is_dir():
+            return []
+        files = sorted(p for p in self.model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        models = []
+        for path in files:
+            if path.suffix in (".data", ".bin") or path.name.endswith(".onnx.data"):
+                continue  # ONNX external-data side files
+            st = path.stat()
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            if key not in self._dir_ids:
+                digest = hashlib.sha256()
+                with path.open("rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+                self._dir_ids[key] = digest.hexdigest()
+            models.append(StoredModel(self._dir_ids[key], path.name, path.suffix.lstrip(".") or "?", st.st_size,
+                                      utc_now(), path))
+        return models
+
+    def _find_in_model_dir(self, ref: str) -> StoredModel | None:
+        files = self._model_dir_files()
+        for model in files:
+            if ref in (model.id, model.name, Path(model.name).stem) or (len(ref) >= 8 and model.id.startswith(ref)):
+                return model
+        if files:
+            names = [m.name for m in files] + [m.name for m in self.store.models()]
+            raise NotFound(f"model '{ref}' not found{near_matches(ref, names)}")
+        return None

@@ -1,0 +1,301 @@
+"""RPC handlers: proto <-> domain, blocking work in worker threads, domain errors -> status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from deepscope.tensors import TensorError, from_proto, tensor_parts
+from deepscope.v1 import introspection_pb2 as pb
+from deepscope.v1 import introspection_pb2_grpc as pb_grpc
+
+from . import convert
+from .analysis import InputBatch, RunExecutor, plan_run
+from .backends import CaptureRequest
+from .config import Settings
+from .errors import DeepscopeError, InvalidInput, LimitExceeded, NotFound, Unavailable
+from .models import LoadedModel, ModelManager
+from .plugins import Registry
+from .store import StoredModel, Store
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
+]
+
+
+def status_for(exc: Exception) -> grpc.StatusCode | None:
+    for kind, code in STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
+async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    code = status_for(exc)
+    if code is None:
+        log.exception("internal error in %s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
+    await context.abort(code, str(exc))
+
+
+def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map domain errors to status codes for unary and streaming handlers alike."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except (DeepscopeError, TensorError) as exc:
+                await _abort_for(exc, context, fn.__name__)
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except (DeepscopeError, TensorError) as exc:
+            await _abort_for(exc, context, fn.__name__)
+    return unary
+
+
+class IntrospectionService(pb_grpc.IntrospectionServicer):
+    def __init__(self, settings: Settings, store: Store, models: ModelManager, registry: Registry) -> None:
+        self.settings = settings
+        self.limits = settings.limits
+        self.store = store
+        self.models = models
+        self.registry = registry
+        self._runs = threading.BoundedSemaphore(self.limits.max_concurrent_runs)
+        self.active_cancels: set[threading.Event] = set()
+
+    # ------------------------------------------------------------ models
+
+    @rpc
+    async def UploadModel(self, request_iterator: AsyncIterator[pb.UploadModelRequest], context) -> pb.ModelInfo:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidInput("UploadModel must start with an UploadHeader (name, total_bytes)")
+        header = first.header
+        if header.total_bytes > self.limits.max_model_bytes:
+            raise LimitExceeded("max_model_bytes", self.limits.max_model_bytes, header.total_bytes)
+        chunks: queue.Queue[bytes | None | BaseException] = queue.Queue(maxsize=8)
+
+        def produce() -> Iterator[bytes]:
+            while True:
+                item = chunks.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        name = header.name or "model"
+        task = asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.models.upload(name, produce(), self.limits.max_model_bytes,
+                                             header.total_bytes or None, header.sha256))
+        try:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidInput("UploadModel: only one header, then chunks")
+                if task.done():
+                    break  # the writer failed (e.g. over the limit): stop reading
+                await asyncio.to_thread(chunks.put, message.chunk)
+            await asyncio.to_thread(chunks.put, None)
+        except BaseException as exc:
+            # Make the writer stop and delete its temp file, whatever happened to the stream.
+            if not task.done():
+                await asyncio.to_thread(chunks.put, exc if isinstance(exc, Exception) else InvalidInput("upload cancelled"))
+            if not isinstance(exc, DeepscopeError):
+                try:
+                    await task
+                except Exception:
+                    pass
+            raise
+        loaded = await task
+        return self._model_info(loaded)
+
+    def _model_info(self, loaded: LoadedModel) -> pb.ModelInfo:
+        s = loaded.stored
+        return convert.model_info_proto(s.id, s.name, s.format, s.size_bytes, s.created_at, loaded.source, loaded.graph)
+
+    @rpc
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        entries = await asyncio.to_thread(self.models.list)
+        response = pb.ListModelsResponse()
+        for entry in entries:
+            loaded = self.models.cached(entry.id) if isinstance(entry, StoredModel) else entry
+            if loaded is not None:
+                response.models.append(self._model_info(loaded))
+            else:
+                source = "upload" if entry.path.parent.parent == self.store.models_dir else "model_dir"
+                response.models.append(pb.ModelInfo(id=entry.id, name=entry.name, format=entry.format,
+                                                    size_bytes=entry.size_bytes, created_at=entry.created_at,
+                                                    source=source))
+        return response
+
+    @rpc
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelDetail:
+        loaded = await asyncio.to_thread(self.models.get, request.model)
+        return pb.ModelDetail(info=self._model_info(loaded), layers=[convert.layer_proto(l) for l in loaded.graph.layers],
+                              device=getattr(loaded.backend, "device", "cpu"))
+
+    @rpc
+    async def DeleteModel(self, request: pb.DeleteModelRequest, context) -> pb.DeleteModelResponse:
+        return pb.DeleteModelResponse(deleted=await asyncio.to_thread(self.models.delete, request.model))
+
+    @rpc
+    async def GetWeights(self, request: pb.GetWeightsRequest, context) -> AsyncIterator[pb.TensorPart]:
+        loaded = await asyncio.to_thread(self.models.get, request.model)
+        graph = loaded.graph
+        layers = graph.select(list(request.layers)) if request.layers else graph.layers
+        count, total = 0, 0
+        for layer in layers:
+            for key, weight in layer.weights.items():
+                for part in tensor_parts(f"{layer.name}/{key}", np.asarray(weight)):
+                    yield part
+                count += 1
+                total += weight.nbytes
+        yield pb.TensorPart(done=pb.CaptureDone(num_tensors=count, total_bytes=total))
+
+    # ------------------------------------------------------------ capture
+
+    def _decode_inputs(self, loaded: LoadedModel, tensors: Any) -> dict[str, np.ndarray]:
+        decoded = [(t.name, from_proto(t, self.limits.max_tensor_elements)) for t in tensors]
+        if not decoded:
+            raise InvalidInput(f"no input tensors; the model expects: "
+                               f"{', '.join(f'{s.name} {s.dtype} {list(s.shape)}' for s in loaded.graph.inputs)}")
+        bound = loaded.graph.bind_inputs(decoded)
+        for name, array in bound.items():
+            if array.ndim and array.shape[0] > self.limits.max_batch_size:
+                raise LimitExceeded("max_batch_size", self.limits.max_batch_size, array.shape[0], "samples")
+        return bound
+
+    @rpc
+    async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.TensorPart]:
+        loaded = await asyncio.to_thread(self.models.get, request.model)
+        inputs = self._decode_inputs(loaded, request.inputs)
+        graph = loaded.graph
+        captures = [CaptureRequest(l.name, "output") for l in graph.select(list(request.layers))] if request.layers else []
+        captures += [CaptureRequest(l.name, "input") for l in graph.select(list(request.layer_inputs))] \
+            if request.layer_inputs else []
+        start = time.perf_counter()
+        out = await asyncio.to_thread(loaded.run, inputs, captures)
+        seconds = time.perf_counter() - start
+        tensors: list[tuple[str, np.ndarray]] = []
+        if not request.skip_model_outputs:
+            tensors += [(f"output/{k}", v) for k, v in out.outputs.items()]
+        tensors += [(f"{'layer' if c.what == 'output' else 'input'}/{c.layer}", out.captured[c]) for c in captures]
+        total = sum(a.nbytes for _, a in tensors)
+        if total > self.limits.max_capture_bytes:
+            raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
+        for name, array in tensors:
+            for part in tensor_parts(name, array):
+                yield part
+        yield pb.TensorPart(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total, forward_seconds=seconds,
+                                                device=getattr(loaded.backend, "device", "cpu")))
+
+    # ------------------------------------------------------------ metrics and runs
+
+    @rpc
+    async def ListMetrics(self, request: pb.ListMetricsRequest, context) -> pb.ListMetricsResponse:
+        return pb.ListMetricsResponse(
+            metrics=[convert.metric_info_proto(e) for _, e in sorted(self.registry.metrics.items())],
+            datasets=sorted(self.registry.datasets), plugin_errors=self.registry.errors,
+        )
+
+    @rpc
+    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.RunDetail:
+        return await asyncio.to_thread(self.store.get_run, request.run_id)
+
+    @rpc
+    async def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
+        return pb.ListRunsResponse(runs=await asyncio.to_thread(self.store.list_runs, request.limit or 100))
+
+    @rpc
+    async def Analyze(self, request_iterator: AsyncIterator[pb.AnalyzeRequest], context) -> AsyncIterator[pb.AnalyzeEvent]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "config":
+            raise InvalidInput("Analyze must start with an AnalyzeConfig message")
+        config = first.config
+        plan = await asyncio.to_thread(plan_run, config, self.registry, self.models, self.limits)
+        if not self._runs.acquire(blocking=False):
+            raise LimitExceeded("max_concurrent_runs", self.limits.max_concurrent_runs,
+                                self.limits.max_concurrent_runs + 1, "runs")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[pb.AnalyzeEvent | BaseException | None] = asyncio.Queue()
+        cancel = threading.Event()
+        self.active_cancels.add(cancel)
+        client_queue: queue.Queue[InputBatch | BaseException | None] = queue.Queue(maxsize=4)
+        needs_client_data = plan.needs_data and plan.dataset_batches is None
+
+        def client_batches() -> Iterator[InputBatch]:
+            while True:
+                item = client_queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        executor = RunExecutor(plan, self.store, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+                               cancel, self.limits.max_run_seconds,
+                               client_batches() if needs_client_data else None)
+        first_model = plan.checkpoints[0]
+
+        def work() -> None:
+            try:
+                executor.create()
+                executor.execute()
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                loop.call_soon_threadsafe(events.put_nowait, exc)
+            finally:
+                self._runs.release()
+                loop.call_soon_threadsafe(events.put_nowait, None)
+
+        async def feed() -> None:
+            try:
+                async for message in request_iterator:
+                    if message.WhichOneof("part") != "batch":
+                        raise InvalidInput("Analyze: only one config, then DataBatch messages")
+                    inputs = self._decode_inputs(first_model, message.batch.inputs)
+                    labels = from_proto(message.batch.labels) if message.batch.HasField("labels") else None
+                    await asyncio.to_thread(client_queue.put, (inputs, labels))
+                await asyncio.to_thread(client_queue.put, None)
+            except BaseException as exc:  # noqa: BLE001 - the run reports it
+                cancel.set() if isinstance(exc, asyncio.CancelledError) else None
+                await asyncio.to_thread(client_queue.put, exc if isinstance(exc, Exception) else RuntimeError("stream closed"))
+
+        thread = threading.Thread(target=work, name="analysis-run", daemon=True)
+        thread.start()
+        feeder = asyncio.ensure_future(feed()) if needs_client_data else None
+        try:
+            while True:
+                event = await events.get()
+                if event is None:
+                    break
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            # Client cancelled, deadline passed or the stream broke: stop the run between steps.
+            cancel.set()
+            self.active_cancels.discard(cancel)
+            if feeder is not None:
+                feeder.cancel()

@@ -1,0 +1,88 @@
+"""Plugins that misbehave on purpose (raise, hang, return garbage) plus one that re-runs the model.
+
+Loaded into test servers with ``--plugin-module misbehaving`` (tests/plugins on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from deepscope_server.plugin_api import CaptureRequest, Metric, Needs, Param, hookimpl
+
+
+class Raises(Metric):
+    name = "testing.raises"
+    description = "Raises in update()."
+    needs = Needs.OUTPUTS
+
+    def update(self, batch):  # noqa: ANN001
+        raise RuntimeError("boom from a plugin")
+
+
+class Hangs(Metric):
+    name = "testing.hangs"
+    description = "Sleeps in finish() far past any time limit."
+    needs = Needs.WEIGHTS
+
+    def finish(self):  # noqa: ANN201
+        time.sleep(3600)
+
+
+class Malformed(Metric):
+    name = "testing.malformed"
+    description = "Returns a value of an unsupported type."
+    needs = Needs.WEIGHTS
+
+    def finish(self):  # noqa: ANN201
+        return {layer.name: {"value": object()} for layer in self.ctx.layers}
+
+
+class Slow(Metric):
+    name = "testing.slow"
+    description = "Sleeps in every update() so a run can be cancelled mid-way."
+    needs = Needs.OUTPUTS
+    params = (Param("seconds", float, 0.5, "sleep per batch", min=0.0, max=60.0),)
+
+    def update(self, batch):  # noqa: ANN001
+        time.sleep(self.params["seconds"])
+
+    def finish(self):  # noqa: ANN201
+        return {"": {"done": True}}
+
+
+class Rerun(Metric):
+    """Re-runs the model on the first batch through the handle and compares with the captured output."""
+
+    name = "testing.rerun"
+    description = "Re-runs the model through the model handle; reports the max difference to the captured output."
+    needs = Needs.OUTPUTS | Needs.DATA | Needs.MODEL
+
+    def start(self) -> None:
+        self.diffs: dict[str, float] = {}
+
+    def update(self, batch):  # noqa: ANN001
+        if self.diffs:
+            return
+        out = self.ctx.model.run(batch.data, [CaptureRequest(l.name) for l in self.ctx.layers])
+        for layer in self.ctx.layers:
+            again = out.captured[CaptureRequest(layer.name)]
+            self.diffs[layer.name] = float(np.abs(again - batch.outputs[layer.name]).max())
+        # Zeroing the first weighted layer must change the outputs (the handle really re-runs).
+        weighted = next(l for l in self.ctx.graph.layers if "weight" in l.weights)
+        zeroed = {weighted.name: {k: np.zeros_like(v) for k, v in weighted.weights.items()}}
+        plain = self.ctx.model.run(batch.data).outputs
+        changed = self.ctx.model.run_with_weights(batch.data, zeroed).outputs
+        key = next(iter(plain))
+        self.perturbed = float(np.abs(plain[key] - changed[key]).max())
+
+    def finish(self):  # noqa: ANN201
+        return {**{name: {"max_abs_diff": d} for name, d in self.diffs.items()},
+                "": {"perturbed_output_change": self.perturbed}}
+
+
+@hookimpl
+def deepscope_register_metrics(register) -> None:  # noqa: ANN001
+    for cls in (Raises, Hangs, Malformed, Slow, Rerun):
+        register(cls)
