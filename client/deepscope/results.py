@@ -97,6 +97,18 @@ class Run:
                 rows.append((self.id, r.checkpoint, r.metric, r.layer, item.key, kind, decode_item(item)))
         return pd.DataFrame(rows, columns=["run", "checkpoint", "metric", "layer", "key", "kind", "value"])
 
+    def plot(self, metric: str):  # noqa: ANN201 - matplotlib Figure
+        """The same figure the HTML report shows for ``metric``."""
+        from .plots import plot_metric
+
+        return plot_metric(self, metric)
+
+    def report(self, path: str) -> str:
+        """Write a self-contained HTML report; returns the path."""
+        from .report import write_report
+
+        return str(write_report(self, path))
+
     def summary(self):  # noqa: ANN201
         """Scalars only, one row per (checkpoint, metric, layer), one column per key."""
         frame = self.to_pandas(scalars_only=True)

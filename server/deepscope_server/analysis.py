@@ -134,7 +134,7 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
 
         def dataset_batches() -> tuple[int, Iterator[InputBatch]]:
             n, it = dataset.batches(spec, batch_size, config.sample_limit or None, config.seed, split)
-            return n, ({spec.name: x}, y) for x, y in it)
+            return n, (({spec.name: x}, y) for x, y in it)
 
         plan.dataset_batches = dataset_batches
     return plan

@@ -1,0 +1,38 @@
+# deepscope: `make demo` runs the main job, `make test` runs the whole test suite.
+# Both create .venv on first use (Python 3.11) and install everything with torch pinned.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PIP := $(BIN)/pip install -q -c constraints.txt
+SETUP_FILES := constraints.txt requirements-dev.txt client/pyproject.toml server/pyproject.toml \
+               plugins/pyproject.toml examples/deepscope-example-plugin/pyproject.toml
+
+.PHONY: venv test demo proto bench bench-smoke clean
+
+$(STAMP): $(SETUP_FILES)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e client[plots] -e server -e plugins -e examples/deepscope-example-plugin -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest
+
+demo: venv
+	$(BIN)/python examples/demo.py
+
+proto: venv
+	$(BIN)/python proto/generate.py
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+bench-smoke: venv
+	$(BIN)/python bench/run_all.py --smoke
+
+clean:
+	rm -rf $(VENV) demo-out

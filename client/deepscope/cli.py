@@ -1,0 +1,345 @@
+"""The ``deepscope`` command: analyze model files, list metrics and runs, capture activations.
+
+Without ``--server`` it starts an embedded server on a free loopback port and stops it after.
+Errors are one line on stderr and a non-zero exit code (2 for bad usage), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .client import Client, Model, connect
+from .errors import DeepscopeError, Unavailable
+from .results import Curve, Run, decode_item
+
+EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=os.environ.get("DEEPSCOPE_SERVER"),
+                        help="HOST:PORT of a running server (default: start an embedded one)")
+    parser.add_argument("--token", default=os.environ.get("DEEPSCOPE_TOKEN"), help="auth token (or $DEEPSCOPE_TOKEN)")
+    parser.add_argument("--store", default=None, help="store directory of the embedded server")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepscope", description="Look inside neural networks: per-layer metrics, "
+                                     "activations and weight graphs from ONNX and PyTorch models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("analyze", help="run metrics on one model or a series of checkpoints")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model files (.onnx, .pt2, .pt) or server model ids/names; "
+                   "several = checkpoints of one training run, in order")
+    p.add_argument("--data", default="digits", help="digits | synthetic | FILE.npy | FILE.npz (arrays x[, y])")
+    p.add_argument("--metrics", default="all", help="comma-separated names or globs (e.g. cnt.*,fractal.ss_rate)")
+    p.add_argument("--layers", nargs="*", default=[], help="layer names, globs or kind:KIND (default: all that apply)")
+    p.add_argument("--param", action="append", default=[], metavar="METRIC.KEY=VALUE", help="metric parameter")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=0, help="at most this many samples (0 = all)")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metric-timeout", type=float, default=0.0, help="seconds per metric stage (0 = server default)")
+    p.add_argument("--report", type=Path, help="write a self-contained HTML report")
+    p.add_argument("--json", type=Path, help="write all results as JSON")
+    _common(p)
+
+    p = sub.add_parser("metrics", help="list the server's metrics")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("models", help="list the server's models")
+    _common(p)
+
+    p = sub.add_parser("runs", help="list recent runs")
+    p.add_argument("--limit", type=int, default=20)
+    _common(p)
+
+    p = sub.add_parser("show", help="show a run's results")
+    p.add_argument("run_id")
+    p.add_argument("--json", type=Path, help="write all results as JSON")
+    p.add_argument("--report", type=Path, help="write a self-contained HTML report")
+    _common(p)
+
+    p = sub.add_parser("capture", help="capture layer activations into an .npz file")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--layers", nargs="+", required=True)
+    p.add_argument("--data", default="digits", help="digits | FILE.npy | FILE.npz")
+    p.add_argument("--limit", type=int, default=256)
+    p.add_argument("--out", type=Path, required=True)
+    _common(p)
+    return parser
+
+
+def parse_value(text: str) -> Any:
+    """--param values: int, then float, then true/false, else the string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        metric, dot, name = key.rpartition(".")
+        if not sep or not dot or "." not in metric:
+            raise CliError(f"--param '{item}': expected METRIC.KEY=VALUE, e.g. cnt.node_strength.mode=graph", EXIT_USAGE)
+        params.setdefault(metric, {})[name] = parse_value(value)
+    return params
+
+
+def load_data(spec: str, limit: int = 0) -> str | tuple[np.ndarray, np.ndarray | None]:
+    """A dataset name is passed to the server; a .npy/.npz file is read here."""
+    path = Path(spec)
+    if spec in ("digits", "synthetic") and not path.exists():
+        return spec
+    if not path.exists():
+        raise CliError(f"data file not found: {spec} (or use --data digits / synthetic)")
+    if path.suffix == ".npy":
+        x, y = np.load(path, allow_pickle=False), None
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.keys())
+            xkey = "x" if "x" in keys else keys[0]
+            x = archive[xkey]
+            ykey = next((k for k in ("y", "labels") if k in keys), None)
+            y = archive[ykey] if ykey else None
+    else:
+        raise CliError(f"--data {spec}: use a .npy or .npz file, or digits / synthetic")
+    if limit:
+        x, y = x[:limit], None if y is None else y[:limit]
+    return x, y
+
+
+def open_client(args: argparse.Namespace) -> Client:
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.server:
+        client = connect(args.server, token=args.token, progress=progress)
+        try:
+            client.health()
+        except Unavailable as exc:
+            client.close()
+            raise CliError(f"cannot reach the server at {args.server}: {exc.details}", EXIT_UNREACHABLE) from None
+        return client
+    try:
+        return Client.embedded(store=args.store, progress=progress)
+    except Exception as exc:  # the embedded server's own message says why
+        raise CliError(f"could not start the embedded server: {exc}") from None
+
+
+def resolve_model(client: Client, ref: str) -> Model:
+    path = Path(ref)
+    if path.is_file():
+        return client.upload_model(path)
+    if path.suffix in (".onnx", ".pt2", ".pt", ".pth") or os.sep in ref:
+        raise CliError(f"model file not found: {ref}")
+    return client.model(ref)
+
+
+# ---------------------------------------------------------------- printing
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if np.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], out=sys.stdout) -> None:  # noqa: ANN001
+    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
+
+
+def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN001
+    print(f"run {run.id}: {run.status}, {run.info.num_samples} samples, {run.info.seconds:.1f} s, "
+          f"{run.info.num_results} results ({run.info.num_failed} failed)", file=out)
+    if run.info.error:
+        print(f"  error: {run.info.error}", file=out)
+    series = len(run.info.config.models) > 1
+    for metric in run.metrics:
+        results = [r for r in run.results if r.metric == metric]
+        keys: list[str] = []
+        for r in results:
+            keys += [i.key for i in r.items if i.WhichOneof("value") == "scalar" and i.key not in keys]
+        keys = keys[:max_keys]
+        rows = []
+        for r in results:
+            row: dict[str, Any] = {"layer": r.layer or "(model)", "checkpoint": r.checkpoint}
+            if r.status != "ok":
+                row["status"] = "FAILED: " + r.error.splitlines()[0][:60]
+            else:
+                row["status"] = "ok"
+                row.update({i.key: i.scalar for i in r.items if i.key in keys})
+            rows.append(row)
+        print(f"\n{metric}", file=out)
+        print_table(rows, ["layer", *(["checkpoint"] if series else []), *keys, "status"], out)
+
+
+def run_to_json(run: Run) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, Curve):
+            return {"x": value.x.tolist(), "y": value.y.tolist(), "x_label": value.x_label, "y_label": value.y_label}
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        return value
+
+    return {
+        "run_id": run.id, "status": run.status, "models": list(run.info.config.models),
+        "model_ids": list(run.info.model_ids), "num_samples": run.info.num_samples, "seconds": run.info.seconds,
+        "plugin_versions": dict(run.info.plugin_versions), "error": run.info.error,
+        "results": [
+            {"metric": r.metric, "layer": r.layer, "checkpoint": r.checkpoint, "status": r.status, "error": r.error,
+             "warnings": list(r.warnings), "values": {i.key: plain(decode_item(i)) for i in r.items}}
+            for r in run.results
+        ],
+    }
+
+
+def write_outputs(run: Run, json_path: Path | None, report_path: Path | None) -> None:
+    if json_path:
+        json_path.write_text(json.dumps(run_to_json(run), indent=1))
+        print(f"wrote {json_path}", file=sys.stderr)
+    if report_path:
+        from .report import write_report
+
+        write_report(run, report_path)
+        print(f"wrote {report_path}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_analyze(args: argparse.Namespace, client: Client) -> int:
+    params = parse_params(args.param)
+    data = load_data(args.data, args.limit)
+    models = [resolve_model(client, ref) for ref in args.models]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    run = client.analyze(models, data=data, metrics=metrics, layers=args.layers, params=params,
+                         batch_size=args.batch_size, seed=args.seed, limit=args.limit or None, split=args.split,
+                         metric_timeout=args.metric_timeout or None)
+    print_run(run)
+    write_outputs(run, args.json, args.report)
+    return 0 if run.status == "completed" else EXIT_ERROR
+
+
+def cmd_metrics(args: argparse.Namespace, client: Client) -> int:
+    infos = client.metric_infos()
+    if args.json:
+        print(json.dumps([{"name": m.name, "description": m.description, "plugin": m.plugin,
+                           "params": {p.name: p.type for p in m.params}} for m in infos.metrics], indent=1))
+        return 0
+    rows = [{"name": m.name, "needs": ",".join(m.needs), "plugin": f"{m.plugin} {m.plugin_version}",
+             "description": m.description[:70]} for m in infos.metrics]
+    print_table(rows, ["name", "needs", "plugin", "description"])
+    for error in infos.plugin_errors:
+        print(f"warning: {error}", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, client: Client) -> int:
+    rows = [{"id": m.id[:12], "name": m.name, "format": m.format, "bytes": m.info.size_bytes,
+             "source": m.info.source} for m in client.models()]
+    print_table(rows, ["id", "name", "format", "bytes", "source"])
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, client: Client) -> int:
+    rows = [{"run": r.id, "status": r.status, "created": r.info.created_at[:19], "models": len(r.info.config.models),
+             "metrics": ",".join(m.name for m in r.info.config.metrics)[:50], "results": r.info.num_results}
+            for r in client.runs(args.limit)]
+    print_table(rows, ["run", "status", "created", "models", "metrics", "results"])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, client: Client) -> int:
+    run = client.get_run(args.run_id)
+    print_run(run)
+    write_outputs(run, args.json, args.report)
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace, client: Client) -> int:
+    model = resolve_model(client, args.model)
+    data = load_data(args.data, args.limit)
+    if isinstance(data, str):
+        if data != "digits":
+            raise CliError("capture needs real inputs: --data digits or a .npy/.npz file")
+        from sklearn.datasets import load_digits
+
+        x = (load_digits().data[: args.limit or None] / 16.0).astype(np.float32)
+        shape = [d if d > 0 else -1 for d in model.info.inputs[0].shape.dims]
+        x = x.reshape([-1, *shape[1:]]) if len(shape) > 1 else x
+    else:
+        x = data[0]
+    acts = client.capture(model, x, layers=args.layers)
+    np.savez(args.out, **acts, **{f"output/{k}": v for k, v in acts.model_outputs.items()})
+    for name, array in acts.items():
+        print(f"{name}: {list(array.shape)} {array.dtype}")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "metrics": cmd_metrics, "models": cmd_models, "runs": cmd_runs,
+            "show": cmd_show, "capture": cmd_capture}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "analyze":
+            parse_params(args.param)  # bad usage fails before a server starts
+            for ref in args.models:
+                if Path(ref).suffix in (".onnx", ".pt2", ".pt", ".pth") and not Path(ref).is_file():
+                    raise CliError(f"model file not found: {ref}")
+        with open_client(args) as client:
+            return COMMANDS[args.command](args, client)
+    except CliError as exc:
+        print(f"deepscope: error: {exc}", file=sys.stderr)
+        return exc.code
+    except Unavailable as exc:
+        print(f"deepscope: error: server unavailable: {exc.details}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except DeepscopeError as exc:
+        print(f"deepscope: error: {type(exc).__name__}: {exc.details}", file=sys.stderr)
+        return EXIT_ERROR
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"deepscope: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("deepscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

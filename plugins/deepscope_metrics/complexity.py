@@ -1,0 +1,419 @@
+"""Nonlinearity complexity of a layer's computation (Janik & Witaszczyk 2020, reconstructed).
+
+Only the abstract of arXiv 2006.04791 was read ("a notion of complexity which quantifies the
+nonlinearity of the computation", "entropic", "as a function of scale"). These observables are
+a reconstruction; every choice is a parameter. All work from activations alone:
+
+* :func:`linear_fvu` — fraction of variance of a layer's output left unexplained by the best
+  affine map of its input (ridge, fitted on a training split, scored on a held-out split;
+  input and output PCA-reduced to at most ``max_dim`` dimensions where wider). 0 = the layer
+  acts linearly on this data.
+* :func:`piecewise_fvu_curve` — FVU(K) with the input space cut into K = 1, 2, 4, … clusters
+  (k-means) and one affine map per cluster; ``C(ε) = ln K*(ε)`` with K* the fewest clusters
+  reaching FVU ≤ ε (:func:`complexity_at`), and the cluster-occupancy entropy at K*.
+* :class:`PatternEntropy` — entropy of binary activation patterns ``h > threshold``: the sum
+  over units of the binary entropy of ``P(h_i > 0)``, the joint Shannon entropy of the
+  empirical distribution of whole patterns (which linear piece of a piecewise-linear network a
+  sample falls in), the number of distinct patterns, and the joint entropy as a function of the
+  number of units considered (the "scale"). Entropies are in nats.
+
+Why "nested" clustering is the default for FVU(K): each level splits every cluster of the
+previous one in two with 2-means, so the partitions are nested and, for least squares
+(``alpha = 0``), the training FVU cannot increase with K (a coarser cluster's affine map is
+available to each of its children). Independent k-means per K (``clustering="kmeans"``) is
+offered too but carries no such guarantee.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from sklearn.cluster import KMeans
+
+__all__ = [
+    "PatternEntropy",
+    "affine_fit",
+    "binary_entropy",
+    "complexity_at",
+    "fvu",
+    "linear_fvu",
+    "occupancy_entropy",
+    "pattern_entropy",
+    "pca_basis",
+    "piecewise_fvu_curve",
+    "split_indices",
+]
+
+_NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def split_indices(n: int, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random (train, test) index split; at least one sample on each side when n ≥ 2."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    n_test = min(max(n_test, 1), n - 1) if n >= 2 else 0
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def pca_basis(x: np.ndarray, max_dim: int) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Mean, top-``max_dim`` principal directions ``[features, k]`` and retained variance fraction.
+
+    Returns ``basis=None`` (no reduction) when ``x`` is not wider than ``max_dim``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    if x.shape[1] <= max_dim:
+        return mean, None, 1.0
+    xc = x - mean
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    total = float((s * s).sum())
+    kept = float((s[:max_dim] ** 2).sum())
+    return mean, vt[:max_dim].T, kept / total if total > 0 else 1.0
+
+
+def _reduce(x: np.ndarray, mean: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x if basis is None else (x - mean) @ basis
+
+
+def affine_fit(x: np.ndarray, y: np.ndarray, alpha: float = 1e-3, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge affine map ``y ≈ x @ W + b``; returns ``(W[in, out], b[out])``.
+
+    The intercept is not penalised. The penalty is ``λ = alpha · n · scale`` with ``scale``
+    the mean per-feature variance of ``x`` (pass a fixed ``scale`` to share one penalty across
+    clusters), so ``alpha`` is dimensionless. ``alpha = 0`` is least squares (minimum-norm
+    solution when underdetermined).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    xc, yc = x - mx, y - my
+    if alpha > 0:
+        if scale is None:
+            scale = float((xc * xc).sum() / max(x.shape[0] * x.shape[1], 1))
+        lam = alpha * x.shape[0] * scale
+    else:
+        lam = 0.0
+    if lam > 0:
+        w = scipy.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T @ yc, assume_a="pos")
+    else:
+        w = np.linalg.lstsq(xc, yc, rcond=None)[0]
+    return w, my - mx @ w
+
+
+def fvu(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Fraction of variance unexplained ``Σ‖y − ŷ‖² / Σ‖y − ȳ‖²`` pooled over output dims.
+
+    NaN when ``y`` has no variance.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    resid = y - y_hat
+    yc = y - y.mean(axis=0)
+    total = float((yc * yc).sum())
+    return float((resid * resid).sum()) / total if total > 0 else _NAN
+
+
+def occupancy_entropy(labels: np.ndarray) -> float:
+    """Shannon entropy (nats) of the cluster occupancy ``n_k / n``."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return _NAN
+    _, counts = np.unique(labels, return_counts=True)
+    p = counts / labels.size
+    return float(-(p * np.log(p)).sum()) + 0.0  # no -0.0
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """``H(p) = −p ln p − (1−p) ln(1−p)`` in nats, elementwise, with ``0 ln 0 = 0``."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(p * np.log(p) + (1 - p) * np.log1p(-p))
+    return np.where((p <= 0) | (p >= 1), 0.0, h)
+
+
+# ------------------------------------------------------------------------- regressions
+
+
+def _prepare(x, y, test_fraction, max_dim, seed):
+    """Split, then PCA-reduce input and output with bases fitted on the training split."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    tr, te = split_indices(x.shape[0], test_fraction, seed)
+    mx, bx, rx = pca_basis(x[tr], max_dim)
+    my, by, ry = pca_basis(y[tr], max_dim)
+    xr, yr = _reduce(x, mx, bx), _reduce(y, my, by)
+    info = {
+        "n_samples": int(x.shape[0]), "n_train": int(tr.size), "n_test": int(te.size),
+        "input_units": int(x.shape[1]), "output_units": int(y.shape[1]),
+        "input_dim": int(xr.shape[1]), "output_dim": int(yr.shape[1]),
+        "input_pca_variance": rx, "output_pca_variance": ry,
+    }
+    return xr[tr], yr[tr], xr[te], yr[te], info
+
+
+def _degenerate(x: np.ndarray, y: np.ndarray, min_samples: int = 4) -> str:
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        return f"input and output rows differ ({x.shape} vs {y.shape}); use reduce='mean' or 'flatten'"
+    if x.shape[0] < min_samples:
+        return f"need at least {min_samples} samples, got {x.shape[0]}"
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return "non-finite values in the layer input or output"
+    if float(np.ptp(y, axis=0).max(initial=0.0)) == 0.0:
+        return "the layer output is constant over the samples (no variance to explain)"
+    return ""
+
+
+def linear_fvu(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    test_fraction: float = 0.25,
+    alpha: float = 1e-3,
+    max_dim: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FVU of the best affine map from a layer's input ``x[n, in]`` to its output ``y[n, out]``.
+
+    Fitted (ridge, see :func:`affine_fit`) on a random ``1 − test_fraction`` split and scored
+    on the rest: ``fvu`` (held-out, the headline) and ``fvu_train``. Degenerate data gives NaN
+    and a ``reason``.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    reason = _degenerate(x, y)
+    if reason:
+        return {"fvu": _NAN, "fvu_train": _NAN, "n_samples": int(x.shape[0]), "reason": reason}
+    xtr, ytr, xte, yte, info = _prepare(x, y, test_fraction, max_dim, seed)
+    w, b = affine_fit(xtr, ytr, alpha)
+    out = {"fvu": fvu(yte, xte @ w + b), "fvu_train": fvu(ytr, xtr @ w + b), **info}
+    if not np.isfinite(out["fvu"]):
+        out["reason"] = "the held-out output has no variance"
+    return out
+
+
+def _nested_levels(x: np.ndarray, n_levels: int, seed: int, min_cluster_size: int):
+    """Nested 2-means splits: per level, training labels and a descent table for new points.
+
+    Returns ``labels[level]`` (training) and ``children[level] = (ids[K_parent, 2],
+    centroids[K_parent, 2, d])`` for assigning unseen points by descending the tree.
+    """
+    labels = [np.zeros(x.shape[0], dtype=np.int64)]
+    children = []
+    for level in range(1, n_levels):
+        parent = labels[-1]
+        k_parent = int(parent.max()) + 1
+        new = np.empty_like(parent)
+        ids = np.empty((k_parent, 2), dtype=np.int64)
+        cents = np.empty((k_parent, 2, x.shape[1]))
+        next_id = 0
+        for c in range(k_parent):  # a loop over clusters (≤ k_max), not over samples
+            members = np.flatnonzero(parent == c)
+            pts = x[members]
+            centre = pts.mean(axis=0)
+            split = None
+            if members.size >= 2 * min_cluster_size and np.ptp(pts, axis=0).max() > 0:
+                km = KMeans(2, n_init=3, random_state=seed + level * 7919 + c).fit(pts)
+                if np.bincount(km.labels_, minlength=2).min() > 0:
+                    split = km
+            if split is None:
+                new[members] = next_id
+                ids[c] = next_id
+                cents[c] = centre
+                next_id += 1
+            else:
+                new[members] = next_id + split.labels_
+                ids[c] = (next_id, next_id + 1)
+                cents[c] = split.cluster_centers_
+                next_id += 2
+        labels.append(new)
+        children.append((ids, cents))
+        if next_id == k_parent:  # nothing could be split any more
+            break
+    return labels, children
+
+
+def _descend(x: np.ndarray, children) -> list[np.ndarray]:
+    """Assign points to the nested clusters level by level (nearer of the two children)."""
+    lab = np.zeros(x.shape[0], dtype=np.int64)
+    out = [lab]
+    for ids, cents in children:
+        c = cents[lab]  # [n, 2, d]
+        d2 = ((x[:, None, :] - c) ** 2).sum(axis=2)
+        lab = ids[lab, np.argmin(d2, axis=1)]
+        out.append(lab)
+    return out
+
+
+def _piecewise_predict(xtr, ytr, ltr, xte, lte, alpha, scale):
+    """Fit one affine map per training cluster; predict train and test points by their cluster."""
+    ptr = np.empty_like(ytr)
+    pte = np.empty((xte.shape[0], ytr.shape[1]))
+    for c in np.unique(ltr):  # a loop over clusters, each a vectorised fit
+        m, mt = ltr == c, lte == c
+        w, b = affine_fit(xtr[m], ytr[m], alpha, scale)
+        ptr[m] = xtr[m] @ w + b
+        if mt.any():
+            pte[mt] = xte[mt] @ w + b
+    return ptr, pte
+
+
+def piecewise_fvu_curve(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    k_max: int = 64,
+    clustering: str = "nested",
+    min_cluster_size: int = 10,
+    test_fraction: float = 0.25,
+    alpha: float = 1e-3,
+    max_dim: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FVU(K) of a piecewise-affine model of the layer: K clusters of the input, one map each.
+
+    K runs over 1, 2, 4, … ≤ ``k_max`` while each cluster can keep ``min_cluster_size``
+    training points. ``clustering="nested"`` splits every cluster in two per level (nested
+    partitions; fewer than 2^level clusters when some cannot be split), ``"kmeans"`` runs
+    k-means afresh for each K. The ridge penalty (``alpha``) is the global one of
+    :func:`affine_fit` scaled by each cluster's size. Held-out points take the map of their
+    cluster (tree descent for nested, nearest centroid for k-means). Returns ``k`` (clusters
+    actually used), ``fvu_train``, ``fvu_test``, ``occupancy_entropy`` per K (held-out
+    occupancy) and sizes; degenerate data gives a ``reason``.
+    """
+    if clustering not in ("nested", "kmeans"):
+        raise ValueError(f"unknown clustering '{clustering}': use nested or kmeans")
+    x, y = np.asarray(x), np.asarray(y)
+    reason = _degenerate(x, y)
+    if reason:
+        return {"k": np.zeros(0, np.int64), "fvu_train": np.zeros(0), "fvu_test": np.zeros(0),
+                "occupancy_entropy": np.zeros(0), "n_samples": int(x.shape[0]), "reason": reason}
+    xtr, ytr, xte, yte, info = _prepare(x, y, test_fraction, max_dim, seed)
+    n_levels = 1
+    while 2 ** n_levels <= k_max and xtr.shape[0] // 2 ** n_levels >= min_cluster_size:
+        n_levels += 1
+    scale = float(xtr.var(axis=0).mean())
+    if clustering == "nested":
+        ltr_all, children = _nested_levels(xtr, n_levels, seed, min_cluster_size)
+        lte_all = _descend(xte, children)
+    else:
+        ltr_all, lte_all = [], []
+        for level in range(n_levels):
+            k = 2 ** level
+            if k == 1:
+                ltr_all.append(np.zeros(xtr.shape[0], np.int64))
+                lte_all.append(np.zeros(xte.shape[0], np.int64))
+                continue
+            km = KMeans(k, n_init=3, random_state=seed + level).fit(xtr)
+            ltr_all.append(km.labels_.astype(np.int64))
+            lte_all.append(km.predict(xte).astype(np.int64))
+    ks, f_tr, f_te, occ = [], [], [], []
+    for ltr, lte in zip(ltr_all, lte_all):
+        ptr, pte = _piecewise_predict(xtr, ytr, ltr, xte, lte, alpha, scale)
+        ks.append(int(np.unique(ltr).size))
+        f_tr.append(fvu(ytr, ptr))
+        f_te.append(fvu(yte, pte))
+        occ.append(occupancy_entropy(lte))
+    return {
+        "k": np.asarray(ks, dtype=np.int64), "fvu_train": np.asarray(f_tr), "fvu_test": np.asarray(f_te),
+        "occupancy_entropy": np.asarray(occ), "clustering": clustering, **info,
+    }
+
+
+def complexity_at(k: np.ndarray, fvu_curve: np.ndarray, eps: float) -> tuple[int, float]:
+    """``(K*, C = ln K*)`` with K* the fewest clusters whose FVU ≤ eps; ``(0, NaN)`` if none."""
+    k = np.asarray(k)
+    ok = np.flatnonzero(np.asarray(fvu_curve) <= eps)
+    if ok.size == 0:
+        return 0, _NAN
+    k_star = int(k[ok].min())
+    return k_star, float(np.log(k_star))
+
+
+# ----------------------------------------------------------------------- pattern entropy
+
+
+class PatternEntropy:
+    """Streamed activation-pattern entropies of ``a[rows, units]`` with patterns ``a > threshold``.
+
+    Per-unit activation counts are O(units); whole patterns are counted exactly (packed to
+    bits) for the nested unit subsets of sizes 1, 2, 4, …, units, taken in a fixed random
+    order (``unit_order="random"``, seeded) or by index. Memory grows with the number of
+    *distinct* patterns (at most the number of samples), ``units/8`` bytes each, per scale.
+    """
+
+    def __init__(self, threshold: float = 0.0, unit_order: str = "random", seed: int = 0) -> None:
+        if unit_order not in ("random", "index"):
+            raise ValueError(f"unknown unit_order '{unit_order}': use random or index")
+        self.threshold = threshold
+        self.unit_order = unit_order
+        self.seed = seed
+        self.n = 0
+        self.n_units: int | None = None
+        self._active: np.ndarray | None = None
+        self._order: np.ndarray | None = None
+        self._scales: list[int] = []
+        self._counters: list[Counter] = []
+
+    def update(self, a: np.ndarray) -> None:
+        a = np.asarray(a)
+        if a.ndim != 2:
+            raise ValueError(f"expected [rows, units], got shape {a.shape}")
+        if self.n_units is None:
+            d = self.n_units = a.shape[1]
+            self._active = np.zeros(d, dtype=np.int64)
+            self._order = (np.random.default_rng(self.seed).permutation(d) if self.unit_order == "random"
+                           else np.arange(d))
+            self._scales = sorted({*(2 ** i for i in range(int(np.log2(max(d, 1))) + 1)), d} - {0})
+            self._counters = [Counter() for _ in self._scales]
+        elif a.shape[1] != self.n_units:
+            raise ValueError(f"batch has {a.shape[1]} units, earlier batches had {self.n_units}")
+        on = a > self.threshold
+        self._active += on.sum(axis=0)
+        self.n += a.shape[0]
+        ordered = on[:, self._order]
+        for m, counter in zip(self._scales, self._counters):
+            packed = np.ascontiguousarray(np.packbits(ordered[:, :m], axis=1))
+            counter.update(packed.view(np.dtype((np.void, packed.shape[1]))).ravel().tolist())
+
+    def result(self) -> dict[str, Any]:
+        """Entropies (nats), activation rates, distinct-pattern counts and the scale curve."""
+        if not self.n or not self.n_units:
+            return {"unit_entropy_sum": _NAN, "joint_entropy": _NAN, "n_samples": int(self.n),
+                    "n_units": int(self.n_units or 0), "reason": "no samples or no units"}
+        rate = self._active / self.n
+        h_unit = binary_entropy(rate)
+        joint, distinct = [], []
+        for counter in self._counters:
+            c = np.fromiter(counter.values(), dtype=np.float64, count=len(counter))
+            p = c / self.n
+            joint.append(float(-(p * np.log(p)).sum()) + 0.0)
+            distinct.append(len(counter))
+        return {
+            "unit_entropy_sum": float(h_unit.sum()),
+            "unit_entropy": h_unit,
+            "activation_rate": rate,
+            "joint_entropy": joint[-1],
+            "n_distinct_patterns": distinct[-1],
+            "max_joint_entropy": float(np.log(self.n)),
+            "saturated": bool(distinct[-1] == self.n and self.n > 1),
+            "scale_units": np.asarray(self._scales, dtype=np.int64),
+            "scale_joint_entropy": np.asarray(joint),
+            "scale_distinct_patterns": np.asarray(distinct, dtype=np.int64),
+            "n_samples": int(self.n),
+            "n_units": int(self.n_units),
+            "dead_units": int((self._active == 0).sum()),
+            "always_active_units": int((self._active == self.n).sum()),
+        }
+
+
+def pattern_entropy(a: np.ndarray, threshold: float = 0.0, unit_order: str = "random", seed: int = 0) -> dict[str, Any]:
+    """:class:`PatternEntropy` of one array ``a[samples, units]``."""
+    acc = PatternEntropy(threshold, unit_order, seed)
+    acc.update(a)
+    return acc.result()
+

@@ -1,0 +1,102 @@
+"""SS_rate of a feature network (Ding et al. 2025, arXiv 2507.17785), as the authors' code computes it.
+
+The feature network of a layer has one node per unit; node ``i``'s feature vector is the unit's
+output over a batch of B inputs, ``F[i] in R^B``, and ``d_ij = ||F_i - F_j|| / sqrt(B)``.
+SS_rate follows ``sfm/sfm_loss_d_v2.py`` (the code behind the paper's tables, not the printed
+Eq. 9): a box-count proxy ``N(theta)`` over a geometric grid of thresholds compared with the
+straight line of a perfectly self-similar network. 0 = strongly self-similar, 1 = not at all.
+
+Cost: one ``pdist`` (P = D(D-1)/2 distances, never a P x B array), one sort, one
+``searchsorted`` for all S thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.distance import pdist
+
+VARIANTS = ("code",)
+
+
+@dataclass
+class SSRate:
+    """One SS_rate evaluation. ``value`` is NaN with a ``reason`` for degenerate inputs."""
+
+    value: float
+    n_nodes: int  #: D
+    batch_size: int  #: B
+    n_thresholds: int  #: S
+    s: np.ndarray  #: s_k = k/(S-1)
+    thresholds: np.ndarray  #: theta_k
+    n_theta: np.ndarray  #: N_k, the box-count proxy at each threshold
+    y: np.ndarray  #: ln N_k / ln D
+    tz: float  #: smallest distance
+    tv: float  #: largest distance
+    zero_variance_fraction: float  #: nodes whose feature is constant over the batch
+    reason: str = ""
+
+
+def _empty(D: int, B: int, S: int, zero_var: float, reason: str) -> SSRate:
+    nan = np.full(S, np.nan)
+    return SSRate(float("nan"), D, B, S, np.linspace(0.0, 1.0, S), nan, nan, nan.copy(), float("nan"),
+                  float("nan"), zero_var, reason)
+
+
+def ss_rate_from_distances(d: np.ndarray, n_nodes: int, n_thresholds: int = 256) -> tuple[float, dict]:
+    """SS_rate from the condensed pair distances ``d`` (length D(D-1)/2) of ``n_nodes`` nodes.
+
+    ``theta_k = (1+TZ) ((1+TV)/(1+TZ))^{s_k} - 1``; ``p_k = #{d < theta_k} / P`` (strict);
+    ``N_k = D - (D-1) ln(1 + (D-1) p_k) / ln D``; ``SS = (2/S) sum_k |(1 - s_k) - ln N_k / ln D|``.
+    Assumes D >= 3 and finite, not-all-equal distances (``ss_rate`` checks).
+    """
+    D, S = int(n_nodes), int(n_thresholds)
+    d_sorted = np.sort(np.asarray(d, np.float64))
+    tz, tv = float(d_sorted[0]), float(d_sorted[-1])
+    s = np.linspace(0.0, 1.0, S)
+    theta = (1.0 + tz) * ((1.0 + tv) / (1.0 + tz)) ** s - 1.0
+    theta[0], theta[-1] = tz, tv  # exact endpoints: the power can round an ulp off TV and flip a count
+    p = np.searchsorted(d_sorted, theta, side="left") / d_sorted.size  # count of d < theta
+    n_theta = D - (D - 1) * np.log1p((D - 1) * p) / np.log(D)
+    y = np.log(n_theta) / np.log(D)
+    value = float(2.0 / S * np.abs((1.0 - s) - y).sum())
+    return value, {"s": s, "thresholds": theta, "n_theta": n_theta, "y": y, "tz": tz, "tv": tv}
+
+
+def ss_rate(features: np.ndarray, n_thresholds: int = 256, variant: str = "code") -> SSRate:
+    """SS_rate of one batch. ``features[D, B]``: row i = unit i's outputs on the B inputs.
+
+    Degenerate inputs (D < 3, non-finite values, all distances equal - e.g. identical nodes)
+    give NaN with a reason.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown N_theta variant '{variant}'; available: {', '.join(VARIANTS)}")
+    F = np.asarray(features, np.float64)
+    if F.ndim != 2:
+        raise ValueError(f"features must be [nodes, batch], got shape {F.shape}")
+    D, B = F.shape
+    S = int(n_thresholds)
+    if S < 2:
+        raise ValueError(f"n_thresholds must be >= 2, got {S}")
+    if D == 0 or B == 0:
+        return _empty(D, B, S, float("nan"), f"empty feature matrix ({D} nodes x {B} samples)")
+    if not np.isfinite(F).all():
+        bad = int((~np.isfinite(F)).any(axis=1).sum())
+        return _empty(D, B, S, float("nan"), f"{bad} of {D} nodes have NaN/inf activations")
+    zero_var = float(np.mean(np.ptp(F, axis=1) == 0))
+    if D < 3:
+        return _empty(D, B, S, zero_var, f"{D} nodes: SS_rate needs at least 3")
+    d = pdist(F) / np.sqrt(B)
+    if d.max() == d.min():
+        return _empty(D, B, S, zero_var, "all node distances are equal (e.g. identical nodes): no scale to count")
+    value, curves = ss_rate_from_distances(d, D, S)
+    return SSRate(value, D, B, S, curves["s"], curves["thresholds"], curves["n_theta"], curves["y"],
+                  curves["tz"], curves["tv"], zero_var)
+
+
+def ss_rate_batches(activations: np.ndarray, batch_size: int = 64, n_thresholds: int = 256) -> list[SSRate]:
+    """SS_rate on consecutive batches of ``batch_size`` samples of ``activations[N, D]`` (remainder dropped)."""
+    A = np.asarray(activations)
+    return [ss_rate(A[lo : lo + batch_size].T, n_thresholds)
+            for lo in range(0, A.shape[0] - batch_size + 1, batch_size)]

@@ -1,0 +1,286 @@
+"""Plugin adapter for the fractal family: SS_rate, feature-graph d_B, spectrum exponent, correlation dimension.
+
+Thin: buffering per layer and result packing; the computations live in deepscope_metrics.fractal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Curve, Metric, Needs, Param, Table, hookimpl, unit_view
+
+from ..fractal.box_covering import METHODS, box_covering
+from ..fractal.correlation import NORMALISATIONS, correlation_dimension
+from ..fractal.feature_graph import EPSILON_MODES, PairDistanceAccumulator, feature_graph
+from ..fractal.spectrum import CovarianceAccumulator, spectrum_exponent
+from ..fractal.ss_rate import VARIANTS, ss_rate
+
+DING = "Ding et al. 2025, Self-similarity Analysis in Deep Neural Networks, arXiv:2507.17785"
+SONG = "Song, Havlin, Makse 2005 (Nature 433:392) and 2007 (J. Stat. Mech. P03006)"
+NAN = float("nan")
+
+
+def _units(metric: Metric, name: str, a: np.ndarray) -> np.ndarray:
+    """``[B, units]`` float64 view of a layer output (spatial/token axes averaged)."""
+    return np.asarray(unit_view(a, metric._layers[name], "mean"), np.float64)
+
+
+class _PerLayer(Metric):
+    def start(self) -> None:
+        self._layers = {layer.name: layer for layer in self.ctx.layers}
+
+
+class SSRateMetric(_PerLayer):
+    name = "fractal.ss_rate"
+    description = (
+        "SS_rate of each layer's feature network (one node per unit, node feature = unit output on a "
+        "batch of B inputs, spatial/token axes averaged), computed as the authors' code does; mean and "
+        "std over consecutive batches of B samples (remainder dropped). 0 = strongly self-similar."
+    )
+    citation = DING
+    needs = Needs.OUTPUTS
+    result_kinds = ("scalar", "curve")
+    params = (
+        Param("batch_size", int, 64, "B: samples per feature network (paper default 64)", min=2),
+        Param("n_thresholds", int, 256, "S: thresholds on the geometric grid", min=2),
+        Param("variant", str, "code", "N_theta formula ('code' = sfm_loss_d_v2.py)", choices=VARIANTS),
+    )
+
+    def start(self) -> None:
+        super().start()
+        self.buffers: dict[str, list[np.ndarray]] = {n: [] for n in self._layers}
+        self.buffered = {n: 0 for n in self._layers}
+        self.results: dict[str, list] = {n: [] for n in self._layers}
+        self.seen = {n: 0 for n in self._layers}
+
+    def update(self, batch: Batch) -> None:
+        B = self.params["batch_size"]
+        for name, a in batch.outputs.items():
+            if name not in self._layers:
+                continue
+            u = _units(self, name, a)
+            self.seen[name] += u.shape[0]
+            self.buffers[name].append(u)
+            self.buffered[name] += u.shape[0]
+            if self.buffered[name] >= B:
+                rows = np.concatenate(self.buffers[name])
+                full = (rows.shape[0] // B) * B
+                for lo in range(0, full, B):
+                    self.results[name].append(ss_rate(rows[lo : lo + B].T, self.params["n_thresholds"]))
+                self.buffers[name] = [rows[full:]]
+                self.buffered[name] = rows.shape[0] - full
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        B, S = self.params["batch_size"], self.params["n_thresholds"]
+        for name in self._layers:
+            runs = self.results[name]
+            if not runs and self.buffered[name] > 0:  # fewer samples than B: use what there is
+                rows = np.concatenate(self.buffers[name])
+                self.ctx.warn(f"{name}: only {rows.shape[0]} samples (< batch_size {B}); one smaller batch used")
+                runs = [ss_rate(rows.T, S)]
+                self.buffered[name] = 0
+            good = [r for r in runs if np.isfinite(r.value)]
+            res: dict[str, Any] = {
+                "n_samples": self.seen[name], "batch_size": B, "n_thresholds": S, "variant": self.params["variant"],
+                "n_batches": len(runs), "n_batches_valid": len(good), "n_samples_dropped": self.buffered[name],
+                "n_nodes": runs[0].n_nodes if runs else 0,
+            }
+            if good:
+                vals = np.array([r.value for r in good])
+                res.update(
+                    ss_rate=float(vals.mean()), ss_rate_std=float(vals.std()),
+                    zero_variance_fraction=float(np.mean([r.zero_variance_fraction for r in good])),
+                    tz_mean=float(np.mean([r.tz for r in good])), tv_mean=float(np.mean([r.tv for r in good])),
+                    n_theta=Curve(good[0].s, np.mean([r.n_theta for r in good], axis=0), "s_k", "N_theta (mean over batches)"),
+                    y=Curve(good[0].s, np.mean([r.y for r in good], axis=0), "s_k", "ln N_theta / ln D"),
+                )
+                bad = {r.reason for r in runs if r.reason}
+                if bad:
+                    res["reason"] = f"{len(runs) - len(good)} batches skipped: " + "; ".join(sorted(bad))
+            else:
+                reasons = sorted({r.reason for r in runs if r.reason}) or ["no samples"]
+                zv = [r.zero_variance_fraction for r in runs if np.isfinite(r.zero_variance_fraction)]
+                res.update(ss_rate=NAN, ss_rate_std=NAN, zero_variance_fraction=float(np.mean(zv)) if zv else NAN,
+                           reason="; ".join(reasons))
+            out[name] = res
+        return out
+
+
+class BoxDimensionMetric(_PerLayer):
+    name = "fractal.box_dimension"
+    description = (
+        "(extension beyond the paper) Box-counting fractal dimension d_B of each layer's explicit feature "
+        "network G_M: nodes = units, d_ij = ||F_i - F_j||/sqrt(n) over all samples, edges d_ij <= eps "
+        "(eps = largest Euclidean-MST edge by default), hop distances, box covering (Song l_B convention), "
+        "log-log fit with R^2, local slopes, the (l_B, N_B) table and a not-fractal flag."
+    )
+    citation = f"{DING}; {SONG}"
+    extension = True
+    needs = Needs.OUTPUTS
+    result_kinds = ("scalar", "vector", "table", "curve")
+    params = (
+        Param("epsilon", str, "mst", "edge threshold rule", choices=EPSILON_MODES),
+        Param("epsilon_quantile", float, 0.1, "pair-distance quantile when epsilon='quantile'", min=0.0, max=1.0),
+        Param("method", str, "greedy", "box-covering algorithm", choices=METHODS),
+        Param("restarts", int, 3, "randomised runs; the fewest boxes per size are kept", min=1),
+        Param("n_sizes", int, 12, "points of the geometric l_B grid", min=3),
+        Param("l_min", float, 2.0, "smallest l_B entering the fit", min=1.0),
+        Param("fit_on", str, "l_B", "abscissa of the fit", choices=("l_B", "l_B-1")),
+    )
+
+    def start(self) -> None:
+        super().start()
+        self.acc = {n: PairDistanceAccumulator() for n in self._layers}
+
+    def update(self, batch: Batch) -> None:
+        for name, a in batch.outputs.items():
+            if name in self.acc:
+                self.acc[name].update(_units(self, name, a))
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        p = self.params
+        for name, acc in self.acc.items():
+            res: dict[str, Any] = {"n_samples": acc.n, "method": p["method"], "epsilon_mode": p["epsilon"],
+                                   "fit_on": p["fit_on"], "seed": self.ctx.seed}
+            nan_res = dict(d_B=NAN, r2=NAN, fractal=False)
+            if acc.nonfinite or acc.gram is None:
+                out[name] = {**res, **nan_res, "n_nodes": 0 if acc.gram is None else acc.gram.shape[0],
+                             "reason": "NaN/inf activations" if acc.nonfinite else "no samples"}
+                continue
+            res["n_nodes"] = acc.gram.shape[0]
+            fg = feature_graph(acc.distances(), p["epsilon"], p["epsilon_quantile"])
+            res.update(epsilon=fg.epsilon, n_edges=fg.n_edges)
+            if fg.adjacency is None:
+                out[name] = {**res, **nan_res, "reason": fg.reason}
+                continue
+            bc = box_covering(fg.adjacency, method=p["method"], seed=self.ctx.seed, restarts=p["restarts"],
+                              n_sizes=p["n_sizes"], l_min=p["l_min"], fit_on=p["fit_on"])
+            res.update(
+                d_B=bc.dimension, r2=bc.r2, r2_semilog=bc.r2_semilog, fractal=bc.fractal,
+                local_slopes=np.asarray(bc.local_slopes), diameter=bc.diameter, n_components=bc.n_components,
+                restarts=p["restarts"],
+                boxes=Table({"l_B": bc.sizes, "l_B_minus_1": bc.sizes_minus_one, "N_B": bc.counts,
+                             "in_fit": bc.fit_mask}),
+                n_boxes=Curve(bc.sizes.astype(float), bc.counts.astype(float), "l_B", "N_B"),
+            )
+            if bc.reason:
+                res["reason"] = bc.reason
+            out[name] = res
+        return out
+
+
+class SpectrumExponentMetric(_PerLayer):
+    name = "fractal.spectrum_exponent"
+    description = (
+        "Power-law exponent gamma of each layer's unit-covariance eigenvalue distribution (continuous MLE, "
+        "lambda_min by KS minimisation; covariance streamed in float64, spatial/token axes averaged), and "
+        "sigma_gamma = population std of gamma across layers (under the whole-model key)."
+    )
+    citation = DING
+    needs = Needs.OUTPUTS
+    result_kinds = ("scalar", "table")
+    params = (Param("min_tail", int, 5, "fewest eigenvalues in the fitted tail", min=2),)
+
+    def start(self) -> None:
+        super().start()
+        self.acc = {n: CovarianceAccumulator() for n in self._layers}
+
+    def update(self, batch: Batch) -> None:
+        for name, a in batch.outputs.items():
+            if name in self.acc:
+                self.acc[name].update(_units(self, name, a))
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, acc in self.acc.items():
+            res: dict[str, Any] = {"n_samples": acc.n, "n_units": 0 if acc.mean is None else acc.mean.size,
+                                   "min_tail": self.params["min_tail"]}
+            if acc.nonfinite or acc.n < 2:
+                out[name] = {**res, "gamma": NAN,
+                             "reason": "NaN/inf activations" if acc.nonfinite else f"{acc.n} samples: need at least 2"}
+                continue
+            fit = spectrum_exponent(acc.covariance(), self.params["min_tail"])
+            res.update(gamma=fit.gamma, lambda_min=fit.xmin, n_tail=fit.n_tail, ks=fit.ks, n_eigenvalues=fit.n_values)
+            if fit.reason:
+                res["reason"] = fit.reason
+            out[name] = res
+        names = list(out)
+        gammas = np.array([out[n]["gamma"] for n in names], float)
+        ok = np.isfinite(gammas)
+        whole: dict[str, Any] = {"n_layers": int(ok.sum()), "layers": Table({"layer": names, "gamma": gammas})}
+        if ok.sum() >= 2:
+            whole.update(sigma_gamma=float(gammas[ok].std()), gamma_mean=float(gammas[ok].mean()))
+        else:
+            whole.update(sigma_gamma=NAN, reason=f"{int(ok.sum())} layers with a finite gamma: sigma needs 2")
+        out[WHOLE_MODEL] = whole
+        return out
+
+
+class CorrelationDimensionMetric(_PerLayer):
+    name = "fractal.correlation_dimension"
+    description = (
+        "Grassberger-Procaccia correlation dimension of each layer's sample representations (spatial/token "
+        "axes averaged, normalised) on the first max_samples samples, and Delta = (max - min)/mean across "
+        "layers (under the whole-model key)."
+    )
+    citation = DING
+    needs = Needs.OUTPUTS
+    result_kinds = ("scalar", "curve")
+    params = (
+        Param("max_samples", int, 1000, "cap on samples per layer (the first ones are kept)", min=3),
+        Param("normalise", str, "l2", "per-sample normalisation", choices=NORMALISATIONS),
+        Param("n_radii", int, 16, "radii on the geometric grid", min=3),
+        Param("quantile_low", float, 0.001, "smallest radius as a pair-distance quantile", min=0.0, max=1.0),
+        Param("quantile_high", float, 0.05, "largest radius as a pair-distance quantile", min=0.0, max=1.0),
+    )
+
+    def start(self) -> None:
+        super().start()
+        self.kept: dict[str, list[np.ndarray]] = {n: [] for n in self._layers}
+        self.count = {n: 0 for n in self._layers}
+        self.seen = {n: 0 for n in self._layers}
+
+    def update(self, batch: Batch) -> None:
+        cap = self.params["max_samples"]
+        for name, a in batch.outputs.items():
+            if name not in self.kept:
+                continue
+            self.seen[name] += a.shape[0]
+            room = cap - self.count[name]
+            if room > 0:
+                u = _units(self, name, a[:room])
+                self.kept[name].append(u)
+                self.count[name] += u.shape[0]
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        p = self.params
+        out: dict[str, dict[str, Any]] = {}
+        for name, parts in self.kept.items():
+            x = np.concatenate(parts) if parts else np.zeros((0, 0))
+            cd = correlation_dimension(x, p["n_radii"], (p["quantile_low"], p["quantile_high"]), p["normalise"])
+            res: dict[str, Any] = {"dimension": cd.dimension, "r2": cd.r2, "n_samples": self.seen[name],
+                                   "n_samples_used": cd.n_samples, "n_units": cd.n_features,
+                                   "normalise": p["normalise"]}
+            if cd.radii.size:
+                res["correlation_sum"] = Curve(cd.radii, cd.c, "r", "C(r)")
+            if cd.reason:
+                res["reason"] = cd.reason
+            out[name] = res
+        dims = np.array([r["dimension"] for r in out.values()], float)
+        ok = dims[np.isfinite(dims)]
+        whole: dict[str, Any] = {"n_layers": int(ok.size), "layers": Table({"layer": list(out), "dimension": dims})}
+        if ok.size >= 2 and ok.mean() != 0:
+            whole["delta"] = float((ok.max() - ok.min()) / ok.mean())
+        else:
+            whole.update(delta=NAN, reason=f"{ok.size} layers with a finite dimension: Delta needs 2")
+        out[WHOLE_MODEL] = whole
+        return out
+
+
+@hookimpl
+def deepscope_register_metrics(register) -> None:
+    for metric in (SSRateMetric, BoxDimensionMetric, SpectrumExponentMetric, CorrelationDimensionMetric):
+        register(metric)

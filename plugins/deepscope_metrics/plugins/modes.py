@@ -1,0 +1,410 @@
+"""Plugin adapter: neuron transformation modes (modes.*) and attraction basins (basins.*).
+
+Lin et al. 2025 (arXiv 2501.02436), reconstructed from the abstract; the computations live in
+``deepscope_metrics.modes`` and ``deepscope_metrics.basins``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from deepscope_server.plugin_api import (
+    WHOLE_MODEL, Batch, Curve, Layer, Metric, Needs, Param, hookimpl, unit_view,
+)
+
+from .. import basins as B
+from .. import modes as M
+
+CITATION = "Lin, Zhang, Feng, Zhao 2025, arXiv:2501.02436 (abstracts v1-v4; full text not read)"
+_RECON = " (reconstructed from the abstract)"
+
+_PER_POSITION = Param(
+    "per_position", bool, False,
+    "conv/token maps: every (channel, position) is a neuron and images are the samples; "
+    "default: a channel is one neuron over all (image, position) pairs",
+)
+_SATURATION = Param(
+    "saturation_tol", float, 0.0,
+    "count sigma'(h) <= tol * max sigma' as flat (saturated tails of tanh, sigmoid, ...)", min=0.0, max=0.999,
+)
+#: Reservoir elements per tensor (rows x units) above which the row cap is lowered (~128 MB float32).
+_RESERVOIR_BUDGET = 1 << 25
+_BINS = Param("bins", int, 20, "histogram bins of the per-neuron distribution", min=2, max=1000)
+
+
+def _histogram(values: np.ndarray, bins: int, label: str) -> Curve:
+    v = values[np.isfinite(values)]
+    counts, edges = np.histogram(v, bins=bins, range=(0.0, 1.0))
+    frac = counts / v.size if v.size else np.full(bins, np.nan)
+    return Curve(0.5 * (edges[1:] + edges[:-1]), frac, label, "fraction of neurons")
+
+
+class _ModesBase(Metric):
+    """Streams each activation layer's (pre, post) pairs into a ModeStats accumulator."""
+
+    citation = CITATION
+    needs = Needs.INPUTS | Needs.OUTPUTS
+    layer_kinds = frozenset({"activation"})
+    reconstructed = True
+    uses_region = True  #: needs the function's increasing region
+    reservoir_param: str | None = None  #: name of the cap parameter when a row sample is kept
+
+    def start(self) -> None:
+        self.stats: dict[str, M.ModeStats] = {}
+        self.images: dict[str, int] = {}
+        self.regions: dict[str, tuple[float, float] | None] = {}
+        self.reasons: dict[str, str] = {}
+        for layer in self.ctx.layers:
+            self.regions[layer.name] = None
+            self.images[layer.name] = 0
+            function = layer.attrs.get("function")
+            if self._needs_region():
+                try:
+                    self.regions[layer.name] = M.increasing_region(
+                        str(function), layer.attrs, float(self.params.get("saturation_tol", 0.0))
+                    )
+                except ValueError as exc:
+                    self.reasons[layer.name] = str(exc)
+
+    def _needs_region(self) -> bool:
+        return self.uses_region
+
+    def _view(self, a: np.ndarray, layer: Layer) -> np.ndarray:
+        mode = "flatten" if self.params["per_position"] else "positions"
+        return unit_view(np.asarray(a), layer, mode)
+
+    def update(self, batch: Batch) -> None:
+        for layer in self.ctx.layers:
+            name = layer.name
+            if name in self.reasons:
+                continue
+            if name not in batch.inputs or name not in batch.outputs:
+                self.reasons[name] = "pre-activation (layer input) or output not captured for this layer"
+                continue
+            h, y = self._view(batch.inputs[name], layer), self._view(batch.outputs[name], layer)
+            if h.shape != y.shape:
+                self.reasons[name] = f"input {h.shape} and output {y.shape} shapes differ: not an elementwise activation"
+                continue
+            if name not in self.stats:
+                cap = int(self.params[self.reservoir_param]) if self.reservoir_param else 0
+                if cap * h.shape[1] > _RESERVOIR_BUDGET:
+                    cap = max(2, _RESERVOIR_BUDGET // h.shape[1])
+                    self.ctx.warn(f"{self.name}: {name} has {h.shape[1]} units; sample capped at {cap} rows for memory")
+                self.stats[name] = M.ModeStats(h.shape[1], self.regions[name], cap, seed=self.ctx.seed)
+            self.stats[name].update(h, y)
+            self.images[name] += int(batch.inputs[name].shape[0])
+
+    def _common(self, layer: Layer) -> dict[str, Any]:
+        st = self.stats.get(layer.name)
+        out: dict[str, Any] = {
+            "function": str(layer.attrs.get("function", "")),
+            "n_samples": st.n if st else 0,
+            "n_images": self.images.get(layer.name, 0),
+            "n_units": st.n_units if st else 0,
+            "per_position": bool(self.params["per_position"]),
+        }
+        region = self.regions.get(layer.name)
+        if region is not None:
+            out["region_lo"], out["region_hi"] = float(region[0]), float(region[1])
+        for p in self.__class__.params:
+            out[f"param_{p.name}"] = self.params[p.name]
+        return out
+
+    def _degenerate(self, layer: Layer) -> str | None:
+        st = self.stats.get(layer.name)
+        if layer.name in self.reasons:
+            return self.reasons[layer.name]
+        if st is None or st.n < 2:
+            return f"need at least 2 samples to compare orders, got {0 if st is None else st.n}"
+        return None
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        results = {}
+        for layer in self.ctx.layers:
+            out = self._common(layer)
+            reason = self._degenerate(layer)
+            if reason is not None:
+                out.update({k: math.nan for k in self.nan_keys})
+                out["reason"] = reason
+            else:
+                out.update(self._measure(layer, self.stats[layer.name]))
+            results[layer.name] = out
+        return results
+
+    nan_keys: tuple[str, ...] = ()
+
+    def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ModeFractions(_ModesBase):
+    name = "modes.fractions"
+    description = (
+        "Per activation layer, fractions of order-preserving (OPT), non-order-preserving alive "
+        "(NPT) and dead neurons over the samples; region rule (streams) or rank rule (capped sample)" + _RECON
+    )
+    params = (
+        Param("rule", str, "region", "region: all h where sigma strictly increases; rank: outputs "
+              "strictly increase along h (activation-agnostic)", choices=("region", "rank")),
+        _PER_POSITION,
+        _SATURATION,
+        Param("dead_tol", float, 0.0, "dead = output range (max - min) over the samples <= this", min=0.0),
+        Param("max_rank_samples", int, 1000, "rank rule: reservoir of sample rows kept per layer", min=2, max=100_000),
+    )
+    result_kinds = ("scalar", "vector")
+    reservoir_param = "max_rank_samples"
+    nan_keys = ("frac_opt", "frac_npt_alive", "frac_dead")
+
+    def start(self) -> None:
+        if self.params["rule"] == "region":
+            self.reservoir_param = None
+        super().start()
+
+    def _needs_region(self) -> bool:
+        return self.params["rule"] == "region"
+
+    def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
+        dead = st.dead(self.params["dead_tol"])
+        out: dict[str, Any] = {"rule": self.params["rule"]}
+        if self.params["rule"] == "region":
+            opt = st.region_opt()
+            out["n_rank_samples"] = 0
+        else:
+            h, y = st.reservoir.sample()
+            opt = M.rank_rule_opt(h, y)
+            out["n_rank_samples"] = int(h.shape[0])
+        codes = M.classify_modes(opt, dead)
+        out.update(M.mode_fractions(codes))
+        out["modes"] = codes
+        out["mode_codes"] = M.MODE_CODES
+        return out
+
+
+class GradedScore(_ModesBase):
+    name = "modes.graded"
+    description = (
+        "Distribution over neurons of the graded order-preservation score r_j = 1 - (#sample "
+        "pairs tied or inverted by sigma) / (#pairs with distinct pre-activation), on a capped sample" + _RECON
+    )
+    params = (
+        _PER_POSITION,
+        Param("max_samples", int, 1000, "reservoir of sample rows kept per layer", min=2, max=100_000),
+        _BINS,
+    )
+    result_kinds = ("scalar", "vector", "curve")
+    uses_region = False
+    reservoir_param = "max_samples"
+    nan_keys = ("r_mean", "r_median")
+
+    def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
+        h, y = st.reservoir.sample()
+        r, bad, distinct = M.graded_scores(h, y)
+        ok = np.isfinite(r)
+        return {
+            "n_rank_samples": int(h.shape[0]),
+            "r": r,
+            "r_mean": float(r[ok].mean()) if ok.any() else math.nan,
+            "r_median": float(np.median(r[ok])) if ok.any() else math.nan,
+            "frac_r_one": float(np.mean(r[ok] == 1.0)) if ok.any() else math.nan,
+            "n_undefined": int((~ok).sum()),
+            "histogram": _histogram(r, self.params["bins"], "r_j"),
+        }
+
+
+class ActivationRates(_ModesBase):
+    name = "modes.activation_rates"
+    description = (
+        "Per neuron, the fraction of samples whose pre-activation lies where sigma is strictly "
+        "increasing (ReLU: h > 0), and its distribution over the layer (streams)" + _RECON
+    )
+    params = (_PER_POSITION, _SATURATION, _BINS)
+    result_kinds = ("scalar", "vector", "curve")
+    nan_keys = ("rate_mean",)
+
+    def _degenerate(self, layer: Layer) -> str | None:
+        st = self.stats.get(layer.name)
+        if layer.name in self.reasons:
+            return self.reasons[layer.name]
+        return "no samples" if st is None or st.n == 0 else None
+
+    def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
+        rates = st.activation_rates()
+        return {
+            "rates": rates,
+            "rate_mean": float(rates.mean()),
+            "rate_median": float(np.median(rates)),
+            "frac_always": float(np.mean(rates == 1.0)),
+            "frac_never": float(np.mean(rates == 0.0)),
+            "histogram": _histogram(rates, self.params["bins"], "activation rate"),
+        }
+
+
+# ----------------------------------------------------------------------------- basins
+
+_BASIN_COMMON = (
+    Param("samples", int, 64, "number of the run's data samples (the first ones) to measure", min=1, max=100_000),
+    Param("keep_prob", float, 0.5, "a sample is inside its basin while P(label kept) >= this", min=0.0, max=1.0),
+    Param("curve_points", int, 8, "noise levels of the accuracy-vs-noise curve on [0, max] (0 = none)", min=0, max=200),
+    Param("reference", str, "label", "label: the data's labels (prediction if none); prediction: "
+          "the model's clean prediction", choices=("label", "prediction")),
+)
+
+
+class _BasinsBase(Metric):
+    """Keeps the first ``samples`` data rows, then searches the basins in ``finish``."""
+
+    citation = CITATION
+    reconstructed = True
+    result_kinds = ("scalar", "vector", "curve")
+
+    def start(self) -> None:
+        self.data: dict[str, list[np.ndarray]] = {}
+        self.labels: list[np.ndarray] = []
+        self.has_labels = True
+        self.kept = 0
+
+    def update(self, batch: Batch) -> None:
+        take = min(self.params["samples"] - self.kept, batch.size)
+        if take <= 0 or not batch.data:
+            return
+        for key, value in batch.data.items():
+            self.data.setdefault(key, []).append(np.array(value[:take]))
+        if batch.labels is None:
+            self.has_labels = False
+        else:
+            self.labels.append(np.asarray(batch.labels[:take]))
+        self.kept += take
+
+    def _predict(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        wanted = self.ctx.graph.outputs[0].name if self.ctx.graph.outputs else None
+        logits = outputs[wanted] if wanted in outputs else next(iter(outputs.values()))
+        return B.logits_to_labels(logits)
+
+    def predict(self, inputs: B.Inputs) -> np.ndarray:
+        return self._predict(self.ctx.model.run(dict(inputs), capture=()).outputs)
+
+    def predict_with_weights(self, inputs: B.Inputs, weights: Mapping[str, Mapping[str, np.ndarray]]) -> np.ndarray:
+        return self._predict(self.ctx.model.run_with_weights(dict(inputs), weights, capture=()).outputs)
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        p = self.params
+        out: dict[str, Any] = {f"param_{q.name}": p[q.name] for q in self.__class__.params}
+        out.update({"n_samples": self.kept, "seed": self.ctx.seed, "sample_indices": np.arange(self.kept)})
+        if self.ctx.model is None:
+            return {WHOLE_MODEL: {**out, "radius_mean": math.nan, "reason": "no model handle (Needs.MODEL)"}}
+        if self.kept == 0:
+            return {WHOLE_MODEL: {**out, "radius_mean": math.nan, "reason": "no data samples in the run"}}
+        inputs = {k: np.concatenate(v) for k, v in self.data.items()}
+        names = [s.name for s in self.ctx.graph.inputs]
+        key = names[0] if names and names[0] in inputs else next(iter(inputs))
+        if p["reference"] == "label" and self.has_labels and self.labels:
+            ref = np.concatenate(self.labels)
+            ref = np.argmax(ref, axis=-1) if ref.ndim == 2 and ref.shape[1] > 1 else ref.reshape(self.kept, *ref.shape[1:])
+            out["reference_used"] = "label"
+        else:
+            if p["reference"] == "label":
+                self.ctx.warn(f"{self.name}: no labels in the data; using the model's clean predictions")
+            ref = B.predict_batched(self.predict, inputs, self.ctx.max_batch_size)
+            out["reference_used"] = "prediction"
+        result = self._search(inputs, key, ref)
+        out.update(B.summarize(result))
+        out.update({
+            "radius": result.radius,
+            "censored": result.censored,
+            "resolution": result.resolution,
+            "forward_rows": result.forward_rows,
+            "forward_calls": result.forward_calls,
+            "perturbed_input": key,
+            "accuracy_curve": Curve(result.curve_levels, result.curve_accuracy, self.level_label, "accuracy"),
+        })
+        r = result.radius
+        if np.isfinite(r).any():
+            grid = np.linspace(0.0, p[self.max_param], 51)
+            out["radius_survival"] = Curve(grid, (r[None, :] >= grid[:, None]).mean(axis=1), self.level_label,
+                                           "fraction of samples with radius >= level")
+        if result.cancelled:
+            out["reason"] = "cancelled"
+        return {WHOLE_MODEL: out}
+
+
+class SampleBasins(_BasinsBase):
+    name = "basins.sample"
+    description = (
+        "Attraction basins in input space: per sample, the largest Gaussian noise level r (relative "
+        "to the input's norm) at which it keeps its label with probability >= keep_prob over K draws, "
+        "by bisection; mean/median and accuracy-vs-noise curve" + _RECON
+    )
+    needs = Needs.MODEL | Needs.DATA
+    params = (
+        *_BASIN_COMMON,
+        Param("draws", int, 32, "K noise draws per sample (fixed across levels)", min=1, max=10_000),
+        Param("steps", int, 10, "bisection steps", min=1, max=40),
+        Param("r_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12),
+        Param("noise", str, "relative", "relative: sigma = r*||x||/sqrt(d); absolute: sigma = r",
+              choices=("relative", "absolute")),
+    )
+    level_label = "noise level r"
+    max_param = "r_max"
+
+    def _search(self, inputs, key, ref) -> B.BasinResult:
+        p = self.params
+        return B.sample_basins(
+            self.predict, inputs, ref, key=key, draws=p["draws"], steps=p["steps"], r_max=p["r_max"],
+            keep_prob=p["keep_prob"], relative=p["noise"] == "relative", curve_points=p["curve_points"],
+            seed=self.ctx.seed, max_batch_size=self.ctx.max_batch_size,
+            progress=self.ctx.progress, cancelled=self.ctx.cancelled,
+        )
+
+
+class WeightBasins(_BasinsBase):
+    name = "basins.weight"
+    description = (
+        "Attraction basins in weight space: per sample, the largest relative layer-normalised weight "
+        "noise eta (W + eta*rms(W)*G on the selected linear/conv layers) at which it keeps its label "
+        "with probability >= keep_prob over K weight draws, by bisection; mean/median and "
+        "accuracy-vs-noise curve" + _RECON
+    )
+    needs = Needs.MODEL | Needs.DATA
+    layer_kinds = frozenset({"linear", "conv"})
+    params = (
+        *_BASIN_COMMON,
+        Param("draws", int, 16, "K weight-noise draws (perturbed networks, fixed across levels)", min=1, max=10_000),
+        Param("steps", int, 8, "bisection steps (forward calls per round <= draws * min(samples, 2^round))", min=1, max=30),
+        Param("eta_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12),
+        Param("perturb_bias", bool, True, "also perturb biases (scaled by the bias's own rms)"),
+    )
+    level_label = "weight noise eta"
+    max_param = "eta_max"
+
+    def _search(self, inputs, key, ref) -> B.BasinResult:
+        p = self.params
+        tensors = {"weight"} | ({"bias"} if p["perturb_bias"] else set())
+        weights = {
+            layer.name: {k: v for k, v in layer.weights.items() if k in tensors}
+            for layer in self.ctx.layers if "weight" in layer.weights
+        }
+        if not weights:
+            self.ctx.warn(f"{self.name}: no linear/conv layer with weights selected; nothing is perturbed")
+        return B.weight_basins(
+            self.predict_with_weights, self.predict, inputs, ref, weights, draws=p["draws"], steps=p["steps"],
+            r_max=p["eta_max"], keep_prob=p["keep_prob"], curve_points=p["curve_points"], seed=self.ctx.seed,
+            max_batch_size=self.ctx.max_batch_size, progress=self.ctx.progress, cancelled=self.ctx.cancelled,
+        )
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        results = super().finish()
+        results[WHOLE_MODEL]["perturbed_layers"] = ",".join(layer.name for layer in self.ctx.layers)
+        return results
+
+
+METRICS = (ModeFractions, GradedScore, ActivationRates, SampleBasins, WeightBasins)
+
+
+@hookimpl
+def deepscope_register_metrics(register) -> None:
+    for metric in METRICS:
+        register(metric)

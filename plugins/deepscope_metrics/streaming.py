@@ -1,0 +1,273 @@
+"""Bounded-memory accumulators over batches of rows, reusable by any metric family.
+
+Two tools, both fed one ``[rows, features]`` batch at a time:
+
+``StreamingCovariance``
+    Mean, covariance and its eigenvalues in float64 with memory independent of the number of
+    samples. Batches are merged with the pairwise (Chan–Golub–LeVeque) update of centred
+    scatter matrices, which avoids the cancellation of the naive ``Σxxᵀ − n·μμᵀ``. While there
+    are no more rows than the working width, the rows themselves are kept and the spectrum comes
+    from the ``n × n`` Gram matrix (exact and cheaper when features outnumber samples); once
+    rows outnumber it they are folded into the ``dim × dim`` scatter. Layers wider than
+    ``max_dim`` are projected onto ``max_dim`` directions, chosen when the row buffer first
+    overflows: ``"pca"`` = the top principal directions of the rows seen so far, ``"random"`` =
+    random near-orthonormal directions. The retained variance fraction is reported.
+
+``ReservoirSampler``
+    A uniform random sample without replacement of at most ``capacity`` rows of a stream
+    (Vitter's algorithm R, vectorised per batch), keeping several arrays aligned row by row
+    (e.g. a layer's input and output for the same samples). For statistics that cannot be
+    streamed exactly (regressions, clustering).
+
+Example::
+
+    cov = StreamingCovariance(max_dim=1024)
+    for batch in batches:
+        cov.update(batch)
+    lam = cov.eigenvalues()          # descending, float64
+    cov.info()                       # n_samples, n_features, dim, projection, method, ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["ReservoirSampler", "StreamingCovariance", "random_projection"]
+
+#: Above this many dense entries (d · k) random projections are sparse (Li et al. 2006).
+_DENSE_PROJECTION_LIMIT = 1 << 22
+
+
+def random_projection(n_features: int, k: int, seed: int = 0) -> np.ndarray | sp.csr_matrix:
+    """A ``[n_features, k]`` random projection with (near-)orthonormal columns.
+
+    Small ones are exactly orthonormal (QR of a Gaussian matrix); large ones are very sparse
+    ±1 matrices with density ``1/sqrt(n_features)`` scaled so that ``E[RᵀR] = I`` — memory
+    ``O(k · sqrt(n_features))`` instead of ``O(k · n_features)``. Either way
+    ``E‖Rᵀx‖² = (k / n_features)·‖x‖²``: a projection, not a norm-preserving embedding.
+    """
+    rng = np.random.default_rng(seed)
+    if n_features * k <= _DENSE_PROJECTION_LIMIT:
+        q, _ = np.linalg.qr(rng.standard_normal((n_features, k)))
+        return q
+    density = 1.0 / np.sqrt(n_features)
+    nnz = rng.binomial(n_features * k, density)
+    flat = rng.choice(n_features * k, size=nnz, replace=False)
+    values = rng.choice(np.array([-1.0, 1.0]), size=nnz) / np.sqrt(density * n_features)
+    return sp.csr_matrix((values, (flat // k, flat % k)), shape=(n_features, k))
+
+
+def _scatter_merge(n_a: int, mean_a: np.ndarray, m2_a: np.ndarray | None, x: np.ndarray, diag: bool = False):
+    """Chan et al. merge of (n, mean, centred scatter) with a batch; returns the merged triple."""
+    n_b = x.shape[0]
+    mean_b = x.mean(axis=0)
+    xc = x - mean_b
+    m2_b = np.einsum("ij,ij->j", xc, xc) if diag else xc.T @ xc
+    if n_a == 0 or m2_a is None:
+        return n_b, mean_b, m2_b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    corr = (delta * delta if diag else np.outer(delta, delta)) * (n_a * n_b / n)
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + corr
+
+
+class StreamingCovariance:
+    """Streamed float64 covariance of ``[rows, features]`` batches; memory ``O(dim²)``.
+
+    ``max_dim`` caps the working width (``None`` = never project); ``projection`` is ``"pca"``
+    or ``"random"`` for layers wider than the cap; ``seed`` fixes the random projection.
+    """
+
+    def __init__(self, max_dim: int | None = None, projection: str = "pca", seed: int = 0) -> None:
+        if projection not in ("pca", "random"):
+            raise ValueError(f"unknown projection '{projection}': use pca or random")
+        if max_dim is not None and max_dim < 1:
+            raise ValueError("max_dim must be >= 1")
+        self.max_dim = max_dim
+        self.projection = projection
+        self.seed = seed
+        self.n = 0  #: rows seen
+        self.n_features: int | None = None  #: raw width
+        self._buffer: list[np.ndarray] | None = []  # raw rows while n <= dim; None once folded
+        self._proj: np.ndarray | sp.csr_matrix | None = None
+        self._proj_mean: np.ndarray | None = None  # centring used before a PCA projection
+        self._mean: np.ndarray | None = None  # working-space mean / scatter once folded
+        self._m2: np.ndarray | None = None
+        self._raw_mean = None  # raw per-feature mean / scatter diagonal, for the total variance
+        self._raw_m2 = None
+
+    @property
+    def dim(self) -> int:
+        """Working width: ``min(n_features, max_dim)``."""
+        if self.n_features is None:
+            return 0
+        return self.n_features if self.max_dim is None else min(self.n_features, self.max_dim)
+
+    @property
+    def projected(self) -> bool:
+        return self._proj is not None
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold a ``[rows, features]`` batch in (converted to float64)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"expected a [rows, features] batch, got shape {x.shape}")
+        if self.n_features is None:
+            self.n_features = x.shape[1]
+        elif x.shape[1] != self.n_features:
+            raise ValueError(f"batch has {x.shape[1]} features, earlier batches had {self.n_features}")
+        if x.shape[0] == 0:
+            return
+        _, self._raw_mean, self._raw_m2 = _scatter_merge(self.n, self._raw_mean, self._raw_m2, x, diag=True)
+        if self._buffer is not None:
+            self._buffer.append(x)
+            self.n += x.shape[0]
+            if self.n > self.dim:
+                self._fold_buffer()
+            return
+        self._fold(self._project(x))
+        self.n += x.shape[0]
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        if self._proj is None:
+            return x
+        if self._proj_mean is not None:
+            x = x - self._proj_mean
+        return np.asarray(x @ self._proj)
+
+    def _fold(self, x: np.ndarray) -> None:
+        n_before = self.n if self._mean is not None else 0
+        _, self._mean, self._m2 = _scatter_merge(n_before, self._mean, self._m2, x)
+
+    def _fold_buffer(self) -> None:
+        rows = np.concatenate(self._buffer)
+        self._buffer = None
+        if self.dim < self.n_features:
+            if self.projection == "pca":
+                # principal directions of every row seen so far (more rows than dim, so dim exist)
+                self._proj_mean = rows.mean(axis=0)
+                _, _, vt = np.linalg.svd(rows - self._proj_mean, full_matrices=False)
+                self._proj = vt[: self.dim].T.copy()
+            else:
+                self._proj = random_projection(self.n_features, self.dim, self.seed)
+        self._mean, self._m2 = None, None
+        self._fold(self._project(rows))
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean in the working space (after projection, if any)."""
+        if self._buffer is not None:
+            return np.concatenate(self._buffer).mean(axis=0) if self._buffer else np.zeros(0)
+        return self._mean
+
+    def covariance(self, ddof: int = 1) -> np.ndarray:
+        """``dim × dim`` covariance in the working space (``np.cov(x, rowvar=False, ddof=ddof)``)."""
+        if self.n - ddof <= 0:
+            raise ValueError(f"covariance needs more than {ddof} samples, got {self.n}")
+        if self._buffer is not None:
+            rows = np.concatenate(self._buffer)
+            xc = rows - rows.mean(axis=0)
+            return xc.T @ xc / (self.n - ddof)
+        return self._m2 / (self.n - ddof)
+
+    def eigenvalues(self, ddof: int = 1) -> np.ndarray:
+        """Covariance eigenvalues, descending, clipped at 0; from the Gram matrix while n ≤ dim."""
+        if self.n - ddof <= 0:
+            return np.zeros(0)
+        if self._buffer is not None:
+            rows = np.concatenate(self._buffer)
+            xc = rows - rows.mean(axis=0)
+            mat = xc @ xc.T if xc.shape[0] <= xc.shape[1] else xc.T @ xc
+        else:
+            mat = self._m2
+        lam = np.linalg.eigvalsh(mat)[::-1] / (self.n - ddof)
+        return np.clip(lam, 0.0, None)
+
+    def total_variance(self, ddof: int = 1) -> float:
+        """Trace of the raw (unprojected) covariance, streamed per feature."""
+        if self._raw_m2 is None or self.n - ddof <= 0:
+            return float("nan")
+        return float(self._raw_m2.sum() / (self.n - ddof))
+
+    def info(self, ddof: int = 1) -> dict[str, Any]:
+        """What to report next to a result: sizes, projection, how the spectrum was computed."""
+        out: dict[str, Any] = {
+            "n_samples": int(self.n),
+            "n_features": int(self.n_features or 0),
+            "dim": int(self.dim if self.projected else (self.n_features or 0)),
+            "projection": (self.projection if self.projected else "none"),
+            "method": "gram" if self._buffer is not None and self.n <= (self.n_features or 0) else "covariance",
+        }
+        total = self.total_variance(ddof)
+        if self.projected and total > 0:
+            out["retained_variance_fraction"] = float(np.trace(self._m2) / (self.n - ddof) / total)
+        else:
+            out["retained_variance_fraction"] = 1.0
+        return out
+
+
+class ReservoirSampler:
+    """Uniform sample without replacement of ≤ ``capacity`` rows from a stream of batches.
+
+    ``update(a, b, ...)`` takes arrays with the same number of rows; row i of each array
+    belongs to the same sample and they are kept or dropped together. ``sample()`` returns the
+    kept rows in arrival order. Memory: ``capacity`` rows of each array (stored in the arrays'
+    own float dtype, at least float32 — computations on the sample should use float64).
+    """
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = int(capacity)
+        self.n_seen = 0
+        self._rng = np.random.default_rng(seed)
+        self._store: list[np.ndarray] | None = None
+        self._order = np.full(self.capacity, -1, dtype=np.int64)  # arrival index of each slot
+
+    @property
+    def n_kept(self) -> int:
+        return min(self.n_seen, self.capacity)
+
+    def update(self, *arrays: np.ndarray) -> None:
+        """Offer one batch of rows (one or more aligned arrays)."""
+        arrays = tuple(np.asarray(a) for a in arrays)
+        b = arrays[0].shape[0]
+        if any(a.shape[0] != b for a in arrays):
+            raise ValueError(f"aligned arrays need equal row counts, got {[a.shape[0] for a in arrays]}")
+        if self._store is None:
+            self._store = [
+                np.empty((self.capacity, *a.shape[1:]), dtype=np.result_type(a.dtype, np.float32)) for a in arrays
+            ]
+        elif len(arrays) != len(self._store) or any(a.shape[1:] != s.shape[1:] for a, s in zip(arrays, self._store)):
+            raise ValueError("batch arrays do not match the earlier batches' count or row shape")
+        t = self.n_seen + np.arange(b, dtype=np.int64)  # arrival index of each row
+        slot = np.where(t < self.capacity, t, -1)
+        late = t >= self.capacity
+        if late.any():
+            j = self._rng.integers(0, t[late] + 1)  # algorithm R: replace slot j if j < capacity
+            slot[late] = np.where(j < self.capacity, j, -1)
+        rows = np.flatnonzero(slot >= 0)
+        # several rows of one batch may hit the same slot: the latest one wins, as in the
+        # sequential algorithm
+        rev = rows[::-1]
+        _, first = np.unique(slot[rev], return_index=True)
+        rows = rev[first]
+        for store, a in zip(self._store, arrays):
+            store[slot[rows]] = a[rows]
+        self._order[slot[rows]] = t[rows]
+        self.n_seen += b
+
+    def sample(self) -> tuple[np.ndarray, ...]:
+        """The kept rows of each array, in arrival order (copies)."""
+        if self._store is None:
+            return ()
+        k = self.n_kept
+        order = np.argsort(self._order[:k], kind="stable")
+        return tuple(s[:k][order].copy() for s in self._store)
+
+    def indices(self) -> np.ndarray:
+        """Arrival indices (0-based over the whole stream) of the kept rows, ascending."""
+        return np.sort(self._order[: self.n_kept])

@@ -1,0 +1,604 @@
+"""PyTorch backends: torch.export programs (.pt2), TorchScript (.pt) and trusted pickled modules.
+
+.pt2 is the first-class format: the layer table comes from the exported graph's
+``nn_module_stack`` metadata (see layer_naming for the rules shared with ONNX), and capture
+returns the requested fx nodes as extra outputs of a copy of ``ep.module()``'s graph (one
+compiled GraphModule cached per capture set). Returning existing tensors costs nothing beyond
+keeping them alive; a node is cloned only when a later in-place op (``relu_``) would overwrite it.
+
+TorchScript: runs, and describes its modules and parameters, but intermediate capture is refused
+(the compiled graph bypasses Python hooks; re-export with torch.export to .pt2).
+Pickled modules execute arbitrary code when loaded: only with ``trusted=True``, then captured
+through forward hooks (views, cloned only when the model has in-place modules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.fx as fx
+from deepscope.dtypes import kserve_dtype
+
+from ..errors import InvalidInput, near_matches
+from ..model_graph import Layer, ModelGraph, TensorSpec
+from . import layer_naming as ln
+from .base import Backend, CaptureRequest, RunOutput
+from .inputs import validate_inputs
+
+_EMPTY_STACK = "_empty_nn_module_stack_from_metadata_hook"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; an unavailable explicit CUDA fails."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInput(f"device '{device}' requested but CUDA is not available; use 'cpu' or 'auto'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InvalidInput(f"unknown device '{device}'; valid: auto, cpu, cuda[:N]")
+    return device
+
+
+def _kserve(dtype: torch.dtype) -> str:
+    try:
+        return kserve_dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+    except (TypeError, ValueError):
+        return str(dtype).replace("torch.", "").upper()
+
+
+def _shape(t: Any) -> tuple[int | None, ...]:
+    """Static dims as ints, symbolic (dynamic) dims as None."""
+    return tuple(d if isinstance(d, int) else None for d in t.shape)
+
+
+def _to_numpy(t: torch.Tensor, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    arr = t.detach().cpu().numpy()
+    # A capture that is (a view of) a caller's input must not alias it: arrays are owned.
+    if any(np.may_share_memory(arr, a) for a in inputs):
+        arr = arr.copy()
+    return arr
+
+
+def _weights_of(state: Mapping[str, torch.Tensor], path: str) -> dict[str, np.ndarray]:
+    prefix = path + "."
+    return {
+        k[len(prefix):]: v.detach().cpu().numpy().copy()
+        for k, v in state.items()
+        if k.startswith(prefix) and v.is_floating_point()
+    }
+
+
+def _normalised_args(node: fx.Node) -> dict[str, Any]:
+    """All schema arguments of an aten node by name, defaults filled in."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return {}
+    out: dict[str, Any] = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            out[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            out[arg.name] = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            out[arg.name] = arg.default_value
+    return out
+
+
+def _tuple(v: Any) -> Any:
+    return tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def _attrs_from_node(kind: str, node: fx.Node, function: str | None) -> dict[str, Any]:
+    """Kind-specific attributes read from the main aten op of a layer."""
+    a = _normalised_args(node)
+    attrs: dict[str, Any] = {}
+    if kind == "conv":
+        for key in ("stride", "padding", "dilation", "groups"):
+            if key in a:
+                attrs[key] = _tuple(a[key])
+    elif kind == "norm":
+        if "eps" in a:
+            attrs["eps"] = float(a["eps"])
+    elif kind == "pool":
+        for key in ("kernel_size", "stride", "padding", "output_size"):
+            if key in a:
+                attrs[key] = _tuple(a[key])
+    elif kind == "activation" and function:
+        attrs["function"] = function
+        base = ln.aten_base(node.target)
+        if base.startswith("leaky_relu"):
+            attrs["negative_slope"] = float(a.get("negative_slope", 0.01))
+        elif base.startswith("hardtanh"):
+            attrs["min_val"], attrs["max_val"] = float(a.get("min_val", -1.0)), float(a.get("max_val", 1.0))
+            if function == "hardtanh" and (attrs["min_val"], attrs["max_val"]) == (0.0, 6.0):
+                attrs["function"] = "relu6"
+        elif base.startswith("elu"):
+            attrs["alpha"] = float(a.get("alpha", 1.0))
+        elif base.startswith("softplus"):
+            attrs["beta"], attrs["threshold"] = float(a.get("beta", 1.0)), float(a.get("threshold", 20.0))
+        elif base.startswith("gelu"):
+            attrs["approximate"] = str(a.get("approximate", "none"))
+    return attrs
+
+
+def _flat_nodes(args: Any) -> Iterator[fx.Node]:
+    if isinstance(args, fx.Node):
+        yield args
+    elif isinstance(args, (list, tuple)):
+        for a in args:
+            yield from _flat_nodes(a)
+    elif isinstance(args, dict):
+        for a in args.values():
+            yield from _flat_nodes(a)
+
+
+def _is_tensor_node(n: fx.Node) -> bool:
+    return isinstance(n.meta.get("val"), torch.Tensor) and n.op != "get_attr"
+
+
+def _mutates(user: fx.Node, node: fx.Node) -> bool:
+    """True when ``user`` writes in place into ``node`` (e.g. ``aten.relu_(node)``)."""
+    schema = getattr(user.target, "_schema", None)
+    if schema is None or not schema.is_mutable:
+        return False
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            val = user.args[i] if i < len(user.args) else user.kwargs.get(arg.name)
+            if val is node:
+                return True
+    return False
+
+
+class _LayerNodes:
+    """Which fx nodes hold a layer's output and input."""
+
+    def __init__(self, output: fx.Node, input: fx.Node | None) -> None:
+        self.output, self.input = output, input
+
+
+def describe_fx_graph(
+    graph: fx.Graph, state: Mapping[str, torch.Tensor], fmt: str
+) -> tuple[ModelGraph, dict[str, _LayerNodes], list[fx.Node], list[fx.Node]]:
+    """Layer table from an exported graph's ``nn_module_stack``; also the nodes behind each layer."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    flat_outputs = list(_flat_nodes(out_node.args[0]))
+    compute = [n for n in graph.nodes if n.op == "call_function"]
+
+    def stack(n: fx.Node) -> list[tuple[str, str]]:
+        st = n.meta.get("nn_module_stack") or {}
+        return [(p, c if isinstance(c, str) else getattr(c, "__name__", str(c)))
+                for p, c in st.values() if p and p != _EMPTY_STACK]
+
+    stacks = {n: stack(n) for n in compute}
+    class_of = {p: ln.short_class(c) for st in stacks.values() for p, c in st}
+    leaves = {p for p in ln.leaf_paths(tuple(p for p, _ in st) for st in stacks.values())
+              if class_of[p] not in ln.SKIPPED_CLASSES}
+    namer = ln.FunctionalNamer(leaves)
+
+    # Group nodes into layers, in graph order.
+    groups: dict[str, list[fx.Node]] = {}
+    layer_class: dict[str, str] = {}
+    functional: dict[str, str] = {}
+    for n in compute:
+        st = stacks[n]
+        inner = st[-1][0] if st else ""
+        if inner in leaves:
+            groups.setdefault(inner, []).append(n)
+            layer_class[inner] = class_of[inner]
+        elif (fn := ln.ACTIVATION_BY_ATEN.get(ln.aten_base(n.target))) and _is_tensor_node(n):
+            name = namer.name(inner, fn)
+            groups[name] = [n]
+            functional[name] = fn
+    node_layer = {n: name for name, nodes in groups.items() for n in nodes}
+
+    layer_nodes: dict[str, _LayerNodes] = {}
+    data_inputs: dict[str, list[fx.Node]] = {}
+    for name, nodes in groups.items():
+        members = set(nodes)
+        outs = [n for n in nodes if _is_tensor_node(n)
+                and any(u not in members for u in n.users)]
+        if not outs:
+            outs = [n for n in nodes if _is_tensor_node(n)][-1:]
+        ext: list[fx.Node] = []
+        for n in nodes:
+            for a in _flat_nodes((n.args, n.kwargs)):
+                if a not in members and _is_tensor_node(a) and a not in ext:
+                    ext.append(a)
+        if not outs:
+            continue
+        layer_nodes[name] = _LayerNodes(outs[-1], ext[0] if ext else None)
+        data_inputs[name] = ext
+
+    feeding_cache: dict[fx.Node, list[str]] = {}
+
+    def feeders(v: fx.Node) -> list[str]:
+        if v in feeding_cache:
+            return feeding_cache[v]
+        feeding_cache[v] = []
+        if v.op == "placeholder":
+            res = [v.name]
+        elif v in node_layer:
+            res = [node_layer[v]]
+        else:
+            res = []
+            for a in _flat_nodes((v.args, v.kwargs)):
+                if a.op in ("placeholder", "call_function"):
+                    res += [r for r in feeders(a) if r not in res]
+        feeding_cache[v] = res
+        return res
+
+    layers: list[Layer] = []
+    channels_first: dict[str, bool] = {}
+    for name, nodes in groups.items():
+        if name not in layer_nodes:
+            continue
+        ln_nodes = layer_nodes[name]
+        fn = functional.get(name)
+        cls = layer_class.get(name, "")
+        kind = "activation" if fn else ln.kind_of_class(cls)
+        if kind == "activation" and not fn:
+            fn = ln.ACTIVATION_BY_CLASS.get(cls)
+        main = next((n for n in nodes if ln.aten_base(n.target) in ln.ACTIVATION_BY_ATEN), nodes[0]) \
+            if kind == "activation" else next(
+                (n for n in nodes if _is_tensor_node(n) and any(
+                    a.op == "get_attr" for a in _flat_nodes(n.args))), nodes[-1])
+        inputs: list[str] = []
+        for a in data_inputs[name]:
+            inputs += [r for r in feeders(a) if r not in inputs and r != name]
+        out_shape = _shape(ln_nodes.output.meta["val"])
+        cf = any(channels_first.get(i, False) for i in inputs)
+        axis = ln.channel_axis(kind, cls, len(out_shape), cf)
+        channels_first[name] = axis == 1
+        layers.append(Layer(
+            name=name, kind=kind, op_type=cls or str(ln.aten_base(main.target)),
+            inputs=inputs,
+            input_shapes=[_shape(a.meta["val"]) for a in data_inputs[name]],
+            output_shapes=[out_shape],
+            weights={} if fn and name in functional else _weights_of(state, name),
+            attrs=_attrs_from_node(kind, main, fn),
+            channel_axis=axis,
+        ))
+
+    in_specs = [TensorSpec(p.name, _kserve(p.meta["val"].dtype), _shape(p.meta["val"]))
+                for p in placeholders if isinstance(p.meta.get("val"), torch.Tensor)]
+    out_names = ["output"] if len(flat_outputs) == 1 else [f"output_{i}" for i in range(len(flat_outputs))]
+    out_specs = [TensorSpec(nm, _kserve(n.meta["val"].dtype), _shape(n.meta["val"]))
+                 for nm, n in zip(out_names, flat_outputs) if isinstance(n.meta.get("val"), torch.Tensor)]
+    return ModelGraph(fmt, in_specs, out_specs, layers), layer_nodes, placeholders, flat_outputs
+
+
+def _check_weights(graph: ModelGraph, weights: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Every replaced tensor must name an existing layer weight and keep its shape."""
+    for lname, tensors in weights.items():
+        layer = graph.layer(lname)
+        for key, arr in tensors.items():
+            if key not in layer.weights:
+                raise InvalidInput(
+                    f"layer '{lname}' has no weight '{key}'{near_matches(key, layer.weights)}; "
+                    f"weights: {', '.join(layer.weights) or 'none'}"
+                )
+            if tuple(np.shape(arr)) != layer.weights[key].shape:
+                raise InvalidInput(
+                    f"weight '{lname}.{key}': expected shape {list(layer.weights[key].shape)} "
+                    f"(PyTorch layout), got {list(np.shape(arr))}"
+                )
+
+
+@contextlib.contextmanager
+def _replaced_parameters(module: torch.nn.Module, weights: Mapping[str, Mapping[str, np.ndarray]]) -> Iterator[None]:
+    """Copy new values into the parameters/buffers in place; restore the originals afterwards."""
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    tensors = dict(module.named_parameters())
+    tensors.update(dict(module.named_buffers()))
+    try:
+        with torch.no_grad():
+            for lname, items in weights.items():
+                for key, arr in items.items():
+                    target = tensors[f"{lname}.{key}"]
+                    saved.append((target, target.detach().clone()))
+                    target.copy_(torch.as_tensor(np.asarray(arr)).to(dtype=target.dtype, device=target.device))
+        yield
+    finally:
+        with torch.no_grad():
+            for target, original in reversed(saved):
+                target.copy_(original)
+
+
+def _requests_or_fail(graph: ModelGraph, capture: Sequence[CaptureRequest]) -> None:
+    for req in capture:
+        graph.layer(req.layer)  # NotFound with near matches
+        if req.what not in ("output", "input"):
+            raise InvalidInput(f"capture of '{req.layer}': what must be 'output' or 'input', got '{req.what}'")
+
+
+class ExportedProgramBackend(Backend):
+    """A ``torch.export`` program (.pt2): layer table from module metadata, capture as extra graph outputs."""
+
+    format: ClassVar[str] = "pt2"
+
+    def __init__(self, ep: torch.export.ExportedProgram, device: str) -> None:
+        self.device = device
+        self._module = ep.module().to(device)
+        self._graph_src = self._module.graph
+        state = dict(self._module.state_dict())
+        self.graph, self._layer_nodes, self._placeholders, self._flat_outputs = describe_fx_graph(
+            self._graph_src, state, self.format)
+        self._cache: dict[tuple[tuple[str, str], ...], tuple[fx.GraphModule, list[CaptureRequest]]] = {}
+
+    @classmethod
+    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> ExportedProgramBackend:
+        dev = resolve_device(device)
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable archive
+            raise InvalidInput(f"cannot load torch.export program '{Path(path).name}': {exc}") from None
+        return cls(ep, dev)
+
+    def _capture_module(self, capture: Sequence[CaptureRequest]) -> tuple[fx.GraphModule, list[CaptureRequest]]:
+        """A GraphModule returning (outputs..., captured...) for this capture set; cached."""
+        reqs = list(dict.fromkeys(capture))
+        key = tuple(sorted((r.layer, r.what) for r in reqs))
+        if key in self._cache:
+            return self._cache[key]
+        reqs = [CaptureRequest(layer, what) for layer, what in key]  # type: ignore[arg-type]
+        new = fx.Graph()
+        val_map: dict[fx.Node, fx.Node] = {}
+        new.graph_copy(self._graph_src, val_map)
+        extras: list[fx.Node] = []
+        cloned: dict[fx.Node, fx.Node] = {}
+        for req in reqs:
+            nodes = self._layer_nodes[req.layer]
+            src = nodes.output if req.what == "output" else nodes.input
+            if src is None:
+                raise InvalidInput(f"layer '{req.layer}' has no tensor input to capture")
+            if src not in cloned:
+                target = val_map[src]
+                if any(_mutates(u, src) for u in src.users):
+                    with new.inserting_after(target):
+                        target = new.call_function(torch.ops.aten.clone.default, (target,))
+                cloned[src] = target
+            extras.append(cloned[src])
+        new.output(tuple([val_map[n] for n in self._flat_outputs] + extras))
+        gm = fx.GraphModule(self._module, new)
+        self._cache[key] = (gm, reqs)
+        return gm, reqs
+
+    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
+        arrays = validate_inputs(self.graph.inputs, inputs)
+        _requests_or_fail(self.graph, capture)
+        gm, reqs = self._capture_module(capture)
+        tensors = [torch.from_numpy(arrays[p.name]).to(self.device) for p in self._placeholders]
+        try:
+            with torch.inference_mode():
+                result = gm(*tensors)
+        except RuntimeError as exc:
+            raise InvalidInput(f"model failed on this input: {exc}") from None
+        n_out = len(self._flat_outputs)
+        given = list(arrays.values())
+        outputs = {spec.name: _to_numpy(t, given) for spec, t in zip(self.graph.outputs, result[:n_out])}
+        captured = {req: _to_numpy(t, given) for req, t in zip(reqs, result[n_out:])}
+        return RunOutput(outputs, {CaptureRequest(r.layer, r.what): captured[CaptureRequest(r.layer, r.what)]
+                                   for r in capture})
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        return self._run(inputs, capture)
+
+    def run_with_weights(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, Mapping[str, np.ndarray]],
+        capture: Sequence[CaptureRequest] = (),
+    ) -> RunOutput:
+        _check_weights(self.graph, weights)
+        with _replaced_parameters(self._module, weights):
+            return self._run(inputs, capture)
+
+    def close(self) -> None:
+        self._cache.clear()
+
+
+# --- TorchScript and pickled modules: layer table from named_modules -------------------------
+
+def _module_attrs(kind: str, cls: str, m: torch.nn.Module) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    if kind == "conv":
+        for key in ("stride", "padding", "dilation", "groups"):
+            with contextlib.suppress(Exception):
+                attrs[key] = _tuple(getattr(m, key))
+    elif kind == "norm":
+        with contextlib.suppress(Exception):
+            attrs["eps"] = float(m.eps)
+    elif kind == "activation":
+        attrs["function"] = ln.ACTIVATION_BY_CLASS[cls]
+        for key in ("negative_slope", "min_val", "max_val", "alpha", "beta", "threshold", "approximate"):
+            with contextlib.suppress(Exception):
+                val = getattr(m, key)
+                if isinstance(val, (int, float, str)):
+                    attrs[key] = val
+    return attrs
+
+
+def describe_modules(root: torch.nn.Module, fmt: str) -> tuple[ModelGraph, dict[str, torch.nn.Module]]:
+    """A layer table from leaf modules (no shapes: nothing was traced). Inputs chain in definition order."""
+    layers: list[Layer] = []
+    modules: dict[str, torch.nn.Module] = {}
+    first_weight: np.ndarray | None = None
+    dtype = "FP32"
+    for name, m in root.named_modules():
+        if not name or any(True for _ in m.children()):
+            continue
+        cls = getattr(m, "original_name", None) or type(m).__name__
+        if cls in ln.SKIPPED_CLASSES:
+            continue
+        kind = ln.kind_of_class(cls)
+        weights = {k: v.detach().cpu().numpy().copy()
+                   for k, v in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
+                   if v.is_floating_point()}
+        if first_weight is None and "weight" in weights:
+            first_weight = weights["weight"]
+            dtype = _kserve(next(m.parameters()).dtype)
+        layers.append(Layer(
+            name=name, kind=kind, op_type=cls,
+            inputs=[layers[-1].name] if layers else ["input"],
+            weights=weights, attrs=_module_attrs(kind, cls, m),
+            channel_axis=1 if kind == "conv" else -1,
+        ))
+        modules[name] = m
+    # The input shape is unknowable without tracing: shape () means "not checked" (dtype still is).
+    return ModelGraph(fmt, [TensorSpec("input", dtype, ())], [TensorSpec("output", dtype, ())], layers), modules
+
+
+def _run_module(module: Any, arrays: Mapping[str, np.ndarray], device: str) -> torch.Tensor:
+    tensors = [torch.from_numpy(a).to(device) for a in arrays.values()]
+    try:
+        with torch.inference_mode():
+            return module(*tensors)
+    except RuntimeError as exc:
+        raise InvalidInput(f"model failed on this input: {exc}") from None
+
+
+def _validate_loose(graph: ModelGraph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One positional input of the declared dtype (the name is not recorded in these formats)."""
+    if len(inputs) != 1:
+        raise InvalidInput(f"this model takes exactly one input, got {len(inputs)}: {', '.join(inputs)}")
+    (name, arr), = inputs.items()
+    spec = graph.inputs[0]
+    return validate_inputs([TensorSpec(name, spec.dtype, tuple([None] * np.ndim(arr)))], {name: arr})
+
+
+def _single_output(result: Any) -> dict[str, np.ndarray]:
+    if isinstance(result, torch.Tensor):
+        return {"output": result.detach().cpu().numpy()}
+    flat = [t for t in (result if isinstance(result, (list, tuple)) else [result]) if isinstance(t, torch.Tensor)]
+    return {f"output_{i}": t.detach().cpu().numpy() for i, t in enumerate(flat)}
+
+
+class TorchScriptBackend(Backend):
+    """TorchScript (.pt): runs and describes modules; intermediate capture is refused."""
+
+    format: ClassVar[str] = "torchscript"
+
+    def __init__(self, module: torch.jit.ScriptModule, device: str) -> None:
+        self.device = device
+        self._module = module.eval()
+        self.graph, self._modules = describe_modules(self._module, self.format)
+
+    @classmethod
+    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> TorchScriptBackend:
+        dev = resolve_device(device)
+        try:
+            module = torch.jit.load(str(path), map_location=dev)
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidInput(f"cannot load TorchScript model '{Path(path).name}': {exc}") from None
+        return cls(module, dev)
+
+    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
+        if capture:
+            _requests_or_fail(self.graph, capture)
+            raise InvalidInput(
+                "TorchScript models cannot capture intermediate activations (the compiled graph bypasses "
+                "hooks); export the model with torch.export (torch.export.save -> .pt2) or to ONNX instead"
+            )
+        arrays = _validate_loose(self.graph, inputs)
+        return RunOutput(_single_output(_run_module(self._module, arrays, self.device)))
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        return self._run(inputs, capture)
+
+    def run_with_weights(self, inputs, weights, capture=()) -> RunOutput:  # type: ignore[no-untyped-def]
+        _check_weights(self.graph, weights)
+        with _replaced_parameters(self._module, weights):
+            return self._run(inputs, capture)
+
+
+class PickledModuleBackend(Backend):
+    """A full ``torch.save(model)`` pickle, loaded only when trusted; capture through forward hooks."""
+
+    format: ClassVar[str] = "torch_pickle"
+
+    def __init__(self, module: torch.nn.Module, device: str) -> None:
+        self.device = device
+        self._module = module.to(device).eval()
+        self.graph, self._modules = describe_modules(self._module, self.format)
+        # Views are safe only if nothing writes in place later; any inplace module -> copy captures.
+        self._copy = any(getattr(m, "inplace", False) for m in self._module.modules())
+
+    @classmethod
+    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> PickledModuleBackend:
+        if not trusted:
+            raise InvalidInput(
+                "pickled PyTorch modules can execute code when loaded and are refused; export the model "
+                "with torch.export (.pt2) or to ONNX (server-side trusted files may be loaded with trusted=True)"
+            )
+        dev = resolve_device(device)
+        try:
+            module = torch.load(str(path), map_location=dev, weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidInput(f"cannot load pickled model '{Path(path).name}': {exc}") from None
+        if not isinstance(module, torch.nn.Module):
+            raise InvalidInput(f"pickle holds a {type(module).__name__}, not a torch.nn.Module")
+        return cls(module, dev)
+
+    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
+        arrays = _validate_loose(self.graph, inputs)
+        _requests_or_fail(self.graph, capture)
+        store: dict[CaptureRequest, torch.Tensor] = {}
+        handles = []
+
+        def hook_for(reqs: list[CaptureRequest]):  # type: ignore[no-untyped-def]
+            def hook(_m, args, output):  # type: ignore[no-untyped-def]
+                for req in reqs:
+                    t = output if req.what == "output" else (args[0] if args else None)
+                    if isinstance(t, (tuple, list)):
+                        t = t[0]
+                    if isinstance(t, torch.Tensor):
+                        store[req] = t.detach().clone() if self._copy else t.detach()
+            return hook
+
+        def pre_hook_for(reqs: list[CaptureRequest]):  # type: ignore[no-untyped-def]
+            def hook(_m, args):  # type: ignore[no-untyped-def]
+                for req in reqs:
+                    if args and isinstance(args[0], torch.Tensor):
+                        store[req] = args[0].detach().clone() if self._copy else args[0].detach()
+            return hook
+
+        by_layer: dict[str, list[CaptureRequest]] = {}
+        for req in dict.fromkeys(capture):
+            by_layer.setdefault(req.layer, []).append(req)
+        try:
+            for lname, reqs in by_layer.items():
+                m = self._modules[lname]
+                outs = [r for r in reqs if r.what == "output"]
+                ins = [r for r in reqs if r.what == "input"]
+                if outs:
+                    handles.append(m.register_forward_hook(hook_for(outs)))
+                if ins:  # before the module runs: an in-place module would overwrite its input
+                    handles.append(m.register_forward_pre_hook(pre_hook_for(ins)))
+            result = _run_module(self._module, arrays, self.device)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [r for r in capture if r not in store]
+        if missing:
+            raise InvalidInput(f"layer '{missing[0].layer}' did not run or produced no tensor {missing[0].what}")
+        given = list(arrays.values())
+        return RunOutput(_single_output(result), {r: _to_numpy(store[r], given) for r in capture})
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        return self._run(inputs, capture)
+
+    def run_with_weights(self, inputs, weights, capture=()) -> RunOutput:  # type: ignore[no-untyped-def]
+        _check_weights(self.graph, weights)
+        with _replaced_parameters(self._module, weights):
+            return self._run(inputs, capture)
+
+
+__all__ = [
+    "ExportedProgramBackend", "PickledModuleBackend", "TorchScriptBackend", "describe_fx_graph", "resolve_device",
+]

@@ -1,0 +1,60 @@
+"""Integration fixtures: zoo models exported once, and a real server process on a loopback port."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import deepscope
+from deepscope.embedded import EmbeddedServer
+from deepscope_server import zoo
+
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins"
+
+
+def _child_env() -> None:
+    """Server children find the misbehaving test plugins and use one thread (2-core CI box)."""
+    paths = [str(PLUGIN_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """{zoo name: {format: path}} for the MLP, CNN and transformer in ONNX, .pt2 and TorchScript."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("zoo")
+    out = {}
+    for name in zoo.ZOO:
+        model, example = zoo.build(name)
+        out[name] = zoo.export(model, example, root / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def torch_models() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+    return {name: zoo.build(name) for name in zoo.ZOO}
+
+
+def start_server(store: Path, **flags) -> tuple[EmbeddedServer, str]:
+    _child_env()
+    server = EmbeddedServer(store=store, plugin_module="misbehaving", **flags)
+    return server, server.start()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[tuple[EmbeddedServer, str]]:
+    server, address = start_server(tmp_path_factory.mktemp("store"))
+    yield server, address
+    server.stop()
+
+
+@pytest.fixture()
+def client(server) -> Iterator[deepscope.Client]:
+    embedded, address = server
+    with deepscope.connect(address, token=embedded.token, progress=False) as c:
+        yield c

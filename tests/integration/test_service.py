@@ -1,0 +1,180 @@
+"""The service over real gRPC on a loopback port: models, capture, errors, health and reflection."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+import deepscope
+from deepscope.tensors import to_proto
+from deepscope.v1 import introspection_pb2 as pb
+from deepscope.v1 import introspection_pb2_grpc as pb_grpc
+from deepscope.v1 import tensor_pb2 as tpb
+
+
+def torch_outputs(model: torch.nn.Module, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Oracle: a plain forward pass with hooks on the original torch module."""
+    modules = dict(model.named_modules())
+    got: dict[str, np.ndarray] = {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o.detach().clone().numpy()))
+               for n in names]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for h in handles:
+        h.remove()
+    return got
+
+
+def test_health_serving_and_client_version(client):
+    assert client.health() == "SERVING"
+    assert client.health("deepscope.v1.Introspection") == "SERVING"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_upload_list_layers_and_capture_match_torch(client, exported, torch_models, fmt):
+    model = client.upload_model(exported["cnn"][fmt])
+    assert model.format == fmt and len(model.id) == 64
+    assert model.id in {m.id for m in client.models()}
+    table = model.layers
+    assert {"conv1", "bn1", "fc", "layer1.0.conv1"} <= set(table["name"])
+    assert table.set_index("name").loc["conv1", "kind"] == "conv"
+    x = np.random.default_rng(0).standard_normal((6, 1, 8, 8)).astype(np.float32)
+    acts = client.capture(model, x, layers=["conv1", "layer1.0.conv*", "fc"])
+    assert set(acts) == {"conv1", "layer1.0.conv1", "layer1.0.conv2", "fc"}
+    oracle = torch_outputs(torch_models["cnn"][0], x, list(acts))
+    for name, array in acts.items():
+        np.testing.assert_allclose(array, oracle[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(acts.model_outputs["output"], oracle["fc"], rtol=1e-4, atol=1e-5)
+
+
+def test_multi_batch_capture_equals_one_batch(client, exported):
+    model = client.upload_model(exported["mlp"]["onnx"])
+    x = np.random.default_rng(1).standard_normal((50, 64))  # float64: the SDK casts to FP32
+    whole = client.capture(model, x, layers=["fc1"], layer_inputs=["act1"])
+    pieces = client.capture(model, x, layers=["fc1"], layer_inputs=["act1"], batch_size=7)
+    np.testing.assert_array_equal(whole["fc1"], pieces["fc1"])
+    np.testing.assert_array_equal(whole.layer_inputs["act1"], whole["fc1"])  # act1's input is fc1's output
+
+
+def test_weights_in_pytorch_layout(client, exported, torch_models):
+    model = client.upload_model(exported["mlp"]["onnx"])
+    weights = client.weights(model, ["fc*"])
+    reference = torch_models["mlp"][0]
+    np.testing.assert_allclose(weights["fc2"]["weight"], reference.fc2.weight.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(weights["fc2"]["bias"], reference.fc2.bias.detach().numpy(), rtol=1e-6)
+
+
+def _raw_stub(server):
+    embedded, address = server
+    channel = grpc.insecure_channel(address)
+    metadata = [("authorization", f"Bearer {embedded.token}")]
+    return channel, pb_grpc.IntrospectionStub(channel), metadata
+
+
+def test_bad_requests_get_clear_codes_and_the_server_keeps_serving(client, server, exported):
+    model = client.upload_model(exported["mlp"]["onnx"])
+    x = np.zeros((2, 64), np.float32)
+
+    with pytest.raises(deepscope.NotFound, match="model 'mpl.onnx' not found.*did you mean: model.onnx"):
+        client.capture("mpl.onnx", x)
+    with pytest.raises(deepscope.NotFound, match="'fc9' matches no layer.*did you mean:.*fc1"):
+        client.capture(model, x, layers=["fc9"])
+    with pytest.raises(deepscope.InvalidArgument, match=r"expected FP32.*got INT32"):
+        client.capture(model, x.astype(np.int32))
+    with pytest.raises(deepscope.InvalidArgument, match=r"63"):
+        client.capture(model, np.zeros((2, 63), np.float32))
+    with pytest.raises(deepscope.ResourceExhausted, match="max_batch_size exceeded: 5,000 samples > limit 4,096"):
+        client.capture(model, np.zeros((5000, 64), np.float32), batch_size=5000)
+    with pytest.raises(deepscope.InvalidArgument, match="not a loadable model|not a model|unrecognised|unknown format"):
+        client.upload_model(b"this is not a model at all", name="junk.onnx")
+    with pytest.raises(deepscope.InvalidArgument):
+        client.upload_model(exported["mlp"]["onnx"].read_bytes()[:500], name="truncated.onnx")
+
+    channel, stub, metadata = _raw_stub(server)
+    with channel:
+        bad = tpb.Tensor(name="x", dtype="FP32", shape=[2, 64], data=b"\0" * 100)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Capture(pb.CaptureRequest(model=model.id, inputs=[bad]), metadata=metadata, timeout=30))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "needs 512 bytes, got 100" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListModels(pb.ListModelsRequest(), timeout=10)  # no token
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListModels(pb.ListModelsRequest(), timeout=10,
+                            metadata=[*metadata, ("x-deepscope-client-version", "9.0.0")])
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    # Junk uploads are not catalogued, and the server still answers correctly.
+    assert not any(m.name in ("junk.onnx", "truncated.onnx") for m in client.models())
+    assert client.capture(model, x, layers=["fc1"])["fc1"].shape == (2, 32)
+
+
+def test_delete_model(client, exported):
+    model = client.upload_model(exported["transformer"]["pt2"], name="to-delete.pt2")
+    assert client.delete_model(model)
+    with pytest.raises(deepscope.NotFound):
+        client.model(model.id)
+
+
+def test_reflection_alone_is_enough_to_call_every_rpc(server, exported):
+    """A client with no generated code: descriptors from reflection, messages built dynamically."""
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    embedded, address = server
+    metadata = [("authorization", f"Bearer {embedded.token}")]
+    with grpc.insecure_channel(address) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert "deepscope.v1.Introspection" in database.get_services()
+        pool = descriptor_pool.DescriptorPool(database)
+        service = pool.FindServiceByName("deepscope.v1.Introspection")
+        methods = {m.name: m for m in service.methods}
+        assert set(methods) >= {"UploadModel", "ListModels", "GetModel", "DeleteModel", "Capture", "ListMetrics",
+                                "Analyze", "GetRun", "ListRuns", "GetWeights"}
+
+        def cls(method, which):
+            return message_factory.GetMessageClass(getattr(method, which))
+
+        def call(name, request):
+            m = methods[name]
+            kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
+                    (True, False): channel.stream_unary, (True, True): channel.stream_stream}
+            fn = kind[(m.client_streaming, m.server_streaming)](
+                f"/deepscope.v1.Introspection/{name}", request_serializer=lambda r: r.SerializeToString(),
+                response_deserializer=cls(m, "output_type").FromString)
+            return fn(request, metadata=metadata, timeout=60)
+
+        Upload = cls(methods["UploadModel"], "input_type")
+        data = exported["mlp"]["onnx"].read_bytes()
+        info = call("UploadModel", iter([Upload(header={"name": "reflected.onnx", "total_bytes": len(data)}),
+                                         Upload(chunk=data)]))
+        assert info.format == "onnx"
+        assert any(m.id == info.id for m in call("ListModels", cls(methods["ListModels"], "input_type")()).models)
+        detail = call("GetModel", cls(methods["GetModel"], "input_type")(model=info.id))
+        assert "fc1" in [layer.name for layer in detail.layers]
+        x = np.ones((1, 64), np.float32)
+        request = cls(methods["Capture"], "input_type")(model=info.id, layers=["fc1"], inputs=[
+            {"name": "", "dtype": "FP32", "shape": [1, 64], "data": x.tobytes()}])
+        parts = list(call("Capture", request))
+        assert parts[-1].done.num_tensors == 2
+        weights = list(call("GetWeights", cls(methods["GetWeights"], "input_type")(model=info.id, layers=["fc1"])))
+        assert weights[-1].done.num_tensors == 2
+        metrics = call("ListMetrics", cls(methods["ListMetrics"], "input_type")())
+        assert "example.weight_spectrum" in [m.name for m in metrics.metrics]
+        Analyze = cls(methods["Analyze"], "input_type")
+        events = list(call("Analyze", iter([Analyze(config={"models": [info.id],
+                                                            "metrics": [{"name": "example.weight_spectrum"}]})])))
+        run_id = events[-1].finished.id
+        assert call("GetRun", cls(methods["GetRun"], "input_type")(run_id=run_id)).info.id == run_id
+        assert call("ListRuns", cls(methods["ListRuns"], "input_type")()).runs
+        assert call("DeleteModel", cls(methods["DeleteModel"], "input_type")(model=info.id)).deleted
+
+
+def test_tensor_messages_decode_in_any_language_by_spec():
+    """The wire format is plain: raw little-endian bytes a C/Go/Rust client can produce without us."""
+    message = to_proto(np.array([[1.5, -2.0]], dtype=np.float32))
+    assert message.data == b"\x00\x00\xc0\x3f\x00\x00\x00\xc0"
+    assert list(message.shape) == [1, 2] and message.dtype == "FP32"
