@@ -11,7 +11,6 @@ import torch
 
 import deepscope
 from deepscope.embedded import EmbeddedServer
-from deepscope_server import zoo
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins"
 
@@ -24,20 +23,14 @@ def _child_env() -> None:
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory) -> dict[str, dict[str, Path]]:
+def exported(zoo_models) -> dict[str, dict[str, Path]]:
     """{zoo name: {format: path}} for the MLP, CNN and transformer in ONNX, .pt2 and TorchScript."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("zoo")
-    out = {}
-    for name in zoo.ZOO:
-        model, example = zoo.build(name)
-        out[name] = zoo.export(model, example, root / name)
-    return out
+    return {name: z.paths for name, z in zoo_models.items()}
 
 
 @pytest.fixture(scope="session")
-def torch_models() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
-    return {name: zoo.build(name) for name in zoo.ZOO}
+def torch_models(zoo_models) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+    return {name: (z.module, z.example) for name, z in zoo_models.items()}
 
 
 def start_server(store: Path, **flags) -> tuple[EmbeddedServer, str]:

@@ -1,0 +1,122 @@
+"""Input-dependent strengths (La Malfa et al. 2209.05488 / 2404.11172; reconstructed from abstracts).
+
+Per sampled input x: ``NeuronsStrength_i(x) = Σ_j W[i, j] a_j^(l-1)(x)`` (the pre-activation
+without bias) and ``NeuronsActivation_i(x) = φ(NS_i(x) + b_i)``. Distributions are streamed:
+exact float64 moments per neuron, per-sample fluctuation moments, and a seeded fixed-size
+uniform sample of values for the KDE, so memory does not grow with the number of inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import ConvGeometry, kernel_as_2d
+
+
+def activation_function(name: str | None, attrs: dict[str, Any] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The numpy form of an activation named as in ``ACTIVATION_FUNCTIONS`` (None = identity)."""
+    a = attrs or {}
+    if name is None:
+        return lambda z: z
+    table: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "relu": lambda z: np.maximum(z, 0.0),
+        "relu6": lambda z: np.clip(z, 0.0, 6.0),
+        "hardtanh": lambda z: np.clip(z, a.get("min_val", -1.0), a.get("max_val", 1.0)),
+        "gelu": lambda z: torch.nn.functional.gelu(torch.as_tensor(z)).numpy(),
+        "silu": lambda z: z / (1.0 + np.exp(-z)),
+        "tanh": np.tanh,
+        "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+        "leaky_relu": lambda z: np.where(z > 0, z, a.get("negative_slope", 0.01) * z),
+        "elu": lambda z: np.where(z > 0, z, a.get("alpha", 1.0) * np.expm1(np.minimum(z, 0.0))),
+        "softplus": lambda z: torch.nn.functional.softplus(torch.as_tensor(z), beta=a.get("beta", 1.0)).numpy(),
+    }
+    if name not in table:
+        raise ValueError(f"unknown activation '{name}'; known: {', '.join(table)}")
+    return table[name]
+
+
+def neuron_strength_dense(W: np.ndarray, a_prev: np.ndarray) -> np.ndarray:
+    """``NS[x, i] = Σ_j W[i, j] a_prev[x, j]`` (last axis; token axes pass through), float64."""
+    return np.asarray(a_prev, dtype=np.float64) @ np.asarray(W, dtype=np.float64).T
+
+
+def neuron_strength_conv(K: np.ndarray, a_prev: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """Conv pre-activation without bias for a batch ``[B, C_in, H, W]`` (or ``[B, C_in, L]``), float64."""
+    x = torch.as_tensor(np.asarray(a_prev, dtype=np.float64))
+    one_d = x.ndim == 3
+    if one_d:
+        x = x[:, :, None, :]
+    pt, pb, pl, pr = geo.pads
+    out = F.conv2d(F.pad(x, (pl, pr, pt, pb)), torch.as_tensor(kernel_as_2d(np.asarray(K, dtype=np.float64))),
+                   stride=geo.stride, dilation=geo.dilation, groups=geo.groups)
+    return (out[:, :, 0, :] if one_d else out).numpy()
+
+
+class StreamingDistribution:
+    """Streams ``[B, neurons...]`` batches into per-neuron moments, per-sample fluctuation and a reservoir.
+
+    The reservoir is a uniform sample without replacement (smallest random keys, seeded) of at
+    most ``reservoir`` values, used for KDE curves.
+    """
+
+    def __init__(self, reservoir: int = 100_000, seed: int = 0) -> None:
+        self.k = int(reservoir)
+        self.rng = np.random.default_rng(seed)
+        self.n = 0
+        self.sum: np.ndarray | None = None
+        self.sumsq: np.ndarray | None = None
+        self.fl_sum = self.fl_sumsq = 0.0
+        self.vmin, self.vmax = np.inf, -np.inf
+        self.res_vals = np.empty(0)
+        self.res_keys = np.empty(0)
+
+    def update(self, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+        if v.shape[0] == 0:
+            return
+        if self.sum is None:
+            self.sum, self.sumsq = np.zeros(v.shape[1]), np.zeros(v.shape[1])
+        self.n += v.shape[0]
+        self.sum += v.sum(axis=0)
+        self.sumsq += np.square(v).sum(axis=0)
+        y = v.std(axis=1)  # input-dependent fluctuation of each sample
+        self.fl_sum += float(y.sum())
+        self.fl_sumsq += float(np.square(y).sum())
+        self.vmin, self.vmax = min(self.vmin, float(v.min())), max(self.vmax, float(v.max()))
+        flat = v.ravel()
+        keys = self.rng.random(flat.size)
+        if self.k and flat.size:
+            vals = np.concatenate([self.res_vals, flat])
+            allk = np.concatenate([self.res_keys, keys])
+            if vals.size > self.k:
+                keep = np.argpartition(allk, self.k - 1)[: self.k]
+                vals, allk = vals[keep], allk[keep]
+            self.res_vals, self.res_keys = vals, allk
+
+    def result(self) -> dict[str, Any]:
+        """Means/stds (ddof=0) per neuron and over all values, fluctuation mean/std, sample count."""
+        if self.n == 0 or self.sum is None:
+            return {"n_samples": 0}
+        mean = self.sum / self.n
+        var = np.maximum(self.sumsq / self.n - mean**2, 0.0)
+        m_all = float(self.sum.sum() / (self.n * self.sum.size))
+        v_all = max(float(self.sumsq.sum() / (self.n * self.sum.size)) - m_all**2, 0.0)
+        fl_mean = self.fl_sum / self.n
+        return {
+            "n_samples": self.n,
+            "n_neurons": int(self.sum.size),
+            "mean": m_all,
+            "std": float(np.sqrt(v_all)),
+            "min": self.vmin,
+            "max": self.vmax,
+            "neuron_mean": mean,
+            "neuron_std": np.sqrt(var),
+            "fluctuation_mean": fl_mean,
+            "fluctuation_std": float(np.sqrt(max(self.fl_sumsq / self.n - fl_mean**2, 0.0))),
+            "sample": self.res_vals,
+        }

@@ -1,0 +1,105 @@
+"""Explicit weight graphs: a layer's unrolled weight matrix (sparse) and a networkx DiGraph of it.
+
+For users who want to do their own network science on a (small) layer. Conv unrolling uses
+index arithmetic (``unfold`` of an index image), never Python loops over positions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from .geometry import IntOrSeq, conv_geometry, conv_output_hw, geometry_from_attrs, hw_as_2d, kernel_as_2d, onnx_pads
+
+#: Refuse to build networkx graphs larger than this many links unless told otherwise.
+MAX_GRAPH_LINKS = 2_000_000
+
+
+def conv_unrolled_matrix(
+    K: np.ndarray,
+    input_hw: IntOrSeq,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+    groups: int = 1,
+) -> sp.coo_matrix:
+    """The conv's linear map as a sparse ``[C_out·H_out·W_out, C_in·H·W]`` matrix (C, H, W row-major).
+
+    Every kernel tap that lands inside the input is a stored entry, zero weights included,
+    so the sparsity pattern is the graph's link structure. Taps on padding are not links.
+    """
+    geo = conv_geometry(K, stride, padding, dilation, groups)
+    K2 = kernel_as_2d(np.asarray(K, dtype=np.float64))
+    c_out, cg, kh, kw = K2.shape
+    c_in = cg * geo.groups
+    hw = hw_as_2d(input_hw)
+    ho, wo = conv_output_hw((kh, kw), hw, geo)
+    n_in = c_in * hw[0] * hw[1]
+    idx = torch.arange(1, n_in + 1, dtype=torch.float64).reshape(1, c_in, *hw)
+    pt, pb, pl, pr = geo.pads
+    idx = F.pad(idx, (pl, pr, pt, pb))  # padding gets index 0 = "no neuron"
+    cols = F.unfold(idx, (kh, kw), dilation=geo.dilation, stride=geo.stride)[0]  # [c_in*kh*kw, L]
+    L = ho * wo
+    cols = cols.reshape(geo.groups, cg * kh * kw, L).numpy().astype(np.int64)
+    group_of = np.arange(c_out) // (c_out // geo.groups)
+    src = cols[group_of]  # [c_out, cg*kh*kw, L]
+    w = np.broadcast_to(K2.reshape(c_out, -1)[:, :, None], src.shape)
+    dst = np.broadcast_to((np.arange(c_out)[:, None, None] * L + np.arange(L)[None, None, :]), src.shape)
+    keep = src > 0
+    return sp.coo_matrix((w[keep], (dst[keep], src[keep] - 1)), shape=(c_out * L, n_in))
+
+
+def layer_matrix(layer: Any) -> tuple[sp.coo_matrix, np.ndarray | None]:
+    """A Linear/Conv ``Layer``'s unrolled weight matrix ``[n_out, n_in]`` and its per-output-neuron bias."""
+    W = np.asarray(layer.weights["weight"], dtype=np.float64)
+    b = layer.weights.get("bias")
+    if layer.kind == "linear":
+        return sp.coo_matrix(W), None if b is None else np.asarray(b, dtype=np.float64)
+    if layer.kind == "conv":
+        geo = geometry_from_attrs(W, layer.attrs)
+        shape = layer.input_shapes[0] if layer.input_shapes else None
+        if shape is None or any(s is None for s in shape[2:]):
+            raise ValueError(f"layer '{layer.name}': conv unrolling needs a known input map size, got {shape}")
+        hw = hw_as_2d(tuple(int(s) for s in shape[2:]))
+        M = conv_unrolled_matrix(kernel_as_2d(W), hw, geo.stride, onnx_pads(geo), geo.dilation, geo.groups)
+        n_pos = M.shape[0] // W.shape[0]
+        bias = None if b is None else np.repeat(np.asarray(b, dtype=np.float64), n_pos)
+        return M, bias
+    raise ValueError(f"layer '{layer.name}' of kind '{layer.kind}' has no weight graph (linear or conv only)")
+
+
+def weight_graph(layer: Any, next_layer: Any | None = None, max_links: int = MAX_GRAPH_LINKS) -> nx.DiGraph:
+    """The weight graph of ``layer`` (and optionally ``next_layer``) as a networkx DiGraph.
+
+    Nodes are ``(tier, i)``: tier 0 = the layer's input neurons, 1 = its output neurons,
+    2 = ``next_layer``'s outputs; ``i`` indexes the flattened (C, H, W) map, which is also
+    PyTorch's flatten order, so a conv -> Linear pair links up directly. Edge attribute
+    ``weight``; output nodes carry their ``bias`` (in-strength = weighted in-degree + bias).
+    Node attribute ``layer`` names the layer that produced the neuron.
+    """
+    mats = [layer_matrix(layer)]
+    if next_layer is not None:
+        mats.append(layer_matrix(next_layer))
+        if mats[1][0].shape[1] != mats[0][0].shape[0]:
+            raise ValueError(
+                f"'{next_layer.name}' takes {mats[1][0].shape[1]} inputs but '{layer.name}' has "
+                f"{mats[0][0].shape[0]} outputs"
+            )
+    n_links = sum(M.nnz for M, _ in mats)
+    if n_links > max_links:
+        raise ValueError(f"weight graph would have {n_links:,} links > max_links {max_links:,}")
+    G = nx.DiGraph()
+    names = ["input", layer.name] + ([next_layer.name] if next_layer is not None else [])
+    G.add_nodes_from(((0, i) for i in range(mats[0][0].shape[1])), layer=names[0], bias=0.0)
+    for tier, (M, b) in enumerate(mats, start=1):
+        bias = np.zeros(M.shape[0]) if b is None else b
+        G.add_nodes_from(((tier, i), {"layer": names[tier], "bias": float(bias[i])}) for i in range(M.shape[0]))
+        G.add_weighted_edges_from(
+            zip(((tier - 1, int(j)) for j in M.col), ((tier, int(i)) for i in M.row), M.data.tolist())
+        )
+    return G

@@ -1,0 +1,322 @@
+"""Plugin adapter: complex-network metrics of the weight graph (La Malfa et al.).
+
+Thin: parameters in, ``deepscope_metrics.complex_network`` does the work, results out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Curve, Metric, Needs, Param, Table, hookimpl
+
+from ..complex_network import (
+    DegenerateDistribution,
+    StreamingDistribution,
+    activation_function,
+    divergence_matrix,
+    input_neuron_strengths,
+    kde_curve,
+    layer_fluctuation,
+    link_weight_summary,
+    neuron_layer_strengths,
+    neuron_strength_conv,
+    neuron_strength_dense,
+)
+from ..complex_network.geometry import geometry_from_attrs
+from ..complex_network.walk import folded_weights
+
+CITATION = (
+    "La Malfa, Hu, Kuhnert, Nicosia et al., Characterizing Learning Dynamics of Deep Neural Networks via "
+    "Complex Networks, ICTAI 2021 (arXiv 2110.02628); arXiv 2209.05488; arXiv 2404.11172"
+)
+WEIGHTED = frozenset({"linear", "conv"})
+
+P_GRID = Param("grid_points", int, 1000, "KDE grid points over [min, max]", min=10, max=100_000)
+P_MODE = Param("mode", str, "code", "conv in-strength: 'code' = K.sum()+b everywhere (authors); 'graph' = "
+               "only taps inside the image", choices=("code", "graph"))
+P_CONST = Param("missing_side_const", float, 1.0, "added for the side input/output neurons lack (authors: 1; "
+                "0 = pure graph definition)")
+P_FOLD = Param("fold_norm", bool, True, "fold a directly following eval-mode BatchNorm into the layer "
+               "(extension beyond the paper)")
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _StrengthBase(Metric):
+    """Shared: strengths of each selected layer's output neurons within the model graph."""
+
+    citation = CITATION
+    needs = Needs.WEIGHTS
+    layer_kinds = WEIGHTED
+    result_kinds = ("vector", "scalar", "string")
+
+    def _neuron_layers(self) -> dict[str, Any]:
+        p = self.params
+        out: dict[str, Any] = {}
+        for layer in self.ctx.layers:
+            try:
+                nl = neuron_layer_strengths(self.ctx.graph, layer, p["mode"], p["missing_side_const"], p["fold_norm"])
+                for w in nl.warnings:
+                    self.ctx.warn(f"{self.name} {layer.name}: {w}")
+                out[layer.name] = nl
+            except Exception as exc:  # degenerate/unsupported layer: report, never crash the run
+                out[layer.name] = exc
+        return out
+
+    def _echo(self, nl: Any) -> dict[str, Any]:
+        p = self.params
+        return {
+            "mode": p["mode"], "missing_side_const": p["missing_side_const"], "fold_norm": p["fold_norm"],
+            "n_nodes": int(nl.strengths.total.size), "shape": str(nl.shape), "has_in": nl.has_in,
+            "has_out": nl.has_out, "neuron_layer_end": nl.end, "next_layers": ",".join(nl.reached),
+            "extensions": "; ".join(nl.extensions),
+        }
+
+
+class LinkWeights(Metric):
+    name = "cnt.link_weights"
+    description = ("Distribution of a layer's link weights (all weights and biases): summary statistics, "
+                   "histogram and Gaussian KDE (Scott bandwidth).")
+    citation = CITATION
+    needs = Needs.WEIGHTS
+    layer_kinds = WEIGHTED
+    result_kinds = ("scalar", "table", "curve")
+    params = (
+        Param("bins", int, 50, "histogram bins", min=1, max=10_000),
+        P_GRID,
+        Param("fold_norm", bool, False, "fold a following eval-mode BatchNorm first (extension beyond the paper)"),
+    )
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {}
+        for layer in self.ctx.layers:
+            W, b, _, folded = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
+            s = link_weight_summary(W, b, bins=self.params["bins"])
+            counts, edges = s.pop("hist_counts"), s.pop("hist_edges")
+            r: dict[str, Any] = {**s, "histogram": Table({"bin_left": edges[:-1], "bin_right": edges[1:], "count": counts}),
+                                 "bins": self.params["bins"], "grid_points": self.params["grid_points"]}
+            if folded:
+                r["extensions"] = f"batchnorm {', '.join(folded)} folded (extension beyond the paper)"
+            try:
+                x, y = kde_curve(np.concatenate([W.ravel(), [] if b is None else b.ravel()]), self.params["grid_points"])
+                r["kde"] = Curve(x, y, "link weight", "density")
+            except DegenerateDistribution as exc:
+                r["reason"] = str(exc)
+            results[layer.name] = r
+        return results
+
+
+class NodeStrength(_StrengthBase):
+    name = "cnt.node_strength"
+    description = ("Node strength of each layer's output neurons in the weight graph: signed in-strength "
+                   "(incoming weights + bias) and out-strength (weights to the next layer), per neuron "
+                   "(conv maps unrolled, C*H*W neurons). BatchNorm folding, pooling and residual links are "
+                   "extensions beyond the paper, listed under 'extensions'.")
+    params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {}
+        for name, nl in self._neuron_layers().items():
+            if isinstance(nl, Exception):
+                results[name] = {"strength": np.array([np.nan]), "reason": _reason(nl)}
+                continue
+            st = nl.strengths
+            results[name] = {"strength": st.total.ravel(), "in_strength": st.s_in.ravel(),
+                             "out_strength": st.s_out.ravel(), **self._echo(nl)}
+        if self.params["include_input"]:
+            inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"])
+            if inp is not None:
+                results[WHOLE_MODEL] = {"input_strength": inp.strengths.total.ravel(),
+                                        "input_out_strength": inp.strengths.s_out.ravel(),
+                                        "input_shape": str(inp.shape), "input_n_nodes": int(inp.strengths.total.size),
+                                        "missing_side_const": self.params["missing_side_const"]}
+        return results
+
+
+class LayerFluctuation(_StrengthBase):
+    name = "cnt.layer_fluctuation"
+    description = ("Layer fluctuation Y_l: population std (ddof=0) of the node strengths of each neuron layer; "
+                   "also the mean and the coefficient of variation (cv, an extension beyond the paper).")
+    params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
+    result_kinds = ("scalar", "table", "curve")
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {}
+        rows: list[tuple[str, float, float, int]] = []
+        if self.params["include_input"]:
+            inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"])
+            if inp is not None:
+                f = layer_fluctuation(inp.strengths.total)
+                rows.append(("<input>", f["fluctuation"], f["cv"], f["n_nodes"]))
+        for name, nl in self._neuron_layers().items():
+            if isinstance(nl, Exception):
+                results[name] = {"fluctuation": float("nan"), "reason": _reason(nl)}
+                continue
+            f = layer_fluctuation(nl.strengths.total)
+            results[name] = {**f, **self._echo(nl)}
+            if not np.isfinite(f["fluctuation"]):
+                results[name]["reason"] = "non-finite or empty strengths"
+            rows.append((name, f["fluctuation"], f["cv"], f["n_nodes"]))
+        if rows:
+            names, fl, cv, n = zip(*rows)
+            results[WHOLE_MODEL] = {
+                "fluctuations": Table({"layer": list(names), "fluctuation": np.array(fl), "cv": np.array(cv),
+                                       "n_nodes": np.array(n)}),
+                "fluctuation_curve": Curve(np.arange(len(fl), dtype=float), np.array(fl), "neuron layer", "Y_l"),
+            }
+        return results
+
+
+class Divergence(_StrengthBase):
+    name = "cnt.divergence"
+    description = ("Divergence between the layers' distributions of link weights or node strengths: "
+                   "Jensen-Shannon (default, base 2, in [0, 1]) or the authors' Jeffreys (symmetric KL on a "
+                   "shared KDE grid, no dx, inf -> max finite + 1).")
+    params = (
+        Param("of", str, "link_weights", "which distribution", choices=("link_weights", "node_strength")),
+        Param("method", str, "js", "js or jeffreys", choices=("js", "jeffreys")),
+        P_GRID, P_MODE, P_CONST, P_FOLD,
+    )
+    result_kinds = ("matrix", "table", "scalar")
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        p = self.params
+        names, samples = [], []
+        if p["of"] == "link_weights":
+            for layer in self.ctx.layers:
+                W, b, _, _ = folded_weights(self.ctx.graph, layer, p["fold_norm"])
+                names.append(layer.name)
+                samples.append(np.concatenate([W.ravel(), [] if b is None else b.ravel()]))
+        else:
+            for name, nl in self._neuron_layers().items():
+                if not isinstance(nl, Exception):
+                    names.append(name)
+                    samples.append(nl.strengths.total.ravel())
+        if len(names) < 2:
+            return {WHOLE_MODEL: {"divergence": float("nan"), "reason": f"need at least 2 layers, got {len(names)}"}}
+        M = divergence_matrix(samples, p["method"], p["grid_points"])
+        i, j = np.triu_indices(len(names), 1)
+        results: dict[str, dict[str, Any]] = {
+            WHOLE_MODEL: {"matrix": M, "layers": ",".join(names), "of": p["of"], "method": p["method"],
+                          "grid_points": p["grid_points"],
+                          "pairs": Table({"layer_a": [names[k] for k in i], "layer_b": [names[k] for k in j],
+                                          "divergence": M[i, j]})}
+        }
+        for k in range(len(names) - 1):
+            results[names[k]] = {"divergence_to_next": float(M[k, k + 1]), "next_layer": names[k + 1]}
+        return results
+
+
+class _InputDependent(Metric):
+    """Streams NS(x) = W a^(l-1)(x) (or φ(NS + b)) of each selected layer over sampled inputs."""
+
+    citation = CITATION
+    needs = Needs.INPUTS | Needs.OUTPUTS
+    layer_kinds = WEIGHTED
+    reconstructed = True
+    result_kinds = ("scalar", "vector", "curve")
+    params = (
+        Param("max_samples", int, 1000, "inputs used (the first ones of the run, in order)", min=1),
+        Param("reservoir", int, 100_000, "values kept (uniform, seeded) for the KDE", min=100),
+        P_GRID, P_FOLD,
+    )
+    activated: bool = False
+
+    def start(self) -> None:
+        self.state: dict[str, dict[str, Any]] = {}
+        for k, layer in enumerate(self.ctx.layers):
+            W, b, end, _ = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
+            succ = self.ctx.graph.successors(end)
+            act = succ[0] if len(succ) == 1 and succ[0].kind == "activation" else None
+            fn = act.attrs.get("function") if act is not None else None
+            self.state[layer.name] = {
+                "W": W, "b": b, "act": fn, "phi": activation_function(fn, act.attrs if act is not None else None),
+                "scale": None if end == layer.name else _bn_scale(self.ctx.graph, end),
+                "geo": geometry_from_attrs(W, layer.attrs) if layer.kind == "conv" else None,
+                "acc": StreamingDistribution(self.params["reservoir"], self.ctx.seed + k), "seen": 0,
+            }
+
+    def update(self, batch: Batch) -> None:
+        for layer in self.ctx.layers:
+            st = self.state[layer.name]
+            room = self.params["max_samples"] - st["seen"]
+            if room <= 0:
+                continue
+            if layer.name in batch.inputs:
+                a = batch.inputs[layer.name][:room]
+                ns = (neuron_strength_conv(st["W"], a, st["geo"]) if st["geo"] is not None
+                      else neuron_strength_dense(st["W"], a))
+            elif layer.name in batch.outputs:  # fallback: output minus bias (then BN scale)
+                out = np.asarray(batch.outputs[layer.name][:room], dtype=np.float64)
+                b0 = layer.weights.get("bias")
+                ns = out - (0.0 if b0 is None else _channel(np.asarray(b0, dtype=np.float64), out))
+                if st["scale"] is not None:
+                    ns = ns * _channel(st["scale"], ns)
+            else:
+                continue
+            if self.activated:
+                b = st["b"]
+                ns = st["phi"](ns + (0.0 if b is None else _channel(b, ns)))
+            st["acc"].update(ns)
+            st["seen"] += len(ns)
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {}
+        for name, st in self.state.items():
+            r = st["acc"].result()
+            sample = r.pop("sample", None)
+            r.update(max_samples=self.params["max_samples"], seed=self.ctx.seed, grid_points=self.params["grid_points"],
+                     sample_indices=f"0..{r['n_samples'] - 1} (run order)" if r["n_samples"] else "",
+                     fold_norm=self.params["fold_norm"])
+            if self.activated:
+                r["activation"] = st["act"] or "identity (no activation layer follows)"
+            if r["n_samples"] == 0:
+                r.update(mean=float("nan"), reason="no layer inputs/outputs were received")
+            else:
+                try:
+                    x, y = kde_curve(sample, self.params["grid_points"])
+                    r["kde"] = Curve(x, y, "value", "density")
+                except DegenerateDistribution as exc:
+                    r["reason"] = str(exc)
+            results[name] = r
+        return results
+
+
+def _channel(v: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Broadcast a per-channel vector onto ``[B, C, ...]`` maps or ``[B, ..., C]`` dense outputs."""
+    if like.ndim > 2 and like.shape[1] == v.size and (like.ndim == 4 or like.shape[-1] != v.size):
+        return v.reshape((1, -1) + (1,) * (like.ndim - 2))
+    return v
+
+
+def _bn_scale(graph: Any, name: str) -> np.ndarray:
+    from ..complex_network.walk import bn_scale_shift
+
+    return bn_scale_shift(graph.layer(name))[0]
+
+
+class NeuronStrength(_InputDependent):
+    name = "cnt.neuron_strength"
+    description = ("(reconstructed from the abstract) Input-dependent neuron strength NS_i(x) = sum_j W[i,j] "
+                   "a_j(x) (pre-activation without bias) over sampled inputs: KDE, mean, std, per-neuron "
+                   "moments and the input-dependent fluctuation (std over neurons per input).")
+
+
+class NeuronActivation(_InputDependent):
+    name = "cnt.neuron_activation"
+    description = ("(reconstructed from the abstract) Input-dependent neuron activation phi(NS_i(x) + b_i) "
+                   "over sampled inputs, phi = the activation layer following the layer: KDE, mean, std, "
+                   "per-neuron moments and the input-dependent fluctuation.")
+    activated = True
+
+
+METRICS = (LinkWeights, NodeStrength, LayerFluctuation, Divergence, NeuronStrength, NeuronActivation)
+
+
+@hookimpl
+def deepscope_register_metrics(register: Any) -> None:
+    for metric in METRICS:
+        register(metric)
