@@ -177,28 +177,31 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], out=sys.stdout) 
 
 
 def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN001
+    """Per metric, a table of layers and headline values; for a series, the first value per checkpoint."""
     print(f"run {run.id}: {run.status}, {run.info.num_samples} samples, {run.info.seconds:.1f} s, "
           f"{run.info.num_results} results ({run.info.num_failed} failed)", file=out)
     if run.info.error:
         print(f"  error: {run.info.error}", file=out)
-    series = len(run.info.config.models) > 1
+    checkpoints = sorted({r.checkpoint for r in run.results})
     for metric in run.metrics:
-        results = [r for r in run.results if r.metric == metric]
-        keys: list[str] = []
-        for r in results:
-            keys += [i.key for i in r.items if i.WhichOneof("value") == "scalar" and i.key not in keys]
-        keys = keys[:max_keys]
-        rows = []
-        for r in results:
-            row: dict[str, Any] = {"layer": r.layer or "(model)", "checkpoint": r.checkpoint}
+        keys = run.headline_keys(metric, max_keys)
+        rows: dict[str, dict[str, Any]] = {}
+        for r in run.results:
+            if r.metric != metric:
+                continue
+            row = rows.setdefault(r.layer or "(model)", {"layer": r.layer or "(model)", "status": "ok"})
             if r.status != "ok":
-                row["status"] = "FAILED: " + r.error.splitlines()[0][:60]
+                row["status"] = "FAILED: " + (r.error.splitlines() or ["?"])[0][:70]
+                continue
+            scalars = {i.key: i.scalar for i in r.items if i.WhichOneof("value") == "scalar"}
+            if len(checkpoints) > 1:
+                if keys:
+                    row[f"{keys[0]}@{r.checkpoint}"] = scalars.get(keys[0], "")
             else:
-                row["status"] = "ok"
-                row.update({i.key: i.scalar for i in r.items if i.key in keys})
-            rows.append(row)
+                row.update({k: scalars.get(k, "") for k in keys})
+        columns = [f"{keys[0]}@{c}" for c in checkpoints] if len(checkpoints) > 1 and keys else keys
         print(f"\n{metric}", file=out)
-        print_table(rows, ["layer", *(["checkpoint"] if series else []), *keys, "status"], out)
+        print_table(list(rows.values()), ["layer", *columns, "status"], out)
 
 
 def run_to_json(run: Run) -> dict[str, Any]:

@@ -109,6 +109,7 @@ class Client:
         self.timeout = timeout
         self.progress = progress
         self._on_close = on_close
+        self._summary_cache: dict[str, list[str]] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -291,6 +292,11 @@ class Client:
     def metric_infos(self) -> pb.ListMetricsResponse:
         return self._call(self._stub.ListMetrics, pb.ListMetricsRequest())
 
+    def _summary_keys(self) -> dict[str, list[str]]:
+        if self._summary_cache is None:
+            self._summary_cache = {m.name: list(m.summary_keys) for m in self.metric_infos().metrics}
+        return self._summary_cache
+
     def analyze(self, model: str | Model | Sequence[str | Model], data: Any = "digits",
                 metrics: Sequence[str] = ("all",), layers: Sequence[str] = (),
                 params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 64, seed: int = 0,
@@ -366,14 +372,14 @@ class Client:
             raise
         finally:
             bar.close()
-        return Run(info, results)
+        return Run(info, results, self._summary_keys())
 
     def runs(self, limit: int = 100) -> list[Run]:
         return [Run(info) for info in self._call(self._stub.ListRuns, pb.ListRunsRequest(limit=limit)).runs]
 
     def get_run(self, run_id: str) -> Run:
         detail = self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id))
-        return Run(detail.info, list(detail.results))
+        return Run(detail.info, list(detail.results), self._summary_keys())
 
 
 def _value(value: pb.Value) -> Any:

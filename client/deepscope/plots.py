@@ -43,6 +43,18 @@ def _is_vector(v: Any) -> bool:
     return isinstance(v, np.ndarray) and v.ndim == 1 and v.size > 1 and v.dtype.kind in "fiu"
 
 
+def _partition_keys(per_layer: dict[str, dict[str, Any]], scalars: list[str]) -> list[str]:
+    """``frac_*`` headline keys that add up to 1 on every layer (e.g. mode fractions): drawn stacked."""
+    fractions = [k for k in scalars if k.startswith("frac_")]
+    if len(fractions) < 2:
+        return []
+    for values in per_layer.values():
+        total = sum(float(values.get(k, np.nan)) for k in fractions)
+        if not np.isfinite(total) or abs(total - 1.0) > 1e-6:
+            return []
+    return fractions
+
+
 def plot_metric(run: "Run", metric: str) -> "Figure":
     """One figure for one metric of a run (raises KeyError when the metric has no successful result)."""
     import matplotlib
@@ -55,13 +67,13 @@ def plot_metric(run: "Run", metric: str) -> "Figure":
         raise KeyError(f"no successful results for metric '{metric}' in run {run.id}")
     series = len(by_ckpt) > 1
     first = by_ckpt[min(by_ckpt)]
-    scalars = [k for k in _keys(first, (float, int)) if not k.startswith(("num_", "n_"))][:MAX_PANELS]
+    scalars = run.headline_keys(metric, limit=MAX_PANELS)
     curves = _keys(first, Curve)[:MAX_PANELS]
     vectors = [k for k in _keys(first, np.ndarray) if any(_is_vector(v.get(k)) for v in first.values())][:3]
 
     panels: list[tuple[str, str]] = []
-    fractions = [k for k in scalars if k.startswith("fraction_")]
-    if len(fractions) >= 2 and not series:
+    fractions = _partition_keys(first, scalars)
+    if fractions and not series:
         panels.append(("stacked", ",".join(fractions)))
         scalars = [k for k in scalars if k not in fractions]
     panels += [("scalar", k) for k in scalars] + [("curve", k) for k in curves] + [("vector", k) for k in vectors]
@@ -77,7 +89,7 @@ def plot_metric(run: "Run", metric: str) -> "Figure":
             bottom = np.zeros(len(layers))
             for k in key.split(","):
                 vals = np.array([float(first[l].get(k, 0.0)) for l in layers])
-                ax.bar(range(len(layers)), vals, bottom=bottom, label=k.removeprefix("fraction_"))
+                ax.bar(range(len(layers)), vals, bottom=bottom, label=k.removeprefix("frac_"))
                 bottom += vals
             ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
             ax.set_ylabel("fraction")

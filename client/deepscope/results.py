@@ -40,6 +40,8 @@ def decode_item(item: pb.ResultItem) -> Any:
 
 
 STATUS_NAMES = {v: k.lower() for k, v in pb.RunStatus.items()}
+#: Result keys that count things or echo parameters rather than measure the model.
+BOOKKEEPING_PREFIXES = ("n_", "num_", "param_")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class Run:
 
     info: pb.RunInfo
     results: list[pb.MetricResult] = field(default_factory=list)
+    #: metric -> headline scalar keys, as the metric declared them (filled by the Client)
+    summary_keys: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -77,6 +81,20 @@ class Run:
         have = sorted({r.layer for r in self.results if r.metric == metric})
         raise KeyError(f"no result for metric '{metric}' layer '{layer}' checkpoint {checkpoint}; "
                        f"layers with results: {have}")
+
+    def headline_keys(self, metric: str, limit: int = 4) -> list[str]:
+        """The scalar keys to show for a metric: its declared summary keys, else the non-bookkeeping scalars."""
+        scalars: list[str] = []
+        params: set[str] = set()
+        for r in self.results:
+            if r.metric == metric and r.status == "ok":
+                params |= set(r.params)
+                scalars += [i.key for i in r.items if i.WhichOneof("value") == "scalar" and i.key not in scalars]
+        declared = [k for k in self.summary_keys.get(metric, []) if k in scalars]
+        if declared:
+            return declared[:limit]
+        plain = [k for k in scalars if k not in params and k != "seed" and not k.startswith(BOOKKEEPING_PREFIXES)]
+        return plain[:limit]
 
     def layers(self, metric: str) -> list[str]:
         return list(dict.fromkeys(r.layer for r in self.results if r.metric == metric))

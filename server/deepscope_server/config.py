@@ -23,6 +23,8 @@ class Limits:
     max_concurrent_runs: int = 4
     max_run_seconds: float = 3600.0
     metric_timeout_seconds: float = 600.0
+    #: Address-space limit (RLIMIT_AS) of each metric worker process (process isolation only).
+    metric_memory_bytes: int = 8 * GiB
 
 
 @dataclass
@@ -44,6 +46,9 @@ class Settings:
     tls_client_ca: Path | None = None
     port_file: Path | None = None
     workers: int = 4
+    #: "process": each metric instance of a run in its own worker process (a crash or a memory
+    #: blow-up fails only that metric); "thread": in-server threads (trusted, fast metrics).
+    metric_isolation: str = "process"
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -53,6 +58,11 @@ class Settings:
 
 def _env(name: str, default: object) -> object:
     return os.environ.get(f"DEEPSCOPE_{name.upper()}", default)
+
+
+def _flag(name: str) -> bool:
+    """A boolean environment variable: 1/true/yes/on (anything else, including 0, is false)."""
+    return str(_env(name, "")).strip().lower() in ("1", "true", "yes", "on")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", type=Path, default=_env("port_file", None), help="write the bound port here")
     p.add_argument("--store", type=Path, default=Path(str(_env("store", d.store))), help="models and runs")
     p.add_argument("--model-dir", type=Path, default=_env("model_dir", None), help="server-side models by name")
-    p.add_argument("--trust-model-dir", action="store_true", default=bool(_env("trust_model_dir", "")),
+    p.add_argument("--trust-model-dir", action="store_true", default=_flag("trust_model_dir"),
                    help="allow pickled torch modules from --model-dir (they can run code)")
-    p.add_argument("--no-reflection", action="store_true", default=bool(_env("no_reflection", "")))
-    p.add_argument("--no-entry-points", action="store_true", default=bool(_env("no_entry_points", "")),
+    p.add_argument("--no-reflection", action="store_true", default=_flag("no_reflection"))
+    p.add_argument("--no-entry-points", action="store_true", default=_flag("no_entry_points"),
                    help="load no plugins from entry points")
     p.add_argument("--plugins", default=_env("plugins", None), help="comma-separated allow-list of plugins")
     p.add_argument("--plugin-module", action="append", dest="plugin_modules",
@@ -78,13 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="register a plugin module directly, without an entry point (repeatable; for development)")
     p.add_argument("--device", default=_env("device", "auto"), choices=["auto", "cpu", "cuda"])
     p.add_argument("--auth-token-file", type=Path, default=_env("auth_token_file", None))
-    p.add_argument("--allow-unauthenticated", action="store_true", default=bool(_env("allow_unauthenticated", "")),
+    p.add_argument("--allow-unauthenticated", action="store_true", default=_flag("allow_unauthenticated"),
                    help="required to bind a non-loopback address without a token")
     p.add_argument("--tls-cert", type=Path, default=_env("tls_cert", None))
     p.add_argument("--tls-key", type=Path, default=_env("tls_key", None))
     p.add_argument("--tls-client-ca", type=Path, default=_env("tls_client_ca", None),
                    help="require client certificates signed by this CA (mutual TLS)")
     p.add_argument("--workers", type=int, default=int(_env("workers", d.workers)))
+    p.add_argument("--metric-isolation", choices=["process", "thread"],
+                   default=_env("metric_isolation", d.metric_isolation),
+                   help="run each metric in a worker process (default; a crash fails only that metric) "
+                   "or in a server thread (trusted, fast metrics)")
     for name, value in vars(Limits()).items():
         kind = float if isinstance(value, float) else int
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=kind(_env(name, value)))
@@ -100,6 +114,9 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
             raise SystemExit(f"auth token file {args.auth_token_file} is empty")
     elif os.environ.get("DEEPSCOPE_AUTH_TOKEN"):
         token = os.environ["DEEPSCOPE_AUTH_TOKEN"].strip()
+    if token is not None and len(token) < 16:
+        raise SystemExit("the auth token must be at least 16 characters (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
     limits = Limits(**{name: getattr(args, name) for name in vars(Limits())})
     return Settings(
         host=args.host, port=args.port, store=args.store, model_dir=args.model_dir,
@@ -108,5 +125,6 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         plugins={p.strip() for p in args.plugins.split(",") if p.strip()} if args.plugins else None,
         plugin_modules=list(args.plugin_modules), device=args.device, auth_token=token, allow_unauthenticated=args.allow_unauthenticated,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-        port_file=args.port_file, workers=args.workers, limits=limits,
+        port_file=args.port_file, workers=args.workers, metric_isolation=args.metric_isolation,
+        limits=limits,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,6 +89,7 @@ def metric_info_proto(entry: MetricEntry) -> pb.MetricInfo:
         layer_kinds=sorted(cls.layer_kinds or ()), result_kinds=list(cls.result_kinds),
         plugin=entry.plugin, plugin_version=entry.version,
         reconstructed=bool(cls.reconstructed), extension=bool(cls.extension),
+        summary_keys=list(cls.summary_keys),
     )
 
 
@@ -147,7 +147,3 @@ def result_items(values: Any) -> list[pb.ResultItem]:
     if not isinstance(values, Mapping):
         raise MalformedResult(f"each layer's results must be a dict of key -> value, got {type(values).__name__}")
     return [item_proto(k, v) for k, v in values.items()]
-
-
-def finite_or_nan(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")

@@ -2,12 +2,18 @@
 
 A loaded model is shared by concurrent requests; its lock serialises calls into the backend
 (onnxruntime sessions and torch modules with hooks are not safe to drive from many threads).
+
+Before a loader sees a file, ``preflight`` checks what it would allocate from what the file
+declares: ONNX tensors over ``max_tensor_elements`` and zip archives (.pt2, TorchScript) whose
+members would decompress past ``max_model_bytes`` or at bomb-like ratios are refused first.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +22,64 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Backend, CaptureRequest, RunOutput
-from .backends.detect import load_model
-from .errors import DeepscopeError, InvalidInput, NotFound, near_matches
+from .backends.detect import detect_format, load_model
+from .config import Limits
+from .errors import DeepscopeError, InvalidInput, LimitExceeded, NotFound, near_matches
 from .store import StoredModel, Store, utc_now
+
+
+#: A zip member expanding more than this many times is treated as a decompression bomb...
+MAX_COMPRESSION_RATIO = 200
+#: ...once it expands past this size (small, very compressible members are normal).
+BOMB_MIN_BYTES = 16 << 20
+
+
+def _onnx_tensor_elements(path: Path, limits: Limits) -> None:
+    """Refuse ONNX tensors whose declared shape exceeds ``max_tensor_elements`` (before any allocation)."""
+    import onnx
+
+    from .backends.onnx_backend import _all_tensors
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - the protobuf parser's own errors
+        raise InvalidInput(f"'{path.name}' is not a valid ONNX model: {type(exc).__name__}: {exc}") from None
+    for tensor in _all_tensors(model):
+        dims = [int(d) for d in tensor.dims]
+        if any(d < 0 for d in dims):
+            raise InvalidInput(f"ONNX tensor '{tensor.name}' declares a negative dimension: {dims}")
+        count = math.prod(dims)
+        if count > limits.max_tensor_elements:
+            raise LimitExceeded(f"max_tensor_elements (ONNX tensor '{tensor.name}' declares shape {dims})",
+                                limits.max_tensor_elements, count, "elements")
+
+
+def _zip_sizes(path: Path, limits: Limits) -> None:
+    """Refuse archives that would decompress past ``max_model_bytes`` or look like decompression bombs."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InvalidInput(f"model file '{path.name}' is a damaged zip archive: {exc}") from None
+    total = sum(m.file_size for m in members)
+    if total > limits.max_model_bytes:
+        raise LimitExceeded(f"max_model_bytes (uncompressed size of archive '{path.name}')",
+                            limits.max_model_bytes, total)
+    for m in members:
+        if m.file_size > BOMB_MIN_BYTES and m.file_size > MAX_COMPRESSION_RATIO * max(m.compress_size, 1):
+            raise InvalidInput(
+                f"archive member '{m.filename}' of '{path.name}' expands {m.file_size:,} bytes from "
+                f"{m.compress_size:,} (ratio > {MAX_COMPRESSION_RATIO}): refused as a decompression bomb"
+            )
+
+
+def preflight(path: Path, limits: Limits) -> None:
+    """Cheap checks of what a file declares, so no loader allocates from absurd sizes."""
+    fmt = detect_format(path)
+    if fmt == "onnx":
+        _onnx_tensor_elements(path, limits)
+    elif fmt in ("pt2", "torchscript", "torch_pickle") and zipfile.is_zipfile(path):
+        _zip_sizes(path, limits)
 
 
 @dataclass
@@ -48,8 +109,9 @@ class ModelManager:
     """Uploads, lookups and the backend cache (least recently used models are closed first)."""
 
     def __init__(self, store: Store, model_dir: Path | None = None, trust_model_dir: bool = False,
-                 device: str = "auto", cache_size: int = 8) -> None:
+                 device: str = "auto", cache_size: int = 8, limits: Limits | None = None) -> None:
         self.store = store
+        self.limits = limits or Limits()
         self.model_dir = Path(model_dir) if model_dir else None
         self.trust_model_dir = trust_model_dir
         self.device = device
@@ -65,6 +127,7 @@ class ModelManager:
         """Store the bytes, then load them: a file that does not load is removed, never catalogued."""
         model_id, path, size = self.store.write_model(name, chunks, max_bytes, declared_bytes, declared_sha256)
         try:
+            preflight(path, self.limits)
             backend = load_model(path, device=self.device, trusted=False)
         except DeepscopeError:
             self.store.discard_file(path)
@@ -93,6 +156,7 @@ class ModelManager:
                 self._cache.move_to_end(stored.id)
                 return self._cache[stored.id]
         try:
+            preflight(stored.path, self.limits)
             backend = load_model(stored.path, device=self.device, trusted=trusted)
         except DeepscopeError:
             raise

@@ -197,6 +197,7 @@ class Metric:
     needs: ClassVar[Needs] = Needs.OUTPUTS
     layer_kinds: ClassVar[frozenset[str] | None] = None  #: None = any kind
     result_kinds: ClassVar[tuple[str, ...]] = ()  #: e.g. ("scalar", "vector", "curve")
+    summary_keys: ClassVar[tuple[str, ...]] = ()  #: headline scalar keys for tables, plots and reports
     reconstructed: ClassVar[bool] = False  #: True when the definition is reconstructed from abstracts
     extension: ClassVar[bool] = False  #: True when the metric goes beyond the cited papers
 

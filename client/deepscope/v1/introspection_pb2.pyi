@@ -217,7 +217,7 @@ class ParamSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default: _Optional[_Union[Value, _Mapping]] = ..., description: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., choices: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class MetricInfo(_message.Message):
-    __slots__ = ("name", "description", "citation", "params", "needs", "layer_kinds", "result_kinds", "plugin", "plugin_version", "reconstructed", "extension")
+    __slots__ = ("name", "description", "citation", "params", "needs", "layer_kinds", "result_kinds", "plugin", "plugin_version", "reconstructed", "extension", "summary_keys")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CITATION_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class MetricInfo(_message.Message):
     PLUGIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTED_FIELD_NUMBER: _ClassVar[int]
     EXTENSION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_KEYS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     citation: str
@@ -240,7 +241,8 @@ class MetricInfo(_message.Message):
     plugin_version: str
     reconstructed: bool
     extension: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., citation: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., needs: _Optional[_Iterable[str]] = ..., layer_kinds: _Optional[_Iterable[str]] = ..., result_kinds: _Optional[_Iterable[str]] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., reconstructed: _Optional[bool] = ..., extension: _Optional[bool] = ...) -> None: ...
+    summary_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., citation: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., needs: _Optional[_Iterable[str]] = ..., layer_kinds: _Optional[_Iterable[str]] = ..., result_kinds: _Optional[_Iterable[str]] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., reconstructed: _Optional[bool] = ..., extension: _Optional[bool] = ..., summary_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListMetricsRequest(_message.Message):
     __slots__ = ()

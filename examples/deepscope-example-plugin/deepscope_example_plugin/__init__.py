@@ -11,6 +11,7 @@ class ActivationMoments(Metric):
     """Per-unit mean and variance of a layer's output, streamed (memory independent of sample count)."""
 
     name = "example.activation_moments"
+    summary_keys = ('mean_variance',)
     description = "Per-unit mean and variance of each layer's output, accumulated over batches in float64."
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "vector")
@@ -41,6 +42,7 @@ class WeightSpectrum(Metric):
     """Singular values of each weight matrix (no forward pass)."""
 
     name = "example.weight_spectrum"
+    summary_keys = ('spectral_norm',)
     description = "Singular values of each linear/conv weight (conv kernels reshaped to [C_out, -1])."
     needs = Needs.WEIGHTS
     layer_kinds = frozenset({"linear", "conv"})

@@ -120,12 +120,34 @@ def onnx_pads(geo: ConvGeometry) -> tuple[int, int, int, int]:
     return pt, pl, pb, pr
 
 
-def geometry_from_attrs(K: np.ndarray, attrs: dict[str, Any]) -> ConvGeometry:
-    """Build the geometry from a conv Layer's ``attrs`` (stride/padding/dilation/groups)."""
+def geometry_from_attrs(K: np.ndarray, attrs: dict[str, Any], input_hw: IntOrSeq | None = None) -> ConvGeometry:
+    """Build the geometry from a conv Layer's ``attrs``.
+
+    Reads ``stride``/``dilation``/``groups`` and either ``padding`` (symmetric) or ``pads``
+    (ONNX order, begins then ends); ONNX ``auto_pad`` SAME_UPPER/SAME_LOWER needs ``input_hw``.
+    """
+    padding: Any = attrs.get("pads", attrs.get("padding", 0))
+    auto = str(attrs.get("auto_pad", "")).upper()
+    if auto == "VALID":
+        padding = 0
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        if input_hw is None:
+            raise ValueError(f"auto_pad={auto} needs the input map size")
+        one_d = np.ndim(K) == 3
+        K2 = kernel_as_2d(K)
+        s = _pair(attrs.get("stride", 1), one_d, "stride")
+        d = _pair(attrs.get("dilation", 1), one_d, "dilation")
+        begins, ends = [], []
+        for n, k, st, dl in zip(hw_as_2d(input_hw), K2.shape[2:], s, d):
+            total = max((-(-n // st) - 1) * st + dl * (k - 1) + 1 - n, 0)
+            small = total // 2
+            begins.append(small if auto == "SAME_UPPER" else total - small)
+            ends.append(total - begins[-1])
+        padding = (begins[1], ends[1]) if one_d else (begins[0], begins[1], ends[0], ends[1])
     return conv_geometry(
         K,
         stride=attrs.get("stride", 1),
-        padding=attrs.get("padding", 0),
+        padding=padding,
         dilation=attrs.get("dilation", 1),
         groups=attrs.get("groups", 1),
     )

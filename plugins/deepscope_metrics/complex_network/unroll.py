@@ -61,11 +61,11 @@ def layer_matrix(layer: Any) -> tuple[sp.coo_matrix, np.ndarray | None]:
     if layer.kind == "linear":
         return sp.coo_matrix(W), None if b is None else np.asarray(b, dtype=np.float64)
     if layer.kind == "conv":
-        geo = geometry_from_attrs(W, layer.attrs)
         shape = layer.input_shapes[0] if layer.input_shapes else None
-        if shape is None or any(s is None for s in shape[2:]):
+        if shape is None or len(shape) < 3 or any(s is None for s in shape[2:]):
             raise ValueError(f"layer '{layer.name}': conv unrolling needs a known input map size, got {shape}")
         hw = hw_as_2d(tuple(int(s) for s in shape[2:]))
+        geo = geometry_from_attrs(W, layer.attrs, hw if W.ndim == 4 else hw[1])
         M = conv_unrolled_matrix(kernel_as_2d(W), hw, geo.stride, onnx_pads(geo), geo.dilation, geo.groups)
         n_pos = M.shape[0] // W.shape[0]
         bias = None if b is None else np.repeat(np.asarray(b, dtype=np.float64), n_pos)

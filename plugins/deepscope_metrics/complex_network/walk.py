@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import geometry_from_attrs, hw_as_2d, kernel_as_2d
+from .geometry import ConvGeometry, geometry_from_attrs, hw_as_2d, kernel_as_2d
 from .strength import Strengths, combine, conv_in_strength, dense_in_strength, fold_batchnorm
 
 WEIGHTED = frozenset({"linear", "conv"})
@@ -52,6 +52,8 @@ def op_class(layer: Any) -> str:
     """weighted | bn | norm | activation | pool | reshape | add | identity | embedding | unsupported."""
     kind, op = layer.kind, layer.op_type.lower()
     if kind in WEIGHTED:
+        if "transpose" in op or "weight" not in layer.weights:
+            return "unsupported"  # ConvTranspose (other weight layout), weightless MatMul
         return "weighted"
     if kind == "norm":
         return "bn" if "running_mean" in layer.weights and "running_var" in layer.weights else "norm"
@@ -64,6 +66,23 @@ def op_class(layer: Any) -> str:
     if any(op.startswith(k) for k in _IDENTITY):
         return "identity"
     return "unsupported"
+
+
+def is_merge(layer: Any) -> bool:
+    """A residual sum: an Add node, or a non-weighted layer fed by several layers.
+
+    The PyTorch backend folds a functional ``out + identity`` into the consuming layer (e.g.
+    the block's final ReLU then has inputs [bn2, skip]), so several inputs mean a sum there.
+    """
+    cls = op_class(layer)
+    return cls == "add" or (cls in ("activation", "identity", "bn", "norm", "pool") and len(layer.inputs) > 1)
+
+
+def layer_geometry(layer: Any, W: np.ndarray | None = None) -> ConvGeometry:
+    """The conv geometry of a Layer, using its input map size for ONNX auto_pad."""
+    W = _np(layer.weights["weight"]) if W is None else W
+    shape = _known(layer.input_shapes[0]) if layer.input_shapes else None
+    return geometry_from_attrs(W, layer.attrs, shape[1:] if shape is not None and len(shape) >= 2 else None)
 
 
 def _np(a: Any) -> np.ndarray:
@@ -114,7 +133,7 @@ def _layer_in_strength(layer: Any, W: np.ndarray, b: np.ndarray | None, mode: st
     shape = _known(layer.input_shapes[0]) if layer.input_shapes else None
     if shape is None or len(shape) < 2:
         raise ValueError(f"conv layer '{layer.name}' needs a known input shape, got {layer.input_shapes}")
-    geo = geometry_from_attrs(W, layer.attrs)
+    geo = layer_geometry(layer, W)
     pt, pb, pl, pr = geo.pads
     s = conv_in_strength(kernel_as_2d(W), b, hw_as_2d(shape[1:]), geo.stride, (pt, pl, pb, pr), geo.dilation, geo.groups, mode)
     return s[:, 0, :] if W.ndim == 3 else s
@@ -188,7 +207,7 @@ def _terminal_sum(layer: Any, v: torch.Tensor) -> torch.Tensor:
     v = _conform(layer, v)
     if layer.kind == "linear":
         return (v @ W.T).sum()
-    geo = geometry_from_attrs(W.numpy(), layer.attrs)
+    geo = layer_geometry(layer, W.numpy())
     K2 = torch.as_tensor(kernel_as_2d(W.numpy()))
     x = v if v.ndim == 4 else v.reshape(v.shape[0], v.shape[1], 1, -1)
     pt, pb, pl, pr = geo.pads
@@ -217,10 +236,10 @@ def out_strength(graph: Any, start: str, shape: tuple[int, ...]) -> tuple[np.nda
         if cls == "weighted":
             total = total + sum(_terminal_sum(layer, v) for v in feeding)
             reached.append(layer.name)
-        elif cls == "add":
+        elif is_merge(layer):
             total = total + sum(v.sum() for v in feeding)
             reached.append(layer.name)
-            extensions.append(f"residual '{layer.name}': identity links of weight 1")
+            extensions.append(f"residual sum '{layer.name}': identity links of weight 1")
         else:
             v = feeding[0]
             if len(feeding) > 1:
@@ -243,10 +262,10 @@ def neuron_layer_strengths(
     s_in = _layer_in_strength(layer, W, b, mode)
     warnings: list[str] = []
     succ = graph.successors(end)
-    if len(succ) == 1 and op_class(succ[0]) == "add":
+    if len(succ) == 1 and is_merge(succ[0]):
         add = succ[0]
         end = add.name
-        extensions.append(f"residual '{add.name}': its output neurons also receive the other branch's links")
+        extensions.append(f"residual sum '{add.name}': its output neurons also receive the other branch's links")
         for other in add.inputs:
             if other in (layer.name, *folded):
                 continue

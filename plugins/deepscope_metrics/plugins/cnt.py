@@ -23,8 +23,7 @@ from ..complex_network import (
     neuron_strength_conv,
     neuron_strength_dense,
 )
-from ..complex_network.geometry import geometry_from_attrs
-from ..complex_network.walk import folded_weights
+from ..complex_network.walk import bn_scale_shift, folded_weights, layer_geometry
 
 CITATION = (
     "La Malfa, Hu, Kuhnert, Nicosia et al., Characterizing Learning Dynamics of Deep Neural Networks via "
@@ -235,7 +234,7 @@ class _InputDependent(Metric):
             self.state[layer.name] = {
                 "W": W, "b": b, "act": fn, "phi": activation_function(fn, act.attrs if act is not None else None),
                 "scale": None if end == layer.name else _bn_scale(self.ctx.graph, end),
-                "geo": geometry_from_attrs(W, layer.attrs) if layer.kind == "conv" else None,
+                "geo": layer_geometry(layer, W) if layer.kind == "conv" else None,
                 "acc": StreamingDistribution(self.params["reservoir"], self.ctx.seed + k), "seen": 0,
             }
 
@@ -293,8 +292,6 @@ def _channel(v: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def _bn_scale(graph: Any, name: str) -> np.ndarray:
-    from ..complex_network.walk import bn_scale_shift
-
     return bn_scale_shift(graph.layer(name))[0]
 
 

@@ -137,6 +137,7 @@ class _PairedSample(Metric):
 
 class LinearFVU(_PairedSample):
     name = "complexity.linear_fvu"
+    summary_keys = ('fvu', 'fvu_train')
     description = (
         "Fraction of variance of the layer's output unexplained by the best affine (ridge) map of its "
         "input, on a held-out split; input/output PCA-reduced to <= pca_dim. 0 = linear on this data. "
@@ -155,6 +156,7 @@ class LinearFVU(_PairedSample):
 
 class PiecewiseFVU(_PairedSample):
     name = "complexity.piecewise"
+    summary_keys = ('complexity', 'k_star', 'occupancy_entropy')
     description = (
         "FVU(K) of a piecewise-affine model: K = 1, 2, 4, ... k-means clusters of the layer's input, one "
         "ridge map each, scored on a held-out split; C(eps) = ln K*(eps) with K* the fewest clusters "
@@ -214,6 +216,7 @@ class PiecewiseFVU(_PairedSample):
 
 class PatternEntropyMetric(Metric):
     name = "complexity.pattern_entropy"
+    summary_keys = ('joint_entropy', 'unit_entropy_sum', 'n_distinct_patterns')
     description = (
         "Entropy (nats) of binary activation patterns (output > threshold; for ReLU-like layers the "
         "pattern of pre-activations > 0): sum over units of H(P(h_i > 0)), joint Shannon entropy of whole "
@@ -262,6 +265,7 @@ class PatternEntropyMetric(Metric):
 
 class EffectiveDimension(Metric):
     name = "dimension.effective"
+    summary_keys = ('d_eff', 'participation_ratio', 'spectrum_exponent')
     description = (
         "Effective dimension d_eff = exp(-sum p_i ln p_i) over the PCA explained-variance ratios of the "
         "layer's representation (streamed float64 covariance; Gram matrix when units outnumber samples), "

@@ -33,6 +33,7 @@ class _PerLayer(Metric):
 
 class SSRateMetric(_PerLayer):
     name = "fractal.ss_rate"
+    summary_keys = ('ss_rate', 'ss_rate_std', 'zero_variance_fraction')
     description = (
         "SS_rate of each layer's feature network (one node per unit, node feature = unit output on a "
         "batch of B inputs, spatial/token axes averaged), computed as the authors' code does; mean and "
@@ -110,6 +111,7 @@ class SSRateMetric(_PerLayer):
 
 class BoxDimensionMetric(_PerLayer):
     name = "fractal.box_dimension"
+    summary_keys = ('d_B', 'r2', 'fractal')
     description = (
         "(extension beyond the paper) Box-counting fractal dimension d_B of each layer's explicit feature "
         "network G_M: nodes = units, d_ij = ||F_i - F_j||/sqrt(n) over all samples, edges d_ij <= eps "
@@ -174,6 +176,7 @@ class BoxDimensionMetric(_PerLayer):
 
 class SpectrumExponentMetric(_PerLayer):
     name = "fractal.spectrum_exponent"
+    summary_keys = ('gamma', 'ks')
     description = (
         "Power-law exponent gamma of each layer's unit-covariance eigenvalue distribution (continuous MLE, "
         "lambda_min by KS minimisation; covariance streamed in float64, spatial/token axes averaged), and "
@@ -221,6 +224,7 @@ class SpectrumExponentMetric(_PerLayer):
 
 class CorrelationDimensionMetric(_PerLayer):
     name = "fractal.correlation_dimension"
+    summary_keys = ('dimension', 'r2')
     description = (
         "Grassberger-Procaccia correlation dimension of each layer's sample representations (spatial/token "
         "axes averaged, normalised) on the first max_samples samples, and Delta = (max - min)/mean across "

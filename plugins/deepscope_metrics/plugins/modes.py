@@ -143,6 +143,7 @@ class _ModesBase(Metric):
 
 class ModeFractions(_ModesBase):
     name = "modes.fractions"
+    summary_keys = ('frac_opt', 'frac_npt_alive', 'frac_dead')
     description = (
         "Per activation layer, fractions of order-preserving (OPT), non-order-preserving alive "
         "(NPT) and dead neurons over the samples; region rule (streams) or rank rule (capped sample)" + _RECON
@@ -186,6 +187,7 @@ class ModeFractions(_ModesBase):
 
 class GradedScore(_ModesBase):
     name = "modes.graded"
+    summary_keys = ('r_mean', 'r_median', 'frac_r_one')
     description = (
         "Distribution over neurons of the graded order-preservation score r_j = 1 - (#sample "
         "pairs tied or inverted by sigma) / (#pairs with distinct pre-activation), on a capped sample" + _RECON
@@ -217,6 +219,7 @@ class GradedScore(_ModesBase):
 
 class ActivationRates(_ModesBase):
     name = "modes.activation_rates"
+    summary_keys = ('rate_mean', 'frac_always', 'frac_never')
     description = (
         "Per neuron, the fraction of samples whose pre-activation lies where sigma is strictly "
         "increasing (ReLU: h > 0), and its distribution over the layer (streams)" + _RECON
@@ -333,6 +336,7 @@ class _BasinsBase(Metric):
 
 class SampleBasins(_BasinsBase):
     name = "basins.sample"
+    summary_keys = ('radius_mean', 'radius_median', 'clean_accuracy')
     description = (
         "Attraction basins in input space: per sample, the largest Gaussian noise level r (relative "
         "to the input's norm) at which it keeps its label with probability >= keep_prob over K draws, "
@@ -362,6 +366,7 @@ class SampleBasins(_BasinsBase):
 
 class WeightBasins(_BasinsBase):
     name = "basins.weight"
+    summary_keys = ('radius_mean', 'radius_median', 'clean_accuracy')
     description = (
         "Attraction basins in weight space: per sample, the largest relative layer-normalised weight "
         "noise eta (W + eta*rms(W)*G on the selected linear/conv layers) at which it keeps its label "

@@ -1,0 +1,157 @@
+"""Shared benchmark plumbing: thread settings, interleaved timing with medians, tables, machine info.
+
+Why interleaved: the machine is shared (2 cores, other people's tests running), so load drifts
+over seconds. Timing baseline and candidate alternately (A B A B ...) exposes both to the same
+drift, and medians ignore the occasional stall. Every ratio is candidate / baseline measured in
+the same process and the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Threads for torch and onnxruntime (explicit: default thread pools collapse under contention).
+THREADS = int(os.environ.get("DEEPSCOPE_BENCH_THREADS", "1"))
+
+
+def set_threads(n: int = THREADS) -> None:
+    """Pin torch's and onnxruntime's (through the backend's env var) intra-op threads."""
+    os.environ["DEEPSCOPE_ORT_THREADS"] = str(n)  # read by the ONNX backend at session creation
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process
+        pass
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each function, run round-robin ``repeats`` times after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats):
+        # Alternate the order each round so neither side always runs right after the other.
+        items = list(fns.items()) if r % 2 == 0 else list(reversed(fns.items()))
+        for name, fn in items:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+@dataclass
+class Table:
+    """A printed result table: one row per measured case, plus whether each target was met."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, *row: Any) -> None:
+        self.rows.append(list(row))
+
+    def check(self, ok: bool, what: str) -> str:
+        """Record a target result; returns the cell text ('yes' / 'NO')."""
+        if not ok:
+            self.failures.append(what)
+        return "yes" if ok else "NO"
+
+    def render(self) -> str:
+        cells = [[_fmt(c) for c in row] for row in self.rows]
+        widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(self.columns)]
+        line = "| " + " | ".join(h.ljust(w) for h, w in zip(self.columns, widths)) + " |"
+        sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        body = ["| " + " | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)) + " |"
+                for r in cells]
+        out = [f"### {self.title}", "", line, sep, *body]
+        if self.notes:
+            out += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(out)
+
+    def print(self) -> None:
+        print(self.render(), flush=True)
+        print(flush=True)
+
+
+def _numeric(s: str) -> bool:
+    try:
+        float(s.rstrip("x×%").replace(",", ""))
+        return True
+    except ValueError:
+        return False
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
+    return str(v)
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1e3
+
+
+def machine() -> str:
+    """One line describing the machine and library versions."""
+    import numpy
+    import torch
+
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:  # pragma: no cover
+        ort = "-"
+    try:
+        import grpc
+
+        grpc_v = grpc.__version__
+    except ImportError:  # pragma: no cover
+        grpc_v = "-"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "-"
+    return (f"{cpu}; {os.cpu_count()} cores (load {load}); Python {sys.version.split()[0]}; torch {torch.__version__}; "
+            f"onnxruntime {ort}; grpcio {grpc_v}; numpy {numpy.__version__}; threads={THREADS}")
+
+
+def memcpy_rate(nbytes: int = 64 << 20, repeats: int = 5) -> float:
+    """Bytes per second of a large numpy copy (the ceiling for any transfer that copies once)."""
+    import numpy as np
+
+    src = np.ones(nbytes, np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return nbytes / median(times)
