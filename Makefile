@@ -8,7 +8,7 @@ PIP := $(BIN)/pip install -q -c constraints.txt
 SETUP_FILES := constraints.txt requirements-dev.txt client/pyproject.toml server/pyproject.toml \
                plugins/pyproject.toml examples/deepscope-example-plugin/pyproject.toml
 
-.PHONY: venv test demo proto bench bench-smoke clean
+.PHONY: venv browser test demo proto bench bench-smoke clean
 
 $(STAMP): $(SETUP_FILES)
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ $(STAMP): $(SETUP_FILES)
 
 venv: $(STAMP)
 
-test: venv
+# The report test opens the HTML report in Debian's headless Chromium; install it where we can.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: chromium could not be installed; the report browser test will be skipped"
+
+test: venv browser
 	$(BIN)/python -m pytest
 
 demo: venv

@@ -1,0 +1,126 @@
+"""The `deepscope` CLI end to end, in subprocesses: exit codes, output files, bad arguments, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLI = [sys.executable, "-m", "deepscope.cli"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture()
+def remote(server) -> list[str]:
+    embedded, address = server
+    return ["--server", address, "--token", embedded.token, "--quiet"]
+
+
+def test_analyze_embedded_writes_json_and_report(tmp_path, exported):
+    out_json, report = tmp_path / "r.json", tmp_path / "r.html"
+    result = run_cli("analyze", str(exported["mlp"]["onnx"]), "--data", "digits", "--limit", "64",
+                     "--metrics", "example.*,fractal.ss_rate", "--layers", "fc*", "--json", str(out_json),
+                     "--report", str(report), "--store", str(tmp_path / "store"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "fractal.ss_rate" in result.stdout and "fc1" in result.stdout
+    data = json.loads(out_json.read_text())
+    assert data["status"] == "completed" and data["num_samples"] == 64
+    metrics = {r["metric"] for r in data["results"]}
+    assert metrics == {"example.activation_moments", "example.weight_spectrum", "fractal.ss_rate"}
+    ss = next(r for r in data["results"] if r["metric"] == "fractal.ss_rate" and r["layer"] == "fc1")
+    assert 0.0 <= ss["values"]["ss_rate"] <= 1.0
+    html = report.read_text()
+    assert html.count("<img") == 3 and "data:image/png;base64," in html
+
+
+def test_series_capture_show_and_runs(tmp_path, remote, exported):
+    x = np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("capture", str(exported["mlp"]["pt2"]), "--layers", "fc1", "act*", "--data",
+                     str(tmp_path / "x.npy"), "--out", str(tmp_path / "acts.npz"), *remote)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "acts.npz") as acts:
+        assert acts["fc1"].shape == (10, 32) and acts["act1"].shape == (10, 32)
+        assert (acts["act1"] >= 0).all() and np.allclose(acts["act1"], np.maximum(acts["fc1"], 0))
+
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(10))
+    result = run_cli("analyze", str(exported["mlp"]["onnx"]), str(exported["mlp"]["pt2"]), "--data",
+                     str(tmp_path / "d.npz"), "--metrics", "example.weight_spectrum", "--json",
+                     str(tmp_path / "s.json"), *remote)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert {r["checkpoint"] for r in data["results"]} == {0, 1}
+    assert "spectral_norm@0" in result.stdout and "spectral_norm@1" in result.stdout
+
+    listed = run_cli("runs", *remote)
+    assert data["run_id"] in listed.stdout
+    shown = run_cli("show", data["run_id"], *remote)
+    assert shown.returncode == 0 and "example.weight_spectrum" in shown.stdout
+    assert run_cli("metrics", *remote).stdout.count("example.") >= 2
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["analyze", "missing.onnx", "--server", "127.0.0.1:1"], 1, "model file not found: missing.onnx"),
+    (["analyze", "x", "--param", "nonsense", "--server", "127.0.0.1:1"], 2, "expected METRIC.KEY=VALUE"),
+    (["metrics", "--server", "127.0.0.1:1"], 3, "cannot reach the server at 127.0.0.1:1"),
+    (["analyze"], 2, "the following arguments are required"),
+])
+def test_bad_usage_is_one_clear_line(args, code, message):
+    result = run_cli(*args, timeout=60)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_server_errors_become_one_line(remote, exported):
+    result = run_cli("analyze", str(exported["mlp"]["onnx"]), "--metrics", "example.nope", *remote)
+    assert result.returncode == 1
+    assert "InvalidArgument" in result.stderr and "matches no metric" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+CHECK_SCRIPT = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);
+const origError = console.error;
+console.error = (...a) => { window.__errors.push(a.join(' ')); origError(...a); };
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  const div = document.createElement('div');
+  div.id = 'check';
+  div.textContent = `images=${imgs.length} broken=${bad} errors=${window.__errors.length}`;
+  document.body.appendChild(div);
+});
+</script>"""
+
+
+def test_report_renders_in_a_real_browser(tmp_path, client, exported):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it where apt is available)")
+    model = client.upload_model(exported["cnn"]["onnx"])
+    run = client.analyze(model, data="digits", limit=64, metrics=["example.*", "fractal.ss_rate", "testing.raises"],
+                         layers=["conv1", "layer1.0.conv1", "fc"])
+    html = Path(run.report(tmp_path / "report.html")).read_text()
+    assert "boom from a plugin" in html  # failed metrics are shown with their error
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("<head>", "<head>" + CHECK_SCRIPT, 1))
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert "id=\"check\"" in result.stdout, result.stderr[-2000:]
+    check = result.stdout.split('id="check">', 1)[1].split("<", 1)[0]
+    assert check == "images=3 broken=0 errors=0"
