@@ -43,6 +43,11 @@ def _is_vector(v: Any) -> bool:
     return isinstance(v, np.ndarray) and v.ndim == 1 and v.size > 1 and v.dtype.kind in "fiu"
 
 
+def _is_bookkeeping(key: str) -> bool:
+    """Vectors that index samples rather than measure anything (e.g. sample_indices)."""
+    return "indices" in key or key.endswith("_index")
+
+
 def _partition_keys(per_layer: dict[str, dict[str, Any]], scalars: list[str]) -> list[str]:
     """``frac_*`` headline keys that add up to 1 on every layer (e.g. mode fractions): drawn stacked."""
     fractions = [k for k in scalars if k.startswith("frac_")]
@@ -69,7 +74,8 @@ def plot_metric(run: "Run", metric: str) -> "Figure":
     first = by_ckpt[min(by_ckpt)]
     scalars = run.headline_keys(metric, limit=MAX_PANELS)
     curves = _keys(first, Curve)[:MAX_PANELS]
-    vectors = [k for k in _keys(first, np.ndarray) if any(_is_vector(v.get(k)) for v in first.values())][:3]
+    vectors = [k for k in _keys(first, np.ndarray)
+               if not _is_bookkeeping(k) and any(_is_vector(v.get(k)) for v in first.values())][:3]
 
     panels: list[tuple[str, str]] = []
     fractions = _partition_keys(first, scalars)

@@ -37,7 +37,7 @@ def render_report(run: Run) -> str:
     info = run.info
     config = info.config
     rows = [
-        ("run", info.id), ("status", run.status), ("models", ", ".join(config.models)),
+        ("run", info.id), ("status", run.status), ("models", ", ".join(info.model_names) or ", ".join(config.models)),
         ("model ids", ", ".join(m[:12] for m in info.model_ids)),
         ("data", config.dataset or "client-supplied"), ("split", config.split or "test"),
         ("samples", str(info.num_samples)), ("batch size", str(config.batch_size)), ("seed", str(config.seed)),

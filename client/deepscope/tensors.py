@@ -79,12 +79,22 @@ def iter_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> 
 
 
 def tensor_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.TensorPart]:
-    """``iter_parts`` wrapped as TensorPart messages (the Capture / GetWeights stream)."""
-    for part in iter_parts(name, array, chunk_bytes):
-        if isinstance(part, tpb.TensorHeader):
-            yield pb.TensorPart(header=part)
-        else:
-            yield pb.TensorPart(chunk=part)
+    """``iter_parts`` as TensorPart messages (the Capture / GetWeights stream).
+
+    Fields are set in place on the outer message: wrapping a finished TensorChunk
+    (``TensorPart(chunk=c)``) would copy every payload once more.
+    """
+    array = _little_endian(np.asarray(array))
+    raw = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    yield pb.TensorPart(header=tpb.TensorHeader(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape,
+                                                total_bytes=len(raw), crc32=zlib.crc32(raw)))
+    for offset in range(0, len(raw), chunk_bytes):
+        part = pb.TensorPart()
+        chunk = part.chunk
+        chunk.name = name
+        chunk.offset = offset
+        chunk.data = raw[offset:offset + chunk_bytes].tobytes()
+        yield part
 
 
 class _Pending:

@@ -146,3 +146,13 @@ def test_input_dependent_conv_with_bn_fold():
     r = run_metric(cnt.NeuronActivation, g, inputs={"c": x.numpy()}, outputs={"c": np.zeros((20, 3, 5, 5))}, select=["c"])
     np.testing.assert_allclose(r["c"]["neuron_mean"], y.reshape(20, -1).mean(0), atol=1e-10)
     assert r["c"]["n_neurons"] == 75
+
+
+def test_embedding_skipped_with_warning_and_nan_weights_reported():
+    g = make_graph([
+        Layer("emb", "embedding", "Embedding", weights={"weight": np.ones((10, 4))}),
+        Layer("fc", "linear", "Linear", weights={"weight": np.array([[np.nan, 1.0]])}, input_shapes=[(None, 2)]),
+    ])
+    r = run_metric(cnt.LayerFluctuation, g, params={"include_input": False})
+    assert "emb" not in r and "embedding 'emb' skipped" in r["__warnings__"]["warnings"]
+    assert np.isnan(r["fc"]["fluctuation"]) and "non-finite" in r["fc"]["reason"]

@@ -113,7 +113,7 @@ def test_conv_strengths_match_explicit_graph(case):
 
 
 def test_conv1d_kernel_and_torch_same_padding():
-    rng = np.random.default_rng(2)
+    torch.manual_seed(2)
     conv = torch.nn.Conv1d(2, 3, 4, padding="same", dilation=2, bias=True).double()
     K, b = conv.weight.detach().numpy(), conv.bias.detach().numpy()
     out = conv_out_strength(K, 11, padding="same", dilation=2)
@@ -123,7 +123,6 @@ def test_conv1d_kernel_and_torch_same_padding():
     ones = torch.ones(1, 2, 11, dtype=torch.float64)
     np.testing.assert_allclose(conv_in_strength(K, b, 11, padding="same", dilation=2, mode="graph")[:, 0, :],
                                conv(ones)[0].detach().numpy(), atol=1e-12)
-    assert rng is not None
 
 
 def test_dense_hand_computed():
@@ -311,3 +310,74 @@ def test_resnet_scale_layer_is_fast():
     assert out.shape == inn.shape == (64, 56, 56)
     # interior pixel: every tap of every output channel reads it once
     assert out[5, 20, 20] == pytest.approx(K[:, 5].sum())
+
+
+class _TinyResNet(torch.nn.Module):
+    """stem conv-bn-relu, one residual block with a functional `+`, global pool, torch.flatten, fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0, self.bn0 = torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+        self.conv1, self.bn1 = torch.nn.Conv2d(4, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = torch.nn.Conv2d(4, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4)
+        self.relu0, self.relu1, self.relu2 = torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.ReLU()
+        self.pool, self.fc = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.relu0(self.bn0(self.conv0(x)))
+        y = self.relu1(self.bn1(self.conv1(h)))
+        y = self.relu2(self.bn2(self.conv2(y)) + h)
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+def test_layer_table_from_the_torch_backend_residual_block():
+    """Cross-check on the real PyTorch backend's layer table (functional + and flatten are not layers)."""
+    from deepscope_server.backends.torch_backend import ExportedProgramBackend
+
+    torch.manual_seed(0)
+    net = _TinyResNet().double().eval()
+    with torch.no_grad():
+        for bn in (net.bn0, net.bn1, net.bn2):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    graph = ExportedProgramBackend(torch.export.export(net, (x,)), "cpu").graph
+    by_op = {layer.name: layer for layer in graph.layers}
+    conv0, conv1, conv2 = (next(layer for layer in graph.layers if layer.name.endswith(n)) for n in ("conv0", "conv1", "conv2"))
+    assert set(by_op) >= {conv0.name, conv1.name, conv2.name}
+
+    def fused_grad(conv, bn):  # torch's fusion + autograd: out-strength of the conv's inputs
+        f = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+        z = torch.zeros(1, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+        f(z).sum().backward()
+        return f, z.grad[0].numpy()
+
+    f2, g2 = fused_grad(net.conv2, net.bn2)
+    f1, g1 = fused_grad(net.conv1, net.bn1)
+    # stem neurons: links into (folded) conv1 plus the identity skip into the residual sum
+    n0 = neuron_layer_strengths(graph, conv0, mode="code")
+    np.testing.assert_allclose(n0.strengths.s_out, g1 + 1.0, atol=1e-10)
+    # block output neurons = the residual sum: folded conv2 (+1 identity) in, fc through the pool out
+    n2 = neuron_layer_strengths(graph, conv2, mode="code")
+    want_in = _np(f2.weight).reshape(4, -1).sum(1) + _np(f2.bias) + 1.0
+    np.testing.assert_allclose(n2.strengths.s_in, want_in[:, None, None] * np.ones((4, 6, 6)), atol=1e-10)
+    np.testing.assert_allclose(n2.strengths.s_out, np.broadcast_to((_np(net.fc.weight).sum(0) / 36)[:, None, None], (4, 6, 6)), atol=1e-12)
+    # conv1 neurons feed conv2 only
+    n1 = neuron_layer_strengths(graph, conv1, mode="code")
+    np.testing.assert_allclose(n1.strengths.s_out, g2, atol=1e-10)
+
+
+def test_onnx_pads_and_auto_pad_hand_cases():
+    from deepscope_metrics.complex_network.geometry import geometry_from_attrs
+
+    K = np.ones((1, 1, 3, 3))
+    # SAME_UPPER, stride 2: H=5 -> out 3, total pad 2 = 1+1; W=6 -> out 3, total 1 = 0 begin + 1 end
+    geo = geometry_from_attrs(K, {"stride": (2, 2), "auto_pad": "SAME_UPPER"}, (5, 6))
+    assert geo.pads == (1, 1, 0, 1)
+    assert geometry_from_attrs(K, {"stride": (2, 2), "auto_pad": "SAME_LOWER"}, (5, 6)).pads == (1, 1, 1, 0)
+    # explicit ONNX pads (h_begin, w_begin, h_end, w_end) -> (top, bottom, left, right)
+    assert geometry_from_attrs(K, {"pads": (0, 1, 2, 3)}).pads == (0, 2, 1, 3)
+    # a dense layer's weight graph: every W[i, j] is the link j -> i
+    W = np.arange(6.0).reshape(2, 3) - 2
+    G = weight_graph(Layer("d", "linear", "Linear", weights={"weight": W, "bias": np.array([1.0, -1.0])}))
+    assert G.number_of_nodes() == 5 and G.number_of_edges() == 6
+    assert G[(0, 2)][(1, 1)]["weight"] == W[1, 2] and G.nodes[(1, 1)]["bias"] == -1.0

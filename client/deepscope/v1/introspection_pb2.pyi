@@ -409,7 +409,7 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("id", "status", "config", "model_ids", "created_at", "finished_at", "num_samples", "plugin_versions", "error", "seconds", "num_results", "num_failed")
+    __slots__ = ("id", "status", "config", "model_ids", "created_at", "finished_at", "num_samples", "plugin_versions", "error", "seconds", "num_results", "num_failed", "model_names")
     class PluginVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +429,7 @@ class RunInfo(_message.Message):
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     NUM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     NUM_FAILED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: RunStatus
     config: AnalyzeConfig
@@ -441,7 +442,8 @@ class RunInfo(_message.Message):
     seconds: float
     num_results: int
     num_failed: int
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., config: _Optional[_Union[AnalyzeConfig, _Mapping]] = ..., model_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., num_samples: _Optional[int] = ..., plugin_versions: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., seconds: _Optional[float] = ..., num_results: _Optional[int] = ..., num_failed: _Optional[int] = ...) -> None: ...
+    model_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., config: _Optional[_Union[AnalyzeConfig, _Mapping]] = ..., model_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., num_samples: _Optional[int] = ..., plugin_versions: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., seconds: _Optional[float] = ..., num_results: _Optional[int] = ..., num_failed: _Optional[int] = ..., model_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AnalyzeEvent(_message.Message):
     __slots__ = ("started", "progress", "result", "finished")

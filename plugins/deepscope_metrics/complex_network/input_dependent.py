@@ -57,6 +57,13 @@ def neuron_strength_conv(K: np.ndarray, a_prev: np.ndarray, geo: ConvGeometry) -
     return (out[:, :, 0, :] if one_d else out).numpy()
 
 
+def _merge(mean_a: np.ndarray, m2_a: np.ndarray, n_a: int, mean_b: np.ndarray, m2_b: np.ndarray, n_b: int):
+    """Chan et al. pairwise merge of (mean, centred sum of squares): no Σx² − nμ² cancellation."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return mean_a + delta * (n_b / n), m2_a + m2_b + np.square(delta) * (n_a * n_b / n)
+
+
 class StreamingDistribution:
     """Streams ``[B, neurons...]`` batches into per-neuron moments, per-sample fluctuation and a reservoir.
 
@@ -68,9 +75,9 @@ class StreamingDistribution:
         self.k = int(reservoir)
         self.rng = np.random.default_rng(seed)
         self.n = 0
-        self.sum: np.ndarray | None = None
-        self.sumsq: np.ndarray | None = None
-        self.fl_sum = self.fl_sumsq = 0.0
+        self.mean: np.ndarray | None = None  # per neuron
+        self.m2: np.ndarray | None = None  # per-neuron centred sum of squares
+        self.fl_mean = self.fl_m2 = 0.0
         self.vmin, self.vmax = np.inf, -np.inf
         self.res_vals = np.empty(0)
         self.res_keys = np.empty(0)
@@ -79,14 +86,15 @@ class StreamingDistribution:
         v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
         if v.shape[0] == 0:
             return
-        if self.sum is None:
-            self.sum, self.sumsq = np.zeros(v.shape[1]), np.zeros(v.shape[1])
-        self.n += v.shape[0]
-        self.sum += v.sum(axis=0)
-        self.sumsq += np.square(v).sum(axis=0)
+        if self.mean is None:
+            self.mean, self.m2 = np.zeros(v.shape[1]), np.zeros(v.shape[1])
+        n0, nb = self.n, v.shape[0]
+        self.n = n0 + nb
+        self.mean, self.m2 = _merge(self.mean, self.m2, n0, v.mean(axis=0), np.square(v - v.mean(axis=0)).sum(axis=0), nb)
         y = v.std(axis=1)  # input-dependent fluctuation of each sample
-        self.fl_sum += float(y.sum())
-        self.fl_sumsq += float(np.square(y).sum())
+        fm, fm2 = _merge(np.array(self.fl_mean), np.array(self.fl_m2), n0, np.array(y.mean()),
+                         np.array(np.square(y - y.mean()).sum()), nb)
+        self.fl_mean, self.fl_m2 = float(fm), float(fm2)
         self.vmin, self.vmax = min(self.vmin, float(v.min())), max(self.vmax, float(v.max()))
         flat = v.ravel()
         keys = self.rng.random(flat.size)
@@ -100,23 +108,21 @@ class StreamingDistribution:
 
     def result(self) -> dict[str, Any]:
         """Means/stds (ddof=0) per neuron and over all values, fluctuation mean/std, sample count."""
-        if self.n == 0 or self.sum is None:
+        if self.n == 0 or self.mean is None or self.m2 is None:
             return {"n_samples": 0}
-        mean = self.sum / self.n
-        var = np.maximum(self.sumsq / self.n - mean**2, 0.0)
-        m_all = float(self.sum.sum() / (self.n * self.sum.size))
-        v_all = max(float(self.sumsq.sum() / (self.n * self.sum.size)) - m_all**2, 0.0)
-        fl_mean = self.fl_sum / self.n
+        mean, var = self.mean, self.m2 / self.n
+        m_all = float(mean.mean())
+        v_all = float(var.mean() + np.square(mean - m_all).mean())  # law of total variance
         return {
             "n_samples": self.n,
-            "n_neurons": int(self.sum.size),
+            "n_neurons": int(mean.size),
             "mean": m_all,
             "std": float(np.sqrt(v_all)),
             "min": self.vmin,
             "max": self.vmax,
             "neuron_mean": mean,
             "neuron_std": np.sqrt(var),
-            "fluctuation_mean": fl_mean,
-            "fluctuation_std": float(np.sqrt(max(self.fl_sumsq / self.n - fl_mean**2, 0.0))),
+            "fluctuation_mean": self.fl_mean,
+            "fluctuation_std": float(np.sqrt(self.fl_m2 / self.n)),
             "sample": self.res_vals,
         }

@@ -59,7 +59,9 @@ def layer_matrix(layer: Any) -> tuple[sp.coo_matrix, np.ndarray | None]:
     W = np.asarray(layer.weights["weight"], dtype=np.float64)
     b = layer.weights.get("bias")
     if layer.kind == "linear":
-        return sp.coo_matrix(W), None if b is None else np.asarray(b, dtype=np.float64)
+        rows, cols = np.indices(W.shape).reshape(2, -1)  # fully connected: zero weights are links too
+        M = sp.coo_matrix((W.ravel(), (rows, cols)), shape=W.shape)
+        return M, None if b is None else np.asarray(b, dtype=np.float64)
     if layer.kind == "conv":
         shape = layer.input_shapes[0] if layer.input_shapes else None
         if shape is None or len(shape) < 3 or any(s is None for s in shape[2:]):

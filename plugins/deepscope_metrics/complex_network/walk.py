@@ -201,9 +201,13 @@ def _conform(layer: Any, v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def _terminal_sum(layer: Any, v: torch.Tensor) -> torch.Tensor:
-    """Σ of the linear part (no bias) of a weighted layer applied to ``v``."""
-    W = torch.as_tensor(_np(layer.weights["weight"]))
+def _terminal_sum(graph: Any, layer: Any, v: torch.Tensor, fold_norm: bool) -> torch.Tensor:
+    """Σ of the linear part (no bias) of a weighted layer applied to ``v``.
+
+    With ``fold_norm`` the links into a layer followed by BatchNorm are the folded weights,
+    consistent with that layer's own in-strength.
+    """
+    W = torch.as_tensor(folded_weights(graph, layer, fold_norm)[0])
     v = _conform(layer, v)
     if layer.kind == "linear":
         return (v @ W.T).sum()
@@ -215,7 +219,9 @@ def _terminal_sum(layer: Any, v: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, K2, stride=geo.stride, dilation=geo.dilation, groups=geo.groups).sum()
 
 
-def out_strength(graph: Any, start: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, list[str], list[str], list[str]]:
+def out_strength(
+    graph: Any, start: str, shape: tuple[int, ...], fold_norm: bool = True
+) -> tuple[np.ndarray | None, list[str], list[str], list[str]]:
     """Out-strength of the neurons of node ``start`` (shape without batch) by a surrogate VJP.
 
     Returns ``(s_out or None when nothing is reached, reached layers, extensions, warnings)``.
@@ -234,7 +240,7 @@ def out_strength(graph: Any, start: str, shape: tuple[int, ...]) -> tuple[np.nda
             continue
         cls = op_class(layer)
         if cls == "weighted":
-            total = total + sum(_terminal_sum(layer, v) for v in feeding)
+            total = total + sum(_terminal_sum(graph, layer, v, fold_norm) for v in feeding)
             reached.append(layer.name)
         elif is_merge(layer):
             total = total + sum(v.sum() for v in feeding)
@@ -275,7 +281,7 @@ def neuron_layer_strengths(
                 s_in = s_in + np.reshape(_layer_in_strength(src, W2, b2, mode), s_in.shape)
             else:
                 s_in = s_in + 1.0  # identity (skip) link
-    s_out, reached, ext, warn = out_strength(graph, end, s_in.shape)
+    s_out, reached, ext, warn = out_strength(graph, end, s_in.shape, fold_norm)
     return NeuronLayer(
         layer=layer.name, end=end, shape=tuple(s_in.shape),
         strengths=combine(s_in, s_out, missing_side_const), has_in=True, has_out=s_out is not None,
@@ -283,7 +289,7 @@ def neuron_layer_strengths(
     )
 
 
-def input_neuron_strengths(graph: Any, missing_side_const: float = 1.0) -> NeuronLayer | None:
+def input_neuron_strengths(graph: Any, missing_side_const: float = 1.0, fold_norm: bool = True) -> NeuronLayer | None:
     """Strengths of the model's (first) input neurons: no in-side, out-links to the first layers."""
     if not graph.inputs:
         return None
@@ -296,7 +302,7 @@ def input_neuron_strengths(graph: Any, missing_side_const: float = 1.0) -> Neuro
             shape = (int(first[0].weights["weight"].shape[1]),)
     if shape is None:
         return None
-    s_out, reached, ext, warn = out_strength(graph, spec.name, shape)
+    s_out, reached, ext, warn = out_strength(graph, spec.name, shape, fold_norm)
     if s_out is None:
         return None
     return NeuronLayer(

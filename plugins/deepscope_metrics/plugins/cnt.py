@@ -30,6 +30,15 @@ CITATION = (
     "Complex Networks, ICTAI 2021 (arXiv 2110.02628); arXiv 2209.05488; arXiv 2404.11172"
 )
 WEIGHTED = frozenset({"linear", "conv"})
+KINDS = WEIGHTED | {"embedding"}  # embeddings are accepted only to be skipped with a warning
+
+
+def _weighted(metric: Metric) -> list[Any]:
+    """The selected linear/conv layers; selected embeddings are skipped with a warning."""
+    for layer in metric.ctx.layers:
+        if layer.kind == "embedding":
+            metric.ctx.warn(f"{metric.name}: embedding '{layer.name}' skipped (a lookup table, not a weight graph)")
+    return [layer for layer in metric.ctx.layers if layer.kind in WEIGHTED]
 
 P_GRID = Param("grid_points", int, 1000, "KDE grid points over [min, max]", min=10, max=100_000)
 P_MODE = Param("mode", str, "code", "conv in-strength: 'code' = K.sum()+b everywhere (authors); 'graph' = "
@@ -49,13 +58,13 @@ class _StrengthBase(Metric):
 
     citation = CITATION
     needs = Needs.WEIGHTS
-    layer_kinds = WEIGHTED
+    layer_kinds = KINDS
     result_kinds = ("vector", "scalar", "string")
 
     def _neuron_layers(self) -> dict[str, Any]:
         p = self.params
         out: dict[str, Any] = {}
-        for layer in self.ctx.layers:
+        for layer in _weighted(self):
             try:
                 nl = neuron_layer_strengths(self.ctx.graph, layer, p["mode"], p["missing_side_const"], p["fold_norm"])
                 for w in nl.warnings:
@@ -81,17 +90,18 @@ class LinkWeights(Metric):
                    "histogram and Gaussian KDE (Scott bandwidth).")
     citation = CITATION
     needs = Needs.WEIGHTS
-    layer_kinds = WEIGHTED
+    layer_kinds = KINDS
     result_kinds = ("scalar", "table", "curve")
     params = (
         Param("bins", int, 50, "histogram bins", min=1, max=10_000),
         P_GRID,
-        Param("fold_norm", bool, False, "fold a following eval-mode BatchNorm first (extension beyond the paper)"),
+        P_FOLD,
     )
+    summary_keys = ("mean", "std", "n")
 
     def finish(self) -> dict[str, dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {}
-        for layer in self.ctx.layers:
+        for layer in _weighted(self):
             W, b, _, folded = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
             s = link_weight_summary(W, b, bins=self.params["bins"])
             counts, edges = s.pop("hist_counts"), s.pop("hist_edges")
@@ -115,6 +125,7 @@ class NodeStrength(_StrengthBase):
                    "(conv maps unrolled, C*H*W neurons). BatchNorm folding, pooling and residual links are "
                    "extensions beyond the paper, listed under 'extensions'.")
     params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
+    summary_keys = ("strength_mean", "in_strength_mean", "out_strength_mean", "n_nodes")
 
     def finish(self) -> dict[str, dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {}
@@ -124,9 +135,11 @@ class NodeStrength(_StrengthBase):
                 continue
             st = nl.strengths
             results[name] = {"strength": st.total.ravel(), "in_strength": st.s_in.ravel(),
-                             "out_strength": st.s_out.ravel(), **self._echo(nl)}
+                             "out_strength": st.s_out.ravel(), "strength_mean": float(st.total.mean()),
+                             "in_strength_mean": float(st.s_in.mean()), "out_strength_mean": float(st.s_out.mean()),
+                             **self._echo(nl)}
         if self.params["include_input"]:
-            inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"])
+            inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"], self.params["fold_norm"])
             if inp is not None:
                 results[WHOLE_MODEL] = {"input_strength": inp.strengths.total.ravel(),
                                         "input_out_strength": inp.strengths.s_out.ravel(),
@@ -141,12 +154,13 @@ class LayerFluctuation(_StrengthBase):
                    "also the mean and the coefficient of variation (cv, an extension beyond the paper).")
     params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
     result_kinds = ("scalar", "table", "curve")
+    summary_keys = ("fluctuation", "cv", "n_nodes")
 
     def finish(self) -> dict[str, dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {}
         rows: list[tuple[str, float, float, int]] = []
         if self.params["include_input"]:
-            inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"])
+            inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"], self.params["fold_norm"])
             if inp is not None:
                 f = layer_fluctuation(inp.strengths.total)
                 rows.append(("<input>", f["fluctuation"], f["cv"], f["n_nodes"]))
@@ -180,12 +194,13 @@ class Divergence(_StrengthBase):
         P_GRID, P_MODE, P_CONST, P_FOLD,
     )
     result_kinds = ("matrix", "table", "scalar")
+    summary_keys = ("divergence_to_next",)
 
     def finish(self) -> dict[str, dict[str, Any]]:
         p = self.params
         names, samples = [], []
         if p["of"] == "link_weights":
-            for layer in self.ctx.layers:
+            for layer in _weighted(self):
                 W, b, _, _ = folded_weights(self.ctx.graph, layer, p["fold_norm"])
                 names.append(layer.name)
                 samples.append(np.concatenate([W.ravel(), [] if b is None else b.ravel()]))
@@ -214,7 +229,7 @@ class _InputDependent(Metric):
 
     citation = CITATION
     needs = Needs.INPUTS | Needs.OUTPUTS
-    layer_kinds = WEIGHTED
+    layer_kinds = KINDS
     reconstructed = True
     result_kinds = ("scalar", "vector", "curve")
     params = (
@@ -222,15 +237,20 @@ class _InputDependent(Metric):
         Param("reservoir", int, 100_000, "values kept (uniform, seeded) for the KDE", min=100),
         P_GRID, P_FOLD,
     )
+    summary_keys = ("mean", "std", "fluctuation_mean", "n_samples")
     activated: bool = False
 
     def start(self) -> None:
         self.state: dict[str, dict[str, Any]] = {}
-        for k, layer in enumerate(self.ctx.layers):
+        self.layers = _weighted(self)
+        for k, layer in enumerate(self.layers):
             W, b, end, _ = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
             succ = self.ctx.graph.successors(end)
             act = succ[0] if len(succ) == 1 and succ[0].kind == "activation" else None
             fn = act.attrs.get("function") if act is not None else None
+            if self.activated and act is not None and len(act.inputs) > 1:
+                self.ctx.warn(f"{self.name} {layer.name}: '{act.name}' also adds a residual input; "
+                              "phi(NS + b) leaves that skip term out")
             self.state[layer.name] = {
                 "W": W, "b": b, "act": fn, "phi": activation_function(fn, act.attrs if act is not None else None),
                 "scale": None if end == layer.name else _bn_scale(self.ctx.graph, end),
@@ -239,7 +259,7 @@ class _InputDependent(Metric):
             }
 
     def update(self, batch: Batch) -> None:
-        for layer in self.ctx.layers:
+        for layer in self.layers:
             st = self.state[layer.name]
             room = self.params["max_samples"] - st["seen"]
             if room <= 0:
