@@ -6,6 +6,7 @@ uploads and multi-batch captures show a tqdm progress bar unless ``progress=Fals
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -314,14 +315,18 @@ class Client:
         config = pb.AnalyzeConfig(models=refs, layers=list(layers), batch_size=batch_size, seed=seed,
                                   sample_limit=limit or 0, split=split, label=label,
                                   metric_timeout_seconds=metric_timeout or 0.0)
+        # Parameters go with an exact-name request placed first; the server keeps the first request for
+        # a metric, so a later glob ("fractal.*") selecting the same metric does not drop them.
         params = dict(params or {})
-        for name in metrics:
+        unmatched = [name for name in params if not any(fnmatch.fnmatch(name, p) or p == "all" for p in metrics)]
+        if unmatched:
+            raise InvalidArgument(f"params given for metrics not requested: {', '.join(unmatched)}")
+        for name, values in params.items():
             request = pb.MetricRequest(name=name)
-            for key, value in params.pop(name, {}).items():
+            for key, value in values.items():
                 request.params[key].CopyFrom(_to_value(value))
             config.metrics.append(request)
-        if params:
-            raise InvalidArgument(f"params given for metrics not requested: {', '.join(params)}")
+        config.metrics.extend(pb.MetricRequest(name=name) for name in metrics if name not in params)
         batches: Iterable[tuple[Any, Any]] = ()
         if isinstance(data, str):
             config.dataset = data
