@@ -8,7 +8,7 @@ PIP := $(BIN)/pip install -q -c constraints.txt
 SETUP_FILES := constraints.txt requirements-dev.txt client/pyproject.toml server/pyproject.toml \
                plugins/pyproject.toml examples/deepscope-example-plugin/pyproject.toml
 
-.PHONY: venv browser test demo proto bench bench-smoke clean
+.PHONY: venv browser test demo docs proto bench bench-smoke clean
 
 $(STAMP): $(SETUP_FILES)
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: venv browser
 
 demo: venv
 	$(BIN)/python examples/demo.py
+
+docs: venv
+	$(BIN)/python docs/generate_metrics_doc.py
 
 proto: venv
 	$(BIN)/python proto/generate.py

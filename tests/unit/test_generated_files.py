@@ -1,4 +1,4 @@
-"""The committed generated code must match the .proto files (run `make proto` after editing them)."""
+"""Committed generated files must match their sources: protocol code and the metrics doc."""
 
 from __future__ import annotations
 
@@ -18,3 +18,14 @@ def test_generated_code_is_fresh(tmp_path):
         committed = ROOT / "client" / "deepscope" / "v1" / path.name
         assert committed.exists(), f"{committed} missing: run `make proto`"
         assert committed.read_text() == path.read_text(), f"{committed.name} is stale: run `make proto`"
+
+
+def test_metrics_doc_is_fresh():
+    """docs/metrics.md is generated from the plugin classes (run `python docs/generate_metrics_doc.py`)."""
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import generate_metrics_doc
+    finally:
+        sys.path.pop(0)
+    assert (ROOT / "docs" / "metrics.md").read_text() == generate_metrics_doc.render(), \
+        "docs/metrics.md is stale: run `python docs/generate_metrics_doc.py`"
