@@ -23,6 +23,7 @@ from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F40
 from .results import Run
 from .tensors import CHUNK_BYTES, Assembler, to_proto
 from .v1 import introspection_pb2 as pb
+from .values import from_value, to_value
 from .v1 import introspection_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 256 << 20
@@ -284,7 +285,7 @@ class Client:
         response = self._call(self._stub.ListMetrics, pb.ListMetricsRequest())
         rows = []
         for m in response.metrics:
-            params = {p.name: _value(p.default) for p in m.params}
+            params = {p.name: from_value(p.default) for p in m.params}
             rows.append({"name": m.name, "description": m.description, "params": params, "needs": list(m.needs),
                          "layer_kinds": list(m.layer_kinds), "plugin": m.plugin, "version": m.plugin_version,
                          "reconstructed": m.reconstructed, "extension": m.extension, "citation": m.citation})
@@ -324,7 +325,7 @@ class Client:
         for name, values in params.items():
             request = pb.MetricRequest(name=name)
             for key, value in values.items():
-                request.params[key].CopyFrom(_to_value(value))
+                request.params[key].CopyFrom(_param_value(name, key, value))
             config.metrics.append(request)
         config.metrics.extend(pb.MetricRequest(name=name) for name in metrics if name not in params)
         batches: Iterable[tuple[Any, Any]] = ()
@@ -387,21 +388,11 @@ class Client:
         return Run(detail.info, list(detail.results), self._summary_keys())
 
 
-def _value(value: pb.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    return None if kind is None else getattr(value, kind)
-
-
-def _to_value(value: Any) -> pb.Value:
-    if isinstance(value, (bool, np.bool_)):
-        return pb.Value(flag=bool(value))
-    if isinstance(value, (int, np.integer)):
-        return pb.Value(integer=int(value))
-    if isinstance(value, (float, np.floating)):
-        return pb.Value(number=float(value))
-    if isinstance(value, str):
-        return pb.Value(text=value)
-    raise InvalidArgument(f"parameter values must be bool, int, float or str; got {type(value).__name__}")
+def _param_value(metric: str, key: str, value: Any) -> pb.Value:
+    try:
+        return to_value(value)
+    except TypeError as exc:
+        raise InvalidArgument(f"{metric}.{key}: {exc}") from None
 
 
 def _client_batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[Any, Any]], int]:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from deepscope.tensors import to_proto
+from deepscope.values import from_value, to_value
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
 
@@ -53,18 +54,14 @@ def model_info_proto(model_id: str, name: str, fmt: str, size: int, created_at: 
 
 
 def value_proto(value: Any) -> pb.Value:
-    if isinstance(value, (bool, np.bool_)):
-        return pb.Value(flag=bool(value))
-    if isinstance(value, (int, np.integer)):
-        return pb.Value(integer=int(value))
-    if isinstance(value, (float, np.floating)):
-        return pb.Value(number=float(value))
-    return pb.Value(text=str(value))
+    """A parameter value on the wire; anything that is not bool/int/float goes as text."""
+    try:
+        return to_value(value)
+    except TypeError:
+        return pb.Value(text=str(value))
 
 
-def value_from_proto(value: pb.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    return None if kind is None else getattr(value, kind)
+value_from_proto = from_value
 
 
 def param_spec_proto(param: Param) -> pb.ParamSpec:
