@@ -46,7 +46,9 @@ def run(smoke: bool = False) -> list[Table]:
                  ["model", "batch", "layers", "captured MB", "plain ort ms", "capture ms", "ratio", "target", "met"])
     with tempfile.TemporaryDirectory(prefix="deepscope-bench-") as tmp:
         for name, batch in CASES.items():
-            if smoke:
+            if smoke:  # the MLP only, small batch: exporting the CNN costs more than the whole budget allows
+                if name != "mlp":
+                    continue
                 batch = max(4, batch // 8)
             module, x_t, paths = models.export(name, batch, Path(tmp))
             x = x_t.numpy()

@@ -67,7 +67,8 @@ class BenchServer:
     Thread counts are pinned through the environment (OMP for torch, DEEPSCOPE_ORT_THREADS for ORT).
     """
 
-    def __init__(self, raw: bool = True, threads: int = 1, flags: tuple[str, ...] = ()) -> None:
+    def __init__(self, raw: bool = True, threads: int = 1, flags: tuple[str, ...] = (),
+                 wait: bool = True) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="deepscope-bench-server-")
         root = Path(self._tmp.name)
         self.token = secrets.token_urlsafe(16)
@@ -83,6 +84,14 @@ class BenchServer:
         self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
         self.pid = self.process.pid
+        self._port_file = port_file
+        self.address = ""
+        if wait:
+            self.wait()
+
+    def wait(self) -> "BenchServer":
+        """Block until the server answers (separate from the constructor so several can start at once)."""
+        port_file = self._port_file
         deadline = time.monotonic() + 120
         while not (port_file.exists() and port_file.read_text().strip()):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -92,6 +101,7 @@ class BenchServer:
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
         with grpc.insecure_channel(self.address) as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""

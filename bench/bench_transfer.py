@@ -1,0 +1,112 @@
+"""Target 3: remote capture end to end vs a raw gRPC bytes stream between the same two processes.
+
+Server: one child process (bench/server.py) running the real deepscope server plus a raw-bytes
+streaming handler on the same grpc.aio server. Client: this process. Both transfers use 1 MiB
+chunks (deepscope's CHUNK_BYTES) over loopback and are timed interleaved.
+
+Capture model: ``x[B, 64] -> fc1 Linear(64, 2048) -> act1 ReLU -> fc2 Linear(2048, 64)`` with
+fc1 and act1 captured (16 KiB of activations per sample for ~0.26 MFLOP): transfer-bound on
+purpose, so the ratio measures the service path (forward + tensor framing + protobuf + client
+reassembly into numpy), not model compute. Target: capture throughput >= 50% of raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Table, interleaved, median, memcpy_rate, set_threads  # noqa: E402
+
+MB = 1e6
+
+
+def _wide_model(directory: Path) -> Path:
+    import torch
+    from torch import nn
+
+    from deepscope_server import zoo
+
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.act1, self.fc2 = nn.Linear(64, 2048), nn.ReLU(), nn.Linear(2048, 64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(self.act1(self.fc1(x)))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return zoo.export(Wide().eval(), torch.randn(4, 64), directory, formats=("pt2",), stem="wide")["pt2"]
+
+
+def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
+    set_threads()
+    import grpc
+    import numpy as np
+
+    from common import THREADS
+    from deepscope.client import MAX_MESSAGE_BYTES
+    from deepscope.tensors import CHUNK_BYTES
+    from server import BenchServer
+
+    per_sample = 2 * 2048 * 4  # fc1 + act1, float32
+    n = (16 << 20) // per_sample if smoke else (256 << 20) // per_sample
+    batch = min(n, 2048)
+    repeats = 5 if smoke else 7
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 64)).astype(np.float32)
+    table = Table("3. Remote capture (client gets numpy arrays) vs raw gRPC bytes stream, same two processes",
+                  ["path", "MB per run", "median s", "MB/s", "vs raw", "target", "met"])
+    srv = server or BenchServer(raw=True, threads=THREADS)
+    with tempfile.TemporaryDirectory(prefix="deepscope-bench-") as tmp:
+        path = _wide_model(Path(tmp))
+        client = srv.connect()
+        model = client.upload_model(path)
+        channel = grpc.insecure_channel(srv.address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        captured_bytes = 0
+
+        def capture() -> None:
+            nonlocal captured_bytes
+            acts = client.capture(model, x, layers=["fc1", "act1"], batch_size=batch)
+            captured_bytes = sum(a.nbytes for a in acts.values()) + sum(a.nbytes for a in acts.model_outputs.values())
+            assert acts["fc1"].shape == (n, 2048)
+
+        capture()
+        total = captured_bytes
+
+        def raw() -> None:
+            assert srv.raw_stream(channel, total, CHUNK_BYTES) == total
+
+        times = interleaved({"raw": raw, "capture": capture}, repeats, warmup=1)
+        t_raw, t_cap = median(times["raw"]), median(times["capture"])
+        r_raw, r_cap = total / t_raw, total / t_cap
+        frac = r_cap / r_raw
+        table.add("raw gRPC bytes stream (1 MiB chunks)", total / MB, t_raw, r_raw / MB, "1.00", "", "")
+        table.add(f"client.capture, batch_size={batch}", total / MB, t_cap, r_cap / MB, f"{frac:.2f}",
+                  ">= 0.50", table.check(frac >= 0.5, f"capture throughput {frac:.2f} of raw < 0.50"))
+        mem = memcpy_rate()
+        table.add("memcpy (numpy copyto, 64 MiB, client process)", "", "", mem / MB, "", "", "")
+        channel.close()
+        client.close()
+    if server is None:
+        srv.stop()
+    table.notes.append(
+        f"{n:,} samples, layers fc1+act1 ({per_sample // 1024} KiB/sample) plus the model output; median of {repeats} "
+        "interleaved runs after 1 warm-up; server torch at " f"{THREADS} thread(s)")
+    table.notes.append("raw = same server process (handler on the same grpc.aio server), bytes counted and dropped; "
+                       "capture includes the server forward pass and reassembly into numpy arrays")
+    return [table]
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true")
+    for t in run(ap.parse_args().smoke):
+        t.print()
