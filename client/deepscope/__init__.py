@@ -22,10 +22,10 @@ from .errors import (  # noqa: E402
     Unauthenticated,
     Unavailable,
 )
-from .results import Curve, Run  # noqa: E402
+from .results import Curve, GraphData, Run  # noqa: E402
 
 __all__ = [
-    "Activations", "Cancelled", "Client", "Curve", "DeadlineExceeded", "DeepscopeError", "FailedPrecondition",
+    "Activations", "Cancelled", "Client", "Curve", "DeadlineExceeded", "DeepscopeError", "FailedPrecondition", "GraphData",
     "Internal", "InvalidArgument", "Model", "NotFound", "PermissionDenied", "ResourceExhausted", "Run",
     "Unauthenticated", "Unavailable", "__version__", "connect",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 
 from .client import Client, Model, connect
 from .errors import DeepscopeError, Unavailable
-from .results import Curve, Run, decode_item
+from .results import Curve, GraphData, Run, decode_item
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -212,6 +212,10 @@ def run_to_json(run: Run) -> dict[str, Any]:
             return {"x": value.x.tolist(), "y": value.y.tolist(), "x_label": value.x_label, "y_label": value.y_label}
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, GraphData):
+            return {"num_nodes": value.num_nodes, "sources": value.sources.tolist(),
+                    "targets": value.targets.tolist(), "directed": value.directed,
+                    "weights": None if value.weights is None else value.weights.tolist(), "nodes": plain(value.nodes)}
         if isinstance(value, float) and not np.isfinite(value):
             return None
         return value

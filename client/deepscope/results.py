@@ -21,8 +21,44 @@ class Curve:
     y_label: str = "y"
 
 
+@dataclass(frozen=True)
+class GraphData:
+    """A result graph as an edge list; ``to_networkx()`` for your own network science."""
+
+    num_nodes: int
+    sources: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray | None
+    directed: bool
+    nodes: dict[str, Any]
+
+    def to_networkx(self):  # noqa: ANN201 - networkx is an optional extra
+        """A networkx (Di)Graph: nodes 0..num_nodes-1 with the node columns as attributes, edge ``weight``."""
+        try:
+            import networkx as nx
+        except ImportError:
+            raise ImportError("graphs need networkx: pip install 'deepscope[graphs]'") from None
+        graph = nx.DiGraph() if self.directed else nx.Graph()
+        columns = {k: list(v) for k, v in self.nodes.items()}
+        graph.add_nodes_from((i, {k: _plain(v[i]) for k, v in columns.items()}) for i in range(self.num_nodes))
+        if self.weights is None:
+            graph.add_edges_from(zip(self.sources.tolist(), self.targets.tolist()))
+        else:
+            graph.add_weighted_edges_from(zip(self.sources.tolist(), self.targets.tolist(), self.weights.tolist()))
+        return graph
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _decode_table(table: pb.Table) -> dict[str, Any]:
+    return {col.name: (from_proto(col.numbers) if col.WhichOneof("values") == "numbers" else list(col.strings.values))
+            for col in table.columns}
+
+
 def decode_item(item: pb.ResultItem) -> Any:
-    """A ResultItem as float / str / numpy array / Curve / dict of columns."""
+    """A ResultItem as float / str / numpy array / Curve / dict of columns / GraphData."""
     kind = item.WhichOneof("value")
     if kind == "scalar":
         return item.scalar
@@ -34,8 +70,11 @@ def decode_item(item: pb.ResultItem) -> Any:
         c = item.curve
         return Curve(from_proto(c.x), from_proto(c.y), c.x_label, c.y_label)
     if kind == "table":
-        return {col.name: (from_proto(col.numbers) if col.WhichOneof("values") == "numbers" else list(col.strings.values))
-                for col in item.table.columns}
+        return _decode_table(item.table)
+    if kind == "graph":
+        g = item.graph
+        return GraphData(int(g.num_nodes), from_proto(g.sources), from_proto(g.targets),
+                         from_proto(g.weights) if g.HasField("weights") else None, g.directed, _decode_table(g.nodes))
     return None
 
 
@@ -81,6 +120,14 @@ class Run:
         have = sorted({r.layer for r in self.results if r.metric == metric})
         raise KeyError(f"no result for metric '{metric}' layer '{layer}' checkpoint {checkpoint}; "
                        f"layers with results: {have}")
+
+    def graph(self, metric: str, layer: str = "", key: str | None = None, checkpoint: int = 0):  # noqa: ANN201
+        """A graph result as a networkx graph (the first graph value unless ``key`` names one)."""
+        values = self.result(metric, layer, checkpoint)
+        graphs = {k: v for k, v in values.items() if isinstance(v, GraphData)}
+        if not graphs:
+            raise KeyError(f"{metric} on '{layer}' returned no graph")
+        return graphs[key].to_networkx() if key else next(iter(graphs.values())).to_networkx()
 
     def headline_keys(self, metric: str, limit: int = 4) -> list[str]:
         """The scalar keys to show for a metric: its declared summary keys, else the non-bookkeeping scalars."""

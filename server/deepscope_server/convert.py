@@ -14,7 +14,7 @@ from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
 
 from .model_graph import Layer, ModelGraph, TensorSpec
-from .plugin_api import Curve, Needs, Param, Table
+from .plugin_api import Curve, Graph, Needs, Param, Table
 from .plugins import MetricEntry
 
 
@@ -123,21 +123,51 @@ def item_proto(key: str, value: Any) -> pb.ResultItem:
         return pb.ResultItem(key=key, curve=pb.Curve(x=_numeric_tensor(x, key), y=_numeric_tensor(y, key),
                                                      x_label=value.x_label, y_label=value.y_label))
     if isinstance(value, Table):
-        columns, length = [], None
-        for name, col in value.columns.items():
-            col_list = list(col) if not isinstance(col, np.ndarray) else col
-            n = len(col_list)
-            if length is not None and n != length:
-                raise MalformedResult(f"table '{key}': column '{name}' has {n} rows, expected {length}")
-            length = n
-            if n and all(isinstance(v, str) for v in col_list):
-                columns.append(pb.Column(name=str(name), strings=pb.StringList(values=list(col_list))))
-            else:
-                columns.append(pb.Column(name=str(name), numbers=_numeric_tensor(col_list, f"table '{key}'")))
-        return pb.ResultItem(key=key, table=pb.Table(columns=columns))
+        return pb.ResultItem(key=key, table=_table_proto(key, value.columns))
+    if isinstance(value, Graph):
+        return pb.ResultItem(key=key, graph=_graph_proto(key, value))
     if isinstance(value, (np.ndarray, list, tuple)):
         return pb.ResultItem(key=key, tensor=_numeric_tensor(value, f"result '{key}'"))
     raise MalformedResult(f"result '{key}' has unsupported type {type(value).__name__}")
+
+
+def _graph_proto(key: str, graph: Graph) -> pb.Graph:
+    sources, targets = np.asarray(graph.sources, np.int64), np.asarray(graph.targets, np.int64)
+    if sources.shape != targets.shape or sources.ndim != 1:
+        raise MalformedResult(f"graph '{key}': sources and targets must be 1-D of equal length")
+    if sources.size and (min(sources.min(), targets.min()) < 0 or max(sources.max(), targets.max()) >= graph.num_nodes):
+        raise MalformedResult(f"graph '{key}': node ids must lie in [0, {graph.num_nodes})")
+    message = pb.Graph(num_nodes=graph.num_nodes, sources=to_proto(sources), targets=to_proto(targets),
+                       directed=graph.directed)
+    if graph.weights is not None:
+        weights = np.asarray(graph.weights, np.float64)
+        if weights.shape != sources.shape:
+            raise MalformedResult(f"graph '{key}': {weights.size} weights for {sources.size} edges")
+        message.weights.CopyFrom(to_proto(weights))
+    if graph.nodes:
+        table = _table_proto(key, graph.nodes)
+        rows = [len(c.strings.values) if c.WhichOneof("values") == "strings" else int(np.prod(c.numbers.shape))
+                for c in table.columns]
+        if any(n != graph.num_nodes for n in rows):
+            raise MalformedResult(f"graph '{key}': node columns must have num_nodes = {graph.num_nodes} rows")
+        message.nodes.CopyFrom(table)
+    return message
+
+
+def _table_proto(key: str, columns_in: Mapping[str, Any]) -> pb.Table:
+    """Equal-length columns: all-string columns as strings, anything else as a numeric tensor."""
+    columns, length = [], None
+    for name, col in columns_in.items():
+        col_list = list(col) if not isinstance(col, np.ndarray) else col
+        n = len(col_list)
+        if length is not None and n != length:
+            raise MalformedResult(f"table '{key}': column '{name}' has {n} rows, expected {length}")
+        length = n
+        if n and all(isinstance(v, str) for v in col_list):
+            columns.append(pb.Column(name=str(name), strings=pb.StringList(values=list(col_list))))
+        else:
+            columns.append(pb.Column(name=str(name), numbers=_numeric_tensor(col_list, f"table '{key}'")))
+    return pb.Table(columns=columns)
 
 
 def result_items(values: Any) -> list[pb.ResultItem]:

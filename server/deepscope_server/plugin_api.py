@@ -30,7 +30,7 @@ entry-point group::
 Contract: ``start()`` once, ``update(batch)`` once per batch (memory must be bounded by the
 metric's statistics, not by the number of samples), ``finish()`` returns
 ``{layer_name: {key: value}}`` (use ``WHOLE_MODEL`` as the layer for model-level values).
-Values may be: int/float/bool, str, numpy arrays (vector/matrix/tensor), ``Curve`` or ``Table``.
+Values may be: int/float/bool, str, numpy arrays (vector/matrix/tensor), ``Curve``, ``Table`` or ``Graph``.
 Weight-only metrics (``needs = Needs.WEIGHTS``) get no ``update`` calls and no forward pass runs.
 """
 
@@ -56,7 +56,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 WHOLE_MODEL = ""
 
 __all__ = [
-    "ACTIVATION_FUNCTIONS", "Batch", "CaptureRequest", "Context", "Curve", "Dataset", "LAYER_KINDS",
+    "ACTIVATION_FUNCTIONS", "Batch", "CaptureRequest", "Context", "Curve", "Dataset", "Graph", "LAYER_KINDS",
     "Layer", "Metric", "ModelGraph", "ModelHandle", "Needs", "Param", "RunOutput", "Table",
     "TensorSpec", "WHOLE_MODEL", "hookimpl", "hookspec", "unit_view",
 ]
@@ -133,6 +133,32 @@ class Table:
     """A small result table: column name -> equal-length 1-D array or list."""
 
     columns: Mapping[str, Sequence[Any] | np.ndarray]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A result graph as an edge list: the SDK turns it into a networkx graph (``run.graph(...)``).
+
+    ``nodes`` holds optional per-node columns (each of length ``num_nodes``), e.g. the layer a
+    neuron belongs to and its bias.
+    """
+
+    num_nodes: int
+    sources: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray | None = None
+    directed: bool = True
+    nodes: Mapping[str, Sequence[Any] | np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_sparse(cls, matrix: Any, directed: bool = True, **nodes: Sequence[Any] | np.ndarray) -> "Graph":
+        """From a square scipy.sparse adjacency (entry [i, j] = weight of i -> j); undirected keeps i < j."""
+        import scipy.sparse as sp
+
+        coo = sp.coo_array(matrix)
+        keep = np.ones(coo.nnz, bool) if directed else coo.row < coo.col
+        return cls(coo.shape[0], coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64),
+                   np.asarray(coo.data[keep], np.float64), directed, nodes)
 
 
 @dataclass

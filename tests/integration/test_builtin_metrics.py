@@ -53,3 +53,21 @@ def test_cnt_metrics_agree_between_onnx_and_pt2(client, exported):
             other = values["pt2"][key][item]
             if isinstance(value, (float, np.ndarray)) and np.asarray(value).dtype.kind == "f":
                 np.testing.assert_allclose(value, other, rtol=1e-5, atol=1e-6, err_msg=f"{key} {item}")
+
+
+def test_graphs_come_out_as_networkx(client, exported):
+    model = client.upload_model(exported["mlp"]["onnx"])
+    run = client.analyze(model, data="digits", limit=64, layers=["fc2"],
+                         metrics=["cnt.weight_graph", "fractal.box_dimension"])
+    assert not run.failures, run.failures
+    weights = client.weights(model, ["fc2"])["fc2"]
+    g = run.graph("cnt.weight_graph", "fc2")
+    assert g.is_directed() and g.number_of_nodes() == 32 + 16 and g.number_of_edges() == 32 * 16
+    assert g.edges[3, 32 + 5]["weight"] == pytest.approx(weights["weight"][5, 3])
+    assert g.nodes[32 + 5]["bias"] == pytest.approx(weights["bias"][5]) and g.nodes[32 + 5]["layer"] == "fc2"
+    features = run.graph("fractal.box_dimension", "fc2")
+    assert not features.is_directed() and features.number_of_nodes() == 16
+    import networkx as nx
+
+    assert nx.is_connected(features)  # the default epsilon (largest MST edge) connects G_M by construction
+    assert features.number_of_edges() == run.result("fractal.box_dimension", "fc2")["n_edges"]

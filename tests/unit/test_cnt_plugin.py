@@ -33,7 +33,7 @@ def test_registration():
     seen = []
     cnt.deepscope_register_metrics(seen.append)
     names = {m.name for m in seen}
-    assert names == {"cnt.link_weights", "cnt.node_strength", "cnt.layer_fluctuation", "cnt.divergence",
+    assert names == {"cnt.weight_graph", "cnt.link_weights", "cnt.node_strength", "cnt.layer_fluctuation", "cnt.divergence",
                      "cnt.neuron_strength", "cnt.neuron_activation"}
     recon = {m.name for m in seen if m.reconstructed}
     assert recon == {"cnt.neuron_strength", "cnt.neuron_activation"}
@@ -156,3 +156,34 @@ def test_embedding_skipped_with_warning_and_nan_weights_reported():
     r = run_metric(cnt.LayerFluctuation, g, params={"include_input": False})
     assert "emb" not in r and "embedding 'emb' skipped" in r["__warnings__"]["warnings"]
     assert np.isnan(r["fc"]["fluctuation"]) and "non-finite" in r["fc"]["reason"]
+
+
+def test_weight_graph_edge_list_matches_hand_graph():
+    """Oracle: the hand-written 2-2-3 network; node ids run input, fc1 outputs, fc2 outputs."""
+    r = run_metric(cnt.WeightGraph, mlp(), select=["fc1"], params={"include_next": True})["fc1"]
+    g = r["graph"]
+    assert g.num_nodes == 2 + 2 + 3 and r["n_links"] == 4 + 6
+    edges = {(int(s), int(t)): w for s, t, w in zip(g.sources, g.targets, g.weights)}
+    for i in range(2):
+        for j in range(2):
+            assert edges[(j, 2 + i)] == W1[i, j]  # input j -> fc1 neuron i
+    for k in range(3):
+        for i in range(2):
+            assert edges[(2 + i, 4 + k)] == W2[k, i]  # fc1 neuron i -> fc2 neuron k
+    np.testing.assert_array_equal(g.nodes["bias"], [0, 0, *B1, *B2])
+    assert list(g.nodes["layer"]) == ["input"] * 2 + ["fc1"] * 2 + ["fc2"] * 3
+
+
+def test_weight_graph_in_strength_equals_node_strength_for_conv():
+    """Weighted in-degree + bias of the conv graph's output nodes = cnt.node_strength's 'graph'-mode in-strength."""
+    rng = np.random.default_rng(0)
+    K, b = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    conv = Layer("conv", "conv", "Conv2d", weights={"weight": K, "bias": b}, input_shapes=[(None, 2, 5, 5)],
+                 output_shapes=[(None, 3, 3, 3)], attrs={"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1),
+                                                         "groups": 1}, channel_axis=1)
+    g = run_metric(cnt.WeightGraph, make_graph([conv], input_shape=(None, 2, 5, 5)))["conv"]["graph"]
+    n_in = 2 * 5 * 5
+    indeg = np.bincount(g.targets - n_in, weights=g.weights, minlength=27)
+    strength = run_metric(cnt.NodeStrength, make_graph([conv], input_shape=(None, 2, 5, 5)),
+                          params={"mode": "graph", "missing_side_const": 0.0, "include_input": False})["conv"]
+    np.testing.assert_allclose(indeg + g.nodes["bias"][n_in:], strength["in_strength"], rtol=1e-10, atol=1e-12)

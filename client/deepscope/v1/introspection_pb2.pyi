@@ -349,21 +349,39 @@ class Table(_message.Message):
     columns: _containers.RepeatedCompositeFieldContainer[Column]
     def __init__(self, columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
 
+class Graph(_message.Message):
+    __slots__ = ("num_nodes", "sources", "targets", "weights", "directed", "nodes")
+    NUM_NODES_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTED_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    num_nodes: int
+    sources: _tensor_pb2.Tensor
+    targets: _tensor_pb2.Tensor
+    weights: _tensor_pb2.Tensor
+    directed: bool
+    nodes: Table
+    def __init__(self, num_nodes: _Optional[int] = ..., sources: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., targets: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., directed: _Optional[bool] = ..., nodes: _Optional[_Union[Table, _Mapping]] = ...) -> None: ...
+
 class ResultItem(_message.Message):
-    __slots__ = ("key", "scalar", "tensor", "curve", "table", "text")
+    __slots__ = ("key", "scalar", "tensor", "curve", "table", "text", "graph")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SCALAR_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     CURVE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
     key: str
     scalar: float
     tensor: _tensor_pb2.Tensor
     curve: Curve
     table: Table
     text: str
-    def __init__(self, key: _Optional[str] = ..., scalar: _Optional[float] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., curve: _Optional[_Union[Curve, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+    graph: Graph
+    def __init__(self, key: _Optional[str] = ..., scalar: _Optional[float] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., curve: _Optional[_Union[Curve, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ..., text: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ...) -> None: ...
 
 class MetricResult(_message.Message):
     __slots__ = ("metric", "layer", "checkpoint", "status", "error", "items", "warnings", "params", "seconds", "num_samples")

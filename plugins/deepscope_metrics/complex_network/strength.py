@@ -103,9 +103,13 @@ def conv_in_strength(
     if mode == "code":
         per_channel = K2.astype(np.float64).reshape(c_out, -1).sum(axis=1) + bias
         return np.broadcast_to(per_channel[:, None, None], (c_out, ho, wo)).copy()
-    c_in = K2.shape[1] * geo.groups
-    ones = F.pad(torch.ones(1, c_in, *hw, dtype=torch.float64), _torch_pads(geo))
-    out = F.conv2d(ones, _t(K2), _t(bias), stride=geo.stride, dilation=geo.dilation, groups=geo.groups)
+    # Every input channel is the same ones map, so conv(ones, K)[o] = conv(ones_1, Σ_ci K[o, ci]):
+    # summing the kernel over its input-channel axis first (which, for grouped convs, already
+    # holds only output channel o's own group) leaves one single-channel conv, C_in/groups times
+    # fewer multiply-adds.
+    k_sum = np.asarray(K2, dtype=np.float64).sum(axis=1, keepdims=True)  # [C_out, 1, kh, kw]
+    ones = F.pad(torch.ones(1, 1, *hw, dtype=torch.float64), _torch_pads(geo))
+    out = F.conv2d(ones, torch.from_numpy(k_sum), _t(bias), stride=geo.stride, dilation=geo.dilation)
     return out[0].numpy()
 
 
@@ -123,7 +127,8 @@ def conv_out_strength(
 
     ``conv_transpose2d(ones(output map), K)`` = the VJP of ``sum(conv(x))``: each input pixel
     sums the kernel taps that read it; taps on padding are dropped (padding is not a neuron).
-    ``cotangent`` (``[C_out, H_out, W_out]``) replaces the ones, e.g. to weight output neurons.
+    ``cotangent`` (``[C_out, H_out, W_out]``) replaces the ones, e.g. to weight output neurons
+    (then the full kernel is used; with ones, the kernel summed within each group).
     """
     geo = conv_geometry(K, stride, padding, dilation, groups)
     K2 = kernel_as_2d(K)
@@ -135,11 +140,18 @@ def conv_out_strength(
     hp, wp = hw[0] + pt + pb, hw[1] + pl + pr
     used_h = (ho - 1) * geo.stride[0] + geo.dilation[0] * (K2.shape[2] - 1) + 1
     used_w = (wo - 1) * geo.stride[1] + geo.dilation[1] * (K2.shape[3] - 1) + 1
-    g = torch.ones(1, K2.shape[0], ho, wo, dtype=torch.float64) if cotangent is None else _t(cotangent).reshape(
-        1, K2.shape[0], ho, wo
-    )
+    kh, kw = K2.shape[2:]
+    if cotangent is None:
+        # A ones cotangent is the same map for every output channel, so the kernel can be summed
+        # over the output channels of each group first: one single-channel transposed conv
+        # giving all C_in maps, C_out/groups times fewer multiply-adds.
+        c_out, c_in_g = K2.shape[:2]
+        k_sum = np.asarray(K2, dtype=np.float64).reshape(geo.groups, c_out // geo.groups, c_in_g, kh, kw).sum(axis=1)
+        g, weight, groups = torch.ones(1, 1, ho, wo, dtype=torch.float64), k_sum.reshape(1, -1, kh, kw), 1
+    else:
+        g, weight, groups = _t(cotangent).reshape(1, K2.shape[0], ho, wo), np.asarray(K2), geo.groups
     full = F.conv_transpose2d(
-        g, _t(K2), stride=geo.stride, dilation=geo.dilation, groups=geo.groups,
+        g, _t(weight), stride=geo.stride, dilation=geo.dilation, groups=groups,
         output_padding=(hp - used_h, wp - used_w),
     )
     return full[0, :, pt : pt + hw[0], pl : pl + hw[1]].numpy()

@@ -6,6 +6,7 @@ index arithmetic (``unfold`` of an index image), never Python loops over positio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -75,15 +76,26 @@ def layer_matrix(layer: Any) -> tuple[sp.coo_matrix, np.ndarray | None]:
     raise ValueError(f"layer '{layer.name}' of kind '{layer.kind}' has no weight graph (linear or conv only)")
 
 
-def weight_graph(layer: Any, next_layer: Any | None = None, max_links: int = MAX_GRAPH_LINKS) -> nx.DiGraph:
-    """The weight graph of ``layer`` (and optionally ``next_layer``) as a networkx DiGraph.
+@dataclass(frozen=True)
+class WeightGraphCOO:
+    """A layer's weight graph as an edge list over integer node ids 0..num_nodes-1.
 
-    Nodes are ``(tier, i)``: tier 0 = the layer's input neurons, 1 = its output neurons,
-    2 = ``next_layer``'s outputs; ``i`` indexes the flattened (C, H, W) map, which is also
-    PyTorch's flatten order, so a conv -> Linear pair links up directly. Edge attribute
-    ``weight``; output nodes carry their ``bias`` (in-strength = weighted in-degree + bias).
-    Node attribute ``layer`` names the layer that produced the neuron.
+    Ids run tier by tier: the layer's input neurons, its output neurons, then (optionally) the next
+    layer's outputs; ``node_index`` is the position within the tier's flattened (C, H, W) map.
     """
+
+    num_nodes: int
+    sources: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+    tier_sizes: tuple[int, ...]
+    node_layer: list[str]
+    node_index: np.ndarray
+    node_bias: np.ndarray
+
+
+def weight_graph_coo(layer: Any, next_layer: Any | None = None, max_links: int = MAX_GRAPH_LINKS) -> WeightGraphCOO:
+    """The weight graph of ``layer`` (and optionally ``next_layer``) as an edge list (vectorised)."""
     mats = [layer_matrix(layer)]
     if next_layer is not None:
         mats.append(layer_matrix(next_layer))
@@ -95,13 +107,35 @@ def weight_graph(layer: Any, next_layer: Any | None = None, max_links: int = MAX
     n_links = sum(M.nnz for M, _ in mats)
     if n_links > max_links:
         raise ValueError(f"weight graph would have {n_links:,} links > max_links {max_links:,}")
-    G = nx.DiGraph()
+    sizes = (mats[0][0].shape[1], *(M.shape[0] for M, _ in mats))
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
     names = ["input", layer.name] + ([next_layer.name] if next_layer is not None else [])
-    G.add_nodes_from(((0, i) for i in range(mats[0][0].shape[1])), layer=names[0], bias=0.0)
-    for tier, (M, b) in enumerate(mats, start=1):
-        bias = np.zeros(M.shape[0]) if b is None else b
-        G.add_nodes_from(((tier, i), {"layer": names[tier], "bias": float(bias[i])}) for i in range(M.shape[0]))
-        G.add_weighted_edges_from(
-            zip(((tier - 1, int(j)) for j in M.col), ((tier, int(i)) for i in M.row), M.data.tolist())
-        )
+    biases = [np.zeros(sizes[0])] + [np.zeros(M.shape[0]) if b is None else np.asarray(b, np.float64) for M, b in mats]
+    return WeightGraphCOO(
+        num_nodes=int(offsets[-1]),
+        sources=np.concatenate([offsets[t] + M.col for t, (M, _) in enumerate(mats)]).astype(np.int64),
+        targets=np.concatenate([offsets[t + 1] + M.row for t, (M, _) in enumerate(mats)]).astype(np.int64),
+        weights=np.concatenate([M.data for M, _ in mats]).astype(np.float64),
+        tier_sizes=sizes,
+        node_layer=[name for name, n in zip(names, sizes) for _ in range(n)],
+        node_index=np.concatenate([np.arange(n) for n in sizes]).astype(np.int64),
+        node_bias=np.concatenate(biases),
+    )
+
+
+def weight_graph(layer: Any, next_layer: Any | None = None, max_links: int = MAX_GRAPH_LINKS) -> nx.DiGraph:
+    """The weight graph of ``layer`` (and optionally ``next_layer``) as a networkx DiGraph.
+
+    Nodes are ``(tier, i)``: tier 0 = the layer's input neurons, 1 = its output neurons,
+    2 = ``next_layer``'s outputs; ``i`` indexes the flattened (C, H, W) map, which is also
+    PyTorch's flatten order, so a conv -> Linear pair links up directly. Edge attribute
+    ``weight``; output nodes carry their ``bias`` (in-strength = weighted in-degree + bias).
+    Node attribute ``layer`` names the layer that produced the neuron.
+    """
+    coo = weight_graph_coo(layer, next_layer, max_links)
+    tier = np.repeat(np.arange(len(coo.tier_sizes)), coo.tier_sizes)
+    keys = list(zip(tier.tolist(), coo.node_index.tolist()))
+    G = nx.DiGraph()
+    G.add_nodes_from((key, {"layer": coo.node_layer[i], "bias": float(coo.node_bias[i])}) for i, key in enumerate(keys))
+    G.add_weighted_edges_from(zip((keys[i] for i in coo.sources), (keys[j] for j in coo.targets), coo.weights.tolist()))
     return G

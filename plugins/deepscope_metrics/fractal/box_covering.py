@@ -5,9 +5,9 @@ Convention (Song et al.): a box of size ``l_B`` is a node set whose pairwise dis
 ``N_B(1) = N`` and ``N_B(diam + 1) = 1``. Radius-based MEMB uses ``l_B = 2 r_B + 1``.
 
 Everything works on a dense distance matrix (``scipy.sparse.csgraph.shortest_path`` for graphs).
-The greedy colouring covers every size in one pass over the nodes: at step ``t`` each size
-colours its own ``t``-th node (largest-first order in that size's dual graph), with numpy
-boolean ops over all sizes at once.
+The greedy colouring covers every size and every restart in one pass over the nodes: at step
+``t`` each (size, restart) row colours its own ``t``-th node (largest-first order in that size's
+dual graph), with bit-set numpy ops over all rows at once.
 """
 
 from __future__ import annotations
@@ -106,56 +106,67 @@ def default_sizes(diameter: float, n_sizes: int = 12, odd_only: bool = False) ->
 # algorithms: each returns labels [n_sizes, n]
 # ---------------------------------------------------------------------------------------------
 
-def largest_first_orders(dist: np.ndarray, sizes: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+def dual_degrees(dist: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Per size, every node's degree in the dual graph (``d_ij >= l_B``): ``[L, n]``."""
+    return np.stack([(dist >= l).sum(axis=1) for l in sizes]) if len(sizes) else np.zeros((0, dist.shape[0]), int)
+
+
+def largest_first_orders(dist: np.ndarray, sizes: np.ndarray, rng: np.random.Generator | None,
+                         degrees: np.ndarray | None = None) -> np.ndarray:
     """Per size, nodes by decreasing degree in the dual graph (``d_ij >= l_B``).
 
     Ties are broken at random (``rng``) or, with ``rng=None``, by node index, which is exactly
     the order of ``nx.greedy_color(dual, "largest_first")`` on a dual built over nodes 0..n-1.
+    ``degrees`` (from ``dual_degrees``) saves recounting them for every restart.
     """
     n = dist.shape[0]
+    if degrees is None:
+        degrees = dual_degrees(dist, sizes)
     orders = np.empty((len(sizes), n), np.int64)
-    for k, l in enumerate(sizes):
-        degree = (dist >= l).sum(axis=1)
+    for k in range(len(sizes)):
         tie = rng.random(n) if rng is not None else np.arange(n)
-        orders[k] = np.lexsort((tie, -degree))
+        orders[k] = np.lexsort((tie, -degrees[k]))
     return orders
 
 
 def greedy_colouring(dist: np.ndarray, sizes: np.ndarray, orders: np.ndarray) -> np.ndarray:
-    """Greedy colouring of every size's dual graph in one pass; returns colours ``[L, n]`` by node.
+    """Greedy colouring of every row's dual graph in one pass; returns colours ``[R, n]`` by node.
 
-    Step ``t`` colours node ``orders[k, t]`` for every size ``k`` with the smallest colour not
+    Row ``k`` colours at size ``sizes[k]`` in the order ``orders[k]`` (sizes may repeat, e.g. one
+    row per size and restart). Step ``t`` gives node ``orders[k, t]`` the smallest colour not
     used by an already coloured node at distance ``>= l_B`` (a dual-graph neighbour). Colour
-    classes are boxes: no two of their nodes are dual neighbours. Sizes where most pairs are
-    far apart look at the few near nodes instead (a colour is free when all its nodes are
-    near), so each step touches ``min(near, far)`` nodes per size.
+    classes are boxes: no two of their nodes are dual neighbours.
+
+    Why it is fast: per row and colour we keep the set of nodes that may still join the class
+    (near, ``d < l_B``, to every member) as a bit set over nodes. A node's first free colour is
+    one bit per colour to read, and colouring it ANDs one packed row of the near matrix into its
+    class, so a step costs O(colours + n/8) bytes per row with a fixed number of numpy calls,
+    whatever the size. ``dist`` must be symmetric (a metric).
     """
-    n_sizes, n = orders.shape
-    thr = np.asarray(sizes, dist.dtype)[:, None]
-    colour = np.full((n_sizes, n), -1, np.int64)
-    class_size = np.zeros((n_sizes, n + 1), np.int64)  # nodes per colour, per size
-    near_fraction = np.array([(dist < s).mean() for s in sizes])
-    by_near, by_far = np.flatnonzero(near_fraction < 0.5), np.flatnonzero(near_fraction >= 0.5)
-    all_sizes = np.arange(n_sizes)
-    top = 0
+    orders = np.asarray(orders, np.int64)
+    n_rows, n = orders.shape
+    sizes = np.asarray(sizes)
+    colour = np.full((n_rows, n), -1, np.int64)
+    if n_rows == 0 or n == 0:
+        return colour
+    uniq, row_size = np.unique(sizes, return_inverse=True)
+    near = np.stack([np.packbits(dist < l, axis=1) for l in uniq])  # [U, n, nbytes]: bit u of row v = d_vu < l
+    nbytes = near.shape[2]
+    cap = 64
+    ok = np.full((n_rows, cap, nbytes), 0xFF, np.uint8)  # bit u of ok[k, c]: u may join class c of row k
+    rows = np.arange(n_rows)
+    bit = (np.uint8(0x80) >> (orders & 7).astype(np.uint8))  # packbits is big-endian within a byte
+    byte = orders >> 3
+    top = -1  # highest colour used in any row
     for t in range(n):
         v = orders[:, t]
-        width = top + 2
-        c = np.empty(n_sizes, np.int64)
-        if by_near.size:
-            near = (dist[v[by_near]] < thr[by_near]) & (colour[by_near] >= 0)
-            li, ni = np.nonzero(near)
-            counts = np.bincount(li * width + colour[by_near[li], ni], minlength=by_near.size * width)
-            free = counts.reshape(by_near.size, width) == class_size[by_near, :width]
-            c[by_near] = np.argmax(free, axis=1)
-        if by_far.size:
-            far = (dist[v[by_far]] >= thr[by_far]) & (colour[by_far] >= 0)
-            li, ni = np.nonzero(far)
-            used = np.zeros((by_far.size, width), bool)
-            used[li, colour[by_far[li], ni]] = True
-            c[by_far] = np.argmin(used, axis=1)
-        colour[all_sizes, v] = c
-        class_size[all_sizes, c] += 1
+        width = top + 2  # colour top + 1 is empty, hence free, in every row
+        if width > cap:
+            ok = np.concatenate([ok, np.full((n_rows, cap, nbytes), 0xFF, np.uint8)], axis=1)
+            cap *= 2
+        c = np.argmax(ok[rows, :width, byte[:, t]] & bit[:, t, None], axis=1)  # first class v may join
+        ok[rows, c] &= near[row_size, v]
+        colour[rows, v] = c
         top = max(top, int(c.max()))
     return colour
 
@@ -254,8 +265,10 @@ def box_covering(
 ) -> BoxCovering:
     """Cover ``graph`` with boxes at every size and fit ``N_B ~ l_B^(-d_B)``.
 
-    ``method``: ``greedy`` (dual-graph colouring, largest-first with random tie-breaks; the
-    minimum over ``restarts`` runs is kept per size), ``cbb`` (compact-box-burning, min over
+    ``method``: ``greedy`` (dual-graph colouring, largest-first; run 0 breaks degree ties by
+    node index, exactly ``nx.greedy_color(dual, "largest_first")``, so the counts are never worse
+    than networkx's; runs 1.. break ties at random; the minimum over ``restarts`` runs is kept
+    per size), ``cbb`` (compact-box-burning, min over
     restarts) or ``memb`` (maximum-excluded-mass burning, odd sizes only). ``sizes`` default:
     a geometric grid of ``n_sizes`` from 1 to diameter + 1. The fit drops ``l_B < l_min`` and
     saturated sizes with ``N_B < min_boxes``; ``fit_on`` = ``l_B`` or ``l_B-1``. Degenerate graphs give NaN with a ``reason``.
@@ -274,13 +287,15 @@ def box_covering(
 
     if n < 3:
         return degenerate(f"graph has {n} nodes; a box-counting dimension needs at least 3")
-    if not np.all(np.isfinite(dist) | np.isposinf(dist)) or (dist < 0).any():
+    if np.isnan(dist).any() or (dist < 0).any():  # any() short of a full boolean pass when clean
         return degenerate("distance matrix has NaN or negative entries")
-    finite = np.isfinite(dist)
-    ncomp = int(connected_components(sp.csr_array(finite), directed=False)[0])
-    diameter = float(dist[finite].max())
-    big = diameter + 2.0  # stands in for inf: farther than any size we cover with
-    dist = np.where(finite, dist, big)
+    finite = np.isfinite(dist)  # only +inf can be non-finite now
+    if finite.all():  # connected: skip the dense -> sparse conversion and the masked copies
+        ncomp, diameter = 1, float(dist.max())
+    else:
+        ncomp = int(connected_components(sp.csr_array(finite), directed=False)[0])
+        diameter = float(dist[finite].max())
+        dist = np.where(finite, dist, diameter + 2.0)  # stands in for inf: farther than any size we cover with
     if sizes is None:
         sizes = default_sizes(diameter, n_sizes, odd_only=(method == "memb"))
     sizes = np.unique(np.asarray(sizes, np.int64))
@@ -290,21 +305,19 @@ def box_covering(
         raise ValueError(f"MEMB covers odd sizes l_B = 2 r_B + 1 only, got {sizes.tolist()}")
 
     rng = np.random.default_rng(seed)
-    best_labels, best_counts = None, None
-    for _ in range(max(1, restarts)):
-        if method == "greedy":
-            labels = greedy_colouring(dist, sizes, largest_first_orders(dist, sizes, rng))
-        elif method == "cbb":
-            labels = compact_box_burning(dist, sizes, rng)
-        else:
-            labels = maximum_excluded_mass_burning(dist, sizes, rng)
-        counts = count_boxes(labels)
-        if best_labels is None:
-            best_labels, best_counts = labels, counts
-        else:
-            better = counts < best_counts
-            best_labels[better] = labels[better]
-            best_counts = np.minimum(best_counts, counts)
+    n_runs = max(1, restarts)
+    if method == "greedy":  # all restarts in one pass; restart 0 = networkx's order, so never worse than it
+        degrees = dual_degrees(dist, sizes)
+        orders = np.concatenate([largest_first_orders(dist, sizes, rng if r else None, degrees)
+                                 for r in range(n_runs)])
+        runs = greedy_colouring(dist, np.tile(sizes, n_runs), orders).reshape(n_runs, len(sizes), n)
+    else:
+        sampler = compact_box_burning if method == "cbb" else maximum_excluded_mass_burning
+        runs = np.stack([sampler(dist, sizes, rng) for _ in range(n_runs)])
+    run_counts = np.stack([count_boxes(labels) for labels in runs])  # [runs, sizes]
+    best = np.argmin(run_counts, axis=0)  # first minimum: the earliest run wins ties
+    best_labels = runs[best, np.arange(len(sizes))]
+    best_counts = run_counts[best, np.arange(len(sizes))]
     best_labels = np.stack([relabel(row) for row in best_labels])
 
     fit = fit_box_counts(sizes, best_counts, l_min=l_min, min_boxes=min_boxes, fit_on=fit_on)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Curve, Metric, Needs, Param, Table, hookimpl
+from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Curve, Graph, Metric, Needs, Param, Table, hookimpl
 
 from ..complex_network import (
     DegenerateDistribution,
@@ -23,6 +23,7 @@ from ..complex_network import (
     neuron_strength_conv,
     neuron_strength_dense,
 )
+from ..complex_network.unroll import weight_graph_coo
 from ..complex_network.walk import bn_scale_shift, folded_weights, layer_geometry
 
 CITATION = (
@@ -82,6 +83,58 @@ class _StrengthBase(Metric):
             "has_out": nl.has_out, "neuron_layer_end": nl.end, "next_layers": ",".join(nl.reached),
             "extensions": "; ".join(nl.extensions),
         }
+
+
+class WeightGraph(Metric):
+    """The layer's weight graph itself, for the user's own network science (``run.graph(...)`` in the SDK)."""
+
+    name = "cnt.weight_graph"
+    description = ("The weight graph of each linear/conv layer as an edge list (conv maps unrolled, PyTorch's "
+                   "C,H,W neuron order): nodes are the layer's input then output neurons (then, with "
+                   "include_next, the next weighted layer's outputs), edges carry the weights, output nodes "
+                   "their bias. The SDK returns it as a networkx DiGraph.")
+    citation = CITATION
+    needs = Needs.WEIGHTS
+    layer_kinds = KINDS
+    result_kinds = ("graph", "scalar")
+    params = (
+        Param("include_next", bool, False, "append the next linear/conv layer when only activations, norms or a "
+              "flatten lie between (their own transforms are not links)"),
+        Param("max_links", int, 2_000_000, "refuse layers with more links than this", min=1),
+    )
+    summary_keys = ("n_nodes", "n_links")
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {}
+        for layer in _weighted(self):
+            try:
+                nxt = _next_weighted(self.ctx.graph, layer) if self.params["include_next"] else None
+                if self.params["include_next"] and nxt is None:
+                    self.ctx.warn(f"{self.name}: no single next linear/conv layer after '{layer.name}'")
+                results[layer.name] = _graph_result(weight_graph_coo(layer, nxt, self.params["max_links"]))
+            except Exception as exc:  # unsupported layer or too many links: report, never crash the run
+                results[layer.name] = {"n_nodes": 0, "n_links": 0, "reason": _reason(exc)}
+        return results
+
+
+def _next_weighted(graph: Any, layer: Any) -> Any | None:
+    """The next linear/conv layer along a single chain of elementwise layers (activation, norm, flatten)."""
+    current = layer
+    while True:
+        succ = graph.successors(current.name)
+        if len(succ) != 1:
+            return None
+        current = succ[0]
+        if current.kind in WEIGHTED:
+            return current
+        if current.kind not in ("activation", "norm") and current.op_type not in ("Flatten", "Dropout", "Identity"):
+            return None
+
+
+def _graph_result(coo: Any) -> dict[str, Any]:
+    return {"graph": Graph(coo.num_nodes, coo.sources, coo.targets, coo.weights, True,
+                           {"layer": coo.node_layer, "index": coo.node_index, "bias": coo.node_bias}),
+            "n_nodes": coo.num_nodes, "n_links": int(coo.sources.size)}
 
 
 class LinkWeights(Metric):
@@ -330,7 +383,7 @@ class NeuronActivation(_InputDependent):
     activated = True
 
 
-METRICS = (LinkWeights, NodeStrength, LayerFluctuation, Divergence, NeuronStrength, NeuronActivation)
+METRICS = (WeightGraph, LinkWeights, NodeStrength, LayerFluctuation, Divergence, NeuronStrength, NeuronActivation)
 
 
 @hookimpl

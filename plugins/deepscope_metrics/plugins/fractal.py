@@ -8,7 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Curve, Metric, Needs, Param, Table, hookimpl, unit_view
+import scipy.sparse as sp
+from deepscope_server.plugin_api import (
+    WHOLE_MODEL, Batch, Curve, Graph, Metric, Needs, Param, Table, hookimpl, unit_view,
+)
 
 from ..fractal.box_covering import METHODS, box_covering
 from ..fractal.correlation import NORMALISATIONS, correlation_dimension
@@ -130,6 +133,7 @@ class BoxDimensionMetric(_PerLayer):
         Param("n_sizes", int, 12, "points of the geometric l_B grid", min=3),
         Param("l_min", float, 2.0, "smallest l_B entering the fit", min=1.0),
         Param("fit_on", str, "l_B", "abscissa of the fit", choices=("l_B", "l_B-1")),
+        Param("include_graph", bool, True, "also return G_M itself (edges weighted by d_ij): run.graph(...)"),
     )
 
     def start(self) -> None:
@@ -153,11 +157,17 @@ class BoxDimensionMetric(_PerLayer):
                              "reason": "NaN/inf activations" if acc.nonfinite else "no samples"}
                 continue
             res["n_nodes"] = acc.gram.shape[0]
-            fg = feature_graph(acc.distances(), p["epsilon"], p["epsilon_quantile"])
+            dist = acc.distances()
+            fg = feature_graph(dist, p["epsilon"], p["epsilon_quantile"])
             res.update(epsilon=fg.epsilon, n_edges=fg.n_edges)
             if fg.adjacency is None:
                 out[name] = {**res, **nan_res, "reason": fg.reason}
                 continue
+            if p["include_graph"]:
+                edges = sp.triu(fg.adjacency, k=1).tocoo()
+                res["graph"] = Graph(dist.shape[0], edges.row.astype(np.int64), edges.col.astype(np.int64),
+                                     dist[edges.row, edges.col], directed=False,
+                                     nodes={"unit": np.arange(dist.shape[0])})
             bc = box_covering(fg.adjacency, method=p["method"], seed=self.ctx.seed, restarts=p["restarts"],
                               n_sizes=p["n_sizes"], l_min=p["l_min"], fit_on=p["fit_on"])
             res.update(
