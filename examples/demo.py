@@ -76,7 +76,10 @@ def main() -> int:
     print("training on scikit-learn digits (1,347 train / 450 test images)")
     mlp = train_with_checkpoints("mlp", [1, 3, 10], out, "onnx")
     cnn = train_with_checkpoints("cnn", [1, 3, 10], out, "pt2")
-    extra = ["--limit", "128"] if args.quick else []
+    # Basins re-run the model many times per sample: a smaller sample keeps the demo to a few minutes.
+    extra = ["--limit", "128" if args.quick else "300",
+             "--param", "basins.sample.samples=32", "--param", "basins.sample.draws=16",
+             "--param", "basins.weight.samples=32", "--param", "basins.weight.draws=8"]
     status = analyze(mlp, out / "mlp_report.html", extra) or analyze(cnn, out / "cnn_report.html", extra)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; reports: {out}/mlp_report.html, "
           f"{out}/cnn_report.html")
