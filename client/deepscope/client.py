@@ -252,17 +252,52 @@ class Client:
         result = Activations()
         result.model_outputs, result.layer_inputs = {}, {}
         buckets = {"output": result.model_outputs, "layer": result, "input": result.layer_inputs}
+
+        def start(lo: int) -> Any:  # the RPC starts now; its messages are read when iterated
+            request = pb.CaptureRequest(model=model.id, layers=list(layers), layer_inputs=list(layer_inputs),
+                                        inputs=[to_proto(a[lo:lo + batch_size], name) for name, a in inputs.items()])
+            try:
+                return self._stub.Capture(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                raise from_rpc_error(error) from None
+
+        def in_place(lo: int, rows: int, placed: set[str]) -> Callable[..., np.ndarray | None]:
+            """Multi-batch: batch rows go straight into their slice of the result (no extra copy)."""
+
+            def out(header: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
+                group, _, key = header.name.partition("/")
+                target = buckets.get(group)
+                if target is None or not shape or shape[0] != rows:
+                    return None  # not batch-major: assembled on its own, then placed below
+                if key not in target:
+                    target[key] = np.empty((n, *shape[1:]), dtype=dtype)
+                dest = target[key]
+                if dest.dtype != dtype or dest.shape[1:] != shape[1:]:
+                    return None
+                placed.add(header.name)
+                return dest[lo:lo + rows]
+
+            return out
+
+        # One request ahead: the server runs batch k+1's forward pass while batch k streams.
+        pending = start(starts[0])
         try:
-            for lo in starts:
-                request = pb.CaptureRequest(model=model.id, layers=list(layers), layer_inputs=list(layer_inputs),
-                                            inputs=[to_proto(a[lo:lo + batch_size], name) for name, a in inputs.items()])
-                assembler = Assembler()
-                for part in self._stream(self._stub.Capture, request, timeout):
-                    kind = part.WhichOneof("part")
-                    if kind == "done":
-                        break
-                    assembler.add(getattr(part, kind))
+            for i, lo in enumerate(starts):
+                call, pending = pending, (start(starts[i + 1]) if i + 1 < len(starts) else None)
+                rows = min(batch_size, n - lo)
+                placed: set[str] = set()
+                assembler = Assembler(out=in_place(lo, rows, placed) if len(starts) > 1 else None)
+                try:
+                    for part in call:
+                        kind = part.WhichOneof("part")
+                        if kind == "done":
+                            break
+                        assembler.add(getattr(part, kind))
+                except grpc.RpcError as error:
+                    raise from_rpc_error(error) from None
                 for name, array in assembler.close().items():
+                    if name in placed:
+                        continue
                     group, _, key = name.partition("/")
                     target = buckets[group]
                     if len(starts) == 1:
@@ -271,8 +306,10 @@ class Client:
                     if key not in target:  # preallocate once; later batches copy into place
                         target[key] = np.empty((n, *array.shape[1:]), dtype=array.dtype)
                     target[key][lo:lo + len(array)] = array
-                bar.update(min(batch_size, n - lo))
+                bar.update(rows)
         finally:
+            if pending is not None:  # an error stopped us: do not leave the prefetched call running
+                pending.cancel()
             bar.close()
         return result
 

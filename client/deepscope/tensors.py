@@ -1,6 +1,7 @@
 """numpy <-> wire tensors: whole tensors, and large ones as a header plus chunks.
 
-Chunks are reassembled into one preallocated buffer (one copy per byte, no concatenation),
+Chunks are reassembled into one preallocated buffer, or a caller-given destination (one copy
+per byte, no concatenation), with the CRC-32 updated chunk by chunk,
 and every malformed stream (missing, duplicate, overlapping or oversized chunks, wrong totals,
 bad checksum) raises TensorError with a message that says what was wrong.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -97,10 +98,15 @@ def tensor_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -
         yield part
 
 
-class _Pending:
-    __slots__ = ("header", "dtype", "shape", "buffer", "received", "next_offset")
+#: ``out(header, dtype, shape)``: an array to assemble the tensor into, or None for a new buffer.
+OutTarget = Callable[[tpb.TensorHeader, np.dtype, tuple[int, ...]], "np.ndarray | None"]
 
-    def __init__(self, header: tpb.TensorHeader, max_elements: int | None, max_bytes: int | None) -> None:
+
+class _Pending:
+    __slots__ = ("header", "dtype", "shape", "array", "buffer", "received", "next_offset", "crc")
+
+    def __init__(self, header: tpb.TensorHeader, max_elements: int | None, max_bytes: int | None,
+                 out: OutTarget | None = None) -> None:
         try:
             self.dtype = numpy_dtype(header.dtype)
         except ValueError as exc:
@@ -114,8 +120,19 @@ class _Pending:
         except TensorError as exc:
             raise TensorError(f"tensor '{header.name}': {exc}") from None
         self.header = header
-        self.buffer = np.empty(header.total_bytes, dtype=np.uint8)
+        target = out(header, self.dtype, self.shape) if out is not None else None
+        if target is None:
+            self.buffer = np.empty(header.total_bytes, dtype=np.uint8)
+            self.array = self.buffer.view(self.dtype).reshape(self.shape)
+        else:
+            if target.dtype != self.dtype or target.shape != self.shape or not target.flags.c_contiguous \
+                    or not target.flags.writeable:
+                raise ValueError(f"tensor '{header.name}': out target must be a writeable C-contiguous "
+                                 f"{self.dtype} array of shape {self.shape}, got {target.dtype} {target.shape}")
+            self.array = target
+            self.buffer = target.reshape(-1).view(np.uint8)
         self.received = 0
+        self.crc = 0
         self.next_offset = 0
 
 
@@ -125,11 +142,17 @@ class Assembler:
     Chunks must follow their header with contiguous increasing offsets; anything else
     (gaps, duplicates, overlaps, a chunk for another tensor, overflow, a short tensor,
     a checksum mismatch) raises TensorError.
+
+    ``out`` lets the caller supply the destination of a tensor (e.g. its slice of a larger
+    preallocated result), so chunks land in their final place with no second copy; the
+    destination holds partial data if the tensor turns out to be malformed.
     """
 
-    def __init__(self, max_elements: int | None = None, max_bytes: int | None = None) -> None:
+    def __init__(self, max_elements: int | None = None, max_bytes: int | None = None,
+                 out: OutTarget | None = None) -> None:
         self.max_elements = max_elements
         self.max_bytes = max_bytes
+        self.out = out
         self._pending: _Pending | None = None
         self.tensors: dict[str, np.ndarray] = {}
         self.total_bytes = 0
@@ -144,7 +167,7 @@ class Assembler:
                 )
             if part.name in self.tensors:
                 raise TensorError(f"duplicate tensor '{part.name}'")
-            self._pending = _Pending(part, self.max_elements, self.max_bytes)
+            self._pending = _Pending(part, self.max_elements, self.max_bytes, self.out)
             return self._complete_if_done()
         pending = self._pending
         if pending is None or part.name != pending.header.name:
@@ -154,14 +177,16 @@ class Assembler:
             raise TensorError(
                 f"tensor '{part.name}': {kind} chunk: expected offset {pending.next_offset:,}, got {part.offset:,}"
             )
-        end = part.offset + len(part.data)
+        data = part.data  # each access of a bytes field builds a new bytes object: read it once
+        end = part.offset + len(data)
         if end > pending.header.total_bytes:
             raise TensorError(
                 f"tensor '{part.name}': chunk ends at byte {end:,}, past the declared total of "
                 f"{pending.header.total_bytes:,}"
             )
-        pending.buffer[part.offset:end] = np.frombuffer(part.data, dtype=np.uint8)
-        pending.received += len(part.data)
+        pending.buffer[part.offset:end] = np.frombuffer(data, dtype=np.uint8)
+        pending.received += len(data)
+        pending.crc = zlib.crc32(data, pending.crc)  # while the chunk is still in cache; measured faster
         pending.next_offset = end
         return self._complete_if_done()
 
@@ -170,11 +195,10 @@ class Assembler:
         assert pending is not None
         if pending.received < pending.header.total_bytes:
             return None
-        if zlib.crc32(pending.buffer) != pending.header.crc32:
+        if pending.crc != pending.header.crc32:
             raise TensorError(f"tensor '{pending.header.name}': checksum mismatch (corrupted in transit)")
-        array = pending.buffer.view(pending.dtype).reshape(pending.shape)
         name = pending.header.name
-        self.tensors[name] = array
+        self.tensors[name] = pending.array
         self.total_bytes += pending.header.total_bytes
         self._pending = None
         return name

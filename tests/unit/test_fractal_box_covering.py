@@ -67,6 +67,22 @@ def test_greedy_matches_networkx_greedy_color_exactly():
             assert colours[k].tolist() == [by_node[v] for v in G.nodes()]
 
 
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_public_counts_never_exceed_networkx_greedy_color(restarts):
+    """Run 0 uses networkx's order and later runs only lower the per-size minimum, so box_covering()
+    never needs more boxes than nx.greedy_color(dual, "largest_first") (the reference, per size)."""
+    cases = (graphs.lattice(13, 11), graphs.sierpinski_gasket(3), graphs.uv_flower(2, 2, 3),
+             nx.gnp_random_graph(70, 0.05, seed=4), nx.barabasi_albert_graph(80, 2, seed=1))
+    for G in cases:
+        sizes = np.array([2, 3, 4, 5, 7, 9])
+        r = box_covering(G, sizes=sizes, seed=2, restarts=restarts)
+        reference = np.array([box_covering_networkx_baseline(G, int(l_B))[0] for l_B in sizes])
+        assert (r.counts <= reference).all(), (G, r.counts, reference)
+        if restarts == 1:
+            np.testing.assert_array_equal(r.counts, reference)  # one run = networkx's colouring exactly
+        assert_valid_cover(G, r)
+
+
 def test_path_never_beats_the_optimal_cover_and_has_dimension_one():
     n = 400
     r = box_covering(graphs.path(n), seed=0)
