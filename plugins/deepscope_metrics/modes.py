@@ -12,7 +12,7 @@ otherwise *non-order-preserving* (NPT); a neuron whose output is constant over t
   k = 1 below) still preserves every pairwise order, so the rank rule may call it OPT.
 - **rank rule** (activation-agnostic, needs pre- and post-activations): sort samples by h; OPT
   iff the outputs strictly increase along that order, pairs tied in h skipped. Works on a capped
-  sample (``RowReservoir``).
+  sample (``streaming.ReservoirSampler``).
 
 The graded score ``r_j = 1 - (#pairs tied or inverted in y) / (#pairs with distinct h)``
 (``graded_scores``) is 1 exactly for rank-OPT neurons. For ReLU with distinct h and k samples
@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize, special
+
+from .streaming import ReservoirSampler
 
 DEAD, NPT_ALIVE, OPT = 0, 1, 2
 MODE_CODES = "0=dead,1=npt_alive,2=opt"
@@ -286,51 +288,11 @@ def mode_fractions(codes: np.ndarray) -> dict[str, float | int]:
     return out
 
 
-class RowReservoir:
-    """Uniform random sample (reservoir, algorithm R) of at most ``capacity`` paired rows of (h, y).
-
-    Memory is ``2 * capacity * units`` values whatever the number of rows streamed; the
-    replacement step is vectorised per batch (duplicate slots resolve in stream order).
-    """
-
-    def __init__(self, capacity: int, n_units: int, seed: int = 0) -> None:
-        self.capacity = int(capacity)
-        self.n_units = n_units
-        self.h = self.y = np.empty((0, n_units))  # allocated on the first rows, in their dtype
-        self.seen = 0
-        self._rng = np.random.default_rng(seed)
-
-    @property
-    def filled(self) -> int:
-        return min(self.seen, self.capacity)
-
-    def add(self, h: np.ndarray, y: np.ndarray) -> None:
-        m = h.shape[0]
-        if self.seen == 0:  # keep the captured precision: rounding could merge distinct values
-            dtype = np.result_type(h.dtype, y.dtype, np.float32)
-            self.h = np.empty((self.capacity, self.n_units), dtype=dtype)
-            self.y = np.empty((self.capacity, self.n_units), dtype=dtype)
-        take = min(max(self.capacity - self.seen, 0), m)
-        if take:
-            self.h[self.seen : self.seen + take] = h[:take]
-            self.y[self.seen : self.seen + take] = y[:take]
-        if take < m:
-            t = self.seen + np.arange(take, m)  # global index of each remaining row
-            slot = self._rng.integers(0, t + 1)
-            keep = slot < self.capacity
-            self.h[slot[keep]] = h[take:][keep]
-            self.y[slot[keep]] = y[take:][keep]
-        self.seen += m
-
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.h[: self.filled], self.y[: self.filled]
-
-
 class ModeStats:
     """Streaming per-unit statistics for the mode metrics of one layer.
 
     Exact over all rows: row count, #rows in the increasing region (when ``region`` is given),
-    output min/max (dead detection). Optionally a ``RowReservoir`` for the rank rule and r_j.
+    output min/max (dead detection). Optionally a ``ReservoirSampler`` of (h, y) rows for the rank rule and r_j.
     """
 
     def __init__(
@@ -346,7 +308,7 @@ class ModeStats:
         self.n_in_region = np.zeros(n_units, dtype=np.int64)
         self.y_min = np.full(n_units, np.inf)
         self.y_max = np.full(n_units, -np.inf)
-        self.reservoir = RowReservoir(reservoir_size, n_units, seed) if reservoir_size > 0 else None
+        self.reservoir = ReservoirSampler(reservoir_size, seed) if reservoir_size > 0 else None
 
     def update(self, h: np.ndarray, y: np.ndarray) -> None:
         if h.shape != y.shape or h.shape[1] != self.n_units:
@@ -359,7 +321,7 @@ class ModeStats:
         np.minimum(self.y_min, y.min(axis=0), out=self.y_min)
         np.maximum(self.y_max, y.max(axis=0), out=self.y_max)
         if self.reservoir is not None:
-            self.reservoir.add(h, y)
+            self.reservoir.update(h, y)
 
     def dead(self, dead_tol: float = 0.0) -> np.ndarray:
         """Units whose output varies by at most ``dead_tol`` over every row seen."""

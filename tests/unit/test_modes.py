@@ -12,6 +12,7 @@ from scipy import stats
 
 from deepscope_metrics import modes as M
 from deepscope_metrics.plugins import modes as P
+from deepscope_metrics.streaming import ReservoirSampler
 from deepscope_server.plugin_api import Layer
 from deepscope_server.testing import run_metric
 
@@ -125,13 +126,12 @@ def test_graded_score_matches_kendall_tau_without_ties():
 
 
 def test_reservoir_is_uniform_and_bounded():
-    res = M.RowReservoir(10, 1, seed=3)
     counts = np.zeros(100)
     for rep in range(400):
-        res = M.RowReservoir(10, 1, seed=rep)
+        res = ReservoirSampler(10, seed=rep)
         for lo in range(0, 100, 7):
             rows = np.arange(lo, min(lo + 7, 100), dtype=float)[:, None]
-            res.add(rows, rows)
+            res.update(rows, rows)
         h, y = res.sample()
         assert h.shape == (10, 1) and np.array_equal(h, y) and len(set(h[:, 0])) == 10
         counts[h[:, 0].astype(int)] += 1
