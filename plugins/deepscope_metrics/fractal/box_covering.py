@@ -265,7 +265,7 @@ def box_covering(
     restarts: int = 3,
     n_sizes: int = 12,
     l_min: float = 2.0,
-    min_boxes: int = 2,
+    min_boxes: int = 4,
     fit_on: str = "l_B",
 ) -> BoxCovering:
     """Cover ``graph`` with boxes at every size and fit ``N_B ~ l_B^(-d_B)``.
