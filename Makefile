@@ -8,13 +8,13 @@ PIP := $(BIN)/pip install -q -c constraints.txt
 SETUP_FILES := constraints.txt requirements-dev.txt client/pyproject.toml server/pyproject.toml \
                plugins/pyproject.toml examples/deepscope-example-plugin/pyproject.toml
 
-.PHONY: venv browser test demo docs proto bench bench-smoke clean
+.PHONY: venv browser test demo docs proto bench bench-smoke fuzz clean
 
 $(STAMP): $(SETUP_FILES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e client[plots] -e server -e plugins -e examples/deepscope-example-plugin -r requirements-dev.txt
+	$(PIP) -e client[plots,graphs] -e server -e plugins -e examples/deepscope-example-plugin -r requirements-dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -42,6 +42,12 @@ bench: venv
 
 bench-smoke: venv
 	$(BIN)/python bench/run_all.py --smoke
+
+# Property-based fuzzing of a running server with thousands of examples per test (the normal
+# test run uses a few hundred): DEEPSCOPE_FUZZ_EXAMPLES=N overrides.
+fuzz: venv
+	DEEPSCOPE_FUZZ_EXAMPLES=$${DEEPSCOPE_FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest -q tests/fuzz \
+	    --timeout=7200 --hypothesis-show-statistics
 
 clean:
 	rm -rf $(VENV) demo-out

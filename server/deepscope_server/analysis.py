@@ -9,6 +9,7 @@ deadline stops the run between batches and between metrics and marks it cancelle
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import multiprocessing.process
 import resource
@@ -125,8 +126,12 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
                 )
             planned.append(PlannedMetric(name, entry, params, [layer.name for layer in layers]))
 
+    timeout = config.metric_timeout_seconds
+    if timeout and not (math.isfinite(timeout) and timeout > 0):
+        raise InvalidInput(f"metric_timeout_seconds must be a positive number of seconds, got {timeout!r}")
+    # A client may shorten the server's metric time limit, never lengthen it.
     plan = RunPlan(config, checkpoints, planned, batch_size,
-                   config.metric_timeout_seconds or limits.metric_timeout_seconds)
+                   min(timeout, limits.metric_timeout_seconds) if timeout else limits.metric_timeout_seconds)
     if plan.needs_data and config.dataset:
         dataset = registry.dataset(config.dataset)
         spec = first.inputs[0]

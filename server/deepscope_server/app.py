@@ -21,6 +21,7 @@ from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
 from . import __version__
+from .analysis import configure_workers
 from .config import Settings, settings_from_args
 from .models import ModelManager
 from .plugins import load_registry
@@ -117,7 +118,8 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
             "if the network is trusted"
         )
     store = Store(settings.store)
-    models = ModelManager(store, settings.model_dir, settings.trust_model_dir, settings.device)
+    models = ModelManager(store, settings.model_dir, settings.trust_model_dir, settings.device,
+                          limits=settings.limits)
     modules = []
     for dotted in settings.plugin_modules:
         try:
@@ -127,6 +129,12 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
     registry = load_registry(settings.entry_points, settings.plugins, [*modules, *extra_plugins])
     for error in registry.errors:
         log.warning(error)
+    if settings.metric_isolation == "process":
+        configure_workers(sorted({entry.cls.__module__ for entry in registry.metrics.values()}))
+    # Handlers wait on models (one run at a time per model) in executor threads: a pool much
+    # larger than the CPU count keeps many concurrent clients from queueing behind each other.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=max(32, 8 * settings.workers), thread_name_prefix="deepscope-blocking"))
     limit = settings.limits.max_message_bytes
     server = grpc.aio.server(
         ThreadPoolExecutor(max_workers=settings.workers),

@@ -28,6 +28,18 @@ from .errors import DeepscopeError, InvalidInput, LimitExceeded, NotFound, near_
 from .store import StoredModel, Store, utc_now
 
 
+#: Loaders are not all thread-safe (torch.export.load keeps a global deserializer: two at once fail
+#: with "_CURRENT_DESERIALIZER is already set"); loading is rare, so one load at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+def _load(path: Path, limits: Limits, device: str, trusted: bool) -> Backend:
+    """Preflight, then load, one file at a time."""
+    with _LOAD_LOCK:
+        preflight(path, limits)
+        return load_model(path, device=device, trusted=trusted)
+
+
 #: A zip member expanding more than this many times is treated as a decompression bomb...
 MAX_COMPRESSION_RATIO = 200
 #: ...once it expands past this size (small, very compressible members are normal).
@@ -126,9 +138,14 @@ class ModelManager:
                declared_sha256: str = "") -> LoadedModel:
         """Store the bytes, then load them: a file that does not load is removed, never catalogued."""
         model_id, path, size = self.store.write_model(name, chunks, max_bytes, declared_bytes, declared_sha256)
+        loaded = self.cached(model_id)
+        if loaded is not None and loaded.source == "upload":
+            # The same bytes were already loaded as an (untrusted) upload: nothing new to validate.
+            # Never reuse a model-directory load: it may have been trusted (a pickle).
+            self.store.add_model(model_id, name, loaded.stored.format, size, path)
+            return loaded
         try:
-            preflight(path, self.limits)
-            backend = load_model(path, device=self.device, trusted=False)
+            backend = _load(path, self.limits, self.device, trusted=False)
         except DeepscopeError:
             self.store.discard_file(path)
             raise
@@ -156,8 +173,7 @@ class ModelManager:
                 self._cache.move_to_end(stored.id)
                 return self._cache[stored.id]
         try:
-            preflight(stored.path, self.limits)
-            backend = load_model(stored.path, device=self.device, trusted=trusted)
+            backend = _load(stored.path, self.limits, self.device, trusted)
         except DeepscopeError:
             raise
         except Exception as exc:

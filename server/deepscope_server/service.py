@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
-import queue
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -54,8 +54,25 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: 
     await context.abort(code, str(exc))
 
 
+def _unexpected(exc: Exception, method: str) -> DeepscopeError | None:
+    """Exceptions from libraries that still mean "bad request" or "out of memory", never UNKNOWN."""
+    if isinstance(exc, MemoryError):
+        return Unavailable(f"{method}: the server ran out of memory for this request; send smaller batches")
+    return None
+
+
+async def _abort_unexpected(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    mapped = _unexpected(exc, method)
+    if mapped is not None:
+        await _abort_for(mapped, context, method)
+    await _abort_for(exc, context, method)  # logged, INTERNAL with the exception named
+
+
 def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map domain errors to status codes for unary and streaming handlers alike."""
+    """Map domain errors to status codes for unary and streaming handlers alike.
+
+    Anything else becomes INTERNAL (logged with its traceback), never gRPC's UNKNOWN.
+    """
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -64,6 +81,10 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
                     yield item
             except (DeepscopeError, TensorError) as exc:
                 await _abort_for(exc, context, fn.__name__)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status code, never UNKNOWN
+                await _abort_unexpected(exc, context, fn.__name__)
         return stream
 
     @functools.wraps(fn)
@@ -72,7 +93,78 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
             return await fn(self, request, context)
         except (DeepscopeError, TensorError) as exc:
             await _abort_for(exc, context, fn.__name__)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status code, never UNKNOWN
+            await _abort_unexpected(exc, context, fn.__name__)
     return unary
+
+
+class _Handoff:
+    """A bounded hand-off from the event loop to one consumer thread.
+
+    Waiting never holds an executor thread (the producer awaits, the consumer blocks in its own
+    thread), so any number of concurrent uploads and streamed runs cannot starve the pool; once
+    the consumer has stopped, ``put`` returns at once instead of blocking on a full queue.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self.consumer_done: asyncio.Future[None] = self.loop.create_future()
+
+    async def put(self, item: Any) -> None:
+        if self.consumer_done.done():
+            return
+        putter = asyncio.ensure_future(self.queue.put(item))
+        try:
+            await asyncio.wait([putter, self.consumer_done], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not putter.done():
+                putter.cancel()
+
+    def force(self, item: Any) -> None:
+        """From the loop: drop whatever is pending and deliver ``item`` now (a stop signal)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(item)
+
+    def get(self) -> Any:
+        """From the consumer thread: the next item (blocks that thread only)."""
+        return asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop).result()
+
+    def finished(self) -> None:
+        """From the consumer thread: it will take no more items."""
+        def settle() -> None:
+            if not self.consumer_done.done():
+                self.consumer_done.set_result(None)
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is gone (shutdown)
+            pass
+
+
+def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
+    """Run long blocking work (an upload's writer) in its own thread, not the shared executor."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def target() -> None:
+        try:
+            value, ok = fn(), True
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            value, ok = exc, False
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:
+            pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
 
 
 class IntrospectionService(pb_grpc.IntrospectionServicer):
@@ -95,7 +187,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         header = first.header
         if header.total_bytes > self.limits.max_model_bytes:
             raise LimitExceeded("max_model_bytes", self.limits.max_model_bytes, header.total_bytes)
-        chunks: queue.Queue[bytes | None | BaseException] = queue.Queue(maxsize=8)
+        chunks = _Handoff(maxsize=8)
 
         def produce() -> Iterator[bytes]:
             while True:
@@ -107,25 +199,31 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
                 yield item
 
         name = header.name or "model"
-        task = asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.models.upload(name, produce(), self.limits.max_model_bytes,
-                                             header.total_bytes or None, header.sha256))
+
+        def write() -> LoadedModel:
+            try:
+                return self.models.upload(name, produce(), self.limits.max_model_bytes,
+                                          header.total_bytes or None, header.sha256)
+            finally:
+                chunks.finished()
+
+        task = _in_thread(write, "upload-writer")
         try:
             async for message in request_iterator:
                 if message.WhichOneof("part") != "chunk":
                     raise InvalidInput("UploadModel: only one header, then chunks")
                 if task.done():
                     break  # the writer failed (e.g. over the limit): stop reading
-                await asyncio.to_thread(chunks.put, message.chunk)
-            await asyncio.to_thread(chunks.put, None)
+                await chunks.put(message.chunk)
+            await chunks.put(None)
         except BaseException as exc:
             # Make the writer stop and delete its temp file, whatever happened to the stream.
             if not task.done():
-                await asyncio.to_thread(chunks.put, exc if isinstance(exc, Exception) else InvalidInput("upload cancelled"))
+                chunks.force(exc if isinstance(exc, Exception) else InvalidInput("upload cancelled"))
             if not isinstance(exc, DeepscopeError):
                 try:
                     await task
-                except Exception:
+                except BaseException:  # noqa: BLE001 - the original exception is what matters
                     pass
             raise
         loaded = await task
@@ -176,8 +274,18 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
 
     # ------------------------------------------------------------ capture
 
+    def _decode(self, tensor: Any) -> np.ndarray:
+        """One wire tensor, its declared element count checked against the limit before decoding."""
+        dims = list(tensor.shape)
+        if dims and all(d >= 0 for d in dims):
+            count = math.prod(dims)
+            if count > self.limits.max_tensor_elements:
+                raise LimitExceeded(f"max_tensor_elements (tensor '{tensor.name}' of shape {dims})",
+                                    self.limits.max_tensor_elements, count, "elements")
+        return from_proto(tensor, self.limits.max_tensor_elements)
+
     def _decode_inputs(self, loaded: LoadedModel, tensors: Any) -> dict[str, np.ndarray]:
-        decoded = [(t.name, from_proto(t, self.limits.max_tensor_elements)) for t in tensors]
+        decoded = [(t.name, self._decode(t)) for t in tensors]
         if not decoded:
             raise InvalidInput(f"no input tensors; the model expects: "
                                f"{', '.join(f'{s.name} {s.dtype} {list(s.shape)}' for s in loaded.graph.inputs)}")
@@ -242,7 +350,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         events: asyncio.Queue[pb.AnalyzeEvent | BaseException | None] = asyncio.Queue()
         cancel = threading.Event()
         self.active_cancels.add(cancel)
-        client_queue: queue.Queue[InputBatch | BaseException | None] = queue.Queue(maxsize=4)
+        client_queue = _Handoff(maxsize=4)
         needs_client_data = plan.needs_data and plan.dataset_batches is None
 
         def client_batches() -> Iterator[InputBatch]:
@@ -256,7 +364,9 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
 
         executor = RunExecutor(plan, self.store, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
                                cancel, self.limits.max_run_seconds,
-                               client_batches() if needs_client_data else None)
+                               client_batches() if needs_client_data else None,
+                               isolation=self.settings.metric_isolation,
+                               memory_bytes=self.limits.metric_memory_bytes)
         first_model = plan.checkpoints[0]
 
         def work() -> None:
@@ -266,6 +376,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop
                 loop.call_soon_threadsafe(events.put_nowait, exc)
             finally:
+                client_queue.finished()
                 self._runs.release()
                 loop.call_soon_threadsafe(events.put_nowait, None)
 
@@ -275,12 +386,12 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
                     if message.WhichOneof("part") != "batch":
                         raise InvalidInput("Analyze: only one config, then DataBatch messages")
                     inputs = self._decode_inputs(first_model, message.batch.inputs)
-                    labels = from_proto(message.batch.labels) if message.batch.HasField("labels") else None
-                    await asyncio.to_thread(client_queue.put, (inputs, labels))
-                await asyncio.to_thread(client_queue.put, None)
+                    labels = self._decode(message.batch.labels) if message.batch.HasField("labels") else None
+                    await client_queue.put((inputs, labels))
+                await client_queue.put(None)
             except BaseException as exc:  # noqa: BLE001 - the run reports it
                 cancel.set() if isinstance(exc, asyncio.CancelledError) else None
-                await asyncio.to_thread(client_queue.put, exc if isinstance(exc, Exception) else RuntimeError("stream closed"))
+                client_queue.force(exc if isinstance(exc, Exception) else RuntimeError("stream closed"))
 
         thread = threading.Thread(target=work, name="analysis-run", daemon=True)
         thread.start()

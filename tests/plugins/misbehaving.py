@@ -1,10 +1,13 @@
-"""Plugins that misbehave on purpose (raise, hang, return garbage) plus one that re-runs the model.
+"""Plugins that misbehave on purpose (raise, hang, return garbage, abort or segfault their process,
+leak memory) plus one that re-runs the model.
 
 Loaded into test servers with ``--plugin-module misbehaving`` (tests/plugins on PYTHONPATH).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import time
 
 import numpy as np
@@ -82,7 +85,43 @@ class Rerun(Metric):
                 "": {"perturbed_output_change": self.perturbed}}
 
 
+class Aborts(Metric):
+    name = "testing.aborts"
+    description = "Calls os.abort() in update(): kills whatever process hosts it."
+    needs = Needs.OUTPUTS
+
+    def update(self, batch):  # noqa: ANN001
+        os.abort()
+
+
+class Segfaults(Metric):
+    name = "testing.segfaults"
+    description = "Dereferences a null pointer through ctypes in finish()."
+    needs = Needs.WEIGHTS
+
+    def finish(self):  # noqa: ANN201
+        ctypes.string_at(0)
+
+
+class Leaks(Metric):
+    """Keeps a fresh allocation from every batch: address space grows without bound."""
+
+    name = "testing.leaks"
+    description = "Keeps `mib` MiB per update() (np.empty: address space, pages untouched)."
+    needs = Needs.OUTPUTS
+    params = (Param("mib", int, 1024, "MiB kept per batch", min=1, max=1 << 20),)
+
+    def start(self) -> None:
+        self.kept: list[np.ndarray] = []
+
+    def update(self, batch):  # noqa: ANN001
+        self.kept.append(np.empty(self.params["mib"] << 20, dtype=np.uint8))
+
+    def finish(self):  # noqa: ANN201
+        return {"": {"kept_mib": len(self.kept) * self.params["mib"]}}
+
+
 @hookimpl
 def deepscope_register_metrics(register) -> None:  # noqa: ANN001
-    for cls in (Raises, Hangs, Malformed, Slow, Rerun):
+    for cls in (Raises, Hangs, Malformed, Slow, Rerun, Aborts, Segfaults, Leaks):
         register(cls)
