@@ -21,7 +21,7 @@ from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
 from . import __version__
-from .analysis import configure_workers
+from .isolation import configure_workers
 from .config import Settings, settings_from_args
 from .models import ModelManager
 from .plugins import load_registry

@@ -44,6 +44,8 @@ def test_streaming_metric_on_server_dataset_matches_torch(client, exported, torc
     w = torch_models["mlp"][0].fc2.weight.detach().numpy().astype(np.float64)
     spectrum = run.result("example.weight_spectrum", "fc2")
     assert spectrum["spectral_norm"] == pytest.approx(np.linalg.norm(w, 2), rel=1e-5)
+    # Each metric's time is its own code's (measured in its worker), never more than the run's.
+    assert all(0 < r.seconds <= run.info.seconds for r in run.results)
     tidy = run.to_pandas()
     assert {"run", "checkpoint", "metric", "layer", "key", "kind", "value"} <= set(tidy.columns)
     again = client.get_run(run.id)

@@ -1,0 +1,351 @@
+"""Where plugin code runs: in a worker process per metric instance (default) or in a server thread.
+
+Both guards expose ``begin(op)`` / ``end()`` for the ops ``start``, ``update`` (a Batch) and
+``finish``; a failure (exception, malformed value, time limit, crash, memory limit) is recorded
+in ``error`` and fails only that metric's results. ``seconds`` is the time spent in the metric's
+own code (measured in the worker, so parallel metrics do not inflate each other's figures).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.process
+import resource
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .backends import CaptureRequest, RunOutput
+from .errors import InvalidInput
+from .model_graph import ModelGraph
+from .plugin_api import Context, Metric
+
+if TYPE_CHECKING:
+    from .analysis import PlannedMetric
+
+
+class RunCancelled(Exception):
+    """Raised inside the run (and inside model handles) once the client cancelled or the deadline passed."""
+
+
+class GuardedMetric:
+    """One metric instance for one checkpoint, hosted in a server thread (``--metric-isolation thread``).
+
+    Plugin calls go through ``begin(op)`` / ``end()``: ``start``, ``update`` (a Batch), ``finish``.
+    A failure is recorded (not raised) and the guard ignores later calls. A hung call is abandoned
+    after the time limit, but its thread keeps running: use process isolation for untrusted code.
+    """
+
+    def __init__(self, planned: PlannedMetric, checkpoint: int, ctx: Context, timeout: float) -> None:
+        self.planned = planned
+        self.checkpoint = checkpoint
+        self.ctx = ctx
+        self.timeout = timeout
+        self.error = ""
+        self.seconds = 0.0
+        self.instance: Metric | None = None
+        self._pending: tuple[str, str, Any] | None = None
+
+    def begin(self, what: str, op: str, payload: Any = None) -> None:
+        """Hand the call over (threads: remembered until ``end``)."""
+        self._pending = (what, op, payload)
+
+    def end(self) -> Any:
+        """The call's value, or None when it failed (``error`` says why)."""
+        if self._pending is None:
+            return None
+        what, op, payload = self._pending
+        self._pending = None
+        if op == "start":
+            def start() -> None:
+                self.instance = self.planned.entry.cls(self.ctx)
+                self.instance.start()
+            return self.call(what, start)
+        if op == "update":
+            return self.call(what, lambda: self.instance.update(payload))
+        return self.call(what, lambda: self.instance.finish())
+
+    def close(self) -> None:
+        """Release the guard's resources (nothing for threads)."""
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run plugin code in a daemon thread with a time limit; record (not raise) its failure."""
+        if self.error:
+            return None
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+                box["error"] = exc
+                box["trace"] = traceback.format_exc(limit=6)
+
+        start = time.perf_counter()
+        worker = threading.Thread(target=target, name=f"metric-{self.planned.name}", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        self.seconds += time.perf_counter() - start
+        if worker.is_alive():
+            self.error = f"{what} exceeded the metric time limit of {self.timeout:g} s"
+            return None
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, RunCancelled):
+                raise exc
+            self.error = f"{what} raised {type(exc).__name__}: {exc}\n{box['trace']}"
+            return None
+        return box.get("value")
+
+
+# ---------------------------------------------------------------- process isolation
+#
+# Each metric instance of a run lives in its own worker process, forked from a forkserver (a
+# clean interpreter that imported the plugin modules once, so a worker starts in milliseconds
+# and never inherits the server's gRPC threads). Parent and worker talk over one duplex pipe,
+# strictly call/reply: ("start", class, params, layers, graph, ...) / ("update", Batch) /
+# ("finish",) -> ("ok", value, warnings) | ("error", type, message, traceback, warnings) |
+# ("malformed", message, warnings); while a call runs the worker may also send ("progress", f,
+# message) and ("model", method, args) (a Needs.MODEL metric re-running the model: served by the
+# parent, which owns the model). A worker that dies (abort, segfault, OOM kill), exceeds its
+# time limit or its address-space limit (RLIMIT_AS -> MemoryError) fails only its own results.
+# Updates are sent to every worker before the replies are collected, so metrics run in parallel.
+
+_MP = multiprocessing.get_context("forkserver")
+
+
+def configure_workers(modules: Sequence[str]) -> None:
+    """Modules the forkserver imports once (plugin modules); start it in the background."""
+    _MP.set_forkserver_preload(["deepscope_server.isolation", *dict.fromkeys(modules)])
+    threading.Thread(target=_ensure_forkserver, name="forkserver-start", daemon=True).start()
+
+
+def _ensure_forkserver() -> None:
+    try:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    except Exception:  # noqa: BLE001 - the first run will start it (and report any problem)
+        pass
+
+
+class _RemoteModel:
+    """The worker-side model handle: asks the parent (which owns the model) to run it."""
+
+    def __init__(self, conn: Connection, graph: ModelGraph) -> None:
+        self._conn = conn
+        self.graph = graph
+
+    def _ask(self, method: str, *args: Any) -> RunOutput:
+        self._conn.send(("model", method, args))
+        reply = self._conn.recv()
+        if reply[0] == "model_ok":
+            return reply[1]
+        if reply[1] == "RunCancelled":
+            raise RunCancelled(reply[2])
+        raise InvalidInput(f"model run failed: {reply[1]}: {reply[2]}")
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        return self._ask("run", dict(inputs), list(capture))
+
+    def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
+                         capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        return self._ask("run_with_weights", dict(inputs), {k: dict(v) for k, v in weights.items()}, list(capture))
+
+
+def _worker_main(conn: Connection, memory_bytes: int) -> None:
+    """A metric worker: one metric instance, driven by the parent's calls until "stop" or EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    instance: Metric | None = None
+    ctx: Context | None = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        op = message[0]
+        if op == "stop":
+            return
+        started = time.perf_counter()
+        try:
+            value = None
+            if op == "start":
+                cls, params, layers, graph, seed, max_batch_size, has_model = message[1:]
+                ctx = Context(params=params, layers=layers, graph=graph, seed=seed, max_batch_size=max_batch_size,
+                              model=_RemoteModel(conn, graph) if has_model else None,
+                              progress=lambda f, m: conn.send(("progress", float(f), str(m))))
+                instance = cls(ctx)
+                instance.start()
+            elif op == "update":
+                instance.update(message[1])
+            else:
+                value = instance.finish()
+            warnings = list(ctx.warnings) if ctx else []
+            seconds = time.perf_counter() - started
+            try:
+                conn.send(("ok", value, warnings, seconds))
+            except Exception as exc:  # noqa: BLE001 - pickling fails before anything is written
+                conn.send(("malformed", f"the value cannot be sent back: {type(exc).__name__}: {exc}", warnings,
+                           seconds))
+        except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+            conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc(limit=6),
+                       list(ctx.warnings) if ctx else [], time.perf_counter() - started))
+
+
+def _death(process: multiprocessing.process.BaseProcess) -> str:
+    process.join(1.0)
+    code = process.exitcode
+    if code is None:
+        return "its worker process stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        hint = " (SIGKILL: possibly the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"its worker process died from signal {name}{hint}"
+    return f"its worker process exited with code {code}"
+
+
+class ProcessGuard(GuardedMetric):
+    """One metric instance in its own worker process (``--metric-isolation process``, the default)."""
+
+    def __init__(self, planned: PlannedMetric, checkpoint: int, ctx: Context, timeout: float,
+                 memory_bytes: int, check: Callable[[], None]) -> None:
+        super().__init__(planned, checkpoint, ctx, timeout)
+        self.memory_bytes = memory_bytes
+        self._check_run = check  # raises RunCancelled / LimitExceeded when the run must stop
+        self._conn: Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._what = ""
+        self._sent_at = 0.0
+        self._waiting = False
+
+    def begin(self, what: str, op: str, payload: Any = None) -> None:
+        if self.error:
+            return
+        self._what = what
+        self._sent_at = time.perf_counter()
+        try:
+            if op == "start":
+                parent, child = _MP.Pipe(duplex=True)
+                self._process = _MP.Process(target=_worker_main, args=(child, self.memory_bytes), daemon=True,
+                                            name=f"metric-{self.planned.name}")
+                self._process.start()
+                child.close()
+                self._conn = parent
+                ctx = self.ctx
+                message: tuple[Any, ...] = ("start", self.planned.entry.cls, ctx.params, ctx.layers, ctx.graph,
+                                            ctx.seed, ctx.max_batch_size, ctx.model is not None)
+            elif op == "update":
+                message = ("update", payload)
+            else:
+                message = ("finish",)
+            assert self._conn is not None
+            self._conn.send(message)
+            self._waiting = True
+        except (BrokenPipeError, ConnectionError, EOFError, OSError) as exc:
+            self._fail(f"{what} failed: " + (_death(self._process) if self._process else str(exc)))
+        except Exception as exc:  # noqa: BLE001 - e.g. a class that cannot be pickled by reference
+            self._fail(f"{what} could not be handed to a worker process: {type(exc).__name__}: {exc}")
+
+    def end(self) -> Any:
+        if not self._waiting or self.error:
+            return None
+        self._waiting = False
+        conn, what = self._conn, self._what
+        assert conn is not None and self._process is not None
+        deadline = self._sent_at + self.timeout
+        spent: float | None = None
+        try:
+            while True:
+                try:
+                    self._check_run()
+                except BaseException:
+                    self._fail(f"{what} stopped: the run was cancelled")
+                    raise
+                remaining = deadline - time.perf_counter()
+                # Poll before judging the deadline: with parallel calls a reply may be waiting.
+                if not conn.poll(max(0.0, min(0.1, remaining))):
+                    if remaining <= 0:
+                        self._fail(f"{what} exceeded the metric time limit of {self.timeout:g} s (worker killed)")
+                        return None
+                    if not self._process.is_alive() and not conn.poll(0):
+                        self._fail(f"{what} failed: {_death(self._process)}")
+                        return None
+                    continue
+                try:
+                    reply = conn.recv()
+                except (EOFError, OSError):
+                    self._fail(f"{what} failed: {_death(self._process)}")
+                    return None
+                kind = reply[0]
+                if kind == "progress":
+                    self.ctx.progress(reply[1], reply[2])
+                elif kind == "model":
+                    self._serve_model(conn, reply[1], reply[2])
+                elif kind == "ok":
+                    self.ctx.warnings[:] = reply[2]
+                    spent = reply[3]
+                    return reply[1]
+                elif kind == "malformed":
+                    self.ctx.warnings[:] = reply[2]
+                    spent = reply[3]
+                    self._fail(f"malformed result: {what}: {reply[1]}")
+                    return None
+                else:
+                    _, name, message, trace, warnings, spent = reply
+                    self.ctx.warnings[:] = warnings
+                    if name == "RunCancelled":
+                        self._check_run()
+                        raise RunCancelled(message)
+                    hint = ""
+                    if name == "MemoryError" and self.memory_bytes > 0:
+                        hint = f" (the metric's memory limit is {self.memory_bytes / (1 << 20):,.0f} MiB)"
+                    self.error = f"{what} raised {name}: {message}{hint}\n{trace}"
+                    self.close()
+                    return None
+        finally:
+            # The worker's own timing; without a reply (crash, time limit), the wall time it was given.
+            self.seconds += spent if spent is not None else time.perf_counter() - self._sent_at
+
+    def _serve_model(self, conn: Connection, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            assert self.ctx.model is not None
+            out = getattr(self.ctx.model, method)(*args)
+            conn.send(("model_ok", out))
+        except RunCancelled as exc:
+            conn.send(("model_error", "RunCancelled", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - reported to the metric, which decides
+            conn.send(("model_error", type(exc).__name__, str(exc)))
+
+    def _fail(self, message: str) -> None:
+        if not self.error:
+            self.error = message
+        self.close(kill=True)
+
+    def close(self, kill: bool = False) -> None:
+        process, conn = self._process, self._conn
+        self._process, self._conn, self._waiting = None, None, False
+        if conn is not None:
+            if not kill:
+                try:
+                    conn.send(("stop",))
+                except (OSError, ValueError):
+                    pass
+            conn.close()
+        if process is not None:
+            if not kill:
+                process.join(1.0)
+            if process.is_alive():
+                process.kill()
+                process.join(2.0)
+            process.close() if process.exitcode is not None else None
