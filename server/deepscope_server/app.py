@@ -26,7 +26,7 @@ from .config import Settings, settings_from_args
 from .models import ModelManager
 from .plugins import load_registry
 from .service import IntrospectionService
-from .store import Store
+from .store import Store, StoreInUse
 
 log = logging.getLogger("deepscope_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
@@ -117,7 +117,10 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
             f"refusing to bind {settings.host} without auth: pass --auth-token-file, or --allow-unauthenticated "
             "if the network is trusted"
         )
-    store = Store(settings.store)
+    try:
+        store = Store(settings.store)
+    except StoreInUse as exc:
+        raise SystemExit(str(exc)) from None
     models = ModelManager(store, settings.model_dir, settings.trust_model_dir, settings.device,
                           limits=settings.limits)
     modules = []

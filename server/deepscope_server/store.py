@@ -8,6 +8,7 @@ interrupted: the server that ran them is gone. Results are stored as serialized 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -39,6 +40,10 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+class StoreInUse(RuntimeError):
+    """Another server holds this store."""
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -60,6 +65,7 @@ class Store:
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = self._claim(self.root / "server.lock")
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.root / "deepscope.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -69,9 +75,27 @@ class Store:
         for leftover in self.models_dir.glob(".upload-*"):
             leftover.unlink(missing_ok=True)
 
+    @staticmethod
+    def _claim(path: Path):  # noqa: ANN205 - an open file whose flock marks this store as ours
+        """One server per store: a second one would mark the first one's running runs interrupted."""
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreInUse(f"store {path.parent} is in use by another deepscope-server ({owner}); "
+                             "connect to that server (--server HOST:PORT) or pick another --store") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        return handle
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._lock_file.close()
 
     # ------------------------------------------------------------ models
 

@@ -54,3 +54,17 @@ def test_runs_and_results_persist_and_running_becomes_interrupted(tmp_path):
     assert detail.results[0].items[0].scalar == 2.0
     assert reopened.get_run(crashed.id).info.status == pb.INTERRUPTED
     assert {r.id for r in reopened.list_runs()} == {done.id, crashed.id}
+
+
+def test_one_server_per_store(tmp_path):
+    """A second server on the same store would mark the first one's running runs interrupted."""
+    from deepscope_server.store import StoreInUse
+
+    first = Store(tmp_path)
+    running = pb.RunInfo()
+    first.create_run(running)
+    with pytest.raises(StoreInUse, match=f"store {tmp_path} is in use by another deepscope-server \\(pid "):
+        Store(tmp_path)
+    assert first.get_run(running.id).info.status == pb.RUNNING  # untouched by the refused second opener
+    first.close()
+    Store(tmp_path).close()  # free again once the first one is closed
