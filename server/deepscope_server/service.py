@@ -20,7 +20,7 @@ from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
 from . import convert
-from .analysis import InputBatch, RunExecutor, plan_run
+from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .config import Settings
 from .errors import DeepscopeError, InvalidInput, LimitExceeded, NotFound, Unavailable
@@ -133,6 +133,16 @@ class _Handoff:
         """From the consumer thread: the next item (blocks that thread only)."""
         return asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop).result()
 
+    def items(self) -> Iterator[Any]:
+        """From the consumer thread: items until a None; an exception put by the producer is raised."""
+        while True:
+            item = self.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
     def finished(self) -> None:
         """From the consumer thread: it will take no more items."""
         def settle() -> None:
@@ -188,21 +198,11 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         if header.total_bytes > self.limits.max_model_bytes:
             raise LimitExceeded("max_model_bytes", self.limits.max_model_bytes, header.total_bytes)
         chunks = _Handoff(maxsize=8)
-
-        def produce() -> Iterator[bytes]:
-            while True:
-                item = chunks.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-
         name = header.name or "model"
 
         def write() -> LoadedModel:
             try:
-                return self.models.upload(name, produce(), self.limits.max_model_bytes,
+                return self.models.upload(name, chunks.items(), self.limits.max_model_bytes,
                                           header.total_bytes or None, header.sha256)
             finally:
                 chunks.finished()
@@ -353,18 +353,9 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         client_queue = _Handoff(maxsize=4)
         needs_client_data = plan.needs_data and plan.dataset_batches is None
 
-        def client_batches() -> Iterator[InputBatch]:
-            while True:
-                item = client_queue.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-
         executor = RunExecutor(plan, self.store, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
                                cancel, self.limits.max_run_seconds,
-                               client_batches() if needs_client_data else None,
+                               client_queue.items() if needs_client_data else None,
                                isolation=self.settings.metric_isolation,
                                memory_bytes=self.limits.metric_memory_bytes)
         first_model = plan.checkpoints[0]
