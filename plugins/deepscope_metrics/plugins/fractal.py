@@ -34,6 +34,21 @@ class _PerLayer(Metric):
         self._layers = {layer.name: layer for layer in self.ctx.layers}
 
 
+class _Accumulating(_PerLayer):
+    """Streams each layer's ``[B, units]`` outputs into one ``accumulator()`` per layer (``self.acc``)."""
+
+    accumulator: Any  # a class with update(units) whose instances hold the layer's statistics
+
+    def start(self) -> None:
+        super().start()
+        self.acc = {n: self.accumulator() for n in self._layers}
+
+    def update(self, batch: Batch) -> None:
+        for name, a in batch.outputs.items():
+            if name in self.acc:
+                self.acc[name].update(_units(self, name, a))
+
+
 class SSRateMetric(_PerLayer):
     name = "fractal.ss_rate"
     summary_keys = ('ss_rate', 'ss_rate_std', 'zero_variance_fraction')
@@ -112,7 +127,7 @@ class SSRateMetric(_PerLayer):
         return out
 
 
-class BoxDimensionMetric(_PerLayer):
+class BoxDimensionMetric(_Accumulating):
     name = "fractal.box_dimension"
     summary_keys = ('d_B', 'r2', 'fractal')
     description = (
@@ -136,14 +151,7 @@ class BoxDimensionMetric(_PerLayer):
         Param("include_graph", bool, True, "also return G_M itself (edges weighted by d_ij): run.graph(...)"),
     )
 
-    def start(self) -> None:
-        super().start()
-        self.acc = {n: PairDistanceAccumulator() for n in self._layers}
-
-    def update(self, batch: Batch) -> None:
-        for name, a in batch.outputs.items():
-            if name in self.acc:
-                self.acc[name].update(_units(self, name, a))
+    accumulator = PairDistanceAccumulator
 
     def finish(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -184,7 +192,7 @@ class BoxDimensionMetric(_PerLayer):
         return out
 
 
-class SpectrumExponentMetric(_PerLayer):
+class SpectrumExponentMetric(_Accumulating):
     name = "fractal.spectrum_exponent"
     summary_keys = ('gamma', 'ks')
     description = (
@@ -197,14 +205,7 @@ class SpectrumExponentMetric(_PerLayer):
     result_kinds = ("scalar", "table")
     params = (Param("min_tail", int, 5, "fewest eigenvalues in the fitted tail", min=2),)
 
-    def start(self) -> None:
-        super().start()
-        self.acc = {n: CovarianceAccumulator() for n in self._layers}
-
-    def update(self, batch: Batch) -> None:
-        for name, a in batch.outputs.items():
-            if name in self.acc:
-                self.acc[name].update(_units(self, name, a))
+    accumulator = CovarianceAccumulator
 
     def finish(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
