@@ -49,6 +49,38 @@ class _Accumulating(_PerLayer):
                 self.acc[name].update(_units(self, name, a))
 
 
+class _SSRateTally:
+    """Running sums over per-batch SS_rate results: memory O(S) per layer, whatever the sample count."""
+
+    def __init__(self) -> None:
+        self.n_batches = 0
+        self.n_good = 0
+        self.n_nodes = 0
+        self.reasons: set[str] = set()
+        self.sums: dict[str, Any] = {}  # value, value^2, zero_variance_fraction, tz, tv, n_theta, y
+        self.s: np.ndarray | None = None
+        self.bad_zv = [0.0, 0]  # sum and count of zero-variance fractions of invalid batches
+
+    def add(self, r: Any) -> None:
+        self.n_batches += 1
+        self.n_nodes = self.n_nodes or r.n_nodes
+        if r.reason:
+            self.reasons.add(r.reason)
+        if not np.isfinite(r.value):
+            if np.isfinite(r.zero_variance_fraction):
+                self.bad_zv = [self.bad_zv[0] + r.zero_variance_fraction, self.bad_zv[1] + 1]
+            return
+        self.n_good += 1
+        self.s = r.s if self.s is None else self.s
+        for key, value in (("value", r.value), ("value2", r.value**2), ("zv", r.zero_variance_fraction),
+                           ("tz", r.tz), ("tv", r.tv), ("n_theta", np.asarray(r.n_theta, np.float64)),
+                           ("y", np.asarray(r.y, np.float64))):
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def mean(self, key: str) -> Any:
+        return self.sums[key] / self.n_good
+
+
 class SSRateMetric(_PerLayer):
     name = "fractal.ss_rate"
     summary_keys = ('ss_rate', 'ss_rate_std', 'zero_variance_fraction')
@@ -70,7 +102,7 @@ class SSRateMetric(_PerLayer):
         super().start()
         self.buffers: dict[str, list[np.ndarray]] = {n: [] for n in self._layers}
         self.buffered = {n: 0 for n in self._layers}
-        self.results: dict[str, list] = {n: [] for n in self._layers}
+        self.tallies = {n: _SSRateTally() for n in self._layers}
         self.seen = {n: 0 for n in self._layers}
 
     def update(self, batch: Batch) -> None:
@@ -86,7 +118,7 @@ class SSRateMetric(_PerLayer):
                 rows = np.concatenate(self.buffers[name])
                 full = (rows.shape[0] // B) * B
                 for lo in range(0, full, B):
-                    self.results[name].append(ss_rate(rows[lo : lo + B].T, self.params["n_thresholds"]))
+                    self.tallies[name].add(ss_rate(rows[lo : lo + B].T, self.params["n_thresholds"]))
                 self.buffers[name] = [rows[full:]]
                 self.buffered[name] = rows.shape[0] - full
 
@@ -94,35 +126,33 @@ class SSRateMetric(_PerLayer):
         out: dict[str, dict[str, Any]] = {}
         B, S = self.params["batch_size"], self.params["n_thresholds"]
         for name in self._layers:
-            runs = self.results[name]
-            if not runs and self.buffered[name] > 0:  # fewer samples than B: use what there is
+            tally = self.tallies[name]
+            if not tally.n_batches and self.buffered[name] > 0:  # fewer samples than B: use what there is
                 rows = np.concatenate(self.buffers[name])
                 self.ctx.warn(f"{name}: only {rows.shape[0]} samples (< batch_size {B}); one smaller batch used")
-                runs = [ss_rate(rows.T, S)]
+                tally.add(ss_rate(rows.T, S))
                 self.buffered[name] = 0
-            good = [r for r in runs if np.isfinite(r.value)]
             res: dict[str, Any] = {
                 "n_samples": self.seen[name], "batch_size": B, "n_thresholds": S, "variant": self.params["variant"],
-                "n_batches": len(runs), "n_batches_valid": len(good), "n_samples_dropped": self.buffered[name],
-                "n_nodes": runs[0].n_nodes if runs else 0,
+                "n_batches": tally.n_batches, "n_batches_valid": tally.n_good,
+                "n_samples_dropped": self.buffered[name], "n_nodes": tally.n_nodes,
             }
-            if good:
-                vals = np.array([r.value for r in good])
+            if tally.n_good:
+                mean = tally.mean("value")
                 res.update(
-                    ss_rate=float(vals.mean()), ss_rate_std=float(vals.std()),
-                    zero_variance_fraction=float(np.mean([r.zero_variance_fraction for r in good])),
-                    tz_mean=float(np.mean([r.tz for r in good])), tv_mean=float(np.mean([r.tv for r in good])),
-                    n_theta=Curve(good[0].s, np.mean([r.n_theta for r in good], axis=0), "s_k", "N_theta (mean over batches)"),
-                    y=Curve(good[0].s, np.mean([r.y for r in good], axis=0), "s_k", "ln N_theta / ln D"),
+                    ss_rate=float(mean), ss_rate_std=float(np.sqrt(max(tally.mean("value2") - mean**2, 0.0))),
+                    zero_variance_fraction=float(tally.mean("zv")),
+                    tz_mean=float(tally.mean("tz")), tv_mean=float(tally.mean("tv")),
+                    n_theta=Curve(tally.s, tally.mean("n_theta"), "s_k", "N_theta (mean over batches)"),
+                    y=Curve(tally.s, tally.mean("y"), "s_k", "ln N_theta / ln D"),
                 )
-                bad = {r.reason for r in runs if r.reason}
-                if bad:
-                    res["reason"] = f"{len(runs) - len(good)} batches skipped: " + "; ".join(sorted(bad))
+                if tally.reasons:
+                    res["reason"] = (f"{tally.n_batches - tally.n_good} batches skipped: "
+                                     + "; ".join(sorted(tally.reasons)))
             else:
-                reasons = sorted({r.reason for r in runs if r.reason}) or ["no samples"]
-                zv = [r.zero_variance_fraction for r in runs if np.isfinite(r.zero_variance_fraction)]
-                res.update(ss_rate=NAN, ss_rate_std=NAN, zero_variance_fraction=float(np.mean(zv)) if zv else NAN,
-                           reason="; ".join(reasons))
+                zv_sum, zv_count = tally.bad_zv
+                res.update(ss_rate=NAN, ss_rate_std=NAN, zero_variance_fraction=zv_sum / zv_count if zv_count else NAN,
+                           reason="; ".join(sorted(tally.reasons) or ["no samples"]))
             out[name] = res
         return out
 
