@@ -54,10 +54,11 @@ def render_report(run: Run) -> str:
         results = [r for r in run.results if r.metric == metric]
         parts.append(f"<h2 id='{e(metric)}'>{e(metric)}</h2>")
         params = results[0].params if results else {}
-        if params:
-            shown = ", ".join(f"{k}={getattr(v, v.WhichOneof('kind'))}" for k, v in sorted(params.items())
-                              if v.WhichOneof("kind"))
-            parts.append(f"<p class='muted'>parameters: {e(shown)}</p>")
+        shown = ", ".join(f"{k}={getattr(v, v.WhichOneof('kind'))}" for k, v in sorted(params.items())
+                          if v.WhichOneof("kind"))
+        seconds = sum({r.checkpoint: r.seconds for r in results}.values())
+        parts.append(f"<p class='muted'>parameters: {e(shown) or 'none'}; time in the metric's code: "
+                     f"{seconds:.2f} s</p>")
         if any(r.status == "ok" for r in results):
             try:
                 parts.append(f"<img alt='{e(metric)}' src='{_figure_uri(run, metric)}'>")
