@@ -13,8 +13,10 @@ speed does not suffer.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -123,6 +125,18 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
 ZOO = ("mlp", "cnn", "transformer")
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Errors only from a logger for a while (the exporter logs e.g. "torchvision is not installed")."""
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def export(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -149,7 +163,7 @@ def export(
     for fmt in formats:
         path = directory / f"{stem}{EXPORT_SUFFIXES[fmt]}"
         if fmt == "onnx":
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet("torch.onnx"):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
                     model, (example_input,), dynamo=True, optimize=False, external_data=False,
