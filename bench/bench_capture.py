@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, ms, set_threads  # noqa: E402
+from common import Table, interleaved, median, ms, set_threads, script_main  # noqa: E402
 
 CASES = {"mlp": 256, "cnn": 64}  # model -> batch size (the targets' sizes)
 
@@ -113,7 +112,4 @@ def run(smoke: bool = False) -> list[Table]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true")
-    for t in run(ap.parse_args().smoke):
-        t.print()
+    script_main(run)

@@ -9,7 +9,6 @@ latency percentiles, the ratio to the single client, and the error count (target
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, median, set_threads  # noqa: E402
+from common import Table, median, set_threads, script_main  # noqa: E402
 
 MB = 1e6
 
@@ -117,7 +116,4 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true")
-    for t in run(ap.parse_args().smoke):
-        t.print()
+    script_main(run)

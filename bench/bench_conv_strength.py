@@ -12,13 +12,12 @@ float64 round-off (max |diff| reported).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, set_threads  # noqa: E402
+from common import Table, interleaved, median, set_threads, script_main  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -115,7 +114,4 @@ def run(smoke: bool = False) -> list[Table]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true")
-    for t in run(ap.parse_args().smoke):
-        t.print()
+    script_main(run)

@@ -16,7 +16,6 @@ Target: summed peak RSS(100,000) <= 1.10 x summed peak RSS(10,000).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, median, set_threads  # noqa: E402
+from common import Table, median, set_threads, script_main  # noqa: E402
 
 MB = 1e6
 
@@ -235,7 +234,4 @@ def run(smoke: bool = False, servers=None) -> list[Table]:  # noqa: ANN001
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true")
-    for t in run(ap.parse_args().smoke):
-        t.print()
+    script_main(run)

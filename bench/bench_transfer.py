@@ -12,7 +12,6 @@ reassembly into numpy), not model compute. Target: capture throughput >= 50% of 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, memcpy_rate, set_threads  # noqa: E402
+from common import Table, interleaved, median, memcpy_rate, set_threads, script_main  # noqa: E402
 
 MB = 1e6
 
@@ -106,7 +105,4 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true")
-    for t in run(ap.parse_args().smoke):
-        t.print()
+    script_main(run)

@@ -8,6 +8,8 @@ the same process and the same run.
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import platform
 import statistics
@@ -155,3 +157,11 @@ def memcpy_rate(nbytes: int = 64 << 20, repeats: int = 5) -> float:
         np.copyto(dst, src)
         times.append(time.perf_counter() - t0)
     return nbytes / median(times)
+
+
+def script_main(run: Callable[[bool], list[Table]]) -> None:
+    """Command line of one bench script: ``python bench/bench_x.py [--smoke]`` prints its tables."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
+    for table in run(ap.parse_args().smoke):
+        table.print()
