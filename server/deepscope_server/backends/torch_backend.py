@@ -14,6 +14,8 @@ through forward hooks (views, cloned only when the model has in-place modules).
 
 from __future__ import annotations
 
+import abc
+
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -317,7 +319,30 @@ def _requests_or_fail(graph: ModelGraph, capture: Sequence[CaptureRequest]) -> N
             raise InvalidInput(f"capture of '{req.layer}': what must be 'output' or 'input', got '{req.what}'")
 
 
-class ExportedProgramBackend(Backend):
+class _TorchModuleBackend(Backend):
+    """What every torch format shares: ``_run`` on ``self._module``, and weights swapped in place for a run."""
+
+    _module: torch.nn.Module
+
+    @abc.abstractmethod
+    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
+        """Validate, run one batch and collect the captures."""
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        return self._run(inputs, capture)
+
+    def run_with_weights(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, Mapping[str, np.ndarray]],
+        capture: Sequence[CaptureRequest] = (),
+    ) -> RunOutput:
+        _check_weights(self.graph, weights)
+        with _replaced_parameters(self._module, weights):
+            return self._run(inputs, capture)
+
+
+class ExportedProgramBackend(_TorchModuleBackend):
     """A ``torch.export`` program (.pt2): layer table from module metadata, capture as extra graph outputs."""
 
     format: ClassVar[str] = "pt2"
@@ -386,18 +411,6 @@ class ExportedProgramBackend(Backend):
         return RunOutput(outputs, {CaptureRequest(r.layer, r.what): captured[CaptureRequest(r.layer, r.what)]
                                    for r in capture})
 
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
-        return self._run(inputs, capture)
-
-    def run_with_weights(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        weights: Mapping[str, Mapping[str, np.ndarray]],
-        capture: Sequence[CaptureRequest] = (),
-    ) -> RunOutput:
-        _check_weights(self.graph, weights)
-        with _replaced_parameters(self._module, weights):
-            return self._run(inputs, capture)
 
     def close(self) -> None:
         self._cache.clear()
@@ -479,7 +492,7 @@ def _single_output(result: Any) -> dict[str, np.ndarray]:
     return {f"output_{i}": t.detach().cpu().numpy() for i, t in enumerate(flat)}
 
 
-class TorchScriptBackend(Backend):
+class TorchScriptBackend(_TorchModuleBackend):
     """TorchScript (.pt): runs and describes modules; intermediate capture is refused."""
 
     format: ClassVar[str] = "torchscript"
@@ -508,16 +521,9 @@ class TorchScriptBackend(Backend):
         arrays = _validate_loose(self.graph, inputs)
         return RunOutput(_single_output(_run_module(self._module, arrays, self.device)))
 
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
-        return self._run(inputs, capture)
-
-    def run_with_weights(self, inputs, weights, capture=()) -> RunOutput:  # type: ignore[no-untyped-def]
-        _check_weights(self.graph, weights)
-        with _replaced_parameters(self._module, weights):
-            return self._run(inputs, capture)
 
 
-class PickledModuleBackend(Backend):
+class PickledModuleBackend(_TorchModuleBackend):
     """A full ``torch.save(model)`` pickle, loaded only when trusted; capture through forward hooks."""
 
     format: ClassVar[str] = "torch_pickle"
@@ -590,13 +596,6 @@ class PickledModuleBackend(Backend):
         given = list(arrays.values())
         return RunOutput(_single_output(result), {r: _to_numpy(store[r], given) for r in capture})
 
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
-        return self._run(inputs, capture)
-
-    def run_with_weights(self, inputs, weights, capture=()) -> RunOutput:  # type: ignore[no-untyped-def]
-        _check_weights(self.graph, weights)
-        with _replaced_parameters(self._module, weights):
-            return self._run(inputs, capture)
 
 
 __all__ = [
