@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -76,28 +77,29 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
+            async with _status_codes(context, fn.__name__):
                 async for item in fn(self, request, context):
                     yield item
-            except (DeepscopeError, TensorError) as exc:
-                await _abort_for(exc, context, fn.__name__)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - mapped to a status code, never UNKNOWN
-                await _abort_unexpected(exc, context, fn.__name__)
         return stream
 
     @functools.wraps(fn)
     async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
+        async with _status_codes(context, fn.__name__):
             return await fn(self, request, context)
-        except (DeepscopeError, TensorError) as exc:
-            await _abort_for(exc, context, fn.__name__)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status code, never UNKNOWN
-            await _abort_unexpected(exc, context, fn.__name__)
     return unary
+
+
+@contextlib.asynccontextmanager
+async def _status_codes(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    """Domain errors -> their status code; anything unexpected -> INTERNAL (logged), never UNKNOWN."""
+    try:
+        yield
+    except (DeepscopeError, TensorError) as exc:
+        await _abort_for(exc, context, method)
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mapped to a status code
+        await _abort_unexpected(exc, context, method)
 
 
 class _Handoff:
