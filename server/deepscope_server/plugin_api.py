@@ -44,6 +44,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import pluggy
 
+from deepscope.results import Curve  # one class for plugins and the SDK: y(x) with axis labels
+
 from .backends.base import CaptureRequest, RunOutput
 from .model_graph import ACTIVATION_FUNCTIONS, LAYER_KINDS, Layer, ModelGraph, TensorSpec
 
@@ -116,16 +118,6 @@ class Param:
                 f"parameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; got {value!r}"
             )
         return value
-
-
-@dataclass(frozen=True)
-class Curve:
-    """A result curve y(x), e.g. a KDE, FVU(K) or N_B(l_B)."""
-
-    x: np.ndarray
-    y: np.ndarray
-    x_label: str = "x"
-    y_label: str = "y"
 
 
 @dataclass(frozen=True)
