@@ -17,7 +17,7 @@ import numpy as np
 from .errors import InvalidInput, NotFound, near_matches
 
 #: Layer kinds every backend maps its operators onto.
-LAYER_KINDS = ("linear", "conv", "attention", "norm", "activation", "pool", "embedding", "other")
+LAYER_KINDS = ("linear", "conv", "attention", "recurrent", "norm", "activation", "pool", "embedding", "other")
 
 #: Names of activation functions, as stored in ``Layer.attrs["function"]``.
 ACTIVATION_FUNCTIONS = (

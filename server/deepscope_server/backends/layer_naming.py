@@ -5,11 +5,15 @@ Both the ONNX backend (from the dynamo exporter's node metadata) and the torch b
 and the aten operator. These helpers turn that into identical layer names, kinds and
 channel axes, so ``fc1`` or ``layer1.0.conv1`` or ``layer1.0.relu_1`` is one layer everywhere.
 
-Naming rule: one layer per *leaf* module path (a module with no called submodule), named by
-its path; module classes that are no-ops in eval (Dropout, Identity) are skipped. Activation
-functions called functionally inside a non-leaf module (``F.relu`` in a residual block,
-``activation="gelu"`` in TransformerEncoderLayer) become layers named ``<parent>.<function>``,
-with ``_1``, ``_2``... for later occurrences in the same parent or on a clash with a module name.
+Naming rule (applied by layer_table): one layer per *call* of a leaf module (a module with no
+called submodule), named by its path; the N-th repeated call of the same module is
+``<path>@N`` (torch.export's own spelling), so a ReLU reused twice in a ResNet block gives
+``layer1.0.relu`` and ``layer1.0.relu@1``. Module classes that are no-ops in eval (Dropout,
+Identity) are skipped. Activation functions called functionally inside a non-leaf module
+(``F.relu`` in a residual block, ``activation="gelu"`` in TransformerEncoderLayer) become layers
+named ``<parent>.<function>``, with ``_1``, ``_2``... for later occurrences in the same parent or
+on a clash with a module name. A module exported on its own (``nn.Linear``) is one layer named
+after its class in snake case (``linear``, ``lstm``, ``conv2d``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,20 @@ _KIND_BY_CLASS = {
     "AvgPool3d": "pool", "AdaptiveAvgPool1d": "pool", "AdaptiveAvgPool2d": "pool", "AdaptiveAvgPool3d": "pool",
     "AdaptiveMaxPool1d": "pool", "AdaptiveMaxPool2d": "pool", "LPPool2d": "pool",
     "Embedding": "embedding", "EmbeddingBag": "embedding",
+    "LSTM": "recurrent", "GRU": "recurrent", "RNN": "recurrent",
+}
+
+#: aten operator base name -> the layer kind the operator implies on its own (custom or bare modules).
+KIND_BY_ATEN = {
+    "linear": "linear", "addmm": "linear", "conv1d": "conv", "conv2d": "conv", "conv3d": "conv",
+    "convolution": "conv", "conv_transpose1d": "conv", "conv_transpose2d": "conv", "conv_transpose3d": "conv",
+    "batch_norm": "norm", "_native_batch_norm_legit_no_training": "norm", "layer_norm": "norm",
+    "group_norm": "norm", "instance_norm": "norm", "rms_norm": "norm",
+    "max_pool1d": "pool", "max_pool2d": "pool", "max_pool3d": "pool", "avg_pool1d": "pool", "avg_pool2d": "pool",
+    "avg_pool3d": "pool", "adaptive_avg_pool1d": "pool", "adaptive_avg_pool2d": "pool",
+    "adaptive_max_pool1d": "pool", "adaptive_max_pool2d": "pool",
+    "embedding": "embedding", "lstm": "recurrent", "gru": "recurrent", "rnn_tanh": "recurrent",
+    "rnn_relu": "recurrent", "scaled_dot_product_attention": "attention",
 }
 
 #: torch activation module class name -> ACTIVATION_FUNCTIONS entry.
@@ -109,7 +127,7 @@ def channel_axis(kind: str, cls_name: str, rank: int | None, inputs_channels_fir
         return 1
     if kind == "conv" or cls_name in _CHANNELS_FIRST_CLASSES:
         return 1
-    if kind in ("linear", "attention", "embedding") or cls_name in ("LayerNorm", "RMSNorm"):
+    if kind in ("linear", "attention", "embedding", "recurrent") or cls_name in ("LayerNorm", "RMSNorm"):
         return -1
     return 1 if inputs_channels_first else -1
 
@@ -121,7 +139,7 @@ KIND_BY_ONNX_OP = {
     "GroupNormalization": "norm", "LpNormalization": "norm",
     "MaxPool": "pool", "AveragePool": "pool", "GlobalAveragePool": "pool", "GlobalMaxPool": "pool",
     "LpPool": "pool", "Gather": "embedding", "Attention": "attention", "MultiHeadAttention": "attention",
-    "Flatten": "other", "Softmax": "other",
+    "Flatten": "other", "Softmax": "other", "LSTM": "recurrent", "GRU": "recurrent", "RNN": "recurrent",
 }
 
 #: ONNX op_type -> activation function.

@@ -17,7 +17,9 @@ operators from custom domains (which would need custom-op libraries).
 from __future__ import annotations
 
 import ast
+import functools
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar
@@ -31,6 +33,7 @@ from onnx import helper, numpy_helper
 from ..errors import InvalidInput, near_matches
 from ..model_graph import Layer, ModelGraph, TensorSpec
 from . import layer_naming as ln
+from . import layer_table as lt
 from .base import Backend, CaptureRequest, RunOutput
 from .inputs import validate_inputs
 
@@ -39,6 +42,7 @@ DEFAULT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
 _CLASSES = "pkg.torch.onnx.class_hierarchy"
+_FX_NODE = "pkg.torch.onnx.fx_node"
 _EMPTY_STACK = "_empty_nn_module_stack_from_metadata_hook"
 
 Identity: Callable[[np.ndarray], np.ndarray] = lambda a: a  # noqa: E731
@@ -141,23 +145,72 @@ def _meta(node: onnx.NodeProto) -> tuple[list[str], list[str]] | None:
 
 
 class _WeightRef:
-    """Where a PyTorch-layout weight lives in the ONNX model and how to convert it back."""
+    """Where a PyTorch-layout weight lives in the ONNX model and how to write it back.
 
-    def __init__(self, initializer: str, to_onnx: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.initializer, self.to_onnx = initializer, to_onnx
+    ``write(W, current)`` returns the initializer's new value with ``W`` (PyTorch layout) in
+    place; recurrent gates write a slice, so several weights can share one initializer.
+    """
+
+    def __init__(self, initializer: str, write: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+        self.initializer, self.write = initializer, write
 
 
-def _op_weights(node: onnx.NodeProto, inits: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, _WeightRef]]:
-    """PyTorch-layout weights of one ONNX node, with the inverse conversion for run_with_weights."""
+def _whole(inverse: Callable[[np.ndarray], np.ndarray] = Identity) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    return lambda W, _current: inverse(W)
+
+
+#: ONNX gate order -> PyTorch gate order (LSTM: iofc -> ifgo; GRU: zrh -> rzn).
+_GATES = {"LSTM": (4, (0, 2, 3, 1)), "GRU": (3, (1, 0, 2)), "RNN": (1, (0,))}
+
+
+def _gate_rows(op: str, hidden: int) -> np.ndarray:
+    """Row indices taking ONNX-ordered gate blocks to PyTorch order (its own inverse is argsort)."""
+    _, order = _GATES[op]
+    return np.concatenate([np.arange(g * hidden, (g + 1) * hidden) for g in order])
+
+
+def _recurrent_weights(node: onnx.NodeProto, inits: Mapping[str, np.ndarray], layer: int) -> dict[str, tuple[np.ndarray, _WeightRef]]:
+    """PyTorch ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``_reverse``) of an LSTM/GRU/RNN node."""
+    ins = list(node.input) + [""] * 4
+    out: dict[str, tuple[np.ndarray, _WeightRef]] = {}
+    if ins[1] not in inits or ins[2] not in inits:
+        return out
+    hidden = int(_attrs(node).get("hidden_size", inits[ins[2]].shape[-1]))
+    rows = _gate_rows(node.op_type, hidden)
+    gates = len(rows)
+    for d in range(inits[ins[1]].shape[0]):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+
+        def put(key: str, name: str, index: tuple) -> None:  # type: ignore[type-arg]
+            def write(W: np.ndarray, current: np.ndarray, index: tuple = index) -> np.ndarray:  # type: ignore[type-arg]
+                new = current.copy()
+                new[index] = np.asarray(W)[np.argsort(rows)]
+                return new
+            out[key] = (np.asarray(inits[name][index])[rows].copy(), _WeightRef(name, write))
+
+        put("weight_ih" + sfx, ins[1], (d,))
+        put("weight_hh" + sfx, ins[2], (d,))
+        if ins[3] in inits:
+            put("bias_ih" + sfx, ins[3], (d, slice(0, gates)))
+            put("bias_hh" + sfx, ins[3], (d, slice(gates, 2 * gates)))
+    return out
+
+
+def _op_weights(
+    node: onnx.NodeProto, inits: Mapping[str, np.ndarray], transposed: Mapping[str, str]
+) -> dict[str, tuple[str, np.ndarray, _WeightRef]]:
+    """PyTorch-layout weights of one ONNX node by role (weight, bias, ...): (initializer, array, ref).
+
+    ``transposed`` maps outputs of ``Transpose(initializer)`` nodes to the initializer.
+    """
     ins = list(node.input) + [""] * 5
     a = _attrs(node)
-    w: dict[str, np.ndarray] = {}
-    refs: dict[str, _WeightRef] = {}
+    w: dict[str, tuple[str, np.ndarray, _WeightRef]] = {}
 
     def take(key: str, name: str, fwd: Callable = Identity, inv: Callable = Identity) -> None:  # type: ignore[type-arg]
-        if name in inits:
-            w[key] = np.asarray(fwd(inits[name]), dtype=np.float32 if inits[name].dtype != np.float64 else np.float64)
-            refs[key] = _WeightRef(name, inv)
+        if name in inits and inits[name].dtype.kind == "f":
+            arr = np.asarray(fwd(inits[name]), dtype=inits[name].dtype)
+            w[key] = (name, arr, _WeightRef(name, _whole(inv)))
 
     op = node.op_type
     if op == "Gemm" and not a.get("transA", 0) and ins[1] in inits:
@@ -168,8 +221,14 @@ def _op_weights(node: onnx.NodeProto, inits: Mapping[str, np.ndarray]) -> tuple[
         if c is not None and c.ndim >= 1 and c.size == c.shape[-1]:
             c_shape = c.shape
             take("bias", ins[2], lambda c: beta * c.reshape(-1), lambda b: (b / beta).reshape(c_shape))
+    elif op == "MatMul" and ins[1] in transposed:  # MatMul(x, Transpose(W)): W is already [out, in]
+        take("weight", transposed[ins[1]])
     elif op == "MatMul" and ins[1] in inits and inits[ins[1]].ndim == 2:
         take("weight", ins[1], lambda b: b.T, lambda W: W.T)
+    elif op == "Add" and sum(i in inits for i in ins[:2]) == 1:  # the bias of a MatMul(+Add) Linear
+        name = ins[0] if ins[0] in inits else ins[1]
+        if inits[name].ndim == 1:
+            take("bias", name)
     elif op in ("Conv", "ConvTranspose"):
         take("weight", ins[1])
         take("bias", ins[2])
@@ -181,7 +240,7 @@ def _op_weights(node: onnx.NodeProto, inits: Mapping[str, np.ndarray]) -> tuple[
         take("bias", ins[2])
     elif op == "Gather" and ins[0] in inits:
         take("weight", ins[0])
-    return w, refs
+    return w
 
 
 def _op_attrs(kind: str, node: onnx.NodeProto, function: str | None, inits: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -228,10 +287,44 @@ def _op_attrs(kind: str, node: onnx.NodeProto, function: str | None, inits: Mapp
     return out
 
 
-class _Group:
-    def __init__(self, name: str, cls: str, function: str | None) -> None:
-        self.name, self.cls, self.function = name, cls, function
-        self.nodes: list[onnx.NodeProto] = []
+_PARAM_TOKEN = re.compile(r"%([pb]_\w+)")
+
+
+def _torch_param_keys(node: onnx.NodeProto, path: str) -> list[str]:
+    """Parameter names (relative to module ``path``) the torch op behind ``node`` used, from its fx_node text."""
+    text = next((p.value for p in node.metadata_props if p.key == _FX_NODE), "")
+    mangled = path.replace(".", "_") + "_" if path else ""
+    keys = []
+    for token in _PARAM_TOKEN.findall(text):
+        rest = token[2:]
+        if rest.startswith(mangled):
+            rest = rest[len(mangled):]
+            keys.append("out_proj." + rest[9:] if rest.startswith("out_proj_") else rest)
+    return keys
+
+
+def _transposed_initializers(model: onnx.ModelProto, inits: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Outputs of ``Transpose`` nodes that swap the axes of a 2-D initializer -> that initializer."""
+    return {
+        n.output[0]: n.input[0] for n in model.graph.node
+        if n.op_type == "Transpose" and n.input and n.input[0] in inits and inits[n.input[0]].ndim == 2
+        and list(_attrs(n).get("perm", [1, 0])) == [1, 0]
+    }
+
+
+def _onnx_op_kind(node: onnx.NodeProto, inits: Mapping[str, np.ndarray], transposed: Mapping[str, str]) -> str | None:
+    """The layer kind a node implies on its own; MatMul and Gather only with a constant weight."""
+    op = node.op_type
+    if op in ln.ACTIVATION_BY_ONNX_OP:
+        return "activation"
+    const_b = len(node.input) > 1 and (node.input[1] in transposed or (
+        node.input[1] in inits and inits[node.input[1]].ndim == 2))
+    if op == "MatMul" and not const_b:
+        return None
+    if op == "Gather" and node.input[0] not in inits:
+        return None
+    kind = ln.KIND_BY_ONNX_OP.get(op)
+    return None if kind == "other" else kind
 
 
 class OnnxBackend(Backend):
@@ -251,6 +344,7 @@ class OnnxBackend(Backend):
             if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
                 self._consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         self._types = self._value_types(model)
+        self._input_names = {vi.name for vi in model.graph.input} - set(self._inits)
         self.graph, self._values, self._refs = self._describe(model)
         self._cache: dict[tuple[str, ...], ort.InferenceSession] = {}
         session = self._session(())
@@ -303,171 +397,112 @@ class OnnxBackend(Backend):
         t = self._types.get(value)
         return t is not None and _elem_dtype(t) in ("FP32", "FP64", "FP16", "BF16")
 
+    def _is_data(self, value: str) -> bool:
+        """A float tensor or model input: what layers pass on (not weights, constants or shape arithmetic)."""
+        if not value or value in self._inits or value in self._const_outputs:
+            return False
+        return self._is_float(value) or value in self._input_names
+
     def _shape(self, value: str) -> tuple[int | None, ...]:
         t = self._types.get(value)
         dims = _dims(t) if t is not None else None
         return dims if dims is not None else ()
 
-    def _groups(self, model: onnx.ModelProto) -> list[_Group]:
-        """Nodes grouped into layers: torch module paths when the exporter recorded them, else one per node."""
+    def _records(self, model: onnx.ModelProto) -> list[lt.OpRecord]:
+        """One neutral record per node: torch module calls from the dynamo exporter's metadata, else one per node."""
         nodes = [n for n in model.graph.node if n.op_type != "Constant"]
         metas = {id(n): _meta(n) for n in nodes}
-        with_meta = [n for n in nodes if metas[id(n)] is not None]
-        groups: dict[str, _Group] = {}
-        if with_meta and len(with_meta) >= 0.5 * len(nodes):
-            stacks = {}
-            for n in with_meta:
-                scopes, classes = metas[id(n)]  # type: ignore[misc]
-                if scopes[0] == _EMPTY_STACK:
-                    continue
-                stacks[id(n)] = [(p, ln.short_class(c)) for p, c in zip(scopes[:-1], classes[:-1]) if p]
-            class_of = {p: c for st in stacks.values() for p, c in st}
-            leaves = {p for p in ln.leaf_paths(tuple(p for p, _ in st) for st in stacks.values())
-                      if class_of[p] not in ln.SKIPPED_CLASSES}
-            namer = ln.FunctionalNamer(leaves)
-            fx_names: dict[tuple[str, str], str] = {}
-            for n in with_meta:
-                if id(n) not in stacks:
-                    continue
-                st = stacks[id(n)]
-                scopes, classes = metas[id(n)]  # type: ignore[misc]
-                inner = st[-1][0] if st else ""
-                if inner in leaves:
-                    groups.setdefault(inner, _Group(inner, class_of[inner], ln.ACTIVATION_BY_CLASS.get(class_of[inner]))).nodes.append(n)
-                elif fn := ln.ACTIVATION_BY_ATEN.get(ln.aten_base(classes[-1])):
-                    key = (inner, scopes[-1])
-                    if key not in fx_names:
-                        fx_names[key] = namer.name(inner, fn)
-                        groups[fx_names[key]] = _Group(fx_names[key], "", fn)
-                    groups[fx_names[key]].nodes.append(n)
-            return list(groups.values())
+        use_meta = sum(m is not None for m in metas.values()) >= 0.5 * len(nodes) > 0
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in nodes:
+            for v in n.input:
+                consumers.setdefault(v, []).append(n)
+        recurrent_seen: dict[tuple[str, str], int] = {}
+        transposed = self._transposed = _transposed_initializers(model, self._inits)
         taken: set[str] = set()
+        records = []
         for i, n in enumerate(nodes):
-            op = n.op_type
-            if op in ln.ACTIVATION_BY_ONNX_OP:
-                fn: str | None = ln.ACTIVATION_BY_ONNX_OP[op]
-            elif op in ln.KIND_BY_ONNX_OP:
-                fn = None
-                if op == "MatMul" and not any(x in self._inits for x in n.input):
-                    continue
-                if op == "Gather" and n.input[0] not in self._inits:
-                    continue
+            op_kind = _onnx_op_kind(n, self._inits, transposed)
+            function = ln.ACTIVATION_BY_ONNX_OP.get(n.op_type)
+            meta = metas[id(n)] if use_meta else None
+            source = n.name or f"{n.op_type}_{i}"
+            stack: tuple[lt.Frame, ...] = ()
+            if meta is not None and meta[0][0] != _EMPTY_STACK:
+                scopes, classes = meta
+                stack = tuple(lt.Frame(p, ln.short_class(c), None) for p, c in zip(scopes[:-1], classes[:-1]))
+                source = scopes[-1]
+                function = ln.ACTIVATION_BY_ATEN.get(ln.aten_base(classes[-1]))
+            elif use_meta:
+                function = None
+            elif op_kind is not None:  # no torch metadata: every significant node is a layer of its own
+                name = source
+                while name in taken:
+                    name += "_"
+                taken.add(name)
+                stack = (lt.Frame(name, "", 0),)
+            path = stack[-1].path if stack else ""
+            attrs: dict[str, Any] = {}
+            folded = op_kind == "conv" and bool(stack) and ln.kind_of_class(stack[-1].cls) == "norm"
+            if folded:  # BatchNorm folded into this Conv by the exporter's optimiser: name it after the conv
+                w_name = n.input[1] if len(n.input) > 1 else ""
+                conv_path = w_name[: -len(".weight")] if w_name.endswith(".weight") else path
+                rank = self._inits[w_name].ndim if w_name in self._inits else 4
+                stack = stack[:-1] + (lt.Frame(conv_path, f"Conv{max(rank - 2, 1)}d", None),)
+                attrs.update(bn_folded=True, folded_norm=path)
+            weights = self._record_weights(n, path, op_kind, folded, consumers, recurrent_seen, source)
+            attrs.update(_op_attrs(op_kind, n, function, {**self._inits, **self._consts}) if op_kind else {})
+            records.append(lt.OpRecord(
+                id=source if not use_meta else (n.name or f"{n.op_type}_{i}"), op_type=n.op_type, stack=stack,
+                inputs=[v for v in n.input if self._is_data(v)],
+                reads=[v for v in n.input if v and not self._is_data(v) and v not in self._inits],
+                outputs=[v for v in n.output if v], op_kind=op_kind, function=function, source=source,
+                weights=weights, attrs=attrs,
+            ))
+        return records
+
+    def _record_weights(
+        self, n: onnx.NodeProto, path: str, op_kind: str | None, folded: bool,
+        consumers: Mapping[str, list[onnx.NodeProto]], recurrent_seen: dict[tuple[str, str], int], source: str,
+    ) -> dict[str, lt.Weight]:
+        """A node's weights in PyTorch layout, keyed by torch parameter name where the exporter left it."""
+        if n.op_type in _GATES:
+            k = recurrent_seen.get((path, source), 0)
+            recurrent_seen[(path, source)] = k + 1
+            return {key: lt.Weight(arr, ref) for key, (arr, ref) in _recurrent_weights(n, self._inits, k).items()}
+        roles = _op_weights(n, self._inits, self._transposed)
+        torch_keys = [] if folded else _torch_param_keys(n, path)
+        prefix = path + "." if path else ""
+        out: dict[str, lt.Weight] = {}
+        for role, (init, arr, ref) in roles.items():
+            if not folded and prefix and init.startswith(prefix):
+                key = init  # the exporter kept the parameter's name
             else:
-                continue
-            name = n.name or f"{op}_{i}"
-            while name in taken:
-                name += "_"
-            taken.add(name)
-            g = _Group(name, "", fn)
-            g.nodes.append(n)
-            groups[name] = g
-        return list(groups.values())
+                key = next((k for k in torch_keys if k.endswith(role)), role)
+            out[key] = lt.Weight(arr.copy(), ref)
+        # A zero bias the optimiser dropped: report the torch parameter (zeros), not writable.
+        bias_key = next((k for k in torch_keys if k.endswith("bias")), None)
+        weight = next((w for k, w in out.items() if k.endswith("weight")), None)
+        feeds_bias_add = any(c.op_type == "Add" and any(i in self._inits for i in c.input)
+                             for o in n.output for c in consumers.get(o, []))
+        if (op_kind in ("linear", "conv") and bias_key and weight is not None and not feeds_bias_add
+                and not any(k.endswith("bias") for k in out)):
+            out[bias_key] = lt.Weight(np.zeros(weight.array.shape[0], weight.array.dtype), None)
+        return out
 
     def _describe(self, model: onnx.ModelProto) -> tuple[ModelGraph, dict[str, tuple[str, str | None]], dict[str, dict[str, _WeightRef]]]:
         g = model.graph
         init_names = set(self._inits)
         graph_inputs = [vi for vi in g.input if vi.name not in init_names]
-        graph_outputs = {vi.name for vi in g.output}
-        producer = {o: n for n in g.node for o in n.output}
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        groups = self._groups(model)
-        node_layer = {id(n): grp.name for grp in groups for n in grp.nodes}
-
-        def data_value(v: str) -> bool:
-            if not v or v in init_names or v in self._const_outputs:
-                return False
-            return self._is_float(v) or v in {vi.name for vi in graph_inputs}
-
-        values: dict[str, tuple[str, str | None]] = {}
-        ext_inputs: dict[str, list[str]] = {}
-        for grp in groups:
-            members = {id(n) for n in grp.nodes}
-            outs = [o for n in grp.nodes for o in n.output
-                    if o and (o in graph_outputs or any(id(c) not in members for c in consumers.get(o, [])))
-                    and (self._is_float(o) or o in graph_outputs)]
-            ext: list[str] = []
-            for n in grp.nodes:
-                for v in n.input:
-                    if data_value(v) and (v not in producer or id(producer[v]) not in members) and v not in ext:
-                        ext.append(v)
-            if not outs:
-                outs = [grp.nodes[-1].output[0]]
-            values[grp.name] = (outs[-1], ext[0] if ext else None)
-            ext_inputs[grp.name] = ext
-
         input_names = {vi.name for vi in graph_inputs}
-        cache: dict[str, list[str]] = {}
-
-        def feeders(v: str) -> list[str]:
-            if v in cache:
-                return cache[v]
-            cache[v] = []
-            if v in input_names:
-                res = [v]
-            elif v in producer and id(producer[v]) in node_layer:
-                res = [node_layer[id(producer[v])]]
-            elif v in producer:
-                res = []
-                for i in producer[v].input:
-                    if i and i not in init_names and i not in self._const_outputs:
-                        res += [r for r in feeders(i) if r not in res]
-            else:
-                res = []
-            cache[v] = res
-            return res
-
-        layers: list[Layer] = []
-        refs: dict[str, dict[str, _WeightRef]] = {}
-        channels_first: dict[str, bool] = {}
-        for grp in groups:
-            kind = "activation" if grp.function else (ln.kind_of_class(grp.cls) if grp.cls else
-                                                       ln.KIND_BY_ONNX_OP.get(grp.nodes[0].op_type, "other"))
-            prefix = grp.name + "."
-            weights: dict[str, np.ndarray] = {}
-            wrefs: dict[str, _WeightRef] = {}
-            for n in grp.nodes:  # exporter-named parameters: already in PyTorch layout
-                for v in n.input:
-                    if v in self._inits and v.startswith(prefix) and self._inits[v].dtype.kind == "f":
-                        weights[v[len(prefix):]] = self._inits[v].copy()
-                        wrefs[v[len(prefix):]] = _WeightRef(v, Identity)
-            main = self._main_node(grp, kind)
-            if not weights and kind != "activation":
-                weights, wrefs = _op_weights(main, self._inits)
-            refs[grp.name] = wrefs
-            out_v, _ = values[grp.name]
-            inputs: list[str] = []
-            for v in ext_inputs[grp.name]:
-                inputs += [r for r in feeders(v) if r not in inputs and r != grp.name]
-            out_shape = self._shape(out_v)
-            cf = any(channels_first.get(i, False) for i in inputs)
-            axis = ln.channel_axis(kind, grp.cls, len(out_shape) if out_shape else None, cf)
-            channels_first[grp.name] = axis == 1
-            attrs = _op_attrs(kind, main, grp.function, {**self._inits, **self._consts})
-            if grp.cls:
-                attrs["torch_class"] = grp.cls
-            layers.append(Layer(
-                name=grp.name, kind=kind, inputs=inputs,
-                op_type=grp.cls if kind == "attention" and grp.cls else main.op_type,
-                input_shapes=[self._shape(v) for v in ext_inputs[grp.name]], output_shapes=[out_shape],
-                weights=weights, attrs=attrs, channel_axis=axis,
-            ))
+        values = {v for n in g.node for v in n.output} | input_names
+        shapes = {v: self._shape(v) for v in values if v in input_names or self._is_float(v)}
+        table = lt.build_layer_table(self._records(model), [vi.name for vi in graph_inputs],
+                                     [vi.name for vi in g.output], shapes, class_op_type=False)
         in_specs = [TensorSpec(vi.name, _elem_dtype(vi.type), _dims(vi.type) or ()) for vi in graph_inputs]
         out_specs = [TensorSpec(vi.name, _elem_dtype(vi.type), _dims(self._types.get(vi.name, vi.type)) or ())
                      for vi in g.output]
-        return ModelGraph(self.format, in_specs, out_specs, layers), values, refs
-
-    @staticmethod
-    def _main_node(grp: _Group, kind: str) -> onnx.NodeProto:
-        """The node that defines the layer (Conv, Gemm, Relu...), for attributes and op_type."""
-        for n in grp.nodes:
-            if kind == "activation" and n.op_type in ln.ACTIVATION_BY_ONNX_OP:
-                return n
-            if kind != "activation" and ln.KIND_BY_ONNX_OP.get(n.op_type) == kind:
-                return n
-        return grp.nodes[-1]
+        layer_values = {name: (v.output, v.input) for name, v in table.values.items()}
+        return ModelGraph(self.format, in_specs, out_specs, table.layers), layer_values, table.refs
 
     # --- running ---------------------------------------------------------------------------
     def _session(self, extra: tuple[str, ...], model: onnx.ModelProto | None = None) -> ort.InferenceSession:
@@ -548,8 +583,7 @@ class OnnxBackend(Backend):
         for lname, tensors in weights.items():
             layer = self.graph.layer(lname)
             for key, arr in tensors.items():
-                ref = self._refs[lname].get(key)
-                if ref is None:
+                if key not in layer.weights:
                     raise InvalidInput(
                         f"layer '{lname}' has no weight '{key}'{near_matches(key, layer.weights)}; "
                         f"weights: {', '.join(layer.weights) or 'none'}"
@@ -559,8 +593,13 @@ class OnnxBackend(Backend):
                         f"weight '{lname}.{key}': expected shape {list(layer.weights[key].shape)} "
                         f"(PyTorch layout), got {list(np.shape(arr))}"
                     )
-                original = self._inits[ref.initializer]
-                replaced[ref.initializer] = np.ascontiguousarray(ref.to_onnx(np.asarray(arr))).astype(original.dtype)
+                ref = self._refs[lname].get(key)
+                if ref is None:
+                    raise InvalidInput(f"weight '{lname}.{key}' was removed from the ONNX graph by the exporter "
+                                       "(a constant zero) and cannot be replaced")
+                current = replaced.get(ref.initializer, self._inits[ref.initializer])
+                new = ref.write(np.asarray(arr, dtype=current.dtype), current)
+                replaced[ref.initializer] = np.ascontiguousarray(new).astype(current.dtype)
         m = onnx.ModelProto()
         m.CopyFrom(self._model)
         for i, t in enumerate(m.graph.initializer):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +30,7 @@ from deepscope.dtypes import kserve_dtype
 from ..errors import InvalidInput, near_matches
 from ..model_graph import Layer, ModelGraph, TensorSpec
 from . import layer_naming as ln
+from . import layer_table as lt
 from .base import Backend, CaptureRequest, RunOutput
 from .inputs import validate_inputs
 
@@ -64,15 +66,6 @@ def _to_numpy(t: torch.Tensor, inputs: Sequence[np.ndarray]) -> np.ndarray:
     if any(np.may_share_memory(arr, a) for a in inputs):
         arr = arr.copy()
     return arr
-
-
-def _weights_of(state: Mapping[str, torch.Tensor], path: str) -> dict[str, np.ndarray]:
-    prefix = path + "."
-    return {
-        k[len(prefix):]: v.detach().cpu().numpy().copy()
-        for k, v in state.items()
-        if k.startswith(prefix) and v.is_floating_point()
-    }
 
 
 def _normalised_args(node: fx.Node) -> dict[str, Any]:
@@ -163,116 +156,67 @@ class _LayerNodes:
         self.output, self.input = output, input
 
 
+def _frames(n: fx.Node) -> tuple[lt.Frame, ...]:
+    """The module calls of a node, outermost first; ``path@N`` keys mark the N-th repeated call."""
+    frames = []
+    for key, (path, cls) in (n.meta.get("nn_module_stack") or {}).items():
+        if path == _EMPTY_STACK:
+            continue
+        call = re.search(r"@(\d+)$", str(key))
+        cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+        frames.append(lt.Frame(path, ln.short_class(cls_name), int(call.group(1)) if call else 0))
+    return tuple(frames)
+
+
+def _carries_tensors(n: fx.Node) -> bool:
+    """A tensor or a tuple of tensors (an LSTM's results), not a symbolic size."""
+    val = n.meta.get("val")
+    return isinstance(val, torch.Tensor) or (
+        isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val))
+
+
+def _op_record(n: fx.Node, state: Mapping[str, torch.Tensor]) -> lt.OpRecord:
+    base = ln.aten_base(n.target)
+    fn = ln.ACTIVATION_BY_ATEN.get(base) if _is_tensor_node(n) else None
+    op_kind = "activation" if fn else ln.KIND_BY_ATEN.get(base)
+    args = list(_flat_nodes((n.args, n.kwargs)))
+    weights = {
+        a.target: lt.Weight(state[a.target].detach().cpu().numpy().copy())
+        for a in args
+        if a.op == "get_attr" and a.target in state and state[a.target].is_floating_point()
+    }
+    return lt.OpRecord(
+        id=n.name, op_type=base, stack=_frames(n),
+        inputs=[a.name for a in args if a.op != "get_attr" and _carries_tensors(a)], outputs=[n.name],
+        op_kind=op_kind, function=fn, source=n.name, weights=weights,
+        attrs=_attrs_from_node(op_kind, n, fn) if op_kind else {},
+    )
+
+
 def describe_fx_graph(
     graph: fx.Graph, state: Mapping[str, torch.Tensor], fmt: str
 ) -> tuple[ModelGraph, dict[str, _LayerNodes], list[fx.Node], list[fx.Node]]:
-    """Layer table from an exported graph's ``nn_module_stack``; also the nodes behind each layer."""
+    """Layer table from an exported graph's ``nn_module_stack`` (layer_table); also the nodes behind each layer."""
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     out_node = next(n for n in graph.nodes if n.op == "output")
     flat_outputs = list(_flat_nodes(out_node.args[0]))
     compute = [n for n in graph.nodes if n.op == "call_function"]
-
-    def stack(n: fx.Node) -> list[tuple[str, str]]:
-        st = n.meta.get("nn_module_stack") or {}
-        return [(p, c if isinstance(c, str) else getattr(c, "__name__", str(c)))
-                for p, c in st.values() if p and p != _EMPTY_STACK]
-
-    stacks = {n: stack(n) for n in compute}
-    class_of = {p: ln.short_class(c) for st in stacks.values() for p, c in st}
-    leaves = {p for p in ln.leaf_paths(tuple(p for p, _ in st) for st in stacks.values())
-              if class_of[p] not in ln.SKIPPED_CLASSES}
-    namer = ln.FunctionalNamer(leaves)
-
-    # Group nodes into layers, in graph order.
-    groups: dict[str, list[fx.Node]] = {}
-    layer_class: dict[str, str] = {}
-    functional: dict[str, str] = {}
-    for n in compute:
-        st = stacks[n]
-        inner = st[-1][0] if st else ""
-        if inner in leaves:
-            groups.setdefault(inner, []).append(n)
-            layer_class[inner] = class_of[inner]
-        elif (fn := ln.ACTIVATION_BY_ATEN.get(ln.aten_base(n.target))) and _is_tensor_node(n):
-            name = namer.name(inner, fn)
-            groups[name] = [n]
-            functional[name] = fn
-    node_layer = {n: name for name, nodes in groups.items() for n in nodes}
-
-    layer_nodes: dict[str, _LayerNodes] = {}
-    data_inputs: dict[str, list[fx.Node]] = {}
-    for name, nodes in groups.items():
-        members = set(nodes)
-        outs = [n for n in nodes if _is_tensor_node(n)
-                and any(u not in members for u in n.users)]
-        if not outs:
-            outs = [n for n in nodes if _is_tensor_node(n)][-1:]
-        ext: list[fx.Node] = []
-        for n in nodes:
-            for a in _flat_nodes((n.args, n.kwargs)):
-                if a not in members and _is_tensor_node(a) and a not in ext:
-                    ext.append(a)
-        if not outs:
-            continue
-        layer_nodes[name] = _LayerNodes(outs[-1], ext[0] if ext else None)
-        data_inputs[name] = ext
-
-    feeding_cache: dict[fx.Node, list[str]] = {}
-
-    def feeders(v: fx.Node) -> list[str]:
-        if v in feeding_cache:
-            return feeding_cache[v]
-        feeding_cache[v] = []
-        if v.op == "placeholder":
-            res = [v.name]
-        elif v in node_layer:
-            res = [node_layer[v]]
-        else:
-            res = []
-            for a in _flat_nodes((v.args, v.kwargs)):
-                if a.op in ("placeholder", "call_function"):
-                    res += [r for r in feeders(a) if r not in res]
-        feeding_cache[v] = res
-        return res
-
-    layers: list[Layer] = []
-    channels_first: dict[str, bool] = {}
-    for name, nodes in groups.items():
-        if name not in layer_nodes:
-            continue
-        ln_nodes = layer_nodes[name]
-        fn = functional.get(name)
-        cls = layer_class.get(name, "")
-        kind = "activation" if fn else ln.kind_of_class(cls)
-        if kind == "activation" and not fn:
-            fn = ln.ACTIVATION_BY_CLASS.get(cls)
-        main = next((n for n in nodes if ln.aten_base(n.target) in ln.ACTIVATION_BY_ATEN), nodes[0]) \
-            if kind == "activation" else next(
-                (n for n in nodes if _is_tensor_node(n) and any(
-                    a.op == "get_attr" for a in _flat_nodes(n.args))), nodes[-1])
-        inputs: list[str] = []
-        for a in data_inputs[name]:
-            inputs += [r for r in feeders(a) if r not in inputs and r != name]
-        out_shape = _shape(ln_nodes.output.meta["val"])
-        cf = any(channels_first.get(i, False) for i in inputs)
-        axis = ln.channel_axis(kind, cls, len(out_shape), cf)
-        channels_first[name] = axis == 1
-        layers.append(Layer(
-            name=name, kind=kind, op_type=cls or str(ln.aten_base(main.target)),
-            inputs=inputs,
-            input_shapes=[_shape(a.meta["val"]) for a in data_inputs[name]],
-            output_shapes=[out_shape],
-            weights={} if fn and name in functional else _weights_of(state, name),
-            attrs=_attrs_from_node(kind, main, fn),
-            channel_axis=axis,
-        ))
-
+    by_name = {n.name: n for n in graph.nodes}
+    shapes = {n.name: _shape(n.meta["val"]) for n in placeholders + compute if _is_tensor_node(n)}
+    table = lt.build_layer_table(
+        [_op_record(n, state) for n in compute], [p.name for p in placeholders],
+        [n.name for n in flat_outputs], shapes,
+    )
+    layer_nodes = {
+        name: _LayerNodes(by_name[v.output], by_name[v.input] if v.input else None)
+        for name, v in table.values.items()
+    }
     in_specs = [TensorSpec(p.name, _kserve(p.meta["val"].dtype), _shape(p.meta["val"]))
                 for p in placeholders if isinstance(p.meta.get("val"), torch.Tensor)]
     out_names = ["output"] if len(flat_outputs) == 1 else [f"output_{i}" for i in range(len(flat_outputs))]
     out_specs = [TensorSpec(nm, _kserve(n.meta["val"].dtype), _shape(n.meta["val"]))
                  for nm, n in zip(out_names, flat_outputs) if isinstance(n.meta.get("val"), torch.Tensor)]
-    return ModelGraph(fmt, in_specs, out_specs, layers), layer_nodes, placeholders, flat_outputs
+    return ModelGraph(fmt, in_specs, out_specs, table.layers), layer_nodes, placeholders, flat_outputs
 
 
 def _check_weights(graph: ModelGraph, weights: Mapping[str, Mapping[str, np.ndarray]]) -> None:
