@@ -33,6 +33,7 @@ demo: venv
 
 docs: venv
 	$(BIN)/python docs/generate_metrics_doc.py
+	$(BIN)/python docs/generate_models_doc.py
 
 proto: venv
 	$(BIN)/python proto/generate.py

@@ -60,17 +60,40 @@ class Layer:
         return int(sum(w.size for w in self.weights.values()))
 
 
+def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:
+    """The batch size an export fixed: every input has rank >= 2 and the same static first dimension."""
+    firsts = {spec.shape[0] if spec.shape and len(spec.shape) >= 2 else None for spec in inputs}
+    if len(firsts) != 1:
+        return None
+    (first,) = firsts
+    return first if isinstance(first, int) and first > 0 else None
+
+
 @dataclass
 class ModelGraph:
-    """A model as an ordered (topological) table of layers plus its input/output specs."""
+    """A model as an ordered (topological) table of layers plus its input/output specs.
+
+    ``static_batch`` is the batch size the export fixed (None when the batch is dynamic):
+    backends then split and pad data to it. ``notes`` are facts about how the model was
+    adapted on load, for the service to report once (a fixed batch, a lowered ONNX IR version).
+    """
 
     format: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     layers: list[Layer]
+    static_batch: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_name = {layer.name: layer for layer in self.layers}
+        if self.static_batch is None:
+            self.static_batch = fixed_batch(self.inputs)
+        if self.static_batch is not None and not any("fixes the batch" in n for n in self.notes):
+            self.notes.append(
+                f"the exported model fixes the batch size at {self.static_batch}: data is split and padded to "
+                f"batches of {self.static_batch}; padding rows are dropped before any result"
+            )
 
     def layer(self, name: str) -> Layer:
         try:

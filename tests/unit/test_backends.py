@@ -312,3 +312,93 @@ def test_onnx_session_reports_cpu_when_no_gpu(zoo_models) -> None:
     b = load_model(zoo_models["mlp"].paths["onnx"], device="auto")
     assert isinstance(b, OnnxBackend)
     assert b.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- the shared layer-table builder, static batches, IR versions ----------------------------------
+
+def _rec(id: str, ins: list[str], path: str, cls: str, call: int | None = None, fn: str | None = None):  # type: ignore[no-untyped-def]
+    from deepscope_server.backends.layer_table import Frame, OpRecord
+
+    stack = (Frame("", "Net", 0),) + ((Frame(path, cls, call),) if path else ())
+    return OpRecord(id=id, op_type=fn or id, stack=stack, inputs=ins, outputs=[id], function=fn, source=id,
+                    op_kind="activation" if fn else None)
+
+
+def test_layer_table_one_layer_per_call_site_split_by_connectivity() -> None:
+    """A module path seen twice without call indices (ONNX) becomes two layers, wired to what feeds each call."""
+    from deepscope_server.backends.layer_table import build_layer_table
+
+    recs = [
+        _rec("conv", ["x"], "conv", "Conv2d"),
+        _rec("relu", ["conv"], "relu", "ReLU", fn="relu"),
+        _rec("conv2", ["relu"], "conv2", "Conv2d"),
+        _rec("add", ["conv2", "conv"], "", ""),  # functional glue: not a layer
+        _rec("relu_1", ["add"], "relu", "ReLU", fn="relu"),
+        _rec("tanh", ["relu_1"], "", "", fn="tanh"),  # functional activation in the root
+    ]
+    shapes = {r.outputs[0]: (None, 4) for r in recs} | {"x": (None, 4)}
+    table = build_layer_table(recs, ["x"], ["tanh"], shapes)
+    assert [(layer.name, layer.kind) for layer in table.layers] == [
+        ("conv", "conv"), ("relu", "activation"), ("conv2", "conv"), ("relu@1", "activation"), ("tanh", "activation")]
+    by = {layer.name: layer for layer in table.layers}
+    assert by["relu"].inputs == ["conv"] and sorted(by["relu@1"].inputs) == ["conv", "conv2"]
+    assert table.values["relu@1"].output == "relu_1" and table.values["relu@1"].input == "add"
+
+
+def test_layer_table_recorded_call_index_and_bare_root_module() -> None:
+    from deepscope_server.backends.layer_table import Frame, OpRecord, build_layer_table
+
+    recs = [_rec("a", ["x"], "act", "ReLU", 0, "relu"), _rec("b", ["a"], "act", "ReLU", 1, "relu")]
+    table = build_layer_table(recs, ["x"], ["b"], {"x": (None, 2), "a": (None, 2), "b": (None, 2)})
+    assert [layer.name for layer in table.layers] == ["act", "act@1"]
+    bare = OpRecord("linear", "linear", (Frame("", "Linear", 0),), ["x"], ["y"], op_kind="linear")
+    table = build_layer_table([bare], ["x"], ["y"], {"x": (None, 16), "y": (None, 5)})
+    assert [(layer.name, layer.kind, layer.inputs) for layer in table.layers] == [("linear", "linear", ["x"])]
+
+
+def _relu_model(path: Path, ir_version: int, batch: int | str) -> Path:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="act")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=ir_version), str(path))
+    return path
+
+
+def test_onnx_ir_version_newer_than_onnxruntime_is_lowered(tmp_path: Path) -> None:
+    from deepscope_server.backends.onnx_backend import ort_max_ir_version
+
+    newest = ort_max_ir_version()
+    b = load_model(_relu_model(tmp_path / "m.onnx", newest + 1, "N"), device="cpu")
+    x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    np.testing.assert_array_equal(b.run({"x": x}).outputs["y"], np.maximum(x, 0))
+    assert any(f"IR version {newest + 1} lowered to {newest}" in n for n in b.graph.notes)
+
+
+def test_static_batch_splits_pads_and_trims(tmp_path: Path) -> None:
+    b = load_model(_relu_model(tmp_path / "m.onnx", 8, 2), device="cpu")
+    assert b.graph.static_batch == 2
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    run = b.run({"x": x}, [C("act", "input"), C("act")])
+    np.testing.assert_array_equal(run.outputs["y"], np.maximum(x, 0))
+    np.testing.assert_array_equal(run.captured[C("act", "input")], x)  # no padding row in a capture
+    with pytest.raises(InvalidInput, match=re.escape("expected FP32 [2, 3], got FP32 [5, 4]")):
+        b.run({"x": np.zeros((5, 4), np.float32)})  # wrong feature size: still refused as is
+
+
+def test_generic_onnx_matmul_add_is_one_linear_layer_and_gemm_trans_b(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    B, c = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    G = rng.standard_normal((2, 3)).astype(np.float32)  # Gemm transB=1: already [out, in]
+    nodes = [helper.make_node("MatMul", ["x", "B"], ["h"], name="mm"), helper.make_node("Add", ["h", "c"], ["a"], name="bias"),
+             helper.make_node("Gemm", ["a", "G"], ["y"], name="gemm", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                              [numpy_helper.from_array(B, "B"), numpy_helper.from_array(c, "c"), numpy_helper.from_array(G, "G")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "m.onnx"))
+    b = load_model(tmp_path / "m.onnx", device="cpu")
+    assert [(layer.name, layer.kind) for layer in b.graph.layers] == [("mm", "linear"), ("gemm", "linear")]
+    np.testing.assert_array_equal(b.graph.layer("mm").weights["weight"], B.T)
+    np.testing.assert_array_equal(b.graph.layer("mm").weights["bias"], c)
+    np.testing.assert_array_equal(b.graph.layer("gemm").weights["weight"], G)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(b.run({"x": x}, [C("mm")]).captured[C("mm")], x @ B + c, rtol=1e-5, atol=1e-6)

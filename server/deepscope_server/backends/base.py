@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
-from ..model_graph import ModelGraph
+from ..errors import InvalidInput
+from ..model_graph import ModelGraph, TensorSpec
 
 CaptureWhat = Literal["output", "input"]
 
@@ -63,3 +65,64 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
+
+
+_Run = TypeVar("_Run", bound=Callable[..., RunOutput])
+
+
+def _fits_but_batch(specs: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray]) -> int | None:
+    """The common batch of inputs that match their specs in every dimension but the first, else None."""
+    sizes = set()
+    for spec in specs:
+        a = arrays.get(spec.name)
+        if a is None or a.ndim != len(spec.shape) or a.ndim == 0:
+            return None
+        if any(d is not None and d != n for d, n in zip(spec.shape[1:], a.shape[1:])):
+            return None
+        sizes.add(a.shape[0])
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _trim(name: str, parts: list[tuple[int, np.ndarray]], batch: int) -> np.ndarray:
+    if any(a.ndim == 0 or a.shape[0] != batch for _, a in parts):
+        raise InvalidInput(
+            f"the model fixes its batch size at {batch}, and '{name}' has no batch axis first "
+            f"(shape {list(parts[0][1].shape)}), so the data cannot be split into batches of {batch}; "
+            f"send exactly {batch} rows, or re-export with a dynamic batch (dynamic_shapes)"
+        )
+    return np.concatenate([a[:n] for n, a in parts], axis=0)
+
+
+def static_batch(method: _Run) -> _Run:
+    """Run data of any batch size on a model whose export fixed the batch (``graph.static_batch``).
+
+    The data is split into batches of that size, the last one padded by repeating its last row;
+    outputs and captures are concatenated with the padding rows dropped, so no padding reaches
+    a result. Inputs of the right size, or that do not fit otherwise, go straight through
+    (validation then reports the mismatch).
+    """
+
+    @functools.wraps(method)
+    def run(self: Backend, inputs: Mapping[str, np.ndarray], *args: Any, **kwargs: Any) -> RunOutput:
+        batch = self.graph.static_batch
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        n = _fits_but_batch(self.graph.inputs, arrays) if batch else None
+        if not batch or n is None or n == batch or n == 0:
+            return method(self, inputs, *args, **kwargs)
+        chunks: list[tuple[int, RunOutput]] = []
+        for lo in range(0, n, batch):
+            part = {}
+            for k, a in arrays.items():
+                rows = a[lo:lo + batch]
+                if len(rows) < batch:
+                    rows = np.concatenate([rows, np.repeat(rows[-1:], batch - len(rows), axis=0)])
+                part[k] = np.ascontiguousarray(rows)
+            chunks.append((min(batch, n - lo), method(self, part, *args, **kwargs)))
+        first = chunks[0][1]
+        return RunOutput(
+            {k: _trim(k, [(m, c.outputs[k]) for m, c in chunks], batch) for k in first.outputs},
+            {r: _trim(f"{r.layer} ({r.what})", [(m, c.captured[r]) for m, c in chunks], batch)
+             for r in first.captured},
+        )
+
+    return run  # type: ignore[return-value]

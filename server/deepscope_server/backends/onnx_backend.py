@@ -34,7 +34,7 @@ from ..errors import InvalidInput, near_matches
 from ..model_graph import Layer, ModelGraph, TensorSpec
 from . import layer_naming as ln
 from . import layer_table as lt
-from .base import Backend, CaptureRequest, RunOutput
+from .base import Backend, CaptureRequest, RunOutput, static_batch
 from .inputs import validate_inputs
 
 #: Operator domains onnxruntime implements natively; anything else needs a custom-op library.
@@ -327,12 +327,43 @@ def _onnx_op_kind(node: onnx.NodeProto, inits: Mapping[str, np.ndarray], transpo
     return None if kind == "other" else kind
 
 
+@functools.cache
+def ort_max_ir_version() -> int:
+    """The newest ONNX IR version this onnxruntime loads (it says so when refusing a newer one)."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    probe = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=onnx.IR_VERSION)
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        found = re.search(r"max supported IR version: (\d+)", str(exc))
+        if found:
+            return int(found.group(1))
+    return onnx.IR_VERSION
+
+
+def _lower_ir_version(model: onnx.ModelProto) -> int | None:
+    """Stamp a model newer than onnxruntime reads with the newest IR version it does; the old version, or None.
+
+    IR versions add container features (new types, metadata), not operator semantics; a model
+    using a feature the lower version lacks still fails in onnxruntime with its own message, and
+    an unsupported opset is refused there too.
+    """
+    newest = ort_max_ir_version()
+    if model.ir_version <= newest:
+        return None
+    old, model.ir_version = model.ir_version, newest
+    return old
+
+
 class OnnxBackend(Backend):
     """An ONNX model run by onnxruntime, with capture of any layer's input or output."""
 
     format: ClassVar[str] = "onnx"
 
     def __init__(self, model: onnx.ModelProto, device: str, name: str = "model") -> None:
+        lowered_from = _lower_ir_version(model)
         self._model = model
         self._providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
@@ -346,6 +377,9 @@ class OnnxBackend(Backend):
         self._types = self._value_types(model)
         self._input_names = {vi.name for vi in model.graph.input} - set(self._inits)
         self.graph, self._values, self._refs = self._describe(model)
+        if lowered_from is not None:
+            self.graph.notes.append(f"ONNX IR version {lowered_from} lowered to {model.ir_version}, the newest "
+                                    "onnxruntime reads (the operator set is unchanged)")
         self._cache: dict[tuple[str, ...], ort.InferenceSession] = {}
         session = self._session(())
         actual = session.get_providers()
@@ -420,6 +454,7 @@ class OnnxBackend(Backend):
         recurrent_seen: dict[tuple[str, str], int] = {}
         transposed = self._transposed = _transposed_initializers(model, self._inits)
         taken: set[str] = set()
+        matmul_frame: dict[str, tuple[lt.Frame, ...]] = {}
         records = []
         for i, n in enumerate(nodes):
             op_kind = _onnx_op_kind(n, self._inits, transposed)
@@ -440,6 +475,11 @@ class OnnxBackend(Backend):
                     name += "_"
                 taken.add(name)
                 stack = (lt.Frame(name, "", 0),)
+                if op_kind == "linear" and n.op_type == "MatMul":
+                    matmul_frame[n.output[0]] = stack
+            elif n.op_type == "Add" and any(v in matmul_frame for v in n.input) and any(
+                    v in self._inits and self._inits[v].ndim == 1 for v in n.input):
+                stack = matmul_frame[next(v for v in n.input if v in matmul_frame)]  # MatMul + bias: one Linear
             path = stack[-1].path if stack else ""
             attrs: dict[str, Any] = {}
             folded = op_kind == "conv" and bool(stack) and ln.kind_of_class(stack[-1].cls) == "norm"
@@ -452,7 +492,7 @@ class OnnxBackend(Backend):
             weights = self._record_weights(n, path, op_kind, folded, consumers, recurrent_seen, source)
             attrs.update(_op_attrs(op_kind, n, function, {**self._inits, **self._consts}) if op_kind else {})
             records.append(lt.OpRecord(
-                id=source if not use_meta else (n.name or f"{n.op_type}_{i}"), op_type=n.op_type, stack=stack,
+                id=n.name or f"{n.op_type}_{i}", op_type=n.op_type, stack=stack,
                 inputs=[v for v in n.input if self._is_data(v)],
                 reads=[v for v in n.input if v and not self._is_data(v) and v not in self._inits],
                 outputs=[v for v in n.output if v], op_kind=op_kind, function=function, source=source,
@@ -479,6 +519,10 @@ class OnnxBackend(Backend):
             else:
                 key = next((k for k in torch_keys if k.endswith(role)), role)
             out[key] = lt.Weight(arr.copy(), ref)
+        if prefix and not folded:  # parameters the exporter kept by name and layout, whatever reads them (Slice...)
+            for v in n.input:
+                if v.startswith(prefix) and v not in out and v in self._inits and self._inits[v].dtype.kind == "f":
+                    out[v] = lt.Weight(self._inits[v].copy(), _WeightRef(v, _whole()))
         # A zero bias the optimiser dropped: report the torch parameter (zeros), not writable.
         bias_key = next((k for k in torch_keys if k.endswith("bias")), None)
         weight = next((w for k, w in out.items() if k.endswith("weight")), None)
@@ -569,9 +613,11 @@ class OnnxBackend(Backend):
                 raise InvalidInput(f"capture of layer '{req.layer}' ({req.what}, value '{value}') returned nothing")
         return RunOutput({n: by_name[n] for n in out_names}, captured)
 
+    @static_batch
     def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         return self._run(inputs, capture)
 
+    @static_batch
     def run_with_weights(
         self,
         inputs: Mapping[str, np.ndarray],

@@ -31,7 +31,7 @@ from ..errors import InvalidInput, near_matches
 from ..model_graph import Layer, ModelGraph, TensorSpec
 from . import layer_naming as ln
 from . import layer_table as lt
-from .base import Backend, CaptureRequest, RunOutput
+from .base import Backend, CaptureRequest, RunOutput, static_batch
 from .inputs import validate_inputs
 
 _EMPTY_STACK = "_empty_nn_module_stack_from_metadata_hook"
@@ -272,9 +272,11 @@ class _TorchModuleBackend(Backend):
     def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
         """Validate, run one batch and collect the captures."""
 
+    @static_batch
     def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         return self._run(inputs, capture)
 
+    @static_batch
     def run_with_weights(
         self,
         inputs: Mapping[str, np.ndarray],
@@ -387,15 +389,19 @@ def describe_modules(root: torch.nn.Module, fmt: str) -> tuple[ModelGraph, dict[
     modules: dict[str, torch.nn.Module] = {}
     first_weight: np.ndarray | None = None
     dtype = "FP32"
+    atomic: list[str] = []  # attention modules own their projections (out_proj is a child module)
     for name, m in root.named_modules():
-        if not name or any(True for _ in m.children()):
-            continue
         cls = getattr(m, "original_name", None) or type(m).__name__
-        if cls in ln.SKIPPED_CLASSES:
-            continue
         kind = ln.kind_of_class(cls)
+        whole = kind in ("attention", "recurrent")
+        if not name or any(name.startswith(a + ".") for a in atomic) or cls in ln.SKIPPED_CLASSES:
+            continue
+        if whole:
+            atomic.append(name)
+        elif any(True for _ in m.children()):
+            continue
         weights = {k: v.detach().cpu().numpy().copy()
-                   for k, v in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
+                   for k, v in list(m.named_parameters(recurse=whole)) + list(m.named_buffers(recurse=whole))
                    if v.is_floating_point()}
         if first_weight is None and "weight" in weights:
             first_weight = weights["weight"]
