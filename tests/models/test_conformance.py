@@ -150,3 +150,30 @@ def test_cnt_reused_and_separate_relu_agree(results) -> None:
 def test_docs_matrix_is_current(results) -> None:
     text = conf.matrix_markdown([results[c] for c in CASES])
     assert DOC.read_text() == text, "docs/models.md is stale: run `python docs/generate_models_doc.py`"
+
+
+@pytest.mark.slow
+def test_real_server_static_batch_and_call_sites_end_to_end(results, tmp_path: Path) -> None:
+    """Through gRPC: a .pt2 that fixes batch 2 takes 5 samples; a reused ReLU's second call is its own layer."""
+    import deepscope
+    from deepscope.embedded import EmbeddedServer
+
+    path = conf.export(*conf.build("resnet_reused_relu"), "pt2_static", tmp_path / "model")
+    model_t, _ = conf.build("resnet_reused_relu")
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(11))
+    calls, _ = conf.module_calls(model_t, x)
+    server = EmbeddedServer(store=tmp_path / "store")
+    address = server.start()
+    try:
+        with deepscope.connect(address, token=server.token, progress=False) as client:
+            model = client.upload_model(path)
+            acts = client.capture(model, x.numpy(), layers=["layer1.0.relu", "layer1.0.relu@1"])
+            np.testing.assert_allclose(acts["layer1.0.relu"], calls["layer1.0.relu"][0][1], rtol=conf.RTOL, atol=conf.ATOL)
+            np.testing.assert_allclose(acts["layer1.0.relu@1"], calls["layer1.0.relu"][1][1], rtol=conf.RTOL, atol=conf.ATOL)
+            run = client.analyze(model, data=x.numpy(), metrics=["cnt.node_strength"], layers=["layer1.0.conv*"])
+            local = _strengths(results[("resnet_reused_relu", "pt2_dynamic")].backend.graph)
+            for layer in ("layer1.0.conv1", "layer1.0.conv2"):
+                np.testing.assert_allclose(run.result("cnt.node_strength", layer)["in_strength"],
+                                           local[layer]["in_strength"], rtol=1e-6)
+    finally:
+        server.stop()
