@@ -130,10 +130,10 @@ def _split_calls(ops: list[OpRecord]) -> list[list[OpRecord]]:
         for v in r.inputs + r.reads:
             if v in produced:
                 parent[find(i)] = find(produced[v])
-    calls: dict[int, list[OpRecord]] = {}
+    calls: dict[int, list[OpRecord]] = {}  # dicts keep insertion order: calls come out in graph order
     for i, r in enumerate(ops):
         calls.setdefault(find(i), []).append(r)
-    return sorted(calls.values(), key=lambda c: ops.index(c[0]))
+    return list(calls.values())
 
 
 def _group(records: Sequence[OpRecord]) -> list[_Group]:

@@ -1,12 +1,17 @@
 """ONNX backend through onnxruntime.
 
-Layers: for models from the torch dynamo exporter, nodes carry the torch module path
-(``pkg.torch.onnx.name_scopes``) and aten op (``pkg.torch.onnx.class_hierarchy``); layers are
-then built with the same rules as the .pt2 backend (layer_naming), so names agree across formats,
-and weights are the initializers named ``<module>.<param>`` (the exporter keeps them in PyTorch
-layout, with explicit Transpose nodes). Other ONNX models get one layer per significant node,
-named by node name, with weights converted to PyTorch layout (Gemm transB/alpha/beta, MatMul
-``[in, out]`` -> ``W[out, in]``).
+Layers: every node becomes a neutral record for the shared builder (layer_table). For models
+from the torch dynamo exporter, nodes carry the torch module path (``pkg.torch.onnx.name_scopes``)
+and aten op (``pkg.torch.onnx.class_hierarchy``), so layers get the same call-site names as in
+.pt2; weights are converted to PyTorch layout from the operator (Gemm transB/alpha/beta, MatMul
+``[in, out]`` -> ``W[out, in]``, LSTM/GRU/RNN gate order) and named after the torch parameter the
+exporter recorded (initializer name, or the fx node's ``%p_...`` arguments). The exporter's
+default optimiser folds BatchNorm into the preceding Conv: that Conv keeps the conv's name (from
+its weight initializer) and says ``bn_folded``. Other ONNX models get one layer per significant
+node, named by node name (MatMul + bias Add as one linear layer).
+
+Models stamped with a newer IR version than onnxruntime reads are lowered to the newest it
+does (the operator set decides what runs, and onnxruntime checks it).
 
 Capture adds the requested values as graph outputs of a session built for that capture set
 (cached); onnxruntime keeps graph outputs through its optimisations, so the remaining graph

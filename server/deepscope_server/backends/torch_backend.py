@@ -1,12 +1,14 @@
 """PyTorch backends: torch.export programs (.pt2), TorchScript (.pt) and trusted pickled modules.
 
-.pt2 is the first-class format: the layer table comes from the exported graph's
-``nn_module_stack`` metadata (see layer_naming for the rules shared with ONNX), and capture
+.pt2 is the first-class format: every fx node becomes a neutral record (module calls from
+``nn_module_stack``, parameters from its ``get_attr`` arguments) for the builder shared with
+ONNX (layer_table: one layer per call site, ``layer1.0.relu@1`` for a module's second call), and capture
 returns the requested fx nodes as extra outputs of a copy of ``ep.module()``'s graph (one
 compiled GraphModule cached per capture set). Returning existing tensors costs nothing beyond
 keeping them alive; a node is cloned only when a later in-place op (``relu_``) would overwrite it.
 
-TorchScript: runs, and describes its modules and parameters, but intermediate capture is refused
+TorchScript: runs, and describes its modules (not call sites: nothing was traced) and parameters;
+attention and recurrent modules are one layer each with all their weights. Intermediate capture is refused
 (the compiled graph bypasses Python hooks; re-export with torch.export to .pt2).
 Pickled modules execute arbitrary code when loaded: only with ``trusted=True``, then captured
 through forward hooks (views, cloned only when the model has in-place modules).
