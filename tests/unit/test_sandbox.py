@@ -28,15 +28,16 @@ def loop_bomb(path: Path) -> Path:
         "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["N", 1])],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])],
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["N", 1])],
         [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])],
     )
     graph = helper.make_graph(
-        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)], "bomb",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["looped"], body=body),
+         helper.make_node("Relu", ["looped"], ["y"], name="relu")], "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
         [helper.make_tensor("trips", TensorProto.INT64, [], [2 ** 62]),
          helper.make_tensor("cond", TensorProto.BOOL, [], [True])],
     )
@@ -116,14 +117,14 @@ def test_forward_past_its_deadline_is_stopped_and_the_next_call_gets_a_fresh_wor
         first = backend.pid
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="max-forward-seconds"):
-            backend.run({"x": np.zeros(1, np.float32)})
+            backend.run({"x": np.zeros((1, 1), np.float32)})
         assert time.monotonic() - started < 30
         assert backend.pid is None and not _alive(first)
         with pytest.raises(DeadlineExceeded, match="call's deadline"):
-            backend.run({"x": np.zeros(1, np.float32)}, deadline=time.monotonic() + 0.3)
+            backend.run({"x": np.zeros((1, 1), np.float32)}, deadline=time.monotonic() + 0.3)
         flag = {"stop": False}
         with pytest.raises(RunCancelled):
-            backend.run({"x": np.zeros(1, np.float32)}, cancelled=lambda: flag.__setitem__("stop", True) or True)
+            backend.run({"x": np.zeros((1, 1), np.float32)}, cancelled=lambda: flag.__setitem__("stop", True) or True)
     finally:
         backend.close()
 
