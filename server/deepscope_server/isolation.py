@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.process
+import os
 import resource
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import lifeline
 from .backends import CaptureRequest, RunOutput
 from .errors import InvalidInput
 from .model_graph import ModelGraph
@@ -128,8 +131,6 @@ def configure_workers(modules: Sequence[str]) -> None:
 
 def _ensure_forkserver() -> None:
     try:
-        from multiprocessing import forkserver
-
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - the first run will start it (and report any problem)
         pass
@@ -159,8 +160,10 @@ class _RemoteModel:
         return self._ask("run_with_weights", dict(inputs), {k: dict(v) for k, v in weights.items()}, list(capture))
 
 
-def _worker_main(conn: Connection, memory_bytes: int) -> None:
+def _worker_main(conn: Connection, lifeline_end: Connection, memory_bytes: int) -> None:
     """A metric worker: one metric instance, driven by the parent's calls until "stop" or EOF."""
+    lifeline.watch(lifeline_end)  # exit with the server, even in the middle of a call
+    _release_forkserver()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
@@ -200,6 +203,24 @@ def _worker_main(conn: Connection, memory_bytes: int) -> None:
                        list(ctx.warnings) if ctx else [], time.perf_counter() - started))
 
 
+def _release_forkserver() -> None:
+    """Close the forkserver's "alive" pipe, which every forked worker inherits.
+
+    The forkserver exits when the last holder of that pipe's write end is gone. The server holds
+    it, but so does each worker (multiprocessing hands it down so a child could use the same
+    forkserver); a worker busy when the server is killed would keep the forkserver alive. Workers
+    never start processes through it, so they let go of it.
+    """
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        server._forkserver_alive_fd = None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def _death(process: multiprocessing.process.BaseProcess) -> str:
     process.join(1.0)
     code = process.exitcode
@@ -224,6 +245,7 @@ class ProcessGuard(GuardedMetric):
         self.memory_bytes = memory_bytes
         self._check_run = check  # raises RunCancelled / LimitExceeded when the run must stop
         self._conn: Connection | None = None
+        self._lifeline: Connection | None = None  #: write end: closing it (or our death) ends the worker
         self._process: multiprocessing.process.BaseProcess | None = None
         self._what = ""
         self._sent_at = 0.0
@@ -237,10 +259,13 @@ class ProcessGuard(GuardedMetric):
         try:
             if op == "start":
                 parent, child = _MP.Pipe(duplex=True)
-                self._process = _MP.Process(target=_worker_main, args=(child, self.memory_bytes), daemon=True,
-                                            name=f"metric-{self.planned.name}")
+                # The worker watches the read end; only this process holds the write end.
+                lifeline_end, self._lifeline = _MP.Pipe(duplex=False)
+                self._process = _MP.Process(target=_worker_main, args=(child, lifeline_end, self.memory_bytes),
+                                            daemon=True, name=f"metric-{self.planned.name}")
                 self._process.start()
                 child.close()
+                lifeline_end.close()
                 self._conn = parent
                 ctx = self.ctx
                 message: tuple[Any, ...] = ("start", self.planned.entry.cls, ctx.params, ctx.layers, ctx.graph,
@@ -333,8 +358,8 @@ class ProcessGuard(GuardedMetric):
         self.close(kill=True)
 
     def close(self, kill: bool = False) -> None:
-        process, conn = self._process, self._conn
-        self._process, self._conn, self._waiting = None, None, False
+        process, conn, lifeline_end = self._process, self._conn, self._lifeline
+        self._process, self._conn, self._lifeline, self._waiting = None, None, None, False
         if conn is not None:
             if not kill:
                 try:
@@ -349,3 +374,5 @@ class ProcessGuard(GuardedMetric):
                 process.kill()
                 process.join(2.0)
             process.close() if process.exitcode is not None else None
+        if lifeline_end is not None:
+            lifeline_end.close()
