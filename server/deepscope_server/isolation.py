@@ -8,6 +8,7 @@ own code (measured in the worker, so parallel metrics do not inflate each other'
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.process
 import os
@@ -27,22 +28,22 @@ from . import lifeline
 from .backends import CaptureRequest, RunOutput
 from .errors import InvalidInput
 from .model_graph import ModelGraph
-from .plugin_api import Context, Metric
+from .plugin_api import Context, Metric, MetricTimeout, RunCancelled
+
+__all__ = ["GuardedMetric", "ProcessGuard", "RunCancelled", "configure_workers"]
 
 if TYPE_CHECKING:
     from .analysis import PlannedMetric
-
-
-class RunCancelled(Exception):
-    """Raised inside the run (and inside model handles) once the client cancelled or the deadline passed."""
 
 
 class GuardedMetric:
     """One metric instance for one checkpoint, hosted in a server thread (``--metric-isolation thread``).
 
     Plugin calls go through ``begin(op)`` / ``end()``: ``start``, ``update`` (a Batch), ``finish``.
-    A failure is recorded (not raised) and the guard ignores later calls. A hung call is abandoned
-    after the time limit, but its thread keeps running: use process isolation for untrusted code.
+    A failure is recorded (not raised) and the guard ignores later calls. A call past the time
+    limit is failed and stopped cooperatively: ``ctx.check()`` raises MetricTimeout from then on,
+    and MetricTimeout is also raised in its thread at the next Python instruction. A call stuck
+    inside one long C function runs on until it returns: use process isolation for untrusted code.
     """
 
     def __init__(self, planned: PlannedMetric, checkpoint: int, ctx: Context, timeout: float) -> None:
@@ -81,30 +82,61 @@ class GuardedMetric:
         """Run plugin code in a daemon thread with a time limit; record (not raise) its failure."""
         if self.error:
             return None
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
-                box["error"] = exc
-                box["trace"] = traceback.format_exc(limit=6)
-
         start = time.perf_counter()
-        worker = threading.Thread(target=target, name=f"metric-{self.planned.name}", daemon=True)
+        self.ctx.deadline = time.monotonic() + self.timeout
+        worker = _MetricThread(fn, f"metric-{self.planned.name}")
         worker.start()
         worker.join(self.timeout)
-        self.seconds += time.perf_counter() - start
         if worker.is_alive():
+            worker.stop()
+            worker.join(1.0)  # a cooperating metric is gone by now; let it unwind before the next call
+        self.seconds += time.perf_counter() - start
+        exc = worker.error
+        if worker.is_alive() or isinstance(exc, MetricTimeout):
             self.error = f"{what} exceeded the metric time limit of {self.timeout:g} s"
             return None
-        if "error" in box:
-            exc = box["error"]
+        if exc is not None:
             if isinstance(exc, RunCancelled):
                 raise exc
-            self.error = f"{what} raised {type(exc).__name__}: {exc}\n{box['trace']}"
+            self.error = f"{what} raised {type(exc).__name__}: {exc}\n{worker.trace}"
             return None
-        return box.get("value")
+        return worker.value
+
+
+class _MetricThread(threading.Thread):
+    """One plugin call in a daemon thread; ``stop()`` raises MetricTimeout inside it if it still runs."""
+
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = fn
+        self._lock = threading.Lock()  # stop() never targets a thread id that may already be reused
+        self._running = True
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.trace = ""
+
+    def run(self) -> None:
+        try:
+            try:
+                self.value = self._fn()
+            except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+                self.error, self.trace = exc, traceback.format_exc(limit=6)
+            finally:
+                with self._lock:
+                    self._running = False
+        except MetricTimeout:  # stop() landed while the call was already unwinding
+            self.error = self.error or MetricTimeout()
+
+    def stop(self) -> None:
+        """Raise MetricTimeout in the thread at its next Python instruction (a C call finishes first)."""
+        with self._lock:
+            if self._running and self.ident is not None:
+                _set_async_exc(ctypes.c_ulong(self.ident), ctypes.py_object(MetricTimeout))
+
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+_set_async_exc.restype = ctypes.c_int
 
 
 # ---------------------------------------------------------------- process isolation

@@ -1,5 +1,6 @@
-"""A server killed with SIGKILL takes its helpers with it: the multiprocessing forkserver, the
-resource tracker and metric workers busy in the middle of a call all exit on their own."""
+"""Metric code does not outlive what it belongs to: a server killed with SIGKILL takes its helpers
+with it (the multiprocessing forkserver, the resource tracker and metric workers busy in the middle
+of a call all exit on their own), and under thread isolation a metric past its time limit stops."""
 
 from __future__ import annotations
 
@@ -90,4 +91,35 @@ def test_sigkill_of_the_server_ends_forkserver_tracker_and_busy_workers(tmp_path
                 proc.kill()
             except psutil.Error:
                 pass
+        server.stop()
+
+
+def _read_when_written(path, seconds: float = 30.0) -> str:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.read_text() if path.exists() else ""
+
+
+def test_thread_isolation_stops_a_metric_past_its_time_limit(tmp_path, exported):
+    server, address = start_server(tmp_path / "store", no_entry_points=True, metric_isolation="thread")
+    try:
+        with deepscope.connect(address, token=server.token, progress=False) as client:
+            model = client.upload_model(exported["mlp"]["onnx"])
+            x = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+            # A loop that calls ctx.check(), and one that never looks at its context.
+            for cooperative in (True, False):
+                marker = tmp_path / f"spins-ended-{cooperative}"
+                run = client.analyze(model, data=x, batch_size=8, layers=["fc1"], metric_timeout=2,
+                                     metrics=["testing.spins", "testing.slow"],
+                                     params={"testing.spins": {"cooperative": cooperative, "marker": str(marker)},
+                                             "testing.slow": {"seconds": 0.0}})
+                assert run.status == "completed"
+                failures = {metric: error for (metric, _, _), error in run.failures.items()}
+                assert failures["testing.spins"].startswith("update(batch 0) exceeded the metric time limit of 2 s")
+                assert "testing.slow" not in failures and run.result("testing.slow", "")["done"]
+                # The busy loop itself ended, stopped by the time limit: its thread no longer burns CPU.
+                assert _read_when_written(marker) == "MetricTimeout", (cooperative, server.log())
+            assert client.health() == "SERVING"
+    finally:
         server.stop()
