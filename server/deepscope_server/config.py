@@ -49,6 +49,9 @@ class Settings:
     #: "process": each metric instance of a run in its own worker process (a crash or a memory
     #: blow-up fails only that metric); "thread": in-server threads (trusted, fast metrics).
     metric_isolation: str = "process"
+    #: Maintenance commands (no server starts): see storecheck.py.
+    check_store: bool = False
+    rebuild_catalogue: bool = False
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -99,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("metric_isolation", d.metric_isolation),
                    help="run each metric in a worker process (default; a crash fails only that metric) "
                    "or in a server thread (trusted, fast metrics)")
+    store_commands = p.add_mutually_exclusive_group()  # commands, not settings: no environment variables
+    store_commands.add_argument("--check-store", action="store_true",
+                                help="check the store (SQLite integrity, catalogue vs model files), print a report "
+                                "and exit: 0 if clean, 1 if not; starts no server")
+    store_commands.add_argument("--rebuild-catalogue", action="store_true",
+                                help="rebuild the model catalogue from the model files in the store (runs are kept "
+                                "when readable) and exit; starts no server")
     for name, value in vars(Limits()).items():
         kind = float if isinstance(value, float) else int
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=kind(_env(name, value)))
@@ -126,5 +136,6 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         plugin_modules=list(args.plugin_modules), device=args.device, auth_token=token, allow_unauthenticated=args.allow_unauthenticated,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         port_file=args.port_file, workers=args.workers, metric_isolation=args.metric_isolation,
+        check_store=args.check_store, rebuild_catalogue=args.rebuild_catalogue,
         limits=limits,
     )

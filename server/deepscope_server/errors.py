@@ -26,6 +26,10 @@ class LimitExceeded(DeepscopeError):
         self.limit_name, self.limit, self.size = limit_name, limit, size
 
 
+class StorageFull(DeepscopeError):
+    """The store's disk (or quota) is full (RESOURCE_EXHAUSTED): the operator must free space."""
+
+
 class Unavailable(DeepscopeError):
     """The server is shutting down or at capacity (UNAVAILABLE)."""
 

@@ -20,7 +20,7 @@ from deepscope.tensors import TensorError, from_proto, tensor_parts
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from . import convert
+from . import convert, errors
 from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .config import Settings
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
