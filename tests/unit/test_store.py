@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope_server.errors import InvalidInput, LimitExceeded, NotFound, StorageFull
 from deepscope_server.store import Store, StoreUnusable, claim_store
+from deepscope_server.storecheck import check_store, rebuild_catalogue
 
 
 def test_model_is_content_addressed_and_survives_reopen(tmp_path):
@@ -244,3 +245,101 @@ def test_a_full_disk_fails_uploads_and_run_writes_with_storage_full(tiny_disk):
     reopened = Store(tiny_disk)
     assert reopened.get_run(run.id).info.status == pb.FAILED  # not "interrupted"
     reopened.close()
+
+
+# ------------------------------------------------------------ --check-store / --rebuild-catalogue
+
+
+def _report(capsys, command, root):  # noqa: ANN001, ANN202
+    code = command(root)
+    return code, capsys.readouterr().out
+
+
+def test_check_store_passes_a_clean_store_and_names_each_problem(tmp_path, capsys):
+    store = Store(tmp_path)
+    first = _upload(store, "first.onnx", _onnx_bytes(1.0))
+    second = _upload(store, "second.onnx", _onnx_bytes(2.0))
+    run = pb.RunInfo()
+    store.create_run(run)
+    store.add_result(run.id, 1, pb.MetricResult(metric="a.b", status="ok"))
+    store.close()
+    code, out = _report(capsys, check_store, tmp_path)
+    assert code == 0 and out.strip() == f"store {tmp_path}: ok (2 catalogued models, 1 runs, 1 results)"
+
+    (tmp_path / "models" / second / "model").write_bytes(b"\x08flipped")  # a damaged file
+    with _db(tmp_path) as db:
+        db.execute("UPDATE runs SET info=? WHERE id=?", (b"\xff\xff", run.id))
+        db.execute("DELETE FROM models WHERE id=?", (first,))
+    code, out = _report(capsys, check_store, tmp_path)
+    assert code == 1
+    problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 3, out
+    assert f"model {second[:12]} ('second.onnx'): file {tmp_path / 'models' / second / 'model'} is damaged" in out
+    assert f"model file {tmp_path / 'models' / first / 'model'} is not in the catalogue" in out
+    assert f"run {run.id} has an unreadable record" in out
+    assert out.splitlines()[-1] == (f"store {tmp_path}: 3 problem(s); repair: deepscope-server --store {tmp_path} "
+                                    "--rebuild-catalogue")
+
+
+def test_check_store_reports_a_database_that_is_not_sqlite(tmp_path, capsys):
+    store = Store(tmp_path)
+    _upload(store, "m.onnx", _onnx_bytes(1.0))
+    store.close()
+    (tmp_path / "deepscope.db").write_bytes(b"garbage" * 1000)
+    code, out = _report(capsys, check_store, tmp_path)
+    assert code == 1 and f"problem: store database {tmp_path / 'deepscope.db'} is not a valid SQLite file" in out
+
+
+def test_rebuild_keeps_readable_runs_and_names_and_recovers_lost_models(tmp_path, capsys):
+    store = Store(tmp_path)
+    named = _upload(store, "named.onnx", _onnx_bytes(1.0))
+    lost = _upload(store, "lost.onnx", _onnx_bytes(2.0))
+    run, bad = pb.RunInfo(error="kept"), pb.RunInfo()
+    for info in (run, bad):
+        store.create_run(info)
+        info.status = pb.COMPLETED
+        store.update_run(info)
+    store.add_result(run.id, 1, pb.MetricResult(metric="a.b", status="ok"))
+    store.close()
+    (tmp_path / "models" / ("f" * 64)).mkdir()  # a folder without a model file is not a model
+    with _db(tmp_path) as db:
+        db.execute("DELETE FROM models WHERE id=?", (lost,))
+        db.execute("UPDATE runs SET info=? WHERE id=?", (b"\xff\xff", bad.id))
+
+    code, out = _report(capsys, rebuild_catalogue, tmp_path)
+    assert code == 0, out
+    assert f"removed run {bad.id}: its record is unreadable" in out
+    assert f"model {lost} onnx 'recovered-{lost[:12]}' (name lost)" in out
+    assert _report(capsys, check_store, tmp_path)[0] == 0
+    store = Store(tmp_path)
+    assert {m.id: (m.name, m.format) for m in store.models()} == {
+        named: ("named.onnx", "onnx"), lost: (f"recovered-{lost[:12]}", "onnx")}
+    assert store.find_model(lost).path.read_bytes() == _onnx_bytes(2.0)
+    assert [r.id for r in store.list_runs()] == [run.id]
+    assert store.get_run(run.id).results[0].metric == "a.b"
+    store.close()
+
+
+def test_rebuild_moves_a_damaged_database_aside_and_recovers_every_model(tmp_path, capsys):
+    store = Store(tmp_path)
+    ids = {_upload(store, f"m{i}.onnx", _onnx_bytes(float(i))) for i in range(3)}
+    store.close()
+    (tmp_path / "deepscope.db").write_bytes(b"garbage" * 1000)
+    (tmp_path / "models" / ("e" * 64)).mkdir()
+    (tmp_path / "models" / ("e" * 64) / "model").write_bytes(b"not the file its name says")
+
+    code, out = _report(capsys, rebuild_catalogue, tmp_path)
+    assert code == 1, out  # one file could not be catalogued: it is left alone and named
+    assert f"skipped {tmp_path / 'models' / ('e' * 64) / 'model'}: its sha256 differs" in out
+    aside = list(tmp_path.glob("deepscope.db.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"garbage" * 1000
+    store = Store(tmp_path)
+    assert {m.id for m in store.models()} == ids
+    store.close()
+
+
+def test_rebuild_refuses_a_store_a_server_holds(tmp_path, capsys):
+    store = Store(tmp_path)
+    code = rebuild_catalogue(tmp_path)
+    assert code == 1 and "is in use by another deepscope-server" in capsys.readouterr().err
+    store.close()
