@@ -182,6 +182,13 @@ def test_a_model_whose_load_was_cut_off_is_removed_at_start(tmp_path, caplog):
     assert f"removed {store.models_dir / cut}" in removed and ".upload-abc123" in removed
 
 
+def test_a_model_that_fails_to_load_leaves_nothing_behind(tmp_path):
+    store = Store(tmp_path)
+    _, path, _ = store.write_model("bad.onnx", [b"\x08not really onnx"], max_bytes=1 << 20)
+    store.discard_file(path)  # what the model manager does when the loader refuses the file
+    assert list(store.models_dir.iterdir()) == []
+
+
 def test_an_uncatalogued_model_folder_is_kept_and_pointed_at_rebuild(tmp_path, caplog):
     store = Store(tmp_path)
     model_id = _upload(store, "m.onnx", _onnx_bytes(1.0))
