@@ -123,7 +123,7 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
     except (StoreInUse, StoreUnusable, StorageFull) as exc:  # one line for the operator, no traceback
         raise SystemExit(str(exc)) from None
     models = ModelManager(store, settings.model_dir, settings.trust_model_dir, settings.device,
-                          limits=settings.limits)
+                          limits=settings.limits, isolation=settings.model_isolation)
     modules = []
     for dotted in settings.plugin_modules:
         try:
@@ -133,8 +133,15 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
     registry = load_registry(settings.entry_points, settings.plugins, [*modules, *extra_plugins])
     for error in registry.errors:
         log.warning(error)
+    preload = []
     if settings.metric_isolation == "process":
-        configure_workers(sorted({entry.cls.__module__ for entry in registry.metrics.values()}))
+        preload += sorted({entry.cls.__module__ for entry in registry.metrics.values()})
+    if settings.model_isolation == "process":
+        # Model workers start from the forkserver with torch and onnxruntime already imported.
+        preload += ["deepscope_server.sandbox", "deepscope_server.backends.torch_backend",
+                    "deepscope_server.backends.onnx_backend"]
+    if preload:
+        configure_workers(preload)
     # Handlers wait on models (one run at a time per model) in executor threads: a pool much
     # larger than the CPU count keeps many concurrent clients from queueing behind each other.
     asyncio.get_running_loop().set_default_executor(
