@@ -337,9 +337,9 @@ class RunExecutor:
             results = self._to_results(guard, values, n_samples)
             for result in results:
                 self._seq += 1
+                self.store.add_result(self.info.id, self._seq, result)  # counted once stored (disk full)
                 self.info.num_results += 1
                 self.info.num_failed += result.status != "ok"
-                self.store.add_result(self.info.id, self._seq, result)
                 self.emit(pb.AnalyzeEvent(result=result))
 
     def _to_results(self, guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:

@@ -26,7 +26,8 @@ from .config import Settings, settings_from_args
 from .models import ModelManager
 from .plugins import load_registry
 from .service import IntrospectionService
-from .store import Store, StoreInUse
+from .errors import StorageFull
+from .store import Store, StoreInUse, StoreUnusable
 
 log = logging.getLogger("deepscope_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
@@ -119,7 +120,7 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
         )
     try:
         store = Store(settings.store)
-    except StoreInUse as exc:
+    except (StoreInUse, StoreUnusable, StorageFull) as exc:  # one line for the operator, no traceback
         raise SystemExit(str(exc)) from None
     models = ModelManager(store, settings.model_dir, settings.trust_model_dir, settings.device,
                           limits=settings.limits, isolation=settings.model_isolation)
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     settings = settings_from_args(argv)
+    if settings.check_store or settings.rebuild_catalogue:  # maintenance commands: no server
+        from .storecheck import check_store, rebuild_catalogue
+
+        raise SystemExit((rebuild_catalogue if settings.rebuild_catalogue else check_store)(settings.store))
     asyncio.run(serve(settings))
 
 

@@ -57,6 +57,9 @@ class Settings:
     #: "process": client models load and run in sandboxed worker processes (memory cap, real
     #: deadlines, crashes contained); "thread": in the server process (trusted models, no copy).
     model_isolation: str = "process"
+    #: Maintenance commands (no server starts): see storecheck.py.
+    check_store: bool = False
+    rebuild_catalogue: bool = False
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -111,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("model_isolation", d.model_isolation),
                    help="load and run client models in sandboxed worker processes (default) or in the server "
                    "process (trusted models only)")
+    store_commands = p.add_mutually_exclusive_group()  # commands, not settings: no environment variables
+    store_commands.add_argument("--check-store", action="store_true",
+                                help="check the store (SQLite integrity, catalogue vs model files), print a report "
+                                "and exit: 0 if clean, 1 if not; starts no server")
+    store_commands.add_argument("--rebuild-catalogue", action="store_true",
+                                help="rebuild the model catalogue from the model files in the store (runs are kept "
+                                "when readable) and exit; starts no server")
     for name, value in vars(Limits()).items():
         kind = float if isinstance(value, float) else int
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=kind(_env(name, value)))
@@ -140,5 +150,6 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         port_file=args.port_file, workers=args.workers, metric_isolation=args.metric_isolation,
         model_isolation=args.model_isolation,
+        check_store=args.check_store, rebuild_catalogue=args.rebuild_catalogue,
         limits=limits,
     )

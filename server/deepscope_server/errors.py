@@ -38,6 +38,10 @@ class ModelOutOfMemory(DeepscopeError):
     """The model needed more memory than its worker may use (RESOURCE_EXHAUSTED)."""
 
 
+class StorageFull(DeepscopeError):
+    """The store's disk (or quota) is full (RESOURCE_EXHAUSTED): the operator must free space."""
+
+
 class Unavailable(DeepscopeError):
     """The server is shutting down or at capacity (UNAVAILABLE)."""
 

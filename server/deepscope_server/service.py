@@ -25,7 +25,7 @@ from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .config import Settings
 from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
-                     NotFound, Unavailable)
+                     NotFound, StorageFull, Unavailable)
 from .isolation import RunCancelled
 from .models import LoadedModel, ModelManager
 from .plugins import Registry
@@ -40,6 +40,7 @@ STATUS_BY_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ModelCrashed, grpc.StatusCode.INTERNAL),
     (RunCancelled, grpc.StatusCode.CANCELLED),
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
