@@ -109,6 +109,12 @@ def _int(value: Any, what: str, file: str, member: str) -> int:
     return int(value["as_int"])
 
 
+def _list(value: Any, file: str, member: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _refuse(file, member, f"declares a malformed shape ({str(value)[:40]!r})")
+    return value
+
+
 def _check_payload(meta: dict[str, Any], member: str, size: int, file: str) -> None:
     """Declared tensor must lie inside its stored bytes (an empty member would make torch allocate it)."""
     tm = meta.get("tensor_meta")
@@ -118,8 +124,8 @@ def _check_payload(meta: dict[str, Any], member: str, size: int, file: str) -> N
         dtype = serde._SERIALIZE_TO_TORCH_DTYPE[schema.ScalarType(tm.get("dtype"))]
     except (KeyError, ValueError):
         raise _refuse(file, member, f"declares an unknown dtype {tm.get('dtype')!r}") from None
-    sizes = [_int(s, "size", file, member) for s in tm.get("sizes", [])]
-    strides = [_int(s, "stride", file, member) for s in tm.get("strides", [])]
+    sizes = [_int(s, "size", file, member) for s in _list(tm.get("sizes"), file, member)]
+    strides = [_int(s, "stride", file, member) for s in _list(tm.get("strides"), file, member)]
     offset = _int(tm.get("storage_offset"), "storage offset", file, member)
     if len(sizes) != len(strides) or min(sizes + strides + [offset], default=0) < 0:
         raise _refuse(file, member, f"declares an invalid layout (sizes {sizes}, strides {strides})")
@@ -180,10 +186,9 @@ def _sympy_ok(node: ast.AST) -> bool:
 def check_sym_expr(expr: str) -> bool:
     """Whether ``expr`` is a plain symbolic-shape expression, safe to hand to ``sympy.sympify``."""
     try:
-        tree = ast.parse(expr, mode="eval")
-    except (SyntaxError, ValueError):
+        return _sympy_ok(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
-    return _sympy_ok(tree.body)
 
 
 def _check_target(target: str) -> bool:
@@ -221,6 +226,17 @@ def load_exported_program(path: str | Path) -> torch.export.ExportedProgram:
             f"'{file}' is not a torch.export archive this server can read (older torch.export formats are "
             f"not accepted: re-save it with torch.export.save from torch {torch.__version__.split('+')[0]}): {exc}"
         ) from None
+    try:
+        ep = _checked_load(reader, names, file)
+    except InvalidInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged members and bad programs raise many types
+        raise InvalidInput(f"cannot load torch.export program '{file}': {type(exc).__name__}: {exc}") from None
+    ep._guards_code = []  # never exec'd (no sample inputs, see below); cleared so no later call compiles it
+    return ep
+
+
+def _checked_load(reader: pkg.PT2ArchiveReader, names: list[str], file: str) -> torch.export.ExportedProgram:
     check_members(names, file)
     version = reader.read_string("archive_version") if "archive_version" in names else "?"
     if version != pkg.ARCHIVE_VERSION_VALUE:
@@ -231,23 +247,15 @@ def load_exported_program(path: str | Path) -> torch.export.ExportedProgram:
     _check_config(reader, members, CONSTANTS_CONFIG, "data/constants/", "tensor_", file)
     program_bytes = reader.read_bytes(PROGRAM)
     try:
-        doc = json.loads(program_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _refuse(file, PROGRAM, f"is not valid JSON ({exc})") from None
-    check_program(doc, file)
-    try:
-        program = serde._bytes_to_dataclass(schema.ExportedProgram, program_bytes)
-        # Safe now: every entry was checked to be raw tensor bytes (torch's non-pickle path).
-        state_dict = pkg._load_state_dict(reader, MODEL)
-        constants = pkg._load_constants(reader, MODEL)
-        # No sample inputs: they are a pickle, and without them ep.module() compiles no guards code.
-        ep = serde.ExportedProgramDeserializer().deserialize(program, state_dict, constants, None)
-    except InvalidInput:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the deserializer raises many types for bad programs
-        raise InvalidInput(f"cannot load torch.export program '{file}': {type(exc).__name__}: {exc}") from None
-    ep._guards_code = []  # never exec'd (see above); cleared so no later call can compile it
-    return ep
+        check_program(json.loads(program_bytes), file)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _refuse(file, PROGRAM, f"is not a valid program ({type(exc).__name__}: {exc})") from None
+    program = serde._bytes_to_dataclass(schema.ExportedProgram, program_bytes)
+    # Safe now: every entry was checked to be raw tensor bytes (torch's non-pickle path).
+    state_dict = pkg._load_state_dict(reader, MODEL)
+    constants = pkg._load_constants(reader, MODEL)
+    # No sample inputs: they are a pickle, and without them ep.module() compiles no guards code.
+    return serde.ExportedProgramDeserializer().deserialize(program, state_dict, constants, None)
 
 
 __all__ = ["check_members", "check_program", "check_sym_expr", "load_exported_program"]
