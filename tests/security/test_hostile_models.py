@@ -14,6 +14,7 @@ import contextlib
 import json
 import pathlib
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -138,6 +139,34 @@ def test_extra_files_are_accepted_and_never_read(net: ConvBN, tmp_path: Path) ->
     ep = torch.export.export(net, (torch.randn(1, 1, 6, 6),))
     torch.export.save(ep, str(tmp_path / "extra.pt2"), extra_files={"notes.txt": "trained on digits"})
     assert_same_outputs(tmp_path / "extra.pt2", net, batch=1)
+
+
+class Strided(torch.nn.Module):
+    """Strided conv, pooling, flatten and a slice by half the length: symbolic sizes and size arithmetic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.pool = torch.nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(torch.relu(self.conv(x))).flatten(1)
+        return torch.cat([y, y[:, : y.shape[1] // 2]], 1)
+
+
+def test_dynamic_spatial_dims_with_size_arithmetic_load(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = Strided().eval()
+    h, w = torch.export.Dim("h", min=2, max=64), torch.export.Dim("w", min=2, max=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(net, (torch.randn(2, 1, 16, 12),), dynamic_shapes=({2: 4 * h, 3: 4 * w},))
+    torch.export.save(ep, str(tmp_path / "strided.pt2"))
+    backend = load_model(tmp_path / "strided.pt2", device="cpu")
+    x = np.random.default_rng(0).standard_normal((2, 1, 24, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(backend.run({"x": x}).outputs["output"], want, rtol=1e-5, atol=1e-6)
 
 
 # --- .pt2: the pickle routes ------------------------------------------------------------------
@@ -265,6 +294,30 @@ def test_empty_weight_member_cannot_declare_a_huge_tensor(exports: dict[str, Pat
                             "data/weights/weight_0": lambda _: b""})
     with pytest.raises(InvalidInput, match=r"'data/weights/weight_0' holds 0 bytes"):
         load_model(hostile, device="cpu")
+
+
+def test_hostile_uploads_over_grpc_are_refused_and_the_server_keeps_serving(
+        exports: dict[str, Path], net: ConvBN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real upload RPC: each route is INVALID_ARGUMENT naming its member; a normal upload then works."""
+    import deepscope
+
+    marker = tmp_path / "pwned"
+    hostile = {route: rewrite(exports["static"], tmp_path / f"{i}.pt2", **build(payload(marker)))
+               for i, (route, (_, _, build)) in enumerate(ROUTES.items())}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server child: 2-core CI box
+    with deepscope.Client.embedded(store=tmp_path / "store", progress=False) as client:
+        for route, path in hostile.items():
+            with pytest.raises(deepscope.InvalidArgument, match=re.escape(f"'{ROUTES[route][0]}'")):
+                client.upload_model(path)
+        assert not marker.exists()
+        assert client.models() == []
+        model = client.upload_model(exports["static"])
+        x = np.random.default_rng(3).standard_normal((2, 1, 6, 6)).astype(np.float32)
+        acts = client.capture(model, x, layers=["conv"])
+    with torch.no_grad():
+        np.testing.assert_allclose(next(iter(acts.model_outputs.values())), net(torch.from_numpy(x)).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(acts["conv"], net.conv(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 # --- ONNX: what hides below the top-level graph ----------------------------------------------
