@@ -86,7 +86,7 @@ _SYM_OP_NAMES = frozenset(f"{op.__module__}.{op.__name__}" for op in serde._SYM_
 
 def _refuse(file: str, member: str, why: str) -> InvalidInput:
     return InvalidInput(
-        f"'{file}': archive member '{member}' {why}; refused (uploaded models never run code here). "
+        f"'{file}': archive member '{member}' {why}; refused (untrusted models never run code here). "
         "Re-export with torch.export.save from plain tensors and torch operators"
     )
 
