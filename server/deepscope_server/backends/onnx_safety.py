@@ -41,9 +41,10 @@ class Found:
     dense_dims: tuple[int, ...] | None = None
 
 
-def _graphs_of(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
-    # By field, not by attr.type: a reader may honour a field the type does not announce.
-    return ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+def _graphs_of(attr: onnx.AttributeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """Graphs held by an attribute, labelled; by field, not by attr.type (a reader may honour either)."""
+    single = [("", attr.g)] if attr.HasField("g") else []
+    return single + [(f"[{k}]", g) for k, g in enumerate(attr.graphs)]
 
 
 def _attributes(g: onnx.GraphProto | onnx.FunctionProto) -> list[tuple[str, onnx.AttributeProto]]:
@@ -65,8 +66,8 @@ def walk(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.GraphProto | onnx.F
         where, g = stack.pop()
         yield where, g
         for owner, attr in _attributes(g):
-            for k, sub in enumerate(_graphs_of(attr)):
-                stack.append((f"{where} > node '{owner}' attribute '{attr.name}'[{k}]", sub))
+            for label, sub in _graphs_of(attr):
+                stack.append((f"{where} > node '{owner}' attribute '{attr.name}'{label}", sub))
 
 
 def nodes(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.NodeProto]]:
