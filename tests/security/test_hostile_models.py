@@ -261,6 +261,27 @@ def test_guards_code_is_not_executed(exports: dict[str, Path], net: ConvBN, tmp_
     assert marker.exists(), "control: torch's ep.module() executes guards_code"
 
 
+def test_pre_2_8_archive_layout_is_refused(exports: dict[str, Path], tmp_path: Path) -> None:
+    """When the current reader fails, torch.export.load falls back to the old layout and unpickles its members."""
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    marker = tmp_path / "pwned"
+    data = payload(marker)
+    hostile = tmp_path / "old.pt2"
+    with zipfile.ZipFile(exports["static"]) as src, zipfile.ZipFile(hostile, "w") as z:
+        z.writestr("version", ".".join(map(str, SCHEMA_VERSION)))
+        z.writestr("serialized_exported_program.json", src.read(f"{exports['static'].stem}/models/model.json"))
+        for name in ("serialized_state_dict.pt", "serialized_constants.pt", "serialized_example_inputs.pt"):
+            z.writestr(name, data)
+    with pytest.raises(InvalidInput, match=r"older torch.export formats are not accepted"):
+        load_model(hostile, device="cpu")
+    assert not marker.exists()
+    with warnings.catch_warnings(), contextlib.suppress(Exception):
+        warnings.simplefilter("ignore")
+        torch.export.load(str(hostile))
+    assert marker.exists(), "control: torch.export.load unpickles the old layout's members"
+
+
 @pytest.mark.parametrize(("member", "why"), [
     ("data/aotinductor/model/model.so", "AOTInductor compiled code"),
     ("data/constants/custom_obj_0", "TorchScript custom object"),
