@@ -11,7 +11,6 @@ members would decompress past ``max_model_bytes`` or at bomb-like ratios are ref
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 import time
 import zipfile
@@ -57,26 +56,6 @@ MAX_COMPRESSION_RATIO = 200
 BOMB_MIN_BYTES = 16 << 20
 
 
-def _onnx_tensor_elements(path: Path, limits: Limits) -> None:
-    """Refuse ONNX tensors whose declared shape exceeds ``max_tensor_elements`` (before any allocation)."""
-    import onnx
-
-    from .backends.onnx_backend import _all_tensors
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - the protobuf parser's own errors
-        raise InvalidInput(f"'{path.name}' is not a valid ONNX model: {type(exc).__name__}: {exc}") from None
-    for tensor in _all_tensors(model):
-        dims = [int(d) for d in tensor.dims]
-        if any(d < 0 for d in dims):
-            raise InvalidInput(f"ONNX tensor '{tensor.name}' declares a negative dimension: {dims}")
-        count = math.prod(dims)
-        if count > limits.max_tensor_elements:
-            raise LimitExceeded(f"max_tensor_elements (ONNX tensor '{tensor.name}' declares shape {dims})",
-                                limits.max_tensor_elements, count, "elements")
-
-
 def _zip_sizes(path: Path, limits: Limits) -> None:
     """Refuse archives that would decompress past ``max_model_bytes`` or look like decompression bombs."""
     try:
@@ -100,7 +79,10 @@ def preflight(path: Path, limits: Limits) -> None:
     """Cheap checks of what a file declares, so no loader allocates from absurd sizes."""
     fmt = detect_format(path)
     if fmt == "onnx":
-        _onnx_tensor_elements(path, limits)
+        from .backends import onnx_safety
+
+        # Every tensor: subgraphs, function bodies, sparse (dense shape) and list-valued attributes.
+        onnx_safety.check_sizes(onnx_safety.parse(path), limits.max_tensor_elements)
     elif fmt in ("pt2", "torchscript", "torch_pickle") and zipfile.is_zipfile(path):
         _zip_sizes(path, limits)
 
