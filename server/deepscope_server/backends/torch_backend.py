@@ -35,6 +35,7 @@ from . import layer_naming as ln
 from . import layer_table as lt
 from .base import Backend, CaptureRequest, RunOutput, static_batch
 from .inputs import validate_inputs
+from .pt2_safety import load_exported_program
 
 _EMPTY_STACK = "_empty_nn_module_stack_from_metadata_hook"
 
@@ -306,7 +307,10 @@ class ExportedProgramBackend(_TorchModuleBackend):
 
     @classmethod
     def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> ExportedProgramBackend:
+        """Untrusted archives go through ``pt2_safety`` (no pickle, eval or exec); trusted ones through torch."""
         dev = resolve_device(device)
+        if not trusted:
+            return cls(load_exported_program(path), dev)
         try:
             ep = torch.export.load(str(path))
         except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable archive
