@@ -365,13 +365,10 @@ def _relu_model(path: Path, ir_version: int, batch: int | str) -> Path:
 
 
 def test_onnx_ir_version_newer_than_onnxruntime_is_lowered(tmp_path: Path) -> None:
-    from deepscope_server.backends.onnx_backend import ort_max_ir_version
-
-    newest = ort_max_ir_version()
-    b = load_model(_relu_model(tmp_path / "m.onnx", newest + 1, "N"), device="cpu")
+    b = load_model(_relu_model(tmp_path / "m.onnx", 99, "N"), device="cpu")  # onnxruntime reads up to 13 or so
     x = np.array([[-1.0, 0.5, 2.0]], np.float32)
-    np.testing.assert_array_equal(b.run({"x": x}).outputs["y"], np.maximum(x, 0))
-    assert any(f"IR version {newest + 1} lowered to {newest}" in n for n in b.graph.notes)
+    np.testing.assert_array_equal(b.run({"x": x}, [C("act", "input")]).outputs["y"], np.maximum(x, 0))
+    assert any(re.search(r"IR version 99 lowered to \d+", n) for n in b.graph.notes), b.graph.notes
 
 
 def test_static_batch_splits_pads_and_trims(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ operators from custom domains (which would need custom-op libraries).
 from __future__ import annotations
 
 import ast
-import functools
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -258,40 +257,31 @@ def _onnx_op_kind(node: onnx.NodeProto, inits: Mapping[str, np.ndarray], transpo
         node.input[1] in inits and inits[node.input[1]].ndim == 2))
     if op == "MatMul" and not const_b:
         return None
-    if op == "Gather" and node.input[0] not in inits:
+    if op == "Gather" and (not node.input or node.input[0] not in inits):
         return None
     kind = ln.KIND_BY_ONNX_OP.get(op)
     return None if kind == "other" else kind
 
 
-@functools.cache
-def ort_max_ir_version() -> int:
-    """The newest ONNX IR version this onnxruntime loads (it says so when refusing a newer one)."""
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
-                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
-    probe = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=onnx.IR_VERSION)
-    try:
-        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        found = re.search(r"max supported IR version: (\d+)", str(exc))
-        if found:
-            return int(found.group(1))
-    return onnx.IR_VERSION
+_IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 
 
-def _lower_ir_version(model: onnx.ModelProto) -> int | None:
-    """Stamp a model newer than onnxruntime reads with the newest IR version it does; the old version, or None.
+def _ort_session(model: onnx.ModelProto, opts: ort.SessionOptions, providers: list[str]) -> tuple[ort.InferenceSession, int | None]:
+    """An onnxruntime session; a model stamped with a newer IR version than onnxruntime reads is lowered.
 
-    IR versions add container features (new types, metadata), not operator semantics; a model
-    using a feature the lower version lacks still fails in onnxruntime with its own message, and
-    an unsupported opset is refused there too.
+    IR versions add container features (new types, metadata), not operator semantics: the
+    model is re-stamped (in memory) with the newest version onnxruntime names in its refusal and
+    loaded again; a feature the lower version lacks, or an unsupported opset, still fails there
+    with onnxruntime's own message. Returns the session and the original IR version when lowered.
     """
-    newest = ort_max_ir_version()
-    if model.ir_version <= newest:
-        return None
-    old, model.ir_version = model.ir_version, newest
-    return old
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers), None
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        found = _IR_TOO_NEW.search(str(exc))
+        if not found or model.ir_version <= int(found.group(2)):
+            raise
+    old, model.ir_version = model.ir_version, int(found.group(2))
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers), old
 
 
 class OnnxBackend(Backend):
@@ -300,7 +290,6 @@ class OnnxBackend(Backend):
     format: ClassVar[str] = "onnx"
 
     def __init__(self, model: onnx.ModelProto, device: str, name: str = "model") -> None:
-        lowered_from = _lower_ir_version(model)
         self._model = model
         self._providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
@@ -314,11 +303,12 @@ class OnnxBackend(Backend):
         self._types = self._value_types(model)
         self._input_names = {vi.name for vi in model.graph.input} - set(self._inits)
         self.graph, self._values, self._refs = self._describe(model)
-        if lowered_from is not None:
-            self.graph.notes.append(f"ONNX IR version {lowered_from} lowered to {model.ir_version}, the newest "
-                                    "onnxruntime reads (the operator set is unchanged)")
         self._cache: dict[tuple[str, ...], ort.InferenceSession] = {}
+        ir_version = model.ir_version
         session = self._session(())
+        if model.ir_version != ir_version:
+            self.graph.notes.append(f"ONNX IR version {ir_version} lowered to {model.ir_version}, the newest "
+                                    "onnxruntime reads (the operator set is unchanged)")
         actual = session.get_providers()
         self.device = "cuda" if "CUDAExecutionProvider" in actual else "cpu"
         if device.startswith("cuda") and self.device != "cuda" and device != "cuda?":
@@ -377,7 +367,7 @@ class OnnxBackend(Backend):
 
     def _records(self, model: onnx.ModelProto) -> list[lt.OpRecord]:
         """One neutral record per node: torch module calls from the dynamo exporter's metadata, else one per node."""
-        nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+        nodes = [n for n in model.graph.node if n.op_type != "Constant" and any(n.output)]  # no output: no data flow
         metas = {id(n): _meta(n) for n in nodes}
         use_meta = sum(m is not None for m in metas.values()) >= 0.5 * len(nodes) > 0
         consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -503,9 +493,13 @@ class OnnxBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(model.SerializeToString(), opts, providers=self._providers)
+            session, lowered_from = _ort_session(model, opts, self._providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            if "bad_alloc" in str(exc):  # onnxruntime's allocation failed: out of memory, not a bad model
+                raise MemoryError(f"onnxruntime ran out of memory loading this model: {exc}") from None
             raise InvalidInput(f"onnxruntime cannot load this model: {exc}") from None
+        if lowered_from is not None and model is not self._model:
+            self._model.ir_version = model.ir_version  # later sessions (captures, replaced weights) start lowered
         if cacheable:
             self._cache[extra] = session
         return session
