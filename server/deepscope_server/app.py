@@ -23,11 +23,13 @@ from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 from . import __version__
 from .isolation import configure_workers
 from .config import Settings, settings_from_args
+from .errors import shorten
 from .models import ModelManager
 from .plugins import load_registry
 from .service import IntrospectionService
 from .errors import StorageFull
 from .store import Store, StoreInUse, StoreUnusable
+from .wire import DecodeInterceptor
 
 log = logging.getLogger("deepscope_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
@@ -37,18 +39,20 @@ PROTOCOL_MAJOR = __version__.split(".")[0]
 
 
 def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that fails with ``code``."""
+    """A handler that fails with ``code`` before reading any of the request.
 
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
+    It is request-streaming whatever ``handler`` is: for a unary request, grpc.aio receives and
+    buffers the whole message before it calls the handler, so a refusal would come only after
+    up to --max-message-bytes per call had been read into memory. A streaming handler is called
+    at once and the request bytes are never read. The client sees the same status either way.
+    """
+
+    async def abort(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
+        return grpc.stream_stream_rpc_method_handler(abort)
+    return grpc.stream_unary_rpc_method_handler(abort)
 
 
 class GateInterceptor(grpc.aio.ServerInterceptor):
@@ -73,7 +77,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
         version = str(metadata.get(VERSION_KEY, ""))
         if version and version.split(".")[0] != PROTOCOL_MAJOR:
             return _abort_handler(handler, grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"client version {version} is incompatible with server {__version__}: "
+                                  f"client version {shorten(version, 40)} is incompatible with server {__version__}: "
                                   f"install deepscope {PROTOCOL_MAJOR}.x")
         return handler
 
@@ -149,7 +153,7 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
     limit = settings.limits.max_message_bytes
     server = grpc.aio.server(
         ThreadPoolExecutor(max_workers=settings.workers),
-        interceptors=[GateInterceptor(settings.auth_token)],
+        interceptors=[GateInterceptor(settings.auth_token), DecodeInterceptor()],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                  ("grpc.so_reuseport", 0)],
     )
