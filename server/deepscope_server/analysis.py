@@ -23,7 +23,7 @@ from deepscope.v1 import introspection_pb2 as pb
 from . import convert
 from .backends import CaptureRequest, RunOutput
 from .config import Limits
-from .errors import DeepscopeError, InvalidInput, LimitExceeded
+from .errors import DeepscopeError, InvalidInput, LimitExceeded, shorten
 from .model_graph import Layer
 from .models import LoadedModel, ModelManager
 from .plugin_api import Batch, Context, Needs
@@ -127,7 +127,7 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
         dataset = registry.dataset(config.dataset)
         spec = first.inputs[0]
         if len(first.inputs) != 1:
-            raise InvalidInput(f"dataset '{config.dataset}' fills one input; the model has {len(first.inputs)} "
+            raise InvalidInput(f"dataset '{shorten(config.dataset)}' fills one input; the model has {len(first.inputs)} "
                                "inputs: stream your own batches instead")
         split = config.split or "test"
         # Check the dataset fits the model now, not halfway through the run.
