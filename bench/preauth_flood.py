@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +31,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from server import BenchServer  # noqa: E402
-
-from deepscope.tensors import to_proto  # noqa: E402
-from deepscope.v1 import introspection_pb2 as pb  # noqa: E402
+from deepscope.tensors import to_proto
+from deepscope.v1 import introspection_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = "/deepscope.v1.Introspection/Capture"
+GET_MODEL = "/deepscope.v1.Introspection/GetModel"
 HEALTH = "/grpc.health.v1.Health/Check"
 LIST_MODELS = "/deepscope.v1.Introspection/ListModels"
 MiB = 1 << 20
@@ -55,13 +52,14 @@ def _channel(address: str) -> grpc.Channel:
                                                    ("grpc.max_receive_message_length", 4 * MiB)])
 
 
-def flood(address: str, requests: int, clients: int, payload: bytes, timeout: float, method: str = CAPTURE,
-          metadata: tuple[tuple[str, str], ...] = ()) -> Counter[grpc.StatusCode]:
-    """Send ``requests`` raw calls from ``clients`` channels at once; the status code of each."""
+def flood(address: str, requests: int, clients: int, payload: bytes, timeout: float,
+          methods: Sequence[str] = (CAPTURE,), metadata: tuple[tuple[str, str], ...] = ()) -> Counter[grpc.StatusCode]:
+    """Send ``requests`` raw calls (to ``methods`` in turn) from ``clients`` channels at once; each one's status."""
     channels = [_channel(address) for _ in range(clients)]
 
     def one(i: int) -> grpc.StatusCode:
-        call = channels[i % clients].unary_stream(method, request_serializer=None, response_deserializer=None)
+        call = channels[i % clients].unary_stream(methods[i % len(methods)], request_serializer=None,
+                                                  response_deserializer=None)
         try:
             for _ in call(payload, timeout=timeout, metadata=metadata):
                 pass
@@ -153,19 +151,24 @@ class FloodResult:
     probe: Prober
 
 
-def measure(server: BenchServer, requests: int, clients: int, nbytes: int, timeout: float, method: str = CAPTURE,
-            probe_deadline: float = 10.0, settle: float = 3.0) -> FloodResult:
-    """The flood against a started server: status codes and the server's RSS before, during, after."""
+def measure(pid: int, address: str, token: str, requests: int, clients: int, nbytes: int, timeout: float,
+            methods: Sequence[str] = (CAPTURE,), probe_deadline: float = 10.0, settle: float = 3.0) -> FloodResult:
+    """The flood against a started server (process ``pid``): status codes and its RSS before, during, after.
+
+    One authenticated call first, so that lazy imports and caches are in the baseline.
+    """
     payload = capture_request(nbytes)
-    time.sleep(settle)
-    baseline = rss(server.pid)
-    prober = Prober(server.address, server.token, probe_deadline)
-    with RssSampler(server.pid) as sampler, prober.running():
+    prober = Prober(address, token, probe_deadline)
+    with prober.running():
+        time.sleep(settle)
+    baseline = rss(pid)
+    prober = Prober(address, token, probe_deadline)
+    with RssSampler(pid) as sampler, prober.running():
         start = time.monotonic()
-        codes = flood(server.address, requests, clients, payload, timeout, method)
+        codes = flood(address, requests, clients, payload, timeout, methods)
         seconds = time.monotonic() - start
     time.sleep(settle)
-    return FloodResult(codes, baseline, max(sampler.peak, baseline), rss(server.pid), seconds, prober)
+    return FloodResult(codes, baseline, max(sampler.peak, baseline), rss(pid), seconds, prober)
 
 
 @contextlib.contextmanager
@@ -198,6 +201,9 @@ def _row(label: str, r: FloodResult, nbytes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from server import BenchServer
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--clients", type=int, default=16)
@@ -214,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for label, ref in ([(f"before ({args.before})", args.before)] if args.before else []) + [("this checkout", None)]:
         with code_of(ref), BenchServer(raw=False, flags=("--no-entry-points",)) as server:
-            result = measure(server, args.requests, args.clients, nbytes, args.timeout)
+            result = measure(server.pid, server.address, server.token, args.requests, args.clients, nbytes,
+                             args.timeout)
         print(_row(label, result, nbytes), flush=True)
         for failure in result.probe.failures[:3]:
             print(f"  authenticated call failed: {failure}")
