@@ -3,8 +3,8 @@
     .venv/bin/python bench/preauth_flood.py                    # 16 clients, 48 x 60 MB, this checkout
     .venv/bin/python bench/preauth_flood.py --before main      # the same flood against REF's code too
 
-Starts a real ``deepscope_server`` (``--auth-token-file``, loopback) in a child process, fires
-``--requests`` unauthenticated Capture calls of ``--mib`` MB each from ``--clients`` concurrent
+Starts a real ``deepscope_server`` (``--auth-token-file``, loopback, reflection on) in a child
+process, fires ``--requests`` unauthenticated calls (Capture unless ``--method``) of ``--mib`` MB each from ``--clients`` concurrent
 channels (bounded by a per-call deadline), and samples the server's resident memory (VmRSS from
 /proc) every 20 ms. An authenticated client calls ListModels throughout, to show that the server
 keeps serving. ``--before REF`` runs the same flood against the server code of a git ref
@@ -31,6 +31,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from deepscope.embedded import EmbeddedServer
 from deepscope.tensors import to_proto
 from deepscope.v1 import introspection_pb2 as pb
 
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = "/deepscope.v1.Introspection/Capture"
 GET_MODEL = "/deepscope.v1.Introspection/GetModel"
 HEALTH = "/grpc.health.v1.Health/Check"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+METHODS = {"Capture": CAPTURE, "GetModel": GET_MODEL, "Health/Check": HEALTH, "Reflection": REFLECTION}
 LIST_MODELS = "/deepscope.v1.Introspection/ListModels"
 MiB = 1 << 20
 
@@ -200,32 +203,44 @@ def _row(label: str, r: FloodResult, nbytes: int) -> str:
             f"{(r.peak - r.baseline) / MiB:+,.0f} | {r.seconds:.1f} | {probe} |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from server import BenchServer
+@contextlib.contextmanager
+def started_server() -> Iterator[tuple[int, str, str]]:
+    """A real server (``python -m deepscope_server --auth-token-file ...``, loopback): pid, address, token."""
+    with tempfile.TemporaryDirectory(prefix="deepscope-flood-") as tmp:
+        server = EmbeddedServer(store=Path(tmp) / "store", no_entry_points=True)
+        address = server.start()
+        try:
+            yield server.process.pid, address, server.token
+        finally:
+            server.stop()
 
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--mib", type=int, default=60, help="size of each request in MiB")
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline of each flood call (s)")
     parser.add_argument("--before", metavar="REF", help="also flood the server code of this git ref")
+    parser.add_argument("--method", choices=sorted(METHODS), default="Capture",
+                        help="the RPC flooded (health and reflection are open: they answer without the token)")
     args = parser.parse_args(argv)
     nbytes = args.mib * MiB
-    print(f"### Pre-auth flood: {args.requests} unauthenticated Capture calls of {args.mib} MiB, "
+    print(f"### Pre-auth flood: {args.requests} unauthenticated {args.method} calls of {args.mib} MiB, "
           f"{args.clients} at a time (server RSS in MiB)\n")
     print("| server code | flood status codes | RSS before | peak | 3 s after | peak growth | flood s | "
           "authenticated ListModels during the flood |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     failed = False
     for label, ref in ([(f"before ({args.before})", args.before)] if args.before else []) + [("this checkout", None)]:
-        with code_of(ref), BenchServer(raw=False, flags=("--no-entry-points",)) as server:
-            result = measure(server.pid, server.address, server.token, args.requests, args.clients, nbytes,
-                             args.timeout)
+        with code_of(ref), started_server() as (pid, address, token):
+            result = measure(pid, address, token, args.requests, args.clients, nbytes, args.timeout,
+                             (METHODS[args.method],))
         print(_row(label, result, nbytes), flush=True)
         for failure in result.probe.failures[:3]:
             print(f"  authenticated call failed: {failure}")
-        failed = ref is None and (set(result.codes) != {grpc.StatusCode.UNAUTHENTICATED} or bool(result.probe.failures))
+        failed = ref is None and (bool(result.probe.failures) or args.method in ("Capture", "GetModel")
+                                  and set(result.codes) != {grpc.StatusCode.UNAUTHENTICATED})
     print(f"\nTotal bytes sent per run: {args.requests * nbytes / MiB:,.0f} MiB.")
     return 1 if failed else 0
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import importlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +21,7 @@ from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 from . import __version__
 from .isolation import configure_workers
 from .config import Settings, settings_from_args
-from .errors import shorten
+from .gate import GateInterceptor
 from .models import ModelManager
 from .plugins import load_registry
 from .service import IntrospectionService
@@ -33,53 +31,6 @@ from .wire import DecodeInterceptor
 
 log = logging.getLogger("deepscope_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
-OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-VERSION_KEY = "x-deepscope-client-version"
-PROTOCOL_MAJOR = __version__.split(".")[0]
-
-
-def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler that fails with ``code`` before reading any of the request.
-
-    It is request-streaming whatever ``handler`` is: for a unary request, grpc.aio receives and
-    buffers the whole message before it calls the handler, so a refusal would come only after
-    up to --max-message-bytes per call had been read into memory. A streaming handler is called
-    at once and the request bytes are never read. The client sees the same status either way.
-    """
-
-    async def abort(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
-
-    if handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    return grpc.stream_unary_rpc_method_handler(abort)
-
-
-class GateInterceptor(grpc.aio.ServerInterceptor):
-    """Bearer-token auth (health and reflection stay open) and the client protocol-version check."""
-
-    def __init__(self, token: str | None) -> None:
-        self.expected = f"Bearer {token}".encode() if token else None
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_PREFIXES):
-            return handler
-        metadata = dict(details.invocation_metadata or ())
-        if self.expected is not None:
-            given = str(metadata.get("authorization", "")).encode()
-            if not hmac.compare_digest(given, self.expected):
-                return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                                      "missing or wrong token: send metadata 'authorization: Bearer <token>'")
-        version = str(metadata.get(VERSION_KEY, ""))
-        if version and version.split(".")[0] != PROTOCOL_MAJOR:
-            return _abort_handler(handler, grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"client version {shorten(version, 40)} is incompatible with server {__version__}: "
-                                  f"install deepscope {PROTOCOL_MAJOR}.x")
-        return handler
 
 
 @dataclass

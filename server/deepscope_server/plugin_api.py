@@ -115,11 +115,12 @@ class Param:
             try:
                 coerced = self.type(value)
             except (TypeError, ValueError):
-                raise ValueError(f"parameter '{self.name}' expects {self.type.__name__}, got {shorten(repr(value))}") from None
+                raise ValueError(f"parameter '{self.name}' expects {self.type.__name__}, "
+                                 f"got {shorten(repr(value))}") from None
             if self.type is int and float(value) != coerced:
-                raise ValueError(f"parameter '{self.name}' expects an integer, got {shorten(repr(value))}")
+                raise ValueError(f"parameter '{self.name}' expects an integer, got {value!r}")
             if self.type is float and not np.isfinite(coerced):
-                raise ValueError(f"parameter '{self.name}' must be finite, got {shorten(repr(value))}")
+                raise ValueError(f"parameter '{self.name}' must be finite, got {value!r}")
             value = coerced
             if self.min is not None and value < self.min:
                 raise ValueError(f"parameter '{self.name}' must be >= {self.min}, got {value}")

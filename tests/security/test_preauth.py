@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deepscope.embedded import EmbeddedServer
 
@@ -44,17 +45,37 @@ def server(tmp_path_factory):
     embedded.stop()
 
 
-def test_unauthenticated_flood_is_refused_before_it_is_buffered(server):
+@pytest.mark.parametrize("methods, code", [
+    (("CAPTURE", "GET_MODEL"), grpc.StatusCode.UNAUTHENTICATED),  # unary requests, streamed and unary responses
+    (("REFLECTION",), grpc.StatusCode.UNAUTHENTICATED),           # reflection needs the token too
+    (("HEALTH",), grpc.StatusCode.OK),                            # open: answered without reading the request
+], ids=["service", "reflection", "health"])
+def test_unauthenticated_flood_is_not_buffered(server, methods, code):
     flood = _flood_module()
     embedded, address = server
     result = flood.measure(embedded.process.pid, address, embedded.token, REQUESTS, CLIENTS, REQUEST_BYTES,
-                           timeout=120, methods=(flood.CAPTURE, flood.GET_MODEL), settle=1.0)
-    assert dict(result.codes) == {grpc.StatusCode.UNAUTHENTICATED: REQUESTS}
+                           timeout=120, methods=[getattr(flood, m) for m in methods], settle=1.0)
+    assert dict(result.codes) == {code: REQUESTS}
     assert result.probe.served >= 1 and result.probe.failures == []  # served within its deadline throughout
     growth = result.peak - result.baseline
     assert growth < GROWTH_BOUND, (
         f"server RSS grew by {growth / MiB:.0f} MiB (from {result.baseline / MiB:.0f} MiB) during a flood of "
         f"{REQUESTS * REQUEST_BYTES / MiB:.0f} MiB of unauthenticated requests; bound {GROWTH_BOUND / MiB:.0f} MiB")
+
+
+def test_health_without_the_token_answers_for_the_whole_server(server):
+    """Its request unread, an unauthenticated health check gets the overall status; with the token, per service."""
+    embedded, address = server
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        bogus = health_pb2.HealthCheckRequest(service="no.such.Service")
+        assert stub.Check(bogus, timeout=30).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Check(bogus, metadata=[("authorization", f"Bearer {embedded.token}")], timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = stub.Watch(bogus, timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
 
 
 def test_wrong_token_and_wrong_version_are_refused_without_reading(server):
