@@ -82,11 +82,14 @@ def test_invalid_utf8_in_a_string_field_is_invalid_argument(channel, auth):
     assert "not a valid protobuf message" in info.value.details()
 
 
-def test_garbage_to_the_open_health_service_is_invalid_argument(channel):
-    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
+def test_garbage_to_the_health_service(channel, auth):
+    """With the token the request is read and refused; without it health answers unread (for probes)."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
+                                response_deserializer=health_pb2.HealthCheckResponse.FromString)
     with pytest.raises(grpc.RpcError) as info:
-        check(GARBAGE["truncated varint"], timeout=30)
+        check(GARBAGE["truncated varint"], metadata=auth, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert check(GARBAGE["truncated varint"], timeout=30).status == health_pb2.HealthCheckResponse.SERVING
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
