@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__
 from .dtypes import numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
+from .onnx_files import external_data_files
 from .results import Run
 from .tensors import CHUNK_BYTES, Assembler, to_proto
 from .v1 import introspection_pb2 as pb
@@ -160,25 +161,36 @@ class Client:
 
     def upload_model(self, model: str | os.PathLike | bytes, name: str | None = None,
                      timeout: float | None = None) -> Model:
-        """Upload a model file (path or bytes), streamed in chunks; returns the stored Model."""
+        """Upload a model file (path or bytes), streamed in chunks; returns the stored Model.
+
+        An ONNX file's external-data files (``net.onnx.data``, as ``torch.onnx.export`` writes them)
+        go in the same stream, from the model's own directory only; the model id covers them too.
+        """
         if isinstance(model, (bytes, bytearray, memoryview)):
-            data, name = bytes(model), name or "model"
+            source, name, side_files = bytes(model), name or "model", []
         else:
             path = Path(model)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
-            data, name = path.read_bytes(), name or path.name
-        bar = _progress_bar(self.progress and len(data) > 4 * CHUNK_BYTES, total=len(data), unit="B",
+            source, name = path, name or path.name
+            side_files = [(location, path.parent / location) for location in external_data_files(path)]
+        size, sha256 = _size_and_digest(source)
+        files: list[tuple[pb.FileHeader | None, bytes | Path]] = [(None, source)]
+        for location, file in side_files:
+            n, digest = _size_and_digest(file)
+            files.append((pb.FileHeader(path=location, total_bytes=n, sha256=digest), file))
+        total = size + sum(header.total_bytes for header, _ in files[1:])
+        bar = _progress_bar(self.progress and total > 4 * CHUNK_BYTES, total=total, unit="B",
                             unit_scale=True, desc=f"upload {name}")
 
         def requests() -> Iterator[pb.UploadModelRequest]:
-            yield pb.UploadModelRequest(header=pb.UploadHeader(name=name, total_bytes=len(data),
-                                                               sha256=hashlib.sha256(data).hexdigest()))
-            view = memoryview(data)
-            for offset in range(0, len(data), CHUNK_BYTES):
-                chunk = view[offset:offset + CHUNK_BYTES]
-                yield pb.UploadModelRequest(chunk=chunk.tobytes())
-                bar.update(len(chunk))
+            yield pb.UploadModelRequest(header=pb.UploadHeader(name=name, total_bytes=size, sha256=sha256))
+            for header, file in files:
+                if header is not None:
+                    yield pb.UploadModelRequest(file=header)
+                for chunk in _read_chunks(file):
+                    yield pb.UploadModelRequest(chunk=chunk)
+                    bar.update(len(chunk))
 
         try:
             info = self._call(self._stub.UploadModel, requests(), timeout or max(self.timeout, 600.0))
@@ -423,6 +435,24 @@ class Client:
     def get_run(self, run_id: str) -> Run:
         detail = self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id))
         return Run(detail.info, list(detail.results), self._summary_keys())
+
+
+def _read_chunks(source: bytes | Path) -> Iterator[bytes]:
+    """A file's (or a bytes object's) contents in upload-sized chunks, without reading a file whole."""
+    if isinstance(source, bytes):
+        for offset in range(0, len(source), CHUNK_BYTES):
+            yield source[offset:offset + CHUNK_BYTES]
+        return
+    with open(source, "rb") as fh:
+        yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
+
+
+def _size_and_digest(source: bytes | Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    for chunk in _read_chunks(source):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def _param_value(metric: str, key: str, value: Any) -> pb.Value:

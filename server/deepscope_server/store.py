@@ -9,11 +9,9 @@ interrupted: the server that ran them is gone. Results are stored as serialized 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable
@@ -23,7 +21,8 @@ from pathlib import Path
 
 from deepscope.v1 import introspection_pb2 as pb
 
-from .errors import InvalidInput, LimitExceeded, NotFound, near_matches
+from .errors import NotFound, near_matches
+from .uploads import SideFile, UploadWriter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -99,40 +98,22 @@ class Store:
 
     # ------------------------------------------------------------ models
 
-    def write_model(self, name: str, chunks: Iterable[bytes], max_bytes: int, declared_bytes: int | None = None,
-                    declared_sha256: str = "") -> tuple[str, Path, int]:
-        """Stream chunks to a temp file, hash them and rename to ``models/<sha256>/model``.
+    def write_model(self, name: str, chunks: Iterable[bytes | SideFile], max_bytes: int,
+                    declared_bytes: int | None = None, declared_sha256: str = "") -> tuple[str, Path, int]:
+        """Stream an upload (the model's chunks, then per side file a SideFile marker and its chunks)
+        to temp files, hash them and rename them into ``models/<id>/``.
 
-        Returns (id, path, size). Nothing is visible under the final name until complete.
+        Returns (id, model path, size of all files). Nothing is visible under the final names until complete.
         """
-        digest = hashlib.sha256()
-        size = 0
-        fd, tmp_name = tempfile.mkstemp(prefix=".upload-", dir=self.models_dir)
-        tmp = Path(tmp_name)
+        upload = UploadWriter(self.models_dir, name, max_bytes)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise LimitExceeded("max_model_bytes", max_bytes, size)
-                    digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if declared_bytes is not None and declared_bytes != size:
-                raise InvalidInput(f"upload of '{name}' incomplete: header declared {declared_bytes:,} bytes, got {size:,}")
-            model_id = digest.hexdigest()
-            if declared_sha256 and declared_sha256.lower() != model_id:
-                raise InvalidInput(f"upload of '{name}' corrupted: sha256 {model_id} does not match the declared {declared_sha256}")
+            upload.write(chunks, declared_bytes, declared_sha256)
+            model_id = upload.model_id()
             # One directory per model: an ONNX external-data reference can only reach the
-            # model's own directory, which holds nothing but the model itself.
-            folder = self.models_dir / model_id
-            folder.mkdir(exist_ok=True)
-            final = folder / "model"
-            os.replace(tmp, final)
-            return model_id, final, size
+            # model's own directory, which holds nothing but the model and its side files.
+            return model_id, upload.move_into(self.models_dir / model_id), upload.total_bytes
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            upload.discard()
             raise
 
     def add_model(self, model_id: str, name: str, fmt: str, size: int, path: Path) -> StoredModel:
