@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import grpc
 import numpy as np
 
 from . import __version__
-from .dtypes import numpy_dtype
+from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
 from .onnx_files import external_data_files
 from .results import Run
@@ -118,12 +120,20 @@ class Client:
 
     @classmethod
     def embedded(cls, store: str | Path | None = None, progress: bool = True, **server_flags: Any) -> "Client":
-        """Start a local server process on a free loopback port; ``close()`` stops it."""
+        """A local server process on a free loopback port; ``close()`` (or the end of the script) stops it.
+
+        A live embedded server already on ``store`` (another notebook, a CLI run) is shared instead;
+        the server stops when its last client closes or exits, however it exits.
+        """
         from .embedded import EmbeddedServer
 
         server = EmbeddedServer(store=store, **server_flags)
         address = server.start()
-        return connect(address, token=server.token, progress=progress, _on_close=server.stop)
+        client = connect(address, token=server.token, progress=progress)
+        # Garbage collection or interpreter exit lets go of the server too (the kernel's closing of
+        # the lifeline covers a crash); close() runs the same finalizer once.
+        client._on_close = weakref.finalize(client, server.stop)
+        return client
 
     def close(self) -> None:
         self._channel.close()
@@ -349,7 +359,7 @@ class Client:
         return self._summary_cache
 
     def analyze(self, model: str | Model | Sequence[str | Model], data: Any = "digits",
-                metrics: Sequence[str] = ("all",), layers: Sequence[str] = (),
+                metrics: Sequence[str] = ("all",), exclude: Sequence[str] = (), layers: Sequence[str] = (),
                 params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 64, seed: int = 0,
                 limit: int | None = None, split: str = "test", metric_timeout: float | None = None,
                 timeout: float | None = None, label: str = "",
@@ -358,12 +368,15 @@ class Client:
 
         ``model``: one model or a list of checkpoints (a series). ``data``: a server dataset name
         ("digits", "synthetic"), an array ``x``, a tuple ``(x, labels)``, or an iterable of such batches.
+        ``metrics`` ("all", globs) minus ``exclude`` (names, globs); a selected metric with no layer it
+        applies to comes back as a "skipped" result saying why. Your data is checked against the
+        model's inputs before the run starts, even when only weight metrics run.
         """
         checkpoints = list(model) if isinstance(model, (list, tuple)) else [model]
         first = self._as_model(checkpoints[0])
         refs = [first.id] + [(c.id if isinstance(c, Model) else c) for c in checkpoints[1:]]
-        config = pb.AnalyzeConfig(models=refs, layers=list(layers), batch_size=batch_size, seed=seed,
-                                  sample_limit=limit or 0, split=split, label=label,
+        config = pb.AnalyzeConfig(models=refs, layers=list(layers), exclude=list(exclude), batch_size=batch_size,
+                                  seed=seed, sample_limit=limit or 0, split=split, label=label,
                                   metric_timeout_seconds=metric_timeout or 0.0)
         # Parameters go with an exact-name request placed first; the server keeps the first request for
         # a metric, so a later glob ("fractal.*") selecting the same metric does not drop them.
@@ -383,7 +396,19 @@ class Client:
         else:
             batches, expected = _client_batches(data, batch_size)
             config.expected_samples = expected
+            batches = self._declare_data(first, config, iter(batches))
         return self._run_analysis(first, config, batches, timeout or LONG_TIMEOUT, on_event)
+
+    def _declare_data(self, model: Model, config: pb.AnalyzeConfig,
+                      batches: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        """Put the first batch's dtypes and shapes in the config, so the server checks them before the run."""
+        first = next(batches, None)
+        if first is None:
+            return batches
+        for name, array in self._cast_inputs(model, first[0]).items():
+            spec = config.data_specs.add(name=name, dtype=_dtype_name(array))
+            spec.shape.dims.extend(array.shape)
+        return itertools.chain([first], batches)
 
     def _run_analysis(self, first: Model, config: pb.AnalyzeConfig, batches: Iterable[tuple[Any, Any]],
                       timeout: float, on_event: Callable[[pb.AnalyzeEvent], None] | None) -> Run:
@@ -435,6 +460,13 @@ class Client:
     def get_run(self, run_id: str) -> Run:
         detail = self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id))
         return Run(detail.info, list(detail.results), self._summary_keys())
+
+
+def _dtype_name(array: np.ndarray) -> str:
+    try:
+        return kserve_dtype(array.dtype)
+    except ValueError:
+        return str(array.dtype)
 
 
 def _read_chunks(source: bytes | Path) -> Iterator[bytes]:

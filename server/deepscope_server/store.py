@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from deepscope import lock_record
 from deepscope.v1 import introspection_pb2 as pb
 
 from .errors import NotFound, near_matches
@@ -64,7 +65,7 @@ class Store:
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = self._claim(self.root / "server.lock")
+        self._lock_file = self._claim(self.root / lock_record.LOCK_NAME)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.root / "deepscope.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -77,17 +78,18 @@ class Store:
     @staticmethod
     def _claim(path: Path):  # noqa: ANN205 - an open file whose flock marks this store as ours
         """One server per store: a second one would mark the first one's running runs interrupted."""
-        handle = path.open("a+")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # an embedded server's record holds its token (see deepscope.lock_record)
+        handle = os.fdopen(fd, "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
+            owner = lock_record.describe(handle.read())
             handle.close()
             raise StoreInUse(f"store {path.parent} is in use by another deepscope-server ({owner}); "
                              "connect to that server (--server HOST:PORT) or pick another --store") from None
         handle.truncate(0)
-        handle.write(f"pid {os.getpid()}")
+        handle.write(lock_record.initial(os.getpid()))
         handle.flush()
         return handle
 
