@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ class EmbeddedServer:
             self._lifeline = None
         if self.process is not None:
             self.process.stdin.close()  # type: ignore[union-attr]
-            if last and self.process.poll() is None:
+            if not last:  # other clients still use it: reap it whenever it ends, never wait for it
+                threading.Thread(target=self.process.wait, name="embedded-reaper", daemon=True).start()
+            elif self.process.poll() is None:
                 try:
                     self.process.wait(timeout)
                 except subprocess.TimeoutExpired:
