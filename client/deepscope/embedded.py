@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,10 @@ class EmbeddedServer:
         if conn is None:
             return False
         self._lifeline, self.token, self.attached = conn, record.get("token", ""), True
+        if self.flags:
+            warnings.warn(f"attached to the embedded server already running on store {self.store} (pid "
+                          f"{record.get('pid')}); it keeps the flags it was started with, not {sorted(self.flags)}",
+                          stacklevel=4)
         return True
 
     def _spawn(self, deadline: float) -> str | None:

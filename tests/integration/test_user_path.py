@@ -243,7 +243,8 @@ def test_a_second_embedded_client_attaches_and_the_last_one_stops_the_server(tmp
     try:
         record = lock_record.read_live(store)
         assert stat.S_IMODE((store / "server.lock").stat().st_mode) == 0o600  # it holds the token
-        second = deepscope.Client.embedded(store=store, progress=False, no_entry_points=True)
+        with pytest.warns(UserWarning, match="attached to the embedded server already running"):
+            second = deepscope.Client.embedded(store=store, progress=False, no_entry_points=True)
         assert lock_record.read_live(store)["pid"] == record["pid"]  # one server, shared
         model = second.upload_model(default_export[1])
         assert [m.id for m in first.models()] == [model.id]
