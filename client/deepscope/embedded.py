@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,6 +115,7 @@ class EmbeddedServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.process = None
+                shutil.rmtree(lifeline.parent, ignore_errors=True)
                 if lock_record.read_live(self.store) is not None:
                     return None  # another server claimed the store while ours started: attach to it
                 raise EmbeddedServerError(f"embedded server exited:\n{self.log()}")
