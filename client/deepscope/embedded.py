@@ -30,6 +30,8 @@ from . import lock_record
 
 #: A live server whose lock record lacks a lifeline this long was not started embedded.
 RECORD_GRACE_SECONDS = 3.0
+#: What a server child says when it finds its store locked (deepscope_server.store.StoreInUse).
+STORE_IN_USE = "is in use by another deepscope-server"
 
 
 class EmbeddedServerError(RuntimeError):
@@ -110,14 +112,17 @@ class EmbeddedServer:
             elif value not in (None, False):
                 args += [flag, str(value)]
         with self.log_path.open("ab") as log:
+            log_start = log.tell()
             # stdin is the start-up lifeline: if we die before connecting, the child sees EOF and exits.
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.process = None
                 shutil.rmtree(lifeline.parent, ignore_errors=True)
-                if lock_record.read_live(self.store) is not None:
-                    return None  # another server claimed the store while ours started: attach to it
+                # Another server claimed the store while ours started (or a client's probe of the lock
+                # overlapped our claim): look again, attach or retry.
+                if lock_record.read_live(self.store) is not None or STORE_IN_USE in self._log_since(log_start):
+                    return None
                 raise EmbeddedServerError(f"embedded server exited:\n{self.log()}")
             if port_file.exists() and port_file.read_text().strip():
                 address = f"127.0.0.1:{port_file.read_text().strip()}"
@@ -133,6 +138,11 @@ class EmbeddedServer:
     def _wait_ready(self, address: str, deadline: float) -> None:
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=max(1.0, deadline - time.monotonic()))
+
+    def _log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def log(self) -> str:
         try:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import deepscope
+import deepscope.embedded
 from deepscope import lock_record
 from deepscope.v1 import introspection_pb2 as pb
 
@@ -202,6 +203,7 @@ def test_wrong_data_is_refused_before_the_run_even_for_weight_metrics(client, se
 SCRIPT = """
 import os, signal, sys
 import deepscope
+import deepscope.embedded
 client = deepscope.Client.embedded(store=sys.argv[1], progress=False, no_entry_points=True)
 assert client.health() == "SERVING"
 if sys.argv[2] == "raise":
@@ -270,3 +272,24 @@ def test_two_cli_runs_on_one_store_at_once_both_succeed(tmp_path, dynamic_export
         assert run.returncode == 0, err
         assert "completed" in out
     _wait_gone(store, lock_record.parse((store / "server.lock").read_text())["pid"])
+
+
+def test_a_store_held_by_a_standalone_server_gets_advice_the_user_can_follow(tmp_path):
+    """Its address and token are the user's own: the embedded client says to connect, it does not guess."""
+    store, port_file = tmp_path / "store", tmp_path / "port"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    standalone = subprocess.Popen([sys.executable, "-m", "deepscope_server", "--port", "0", "--port-file",
+                                   str(port_file), "--store", str(store), "--no-entry-points"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (port_file.exists() and port_file.read_text().strip()) and time.monotonic() < deadline:
+            assert standalone.poll() is None
+            time.sleep(0.1)
+        with pytest.raises(deepscope.embedded.EmbeddedServerError,
+                           match=f"not started embedded \\(pid {standalone.pid}\\); connect to it with --server"):
+            deepscope.Client.embedded(store=store, progress=False, no_entry_points=True)
+        assert standalone.poll() is None  # left alone
+    finally:
+        standalone.terminate()
+        standalone.wait(30)
