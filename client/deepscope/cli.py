@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .client import Client, Model, connect
-from .errors import DeepscopeError, Unavailable
+from .errors import DeepscopeError, InvalidArgument, Unavailable
 from .results import Curve, GraphData, Run, decode_item
 from .values import from_value
 
@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL", help="model files (.onnx, .pt2, .pt) or server model ids/names; "
                    "several = checkpoints of one training run, in order")
     p.add_argument("--data", default="digits", help="digits | synthetic | FILE.npy | FILE.npz (arrays x[, y])")
-    p.add_argument("--metrics", default="all", help="comma-separated names or globs (e.g. cnt.*,fractal.ss_rate)")
+    p.add_argument("--metrics", default="all", help="comma-separated names or globs (e.g. cnt.*,fractal.ss_rate); "
+                   "'all' = every metric that applies to the model (the others are reported as skipped)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="drop metrics by name or glob (repeatable or comma-separated, e.g. basins.*,modes.*)")
     p.add_argument("--layers", nargs="*", default=[], help="layer names, globs or kind:KIND (default: all that apply)")
     p.add_argument("--param", action="append", default=[], metavar="METRIC.KEY=VALUE", help="metric parameter")
     p.add_argument("--batch-size", type=int, default=64)
@@ -179,8 +182,10 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], out=sys.stdout) 
 
 def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN001
     """Per metric, a table of layers and headline values; for a series, the first value per checkpoint."""
+    skipped = sum(r.status == "skipped" for r in run.results)
     print(f"run {run.id}: {run.status}, {run.info.num_samples} samples, {run.info.seconds:.1f} s, "
-          f"{run.info.num_results} results ({run.info.num_failed} failed)", file=out)
+          f"{run.info.num_results} results ({run.info.num_failed} failed"
+          f"{f', {skipped} skipped' if skipped else ''})", file=out)
     if run.info.error:
         print(f"  error: {run.info.error}", file=out)
     checkpoints = sorted({r.checkpoint for r in run.results})
@@ -192,7 +197,8 @@ def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN
                 continue
             row = rows.setdefault(r.layer or "(model)", {"layer": r.layer or "(model)", "status": "ok"})
             if r.status != "ok":
-                row["status"] = "FAILED: " + (r.error.splitlines() or ["?"])[0][:70]
+                label = "skipped" if r.status == "skipped" else "FAILED"
+                row["status"] = f"{label}: " + (r.error.splitlines() or ["?"])[0][:70]
                 continue
             scalars = {i.key: i.scalar for i in r.items if i.WhichOneof("value") == "scalar"}
             if len(checkpoints) > 1:
@@ -247,12 +253,17 @@ def write_outputs(run: Run, json_path: Path | None, report_path: Path | None) ->
 # ---------------------------------------------------------------- commands
 
 
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def cmd_analyze(args: argparse.Namespace, client: Client) -> int:
     params = parse_params(args.param)
     data = load_data(args.data, args.limit)
     models = [resolve_model(client, ref) for ref in args.models]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    run = client.analyze(models, data=data, metrics=metrics, layers=args.layers, params=params,
+    metrics = _split(args.metrics)
+    exclude = [pattern for item in args.exclude for pattern in _split(item)]
+    run = client.analyze(models, data=data, metrics=metrics, exclude=exclude, layers=args.layers, params=params,
                          batch_size=args.batch_size, seed=args.seed, limit=args.limit or None, split=args.split,
                          metric_timeout=args.metric_timeout or None)
     print_run(run)
@@ -350,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except DeepscopeError as exc:
         print(f"deepscope: error: {type(exc).__name__}: {exc.details}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_ERROR
     except (FileNotFoundError, ValueError) as exc:
         print(f"deepscope: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -30,6 +30,7 @@ from .isolation import RunCancelled
 from .models import LoadedModel, ModelManager
 from .plugins import Registry
 from .store import StoredModel, Store
+from .uploads import SideFile
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +232,13 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         task = _in_thread(write, "upload-writer")
         try:
             async for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidInput("UploadModel: only one header, then chunks")
+                part = message.WhichOneof("part")
+                if part not in ("chunk", "file"):
+                    raise InvalidInput("UploadModel: only one header, then chunks (and a FileHeader before each side file)")
                 if task.done():
                     break  # the writer failed (e.g. over the limit): stop reading
-                await chunks.put(message.chunk)
+                f = message.file
+                await chunks.put(message.chunk if part == "chunk" else SideFile(f.path, f.total_bytes, f.sha256))
             await chunks.put(None)
         except BaseException as exc:
             # Make the writer stop and delete its temp file, whatever happened to the stream.

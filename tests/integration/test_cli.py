@@ -86,7 +86,7 @@ def test_bad_usage_is_one_clear_line(args, code, message):
 
 def test_server_errors_become_one_line(remote, exported):
     result = run_cli("analyze", str(exported["mlp"]["onnx"]), "--metrics", "example.nope", *remote)
-    assert result.returncode == 1
+    assert result.returncode == 2  # INVALID_ARGUMENT: the user's request is wrong
     assert "InvalidArgument" in result.stderr and "matches no metric" in result.stderr
     assert "Traceback" not in result.stderr
 
