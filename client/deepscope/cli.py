@@ -134,7 +134,7 @@ def load_data(spec: str, limit: int = 0) -> str | tuple[np.ndarray, np.ndarray |
 
 
 def open_client(args: argparse.Namespace) -> Client:
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet  # a bar on a terminal, one line per finished metric in a log
     if args.server:
         client = connect(args.server, token=args.token, progress=progress)
         try:
