@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from . import catalogue
 from .client import Client, Model, connect
-from .errors import DeepscopeError, Unavailable
+from .errors import DeepscopeError, InvalidArgument, NotFound, Unavailable
 from .results import Curve, GraphData, Run, decode_item
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -246,11 +247,46 @@ def write_outputs(run: Run, json_path: Path | None, report_path: Path | None) ->
 # ---------------------------------------------------------------- commands
 
 
+def metric_patterns(args: argparse.Namespace) -> list[str]:
+    return [m.strip() for m in args.metrics.split(",") if m.strip()]
+
+
+def check_usage_early(args: argparse.Namespace) -> None:
+    """Before an embedded server starts: check metrics, params and layers against the caches."""
+    if args.server:
+        return  # a running server answers ListMetrics at once: checked after connecting
+    args.fingerprint = catalogue.embedded_fingerprint()
+    known = catalogue.load_catalogue(args.fingerprint)
+    if known is not None:
+        catalogue.check_metrics(known, metric_patterns(args), parse_params(args.param))
+    first = Path(args.models[0])
+    if args.layers and first.is_file():
+        layers = catalogue.load_layers(catalogue.file_model_id(first))
+        if layers is not None:
+            catalogue.check_layers(layers, args.layers)
+
+
+def check_usage(args: argparse.Namespace, client: Client, models: Sequence[Model] = ()) -> None:
+    """With a server at hand: check (and cache) the catalogue, then the first model's layers."""
+    if not models:
+        infos = client.metric_infos()
+        if getattr(args, "fingerprint", None):
+            catalogue.save_catalogue(args.fingerprint, infos)
+        catalogue.check_metrics(infos, metric_patterns(args), parse_params(args.param))
+        return
+    for model in models[:1]:
+        layers = [(layer.name, layer.kind) for layer in model.detail().layers]
+        catalogue.save_layers(model.id, layers)
+        catalogue.check_layers(layers, args.layers)
+
+
 def cmd_analyze(args: argparse.Namespace, client: Client) -> int:
     params = parse_params(args.param)
     data = load_data(args.data, args.limit)
+    check_usage(args, client)
     models = [resolve_model(client, ref) for ref in args.models]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    check_usage(args, client, models)
+    metrics = metric_patterns(args)
     run = client.analyze(models, data=data, metrics=metrics, layers=args.layers, params=params,
                          batch_size=args.batch_size, seed=args.seed, limit=args.limit or None, split=args.split,
                          metric_timeout=args.metric_timeout or None)
@@ -329,11 +365,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for ref in args.models:
                 if Path(ref).suffix in (".onnx", ".pt2", ".pt", ".pth") and not Path(ref).is_file():
                     raise CliError(f"model file not found: {ref}")
+            check_usage_early(args)
         with open_client(args) as client:
             return COMMANDS[args.command](args, client)
     except CliError as exc:
         print(f"deepscope: error: {exc}", file=sys.stderr)
         return exc.code
+    except catalogue.UsageError as exc:
+        print(f"deepscope: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InvalidArgument, NotFound) as exc:  # the server found the request itself wrong: bad usage
+        print(f"deepscope: error: {type(exc).__name__}: {exc.details}", file=sys.stderr)
+        return EXIT_USAGE
     except Unavailable as exc:
         print(f"deepscope: error: server unavailable: {exc.details}", file=sys.stderr)
         return EXIT_UNREACHABLE
