@@ -19,7 +19,7 @@ import numpy as np
 from . import catalogue
 from .client import Client, Model, connect
 from .errors import DeepscopeError, InvalidArgument, NotFound, Unavailable
-from .results import Curve, GraphData, Run, decode_item
+from .results import Run
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metric-timeout", type=float, default=0.0, help="seconds per metric stage (0 = server default)")
     p.add_argument("--report", type=Path, help="write a self-contained HTML report")
-    p.add_argument("--json", type=Path, help="write all results as JSON")
+    p.add_argument("--json", type=Path, help="write results as JSON (arrays over 256 values go to a .npz next to it)")
     _common(p)
 
     p = sub.add_parser("metrics", help="list the server's metrics")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="show a run's results")
     p.add_argument("run_id")
-    p.add_argument("--json", type=Path, help="write all results as JSON")
+    p.add_argument("--json", type=Path, help="write results as JSON (arrays over 256 values go to a .npz next to it)")
     p.add_argument("--report", type=Path, help="write a self-contained HTML report")
     _common(p)
 
@@ -205,38 +205,12 @@ def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN
         print_table(list(rows.values()), ["layer", *columns, "status"], out)
 
 
-def run_to_json(run: Run) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        if isinstance(value, Curve):
-            return {"x": value.x.tolist(), "y": value.y.tolist(), "x_label": value.x_label, "y_label": value.y_label}
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, GraphData):
-            return {"num_nodes": value.num_nodes, "sources": value.sources.tolist(),
-                    "targets": value.targets.tolist(), "directed": value.directed,
-                    "weights": None if value.weights is None else value.weights.tolist(), "nodes": plain(value.nodes)}
-        if isinstance(value, float) and not np.isfinite(value):
-            return None
-        return value
-
-    return {
-        "run_id": run.id, "status": run.status, "models": list(run.info.config.models),
-        "model_ids": list(run.info.model_ids), "num_samples": run.info.num_samples, "seconds": run.info.seconds,
-        "plugin_versions": dict(run.info.plugin_versions), "error": run.info.error,
-        "results": [
-            {"metric": r.metric, "layer": r.layer, "checkpoint": r.checkpoint, "status": r.status, "error": r.error,
-             "warnings": list(r.warnings), "values": {i.key: plain(decode_item(i)) for i in r.items}}
-            for r in run.results
-        ],
-    }
-
-
 def write_outputs(run: Run, json_path: Path | None, report_path: Path | None) -> None:
     if json_path:
-        json_path.write_text(json.dumps(run_to_json(run), indent=1))
-        print(f"wrote {json_path}", file=sys.stderr)
+        from .export import write_json
+
+        _, sidecar = write_json(run, json_path)  # large arrays go to a .npz next to the JSON
+        print(f"wrote {json_path}" + (f" and {sidecar}" if sidecar else ""), file=sys.stderr)
     if report_path:
         from .report import write_report
 
