@@ -51,8 +51,10 @@ def deep_run(tmp_path_factory, server):
     embedded, address = server
     with deepscope.connect(address, token=embedded.token, progress=False) as client:
         models = [client.upload_model(p) for p in paths]
+        seen: list = []
         run = client.analyze(models, data="digits", limit=64, metrics=[
-            "example.*", "fractal.ss_rate", "testing.raises"])
+            "example.*", "fractal.ss_rate", "testing.raises"], on_progress=seen.append)
+    run.seen = seen
     html = Path(run.report(root / "report.html")).read_text()
     return run, html
 
@@ -148,3 +150,13 @@ def test_robust_range_clips_a_lone_outlier():
     lo, hi = robust_range(values)
     assert hi < 10 and lo <= 0.9
     assert robust_range(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) is None
+
+
+def test_sdk_progress_events_name_checkpoint_and_metric(deep_run):
+    run, _ = deep_run
+    finished = [e for e in run.seen if e.stage == "metric"]
+    assert [(e.checkpoint, e.metric_index) for e in finished] == [(c, k) for c in (1, 2, 3) for k in (1, 2, 3, 4)]
+    assert {e.num_checkpoints for e in finished} == {3} and {e.num_metrics for e in finished} == {4}
+    raises = [e for e in finished if e.metric == "testing.raises"]
+    assert [e.counts for e in raises] == [{"failed": 2 * DEPTH - 1}] * 3
+    assert [e for e in run.events if e.stage == "metric"] == finished  # run.events keeps the milestones
