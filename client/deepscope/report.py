@@ -30,7 +30,7 @@ table{border-collapse:collapse;font-size:.82em;margin:.4em 0}td,th{border:1px so
 td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f5f5f5}
 .failed{color:#a00}.skipped{color:#8a6d00}.ok{color:#1a7f37}.muted{color:#777}img{max-width:100%}
 .counts span{margin-right:1.2em}details{margin:.4em 0}summary{cursor:pointer}
-nav ul{columns:3;list-style:none;padding-left:0}nav li{break-inside:avoid;margin-bottom:.5em}
+nav>ul{columns:3}nav ul{list-style:none;padding-left:0}nav li{break-inside:avoid;margin-bottom:.5em}
 nav li li{margin:0 0 0 1em}.scroll{max-height:28em;overflow:auto}
 """
 
@@ -198,8 +198,13 @@ def _problems(results: list[Any], names: list[str], n_ckpts: int) -> list[str]:
     if not groups:
         return []
     kinds = Counter(kind for kind, _ in groups)
-    label = ", ".join(f"{n} {'distinct ' if n > 1 else ''}{'warning' if k == 'warning' else k + ' message'}"
-                      f"{'s' if n > 1 else ''}" for k, n in sorted(kinds.items()))
+    hits = Counter()
+    for (kind, _), pairs in groups.items():
+        hits[kind] += len(pairs)
+    label = "; ".join(
+        (f"{n} distinct warning{'s' * (n > 1)}" if k == "warning"
+         else f"{hits[k]} {k} result{'s' * (hits[k] > 1)} ({n} distinct message{'s' * (n > 1)})")
+        for k, n in sorted(kinds.items()))
     cls = "failed" if "failed" in kinds else ("skipped" if "skipped" in kinds else "muted")
     parts = [f"<details class='problems'><summary class='{cls}'>{e(label)}</summary><ul>"]
     order = {"failed": 0, "skipped": 1, "warning": 2}
