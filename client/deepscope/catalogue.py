@@ -2,7 +2,7 @@
 
 An embedded server takes seconds to start; a typo should not. The metric catalogue
 (ListMetrics) is cached per fingerprint of what decides it (server and plugin versions, their
-code, DEEPSCOPE_* settings) and a model's layer table per model id (the file's sha256), under
+code, DEEPSCOPE_* settings) and a model's layer table per fingerprint and model id (the file's sha256), under
 ``~/.deepscope/cache`` (or $DEEPSCOPE_CACHE). On a cache miss nothing is checked early and the
 server validates as always; a stale or unreadable cache is simply ignored.
 """
@@ -76,16 +76,16 @@ def save_catalogue(fingerprint: str, catalogue: pb.ListMetricsResponse) -> None:
     _write(cache_dir() / f"metrics-{fingerprint}.pb", catalogue.SerializeToString())
 
 
-def load_layers(model_id: str) -> list[tuple[str, str]] | None:
-    """(name, kind) of every layer of a model seen before, else None."""
+def load_layers(fingerprint: str, model_id: str) -> list[tuple[str, str]] | None:
+    """(name, kind) of every layer of a model this server build has described before, else None."""
     try:
-        return [tuple(row) for row in json.loads((cache_dir() / f"layers-{model_id}.json").read_text())]
+        return [tuple(row) for row in json.loads((cache_dir() / f"layers-{fingerprint}-{model_id}.json").read_text())]
     except Exception:
         return None
 
 
-def save_layers(model_id: str, layers: Iterable[tuple[str, str]]) -> None:
-    _write(cache_dir() / f"layers-{model_id}.json", json.dumps([list(row) for row in layers]).encode())
+def save_layers(fingerprint: str, model_id: str, layers: Iterable[tuple[str, str]]) -> None:
+    _write(cache_dir() / f"layers-{fingerprint}-{model_id}.json", json.dumps([list(row) for row in layers]).encode())
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -235,7 +235,7 @@ def check_usage_early(args: argparse.Namespace) -> None:
         catalogue.check_metrics(known, metric_patterns(args), parse_params(args.param))
     first = Path(args.models[0])
     if args.layers and first.is_file():
-        layers = catalogue.load_layers(catalogue.file_model_id(first))
+        layers = catalogue.load_layers(args.fingerprint, catalogue.file_model_id(first))
         if layers is not None:
             catalogue.check_layers(layers, args.layers)
 
@@ -248,9 +248,11 @@ def check_usage(args: argparse.Namespace, client: Client, models: Sequence[Model
             catalogue.save_catalogue(args.fingerprint, infos)
         catalogue.check_metrics(infos, metric_patterns(args), parse_params(args.param))
         return
-    for model in models[:1]:
-        layers = [(layer.name, layer.kind) for layer in model.detail().layers]
-        catalogue.save_layers(model.id, layers)
+    fingerprint = getattr(args, "fingerprint", None)
+    if args.layers or fingerprint:
+        layers = [(layer.name, layer.kind) for layer in models[0].detail().layers]
+        if fingerprint:
+            catalogue.save_layers(fingerprint, models[0].id, layers)
         catalogue.check_layers(layers, args.layers)
 
 
