@@ -20,6 +20,7 @@ from . import catalogue
 from .client import Client, Model, connect
 from .errors import DeepscopeError, InvalidArgument, NotFound, Unavailable
 from .results import Run
+from .values import from_value
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -271,11 +272,21 @@ def cmd_analyze(args: argparse.Namespace, client: Client) -> int:
     return 0 if run.status == "completed" else EXIT_ERROR
 
 
+def _param_json(p: Any) -> dict[str, Any]:
+    """A ParamSpec as JSON: type, default and, where set, the allowed range or choices."""
+    out = {"type": p.type, "default": from_value(p.default)}
+    cast = int if p.type == "int" else float  # bounds travel as doubles
+    out.update({bound: cast(getattr(p, bound)) for bound in ("min", "max") if p.HasField(bound)})
+    if p.choices:
+        out["choices"] = [from_value(c) for c in p.choices]
+    return out
+
+
 def cmd_metrics(args: argparse.Namespace, client: Client) -> int:
     infos = client.metric_infos()
     if args.json:
         print(json.dumps([{"name": m.name, "description": m.description, "plugin": m.plugin,
-                           "params": {p.name: p.type for p in m.params}} for m in infos.metrics], indent=1))
+                           "params": {p.name: _param_json(p) for p in m.params}} for m in infos.metrics], indent=1))
         return 0
     rows = [{"name": m.name, "needs": ",".join(m.needs), "plugin": f"{m.plugin} {m.plugin_version}",
              "description": m.description[:70]} for m in infos.metrics]

@@ -155,12 +155,12 @@ class _ModelHandle:
 
     def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         self._check()
-        return self._loaded.run(inputs, capture)
+        return self._loaded.run(inputs, capture, cancelled=self._cancelled)
 
     def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
                          capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         self._check()
-        return self._loaded.run_with_weights(inputs, weights, capture)
+        return self._loaded.run_with_weights(inputs, weights, capture, cancelled=self._cancelled)
 
 
 @dataclass
@@ -291,7 +291,7 @@ class RunExecutor:
             if size <= 0:
                 break
             for ckpt_index, ckpt in enumerate(self.plan.checkpoints):
-                out = ckpt.run(inputs, captures)
+                out = ckpt.run(inputs, captures, cancelled=self._cancelled)
                 busy = []
                 for guard in data_guards:
                     if guard.checkpoint != ckpt_index or guard.error:
@@ -337,9 +337,9 @@ class RunExecutor:
             results = self._to_results(guard, values, n_samples)
             for result in results:
                 self._seq += 1
+                self.store.add_result(self.info.id, self._seq, result)  # counted once stored (disk full)
                 self.info.num_results += 1
                 self.info.num_failed += result.status != "ok"
-                self.store.add_result(self.info.id, self._seq, result)
                 self.emit(pb.AnalyzeEvent(result=result))
 
     def _to_results(self, guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:

@@ -26,7 +26,8 @@ from .config import Settings, settings_from_args
 from .models import ModelManager
 from .plugins import load_registry
 from .service import IntrospectionService
-from .store import Store, StoreInUse
+from .errors import StorageFull
+from .store import Store, StoreInUse, StoreUnusable
 
 log = logging.getLogger("deepscope_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
@@ -119,10 +120,10 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
         )
     try:
         store = Store(settings.store)
-    except StoreInUse as exc:
+    except (StoreInUse, StoreUnusable, StorageFull) as exc:  # one line for the operator, no traceback
         raise SystemExit(str(exc)) from None
     models = ModelManager(store, settings.model_dir, settings.trust_model_dir, settings.device,
-                          limits=settings.limits)
+                          limits=settings.limits, isolation=settings.model_isolation)
     modules = []
     for dotted in settings.plugin_modules:
         try:
@@ -132,8 +133,15 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
     registry = load_registry(settings.entry_points, settings.plugins, [*modules, *extra_plugins])
     for error in registry.errors:
         log.warning(error)
+    preload = []
     if settings.metric_isolation == "process":
-        configure_workers(sorted({entry.cls.__module__ for entry in registry.metrics.values()}))
+        preload += sorted({entry.cls.__module__ for entry in registry.metrics.values()})
+    if settings.model_isolation == "process":
+        # Model workers start from the forkserver with torch and onnxruntime already imported.
+        preload += ["deepscope_server.sandbox", "deepscope_server.backends.torch_backend",
+                    "deepscope_server.backends.onnx_backend"]
+    if preload:
+        configure_workers(preload)
     # Handlers wait on models (one run at a time per model) in executor threads: a pool much
     # larger than the CPU count keeps many concurrent clients from queueing behind each other.
     asyncio.get_running_loop().set_default_executor(
@@ -182,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     settings = settings_from_args(argv)
+    if settings.check_store or settings.rebuild_catalogue:  # maintenance commands: no server
+        from .storecheck import check_store, rebuild_catalogue
+
+        raise SystemExit((rebuild_catalogue if settings.rebuild_catalogue else check_store)(settings.store))
     asyncio.run(serve(settings))
 
 

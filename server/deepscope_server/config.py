@@ -25,6 +25,11 @@ class Limits:
     metric_timeout_seconds: float = 600.0
     #: Address-space limit (RLIMIT_AS) of each metric worker process (process isolation only).
     metric_memory_bytes: int = 8 * GiB
+    #: Address-space limit (RLIMIT_AS) of each model worker process (model isolation "process").
+    model_memory_bytes: int = 8 * GiB
+    #: Time limits of a model worker: loading (parse + checks + load) and one forward pass.
+    max_load_seconds: float = 300.0
+    max_forward_seconds: float = 600.0
 
 
 @dataclass
@@ -49,6 +54,12 @@ class Settings:
     #: "process": each metric instance of a run in its own worker process (a crash or a memory
     #: blow-up fails only that metric); "thread": in-server threads (trusted, fast metrics).
     metric_isolation: str = "process"
+    #: "process": client models load and run in sandboxed worker processes (memory cap, real
+    #: deadlines, crashes contained); "thread": in the server process (trusted models, no copy).
+    model_isolation: str = "process"
+    #: Maintenance commands (no server starts): see storecheck.py.
+    check_store: bool = False
+    rebuild_catalogue: bool = False
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -99,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("metric_isolation", d.metric_isolation),
                    help="run each metric in a worker process (default; a crash fails only that metric) "
                    "or in a server thread (trusted, fast metrics)")
+    p.add_argument("--model-isolation", choices=["process", "thread"],
+                   default=_env("model_isolation", d.model_isolation),
+                   help="load and run client models in sandboxed worker processes (default) or in the server "
+                   "process (trusted models only)")
+    store_commands = p.add_mutually_exclusive_group()  # commands, not settings: no environment variables
+    store_commands.add_argument("--check-store", action="store_true",
+                                help="check the store (SQLite integrity, catalogue vs model files), print a report "
+                                "and exit: 0 if clean, 1 if not; starts no server")
+    store_commands.add_argument("--rebuild-catalogue", action="store_true",
+                                help="rebuild the model catalogue from the model files in the store (runs are kept "
+                                "when readable) and exit; starts no server")
     for name, value in vars(Limits()).items():
         kind = float if isinstance(value, float) else int
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=kind(_env(name, value)))
@@ -113,7 +135,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         if not token:
             raise SystemExit(f"auth token file {args.auth_token_file} is empty")
     elif os.environ.get("DEEPSCOPE_AUTH_TOKEN"):
-        token = os.environ["DEEPSCOPE_AUTH_TOKEN"].strip()
+        # Taken out of the environment so no worker process (models, metrics) inherits it.
+        token = os.environ.pop("DEEPSCOPE_AUTH_TOKEN").strip()
     if token is not None and len(token) < 16:
         raise SystemExit("the auth token must be at least 16 characters (e.g. python -c 'import secrets; "
                          "print(secrets.token_urlsafe(32))')")
@@ -126,5 +149,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         plugin_modules=list(args.plugin_modules), device=args.device, auth_token=token, allow_unauthenticated=args.allow_unauthenticated,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         port_file=args.port_file, workers=args.workers, metric_isolation=args.metric_isolation,
+        model_isolation=args.model_isolation,
+        check_store=args.check_store, rebuild_catalogue=args.rebuild_catalogue,
         limits=limits,
     )

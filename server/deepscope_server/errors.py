@@ -26,6 +26,22 @@ class LimitExceeded(DeepscopeError):
         self.limit_name, self.limit, self.size = limit_name, limit, size
 
 
+class DeadlineExceeded(DeepscopeError):
+    """Loading or running a model took longer than its time limit or the call's deadline (DEADLINE_EXCEEDED)."""
+
+
+class ModelCrashed(DeepscopeError):
+    """The model's worker process died or misbehaved; the server is unaffected (INTERNAL, with the cause)."""
+
+
+class ModelOutOfMemory(DeepscopeError):
+    """The model needed more memory than its worker may use (RESOURCE_EXHAUSTED)."""
+
+
+class StorageFull(DeepscopeError):
+    """The store's disk (or quota) is full (RESOURCE_EXHAUSTED): the operator must free space."""
+
+
 class Unavailable(DeepscopeError):
     """The server is shutting down or at capacity (UNAVAILABLE)."""
 

@@ -8,38 +8,42 @@ own code (measured in the worker, so parallel metrics do not inflate each other'
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.process
+import os
 import resource
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import lifeline
 from .backends import CaptureRequest, RunOutput
 from .errors import InvalidInput
 from .model_graph import ModelGraph
-from .plugin_api import Context, Metric
+from .plugin_api import Context, Metric, MetricTimeout, RunCancelled
+
+__all__ = ["GuardedMetric", "ProcessGuard", "RunCancelled", "configure_workers"]
 
 if TYPE_CHECKING:
     from .analysis import PlannedMetric
-
-
-class RunCancelled(Exception):
-    """Raised inside the run (and inside model handles) once the client cancelled or the deadline passed."""
 
 
 class GuardedMetric:
     """One metric instance for one checkpoint, hosted in a server thread (``--metric-isolation thread``).
 
     Plugin calls go through ``begin(op)`` / ``end()``: ``start``, ``update`` (a Batch), ``finish``.
-    A failure is recorded (not raised) and the guard ignores later calls. A hung call is abandoned
-    after the time limit, but its thread keeps running: use process isolation for untrusted code.
+    A failure is recorded (not raised) and the guard ignores later calls. A call past the time
+    limit is failed and stopped cooperatively: ``ctx.check()`` raises MetricTimeout from then on,
+    and MetricTimeout is also raised in its thread at the next Python instruction. A call stuck
+    inside one long C function runs on until it returns: use process isolation for untrusted code.
     """
 
     def __init__(self, planned: PlannedMetric, checkpoint: int, ctx: Context, timeout: float) -> None:
@@ -78,30 +82,61 @@ class GuardedMetric:
         """Run plugin code in a daemon thread with a time limit; record (not raise) its failure."""
         if self.error:
             return None
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
-                box["error"] = exc
-                box["trace"] = traceback.format_exc(limit=6)
-
         start = time.perf_counter()
-        worker = threading.Thread(target=target, name=f"metric-{self.planned.name}", daemon=True)
+        self.ctx.deadline = time.monotonic() + self.timeout
+        worker = _MetricThread(fn, f"metric-{self.planned.name}")
         worker.start()
         worker.join(self.timeout)
-        self.seconds += time.perf_counter() - start
         if worker.is_alive():
+            worker.stop()
+            worker.join(1.0)  # a cooperating metric is gone by now; let it unwind before the next call
+        self.seconds += time.perf_counter() - start
+        exc = worker.error
+        if worker.is_alive() or isinstance(exc, MetricTimeout):
             self.error = f"{what} exceeded the metric time limit of {self.timeout:g} s"
             return None
-        if "error" in box:
-            exc = box["error"]
+        if exc is not None:
             if isinstance(exc, RunCancelled):
                 raise exc
-            self.error = f"{what} raised {type(exc).__name__}: {exc}\n{box['trace']}"
+            self.error = f"{what} raised {type(exc).__name__}: {exc}\n{worker.trace}"
             return None
-        return box.get("value")
+        return worker.value
+
+
+class _MetricThread(threading.Thread):
+    """One plugin call in a daemon thread; ``stop()`` raises MetricTimeout inside it if it still runs."""
+
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = fn
+        self._lock = threading.Lock()  # stop() never targets a thread id that may already be reused
+        self._running = True
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.trace = ""
+
+    def run(self) -> None:
+        try:
+            try:
+                self.value = self._fn()
+            except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+                self.error, self.trace = exc, traceback.format_exc(limit=6)
+            finally:
+                with self._lock:
+                    self._running = False
+        except MetricTimeout:  # stop() landed while the call was already unwinding
+            self.error = self.error or MetricTimeout()
+
+    def stop(self) -> None:
+        """Raise MetricTimeout in the thread at its next Python instruction (a C call finishes first)."""
+        with self._lock:
+            if self._running and self.ident is not None:
+                _set_async_exc(ctypes.c_ulong(self.ident), ctypes.py_object(MetricTimeout))
+
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+_set_async_exc.restype = ctypes.c_int
 
 
 # ---------------------------------------------------------------- process isolation
@@ -128,8 +163,6 @@ def configure_workers(modules: Sequence[str]) -> None:
 
 def _ensure_forkserver() -> None:
     try:
-        from multiprocessing import forkserver
-
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - the first run will start it (and report any problem)
         pass
@@ -159,8 +192,10 @@ class _RemoteModel:
         return self._ask("run_with_weights", dict(inputs), {k: dict(v) for k, v in weights.items()}, list(capture))
 
 
-def _worker_main(conn: Connection, memory_bytes: int) -> None:
+def _worker_main(conn: Connection, lifeline_end: Connection, memory_bytes: int) -> None:
     """A metric worker: one metric instance, driven by the parent's calls until "stop" or EOF."""
+    lifeline.watch(lifeline_end)  # exit with the server, even in the middle of a call
+    _release_forkserver()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
@@ -200,6 +235,24 @@ def _worker_main(conn: Connection, memory_bytes: int) -> None:
                        list(ctx.warnings) if ctx else [], time.perf_counter() - started))
 
 
+def _release_forkserver() -> None:
+    """Close the forkserver's "alive" pipe, which every forked worker inherits.
+
+    The forkserver exits when the last holder of that pipe's write end is gone. The server holds
+    it, but so does each worker (multiprocessing hands it down so a child could use the same
+    forkserver); a worker busy when the server is killed would keep the forkserver alive. Workers
+    never start processes through it, so they let go of it.
+    """
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        server._forkserver_alive_fd = None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def _death(process: multiprocessing.process.BaseProcess) -> str:
     process.join(1.0)
     code = process.exitcode
@@ -224,6 +277,7 @@ class ProcessGuard(GuardedMetric):
         self.memory_bytes = memory_bytes
         self._check_run = check  # raises RunCancelled / LimitExceeded when the run must stop
         self._conn: Connection | None = None
+        self._lifeline: Connection | None = None  #: write end: closing it (or our death) ends the worker
         self._process: multiprocessing.process.BaseProcess | None = None
         self._what = ""
         self._sent_at = 0.0
@@ -237,10 +291,13 @@ class ProcessGuard(GuardedMetric):
         try:
             if op == "start":
                 parent, child = _MP.Pipe(duplex=True)
-                self._process = _MP.Process(target=_worker_main, args=(child, self.memory_bytes), daemon=True,
-                                            name=f"metric-{self.planned.name}")
+                # The worker watches the read end; only this process holds the write end.
+                lifeline_end, self._lifeline = _MP.Pipe(duplex=False)
+                self._process = _MP.Process(target=_worker_main, args=(child, lifeline_end, self.memory_bytes),
+                                            daemon=True, name=f"metric-{self.planned.name}")
                 self._process.start()
                 child.close()
+                lifeline_end.close()
                 self._conn = parent
                 ctx = self.ctx
                 message: tuple[Any, ...] = ("start", self.planned.entry.cls, ctx.params, ctx.layers, ctx.graph,
@@ -333,8 +390,8 @@ class ProcessGuard(GuardedMetric):
         self.close(kill=True)
 
     def close(self, kill: bool = False) -> None:
-        process, conn = self._process, self._conn
-        self._process, self._conn, self._waiting = None, None, False
+        process, conn, lifeline_end = self._process, self._conn, self._lifeline
+        self._process, self._conn, self._lifeline, self._waiting = None, None, None, False
         if conn is not None:
             if not kill:
                 try:
@@ -349,3 +406,5 @@ class ProcessGuard(GuardedMetric):
                 process.kill()
                 process.join(2.0)
             process.close() if process.exitcode is not None else None
+        if lifeline_end is not None:
+            lifeline_end.close()

@@ -11,11 +11,11 @@ members would decompress past ``max_model_bytes`` or at bomb-like ratios are ref
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
+import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,46 +24,36 @@ import numpy as np
 from .backends import Backend, CaptureRequest, RunOutput
 from .backends.detect import detect_format, load_model
 from .config import Limits
-from .errors import DeepscopeError, InvalidInput, LimitExceeded, NotFound, near_matches
+from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, near_matches
+from .isolation import RunCancelled
+from .sandbox import SandboxedBackend
 from .store import StoredModel, Store, utc_now
 
 
 #: Loaders are not all thread-safe (torch.export.load keeps a global deserializer: two at once fail
-#: with "_CURRENT_DESERIALIZER is already set"); loading is rare, so one load at a time.
+#: with "_CURRENT_DESERIALIZER is already set"); in-process loading is one file at a time. Sandboxed
+#: workers each load in their own process, so one slow load never blocks another.
 _LOAD_LOCK = threading.Lock()
 
 
-def _load(path: Path, limits: Limits, device: str, trusted: bool) -> Backend:
-    """Preflight, then load, one file at a time."""
+def load_checked(path: Path, limits: Limits, device: str, trusted: bool) -> Backend:
+    """Preflight, then load (in whichever process calls it)."""
     with _LOAD_LOCK:
         preflight(path, limits)
         return load_model(path, device=device, trusted=trusted)
+
+
+def _load(path: Path, limits: Limits, device: str, trusted: bool, isolation: str) -> Backend:
+    """A backend for ``path``: in a sandboxed worker process, or in this process (``thread``)."""
+    if isolation == "process":
+        return SandboxedBackend.load(path, device=device, trusted=trusted, limits=limits)
+    return load_checked(path, limits, device, trusted)
 
 
 #: A zip member expanding more than this many times is treated as a decompression bomb...
 MAX_COMPRESSION_RATIO = 200
 #: ...once it expands past this size (small, very compressible members are normal).
 BOMB_MIN_BYTES = 16 << 20
-
-
-def _onnx_tensor_elements(path: Path, limits: Limits) -> None:
-    """Refuse ONNX tensors whose declared shape exceeds ``max_tensor_elements`` (before any allocation)."""
-    import onnx
-
-    from .backends.onnx_backend import _all_tensors
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - the protobuf parser's own errors
-        raise InvalidInput(f"'{path.name}' is not a valid ONNX model: {type(exc).__name__}: {exc}") from None
-    for tensor in _all_tensors(model):
-        dims = [int(d) for d in tensor.dims]
-        if any(d < 0 for d in dims):
-            raise InvalidInput(f"ONNX tensor '{tensor.name}' declares a negative dimension: {dims}")
-        count = math.prod(dims)
-        if count > limits.max_tensor_elements:
-            raise LimitExceeded(f"max_tensor_elements (ONNX tensor '{tensor.name}' declares shape {dims})",
-                                limits.max_tensor_elements, count, "elements")
 
 
 def _zip_sizes(path: Path, limits: Limits) -> None:
@@ -89,7 +79,10 @@ def preflight(path: Path, limits: Limits) -> None:
     """Cheap checks of what a file declares, so no loader allocates from absurd sizes."""
     fmt = detect_format(path)
     if fmt == "onnx":
-        _onnx_tensor_elements(path, limits)
+        from .backends import onnx_safety
+
+        # Every tensor: subgraphs, function bodies, sparse (dense shape) and list-valued attributes.
+        onnx_safety.check_sizes(onnx_safety.parse(path), limits.max_tensor_elements)
     elif fmt in ("pt2", "torchscript", "torch_pickle") and zipfile.is_zipfile(path):
         _zip_sizes(path, limits)
 
@@ -107,27 +100,47 @@ class LoadedModel:
     def graph(self):  # noqa: ANN201 - ModelGraph
         return self.backend.graph
 
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = (), *,
+            cancelled: Callable[[], bool] | None = None, deadline: float | None = None) -> RunOutput:
+        """Run one batch. ``cancelled`` / ``deadline`` (time.monotonic) stop a sandboxed forward pass."""
         with self.lock:
+            if isinstance(self.backend, SandboxedBackend):
+                return self.backend.run(inputs, capture, cancelled=cancelled, deadline=deadline)
+            _check_before(cancelled, deadline)
             return self.backend.run(inputs, capture)
 
     def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
-                         capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+                         capture: Sequence[CaptureRequest] = (), *, cancelled: Callable[[], bool] | None = None,
+                         deadline: float | None = None) -> RunOutput:
         with self.lock:
+            if isinstance(self.backend, SandboxedBackend):
+                return self.backend.run_with_weights(inputs, weights, capture, cancelled=cancelled,
+                                                     deadline=deadline)
+            _check_before(cancelled, deadline)
             return self.backend.run_with_weights(inputs, weights, capture)
+
+
+def _check_before(cancelled: Callable[[], bool] | None, deadline: float | None) -> None:
+    """In-process models cannot be interrupted: at least do not start a call that is already over."""
+    if cancelled is not None and cancelled():
+        raise RunCancelled("cancelled before the forward pass")
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded("the call's deadline passed before the forward pass started")
 
 
 class ModelManager:
     """Uploads, lookups and the backend cache (least recently used models are closed first)."""
 
     def __init__(self, store: Store, model_dir: Path | None = None, trust_model_dir: bool = False,
-                 device: str = "auto", cache_size: int = 8, limits: Limits | None = None) -> None:
+                 device: str = "auto", cache_size: int = 8, limits: Limits | None = None,
+                 isolation: str = "process") -> None:
         self.store = store
         self.limits = limits or Limits()
         self.model_dir = Path(model_dir) if model_dir else None
         self.trust_model_dir = trust_model_dir
         self.device = device
         self.cache_size = cache_size
+        self.isolation = isolation
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._dir_ids: dict[tuple[str, int, int], str] = {}
@@ -145,7 +158,7 @@ class ModelManager:
             self.store.add_model(model_id, name, loaded.stored.format, size, path)
             return loaded
         try:
-            backend = _load(path, self.limits, self.device, trusted=False)
+            backend = _load(path, self.limits, self.device, False, self.isolation)
         except DeepscopeError:
             self.store.discard_file(path)
             raise
@@ -173,7 +186,7 @@ class ModelManager:
                 self._cache.move_to_end(stored.id)
                 return self._cache[stored.id]
         try:
-            backend = _load(stored.path, self.limits, self.device, trusted)
+            backend = _load(stored.path, self.limits, self.device, trusted, self.isolation)
         except DeepscopeError:
             raise
         except Exception as exc:

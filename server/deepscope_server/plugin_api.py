@@ -37,6 +37,8 @@ Weight-only metrics (``needs = Needs.WEIGHTS``) get no ``update`` calls and no f
 from __future__ import annotations
 
 import enum
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -59,9 +61,21 @@ WHOLE_MODEL = ""
 
 __all__ = [
     "ACTIVATION_FUNCTIONS", "Batch", "CaptureRequest", "Context", "Curve", "Dataset", "Graph", "LAYER_KINDS",
-    "Layer", "Metric", "ModelGraph", "ModelHandle", "Needs", "Param", "RunOutput", "Table",
+    "Layer", "Metric", "MetricTimeout", "ModelGraph", "ModelHandle", "Needs", "Param", "RunCancelled", "RunOutput",
+    "Table",
     "TensorSpec", "WHOLE_MODEL", "hookimpl", "hookspec", "unit_view",
 ]
+
+
+class MetricTimeout(BaseException):
+    """Raised inside a metric call that is past its time limit (by ``ctx.check()``, or injected into a
+    thread-hosted metric). A BaseException, like KeyboardInterrupt, so ``except Exception`` in plugin
+    code does not swallow it; the server turns it into the "exceeded the metric time limit" failure.
+    """
+
+
+class RunCancelled(Exception):
+    """Raised inside the run (and by ``ctx.check()``) once the client cancelled or the run's deadline passed."""
 
 
 class Needs(enum.Flag):
@@ -199,10 +213,24 @@ class Context:
     progress: Callable[[float, str], None] = lambda fraction, message: None
     cancelled: Callable[[], bool] = lambda: False
     warnings: list[str] = field(default_factory=list)
+    #: time.monotonic() by which the current call must return; set by the server before each call.
+    deadline: float = math.inf
 
     def warn(self, message: str) -> None:
         """Attach a warning to the metric's results (shown in reports)."""
         self.warnings.append(message)
+
+    def check(self) -> None:
+        """Stop here if the call must stop: call it in long loops (cheap: a clock read).
+
+        Raises MetricTimeout past the call's time limit and RunCancelled once the run was
+        cancelled. Under ``--metric-isolation thread`` this is how a metric over its limit stops
+        instead of running on in the server (a worker process is simply killed).
+        """
+        if time.monotonic() > self.deadline:
+            raise MetricTimeout("the metric's time limit has passed")
+        if self.cancelled():
+            raise RunCancelled("run cancelled")
 
 
 class Metric:

@@ -24,7 +24,9 @@ from . import convert
 from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .config import Settings
-from .errors import DeepscopeError, InvalidInput, LimitExceeded, NotFound, Unavailable
+from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
+                     NotFound, StorageFull, Unavailable)
+from .isolation import RunCancelled
 from .models import LoadedModel, ModelManager
 from .plugins import Registry
 from .store import StoredModel, Store
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ModelOutOfMemory, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ModelCrashed, grpc.StatusCode.INTERNAL),
+    (RunCancelled, grpc.StatusCode.CANCELLED),
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -94,7 +101,7 @@ async def _status_codes(context: grpc.aio.ServicerContext, method: str) -> Async
     """Domain errors -> their status code; anything unexpected -> INTERNAL (logged), never UNKNOWN."""
     try:
         yield
-    except (DeepscopeError, TensorError) as exc:
+    except (DeepscopeError, TensorError, RunCancelled) as exc:
         await _abort_for(exc, context, method)
     except grpc.aio.AbortError:
         raise
@@ -297,6 +304,25 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
                 raise LimitExceeded("max_batch_size", self.limits.max_batch_size, array.shape[0], "samples")
         return bound
 
+    async def _forward(self, context: grpc.aio.ServicerContext, loaded: LoadedModel, inputs: dict[str, np.ndarray],
+                       captures: list[CaptureRequest]) -> Any:
+        """One forward pass bounded by the call: its deadline, its cancellation and server shutdown.
+
+        A sandboxed model is stopped mid-pass when any of them ends the call, so a model that
+        never returns holds neither a thread nor the model past the call.
+        """
+        cancel = threading.Event()
+        self.active_cancels.add(cancel)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        try:
+            return await asyncio.to_thread(loaded.run, inputs, captures, cancelled=cancel.is_set, deadline=deadline)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        finally:
+            self.active_cancels.discard(cancel)
+
     @rpc
     async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.TensorPart]:
         loaded = await asyncio.to_thread(self.models.get, request.model)
@@ -306,7 +332,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         captures += [CaptureRequest(l.name, "input") for l in graph.select(list(request.layer_inputs))] \
             if request.layer_inputs else []
         start = time.perf_counter()
-        out = await asyncio.to_thread(loaded.run, inputs, captures)
+        out = await self._forward(context, loaded, inputs, captures)
         seconds = time.perf_counter() - start
         tensors: list[tuple[str, np.ndarray]] = []
         if not request.skip_model_outputs:

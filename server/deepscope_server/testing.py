@@ -23,7 +23,10 @@ def validate_params(metric: type[Metric], given: Mapping[str, Any] | None) -> di
     if unknown:
         valid = ", ".join(known) or "none"
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for {metric.name}; valid: {valid}")
-    return {name: p.validate(given[name]) if name in given else p.default for name, p in known.items()}
+    try:
+        return {name: p.validate(given[name]) if name in given else p.default for name, p in known.items()}
+    except ValueError as exc:  # say which metric: one request may configure several
+        raise ValueError(f"{metric.name}: {exc}") from None
 
 
 def make_graph(layers: Sequence[Layer], input_shape: tuple[int | None, ...] = (None,)) -> ModelGraph:

@@ -91,6 +91,8 @@ def test_invalid_configs_are_refused_before_work(client, exported):
          deepscope.InvalidArgument, "unknown parameter.*bogus.*valid: reduce"),
         (dict(metrics=["example.activation_moments"], params={"example.activation_moments": {"reduce": "max"}}),
          deepscope.InvalidArgument, "must be one of mean, flatten"),
+        (dict(metrics=["fractal.box_dimension"], params={"fractal.box_dimension": {"restarts": 10**9}}),
+         deepscope.InvalidArgument, "fractal.box_dimension: parameter 'restarts' must be <= 100, got 1000000000"),
         (dict(metrics=["example.weight_spectrum"], layers=["act1"]),
          deepscope.InvalidArgument, "applies to layer kinds conv, linear.*activation"),
         (dict(metrics=["example.nope"]), deepscope.InvalidArgument, "matches no metric"),

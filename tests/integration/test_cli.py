@@ -90,6 +90,8 @@ def test_series_capture_show_and_runs(tmp_path, remote, exported):
     shown = run_cli("show", data["run_id"], *remote)
     assert shown.returncode == 0 and "example.weight_spectrum" in shown.stdout
     assert run_cli("metrics", *remote).stdout.count("example.") >= 2
+    infos = {m["name"]: m for m in json.loads(run_cli("metrics", "--json", *remote).stdout)}
+    assert infos["fractal.box_dimension"]["params"]["restarts"] == {"type": "int", "default": 3, "min": 1, "max": 100}
 
 
 @pytest.mark.parametrize("args, code, message", [

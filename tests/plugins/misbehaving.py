@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -121,7 +122,30 @@ class Leaks(Metric):
         return {"": {"kept_mib": len(self.kept) * self.params["mib"]}}
 
 
+class Spins(Metric):
+    """Burns CPU in update() until something stops it; says what did in ``marker`` (for tests)."""
+
+    name = "testing.spins"
+    description = "Busy-loops in update() (reports progress 'spinning' first) until its time limit stops it."
+    needs = Needs.OUTPUTS
+    params = (
+        Param("cooperative", bool, True, "call ctx.check() in the loop"),
+        Param("marker", str, "", "file that receives the name of the exception that ended the loop"),
+    )
+
+    def update(self, batch):  # noqa: ANN001
+        self.ctx.progress(0.0, "spinning")
+        try:
+            while True:
+                if self.params["cooperative"]:
+                    self.ctx.check()
+        except BaseException as exc:
+            if self.params["marker"]:
+                Path(self.params["marker"]).write_text(type(exc).__name__)
+            raise
+
+
 @hookimpl
 def deepscope_register_metrics(register) -> None:  # noqa: ANN001
-    for cls in (Raises, Hangs, Malformed, Slow, Rerun, Aborts, Segfaults, Leaks):
+    for cls in (Raises, Hangs, Malformed, Slow, Rerun, Aborts, Segfaults, Leaks, Spins):
         register(cls)

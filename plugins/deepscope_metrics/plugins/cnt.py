@@ -45,7 +45,7 @@ P_GRID = Param("grid_points", int, 1000, "KDE grid points over [min, max]", min=
 P_MODE = Param("mode", str, "code", "conv in-strength: 'code' = K.sum()+b everywhere (authors); 'graph' = "
                "only taps inside the image", choices=("code", "graph"))
 P_CONST = Param("missing_side_const", float, 1.0, "added for the side input/output neurons lack (authors: 1; "
-                "0 = pure graph definition)")
+                "0 = pure graph definition)", min=-1_000_000, max=1_000_000)
 P_FOLD = Param("fold_norm", bool, True, "fold a directly following eval-mode BatchNorm into the layer "
                "(extension beyond the paper)")
 
@@ -100,7 +100,7 @@ class WeightGraph(Metric):
     params = (
         Param("include_next", bool, False, "append the next linear/conv layer when only activations, norms or a "
               "flatten lie between (their own transforms are not links)"),
-        Param("max_links", int, 2_000_000, "refuse layers with more links than this", min=1),
+        Param("max_links", int, 2_000_000, "refuse layers with more links than this", min=1, max=20_000_000),
     )
     summary_keys = ("n_nodes", "n_links")
 
@@ -286,8 +286,8 @@ class _InputDependent(Metric):
     reconstructed = True
     result_kinds = ("scalar", "vector", "curve")
     params = (
-        Param("max_samples", int, 1000, "inputs used (the first ones of the run, in order)", min=1),
-        Param("reservoir", int, 100_000, "values kept (uniform, seeded) for the KDE", min=100),
+        Param("max_samples", int, 1000, "inputs used (the first ones of the run, in order)", min=1, max=100_000),
+        Param("reservoir", int, 100_000, "values kept (uniform, seeded) for the KDE", min=100, max=10_000_000),
         P_GRID, P_FOLD,
     )
     summary_keys = ("mean", "std", "fluctuation_mean", "n_samples")

@@ -55,11 +55,15 @@ class _PairedSample(Metric):
     citation = CITATION
     params = (
         REDUCE,
-        Param("max_samples", int, 4000, "reservoir capacity: rows kept for the regression (uniform sample)", min=8),
-        Param("max_width", int, 4096, "wider inputs/outputs are randomly projected to this many dims before sampling", min=1),
-        Param("pca_dim", int, 256, "input and output are PCA-reduced (fitted on the training split) to at most this", min=1),
+        Param("max_samples", int, 4000, "reservoir capacity: rows kept for the regression (uniform sample)", min=8,
+              max=100_000),
+        Param("max_width", int, 4096, "wider inputs/outputs are randomly projected to this many dims before sampling", min=1,
+              max=16_384),
+        Param("pca_dim", int, 256, "input and output are PCA-reduced (fitted on the training split) to at most this", min=1,
+              max=4096),
         Param("test_fraction", float, 0.25, "held-out fraction of the sample for scoring", min=0.05, max=0.95),
-        Param("ridge", float, 1e-3, "ridge penalty relative to n x mean input variance (0 = least squares)", min=0.0),
+        Param("ridge", float, 1e-3, "ridge penalty relative to n x mean input variance (0 = least squares)", min=0.0,
+              max=1_000_000),
     )
 
     def start(self) -> None:
@@ -165,11 +169,12 @@ class PiecewiseFVU(_PairedSample):
     )
     result_kinds = ("scalar", "vector", "curve")
     params = _PairedSample.params + (
-        Param("k_max", int, 64, "largest number of clusters (powers of two up to it)", min=1),
+        Param("k_max", int, 64, "largest number of clusters (powers of two up to it)", min=1, max=4096),
         Param("clustering", str, "nested", "nested: split every cluster in two per level (training FVU "
               "non-increasing); kmeans: fresh k-means per K", choices=("nested", "kmeans")),
-        Param("min_cluster_size", int, 10, "stop doubling K once clusters would hold fewer training points", min=1),
-        Param("eps", float, 0.1, "FVU threshold for the headline C(eps) = ln K*", min=0.0),
+        Param("min_cluster_size", int, 10, "stop doubling K once clusters would hold fewer training points", min=1,
+              max=100_000),
+        Param("eps", float, 0.1, "FVU threshold for the headline C(eps) = ln K*", min=0.0, max=1.0),
         Param("eps_grid", str, "0.5,0.2,0.1,0.05,0.02,0.01", "thresholds for the C(eps) curve"),
     )
 
@@ -229,7 +234,7 @@ class PatternEntropyMetric(Metric):
     result_kinds = ("scalar", "vector", "curve")
     params = (
         REDUCE,
-        Param("threshold", float, 0.0, "a unit is active when its output exceeds this"),
+        Param("threshold", float, 0.0, "a unit is active when its output exceeds this", min=-1_000_000_000, max=1_000_000_000),
         Param("unit_order", str, "random", "which units form the subsets of the scale curve: a seeded random "
               "order or index order", choices=("random", "index")),
     )
@@ -277,12 +282,13 @@ class EffectiveDimension(Metric):
     result_kinds = ("scalar", "vector", "curve", "table")
     params = (
         REDUCE,
-        Param("max_dim", int, 1024, "wider layers are projected to this many dims (reported)", min=1),
+        Param("max_dim", int, 1024, "wider layers are projected to this many dims (reported)", min=1, max=8192),
         Param("projection", str, "pca", "projection for wider layers: top principal directions of the first "
               "rows seen, or random", choices=("pca", "random")),
         Param("taus", str, ",".join(map(str, DEFAULT_TAUS)), "variance fractions for the component counts"),
-        Param("fit_start", int, 1, "first component index of the spectrum power-law fit", min=1),
-        Param("fit_stop", int, 0, "last component index of the fit (0 = last non-zero eigenvalue)", min=0),
+        Param("fit_start", int, 1, "first component index of the spectrum power-law fit", min=1, max=8192),
+        Param("fit_stop", int, 0, "last component index of the fit (0 = last non-zero eigenvalue)", min=0,
+              max=8192),
     )
 
     def start(self) -> None:

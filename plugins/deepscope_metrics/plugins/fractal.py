@@ -93,8 +93,8 @@ class SSRateMetric(_PerLayer):
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "curve")
     params = (
-        Param("batch_size", int, 64, "B: samples per feature network (paper default 64)", min=2),
-        Param("n_thresholds", int, 256, "S: thresholds on the geometric grid", min=2),
+        Param("batch_size", int, 64, "B: samples per feature network (paper default 64)", min=2, max=4096),
+        Param("n_thresholds", int, 256, "S: thresholds on the geometric grid", min=2, max=65_536),
         Param("variant", str, "code", "N_theta formula ('code' = sfm_loss_d_v2.py)", choices=VARIANTS),
     )
 
@@ -174,9 +174,9 @@ class BoxDimensionMetric(_Accumulating):
         Param("epsilon", str, "mst", "edge threshold rule", choices=EPSILON_MODES),
         Param("epsilon_quantile", float, 0.1, "pair-distance quantile when epsilon='quantile'", min=0.0, max=1.0),
         Param("method", str, "greedy", "box-covering algorithm", choices=METHODS),
-        Param("restarts", int, 3, "randomised runs; the fewest boxes per size are kept", min=1),
-        Param("n_sizes", int, 12, "points of the geometric l_B grid", min=3),
-        Param("l_min", float, 2.0, "smallest l_B entering the fit", min=1.0),
+        Param("restarts", int, 3, "randomised runs; the fewest boxes per size are kept", min=1, max=100),
+        Param("n_sizes", int, 12, "points of the geometric l_B grid", min=3, max=256),
+        Param("l_min", float, 2.0, "smallest l_B entering the fit", min=1.0, max=1_000_000),
         Param("fit_on", str, "l_B", "abscissa of the fit", choices=("l_B", "l_B-1")),
         Param("include_graph", bool, True, "also return G_M itself (edges weighted by d_ij): run.graph(...)"),
     )
@@ -233,7 +233,7 @@ class SpectrumExponentMetric(_Accumulating):
     citation = DING
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "table")
-    params = (Param("min_tail", int, 5, "fewest eigenvalues in the fitted tail", min=2),)
+    params = (Param("min_tail", int, 5, "fewest eigenvalues in the fitted tail", min=2, max=100_000),)
 
     accumulator = CovarianceAccumulator
 
@@ -275,9 +275,9 @@ class CorrelationDimensionMetric(_PerLayer):
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "curve")
     params = (
-        Param("max_samples", int, 1000, "cap on samples per layer (the first ones are kept)", min=3),
+        Param("max_samples", int, 1000, "cap on samples per layer (the first ones are kept)", min=3, max=10_000),
         Param("normalise", str, "l2", "per-sample normalisation", choices=NORMALISATIONS),
-        Param("n_radii", int, 16, "radii on the geometric grid", min=3),
+        Param("n_radii", int, 16, "radii on the geometric grid", min=3, max=1024),
         Param("quantile_low", float, 0.001, "smallest radius as a pair-distance quantile", min=0.0, max=1.0),
         Param("quantile_high", float, 0.05, "largest radius as a pair-distance quantile", min=0.0, max=1.0),
     )

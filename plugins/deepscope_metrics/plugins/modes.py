@@ -153,7 +153,8 @@ class ModeFractions(_ModesBase):
               "strictly increase along h (activation-agnostic)", choices=("region", "rank")),
         _PER_POSITION,
         _SATURATION,
-        Param("dead_tol", float, 0.0, "dead = output range (max - min) over the samples <= this", min=0.0),
+        Param("dead_tol", float, 0.0, "dead = output range (max - min) over the samples <= this", min=0.0,
+              max=1_000_000_000),
         Param("max_rank_samples", int, 1000, "rank rule: reservoir of sample rows kept per layer", min=2, max=100_000),
     )
     result_kinds = ("scalar", "vector")
@@ -347,7 +348,8 @@ class SampleBasins(_BasinsBase):
         *_BASIN_COMMON,
         Param("draws", int, 32, "K noise draws per sample (fixed across levels)", min=1, max=10_000),
         Param("steps", int, 10, "bisection steps", min=1, max=40),
-        Param("r_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12),
+        Param("r_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12,
+              max=1_000_000),
         Param("noise", str, "relative", "relative: sigma = r*||x||/sqrt(d); absolute: sigma = r",
               choices=("relative", "absolute")),
     )
@@ -379,7 +381,8 @@ class WeightBasins(_BasinsBase):
         *_BASIN_COMMON,
         Param("draws", int, 16, "K weight-noise draws (perturbed networks, fixed across levels)", min=1, max=10_000),
         Param("steps", int, 8, "bisection steps (forward calls per round <= draws * min(samples, 2^round))", min=1, max=30),
-        Param("eta_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12),
+        Param("eta_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12,
+              max=1_000_000),
         Param("perturb_bias", bool, True, "also perturb biases (scaled by the bias's own rms)"),
     )
     level_label = "weight noise eta"

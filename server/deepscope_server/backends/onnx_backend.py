@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,81 +33,13 @@ from ..model_graph import Layer, ModelGraph, TensorSpec
 from . import layer_naming as ln
 from .base import Backend, CaptureRequest, RunOutput
 from .inputs import validate_inputs
-
-#: Operator domains onnxruntime implements natively; anything else needs a custom-op library.
-DEFAULT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+from .onnx_safety import DEFAULT_DOMAINS, check_domains, check_external_data, load_external_data, parse
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
 _CLASSES = "pkg.torch.onnx.class_hierarchy"
 _EMPTY_STACK = "_empty_nn_module_stack_from_metadata_hook"
 
 Identity: Callable[[np.ndarray], np.ndarray] = lambda a: a  # noqa: E731
-
-
-def _is_unsafe_location(location: str) -> bool:
-    """Absolute paths, drive letters and any ``..`` component escape the model directory."""
-    if not location or os.path.isabs(location) or PureWindowsPath(location).is_absolute():
-        return True
-    if location.startswith(("/", "\\")) or PureWindowsPath(location).drive:
-        return True
-    parts = PurePosixPath(location.replace("\\", "/")).parts
-    return ".." in parts
-
-
-def check_external_data(model: onnx.ModelProto, directory: Path) -> bool:
-    """Refuse external-data locations outside ``directory``; True when the model has external data."""
-    found = False
-    root = directory.resolve()
-    for tensor in _all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        found = True
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        if _is_unsafe_location(location):
-            raise InvalidInput(
-                f"initializer '{tensor.name}' stores its data at '{location}', outside the model's directory; "
-                "external data must be a relative path inside the directory of the .onnx file"
-            )
-        resolved = (root / location).resolve()
-        if root not in resolved.parents:
-            raise InvalidInput(f"initializer '{tensor.name}': external data '{location}' resolves outside the model directory")
-        if not resolved.is_file():
-            raise InvalidInput(f"initializer '{tensor.name}': external data file '{location}' not found next to the model")
-    return found
-
-
-def _subgraphs(graph: onnx.GraphProto):  # type: ignore[no-untyped-def]
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _subgraphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _subgraphs(g)
-
-
-def _all_tensors(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
-    for g in _subgraphs(model.graph):
-        yield from g.initializer
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
-
-
-def check_domains(model: onnx.ModelProto, allowed: frozenset[str] | set[str]) -> None:
-    """Refuse nodes from operator domains onnxruntime cannot run without custom-op code."""
-    local = {f.domain for f in model.functions}
-    nodes = [n for g in _subgraphs(model.graph) for n in g.node]
-    nodes += [n for f in model.functions for n in f.node]
-    for node in nodes:
-        if node.domain not in allowed and node.domain not in local:
-            raise InvalidInput(
-                f"node '{node.name or node.op_type}' uses operator '{node.op_type}' from custom domain "
-                f"'{node.domain}', which needs a custom-op library; allowed domains: "
-                f"{', '.join(repr(d) for d in sorted(allowed))}"
-            )
 
 
 def _dims(type_proto: onnx.TypeProto) -> tuple[int | None, ...] | None:
@@ -270,15 +202,11 @@ class OnnxBackend(Backend):
         allowed_domains: Sequence[str] | None = None,
     ) -> OnnxBackend:
         path = Path(path)
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - protobuf decode errors have many types
-            raise InvalidInput(f"'{path.name}' is not a valid ONNX model: {exc}") from None
+        model = parse(path)
         if not model.graph.node and not model.graph.output:
             raise InvalidInput(f"'{path.name}' is not a valid ONNX model: empty graph")
-        check_domains(model, DEFAULT_DOMAINS | set(allowed_domains or ()))
-        if check_external_data(model, path.parent):
-            onnx.load_external_data_for_model(model, str(path.parent))
+        check_domains(model, DEFAULT_DOMAINS | set(allowed_domains or ()))  # graphs, subgraphs, functions
+        load_external_data(model, path.parent)  # every tensor, sparse ones too; only inside path.parent
         if device == "auto":
             import torch  # the server depends on torch; it is the one authority on CUDA presence
 

@@ -31,6 +31,7 @@ from ..model_graph import Layer, ModelGraph, TensorSpec
 from . import layer_naming as ln
 from .base import Backend, CaptureRequest, RunOutput
 from .inputs import validate_inputs
+from .pt2_safety import load_exported_program
 
 _EMPTY_STACK = "_empty_nn_module_stack_from_metadata_hook"
 
@@ -358,7 +359,10 @@ class ExportedProgramBackend(_TorchModuleBackend):
 
     @classmethod
     def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> ExportedProgramBackend:
+        """Untrusted archives go through ``pt2_safety`` (no pickle, eval or exec); trusted ones through torch."""
         dev = resolve_device(device)
+        if not trusted:
+            return cls(load_exported_program(path), dev)
         try:
             ep = torch.export.load(str(path))
         except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable archive

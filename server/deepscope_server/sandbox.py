@@ -1,0 +1,271 @@
+"""Client models load and run in sandboxed worker processes (``--model-isolation process``, the default).
+
+A model file is client bytes: parsing it, loading it, running it and reading its weights all
+happen in a worker process with its own address-space cap (``--model-memory-bytes``), no
+inherited server file descriptors, no secrets in its environment (the token stays in the
+server), and a lifeline that ends it with the server. The server talks to it through
+``wire_codec`` (JSON + shared memory, never pickle) and waits with real deadlines: a load past
+``--max-load-seconds``, a forward pass past ``--max-forward-seconds`` or the call's gRPC deadline,
+or a cancelled call kills the worker and fails only that call. The next call starts a fresh
+worker, so a hostile or buggy model can exhaust only its own worker, never the server.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import lifeline, wire_codec
+from .backends import Backend, CaptureRequest, RunOutput
+from .config import Limits
+from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
+                     NotFound)
+from .isolation import _MP, RunCancelled, _release_forkserver
+from .isolation import _death as describe_death
+from .model_graph import ModelGraph
+
+#: Domain errors a worker may report by name; anything else is reported as the model's failure.
+_DOMAIN_ERRORS: dict[str, type[DeepscopeError]] = {cls.__name__: cls for cls in (InvalidInput, NotFound, LimitExceeded)}
+#: How often a waiting server thread looks at cancellation, deadlines and the worker's health.
+_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class WorkerBudget:
+    """What one model worker may use."""
+
+    memory_bytes: int
+    load_seconds: float
+    forward_seconds: float
+    max_message_bytes: int
+
+    @classmethod
+    def from_limits(cls, limits: Limits) -> "WorkerBudget":
+        return cls(limits.model_memory_bytes, limits.max_load_seconds, limits.max_forward_seconds,
+                   max(limits.max_capture_bytes, limits.max_model_bytes) + (64 << 20))
+
+
+# ---------------------------------------------------------------- the worker side
+
+
+def _confine(memory_bytes: int) -> None:
+    """Limits that hold for the worker's whole life: memory, file sizes, environment, signals."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-large write fails with EFBIG instead
+    for key in [k for k in os.environ if any(word in k.upper() for word in ("TOKEN", "SECRET", "PASSWORD"))]:
+        del os.environ[key]  # the server's token never reaches a worker (settings drop it at start too)
+    if memory_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (memory_bytes, memory_bytes))
+
+
+def _error_message(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc)[:4000],
+            "domain": type(exc).__name__ if isinstance(exc, tuple(_DOMAIN_ERRORS.values())) else ""}
+
+
+def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, device: str, trusted: bool) -> None:
+    """Load one model, then serve run requests until "stop" or EOF."""
+    lifeline.watch(life)
+    _release_forkserver()
+    _confine(limits.model_memory_bytes)
+    from .models import load_checked
+
+    try:
+        backend = load_checked(Path(path), limits, device, trusted)
+        reply: dict[str, Any] = {"ready": {"graph": backend.graph, "format": backend.format,
+                                           "device": getattr(backend, "device", "cpu")}}
+    except BaseException as exc:  # noqa: BLE001 - reported to the server, which decides
+        wire_codec.send(conn, {"error": _error_message(exc), "trace": traceback.format_exc(limit=8)})
+        return
+    wire_codec.send(conn, reply)
+    while True:
+        try:
+            request = wire_codec.recv(conn, 1 << 62)
+        except (EOFError, OSError):
+            return
+        if request.get("op") == "stop":
+            return
+        try:
+            if request["op"] == "run":
+                out = backend.run(request["inputs"], request["capture"])
+            else:
+                out = backend.run_with_weights(request["inputs"], request["weights"], request["capture"])
+            wire_codec.send(conn, {"ok": out})
+        except MemoryError as exc:
+            wire_codec.send(conn, {"error": _error_message(exc)})
+            return  # the heap may be in a bad state: the server starts a fresh worker next time
+        except BaseException as exc:  # noqa: BLE001 - the model's own failure, reported
+            wire_codec.send(conn, {"error": _error_message(exc)})
+
+
+# ---------------------------------------------------------------- the server side
+
+
+class SandboxedBackend(Backend):
+    """A ``Backend`` whose model lives in a worker process; calls block the calling thread only."""
+
+    format = "sandboxed"
+
+    def __init__(self, path: Path, limits: Limits, device: str, trusted: bool) -> None:
+        self.path, self.limits, self.requested_device, self.trusted = path, limits, device, trusted
+        self.budget = WorkerBudget.from_limits(limits)
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._lifeline: Connection | None = None
+        self.graph: ModelGraph
+        self.device = "cpu"
+
+    @classmethod
+    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False,  # type: ignore[override]
+             limits: Limits | None = None, cancelled: Callable[[], bool] | None = None) -> "SandboxedBackend":
+        backend = cls(Path(path), limits or Limits(), device, trusted)
+        backend._start(cancelled)
+        return backend
+
+    # -------------------------------------------------------- calls
+
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = (), *,
+            cancelled: Callable[[], bool] | None = None, deadline: float | None = None) -> RunOutput:
+        return self._call({"op": "run", "inputs": dict(inputs), "capture": list(capture)}, cancelled, deadline)
+
+    def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
+                         capture: Sequence[CaptureRequest] = (), *, cancelled: Callable[[], bool] | None = None,
+                         deadline: float | None = None) -> RunOutput:
+        message = {"op": "run_with_weights", "inputs": dict(inputs), "capture": list(capture),
+                   "weights": {k: dict(v) for k, v in weights.items()}}
+        return self._call(message, cancelled, deadline)
+
+    def close(self) -> None:
+        """Ask the worker to stop; kill it if it does not."""
+        conn, process = self._conn, self._process
+        if conn is not None:
+            try:
+                wire_codec.send(conn, {"op": "stop"})
+            except (OSError, ValueError):
+                pass
+        self._stop(grace=1.0)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while it runs (tests and diagnostics)."""
+        return self._process.pid if self._process is not None else None
+
+    # -------------------------------------------------------- internals
+
+    def _start(self, cancelled: Callable[[], bool] | None = None) -> None:
+        parent, child = _MP.Pipe(duplex=True)
+        life_read, life_write = _MP.Pipe(duplex=False)
+        process = _MP.Process(target=_worker_main, name=f"model-{self.path.name[:40]}", daemon=True,
+                              args=(child, life_read, str(self.path), self.limits, self.requested_device,
+                                    self.trusted))
+        process.start()
+        child.close()
+        life_read.close()
+        self._process, self._conn, self._lifeline = process, parent, life_write
+        reply = self._wait(time.monotonic() + self.budget.load_seconds, cancelled, "loading the model",
+                           "--max-load-seconds", self.budget.load_seconds)
+        if "error" in reply:
+            self._stop()
+            raise _rebuild(reply["error"], loading=True)
+        ready = reply["ready"]
+        self.graph, self.format, self.device = ready["graph"], str(ready["format"]), str(ready["device"])
+
+    def _call(self, message: dict[str, Any], cancelled: Callable[[], bool] | None,
+              deadline: float | None) -> RunOutput:
+        if self._conn is None:
+            self._start(cancelled)  # the last worker was killed (deadline, crash): a fresh one
+        assert self._conn is not None
+        limit = time.monotonic() + self.budget.forward_seconds
+        if deadline is None or deadline > limit:
+            deadline, flag, budget = limit, "--max-forward-seconds", self.budget.forward_seconds
+        else:
+            flag, budget = "the call's deadline", max(0.0, deadline - time.monotonic())
+        try:
+            wire_codec.send(self._conn, message)
+        except (OSError, ValueError) as exc:
+            death = describe_death(self._process)
+            self._stop()
+            raise ModelCrashed(f"the model's worker process is gone ({death}); it restarts on the next call") \
+                from exc
+        reply = self._wait(deadline, cancelled, "the forward pass", flag, budget)
+        if "error" in reply:
+            error = reply["error"]
+            if error["type"] == "MemoryError":
+                self._stop()
+            raise _rebuild(error, loading=False, memory_bytes=self.budget.memory_bytes)
+        return reply["ok"]
+
+    def _wait(self, deadline: float, cancelled: Callable[[], bool] | None, what: str, flag: str,
+              budget: float) -> dict[str, Any]:
+        """The worker's next reply; kills the worker on cancellation, deadline or death."""
+        conn, process = self._conn, self._process
+        assert conn is not None and process is not None
+        while not conn.poll(_POLL_SECONDS):
+            if cancelled is not None and cancelled():
+                self._stop()
+                raise RunCancelled(f"{what} was cancelled (worker stopped)")
+            if time.monotonic() > deadline:
+                self._stop()
+                raise DeadlineExceeded(f"{what} took longer than {flag} ({budget:g} s); its worker process "
+                                       "was stopped")
+            if not process.is_alive() and not conn.poll(0):
+                death = describe_death(process)
+                self._stop()
+                hint = ""
+                if "SIGKILL" in death or "SIGSEGV" in death or "SIGBUS" in death:
+                    hint = f" (its memory limit is {self.budget.memory_bytes / (1 << 20):,.0f} MiB: --model-memory-bytes)"
+                raise ModelCrashed(f"{what} failed: {death}{hint}; the server is unaffected and starts a fresh "
+                                   "worker on the next call")
+        try:
+            reply = wire_codec.recv(conn, self.budget.max_message_bytes)
+        except (EOFError, OSError) as exc:
+            death = describe_death(process)
+            self._stop()
+            raise ModelCrashed(f"{what} failed: {death}") from exc
+        except wire_codec.CodecError as exc:
+            self._stop()
+            raise ModelCrashed(f"{what} failed: the worker sent a malformed reply ({exc})") from None
+        if not isinstance(reply, dict):
+            self._stop()
+            raise ModelCrashed(f"{what} failed: the worker sent a malformed reply")
+        return reply
+
+    def _stop(self, grace: float = 0.0) -> None:
+        process, conn, life = self._process, self._conn, self._lifeline
+        self._process = self._conn = self._lifeline = None
+        if process is not None:
+            if grace:
+                process.join(grace)
+            if process.is_alive():
+                process.kill()
+            process.join(5.0)
+        for c in (conn, life):
+            if c is not None:
+                c.close()
+
+
+def _rebuild(error: dict[str, str], loading: bool, memory_bytes: int = 0) -> Exception:
+    """The worker's error as the server's domain error (built from text: nothing is unpickled)."""
+    name, message = str(error.get("type", "Error")), str(error.get("message", ""))
+    domain = _DOMAIN_ERRORS.get(str(error.get("domain", "")))
+    if domain is not None:
+        exc = domain.__new__(domain)
+        Exception.__init__(exc, message)
+        return exc
+    if name == "MemoryError":
+        return ModelOutOfMemory(f"the model ran out of memory in its worker process (limit {memory_bytes / (1 << 20):,.0f} "
+                            "MiB: --model-memory-bytes); send smaller batches or raise the limit")
+    if loading:
+        return InvalidInput(f"not a loadable model: {name}: {message}")
+    return InvalidInput(f"the model failed on this input: {name}: {message}")

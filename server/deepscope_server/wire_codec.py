@@ -1,0 +1,173 @@
+"""Messages between the server and its model workers: JSON plus one shared-memory segment, never pickle.
+
+A model worker runs client bytes, so the server must not unpickle anything it says (a pickle
+that a compromised worker crafts would run code in the server). Every message is a JSON
+document; numpy arrays travel in one anonymous shared-memory file (``memfd``) handed over as a
+file descriptor on the same Unix socket, so activations cross the process boundary with a
+single copy and the receiver maps them without copying again. Only the dataclasses listed in
+``CLASSES`` are rebuilt; anything else in a message is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import mmap
+import os
+from collections.abc import Callable
+from multiprocessing import reduction
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from .backends.base import CaptureRequest, RunOutput
+from .model_graph import Layer, ModelGraph, TensorSpec
+
+#: The only classes a message may carry (by name).
+CLASSES: dict[str, Callable[..., Any]] = {
+    cls.__name__: cls for cls in (ModelGraph, Layer, TensorSpec, RunOutput, CaptureRequest)
+}
+
+#: Arrays start on 64-byte boundaries (cache lines; aligned SIMD loads in the receiver).
+_ALIGN = 64
+#: A JSON header larger than this is refused (headers hold structure, never bulk data).
+MAX_HEADER_BYTES = 64 << 20
+#: Arrays up to this many bytes in all travel inline on the socket: for small messages a copy is
+#: cheaper than creating, mapping and passing a shared-memory file.
+INLINE_BYTES = 1 << 20
+
+
+class CodecError(ValueError):
+    """A message that does not decode: malformed, or carrying something that is not allowed."""
+
+
+def _encode(value: Any, arrays: list[np.ndarray]) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise CodecError("arrays of Python objects cannot be sent")
+        arrays.append(value)
+        return {"__nd__": len(arrays) - 1}
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__
+        if CLASSES.get(name) is not type(value):
+            raise CodecError(f"{name} is not a message class")
+        return {"__dc__": name, "f": {f.name: _encode(getattr(value, f.name), arrays)
+                                      for f in dataclasses.fields(value) if f.init}}
+    if isinstance(value, tuple):
+        return {"__t__": [_encode(v, arrays) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, arrays) for v in value]
+    if isinstance(value, dict):
+        return {"__d__": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]}
+    raise CodecError(f"a {type(value).__name__} cannot be sent to or from a model worker")
+
+
+def _decode(value: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__nd__" in value:
+        return arrays[int(value["__nd__"])]
+    if "__t__" in value:
+        return tuple(_decode(v, arrays) for v in value["__t__"])
+    if "__d__" in value:
+        return {_freeze(_decode(k, arrays)): _decode(v, arrays) for k, v in value["__d__"]}
+    if "__dc__" in value:
+        cls = CLASSES.get(str(value["__dc__"]))
+        if cls is None:
+            raise CodecError(f"{value['__dc__']!r} is not a message class")
+        return cls(**{str(k): _decode(v, arrays) for k, v in dict(value["f"]).items()})
+    raise CodecError("malformed message")
+
+
+def _freeze(key: Any) -> Any:
+    if isinstance(key, list):
+        return tuple(_freeze(k) for k in key)
+    return key
+
+
+def send(conn: Connection, message: Any) -> None:
+    """Send ``message``: a JSON header, then (if it holds arrays with data) one memfd descriptor."""
+    arrays: list[np.ndarray] = []
+    body = _encode(message, arrays)
+    layout, total = [], 0
+    for array in arrays:
+        total = -(-total // _ALIGN) * _ALIGN
+        layout.append([array.dtype.str, list(array.shape), total])
+        total += array.nbytes
+    inline = total <= INLINE_BYTES
+    header = json.dumps({"v": body, "a": layout, "n": total, "inline": inline}).encode()
+    if total == 0:
+        conn.send_bytes(header)
+        return
+    if inline:
+        buffer = bytearray(total)
+        _fill(memoryview(buffer), arrays, layout)
+        conn.send_bytes(header)
+        conn.send_bytes(buffer)
+        return
+    fd = os.memfd_create("deepscope-tensors", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, total)
+        with mmap.mmap(fd, total) as segment:
+            _fill(segment, arrays, layout)
+        conn.send_bytes(header)
+        reduction.send_handle(conn, fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _fill(buffer: Any, arrays: list[np.ndarray], layout: list[list[Any]]) -> None:
+    for array, (_, _, offset) in zip(arrays, layout):
+        if array.nbytes:
+            target = np.ndarray(array.shape, array.dtype, buffer=buffer, offset=offset)
+            np.copyto(target, array, casting="no")
+            del target  # no view may outlive the block (an mmap refuses to close while exported)
+
+
+def recv(conn: Connection, max_segment_bytes: int) -> Any:
+    """Receive one message; its arrays are private (copy-on-write) views of the sender's segment."""
+    try:
+        header = json.loads(conn.recv_bytes(MAX_HEADER_BYTES))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CodecError(f"malformed message header: {exc}") from None
+    total = int(header["n"])
+    if total < 0 or total > max_segment_bytes:
+        raise CodecError(f"a message of {total:,} bytes is over the limit of {max_segment_bytes:,}")
+    segment: mmap.mmap | bytearray | None = None
+    if total and header.get("inline"):
+        segment = bytearray(total)
+        if conn.recv_bytes_into(segment) != total:
+            raise CodecError("an inline message is shorter than it says")
+    elif total:
+        fd = reduction.recv_handle(conn)
+        try:
+            if os.fstat(fd).st_size < total:
+                raise CodecError("the shared-memory segment is smaller than its message says")
+            segment = mmap.mmap(fd, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+    arrays = []
+    for dtype_str, shape, offset in header["a"]:
+        dtype = np.dtype(str(dtype_str))
+        shape = tuple(int(d) for d in shape)
+        if dtype.hasobject or any(d < 0 for d in shape) or int(offset) < 0:
+            raise CodecError("malformed array in message")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if int(offset) + nbytes > total:
+            raise CodecError("an array lies outside its message's segment")
+        if nbytes == 0:
+            arrays.append(np.empty(shape, dtype))
+        else:
+            arrays.append(np.ndarray(shape, dtype, buffer=segment, offset=int(offset)))
+    try:
+        return _decode(header["v"], arrays)
+    except (KeyError, IndexError, TypeError) as exc:
+        raise CodecError(f"malformed message: {type(exc).__name__}: {exc}") from None
