@@ -54,9 +54,8 @@ def deep_run(tmp_path_factory, server):
         seen: list = []
         run = client.analyze(models, data="digits", limit=64, metrics=[
             "example.*", "fractal.ss_rate", "testing.raises"], on_progress=seen.append)
-    run.seen = seen
     html = Path(run.report(root / "report.html")).read_text()
-    return run, html
+    return run, html, seen
 
 
 def chromium() -> str:
@@ -96,7 +95,7 @@ def test_deep_report_opens_on_the_summary(deep_run, tmp_path):
     import json
 
     browser = chromium()
-    run, html = deep_run
+    run, html, _ = deep_run
     assert len({r.layer for r in run.results if r.metric == "fractal.ss_rate"}) == 2 * DEPTH - 1
 
     probe = tmp_path / "probe.html"
@@ -120,7 +119,7 @@ def test_deep_report_opens_on_the_summary(deep_run, tmp_path):
 
 
 def test_deep_report_groups_failures_and_names_checkpoints(deep_run, tmp_path):
-    run, html = deep_run
+    run, html, _ = deep_run
     failed = [r for r in run.results if r.metric == "testing.raises"]
     assert len(failed) >= 2 * DEPTH - 1 and all(r.status == "failed" for r in failed)
     # One model-level failure: its message once per distinct text, not once per layer and checkpoint.
@@ -138,7 +137,7 @@ def test_deep_report_groups_failures_and_names_checkpoints(deep_run, tmp_path):
 
 
 def test_layer_colours_are_distinct_and_shared(deep_run):
-    run, _ = deep_run
+    run, _, _ = deep_run
     colours = layer_colours(run)
     layers = [layer for layer in colours if layer != "(model)"]
     assert len(layers) == 2 * DEPTH - 1
@@ -153,8 +152,8 @@ def test_robust_range_clips_a_lone_outlier():
 
 
 def test_sdk_progress_events_name_checkpoint_and_metric(deep_run):
-    run, _ = deep_run
-    finished = [e for e in run.seen if e.stage == "metric"]
+    run, _, seen = deep_run
+    finished = [e for e in seen if e.stage == "metric"]
     assert [(e.checkpoint, e.metric_index) for e in finished] == [(c, k) for c in (1, 2, 3) for k in (1, 2, 3, 4)]
     assert {e.num_checkpoints for e in finished} == {3} and {e.num_metrics for e in finished} == {4}
     raises = [e for e in finished if e.metric == "testing.raises"]
