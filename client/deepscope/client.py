@@ -23,6 +23,7 @@ from . import __version__
 from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
 from .onnx_files import external_data_files
+from .progress import ProgressEvent, ProgressTracker, display_for, interactive
 from .results import Run
 from .tensors import CHUNK_BYTES, Assembler, to_proto
 from .v1 import introspection_pb2 as pb
@@ -35,7 +36,7 @@ LONG_TIMEOUT = 24 * 3600.0
 
 
 def _progress_bar(enabled: bool, **kwargs: Any):  # noqa: ANN202 - tqdm or a no-op
-    if not enabled:
+    if not enabled or not interactive():  # a bar in a log file is a pile of carriage returns
         return _NoBar()
     from tqdm.auto import tqdm
 
@@ -363,7 +364,8 @@ class Client:
                 params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 64, seed: int = 0,
                 limit: int | None = None, split: str = "test", metric_timeout: float | None = None,
                 timeout: float | None = None, label: str = "",
-                on_event: Callable[[pb.AnalyzeEvent], None] | None = None) -> Run:
+                on_event: Callable[[pb.AnalyzeEvent], None] | None = None,
+                on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
         """Run metrics over data; returns the finished Run.
 
         ``model``: one model or a list of checkpoints (a series). ``data``: a server dataset name
@@ -371,6 +373,8 @@ class Client:
         ``metrics`` ("all", globs) minus ``exclude`` (names, globs); a selected metric with no layer it
         applies to comes back as a "skipped" result saying why. Your data is checked against the
         model's inputs before the run starts, even when only weight metrics run.
+        ``on_event`` gets the raw wire events; ``on_progress`` the ProgressEvents the bar and the
+        CLI's log lines show (``checkpoint i/M · metric k/N``); ``run.events`` keeps the milestones.
         """
         checkpoints = list(model) if isinstance(model, (list, tuple)) else [model]
         first = self._as_model(checkpoints[0])
@@ -397,7 +401,7 @@ class Client:
             batches, expected = _client_batches(data, batch_size)
             config.expected_samples = expected
             batches = self._declare_data(first, config, iter(batches))
-        return self._run_analysis(first, config, batches, timeout or LONG_TIMEOUT, on_event)
+        return self._run_analysis(first, config, batches, timeout or LONG_TIMEOUT, on_event, on_progress)
 
     def _declare_data(self, model: Model, config: pb.AnalyzeConfig,
                       batches: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
@@ -411,7 +415,8 @@ class Client:
         return itertools.chain([first], batches)
 
     def _run_analysis(self, first: Model, config: pb.AnalyzeConfig, batches: Iterable[tuple[Any, Any]],
-                      timeout: float, on_event: Callable[[pb.AnalyzeEvent], None] | None) -> Run:
+                      timeout: float, on_event: Callable[[pb.AnalyzeEvent], None] | None,
+                      on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
         def requests() -> Iterator[pb.AnalyzeRequest]:
             yield pb.AnalyzeRequest(config=config)
             for x, y in batches:
@@ -420,7 +425,7 @@ class Client:
                     batch.labels.CopyFrom(to_proto(np.asarray(y, dtype=np.int64)))
                 yield pb.AnalyzeRequest(batch=batch)
 
-        bar = _progress_bar(self.progress, total=config.expected_samples or None, unit="sample", desc="analyze")
+        tracker, display = ProgressTracker(), display_for(self.progress)
         results: list[pb.MetricResult] = []
         info = pb.RunInfo()
         call = None
@@ -429,17 +434,13 @@ class Client:
             for event in call:
                 if on_event:
                     on_event(event)
+                for update in tracker.feed(event):
+                    display(update)
+                    if on_progress:
+                        on_progress(update)
                 kind = event.WhichOneof("event")
                 if kind == "started":
                     info = event.started
-                elif kind == "progress":
-                    p = event.progress
-                    if p.stage == "forward":
-                        if p.total and bar.total != p.total:
-                            bar.total = p.total
-                        bar.update(p.done - bar.n)
-                    elif p.message:
-                        bar.set_postfix_str(p.message[:40])
                 elif kind == "result":
                     results.append(event.result)
                 elif kind == "finished":
@@ -451,8 +452,8 @@ class Client:
                 call.cancel()  # Ctrl-C: tell the server to stop the run
             raise
         finally:
-            bar.close()
-        return Run(info, results, self._summary_keys())
+            display.close()
+        return Run(info, results, self._summary_keys(), events=tracker.history)
 
     def runs(self, limit: int = 100) -> list[Run]:
         return [Run(info) for info in self._call(self._stub.ListRuns, pb.ListRunsRequest(limit=limit)).runs]

@@ -91,6 +91,8 @@ class Run:
     results: list[pb.MetricResult] = field(default_factory=list)
     #: metric -> headline scalar keys, as the metric declared them (filled by the Client)
     summary_keys: dict[str, list[str]] = field(default_factory=dict)
+    #: progress milestones seen while the run streamed (deepscope.progress.ProgressEvent); empty for fetched runs
+    events: list[Any] = field(default_factory=list)
 
     @property
     def id(self) -> str:
