@@ -43,7 +43,8 @@ class EmbeddedServer:
         self.store = Path(store) if store else Path(os.environ.get("DEEPSCOPE_STORE", Path.home() / ".deepscope" / "store"))
         self.flags = flags
         self.startup_timeout = startup_timeout
-        self.token = secrets.token_urlsafe(24)  # other local users cannot drive our server
+        # Other local users cannot drive our server. Never a leading "-": `--token T` must parse as a value.
+        self.token = "ds" + secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
         self.attached = False  #: True when start() joined a server another process started
         self._lifeline: socket.socket | None = None
