@@ -116,12 +116,21 @@ def send(conn: Connection, message: Any) -> None:
     fd = os.memfd_create("deepscope-tensors", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, total)
-        with mmap.mmap(fd, total) as segment:
-            _fill(segment, arrays, layout)
+        for array, (_, _, offset) in zip(arrays, layout):
+            _write_at(fd, array, offset)
         conn.send_bytes(header)
         reduction.send_handle(conn, fd, 0)
     finally:
         os.close(fd)
+
+
+def _write_at(fd: int, array: np.ndarray, offset: int) -> None:
+    """The array's bytes into the segment file: the kernel copies, so no page faults in the sender
+    (measured: 21 ms instead of 35 ms for 38 MB through a mapping)."""
+    view = memoryview(np.ascontiguousarray(array)).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _fill(buffer: Any, arrays: list[np.ndarray], layout: list[list[Any]]) -> None:
