@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from . import catalogue
 from .client import Client, Model, connect
-from .errors import DeepscopeError, Unavailable
-from .results import Curve, GraphData, Run, decode_item
+from .errors import DeepscopeError, InvalidArgument, NotFound, Unavailable
+from .results import Run
 from .values import from_value
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -49,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL", help="model files (.onnx, .pt2, .pt) or server model ids/names; "
                    "several = checkpoints of one training run, in order")
     p.add_argument("--data", default="digits", help="digits | synthetic | FILE.npy | FILE.npz (arrays x[, y])")
-    p.add_argument("--metrics", default="all", help="comma-separated names or globs (e.g. cnt.*,fractal.ss_rate)")
+    p.add_argument("--metrics", default="all", help="comma-separated names or globs (e.g. cnt.*,fractal.ss_rate); "
+                   "'all' = every metric that applies to the model (the others are reported as skipped)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="drop metrics by name or glob (repeatable or comma-separated, e.g. basins.*,modes.*)")
     p.add_argument("--layers", nargs="*", default=[], help="layer names, globs or kind:KIND (default: all that apply)")
     p.add_argument("--param", action="append", default=[], metavar="METRIC.KEY=VALUE", help="metric parameter")
     p.add_argument("--batch-size", type=int, default=64)
@@ -58,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metric-timeout", type=float, default=0.0, help="seconds per metric stage (0 = server default)")
     p.add_argument("--report", type=Path, help="write a self-contained HTML report")
-    p.add_argument("--json", type=Path, help="write all results as JSON")
+    p.add_argument("--json", type=Path, help="write results as JSON (arrays over 256 values go to a .npz next to it)")
     _common(p)
 
     p = sub.add_parser("metrics", help="list the server's metrics")
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="show a run's results")
     p.add_argument("run_id")
-    p.add_argument("--json", type=Path, help="write all results as JSON")
+    p.add_argument("--json", type=Path, help="write results as JSON (arrays over 256 values go to a .npz next to it)")
     p.add_argument("--report", type=Path, help="write a self-contained HTML report")
     _common(p)
 
@@ -135,7 +139,7 @@ def load_data(spec: str, limit: int = 0) -> str | tuple[np.ndarray, np.ndarray |
 
 
 def open_client(args: argparse.Namespace) -> Client:
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet  # a bar on a terminal, one line per finished metric in a log
     if args.server:
         client = connect(args.server, token=args.token, progress=progress)
         try:
@@ -179,8 +183,10 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], out=sys.stdout) 
 
 def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN001
     """Per metric, a table of layers and headline values; for a series, the first value per checkpoint."""
+    skipped = sum(r.status == "skipped" for r in run.results)
     print(f"run {run.id}: {run.status}, {run.info.num_samples} samples, {run.info.seconds:.1f} s, "
-          f"{run.info.num_results} results ({run.info.num_failed} failed)", file=out)
+          f"{run.info.num_results} results ({run.info.num_failed} failed"
+          f"{f', {skipped} skipped' if skipped else ''})", file=out)
     if run.info.error:
         print(f"  error: {run.info.error}", file=out)
     checkpoints = sorted({r.checkpoint for r in run.results})
@@ -192,7 +198,8 @@ def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN
                 continue
             row = rows.setdefault(r.layer or "(model)", {"layer": r.layer or "(model)", "status": "ok"})
             if r.status != "ok":
-                row["status"] = "FAILED: " + (r.error.splitlines() or ["?"])[0][:70]
+                label = "skipped" if r.status == "skipped" else "FAILED"
+                row["status"] = f"{label}: " + (r.error.splitlines() or ["?"])[0][:70]
                 continue
             scalars = {i.key: i.scalar for i in r.items if i.WhichOneof("value") == "scalar"}
             if len(checkpoints) > 1:
@@ -205,38 +212,12 @@ def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN
         print_table(list(rows.values()), ["layer", *columns, "status"], out)
 
 
-def run_to_json(run: Run) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        if isinstance(value, Curve):
-            return {"x": value.x.tolist(), "y": value.y.tolist(), "x_label": value.x_label, "y_label": value.y_label}
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, GraphData):
-            return {"num_nodes": value.num_nodes, "sources": value.sources.tolist(),
-                    "targets": value.targets.tolist(), "directed": value.directed,
-                    "weights": None if value.weights is None else value.weights.tolist(), "nodes": plain(value.nodes)}
-        if isinstance(value, float) and not np.isfinite(value):
-            return None
-        return value
-
-    return {
-        "run_id": run.id, "status": run.status, "models": list(run.info.config.models),
-        "model_ids": list(run.info.model_ids), "num_samples": run.info.num_samples, "seconds": run.info.seconds,
-        "plugin_versions": dict(run.info.plugin_versions), "error": run.info.error,
-        "results": [
-            {"metric": r.metric, "layer": r.layer, "checkpoint": r.checkpoint, "status": r.status, "error": r.error,
-             "warnings": list(r.warnings), "values": {i.key: plain(decode_item(i)) for i in r.items}}
-            for r in run.results
-        ],
-    }
-
-
 def write_outputs(run: Run, json_path: Path | None, report_path: Path | None) -> None:
     if json_path:
-        json_path.write_text(json.dumps(run_to_json(run), indent=1))
-        print(f"wrote {json_path}", file=sys.stderr)
+        from .export import write_json
+
+        _, sidecar = write_json(run, json_path)  # large arrays go to a .npz next to the JSON
+        print(f"wrote {json_path}" + (f" and {sidecar}" if sidecar else ""), file=sys.stderr)
     if report_path:
         from .report import write_report
 
@@ -247,12 +228,54 @@ def write_outputs(run: Run, json_path: Path | None, report_path: Path | None) ->
 # ---------------------------------------------------------------- commands
 
 
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def metric_patterns(args: argparse.Namespace) -> list[str]:
+    return [m.strip() for m in args.metrics.split(",") if m.strip()]
+
+
+def check_usage_early(args: argparse.Namespace) -> None:
+    """Before an embedded server starts: check metrics, params and layers against the caches."""
+    if args.server:
+        return  # a running server answers ListMetrics at once: checked after connecting
+    args.fingerprint = catalogue.embedded_fingerprint()
+    known = catalogue.load_catalogue(args.fingerprint)
+    if known is not None:
+        catalogue.check_metrics(known, metric_patterns(args), parse_params(args.param))
+    first = Path(args.models[0])
+    if args.layers and first.is_file():
+        layers = catalogue.load_layers(args.fingerprint, catalogue.file_model_id(first))
+        if layers is not None:
+            catalogue.check_layers(layers, args.layers)
+
+
+def check_usage(args: argparse.Namespace, client: Client, models: Sequence[Model] = ()) -> None:
+    """With a server at hand: check (and cache) the catalogue, then the first model's layers."""
+    if not models:
+        infos = client.metric_infos()
+        if getattr(args, "fingerprint", None):
+            catalogue.save_catalogue(args.fingerprint, infos)
+        catalogue.check_metrics(infos, metric_patterns(args), parse_params(args.param))
+        return
+    fingerprint = getattr(args, "fingerprint", None)
+    if args.layers or fingerprint:
+        layers = [(layer.name, layer.kind) for layer in models[0].detail().layers]
+        if fingerprint:
+            catalogue.save_layers(fingerprint, models[0].id, layers)
+        catalogue.check_layers(layers, args.layers)
+
+
 def cmd_analyze(args: argparse.Namespace, client: Client) -> int:
     params = parse_params(args.param)
     data = load_data(args.data, args.limit)
+    check_usage(args, client)
     models = [resolve_model(client, ref) for ref in args.models]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    run = client.analyze(models, data=data, metrics=metrics, layers=args.layers, params=params,
+    check_usage(args, client, models)
+    metrics = metric_patterns(args)
+    exclude = [pattern for item in args.exclude for pattern in _split(item)]
+    run = client.analyze(models, data=data, metrics=metrics, exclude=exclude, layers=args.layers, params=params,
                          batch_size=args.batch_size, seed=args.seed, limit=args.limit or None, split=args.split,
                          metric_timeout=args.metric_timeout or None)
     print_run(run)
@@ -340,17 +363,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             for ref in args.models:
                 if Path(ref).suffix in (".onnx", ".pt2", ".pt", ".pth") and not Path(ref).is_file():
                     raise CliError(f"model file not found: {ref}")
+            check_usage_early(args)
         with open_client(args) as client:
             return COMMANDS[args.command](args, client)
     except CliError as exc:
         print(f"deepscope: error: {exc}", file=sys.stderr)
         return exc.code
+    except catalogue.UsageError as exc:
+        print(f"deepscope: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InvalidArgument, NotFound) as exc:  # the server found the request itself wrong: bad usage
+        print(f"deepscope: error: {type(exc).__name__}: {exc.details}", file=sys.stderr)
+        return EXIT_USAGE
     except Unavailable as exc:
         print(f"deepscope: error: server unavailable: {exc.details}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except DeepscopeError as exc:
         print(f"deepscope: error: {type(exc).__name__}: {exc.details}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_ERROR
     except (FileNotFoundError, ValueError) as exc:
         print(f"deepscope: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,10 @@ import grpc
 import numpy as np
 
 from . import __version__
-from .dtypes import numpy_dtype
+from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
+from .onnx_files import external_data_files
+from .progress import ProgressEvent, ProgressTracker, display_for, interactive
 from .results import Run
 from .tensors import CHUNK_BYTES, Assembler, to_proto
 from .v1 import introspection_pb2 as pb
@@ -32,7 +36,7 @@ LONG_TIMEOUT = 24 * 3600.0
 
 
 def _progress_bar(enabled: bool, **kwargs: Any):  # noqa: ANN202 - tqdm or a no-op
-    if not enabled:
+    if not enabled or not interactive():  # a bar in a log file is a pile of carriage returns
         return _NoBar()
     from tqdm.auto import tqdm
 
@@ -117,12 +121,20 @@ class Client:
 
     @classmethod
     def embedded(cls, store: str | Path | None = None, progress: bool = True, **server_flags: Any) -> "Client":
-        """Start a local server process on a free loopback port; ``close()`` stops it."""
+        """A local server process on a free loopback port; ``close()`` (or the end of the script) stops it.
+
+        A live embedded server already on ``store`` (another notebook, a CLI run) is shared instead;
+        the server stops when its last client closes or exits, however it exits.
+        """
         from .embedded import EmbeddedServer
 
         server = EmbeddedServer(store=store, **server_flags)
         address = server.start()
-        return connect(address, token=server.token, progress=progress, _on_close=server.stop)
+        client = connect(address, token=server.token, progress=progress)
+        # Garbage collection or interpreter exit lets go of the server too (the kernel's closing of
+        # the lifeline covers a crash); close() runs the same finalizer once.
+        client._on_close = weakref.finalize(client, server.stop)
+        return client
 
     def close(self) -> None:
         self._channel.close()
@@ -160,25 +172,36 @@ class Client:
 
     def upload_model(self, model: str | os.PathLike | bytes, name: str | None = None,
                      timeout: float | None = None) -> Model:
-        """Upload a model file (path or bytes), streamed in chunks; returns the stored Model."""
+        """Upload a model file (path or bytes), streamed in chunks; returns the stored Model.
+
+        An ONNX file's external-data files (``net.onnx.data``, as ``torch.onnx.export`` writes them)
+        go in the same stream, from the model's own directory only; the model id covers them too.
+        """
         if isinstance(model, (bytes, bytearray, memoryview)):
-            data, name = bytes(model), name or "model"
+            source, name, side_files = bytes(model), name or "model", []
         else:
             path = Path(model)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
-            data, name = path.read_bytes(), name or path.name
-        bar = _progress_bar(self.progress and len(data) > 4 * CHUNK_BYTES, total=len(data), unit="B",
+            source, name = path, name or path.name
+            side_files = [(location, path.parent / location) for location in external_data_files(path)]
+        size, sha256 = _size_and_digest(source)
+        files: list[tuple[pb.FileHeader | None, bytes | Path]] = [(None, source)]
+        for location, file in side_files:
+            n, digest = _size_and_digest(file)
+            files.append((pb.FileHeader(path=location, total_bytes=n, sha256=digest), file))
+        total = size + sum(header.total_bytes for header, _ in files[1:])
+        bar = _progress_bar(self.progress and total > 4 * CHUNK_BYTES, total=total, unit="B",
                             unit_scale=True, desc=f"upload {name}")
 
         def requests() -> Iterator[pb.UploadModelRequest]:
-            yield pb.UploadModelRequest(header=pb.UploadHeader(name=name, total_bytes=len(data),
-                                                               sha256=hashlib.sha256(data).hexdigest()))
-            view = memoryview(data)
-            for offset in range(0, len(data), CHUNK_BYTES):
-                chunk = view[offset:offset + CHUNK_BYTES]
-                yield pb.UploadModelRequest(chunk=chunk.tobytes())
-                bar.update(len(chunk))
+            yield pb.UploadModelRequest(header=pb.UploadHeader(name=name, total_bytes=size, sha256=sha256))
+            for header, file in files:
+                if header is not None:
+                    yield pb.UploadModelRequest(file=header)
+                for chunk in _read_chunks(file):
+                    yield pb.UploadModelRequest(chunk=chunk)
+                    bar.update(len(chunk))
 
         try:
             info = self._call(self._stub.UploadModel, requests(), timeout or max(self.timeout, 600.0))
@@ -337,21 +360,27 @@ class Client:
         return self._summary_cache
 
     def analyze(self, model: str | Model | Sequence[str | Model], data: Any = "digits",
-                metrics: Sequence[str] = ("all",), layers: Sequence[str] = (),
+                metrics: Sequence[str] = ("all",), exclude: Sequence[str] = (), layers: Sequence[str] = (),
                 params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 64, seed: int = 0,
                 limit: int | None = None, split: str = "test", metric_timeout: float | None = None,
                 timeout: float | None = None, label: str = "",
-                on_event: Callable[[pb.AnalyzeEvent], None] | None = None) -> Run:
+                on_event: Callable[[pb.AnalyzeEvent], None] | None = None,
+                on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
         """Run metrics over data; returns the finished Run.
 
         ``model``: one model or a list of checkpoints (a series). ``data``: a server dataset name
         ("digits", "synthetic"), an array ``x``, a tuple ``(x, labels)``, or an iterable of such batches.
+        ``metrics`` ("all", globs) minus ``exclude`` (names, globs); a selected metric with no layer it
+        applies to comes back as a "skipped" result saying why. Your data is checked against the
+        model's inputs before the run starts, even when only weight metrics run.
+        ``on_event`` gets the raw wire events; ``on_progress`` the ProgressEvents the bar and the
+        CLI's log lines show (``checkpoint i/M · metric k/N``); ``run.events`` keeps the milestones.
         """
         checkpoints = list(model) if isinstance(model, (list, tuple)) else [model]
         first = self._as_model(checkpoints[0])
         refs = [first.id] + [(c.id if isinstance(c, Model) else c) for c in checkpoints[1:]]
-        config = pb.AnalyzeConfig(models=refs, layers=list(layers), batch_size=batch_size, seed=seed,
-                                  sample_limit=limit or 0, split=split, label=label,
+        config = pb.AnalyzeConfig(models=refs, layers=list(layers), exclude=list(exclude), batch_size=batch_size,
+                                  seed=seed, sample_limit=limit or 0, split=split, label=label,
                                   metric_timeout_seconds=metric_timeout or 0.0)
         # Parameters go with an exact-name request placed first; the server keeps the first request for
         # a metric, so a later glob ("fractal.*") selecting the same metric does not drop them.
@@ -371,10 +400,23 @@ class Client:
         else:
             batches, expected = _client_batches(data, batch_size)
             config.expected_samples = expected
-        return self._run_analysis(first, config, batches, timeout or LONG_TIMEOUT, on_event)
+            batches = self._declare_data(first, config, iter(batches))
+        return self._run_analysis(first, config, batches, timeout or LONG_TIMEOUT, on_event, on_progress)
+
+    def _declare_data(self, model: Model, config: pb.AnalyzeConfig,
+                      batches: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        """Put the first batch's dtypes and shapes in the config, so the server checks them before the run."""
+        first = next(batches, None)
+        if first is None:
+            return batches
+        for name, array in self._cast_inputs(model, first[0]).items():
+            spec = config.data_specs.add(name=name, dtype=_dtype_name(array))
+            spec.shape.dims.extend(array.shape)
+        return itertools.chain([first], batches)
 
     def _run_analysis(self, first: Model, config: pb.AnalyzeConfig, batches: Iterable[tuple[Any, Any]],
-                      timeout: float, on_event: Callable[[pb.AnalyzeEvent], None] | None) -> Run:
+                      timeout: float, on_event: Callable[[pb.AnalyzeEvent], None] | None,
+                      on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
         def requests() -> Iterator[pb.AnalyzeRequest]:
             yield pb.AnalyzeRequest(config=config)
             for x, y in batches:
@@ -383,7 +425,7 @@ class Client:
                     batch.labels.CopyFrom(to_proto(np.asarray(y, dtype=np.int64)))
                 yield pb.AnalyzeRequest(batch=batch)
 
-        bar = _progress_bar(self.progress, total=config.expected_samples or None, unit="sample", desc="analyze")
+        tracker, display = ProgressTracker(), display_for(self.progress)
         results: list[pb.MetricResult] = []
         info = pb.RunInfo()
         call = None
@@ -392,17 +434,13 @@ class Client:
             for event in call:
                 if on_event:
                     on_event(event)
+                for update in tracker.feed(event):
+                    display(update)
+                    if on_progress:
+                        on_progress(update)
                 kind = event.WhichOneof("event")
                 if kind == "started":
                     info = event.started
-                elif kind == "progress":
-                    p = event.progress
-                    if p.stage == "forward":
-                        if p.total and bar.total != p.total:
-                            bar.total = p.total
-                        bar.update(p.done - bar.n)
-                    elif p.message:
-                        bar.set_postfix_str(p.message[:40])
                 elif kind == "result":
                     results.append(event.result)
                 elif kind == "finished":
@@ -414,8 +452,8 @@ class Client:
                 call.cancel()  # Ctrl-C: tell the server to stop the run
             raise
         finally:
-            bar.close()
-        return Run(info, results, self._summary_keys())
+            display.close()
+        return Run(info, results, self._summary_keys(), events=tracker.history)
 
     def runs(self, limit: int = 100) -> list[Run]:
         return [Run(info) for info in self._call(self._stub.ListRuns, pb.ListRunsRequest(limit=limit)).runs]
@@ -423,6 +461,31 @@ class Client:
     def get_run(self, run_id: str) -> Run:
         detail = self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id))
         return Run(detail.info, list(detail.results), self._summary_keys())
+
+
+def _dtype_name(array: np.ndarray) -> str:
+    try:
+        return kserve_dtype(array.dtype)
+    except ValueError:
+        return str(array.dtype)
+
+
+def _read_chunks(source: bytes | Path) -> Iterator[bytes]:
+    """A file's (or a bytes object's) contents in upload-sized chunks, without reading a file whole."""
+    if isinstance(source, bytes):
+        for offset in range(0, len(source), CHUNK_BYTES):
+            yield source[offset:offset + CHUNK_BYTES]
+        return
+    with open(source, "rb") as fh:
+        yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
+
+
+def _size_and_digest(source: bytes | Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    for chunk in _read_chunks(source):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def _param_value(metric: str, key: str, value: Any) -> pb.Value:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from .text import shorten
+
 #: Wire dtype string -> numpy dtype (little-endian).
 NUMPY_BY_KSERVE: dict[str, np.dtype] = {
     "FP32": np.dtype("<f4"),
@@ -27,7 +29,7 @@ def numpy_dtype(kserve: str) -> np.dtype:
     try:
         return NUMPY_BY_KSERVE[kserve.upper()]
     except KeyError:
-        raise ValueError(f"unsupported dtype '{kserve}'; supported: {', '.join(NUMPY_BY_KSERVE)}") from None
+        raise ValueError(f"unsupported dtype '{shorten(kserve)}'; supported: {', '.join(NUMPY_BY_KSERVE)}") from None
 
 
 def kserve_dtype(dtype: np.dtype | type) -> str:

@@ -91,6 +91,8 @@ class Run:
     results: list[pb.MetricResult] = field(default_factory=list)
     #: metric -> headline scalar keys, as the metric declared them (filled by the Client)
     summary_keys: dict[str, list[str]] = field(default_factory=dict)
+    #: progress milestones seen while the run streamed (deepscope.progress.ProgressEvent); empty for fetched runs
+    events: list[Any] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -108,7 +110,12 @@ class Run:
     @property
     def failures(self) -> dict[tuple[str, str, int], str]:
         """(metric, layer, checkpoint) -> error for every failed result."""
-        return {(r.metric, r.layer, r.checkpoint): r.error for r in self.results if r.status != "ok"}
+        return {(r.metric, r.layer, r.checkpoint): r.error for r in self.results if r.status == "failed"}
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """metric -> why it did not run (e.g. no layer of a kind it measures)."""
+        return {r.metric: r.error for r in self.results if r.status == "skipped"}
 
     def result(self, metric: str, layer: str = "", checkpoint: int = 0) -> dict[str, Any]:
         """One metric's values for one layer ("" = whole model) as numpy arrays / curves / scalars."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from .dtypes import kserve_dtype, numpy_dtype
+from .text import shorten, shorten_list
 from .v1 import introspection_pb2 as pb
 from .v1 import tensor_pb2 as tpb
 
@@ -38,16 +39,27 @@ def to_proto(array: np.ndarray, name: str = "") -> tpb.Tensor:
     return tpb.Tensor(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape, data=array.tobytes())
 
 
+#: numpy's limits: at most 64 dimensions, and the product of the non-zero ones times the item
+#: size must fit in a signed 64-bit byte count, even for an empty array.
+MAX_NDIM = 64
+MAX_SPAN_BYTES = np.iinfo(np.intp).max
+
+
 def _check_shape(shape: Iterable[int], dtype: np.dtype, nbytes: int, max_elements: int | None) -> tuple[int, ...]:
     dims = tuple(int(d) for d in shape)
+    if len(dims) > MAX_NDIM:
+        raise TensorError(f"shape has {len(dims):,} dimensions; at most {MAX_NDIM} are supported")
     if any(d < 0 for d in dims):
-        raise TensorError(f"negative dimension in shape {list(dims)}")
+        raise TensorError(f"negative dimension in shape {shorten_list(dims)}")
+    if math.prod(max(d, 1) for d in dims) * dtype.itemsize > MAX_SPAN_BYTES:
+        raise TensorError(f"shape {shorten_list(dims)} is too large: its non-zero dimensions multiply past "
+                          f"{MAX_SPAN_BYTES:,} bytes of {dtype}")
     count = math.prod(dims)
     if max_elements is not None and count > max_elements:
         raise TensorError(f"tensor of {count:,} elements exceeds the limit of {max_elements:,} elements")
     if count * dtype.itemsize != nbytes:
         raise TensorError(
-            f"tensor bytes do not match shape: shape {list(dims)} of {dtype} needs "
+            f"tensor bytes do not match shape: shape {shorten_list(dims)} of {dtype} needs "
             f"{count * dtype.itemsize:,} bytes, got {nbytes:,}"
         )
     return dims
@@ -58,14 +70,14 @@ def from_proto(message: tpb.Tensor, max_elements: int | None = None) -> np.ndarr
     try:
         dtype = numpy_dtype(message.dtype)
     except ValueError as exc:
-        raise TensorError(f"tensor '{message.name}': {exc}") from None
+        raise TensorError(f"tensor '{shorten(message.name)}': {exc}") from None
     try:
         dims = _check_shape(message.shape, dtype, len(message.data), max_elements)
     except TensorError as exc:
-        raise TensorError(f"tensor '{message.name}': {exc}") from None
+        raise TensorError(f"tensor '{shorten(message.name)}': {exc}") from None
     array = np.frombuffer(message.data, dtype=dtype).reshape(dims)
     if dtype == np.bool_ and array.size and array.view(np.uint8).max() > 1:
-        raise TensorError(f"tensor '{message.name}': BOOL bytes must be 0 or 1")
+        raise TensorError(f"tensor '{shorten(message.name)}': BOOL bytes must be 0 or 1")
     return array
 
 
@@ -110,15 +122,15 @@ class _Pending:
         try:
             self.dtype = numpy_dtype(header.dtype)
         except ValueError as exc:
-            raise TensorError(f"tensor '{header.name}': {exc}") from None
+            raise TensorError(f"tensor '{shorten(header.name)}': {exc}") from None
         if max_bytes is not None and header.total_bytes > max_bytes:
             raise TensorError(
-                f"tensor '{header.name}' of {header.total_bytes:,} bytes exceeds the limit of {max_bytes:,} bytes"
+                f"tensor '{shorten(header.name)}' of {header.total_bytes:,} bytes exceeds the limit of {max_bytes:,} bytes"
             )
         try:
             self.shape = _check_shape(header.shape, self.dtype, header.total_bytes, max_elements)
         except TensorError as exc:
-            raise TensorError(f"tensor '{header.name}': {exc}") from None
+            raise TensorError(f"tensor '{shorten(header.name)}': {exc}") from None
         self.header = header
         target = out(header, self.dtype, self.shape) if out is not None else None
         if target is None:
@@ -127,7 +139,7 @@ class _Pending:
         else:
             if target.dtype != self.dtype or target.shape != self.shape or not target.flags.c_contiguous \
                     or not target.flags.writeable:
-                raise ValueError(f"tensor '{header.name}': out target must be a writeable C-contiguous "
+                raise ValueError(f"tensor '{shorten(header.name)}': out target must be a writeable C-contiguous "
                                  f"{self.dtype} array of shape {self.shape}, got {target.dtype} {target.shape}")
             self.array = target
             self.buffer = target.reshape(-1).view(np.uint8)
@@ -162,26 +174,26 @@ class Assembler:
         if isinstance(part, tpb.TensorHeader):
             if self._pending is not None:
                 raise TensorError(
-                    f"tensor '{self._pending.header.name}' incomplete: got {self._pending.received:,} of "
+                    f"tensor '{shorten(self._pending.header.name)}' incomplete: got {self._pending.received:,} of "
                     f"{self._pending.header.total_bytes:,} bytes before the next header"
                 )
             if part.name in self.tensors:
-                raise TensorError(f"duplicate tensor '{part.name}'")
+                raise TensorError(f"duplicate tensor '{shorten(part.name)}'")
             self._pending = _Pending(part, self.max_elements, self.max_bytes, self.out)
             return self._complete_if_done()
         pending = self._pending
         if pending is None or part.name != pending.header.name:
-            raise TensorError(f"chunk for tensor '{part.name}' without its header")
+            raise TensorError(f"chunk for tensor '{shorten(part.name)}' without its header")
         if part.offset != pending.next_offset:
             kind = "duplicate or overlapping" if part.offset < pending.next_offset else "missing"
             raise TensorError(
-                f"tensor '{part.name}': {kind} chunk: expected offset {pending.next_offset:,}, got {part.offset:,}"
+                f"tensor '{shorten(part.name)}': {kind} chunk: expected offset {pending.next_offset:,}, got {part.offset:,}"
             )
         data = part.data  # each access of a bytes field builds a new bytes object: read it once
         end = part.offset + len(data)
         if end > pending.header.total_bytes:
             raise TensorError(
-                f"tensor '{part.name}': chunk ends at byte {end:,}, past the declared total of "
+                f"tensor '{shorten(part.name)}': chunk ends at byte {end:,}, past the declared total of "
                 f"{pending.header.total_bytes:,}"
             )
         pending.buffer[part.offset:end] = np.frombuffer(data, dtype=np.uint8)
@@ -196,7 +208,7 @@ class Assembler:
         if pending.received < pending.header.total_bytes:
             return None
         if pending.crc != pending.header.crc32:
-            raise TensorError(f"tensor '{pending.header.name}': checksum mismatch (corrupted in transit)")
+            raise TensorError(f"tensor '{shorten(pending.header.name)}': checksum mismatch (corrupted in transit)")
         name = pending.header.name
         self.tensors[name] = pending.array
         self.total_bytes += pending.header.total_bytes
@@ -208,6 +220,6 @@ class Assembler:
         if self._pending is not None:
             p = self._pending
             raise TensorError(
-                f"stream ended inside tensor '{p.header.name}': got {p.received:,} of {p.header.total_bytes:,} bytes"
+                f"stream ended inside tensor '{shorten(p.header.name)}': got {p.received:,} of {p.header.total_bytes:,} bytes"
             )
         return self.tensors

@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from deepscope.v1 import introspection_pb2 as pb
+from deepscope.v1 import tensor_pb2 as tpb
 
 from . import convert
 from .backends import CaptureRequest, RunOutput
+from .backends.inputs import format_shape
 from .config import Limits
-from .errors import DeepscopeError, InvalidInput, LimitExceeded
-from .model_graph import Layer
+from .errors import DeepscopeError, InvalidInput, LimitExceeded, shorten
+from .model_graph import Layer, ModelGraph
 from .models import LoadedModel, ModelManager
 from .plugin_api import Batch, Context, Needs
 from .plugins import MetricEntry, Registry
@@ -61,6 +63,7 @@ class RunPlan:
     batch_size: int
     metric_timeout: float
     dataset_batches: Callable[[], tuple[int, Iterator[InputBatch]]] | None = None
+    skipped: list[pb.MetricResult] = field(default_factory=list)  #: requested metrics that apply to no layer
 
     @property
     def needs_data(self) -> bool:
@@ -95,7 +98,8 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
     selected = first.select(list(config.layers)) if config.layers else None
 
     planned: list[PlannedMetric] = []
-    seen: set[str] = set()
+    skipped: list[pb.MetricResult] = []
+    seen: set[str] = set(registry.expand(list(config.exclude)))  # excluded: as if already planned
     for request in config.metrics:
         for name in registry.expand([request.name]):
             if name in seen:
@@ -111,23 +115,29 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
             if not layers:
                 kinds = sorted(entry.cls.layer_kinds or ())
                 have = sorted({layer.kind for layer in (selected or first.layers)})
-                raise InvalidInput(
-                    f"metric '{name}' applies to layer kinds {', '.join(kinds) or 'any'}, but the selected layers "
-                    f"are of kinds {', '.join(have) or 'none'}; select other layers or drop the metric"
-                )
+                reason = (f"no layer to measure: '{name}' applies to layer kinds {', '.join(kinds) or 'any'}; "
+                          f"the selected layers are of kinds {', '.join(have) or 'none'}")
+                skipped.append(pb.MetricResult(metric=name, status="skipped", error=reason))
+                continue
             planned.append(PlannedMetric(name, entry, params, [layer.name for layer in layers]))
+    if not planned:
+        reasons = "; ".join(r.error for r in skipped) or "every requested metric is excluded"
+        raise InvalidInput(f"no metric to run: {reasons}; select other layers or metrics")
+    if config.data_specs:
+        _check_data(first, config.data_specs)
 
     timeout = config.metric_timeout_seconds
     if timeout and not (math.isfinite(timeout) and timeout > 0):
         raise InvalidInput(f"metric_timeout_seconds must be a positive number of seconds, got {timeout!r}")
     # A client may shorten the server's metric time limit, never lengthen it.
     plan = RunPlan(config, checkpoints, planned, batch_size,
-                   min(timeout, limits.metric_timeout_seconds) if timeout else limits.metric_timeout_seconds)
+                   min(timeout, limits.metric_timeout_seconds) if timeout else limits.metric_timeout_seconds,
+                   skipped=skipped)
     if plan.needs_data and config.dataset:
         dataset = registry.dataset(config.dataset)
         spec = first.inputs[0]
         if len(first.inputs) != 1:
-            raise InvalidInput(f"dataset '{config.dataset}' fills one input; the model has {len(first.inputs)} "
+            raise InvalidInput(f"dataset '{shorten(config.dataset)}' fills one input; the model has {len(first.inputs)} "
                                "inputs: stream your own batches instead")
         split = config.split or "test"
         # Check the dataset fits the model now, not halfway through the run.
@@ -139,6 +149,20 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
 
         plan.dataset_batches = dataset_batches
     return plan
+
+
+def _check_data(graph: ModelGraph, specs: Sequence[tpb.TensorSpec]) -> None:
+    """The client's data must fit the model's inputs (dtype, rank, all but the batch dimension)
+    before the run starts, even when no planned metric reads it."""
+    bound = graph.bind_inputs([(spec.name, spec) for spec in specs])
+    for want in graph.inputs:
+        got = bound[want.name]
+        dims = tuple(got.shape.dims)
+        fits = want.shape is None or (len(dims) == len(want.shape) and all(
+            w is None or w == d for w, d in zip(want.shape[1:], dims[1:])))
+        if got.dtype != want.dtype or not fits:
+            raise InvalidInput(f"data does not fit model input '{want.name}': expected {want.dtype} "
+                               f"{format_shape(want.shape)}, got {got.dtype} {format_shape(dims)}")
 
 
 class _ModelHandle:
@@ -211,6 +235,8 @@ class RunExecutor:
             n_samples = self._forward(guards) if self.plan.needs_data else 0
             self.info.num_samples = n_samples
             self._finish(guards, n_samples)
+            for result in self.plan.skipped:
+                self._record(result)
             self.info.status = pb.COMPLETED
         except RunCancelled as exc:
             if not self.cancel.is_set() and time.monotonic() > self._deadline:
@@ -334,13 +360,16 @@ class RunExecutor:
                 guard.begin("finish()", "finish")
             values = guard.end()
             guard.close()
-            results = self._to_results(guard, values, n_samples)
-            for result in results:
-                self._seq += 1
-                self.store.add_result(self.info.id, self._seq, result)  # counted once stored (disk full)
-                self.info.num_results += 1
-                self.info.num_failed += result.status != "ok"
-                self.emit(pb.AnalyzeEvent(result=result))
+            for result in self._to_results(guard, values, n_samples):
+                self._record(result)
+
+    def _record(self, result: pb.MetricResult) -> None:
+        """Store and announce one result (counted once stored: a full disk must not inflate counts)."""
+        self._seq += 1
+        self.store.add_result(self.info.id, self._seq, result)
+        self.info.num_results += 1
+        self.info.num_failed += result.status == "failed"
+        self.emit(pb.AnalyzeEvent(result=result))
 
     def _to_results(self, guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:
         def base(layer: str) -> pb.MetricResult:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import importlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -23,59 +21,16 @@ from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 from . import __version__
 from .isolation import configure_workers
 from .config import Settings, settings_from_args
+from .gate import GateInterceptor
 from .models import ModelManager
 from .plugins import load_registry
 from .service import IntrospectionService
 from .errors import StorageFull
 from .store import Store, StoreInUse, StoreUnusable
+from .wire import DecodeInterceptor
 
 log = logging.getLogger("deepscope_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
-OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-VERSION_KEY = "x-deepscope-client-version"
-PROTOCOL_MAJOR = __version__.split(".")[0]
-
-
-def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that fails with ``code``."""
-
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
-
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
-
-
-class GateInterceptor(grpc.aio.ServerInterceptor):
-    """Bearer-token auth (health and reflection stay open) and the client protocol-version check."""
-
-    def __init__(self, token: str | None) -> None:
-        self.expected = f"Bearer {token}".encode() if token else None
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_PREFIXES):
-            return handler
-        metadata = dict(details.invocation_metadata or ())
-        if self.expected is not None:
-            given = str(metadata.get("authorization", "")).encode()
-            if not hmac.compare_digest(given, self.expected):
-                return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                                      "missing or wrong token: send metadata 'authorization: Bearer <token>'")
-        version = str(metadata.get(VERSION_KEY, ""))
-        if version and version.split(".")[0] != PROTOCOL_MAJOR:
-            return _abort_handler(handler, grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"client version {version} is incompatible with server {__version__}: "
-                                  f"install deepscope {PROTOCOL_MAJOR}.x")
-        return handler
 
 
 @dataclass
@@ -149,7 +104,7 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
     limit = settings.limits.max_message_bytes
     server = grpc.aio.server(
         ThreadPoolExecutor(max_workers=settings.workers),
-        interceptors=[GateInterceptor(settings.auth_token)],
+        interceptors=[GateInterceptor(settings.auth_token), DecodeInterceptor()],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                  ("grpc.so_reuseport", 0)],
     )

@@ -14,7 +14,7 @@ import numpy as np
 
 from deepscope.dtypes import numpy_dtype
 
-from .errors import InvalidInput
+from .errors import InvalidInput, shorten
 from .model_graph import TensorSpec
 from .plugin_api import hookimpl
 
@@ -40,7 +40,7 @@ class Digits:
         from sklearn.model_selection import train_test_split
 
         if split not in SPLITS:
-            raise InvalidInput(f"unknown split '{split}' for digits; use one of {', '.join(SPLITS)}")
+            raise InvalidInput(f"unknown split '{shorten(split)}' for digits; use one of {', '.join(SPLITS)}")
         shape = _sample_shape(spec)
         if math.prod(shape) != 64:
             raise InvalidInput(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from deepscope.text import shorten, shorten_list  # noqa: F401 - the server's modules import them from here
+
 
 class DeepscopeError(Exception):
     """Base class: the message is shown to the user as is, so make it actionable."""

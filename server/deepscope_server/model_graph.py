@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput, NotFound, near_matches
+from .errors import InvalidInput, NotFound, near_matches, shorten
 
 #: Layer kinds every backend maps its operators onto.
 LAYER_KINDS = ("linear", "conv", "attention", "recurrent", "norm", "activation", "pool", "embedding", "other")
@@ -99,7 +99,7 @@ class ModelGraph:
         try:
             return self._by_name[name]
         except KeyError:
-            raise NotFound(f"layer '{name}' not found{near_matches(name, self._by_name)}") from None
+            raise NotFound(f"layer '{shorten(name)}' not found{near_matches(name, self._by_name)}") from None
 
     def successors(self, name: str) -> list[Layer]:
         """Layers that take this layer's output as (one of) their inputs."""
@@ -118,7 +118,7 @@ class ModelGraph:
             if not name:
                 raise InvalidInput(f"the model has {len(names)} inputs ({', '.join(names)}): name every input tensor")
             if name not in names:
-                raise InvalidInput(f"unknown model input '{name}'; the model's inputs are: {', '.join(names)}")
+                raise InvalidInput(f"unknown model input '{shorten(name)}'; the model's inputs are: {', '.join(names)}")
             bound[name] = array
         missing = [n for n in names if n not in bound]
         if missing:
@@ -144,7 +144,7 @@ class ModelGraph:
                 hits = {pattern} if pattern in self._by_name else set()
             if not hits:
                 raise NotFound(
-                    f"layer selection '{pattern}' matches no layer{near_matches(pattern, self._by_name)}"
+                    f"layer selection '{shorten(pattern)}' matches no layer{near_matches(pattern, self._by_name)}"
                 )
             chosen |= hits
         return [layer for layer in self.layers if layer.name in chosen]

@@ -24,7 +24,7 @@ import numpy as np
 from .backends import Backend, CaptureRequest, RunOutput
 from .backends.detect import detect_format, load_model
 from .config import Limits
-from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, near_matches
+from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, near_matches, shorten
 from .isolation import RunCancelled
 from .sandbox import SandboxedBackend
 from .store import StoredModel, Store, utc_now
@@ -190,7 +190,7 @@ class ModelManager:
         except DeepscopeError:
             raise
         except Exception as exc:
-            raise InvalidInput(f"model '{ref}' failed to load: {type(exc).__name__}: {exc}") from exc
+            raise InvalidInput(f"model '{shorten(ref)}' failed to load: {type(exc).__name__}: {exc}") from exc
         if source == "model_dir":
             stored = StoredModel(stored.id, stored.name, backend.format, stored.size_bytes, stored.created_at, stored.path)
         return self._remember(LoadedModel(stored, source, backend))
@@ -262,5 +262,5 @@ class ModelManager:
                 return model
         if files:
             names = [m.name for m in files] + [m.name for m in self.store.models()]
-            raise NotFound(f"model '{ref}' not found{near_matches(ref, names)}")
+            raise NotFound(f"model '{shorten(ref)}' not found{near_matches(ref, names)}")
         return None

@@ -48,6 +48,7 @@ import pluggy
 
 from deepscope.results import Curve  # one class for plugins and the SDK: y(x) with axis labels
 
+from .errors import shorten
 from .backends.base import CaptureRequest, RunOutput
 from .model_graph import ACTIVATION_FUNCTIONS, LAYER_KINDS, Layer, ModelGraph, TensorSpec
 
@@ -106,7 +107,7 @@ class Param:
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 value = value.lower() in ("true", "1", "yes")
             elif not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
-                raise ValueError(f"parameter '{self.name}' expects a bool, got {value!r}")
+                raise ValueError(f"parameter '{self.name}' expects a bool, got {shorten(repr(value))}")
             value = bool(value)
         elif self.type in (int, float):
             if isinstance(value, bool):
@@ -114,7 +115,8 @@ class Param:
             try:
                 coerced = self.type(value)
             except (TypeError, ValueError):
-                raise ValueError(f"parameter '{self.name}' expects {self.type.__name__}, got {value!r}") from None
+                raise ValueError(f"parameter '{self.name}' expects {self.type.__name__}, "
+                                 f"got {shorten(repr(value))}") from None
             if self.type is int and float(value) != coerced:
                 raise ValueError(f"parameter '{self.name}' expects an integer, got {value!r}")
             if self.type is float and not np.isfinite(coerced):
@@ -126,10 +128,10 @@ class Param:
                 raise ValueError(f"parameter '{self.name}' must be <= {self.max}, got {value}")
         elif self.type is str:
             if not isinstance(value, str):
-                raise ValueError(f"parameter '{self.name}' expects a string, got {value!r}")
+                raise ValueError(f"parameter '{self.name}' expects a string, got {shorten(repr(value))}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(
-                f"parameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; got {value!r}"
+                f"parameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; got {shorten(repr(value))}"
             )
         return value
 

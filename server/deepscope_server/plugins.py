@@ -16,7 +16,7 @@ from types import ModuleType
 import pluggy
 
 from . import plugin_api
-from .errors import InvalidInput, NotFound, near_matches
+from .errors import InvalidInput, NotFound, near_matches, shorten
 from .plugin_api import Dataset, Metric, Needs
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Registry:
         try:
             return self.metrics[name]
         except KeyError:
-            raise NotFound(f"metric '{name}' not found{near_matches(name, self.metrics)}; "
+            raise NotFound(f"metric '{shorten(name)}' not found{near_matches(name, self.metrics)}; "
                            f"list them with ListMetrics / `deepscope metrics`") from None
 
     def dataset(self, name: str) -> Dataset:
@@ -50,7 +50,7 @@ class Registry:
             return self.datasets[name]
         except KeyError:
             valid = ", ".join(sorted(self.datasets)) or "none"
-            raise NotFound(f"dataset '{name}' not found; available: {valid}") from None
+            raise NotFound(f"dataset '{shorten(name)}' not found; available: {valid}") from None
 
     def expand(self, patterns: list[str]) -> list[str]:
         """Metric names from names, ``family.*`` globs or ``all``."""
@@ -60,7 +60,7 @@ class Registry:
         for pattern in patterns:
             hits = sorted(self.metrics) if pattern == "all" else sorted(fnmatch.filter(self.metrics, pattern))
             if not hits:
-                raise InvalidInput(f"metric '{pattern}' matches no metric{near_matches(pattern, self.metrics)}")
+                raise InvalidInput(f"metric '{shorten(pattern)}' matches no metric{near_matches(pattern, self.metrics)}")
             names += [h for h in hits if h not in names]
         return names
 

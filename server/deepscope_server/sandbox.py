@@ -2,7 +2,7 @@
 
 A model file is client bytes: parsing it, loading it, running it and reading its weights all
 happen in a worker process with its own address-space cap (``--model-memory-bytes``), no
-inherited server file descriptors, no ``DEEPSCOPE_*`` environment (the token stays in the
+inherited server file descriptors, no secrets in its environment (the token stays in the
 server), and a lifeline that ends it with the server. The server talks to it through
 ``wire_codec`` (JSON + shared memory, never pickle) and waits with real deadlines: a load past
 ``--max-load-seconds``, a forward pass past ``--max-forward-seconds`` or the call's gRPC deadline,
@@ -30,7 +30,7 @@ from .backends import Backend, CaptureRequest, RunOutput
 from .config import Limits
 from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
                      NotFound)
-from .isolation import _MP, RunCancelled
+from .isolation import _MP, RunCancelled, _release_forkserver
 from .isolation import _death as describe_death
 from .model_graph import ModelGraph
 
@@ -62,8 +62,8 @@ def _confine(memory_bytes: int) -> None:
     """Limits that hold for the worker's whole life: memory, file sizes, environment, signals."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-large write fails with EFBIG instead
-    for key in [k for k in os.environ if k.startswith("DEEPSCOPE_")]:
-        del os.environ[key]
+    for key in [k for k in os.environ if any(word in k.upper() for word in ("TOKEN", "SECRET", "PASSWORD"))]:
+        del os.environ[key]  # the server's token never reaches a worker (settings drop it at start too)
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (memory_bytes, memory_bytes))
@@ -77,6 +77,7 @@ def _error_message(exc: BaseException) -> dict[str, str]:
 def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, device: str, trusted: bool) -> None:
     """Load one model, then serve run requests until "stop" or EOF."""
     lifeline.watch(life)
+    _release_forkserver()
     _confine(limits.model_memory_bytes)
     from .models import load_checked
 

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from deepscope.tensors import TensorError, from_proto, tensor_parts
+from deepscope.tensors import MAX_NDIM, TensorError, from_proto, tensor_parts
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
@@ -25,11 +25,12 @@ from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .config import Settings
 from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
-                     NotFound, StorageFull, Unavailable)
+                     NotFound, StorageFull, Unavailable, shorten, shorten_list)
 from .isolation import RunCancelled
 from .models import LoadedModel, ModelManager
 from .plugins import Registry
 from .store import StoredModel, Store
+from .uploads import SideFile
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,24 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
     return None
 
 
+#: Longest status message sent, in UTF-8 bytes: it travels percent-encoded (up to 3x) in trailing
+#: metadata, whose default limit is 8 KiB. Echoed request strings are shortened where they are echoed;
+#: this only stops a message that still grew too long from turning into a transport error.
+MAX_STATUS_BYTES = 2000
+
+
+def _status_message(text: str) -> str:
+    raw = text.encode()
+    return text if len(raw) <= MAX_STATUS_BYTES else raw[:MAX_STATUS_BYTES].decode(errors="ignore") + "…"
+
+
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     code = status_for(exc)
     if code is None:
         log.exception("internal error in %s", method)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
-    await context.abort(code, str(exc))
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            _status_message(f"internal error in {method}: {type(exc).__name__}: {exc}"))
+    await context.abort(code, _status_message(str(exc)))
 
 
 def _unexpected(exc: Exception, method: str) -> DeepscopeError | None:
@@ -219,11 +232,13 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         task = _in_thread(write, "upload-writer")
         try:
             async for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidInput("UploadModel: only one header, then chunks")
+                part = message.WhichOneof("part")
+                if part not in ("chunk", "file"):
+                    raise InvalidInput("UploadModel: only one header, then chunks (and a FileHeader before each side file)")
                 if task.done():
                     break  # the writer failed (e.g. over the limit): stop reading
-                await chunks.put(message.chunk)
+                f = message.file
+                await chunks.put(message.chunk if part == "chunk" else SideFile(f.path, f.total_bytes, f.sha256))
             await chunks.put(None)
         except BaseException as exc:
             # Make the writer stop and delete its temp file, whatever happened to the stream.
@@ -286,10 +301,11 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
     def _decode(self, tensor: Any) -> np.ndarray:
         """One wire tensor, its declared element count checked against the limit before decoding."""
         dims = list(tensor.shape)
-        if dims and all(d >= 0 for d in dims):
+        if dims and len(dims) <= MAX_NDIM and all(d >= 0 for d in dims):  # else from_proto says what is wrong
             count = math.prod(dims)
             if count > self.limits.max_tensor_elements:
-                raise LimitExceeded(f"max_tensor_elements (tensor '{tensor.name}' of shape {dims})",
+                raise LimitExceeded(f"max_tensor_elements (tensor '{shorten(tensor.name)}' of shape "
+                                    f"{shorten_list(dims)})",
                                     self.limits.max_tensor_elements, count, "elements")
         return from_proto(tensor, self.limits.max_tensor_elements)
 

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import sqlite3
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -36,11 +35,13 @@ from typing import IO
 
 from google.protobuf.message import DecodeError
 
+from deepscope import lock_record
 from deepscope.v1 import introspection_pb2 as pb
 
-from .errors import InvalidInput, LimitExceeded, NotFound, StorageFull, near_matches
+from .errors import InvalidInput, LimitExceeded, NotFound, StorageFull, near_matches, shorten
 
 log = logging.getLogger(__name__)
+from .uploads import SideFile, UploadWriter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -114,18 +115,19 @@ def claim_store(root: Path) -> IO[str]:
 
     Returns the open lock file; its flock marks the store as ours until it is closed.
     """
-    path = Path(root) / "server.lock"
-    handle = path.open("a+")
+    path = Path(root) / lock_record.LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # an embedded server's record holds its token (see deepscope.lock_record)
+    handle = os.fdopen(fd, "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
+        owner = lock_record.describe(handle.read())
         handle.close()
         raise StoreInUse(f"store {path.parent} is in use by another deepscope-server ({owner}); "
                          "connect to that server (--server HOST:PORT) or pick another --store") from None
     handle.truncate(0)
-    handle.write(f"pid {os.getpid()}")
+    handle.write(lock_record.initial(os.getpid()))
     handle.flush()
     return handle
 
@@ -239,48 +241,26 @@ class Store:
     def _pending(self, model_id: str) -> Path:
         return self.models_dir / f"{PENDING_PREFIX}{model_id}"
 
-    def write_model(self, name: str, chunks: Iterable[bytes], max_bytes: int, declared_bytes: int | None = None,
-                    declared_sha256: str = "") -> tuple[str, Path, int]:
-        """Stream chunks to a temp file, hash them and rename to ``models/<sha256>/model``.
+    def write_model(self, name: str, chunks: Iterable[bytes | SideFile], max_bytes: int,
+                    declared_bytes: int | None = None, declared_sha256: str = "") -> tuple[str, Path, int]:
+        """Stream an upload (the model's chunks, then per side file a SideFile marker and its chunks)
+        to temp files, hash them and rename them into ``models/<id>/``.
 
-        Returns (id, path, size). Nothing is visible under the final name until complete; the
-        folder stays marked pending until ``add_model`` or ``discard_file``.
+        Returns (id, model path, size of all files). Nothing is visible under the final names until
+        complete; the folder stays marked pending until ``add_model`` or ``discard_file``.
         """
-        with self._errors(f"saving the upload of '{name}'"):
-            return self._write_model(name, chunks, max_bytes, declared_bytes, declared_sha256)
-
-    def _write_model(self, name: str, chunks: Iterable[bytes], max_bytes: int, declared_bytes: int | None,
-                     declared_sha256: str) -> tuple[str, Path, int]:
-        digest = hashlib.sha256()
-        size = 0
-        fd, tmp_name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self.models_dir)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise LimitExceeded("max_model_bytes", max_bytes, size)
-                    digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if declared_bytes is not None and declared_bytes != size:
-                raise InvalidInput(f"upload of '{name}' incomplete: header declared {declared_bytes:,} bytes, got {size:,}")
-            model_id = digest.hexdigest()
-            if declared_sha256 and declared_sha256.lower() != model_id:
-                raise InvalidInput(f"upload of '{name}' corrupted: sha256 {model_id} does not match the declared {declared_sha256}")
-            # One directory per model: an ONNX external-data reference can only reach the
-            # model's own directory, which holds nothing but the model itself.
-            self._pending(model_id).touch()
-            folder = self.models_dir / model_id
-            folder.mkdir(exist_ok=True)
-            final = folder / "model"
-            os.replace(tmp, final)
-            return model_id, final, size
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with self._errors(f"saving the upload of '{shorten(name)}'"):
+            upload = UploadWriter(self.models_dir, name, max_bytes)
+            try:
+                upload.write(chunks, declared_bytes, declared_sha256)
+                model_id = upload.model_id()
+                # One directory per model: an ONNX external-data reference can only reach the
+                # model's own directory, which holds nothing but the model and its side files.
+                self._pending(model_id).touch()
+                return model_id, upload.move_into(self.models_dir / model_id), upload.total_bytes
+            except BaseException:
+                upload.discard()
+                raise
 
     def add_model(self, model_id: str, name: str, fmt: str, size: int, path: Path) -> StoredModel:
         created = utc_now()
@@ -332,7 +312,7 @@ class Store:
         if named:
             return named[-1]
         names = [m.name for m in models] + [m.id[:12] for m in models]
-        raise NotFound(f"model '{ref}' not found{near_matches(ref, names)}")
+        raise NotFound(f"model '{shorten(ref)}' not found{near_matches(ref, names)}")
 
     def delete_model(self, model_id: str) -> bool:
         with self._lock, self._errors("deleting a model"):
@@ -415,7 +395,7 @@ class Store:
             row = self._db.execute("SELECT info FROM runs WHERE id=?", (run_id,)).fetchone()
             if not row:
                 ids = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 50")]
-                raise NotFound(f"run '{run_id}' not found{near_matches(run_id, ids)}")
+                raise NotFound(f"run '{shorten(run_id)}' not found{near_matches(run_id, ids)}")
             info = self._unrecorded.get(run_id)
             if info is None:
                 try:

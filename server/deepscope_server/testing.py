@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .model_graph import Layer, ModelGraph, TensorSpec
+from .errors import shorten
 from .plugin_api import Batch, Context, Metric, ModelHandle, Needs
 
 
@@ -22,7 +23,7 @@ def validate_params(metric: type[Metric], given: Mapping[str, Any] | None) -> di
     unknown = sorted(set(given) - set(known))
     if unknown:
         valid = ", ".join(known) or "none"
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for {metric.name}; valid: {valid}")
+        raise ValueError(f"unknown parameter(s) {shorten(', '.join(unknown))} for {metric.name}; valid: {valid}")
     try:
         return {name: p.validate(given[name]) if name in given else p.default for name, p in known.items()}
     except ValueError as exc:  # say which metric: one request may configure several

@@ -34,6 +34,9 @@ CLASSES: dict[str, Callable[..., Any]] = {
 _ALIGN = 64
 #: A JSON header larger than this is refused (headers hold structure, never bulk data).
 MAX_HEADER_BYTES = 64 << 20
+#: Arrays up to this many bytes in all travel inline on the socket: for small messages a copy is
+#: cheaper than creating, mapping and passing a shared-memory file.
+INLINE_BYTES = 1 << 20
 
 
 class CodecError(ValueError):
@@ -99,23 +102,43 @@ def send(conn: Connection, message: Any) -> None:
         total = -(-total // _ALIGN) * _ALIGN
         layout.append([array.dtype.str, list(array.shape), total])
         total += array.nbytes
-    header = json.dumps({"v": body, "a": layout, "n": total}).encode()
+    inline = total <= INLINE_BYTES
+    header = json.dumps({"v": body, "a": layout, "n": total, "inline": inline}).encode()
     if total == 0:
         conn.send_bytes(header)
+        return
+    if inline:
+        buffer = bytearray(total)
+        _fill(memoryview(buffer), arrays, layout)
+        conn.send_bytes(header)
+        conn.send_bytes(buffer)
         return
     fd = os.memfd_create("deepscope-tensors", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, total)
-        with mmap.mmap(fd, total) as segment:
-            for array, (_, _, offset) in zip(arrays, layout):
-                if array.nbytes:
-                    target = np.ndarray(array.shape, array.dtype, buffer=segment, offset=offset)
-                    np.copyto(target, array, casting="no")
-                    del target
+        for array, (_, _, offset) in zip(arrays, layout):
+            _write_at(fd, array, offset)
         conn.send_bytes(header)
         reduction.send_handle(conn, fd, 0)
     finally:
         os.close(fd)
+
+
+def _write_at(fd: int, array: np.ndarray, offset: int) -> None:
+    """The array's bytes into the segment file: the kernel copies, so no page faults in the sender
+    (measured: 21 ms instead of 35 ms for 38 MB through a mapping)."""
+    view = memoryview(np.ascontiguousarray(array)).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _fill(buffer: Any, arrays: list[np.ndarray], layout: list[list[Any]]) -> None:
+    for array, (_, _, offset) in zip(arrays, layout):
+        if array.nbytes:
+            target = np.ndarray(array.shape, array.dtype, buffer=buffer, offset=offset)
+            np.copyto(target, array, casting="no")
+            del target  # no view may outlive the block (an mmap refuses to close while exported)
 
 
 def recv(conn: Connection, max_segment_bytes: int) -> Any:
@@ -127,8 +150,12 @@ def recv(conn: Connection, max_segment_bytes: int) -> Any:
     total = int(header["n"])
     if total < 0 or total > max_segment_bytes:
         raise CodecError(f"a message of {total:,} bytes is over the limit of {max_segment_bytes:,}")
-    segment: mmap.mmap | None = None
-    if total:
+    segment: mmap.mmap | bytearray | None = None
+    if total and header.get("inline"):
+        segment = bytearray(total)
+        if conn.recv_bytes_into(segment) != total:
+            raise CodecError("an inline message is shorter than it says")
+    elif total:
         fd = reduction.recv_handle(conn)
         try:
             if os.fstat(fd).st_size < total:

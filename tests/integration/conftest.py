@@ -39,6 +39,15 @@ def start_server(store: Path, **flags) -> tuple[EmbeddedServer, str]:
     return server, server.start()
 
 
+@pytest.fixture()
+def servers():
+    """Servers a test started; whatever happens, each is stopped at the end."""
+    started: list = []
+    yield started
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[tuple[EmbeddedServer, str]]:
     server, address = start_server(tmp_path_factory.mktemp("store"))

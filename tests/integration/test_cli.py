@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,10 +29,32 @@ def remote(server) -> list[str]:
 
 def test_analyze_embedded_writes_json_and_report(tmp_path, exported):
     out_json, report = tmp_path / "r.json", tmp_path / "r.html"
+    cache = {"DEEPSCOPE_CACHE": str(tmp_path / "cache")}
     result = run_cli("analyze", str(exported["mlp"]["onnx"]), "--data", "digits", "--limit", "64",
                      "--metrics", "example.*,fractal.ss_rate", "--layers", "fc*", "--json", str(out_json),
-                     "--report", str(report), "--store", str(tmp_path / "store"), "--quiet")
+                     "--report", str(report), "--store", str(tmp_path / "store"), env=cache)
     assert result.returncode == 0, result.stderr
+    # not a terminal: one progress line per finished metric, no bar
+    lines = [line for line in result.stderr.splitlines() if re.match(r"\[\d+:\d\d\] metric \d+/\d+ · ", line)]
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "metric 1/3 · example.activation_moments: 3 ok", "metric 2/3 · example.weight_spectrum: 3 ok",
+        "metric 3/3 · fractal.ss_rate: 3 ok"]
+    assert "\r" not in result.stderr and "run completed" in result.stderr
+
+    # The catalogue and the model's layers are cached now: typos fail before a server would start.
+    for args, message in [
+        (["--metrics", "example.nope"], "metric 'example.nope' matches no metric (did you mean: example."),
+        (["--metrics", "cnt.node_strength", "--param", "cnt.node_strength.bogus=1"],
+         "unknown parameter 'bogus' for cnt.node_strength; valid: mode"),
+        (["--metrics", "cnt.node_strength", "--param", "cnt.node_strength.mode=whatever"],
+         "cnt.node_strength.mode must be one of code, graph"),
+        (["--metrics", "cnt.node_strength", "--layers", "kind:conv"], "this model's kinds: activation, linear"),
+    ]:
+        store = tmp_path / "never-started"
+        bad = run_cli("analyze", str(exported["mlp"]["onnx"]), *args, "--store", str(store), env=cache, timeout=60)
+        assert bad.returncode == 2, bad.stderr
+        assert message in bad.stderr and "Traceback" not in bad.stderr
+        assert not store.exists()  # no embedded server was started for it
     assert "fractal.ss_rate" in result.stdout and "fc1" in result.stdout
     data = json.loads(out_json.read_text())
     assert data["status"] == "completed" and data["num_samples"] == 64
@@ -86,9 +109,37 @@ def test_bad_usage_is_one_clear_line(args, code, message):
 
 def test_server_errors_become_one_line(remote, exported):
     result = run_cli("analyze", str(exported["mlp"]["onnx"]), "--metrics", "example.nope", *remote)
-    assert result.returncode == 1
-    assert "InvalidArgument" in result.stderr and "matches no metric" in result.stderr
+    assert result.returncode == 2  # bad usage, as documented
+    assert "metric 'example.nope' matches no metric" in result.stderr
     assert "Traceback" not in result.stderr
+    # what only the server can know is bad usage too: a dataset that does not fit the model
+    result = run_cli("analyze", str(exported["cnn"]["onnx"]), "--metrics", "example.activation_moments",
+                     "--data", "synthetic", "--limit", "8", "--split", "train", "--layers", "nope*", *remote)
+    assert result.returncode == 2 and "matches no layer" in result.stderr, result.stderr
+
+
+def test_large_arrays_go_to_a_sidecar(tmp_path, remote, exported, client):
+    from deepscope.export import INLINE_MAX, read_json
+
+    out = tmp_path / "g.json"
+    result = run_cli("analyze", str(exported["mlp"]["onnx"]), "--metrics", "cnt.weight_graph,example.weight_spectrum",
+                     "--layers", "fc1", "fc3", "--json", str(out), *remote)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "g.npz").is_file() and "g.npz" in result.stderr
+    raw = json.loads(out.read_text())
+    fc1 = next(r for r in raw["results"] if r["metric"] == "cnt.weight_graph" and r["layer"] == "fc1")
+    key = next(k for k, v in fc1["values"].items() if isinstance(v, dict) and "sources" in v)
+    ref = fc1["values"][key]["weights"]
+    assert ref["npz"] == "g.npz" and ref["shape"] == [64 * 32]  # fc1 is 64 -> 32: one edge per weight
+    spectrum = next(r for r in raw["results"] if r["metric"] == "example.weight_spectrum" and r["layer"] == "fc3")
+    assert len(spectrum["values"]["singular_values"]["y"]) == 10  # small arrays stay inline
+    # read_json puts the arrays back; they are the server's values
+    stored = client.get_run(raw["run_id"]).result("cnt.weight_graph", "fc1")[key]
+    loaded = read_json(out)
+    graph = next(r for r in loaded["results"] if r["metric"] == "cnt.weight_graph" and r["layer"] == "fc1")
+    assert np.array_equal(graph["values"][key]["weights"], stored.weights)
+    assert np.array_equal(graph["values"][key]["sources"], stored.sources)
+    assert all(len(v) <= INLINE_MAX for r in raw["results"] for v in r["values"].values() if isinstance(v, list))
 
 
 CHECK_SCRIPT = """<script>

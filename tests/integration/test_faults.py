@@ -45,15 +45,6 @@ def _kill(server) -> None:
     server.process = None
 
 
-@pytest.fixture()
-def servers():
-    """Servers a test started; whatever happens, each is stopped at the end."""
-    started: list = []
-    yield started
-    for server in started:
-        server.stop()
-
-
 def _start(store, servers):  # noqa: ANN001, ANN202
     server, address = start_server(store, no_entry_points=True)
     servers.append(server)

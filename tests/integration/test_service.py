@@ -126,8 +126,13 @@ def test_reflection_alone_is_enough_to_call_every_rpc(server, exported):
 
     embedded, address = server
     metadata = [("authorization", f"Bearer {embedded.token}")]
+
+    class Token(grpc.StreamStreamClientInterceptor):  # reflection needs the token too
+        def intercept_stream_stream(self, continuation, details, requests):
+            return continuation(details._replace(metadata=metadata), requests)
+
     with grpc.insecure_channel(address) as channel:
-        database = ProtoReflectionDescriptorDatabase(channel)
+        database = ProtoReflectionDescriptorDatabase(grpc.intercept_channel(channel, Token()))
         assert "deepscope.v1.Introspection" in database.get_services()
         pool = descriptor_pool.DescriptorPool(database)
         service = pool.FindServiceByName("deepscope.v1.Introspection")

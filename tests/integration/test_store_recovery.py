@@ -32,15 +32,6 @@ X = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
 SLOW = {"metrics": ["testing.slow"], "params": {"testing.slow": {"seconds": 0.0}}}
 
 
-@pytest.fixture()
-def servers():
-    """Servers a test started; whatever happens, each is stopped at the end."""
-    started: list = []
-    yield started
-    for server in started:
-        server.stop()
-
-
 def _start(store: Path, servers: list):  # noqa: ANN202
     server, address = start_server(store, no_entry_points=True, metric_isolation="thread")
     servers.append(server)

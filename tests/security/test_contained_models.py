@@ -110,7 +110,10 @@ def test_cancelled_capture_stops_the_forward_pass(bomb_server, bomb) -> None:
 
         request = pb.CaptureRequest(model=evil.id, inputs=[to_proto(np.zeros((1, 1), np.float32), "x")])
         call = client._stub.Capture(request, timeout=120, metadata=client._metadata)
-        busy = _busiest_descendant(embedded, seconds=4.0)
+        deadline = time.monotonic() + 60  # the first call may have to start a fresh worker and load the model
+        busy = None
+        while busy is None and time.monotonic() < deadline:
+            busy = _busiest_descendant(embedded, seconds=2.0)
         assert busy is not None, "the bomb's worker never started computing"
         call.cancel()
         busy.wait(timeout=10)  # raises psutil.TimeoutExpired if the worker kept running

@@ -53,9 +53,14 @@ def test_codec_round_trip_without_pickle() -> None:
                               {"weight": np.arange(8, dtype=np.float32).reshape(2, 4), "bias": np.zeros(0)},
                               {"stride": (1, 1), "flag": True, "__nd__": "a user key"})])
     parent, child = _MP.Pipe(duplex=True)
-    message = {"graph": graph, "captured": {CaptureRequest("fc"): np.ones((3, 2), np.float16)}}
+    big = np.random.default_rng(0).standard_normal((600, 512))  # 2.4 MB: through a shared-memory segment
+    message = {"graph": graph, "captured": {CaptureRequest("fc"): np.ones((3, 2), np.float16)}, "big": big[:, ::2]}
     wire_codec.send(child, message)
-    got = wire_codec.recv(parent, 1 << 20)
+    got = wire_codec.recv(parent, 1 << 22)
+    np.testing.assert_array_equal(got["big"], big[:, ::2])
+    got["big"][0, 0] = 7.0  # a private mapping: writable, and the sender's segment is untouched
+    wire_codec.send(child, {"small": big[:2]})  # small messages travel inline
+    np.testing.assert_array_equal(wire_codec.recv(parent, 1 << 22)["small"], big[:2])
     layer = got["graph"].layers[0]
     assert got["graph"].layer("fc") is layer and got["graph"].inputs[0].shape == (None, 4)
     np.testing.assert_array_equal(layer.weights["weight"], graph.layers[0].weights["weight"])

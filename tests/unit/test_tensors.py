@@ -146,3 +146,22 @@ def test_assembling_into_a_caller_supplied_slice():
     np.testing.assert_array_equal(result[2:4], batch)
     assert np.shares_memory(assembled, result)
     assert (result[:2] == -1).all() and (result[4:] == -1).all()
+
+
+@pytest.mark.parametrize("shape", [[2**63 - 1, 0], [0, 2**62, 2], [2**40, 2**40, 0], [1] * 65])
+def test_shapes_numpy_cannot_hold_are_tensor_errors(shape):
+    """An empty tensor with a huge dimension, or too many dimensions: TensorError, not numpy's ValueError."""
+    with pytest.raises(TensorError, match="too large|at most 64"):
+        from_proto(tpb.Tensor(name="x", dtype="FP32", shape=shape, data=b"" if 0 in shape else b"\0" * 4))
+    with pytest.raises(TensorError, match="too large|at most 64"):
+        Assembler().add(tpb.TensorHeader(name="x", dtype="FP32", shape=shape, total_bytes=0 if 0 in shape else 4))
+
+
+def test_long_names_are_shortened_in_errors():
+    name = "n" * 20_000
+    with pytest.raises(TensorError) as info:
+        from_proto(tpb.Tensor(name=name, dtype="FP32", shape=[2], data=b"\0"))
+    assert len(str(info.value)) < 500 and "… (20,000 characters)" in str(info.value)
+    with pytest.raises(ValueError) as info:
+        numpy_dtype("Q" * 20_000)
+    assert len(str(info.value)) < 500

@@ -33,13 +33,25 @@ class UploadHeader(_message.Message):
     sha256: str
     def __init__(self, name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
+class FileHeader(_message.Message):
+    __slots__ = ("path", "total_bytes", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    total_bytes: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
 class UploadModelRequest(_message.Message):
-    __slots__ = ("header", "chunk")
+    __slots__ = ("header", "chunk", "file")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
     header: UploadHeader
     chunk: bytes
-    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    file: FileHeader
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., file: _Optional[_Union[FileHeader, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("id", "name", "format", "size_bytes", "inputs", "outputs", "num_layers", "num_params", "created_at", "source")
@@ -274,7 +286,7 @@ class MetricRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class AnalyzeConfig(_message.Message):
-    __slots__ = ("models", "metrics", "layers", "dataset", "split", "batch_size", "seed", "sample_limit", "expected_samples", "metric_timeout_seconds", "label")
+    __slots__ = ("models", "metrics", "layers", "dataset", "split", "batch_size", "seed", "sample_limit", "expected_samples", "metric_timeout_seconds", "label", "exclude", "data_specs")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +298,8 @@ class AnalyzeConfig(_message.Message):
     EXPECTED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRIC_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    DATA_SPECS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedScalarFieldContainer[str]
     metrics: _containers.RepeatedCompositeFieldContainer[MetricRequest]
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -297,7 +311,9 @@ class AnalyzeConfig(_message.Message):
     expected_samples: int
     metric_timeout_seconds: float
     label: str
-    def __init__(self, models: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[MetricRequest, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., sample_limit: _Optional[int] = ..., expected_samples: _Optional[int] = ..., metric_timeout_seconds: _Optional[float] = ..., label: _Optional[str] = ...) -> None: ...
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    data_specs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]
+    def __init__(self, models: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[MetricRequest, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., sample_limit: _Optional[int] = ..., expected_samples: _Optional[int] = ..., metric_timeout_seconds: _Optional[float] = ..., label: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ..., data_specs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class DataBatch(_message.Message):
     __slots__ = ("inputs", "labels")

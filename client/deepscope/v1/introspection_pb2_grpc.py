@@ -90,7 +90,8 @@ class IntrospectionServicer:
     """Missing associated documentation comment in .proto file."""
 
     def UploadModel(self, request_iterator, context):
-        """Upload a model file: first an UploadHeader, then its bytes in chunks (< 4 MiB each).
+        """Upload a model file: first an UploadHeader, then its bytes in chunks (< 4 MiB each); then,
+        for each side file the model references (ONNX external data), a FileHeader and its chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from deepscope.dtypes import kserve_dtype
 
-from ..errors import InvalidInput, near_matches
+from ..errors import InvalidInput, near_matches, shorten
 from ..model_graph import TensorSpec
 
 
@@ -32,7 +32,7 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray
     unknown = [k for k in inputs if k not in names]
     if unknown:
         raise InvalidInput(
-            f"unknown input '{unknown[0]}'{near_matches(unknown[0], names)}; model inputs: {', '.join(names)}"
+            f"unknown input '{shorten(unknown[0])}'{near_matches(unknown[0], names)}; model inputs: {', '.join(names)}"
         )
     out: dict[str, np.ndarray] = {}
     for spec in specs:

@@ -1,0 +1,101 @@
+"""Request bytes are decoded inside the handler, so bytes that are not a valid message are INVALID_ARGUMENT.
+
+grpc.aio decodes a request with the handler's ``request_deserializer`` before it calls the handler;
+a DecodeError raised there reaches no code of ours and the client sees UNKNOWN ("Unexpected
+DecodeError"). ``DecodeInterceptor`` gives every handler raw bytes instead and decodes them in a
+wrapper that holds the call's context: a unary request that does not decode is aborted with
+INVALID_ARGUMENT; in a request stream the message that does not decode raises ``InvalidInput``
+(with the status code set too), which the service's handlers map to INVALID_ARGUMENT like any
+other bad content in a stream.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from .errors import InvalidInput
+
+Deserializer = Callable[[bytes], Any]
+
+
+def _decode(deserializer: Deserializer, raw: bytes, method: str) -> Any:
+    try:
+        return deserializer(raw)
+    except DecodeError as exc:
+        raise InvalidInput(f"{method}: the request is not a valid protobuf message ({exc}); "
+                           "send the request message of this method serialised by the generated code") from None
+
+
+def _unary(behavior: Callable[..., Any], deserializer: Deserializer, method: str) -> Callable[..., Any]:
+    """``behavior`` called with the decoded request; undecodable bytes abort with INVALID_ARGUMENT."""
+
+    async def decoded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return _decode(deserializer, raw, method)
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    if inspect.isasyncgenfunction(behavior):
+        async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for item in behavior(await decoded(raw, context), context):
+                yield item
+        return stream
+
+    async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(await decoded(raw, context), context)
+    return unary
+
+
+def _streaming(behavior: Callable[..., Any], deserializer: Deserializer, method: str) -> Callable[..., Any]:
+    """``behavior`` given an iterator of decoded messages; one that does not decode raises InvalidInput."""
+
+    def messages(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def each() -> AsyncIterator[Any]:
+            async for raw in raws:
+                try:
+                    yield _decode(deserializer, raw, method)
+                except InvalidInput as exc:
+                    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)  # for handlers that do not map it
+                    context.set_details(str(exc))
+                    raise
+        return each()
+
+    if inspect.isasyncgenfunction(behavior):
+        async def stream(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for item in behavior(messages(raws, context), context):
+                yield item
+        return stream
+
+    async def unary(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(messages(raws, context), context)
+    return unary
+
+
+def decoding_in_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The same handler, taking raw bytes and decoding them itself (async behaviours only)."""
+    deserializer = handler.request_deserializer
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    if deserializer is None or not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
+        return handler  # raw bytes already, or a sync handler grpc runs in its thread pool: left as is
+    wrap = _streaming if handler.request_streaming else _unary
+    kind = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    return kind[(handler.request_streaming, handler.response_streaming)](
+        wrap(behavior, deserializer, method), request_deserializer=None,
+        response_serializer=handler.response_serializer)
+
+
+class DecodeInterceptor(grpc.aio.ServerInterceptor):
+    """Every call's handler decodes its own request bytes (see the module docstring)."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        return None if handler is None else decoding_in_handler(handler, details.method)
