@@ -273,6 +273,8 @@ def cmd_analyze(args: argparse.Namespace, client: Client) -> int:
     check_usage(args, client)
     models = [resolve_model(client, ref) for ref in args.models]
     check_usage(args, client, models)
+    for note in dict.fromkeys(note for model in models for note in model.notes):
+        print(f"note: {note}", file=sys.stderr)  # once per run, however many checkpoints share it
     metrics = metric_patterns(args)
     exclude = [pattern for item in args.exclude for pattern in _split(item)]
     run = client.analyze(models, data=data, metrics=metrics, exclude=exclude, layers=args.layers, params=params,

@@ -74,6 +74,11 @@ class Model:
         return self.client._call(self.client._stub.GetModel, pb.GetModelRequest(model=self.id))
 
     @property
+    def notes(self) -> list[str]:
+        """How the server runs this model (e.g. a batch size fixed by the export, which data is split to)."""
+        return list(self.detail().notes)
+
+    @property
     def layers(self):  # noqa: ANN201 - pandas DataFrame
         import json
 

@@ -276,7 +276,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelDetail:
         loaded = await asyncio.to_thread(self.models.get, request.model)
         return pb.ModelDetail(info=self._model_info(loaded), layers=[convert.layer_proto(l) for l in loaded.graph.layers],
-                              device=getattr(loaded.backend, "device", "cpu"))
+                              device=getattr(loaded.backend, "device", "cpu"), notes=loaded.graph.notes)
 
     @rpc
     async def DeleteModel(self, request: pb.DeleteModelRequest, context) -> pb.DeleteModelResponse:

@@ -167,6 +167,7 @@ def test_real_server_static_batch_and_call_sites_end_to_end(results, tmp_path: P
     try:
         with deepscope.connect(address, token=server.token, progress=False) as client:
             model = client.upload_model(path)
+            assert [n for n in model.notes if "fixes the batch size at 2" in n], model.notes
             acts = client.capture(model, x.numpy(), layers=["layer1.0.relu", "layer1.0.relu@1"])
             np.testing.assert_allclose(acts["layer1.0.relu"], calls["layer1.0.relu"][0][1], rtol=conf.RTOL, atol=conf.ATOL)
             np.testing.assert_allclose(acts["layer1.0.relu@1"], calls["layer1.0.relu"][1][1], rtol=conf.RTOL, atol=conf.ATOL)

@@ -133,14 +133,16 @@ class LayerInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., op_type: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., input_shapes: _Optional[_Iterable[_Union[_tensor_pb2.Shape, _Mapping]]] = ..., output_shapes: _Optional[_Iterable[_Union[_tensor_pb2.Shape, _Mapping]]] = ..., params: _Optional[_Iterable[_Union[ParamInfo, _Mapping]]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., channel_axis: _Optional[int] = ...) -> None: ...
 
 class ModelDetail(_message.Message):
-    __slots__ = ("info", "layers", "device")
+    __slots__ = ("info", "layers", "device", "notes")
     INFO_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     info: ModelInfo
     layers: _containers.RepeatedCompositeFieldContainer[LayerInfo]
     device: str
-    def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., device: _Optional[str] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., device: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteModelRequest(_message.Message):
     __slots__ = ("model",)
