@@ -148,7 +148,7 @@ class SandboxedBackend(Backend):
 
     def close(self) -> None:
         """Ask the worker to stop; kill it if it does not."""
-        conn, process = self._conn, self._process
+        conn = self._conn
         if conn is not None:
             try:
                 wire_codec.send(conn, {"op": "stop"})
@@ -208,20 +208,26 @@ class SandboxedBackend(Backend):
 
     def _wait(self, deadline: float, cancelled: Callable[[], bool] | None, what: str, flag: str,
               budget: float) -> dict[str, Any]:
-        """The worker's next reply; kills the worker on cancellation, deadline or death."""
+        """The worker's next reply; whatever ends the wait otherwise (cancellation, deadline, death,
+        a malformed reply) stops the worker, so the next call starts a fresh one."""
+        try:
+            return self._next_reply(deadline, cancelled, what, flag, budget)
+        except BaseException:
+            self._stop()
+            raise
+
+    def _next_reply(self, deadline: float, cancelled: Callable[[], bool] | None, what: str, flag: str,
+                    budget: float) -> dict[str, Any]:
         conn, process = self._conn, self._process
         assert conn is not None and process is not None
         while not conn.poll(_POLL_SECONDS):
             if cancelled is not None and cancelled():
-                self._stop()
                 raise RunCancelled(f"{what} was cancelled (worker stopped)")
             if time.monotonic() > deadline:
-                self._stop()
                 raise DeadlineExceeded(f"{what} took longer than {flag} ({budget:g} s); its worker process "
                                        "was stopped")
             if not process.is_alive() and not conn.poll(0):
                 death = describe_death(process)
-                self._stop()
                 hint = ""
                 if "SIGKILL" in death or "SIGSEGV" in death or "SIGBUS" in death:
                     hint = f" (its memory limit is {self.budget.memory_bytes / (1 << 20):,.0f} MiB: --model-memory-bytes)"
@@ -230,14 +236,10 @@ class SandboxedBackend(Backend):
         try:
             reply = wire_codec.recv(conn, self.budget.max_message_bytes)
         except (EOFError, OSError) as exc:
-            death = describe_death(process)
-            self._stop()
-            raise ModelCrashed(f"{what} failed: {death}") from exc
+            raise ModelCrashed(f"{what} failed: {describe_death(process)}") from exc
         except wire_codec.CodecError as exc:
-            self._stop()
             raise ModelCrashed(f"{what} failed: the worker sent a malformed reply ({exc})") from None
         if not isinstance(reply, dict):
-            self._stop()
             raise ModelCrashed(f"{what} failed: the worker sent a malformed reply")
         return reply
 
