@@ -93,7 +93,7 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
         preload += sorted({entry.cls.__module__ for entry in registry.metrics.values()})
     if settings.model_isolation == "process":
         # Model workers start from the forkserver with torch and onnxruntime already imported.
-        preload += ["deepscope_server.sandbox", "deepscope_server.backends.torch_backend",
+        preload += ["deepscope_server.sandbox", "deepscope_server.models", "deepscope_server.backends.torch_backend",
                     "deepscope_server.backends.onnx_backend"]
     if preload:
         configure_workers(preload)

@@ -38,6 +38,8 @@ from .model_graph import ModelGraph
 _DOMAIN_ERRORS: dict[str, type[DeepscopeError]] = {cls.__name__: cls for cls in (InvalidInput, NotFound, LimitExceeded)}
 #: How often a waiting server thread looks at cancellation, deadlines and the worker's health.
 _POLL_SECONDS = 0.05
+#: A worker that dies having used this share of its address-space cap is reported as out of memory.
+_NEAR_CAP = 0.9
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,9 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
     """Load one model, then serve run requests until "stop" or EOF."""
     lifeline.watch(life)
     _release_forkserver()
+    from .models import load_checked  # imported before the memory limit, which is for the model alone
+
     _confine(limits.model_memory_bytes)
-    from .models import load_checked
 
     try:
         backend = load_checked(Path(path), limits, device, trusted)
@@ -177,7 +180,7 @@ class SandboxedBackend(Backend):
                            "--max-load-seconds", self.budget.load_seconds)
         if "error" in reply:
             self._stop()
-            raise _rebuild(reply["error"], loading=True)
+            raise _rebuild(reply["error"], loading=True, memory_bytes=self.budget.memory_bytes)
         ready = reply["ready"]
         self.graph, self.format, self.device = ready["graph"], str(ready["format"]), str(ready["device"])
 
@@ -220,19 +223,16 @@ class SandboxedBackend(Backend):
                     budget: float) -> dict[str, Any]:
         conn, process = self._conn, self._process
         assert conn is not None and process is not None
+        peak = 0
         while not conn.poll(_POLL_SECONDS):
             if cancelled is not None and cancelled():
                 raise RunCancelled(f"{what} was cancelled (worker stopped)")
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"{what} took longer than {flag} ({budget:g} s); its worker process "
                                        "was stopped")
+            peak = max(peak, _address_space_peak(process.pid))
             if not process.is_alive() and not conn.poll(0):
-                death = describe_death(process)
-                hint = ""
-                if "SIGKILL" in death or "SIGSEGV" in death or "SIGBUS" in death:
-                    hint = f" (its memory limit is {self.budget.memory_bytes / (1 << 20):,.0f} MiB: --model-memory-bytes)"
-                raise ModelCrashed(f"{what} failed: {death}{hint}; the server is unaffected and starts a fresh "
-                                   "worker on the next call")
+                raise self._death_error(what, describe_death(process), peak)
         try:
             reply = wire_codec.recv(conn, self.budget.max_message_bytes)
         except (EOFError, OSError) as exc:
@@ -242,6 +242,18 @@ class SandboxedBackend(Backend):
         if not isinstance(reply, dict):
             raise ModelCrashed(f"{what} failed: the worker sent a malformed reply")
         return reply
+
+    def _death_error(self, what: str, death: str, peak: int) -> DeepscopeError:
+        """Why the worker died, as far as the server can tell: near its memory cap it is out of memory
+        (a native library may exit or abort where Python would raise MemoryError)."""
+        cap = self.budget.memory_bytes
+        limit = f"{cap / (1 << 20):,.0f} MiB: --model-memory-bytes"
+        if cap > 0 and peak >= _NEAR_CAP * cap:
+            return ModelOutOfMemory(f"{what} ran out of memory in its worker process ({death} after reaching "
+                                    f"{peak / (1 << 20):,.0f} MiB of its {limit}); send smaller batches or raise "
+                                    "the limit")
+        return ModelCrashed(f"{what} failed: {death} (its memory limit is {limit}); the server is unaffected "
+                            "and starts a fresh worker on the next call")
 
     def _stop(self, grace: float = 0.0) -> None:
         process, conn, life = self._process, self._conn, self._lifeline
@@ -257,6 +269,18 @@ class SandboxedBackend(Backend):
                 c.close()
 
 
+def _address_space_peak(pid: int | None) -> int:
+    """The process's peak address space in bytes (what RLIMIT_AS caps); 0 where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmPeak:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _rebuild(error: dict[str, str], loading: bool, memory_bytes: int = 0) -> Exception:
     """The worker's error as the server's domain error (built from text: nothing is unpickled)."""
     name, message = str(error.get("type", "Error")), str(error.get("message", ""))
@@ -265,6 +289,9 @@ def _rebuild(error: dict[str, str], loading: bool, memory_bytes: int = 0) -> Exc
         exc = domain.__new__(domain)
         Exception.__init__(exc, message)
         return exc
+    if name == "MemoryError" and loading:
+        return ModelOutOfMemory(f"loading the model needed more memory than its worker process may use (limit "
+                                f"{memory_bytes / (1 << 20):,.0f} MiB: --model-memory-bytes); {message}".rstrip("; "))
     if name == "MemoryError":
         return ModelOutOfMemory(f"the model ran out of memory in its worker process (limit {memory_bytes / (1 << 20):,.0f} "
                             "MiB: --model-memory-bytes); send smaller batches or raise the limit")

@@ -196,3 +196,15 @@ def _alive(pid: int | None) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "zombie" not in status.read_text()
+
+
+def test_a_worker_dying_near_its_memory_cap_is_reported_as_out_of_memory(tmp_path) -> None:
+    """Native code may exit or abort where Python raises MemoryError: the peak address space tells."""
+    from deepscope_server.sandbox import _address_space_peak
+
+    backend = SandboxedBackend(tmp_path / "m.onnx", Limits(model_memory_bytes=1000 << 20), "cpu", False)
+    near = backend._death_error("loading the model", "its worker process exited with code 127", 950 << 20)
+    far = backend._death_error("loading the model", "its worker process exited with code 127", 300 << 20)
+    assert isinstance(near, ModelOutOfMemory) and "950 MiB of its 1,000 MiB" in str(near)
+    assert isinstance(far, ModelCrashed) and "code 127" in str(far) and "--model-memory-bytes" in str(far)
+    assert _address_space_peak(os.getpid()) > 0 and _address_space_peak(None) == 0
