@@ -22,6 +22,9 @@ previous one in two with 2-means, so the partitions are nested and, for least sq
 (``alpha = 0``), the training FVU cannot increase with K (a coarser cluster's affine map is
 available to each of its children). Independent k-means per K (``clustering="kmeans"``) is
 offered too but carries no such guarantee.
+
+Cost: the regressions run with one BLAS thread. Their matrices are small (≤ ``max_dim``²); on a
+shared 2-core machine two BLAS threads made a 256² Cholesky ~25x slower, not faster.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "PatternEntropy",
@@ -45,6 +49,7 @@ __all__ = [
     "pca_basis",
     "piecewise_fvu_curve",
     "split_indices",
+    "two_means",
 ]
 
 _NAN = float("nan")
@@ -100,8 +105,12 @@ def affine_fit(x: np.ndarray, y: np.ndarray, alpha: float = 1e-3, scale: float |
         lam = alpha * x.shape[0] * scale
     else:
         lam = 0.0
-    if lam > 0:
-        w = scipy.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T @ yc, assume_a="pos")
+    if lam > 0 and x.shape[0] < x.shape[1]:
+        # Dual form, same solution: (XᵀX + λI)⁻¹Xᵀ = Xᵀ(XXᵀ + λI)⁻¹ — an n×n system instead of d×d,
+        # which is what makes many small clusters in a wide space cheap.
+        w = xc.T @ scipy.linalg.cho_solve(scipy.linalg.cho_factor(xc @ xc.T + lam * np.eye(x.shape[0])), yc)
+    elif lam > 0:
+        w = scipy.linalg.cho_solve(scipy.linalg.cho_factor(xc.T @ xc + lam * np.eye(x.shape[1])), xc.T @ yc)
     else:
         w = np.linalg.lstsq(xc, yc, rcond=None)[0]
     return w, my - mx @ w
@@ -169,6 +178,7 @@ def _degenerate(x: np.ndarray, y: np.ndarray, min_samples: int = 4) -> str:
     return ""
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def linear_fvu(
     x: np.ndarray,
     y: np.ndarray,
@@ -193,7 +203,52 @@ def linear_fvu(
     out = {"fvu": fvu(yte, xte @ w + b), "fvu_train": fvu(ytr, xtr @ w + b), **info}
     if not np.isfinite(out["fvu"]):
         out["reason"] = "the held-out output has no variance"
+    elif info["n_train"] <= info["input_dim"]:
+        out["warning"] = underdetermined(info["n_train"], info["input_dim"])
     return out
+
+
+def underdetermined(rows: int, dims: int) -> str:
+    """The warning for an affine fit with no more training rows than input dimensions."""
+    return (f"{rows} training rows for {dims} input dimensions: the affine fit is underdetermined (ridge only), "
+            f"so held-out FVU can exceed 1; raise max_samples / the run's samples or lower pca_dim")
+
+
+def two_means(x: np.ndarray, seed: int = 0, n_init: int = 3, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray] | None:
+    """2-means (Lloyd from k-means++ starts, best of ``n_init``): ``(labels, centroids[2, d])``.
+
+    Why not sklearn's KMeans: for k = 2 on a few hundred points its per-call set-up (thread
+    pools, validation) cost ~15 ms, and the nested split calls it once per cluster per level;
+    this is the same algorithm in a few vectorised numpy lines. None when a side stays empty.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    sq = (x * x).sum(axis=1)
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for _ in range(n_init):
+        first = x[rng.integers(x.shape[0])]
+        d2 = np.maximum(sq - 2 * x @ first + first @ first, 0.0)
+        if d2.sum() <= 0:
+            return None
+        cents = np.stack([first, x[rng.choice(x.shape[0], p=d2 / d2.sum())]])
+        labels = np.full(x.shape[0], -1)
+        for _ in range(max_iter):
+            dist = sq[:, None] - 2 * x @ cents.T + (cents * cents).sum(axis=1)[None, :]
+            new = np.argmin(dist, axis=1)
+            if np.array_equal(new, labels):
+                break
+            labels = new
+            counts = np.bincount(labels, minlength=2)
+            if counts.min() == 0:
+                break
+            cents = np.stack([x[labels == j].mean(axis=0) for j in (0, 1)])
+        counts = np.bincount(labels, minlength=2)
+        if counts.min() == 0:
+            continue
+        inertia = float(((x - cents[labels]) ** 2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, labels.copy(), cents.copy())
+    return None if best is None else (best[1], best[2])
 
 
 def _nested_levels(x: np.ndarray, n_levels: int, seed: int, min_cluster_size: int):
@@ -217,18 +272,16 @@ def _nested_levels(x: np.ndarray, n_levels: int, seed: int, min_cluster_size: in
             centre = pts.mean(axis=0)
             split = None
             if members.size >= 2 * min_cluster_size and np.ptp(pts, axis=0).max() > 0:
-                km = KMeans(2, n_init=3, random_state=seed + level * 7919 + c).fit(pts)
-                if np.bincount(km.labels_, minlength=2).min() > 0:
-                    split = km
+                split = two_means(pts, seed=seed + level * 7919 + c)
             if split is None:
                 new[members] = next_id
                 ids[c] = next_id
                 cents[c] = centre
                 next_id += 1
             else:
-                new[members] = next_id + split.labels_
+                new[members] = next_id + split[0]
                 ids[c] = (next_id, next_id + 1)
-                cents[c] = split.cluster_centers_
+                cents[c] = split[1]
                 next_id += 2
         labels.append(new)
         children.append((ids, cents))
@@ -262,6 +315,7 @@ def _piecewise_predict(xtr, ytr, ltr, xte, lte, alpha, scale):
     return ptr, pte
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def piecewise_fvu_curve(
     x: np.ndarray,
     y: np.ndarray,
@@ -318,10 +372,18 @@ def piecewise_fvu_curve(
         f_tr.append(fvu(ytr, ptr))
         f_te.append(fvu(yte, pte))
         occ.append(occupancy_entropy(lte))
-    return {
+    out = {
         "k": np.asarray(ks, dtype=np.int64), "fvu_train": np.asarray(f_tr), "fvu_test": np.asarray(f_te),
         "occupancy_entropy": np.asarray(occ), "clustering": clustering, **info,
     }
+    # smallest training cluster per K: at or below the input dimension its affine map is underdetermined
+    smallest = [int(np.unique(ltr, return_counts=True)[1].min()) for ltr in ltr_all[: len(ks)]]
+    thin = [k for k, m in zip(ks, smallest) if m <= info["input_dim"]]
+    if thin:
+        out["underdetermined_from_k"] = int(min(thin))
+        out["warning"] = (f"from K = {min(thin)} some cluster has <= {info['input_dim']} training rows: "
+                          + underdetermined(min(smallest), info["input_dim"]).split(": ", 1)[1])
+    return out
 
 
 def complexity_at(k: np.ndarray, fvu_curve: np.ndarray, eps: float) -> tuple[int, float]:

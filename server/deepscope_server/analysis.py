@@ -30,6 +30,7 @@ from .model_graph import Layer, ModelGraph
 from .models import LoadedModel, ModelManager
 from .plugin_api import Batch, Context, Needs
 from .plugins import MetricEntry, Registry
+from .result_status import judge
 from .store import Store, utc_now
 from .isolation import GuardedMetric, ProcessGuard, RunCancelled
 from .testing import validate_params
@@ -385,10 +386,16 @@ class RunExecutor:
                     raise convert.MalformedResult(
                         f"finish() must return {{layer: {{key: value}}}}, got {type(values).__name__}")
                 results = []
+                summary_keys = tuple(getattr(guard.planned.entry.cls, "summary_keys", ()) or ())
                 for layer, items in values.items():
+                    if not isinstance(items, Mapping):
+                        raise convert.MalformedResult(f"each layer's results must be a dict of key -> value, "
+                                                      f"got {type(items).__name__}")
+                    verdict = judge(items, summary_keys)  # NaN is never "ok": skipped/failed with a reason
                     result = base(str(layer))
-                    result.status = "ok"
-                    result.items.extend(convert.result_items(items))
+                    result.status, result.error = verdict.status, verdict.error
+                    result.warnings.extend(verdict.warnings)
+                    result.items.extend(convert.result_items(verdict.values))
                     results.append(result)
                 return results
             except convert.MalformedResult as exc:

@@ -113,7 +113,9 @@ class WeightGraph(Metric):
                     self.ctx.warn(f"{self.name}: no single next linear/conv layer after '{layer.name}'")
                 results[layer.name] = _graph_result(weight_graph_coo(layer, nxt, self.params["max_links"]))
             except Exception as exc:  # unsupported layer or too many links: report, never crash the run
-                results[layer.name] = {"n_nodes": 0, "n_links": 0, "reason": _reason(exc)}
+                capped = "max_links" in str(exc)  # the graph exists, it is just over the cap: say so and how
+                results[layer.name] = {"status": "skipped", "reason": f"capped: {exc}; raise the max_links parameter "
+                                       "(at most 20,000,000) to get it" if capped else _reason(exc)}
         return results
 
 

@@ -128,7 +128,7 @@ class _PairedSample(Metric):
                 try:
                     res = self._compute(*data)
                 except (np.linalg.LinAlgError, ValueError) as exc:
-                    res = self._nan(f"numerical failure: {exc}")
+                    res = {**self._nan(f"numerical failure: {exc}"), "status": "failed"}
             results[layer.name] = {**res, **self._echo(layer.name)}
         return results
 
@@ -210,9 +210,11 @@ class PiecewiseFVU(_PairedSample):
             **{key: c[key] for key in ("clustering", "n_samples", "n_train", "n_test", "input_units", "output_units",
                                        "input_dim", "output_dim", "input_pca_variance", "output_pca_variance")},
             "k_max": p["k_max"], "min_cluster_size": p["min_cluster_size"],
+            **{key: c[key] for key in ("warning", "underdetermined_from_k") if key in c},
         }
         if not k_star:
-            out["reason"] = f"no K <= {int(k.max())} reaches held-out FVU <= {p['eps']}"
+            out["reason"] = (f"no K <= {int(k.max())} reaches held-out FVU <= {p['eps']} (complexity > ln {int(k.max())}); "
+                             "raise k_max or eps")
         return out
 
 

@@ -1,0 +1,49 @@
+"""The central ok/skipped/failed rules (server/deepscope_server/result_status.py)."""
+
+import math
+
+import numpy as np
+
+from deepscope_server.result_status import judge
+
+
+def test_finite_headline_is_ok_and_reason_becomes_a_warning() -> None:
+    v = judge({"d_B": 1.7, "r2": 0.99, "reason": "3 of 4 sizes used"}, ("d_B", "r2"))
+    assert (v.status, v.error) == ("ok", "")
+    assert v.warnings == ["3 of 4 sizes used"]
+
+
+def test_nan_headline_with_reason_is_skipped_with_that_reason() -> None:
+    v = judge({"d_B": math.nan, "reason": "graph too small for a scaling fit"}, ("d_B", "r2"))
+    assert v.status == "skipped" and v.error == "graph too small for a scaling fit"
+    assert v.values["reason"] == "graph too small for a scaling fit"  # values are kept for the curious
+
+
+def test_nan_headline_without_reason_fails_naming_the_key() -> None:
+    v = judge({"d_B": np.float32("nan")}, ("d_B",))
+    assert v.status == "failed" and "'d_B'" in v.error and "no reason" in v.error
+
+
+def test_missing_headline_is_not_ok() -> None:
+    assert judge({"other": 1.0}, ("d_B",)).status == "failed"
+    assert judge({"reason": "capped"}, ("n_nodes",)).status == "skipped"
+
+
+def test_explicit_status_wins_and_is_removed_from_values() -> None:
+    v = judge({"n_nodes": 0, "status": "skipped", "reason": "capped: 3 > max_links 2"}, ("n_nodes",))
+    assert (v.status, v.error) == ("skipped", "capped: 3 > max_links 2")
+    assert "status" not in v.values
+    assert judge({"x": 1.0, "status": "done"}, ("x",)).status == "failed"
+
+
+def test_secondary_nan_and_warning_key_are_warnings() -> None:
+    v = judge({"fvu": 0.2, "fvu_train": math.nan, "warning": "48 rows for 64 dims"}, ("fvu", "fvu_train"))
+    assert v.status == "ok"
+    assert v.warnings == ["48 rows for 64 dims", "fvu_train not finite"]
+    assert "warning" not in v.values
+
+
+def test_metric_without_summary_keys() -> None:
+    assert judge({"a": math.nan, "reason": "no samples"}, ()).status == "skipped"
+    assert judge({"a": 2.0}, ()).status == "ok"
+    assert judge({"a": np.arange(3)}, ()).status == "ok"
