@@ -15,13 +15,23 @@ radius 0; samples still kept at r_max are censored at r_max.
 Everything runs through a ``predict(inputs) -> labels`` callable (or ``predict_with_weights``),
 in batches of at most ``max_batch_size`` rows; the number of forward rows is bounded by
 samples x draws x (steps + 1 + curve points).
+
+Cost and budget: forward rows grow as samples x draws x (steps + curve points); weight basins
+also make one call per (draw, distinct level), up to draws x sum_t min(samples, 2^t). With a
+finite ``budget_seconds`` the clean forward pass (and, for weights, one perturbed call) is
+timed, the plan's cost extrapolated, and samples, then draws, then steps, then curve points are
+reduced until it fits (never below ``MIN_PLAN``); the result says what was measured
+("samples: 16 of 64, ..."). When even the smallest plan does not fit, nothing is searched and
+the result says so once, naming ``budget_seconds``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +78,9 @@ class BasinResult:
     forward_calls: int = 0
     cancelled: bool = False
     notes: list[str] = field(default_factory=list)
+    sample_indices: np.ndarray | None = None  #: rows of the given samples that were measured (None: all)
+    sampled: str = ""  #: what the budget planner kept, e.g. "samples: 16 of 64, draws: 8 of 32"
+    over_budget: str = ""  #: why nothing was searched (the smallest plan exceeds the budget)
 
 
 def bisect_radii(
@@ -106,6 +119,55 @@ def bisect_radii(
         on_step(step)
     radius[idx] = 0.5 * (lo + hi)
     return radius, censored
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """The sizes that set a search's cost."""
+
+    samples: int
+    draws: int
+    steps: int
+    curve_points: int
+
+    def rows(self) -> int:
+        """Forward rows of the curve and the bisection (plus the censoring check at the maximum)."""
+        return self.samples * self.draws * (max(self.curve_points - 1, 0) + self.steps + 1)
+
+    def weight_calls(self) -> int:
+        """Perturbed-network calls of weight basins: one per (draw, distinct level) per round."""
+        rounds = 1 + max(self.curve_points - 1, 0) + sum(min(self.samples, 2**t) for t in range(1, self.steps + 1))
+        return self.draws * rounds
+
+
+#: The smallest plan the budget may shrink a search to (fewer makes the radii meaningless).
+MIN_PLAN = SearchPlan(samples=8, draws=4, steps=5, curve_points=0)
+
+
+def fit_budget(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: float) -> SearchPlan | None:
+    """Shrink ``want`` (samples, then draws, then steps, then curve points; halving, never below
+    ``MIN_PLAN`` or above ``want``) until ``cost(plan) <= budget``; None when even that is over."""
+    plan = want
+    floor = SearchPlan(*(min(getattr(want, f), getattr(MIN_PLAN, f)) for f in ("samples", "draws", "steps", "curve_points")))
+    for name in ("samples", "draws", "steps", "curve_points"):
+        while cost(plan) > budget and getattr(plan, name) > getattr(floor, name):
+            value = getattr(plan, name)
+            smaller = max(getattr(floor, name), value // 2 if name != "steps" else value - 1)
+            plan = SearchPlan(**{**plan.__dict__, name: smaller})
+    return plan if cost(plan) <= budget else None
+
+
+def describe_plan(plan: SearchPlan, want: SearchPlan, seed: int) -> str:
+    """'samples: 16 of 64 (the first), draws: 8 of 32, ...' for the sizes the budget reduced."""
+    parts = [f"{name}: {getattr(plan, name)} of {getattr(want, name)}" + (" (the first)" if name == "samples" else "")
+             for name in ("samples", "draws", "steps", "curve_points") if getattr(plan, name) != getattr(want, name)]
+    return ", ".join(parts) + (f"; draws seeded {seed}" if parts else "")
+
+
+def _over_budget(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: float) -> str:
+    smallest = SearchPlan(*(min(getattr(want, f), getattr(MIN_PLAN, f)) for f in ("samples", "draws", "steps", "curve_points")))
+    return (f"over budget: even the smallest search ({smallest.samples} samples, {smallest.draws} draws, "
+            f"{smallest.steps} steps) needs ~{cost(smallest):.0f} s > budget_seconds {budget:g}; raise budget_seconds")
 
 
 class _Runner:
@@ -190,20 +252,31 @@ def sample_basins(
     curve_points: int = 8,
     seed: int = 0,
     max_batch_size: int = 256,
+    budget_seconds: float = math.inf,
     progress: Callable[[float, str], None] = lambda f, m: None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> BasinResult:
     """Sample-space attraction basins of the n samples in ``inputs`` (``inputs[key]`` is perturbed).
 
     Draw k of sample i is regenerated from the seed ``(seed, i)`` whenever needed, so memory
-    stays at one batch of rows while the draws stay fixed across levels.
+    stays at one batch of rows while the draws stay fixed across levels. ``budget_seconds``:
+    see the module docstring (the timed probe is the clean forward pass over the n samples).
     """
     runner = _Runner(max_batch_size)
+    t0 = time.perf_counter()
+    clean = _same(runner.predict(predict, inputs), reference)
+    per_row = (time.perf_counter() - t0) / max(clean.size, 1)
+    want = SearchPlan(clean.size, draws, steps, curve_points)
+    plan, early = _plan(want, lambda q: q.rows() * per_row, budget_seconds, seed, clean, runner)
+    if early is not None:
+        return early
+    inputs, reference = _take(inputs, np.arange(plan.samples)), np.asarray(reference)[: plan.samples]
+    draws, steps, curve_points = plan.draws, plan.steps, plan.curve_points
     x = np.asarray(inputs[key])
     n = x.shape[0]
     flat = x.reshape(n, -1).astype(np.float64)
     scale = np.linalg.norm(flat, axis=1) / math.sqrt(max(flat.shape[1], 1)) if relative else np.ones(n)
-    clean_kept = _same(runner.predict(predict, inputs), reference)
+    clean_kept = clean[:n]
 
     def keep_fraction(idx: np.ndarray, level: np.ndarray) -> np.ndarray:
         kept = np.zeros(idx.size)
@@ -219,10 +292,32 @@ def sample_basins(
             kept[lo : lo + per_call] = same.mean(axis=1)
         return kept
 
-    return _search(
+    return _planned(_search(
         keep_fraction, clean_kept, runner, r_max=r_max, steps=steps, keep_prob=keep_prob,
         curve_points=curve_points, progress=progress, cancelled=cancelled, label="sample basins",
+    ), plan, want, seed)
+
+
+def _plan(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: float, seed: int, clean: np.ndarray,
+          runner: _Runner) -> tuple[SearchPlan, BasinResult | None]:
+    """The plan that fits the budget, or (want, an unsearched result saying why) when none does."""
+    if not math.isfinite(budget) or cost(want) <= budget:
+        return want, None
+    plan = fit_budget(want, cost, budget)
+    if plan is not None:
+        return plan, None
+    result = BasinResult(
+        radius=np.full(clean.size, np.nan), censored=np.zeros(clean.size, bool), clean_kept=clean,
+        curve_levels=np.zeros(0), curve_accuracy=np.zeros(0), resolution=math.nan,
+        forward_rows=runner.rows, forward_calls=runner.calls, over_budget=_over_budget(want, cost, budget),
     )
+    return want, result
+
+
+def _planned(result: BasinResult, plan: SearchPlan, want: SearchPlan, seed: int) -> BasinResult:
+    result.sample_indices = np.arange(plan.samples)
+    result.sampled = describe_plan(plan, want, seed)
+    return result
 
 
 def predict_batched(predict: Predict, inputs: Inputs, max_batch_size: int = 256) -> np.ndarray:
@@ -250,6 +345,7 @@ def weight_basins(
     curve_points: int = 8,
     seed: int = 0,
     max_batch_size: int = 256,
+    budget_seconds: float = math.inf,
     progress: Callable[[float, str], None] = lambda f, m: None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> BasinResult:
@@ -259,12 +355,28 @@ def weight_basins(
     bisection round the samples are grouped by their current level (bisection midpoints are
     dyadic, so round t has at most min(n, 2^t) distinct levels), giving at most
     draws x min(n, 2^t) forward calls per round. Draw k of tensor (layer, name) is regenerated
-    from the seed ``(seed, k, tensor index)``.
+    from the seed ``(seed, k, tensor index)``. ``budget_seconds``: see the module docstring
+    (probes: the clean pass times a row, one unperturbed-weights call on one row times a call).
     """
     runner = _Runner(max_batch_size)
     tensors = [(layer, name, np.asarray(w)) for layer, ws in weights.items() for name, w in ws.items()]
     scales = [rms(w) for _, _, w in tensors]
-    clean_kept = _same(runner.predict(predict, inputs), reference)
+    t0 = time.perf_counter()
+    clean = _same(runner.predict(predict, inputs), reference)
+    per_row = (time.perf_counter() - t0) / max(clean.size, 1)
+    want = SearchPlan(clean.size, draws, steps, curve_points)
+    per_call = 0.0
+    if math.isfinite(budget_seconds) and clean.size:
+        t0 = time.perf_counter()
+        runner.predict(lambda b: predict_with_weights(b, weights), _take(inputs, np.arange(1)))
+        per_call = time.perf_counter() - t0
+    plan, early = _plan(want, lambda q: q.weight_calls() * per_call + q.rows() * per_row, budget_seconds, seed,
+                        clean, runner)
+    if early is not None:
+        return early
+    inputs, reference = _take(inputs, np.arange(plan.samples)), np.asarray(reference)[: plan.samples]
+    draws, steps, curve_points = plan.draws, plan.steps, plan.curve_points
+    clean_kept = clean[: plan.samples]
 
     def perturbed(draw: int, level: float, noise: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         out: dict[str, dict[str, np.ndarray]] = {}
@@ -283,17 +395,26 @@ def weight_basins(
                 kept[members] += _same(pred, reference[idx[members]])
         return kept / draws
 
-    return _search(
+    return _planned(_search(
         keep_fraction, clean_kept, runner, r_max=r_max, steps=steps, keep_prob=keep_prob,
         curve_points=curve_points, progress=progress, cancelled=cancelled, label="weight basins",
-    )
+    ), plan, want, seed)
 
 
-def summarize(result: BasinResult) -> dict[str, float | int]:
-    """Mean/median/std of the radii (all samples; misclassified count as 0) and counts."""
+def summarize(result: BasinResult) -> dict[str, Any]:
+    """Mean/median/std of the radii (all samples; misclassified count as 0), counts, and what
+    the budget planner kept (``sampled``, ``sample_indices``) or why nothing ran (``reason``)."""
     r = result.radius
     ok = np.isfinite(r)
-    return {
+    extra: dict[str, Any] = {}
+    if result.sample_indices is not None:
+        extra["sample_indices"] = result.sample_indices
+    if result.sampled:
+        extra["sampled"] = result.sampled
+        extra["warning"] = f"reduced to fit budget_seconds: {result.sampled}"
+    if result.over_budget:
+        extra["reason"] = result.over_budget
+    return {**extra,
         "radius_mean": float(r[ok].mean()) if ok.any() else math.nan,
         "radius_median": float(np.median(r[ok])) if ok.any() else math.nan,
         "radius_std": float(r[ok].std()) if ok.any() else math.nan,

@@ -5,9 +5,10 @@ Why central: metrics report degenerate cases in their own words (a NaN headline 
 up as "ok". The rules, applied to the dict a metric's ``finish()`` returns for one layer:
 
 * an explicit ``"status"`` key (``"skipped"`` or ``"failed"``, with ``"reason"``) wins;
-* the headline is the metric's first declared summary key: finite -> ``ok``; NaN/inf or
-  missing -> ``skipped`` with the metric's ``reason``, or ``failed`` when it gave none;
-* a metric without summary keys is ``skipped`` when it gives a reason and no finite scalar;
+* the headline is the first of the metric's summary keys present in the dict: finite -> ``ok``;
+  NaN/inf or not a number -> ``skipped`` with the metric's ``reason``, or ``failed`` without one;
+* a dict with none of the summary keys (a metric without any, or a whole-model row with keys
+  of its own) is ``skipped`` when it gives a reason and no finite scalar, else ``ok``;
 * an ``ok`` result carries the ``reason`` (if any), a ``"warning"`` key, and NaN secondary
   summary values as warnings, so nothing degenerate goes unmentioned.
 
@@ -61,8 +62,9 @@ def judge(values: Mapping[str, Any], summary_keys: Sequence[str]) -> Verdict:
             return Verdict(explicit, reason or f"the metric reported '{explicit}' without a reason", warnings, items)
     scalars = {k: _scalar(v) for k, v in items.items()}
     declared = [k for k in summary_keys if scalars.get(k) is not None]
-    if summary_keys:
-        head = summary_keys[0]
+    present = [k for k in summary_keys if k in items]  # a whole-model row may have keys of its own
+    if present:
+        head = present[0]
         value = scalars.get(head)
         if value is None or not math.isfinite(value):
             what = f"'{head}' is {'missing' if value is None else value}"

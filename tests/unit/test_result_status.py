@@ -24,9 +24,12 @@ def test_nan_headline_without_reason_fails_naming_the_key() -> None:
     assert v.status == "failed" and "'d_B'" in v.error and "no reason" in v.error
 
 
-def test_missing_headline_is_not_ok() -> None:
-    assert judge({"other": 1.0}, ("d_B",)).status == "failed"
+def test_rows_without_summary_keys_are_judged_by_their_scalars() -> None:
+    # a whole-model row with keys of its own (e.g. sigma over layers) is judged by its scalars
+    assert judge({"sigma_gamma": 0.3}, ("gamma",)).status == "ok"
+    assert judge({"sigma_gamma": math.nan, "reason": "1 layer"}, ("gamma",)).status == "skipped"
     assert judge({"reason": "capped"}, ("n_nodes",)).status == "skipped"
+    assert judge({"d_B": "n/a"}, ("d_B",)).status == "failed"
 
 
 def test_explicit_status_wins_and_is_removed_from_values() -> None:

@@ -255,6 +255,8 @@ _BASIN_COMMON = (
     Param("curve_points", int, 8, "noise levels of the accuracy-vs-noise curve on [0, max] (0 = none)", min=0, max=200),
     Param("reference", str, "label", "label: the data's labels (prediction if none); prediction: "
           "the model's clean prediction", choices=("label", "prediction")),
+    Param("budget_seconds", float, 60.0, "time budget: samples, then draws, steps, curve points are reduced (and "
+          "reported as 'sampled') until the timed plan fits; 0 = no budget", min=0.0, max=86_400.0),
 )
 
 
@@ -361,7 +363,7 @@ class SampleBasins(_BasinsBase):
         return B.sample_basins(
             self.predict, inputs, ref, key=key, draws=p["draws"], steps=p["steps"], r_max=p["r_max"],
             keep_prob=p["keep_prob"], relative=p["noise"] == "relative", curve_points=p["curve_points"],
-            seed=self.ctx.seed, max_batch_size=self.ctx.max_batch_size,
+            seed=self.ctx.seed, max_batch_size=self.ctx.max_batch_size, budget_seconds=p["budget_seconds"] or math.inf,
             progress=self.ctx.progress, cancelled=self.ctx.cancelled,
         )
 
@@ -400,7 +402,8 @@ class WeightBasins(_BasinsBase):
         return B.weight_basins(
             self.predict_with_weights, self.predict, inputs, ref, weights, draws=p["draws"], steps=p["steps"],
             r_max=p["eta_max"], keep_prob=p["keep_prob"], curve_points=p["curve_points"], seed=self.ctx.seed,
-            max_batch_size=self.ctx.max_batch_size, progress=self.ctx.progress, cancelled=self.ctx.cancelled,
+            max_batch_size=self.ctx.max_batch_size, budget_seconds=p["budget_seconds"] or math.inf,
+            progress=self.ctx.progress, cancelled=self.ctx.cancelled,
         )
 
     def finish(self) -> dict[str, dict[str, Any]]:
