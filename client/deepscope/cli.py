@@ -19,7 +19,7 @@ import numpy as np
 from . import catalogue
 from .client import Client, Model, connect
 from .errors import DeepscopeError, InvalidArgument, NotFound, Unavailable
-from .results import Run
+from .results import BOOKKEEPING_PREFIXES, Run
 from .values import from_value
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -202,12 +202,18 @@ def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN
                 row["status"] = f"{label}: " + (r.error.splitlines() or ["?"])[0][:70]
                 continue
             scalars = {i.key: i.scalar for i in r.items if i.WhichOneof("value") == "scalar"}
-            if len(checkpoints) > 1:
+            if not any(k in scalars for k in keys):  # e.g. a (model) row with keys of its own
+                own = [k for k in scalars if k not in r.params and k != "seed" and not k.startswith(BOOKKEEPING_PREFIXES)]
+                values = ", ".join(f"{k}={_fmt(scalars[k])}" for k in own[:max_keys])
+                row["values"] = values if len(checkpoints) == 1 else f"{row.get('values', '')} @{r.checkpoint}: {values}".strip()
+            elif len(checkpoints) > 1:
                 if keys:
                     row[f"{keys[0]}@{r.checkpoint}"] = scalars.get(keys[0], "")
             else:
                 row.update({k: scalars.get(k, "") for k in keys})
         columns = [f"{keys[0]}@{c}" for c in checkpoints] if len(checkpoints) > 1 and keys else keys
+        if any("values" in row for row in rows.values()):
+            columns = [*columns, "values"]
         print(f"\n{metric}", file=out)
         print_table(list(rows.values()), ["layer", *columns, "status"], out)
 
