@@ -118,11 +118,14 @@ class Run:
         return {r.metric: r.error for r in self.results if r.status == "skipped"}
 
     def result(self, metric: str, layer: str = "", checkpoint: int = 0) -> dict[str, Any]:
-        """One metric's values for one layer ("" = whole model) as numpy arrays / curves / scalars."""
+        """One metric's values for one layer ("" = whole model) as numpy arrays / curves / scalars.
+
+        A skipped result that carries values returns them (its error says why the headline is missing).
+        """
         for r in self.results:
             if r.metric == metric and r.layer == layer and r.checkpoint == checkpoint:
-                if r.status != "ok":
-                    raise RuntimeError(f"{metric} on '{layer}' failed: {r.error}")
+                if r.status == "failed" or (r.status != "ok" and not r.items):
+                    raise RuntimeError(f"{metric} on '{layer}' {r.status}: {r.error}")
                 return {item.key: decode_item(item) for item in r.items}
         have = sorted({r.layer for r in self.results if r.metric == metric})
         raise KeyError(f"no result for metric '{metric}' layer '{layer}' checkpoint {checkpoint}; "
