@@ -105,12 +105,26 @@ def _analyze(model: Path, data: str, out: Path, extra: list[str]) -> dict:
     bad = [f"{r['metric']} {r['layer'] or '(model)'}: {r['error'][:100]}" for r in run["results"]
            if r["status"] not in ("ok", "skipped") or (r["status"] == "skipped" and not r["error"])]
     sidecar = out / "run.npz"
-    return {
+    return {"slowest": _slowest(out / "store" / "deepscope.db"),
         "exit": proc.returncode, "wall": wall, "server": run["seconds"], "statuses": statuses, "bad": bad,
         "json_mb": (out / "run.json").stat().st_size / MB,
         "npz_mb": sidecar.stat().st_size / MB if sidecar.exists() else 0.0,
         "peak_rss_mb": sampler.memory.peak_rss / MB, "results": len(run["results"]),
     }
+
+
+def _slowest(db: Path, top: int = 6) -> str:
+    """The metrics with the longest stage time (``MetricResult.seconds``; finishes overlap in workers)."""
+    import sqlite3
+
+    from deepscope.v1 import introspection_pb2 as pb
+
+    seconds: dict[str, float] = {}
+    with sqlite3.connect(db) as con:
+        for (payload,) in con.execute("SELECT payload FROM results"):
+            r = pb.MetricResult.FromString(payload)
+            seconds[r.metric] = max(seconds.get(r.metric, 0.0), r.seconds)
+    return ", ".join(f"{m} {s:.0f} s" for m, s in sorted(seconds.items(), key=lambda kv: -kv[1])[:top])
 
 
 def _resnet_case(tmp: Path, smoke: bool) -> tuple[str, dict]:
@@ -165,6 +179,7 @@ def run(smoke: bool = False) -> list[Table]:
                       f"{r['json_mb']:.2f} (+{r['npz_mb']:.1f})", f"{r['peak_rss_mb']:.0f}", target,
                       table.check(ok, name))
             table.notes += [f"{case}: {b}" for b in r["bad"][:10]]
+            table.notes.append(f"{case}: slowest stages: {r['slowest']}")
     table.notes.append(f"load average (1/5/15 min) before: {load_before}; after: {_load()}; "
                        f"torch/ORT threads {os.environ.get('DEEPSCOPE_ORT_THREADS')}")
     return [table]
