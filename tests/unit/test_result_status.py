@@ -50,3 +50,16 @@ def test_metric_without_summary_keys() -> None:
     assert judge({"a": math.nan, "reason": "no samples"}, ()).status == "skipped"
     assert judge({"a": 2.0}, ()).status == "ok"
     assert judge({"a": np.arange(3)}, ()).status == "ok"
+
+
+def test_capped_weight_graph_is_skipped_saying_how_not_ok_with_zero_nodes() -> None:
+    from deepscope_metrics.plugins.cnt import WeightGraph
+    from deepscope_server.model_graph import Layer
+    from deepscope_server.testing import run_metric
+
+    fc = Layer("fc", "linear", "Gemm", weights={"weight": np.ones((3, 4)), "bias": np.zeros(3)})
+    res = run_metric(WeightGraph, [fc], params={"max_links": 5})["fc"]
+    v = judge(res, WeightGraph.summary_keys)
+    assert v.status == "skipped" and "capped" in v.error and "12 links > max_links 5" in v.error
+    assert "raise the max_links parameter" in v.error and "n_nodes" not in v.values
+    assert judge(run_metric(WeightGraph, [fc])["fc"], WeightGraph.summary_keys).status == "ok"
