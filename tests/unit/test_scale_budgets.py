@@ -106,3 +106,15 @@ def test_budgeted_basins_keep_their_semantics_and_say_what_was_sampled():
     res = run_metric(P.WeightBasins, handle.graph, data={"input": x}, model=handle,
                      params={"samples": n, "budget_seconds": 1e-12})[WHOLE_MODEL]
     assert math.isnan(res["radius_mean"]) and "budget_seconds" in res["reason"]
+
+
+def test_pattern_entropy_of_position_averaged_conv_relu_is_skipped_not_zero():
+    from deepscope_metrics.plugins.complexity import PatternEntropyMetric
+    from deepscope_server.model_graph import Layer
+
+    relu = Layer("relu", "activation", "Relu", channel_axis=1, attrs={"function": "relu"})
+    a = np.maximum(np.random.default_rng(0).standard_normal((40, 6, 5, 5)), 0)
+    res = run_metric(PatternEntropyMetric, [relu], outputs={"relu": a})["relu"]
+    assert res["status"] == "skipped" and "reduce='positions'" in res["reason"]
+    res = run_metric(PatternEntropyMetric, [relu], outputs={"relu": a}, params={"reduce": "positions"})["relu"]
+    assert "status" not in res and res["joint_entropy"] > 0

@@ -245,6 +245,7 @@ class PatternEntropyMetric(Metric):
         p = self.params
         self.acc = {layer.name: PatternEntropy(p["threshold"], p["unit_order"], self.ctx.seed)
                     for layer in self.ctx.layers}
+        self.positional: set[str] = set()  #: layers whose outputs have positions (conv maps, tokens)
         for layer in self.ctx.layers:
             if layer.kind == "activation" and layer.attrs.get("function") in ("sigmoid", "softplus"):
                 self.ctx.warn(f"{self.name}: {layer.name} ({layer.attrs['function']}) is positive everywhere; "
@@ -253,12 +254,22 @@ class PatternEntropyMetric(Metric):
     def update(self, batch: Batch) -> None:
         for layer in self.ctx.layers:
             if layer.name in batch.outputs:
-                self.acc[layer.name].update(unit_view(batch.outputs[layer.name], layer, self.params["reduce"]))
+                a = batch.outputs[layer.name]
+                if a.ndim > 2:
+                    self.positional.add(layer.name)
+                self.acc[layer.name].update(unit_view(a, layer, self.params["reduce"]))
 
     def finish(self) -> dict[str, dict[str, Any]]:
         results = {}
         for name, acc in self.acc.items():
             r = acc.result()
+            constant = "n_units" in r and r["n_samples"] > 1 and r["dead_units"] + r["always_active_units"] == r["n_units"]
+            if constant and self.params["reduce"] == "mean" and name in self.positional:
+                # A conv ReLU averaged over positions is > 0 almost surely: entropy 0 says nothing.
+                r.update(status="skipped", reason="the pattern is the same for every sample: with reduce='mean' "
+                         "each unit's position-averaged output is always on or always off; use reduce='positions'")
+            elif constant:
+                r["warning"] = "every unit is always on or always off over these samples: one pattern, entropy 0"
             if "scale_units" in r:
                 r["entropy_vs_units"] = Curve(r["scale_units"].astype(np.float64), r["scale_joint_entropy"],
                                               "units considered", "joint pattern entropy (nats)")
