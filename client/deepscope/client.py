@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from . import __version__
+from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
 from .onnx_files import external_data_files
@@ -33,6 +33,33 @@ from .v1 import introspection_pb2_grpc as pb_grpc
 MAX_MESSAGE_BYTES = 256 << 20
 DEFAULT_TIMEOUT = 120.0
 LONG_TIMEOUT = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``GetServerInfo`` says: versions, limits and capabilities of the server."""
+
+    server_version: str
+    protocol_version: int
+    limits: dict[str, float]
+    upload_formats: tuple[str, ...]
+    executors: tuple[str, ...]
+    metric_isolation: str
+    model_isolation: str
+    auth_required: bool
+    tls: bool
+    devices: tuple[str, ...]
+
+    @classmethod
+    def from_proto(cls, info: pb.GetServerInfoResponse) -> "ServerInfo":
+        limits: dict[str, float] = {}
+        for field, value in info.limits.ListFields():
+            seconds = value.ToTimedelta().total_seconds() if hasattr(value, "ToTimedelta") else None
+            limits[f"{field.name}_seconds" if seconds is not None else field.name] = (
+                seconds if seconds is not None else int(value))
+        return cls(info.server_version, info.protocol_version, limits, tuple(info.upload_formats),
+                   tuple(info.executors), info.metric_isolation, info.model_isolation, info.auth_required,
+                   info.tls, tuple(info.devices))
 
 
 def _progress_bar(enabled: bool, **kwargs: Any):  # noqa: ANN202 - tqdm or a no-op
@@ -114,7 +141,7 @@ class Client:
                  progress: bool = True, on_close: Callable[[], None] | None = None) -> None:
         self._channel = channel
         self._stub = pb_grpc.IntrospectionStub(channel)
-        self._metadata = [("x-deepscope-client-version", __version__)]
+        self._metadata = [(PROTOCOL_KEY, str(PROTOCOL_VERSION))]
         if token:
             self._metadata.append(("authorization", f"Bearer {token}"))
         self.timeout = timeout
@@ -172,6 +199,10 @@ class Client:
         stub = health_pb2_grpc.HealthStub(self._channel)
         response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def server_info(self) -> ServerInfo:
+        """The server's versions, limits (durations in seconds) and capabilities."""
+        return ServerInfo.from_proto(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest()))
 
     # ------------------------------------------------------------ models
 

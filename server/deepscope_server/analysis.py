@@ -110,7 +110,7 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
             try:
                 params = validate_params(entry.cls, raw)
             except ValueError as exc:
-                raise InvalidInput(str(exc)) from None
+                raise InvalidInput(str(exc), reason="INVALID_PARAM", field=f"metrics[{name}].params") from None
             layers = [layer for layer in (selected or first.layers) if entry.cls.applies_to(layer)]
             if not layers:
                 kinds = sorted(entry.cls.layer_kinds or ())
@@ -122,7 +122,8 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
             planned.append(PlannedMetric(name, entry, params, [layer.name for layer in layers]))
     if not planned:
         reasons = "; ".join(r.error for r in skipped) or "every requested metric is excluded"
-        raise InvalidInput(f"no metric to run: {reasons}; select other layers or metrics")
+        raise InvalidInput(f"no metric to run: {reasons}; select other layers or metrics",
+                           reason="METRIC_NOT_APPLICABLE", field="metrics")
     if config.data_specs:
         _check_data(first, config.data_specs)
 

@@ -24,7 +24,7 @@ import numpy as np
 from .backends import Backend, CaptureRequest, RunOutput
 from .backends.detect import detect_format, load_model
 from .config import Limits
-from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, near_matches, shorten
+from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, shorten, unknown
 from .isolation import RunCancelled
 from .sandbox import SandboxedBackend
 from .store import StoredModel, Store, utc_now
@@ -262,5 +262,5 @@ class ModelManager:
                 return model
         if files:
             names = [m.name for m in files] + [m.name for m in self.store.models()]
-            raise NotFound(f"model '{shorten(ref)}' not found{near_matches(ref, names)}")
+            raise unknown("model", ref, names)
         return None

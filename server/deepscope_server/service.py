@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import inspect
 import logging
@@ -16,11 +17,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from deepscope.tensors import MAX_NDIM, TensorError, from_proto, tensor_parts
+from deepscope.protocol import PROTOCOL_VERSION
+from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, from_proto, tensor_parts
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from . import convert
+from . import __version__, convert, rich_status
 from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .config import Settings
@@ -70,9 +72,11 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: 
     code = status_for(exc)
     if code is None:
         log.exception("internal error in %s", method)
-        await context.abort(grpc.StatusCode.INTERNAL,
-                            _status_message(f"internal error in {method}: {type(exc).__name__}: {exc}"))
-    await context.abort(code, _status_message(str(exc)))
+        await rich_status.abort(context, grpc.StatusCode.INTERNAL,
+                                _status_message(f"internal error in {method}: {type(exc).__name__}: {exc}"),
+                                metadata={"method": method, "exception": type(exc).__name__})
+    reason = "INVALID_TENSOR" if isinstance(exc, TensorError) else None
+    await rich_status.abort(context, code, _status_message(str(exc)), error=exc, reason=reason)
 
 
 def _unexpected(exc: Exception, method: str) -> DeepscopeError | None:
@@ -120,6 +124,34 @@ async def _status_codes(context: grpc.aio.ServicerContext, method: str) -> Async
         raise
     except Exception as exc:  # noqa: BLE001 - mapped to a status code
         await _abort_unexpected(exc, context, method)
+
+
+def server_info(settings: Settings) -> pb.GetServerInfoResponse:
+    """What a client needs to know before it sends anything: versions, limits, capabilities."""
+    limits = settings.limits
+    info = pb.GetServerInfoResponse(
+        server_version=__version__, protocol_version=PROTOCOL_VERSION,
+        limits=pb.ServerLimits(
+            max_message_bytes=limits.max_message_bytes, max_model_bytes=limits.max_model_bytes,
+            max_tensor_elements=limits.max_tensor_elements, max_batch_size=limits.max_batch_size,
+            max_capture_bytes=limits.max_capture_bytes, max_concurrent_runs=limits.max_concurrent_runs,
+            recommended_chunk_bytes=CHUNK_BYTES),
+        upload_formats=["onnx", "pt2", "torchscript"], executors=["local"],
+        metric_isolation=settings.metric_isolation, model_isolation=settings.model_isolation,
+        auth_required=bool(settings.auth_token), tls=settings.tls_cert is not None, devices=_devices(settings))
+    info.limits.max_run_time.FromTimedelta(datetime.timedelta(seconds=limits.max_run_seconds))
+    info.limits.metric_timeout.FromTimedelta(datetime.timedelta(seconds=limits.metric_timeout_seconds))
+    info.limits.max_forward_time.FromTimedelta(datetime.timedelta(seconds=limits.max_forward_seconds))
+    return info
+
+
+def _devices(settings: Settings) -> list[str]:
+    """Devices models may run on: a forced one, or the CPU plus CUDA where torch sees a GPU."""
+    if settings.device != "auto":
+        return [settings.device]
+    import torch  # already imported by the backends; only asked here
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 class _Handoff:
@@ -208,6 +240,12 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         self.registry = registry
         self._runs = threading.BoundedSemaphore(self.limits.max_concurrent_runs)
         self.active_cancels: set[threading.Event] = set()
+
+    # ------------------------------------------------------------ server
+
+    @rpc
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.GetServerInfoResponse:
+        return server_info(self.settings)
 
     # ------------------------------------------------------------ models
 

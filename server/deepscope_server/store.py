@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -38,7 +37,7 @@ from google.protobuf.message import DecodeError
 from deepscope import lock_record
 from deepscope.v1 import introspection_pb2 as pb
 
-from .errors import InvalidInput, LimitExceeded, NotFound, StorageFull, near_matches, shorten
+from .errors import StorageFull, shorten, unknown
 
 log = logging.getLogger(__name__)
 from .uploads import SideFile, UploadWriter
@@ -312,7 +311,7 @@ class Store:
         if named:
             return named[-1]
         names = [m.name for m in models] + [m.id[:12] for m in models]
-        raise NotFound(f"model '{shorten(ref)}' not found{near_matches(ref, names)}")
+        raise unknown("model", ref, names)
 
     def delete_model(self, model_id: str) -> bool:
         with self._lock, self._errors("deleting a model"):
@@ -395,7 +394,7 @@ class Store:
             row = self._db.execute("SELECT info FROM runs WHERE id=?", (run_id,)).fetchone()
             if not row:
                 ids = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 50")]
-                raise NotFound(f"run '{shorten(run_id)}' not found{near_matches(run_id, ids)}")
+                raise unknown("run", run_id, ids)
             info = self._unrecorded.get(run_id)
             if info is None:
                 try:

@@ -27,7 +27,10 @@ def _code(call) -> grpc.StatusCode:  # noqa: ANN001
         return grpc.StatusCode.OK
     except grpc.RpcError as error:
         assert error.code() in ACCEPTABLE, f"{error.code()}: {error.details()}"
-        event(error.code().name)
+        if "larger than max" not in (error.details() or ""):  # gRPC's own transport limit has no details
+            reason = deepscope.errors.from_rpc_error(error).reason
+            assert reason, f"no ErrorInfo reason in {error.code()}: {error.details()}"
+            event(f"{error.code().name} {reason}")
         return error.code()
 
 

@@ -95,7 +95,7 @@ def test_invalid_configs_are_refused_before_work(client, exported):
          deepscope.InvalidArgument, "fractal.box_dimension: parameter 'restarts' must be <= 100, got 1000000000"),
         (dict(metrics=["example.weight_spectrum"], layers=["act1"]),
          deepscope.InvalidArgument, "applies to layer kinds conv, linear.*activation"),
-        (dict(metrics=["example.nope"]), deepscope.InvalidArgument, "matches no metric"),
+        (dict(metrics=["example.nope"]), deepscope.NotFound, "matches no metric"),
         (dict(metrics=["example.activation_moments"], data="mnist"), deepscope.NotFound, "available: digits"),
         (dict(metrics=["example.activation_moments"], batch_size=100_000), deepscope.ResourceExhausted,
          "max_batch_size"),

@@ -104,7 +104,7 @@ def test_bad_requests_get_clear_codes_and_the_server_keeps_serving(client, serve
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as info:
             stub.ListModels(pb.ListModelsRequest(), timeout=10,
-                            metadata=[*metadata, ("x-deepscope-client-version", "9.0.0")])
+                            metadata=[*metadata, ("x-deepscope-protocol", "9")])
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     # Junk uploads are not catalogued, and the server still answers correctly.

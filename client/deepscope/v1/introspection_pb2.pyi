@@ -1,4 +1,7 @@
+import datetime
+
 from deepscope.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -22,6 +25,58 @@ COMPLETED: RunStatus
 FAILED: RunStatus
 CANCELLED: RunStatus
 INTERRUPTED: RunStatus
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerLimits(_message.Message):
+    __slots__ = ("max_message_bytes", "max_model_bytes", "max_tensor_elements", "max_batch_size", "max_capture_bytes", "max_concurrent_runs", "max_run_time", "metric_timeout", "max_forward_time", "recommended_chunk_bytes")
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TENSOR_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CAPTURE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_RUNS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUN_TIME_FIELD_NUMBER: _ClassVar[int]
+    METRIC_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_FORWARD_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDED_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_message_bytes: int
+    max_model_bytes: int
+    max_tensor_elements: int
+    max_batch_size: int
+    max_capture_bytes: int
+    max_concurrent_runs: int
+    max_run_time: _duration_pb2.Duration
+    metric_timeout: _duration_pb2.Duration
+    max_forward_time: _duration_pb2.Duration
+    recommended_chunk_bytes: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_model_bytes: _Optional[int] = ..., max_tensor_elements: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_capture_bytes: _Optional[int] = ..., max_concurrent_runs: _Optional[int] = ..., max_run_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., metric_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_forward_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recommended_chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("server_version", "protocol_version", "limits", "upload_formats", "executors", "metric_isolation", "model_isolation", "auth_required", "tls", "devices")
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTORS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    server_version: str
+    protocol_version: int
+    limits: ServerLimits
+    upload_formats: _containers.RepeatedScalarFieldContainer[str]
+    executors: _containers.RepeatedScalarFieldContainer[str]
+    metric_isolation: str
+    model_isolation: str
+    auth_required: bool
+    tls: bool
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, server_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., upload_formats: _Optional[_Iterable[str]] = ..., executors: _Optional[_Iterable[str]] = ..., metric_isolation: _Optional[str] = ..., model_isolation: _Optional[str] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "total_bytes", "sha256")

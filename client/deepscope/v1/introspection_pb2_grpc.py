@@ -34,6 +34,11 @@ class IntrospectionStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetServerInfo = channel.unary_unary(
+                '/deepscope.v1.Introspection/GetServerInfo',
+                request_serializer=deepscope_dot_v1_dot_introspection__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
         self.UploadModel = channel.stream_unary(
                 '/deepscope.v1.Introspection/UploadModel',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.UploadModelRequest.SerializeToString,
@@ -88,6 +93,13 @@ class IntrospectionStub:
 
 class IntrospectionServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def GetServerInfo(self, request, context):
+        """The server's versions, limits and capabilities; needs the token (if any) but no protocol header.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def UploadModel(self, request_iterator, context):
         """Upload a model file: first an UploadHeader, then its bytes in chunks (< 4 MiB each); then,
@@ -158,6 +170,11 @@ class IntrospectionServicer:
 
 def add_IntrospectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.GetServerInfoResponse.SerializeToString,
+            ),
             'UploadModel': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadModel,
                     request_deserializer=deepscope_dot_v1_dot_introspection__pb2.UploadModelRequest.FromString,
@@ -218,6 +235,33 @@ def add_IntrospectionServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Introspection:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deepscope.v1.Introspection/GetServerInfo',
+            deepscope_dot_v1_dot_introspection__pb2.GetServerInfoRequest.SerializeToString,
+            deepscope_dot_v1_dot_introspection__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def UploadModel(request_iterator,
