@@ -183,3 +183,27 @@ def test_tensor_messages_decode_in_any_language_by_spec():
     message = to_proto(np.array([[1.5, -2.0]], dtype=np.float32))
     assert message.data == b"\x00\x00\xc0\x3f\x00\x00\x00\xc0"
     assert list(message.shape) == [1, 2] and message.dtype == "FP32"
+
+
+def test_reflection_v1_and_v1alpha_serve_the_protocols_comments(server):
+    """grpcurl-style clients (v1 first) see the descriptors with their comments (source info)."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    embedded, address = server
+    metadata = [("authorization", f"Bearer {embedded.token}")]
+    with grpc.insecure_channel(address) as channel:
+        for service in ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"):
+            reflect = channel.stream_stream(f"/{service}/ServerReflectionInfo",
+                                            request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                                            response_deserializer=rpb.ServerReflectionResponse.FromString)
+            requests = [rpb.ServerReflectionRequest(list_services=""),
+                        rpb.ServerReflectionRequest(file_containing_symbol="deepscope.v1.Introspection")]
+            listed, found = list(reflect(iter(requests), metadata=metadata, timeout=30))
+            names = {s.name for s in listed.list_services_response.service}
+            assert {"deepscope.v1.Introspection", "grpc.reflection.v1.ServerReflection"} <= names
+            files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+                     for raw in found.file_descriptor_response.file_descriptor_proto]
+            ours = next(f for f in files if f.name == "deepscope/v1/introspection.proto")
+            comments = [loc.leading_comments + loc.trailing_comments for loc in ours.source_code_info.location]
+            assert any("versions, limits and capabilities" in c for c in comments), service
