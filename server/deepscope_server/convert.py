@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from deepscope.dtypes import kserve_dtype
 from deepscope.tensors import to_proto
 from deepscope.values import from_value, to_value
 from deepscope.v1 import introspection_pb2 as pb
@@ -35,7 +36,7 @@ def layer_proto(layer: Layer) -> pb.LayerInfo:
         name=layer.name, kind=layer.kind, op_type=layer.op_type, inputs=layer.inputs,
         input_shapes=[shape_proto(s) for s in layer.input_shapes],
         output_shapes=[shape_proto(s) for s in layer.output_shapes],
-        params=[pb.ParamInfo(name=k, dtype=str(v.dtype), shape=v.shape) for k, v in layer.weights.items()],
+        params=[pb.ParamInfo(name=k, dtype=kserve_dtype(v.dtype), shape=v.shape) for k, v in layer.weights.items()],
         attrs={k: _json(v) for k, v in layer.attrs.items()},
         channel_axis=layer.channel_axis,
     )
