@@ -58,10 +58,12 @@ def _decode_table(table: pb.Table) -> dict[str, Any]:
 
 
 def decode_item(item: pb.ResultItem) -> Any:
-    """A ResultItem as float / str / numpy array / Curve / dict of columns / GraphData."""
+    """A ResultItem as float / bool / str / numpy array / Curve / dict of columns / GraphData."""
     kind = item.WhichOneof("value")
     if kind == "scalar":
         return item.scalar
+    if kind == "flag":
+        return item.flag
     if kind == "text":
         return item.text
     if kind == "tensor":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,12 +79,21 @@ def needs_names(needs: Needs) -> list[str]:
     return [flag.name.lower() for flag in Needs if flag in needs]
 
 
+#: Plugins describe results in Python terms; the wire names them by the ResultItem field that holds them.
+_WIRE_RESULT_KINDS = {"vector": "tensor", "matrix": "tensor", "array": "tensor", "string": "text", "bool": "flag"}
+
+
+def wire_result_kinds(kinds: Sequence[str]) -> list[str]:
+    """``result_kinds`` as ResultItem ``value`` field names (scalar, tensor, curve, table, text, graph, flag)."""
+    return list(dict.fromkeys(_WIRE_RESULT_KINDS.get(kind, kind) for kind in kinds))
+
+
 def metric_info_proto(entry: MetricEntry) -> pb.MetricInfo:
     cls = entry.cls
     return pb.MetricInfo(
         name=cls.name, description=cls.description, citation=cls.citation,
         params=[param_spec_proto(p) for p in cls.params], needs=needs_names(cls.needs),
-        layer_kinds=sorted(cls.layer_kinds or ()), result_kinds=list(cls.result_kinds),
+        layer_kinds=sorted(cls.layer_kinds or ()), result_kinds=wire_result_kinds(cls.result_kinds),
         plugin=entry.plugin, plugin_version=entry.version,
         reconstructed=bool(cls.reconstructed), extension=bool(cls.extension),
         summary_keys=list(cls.summary_keys),
@@ -113,7 +122,9 @@ def item_proto(key: str, value: Any) -> pb.ResultItem:
     """One result value as a typed ResultItem; MalformedResult for anything else."""
     if not isinstance(key, str) or not key:
         raise MalformedResult(f"result keys must be non-empty strings, got {key!r}")
-    if isinstance(value, (bool, np.bool_, int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)):
+        return pb.ResultItem(key=key, flag=bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
         return pb.ResultItem(key=key, scalar=float(value))
     if isinstance(value, str):
         return pb.ResultItem(key=key, text=value)

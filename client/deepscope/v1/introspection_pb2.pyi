@@ -439,7 +439,7 @@ class Graph(_message.Message):
     def __init__(self, num_nodes: _Optional[int] = ..., sources: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., targets: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., directed: _Optional[bool] = ..., nodes: _Optional[_Union[Table, _Mapping]] = ...) -> None: ...
 
 class ResultItem(_message.Message):
-    __slots__ = ("key", "scalar", "tensor", "curve", "table", "text", "graph")
+    __slots__ = ("key", "scalar", "tensor", "curve", "table", "text", "graph", "flag")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SCALAR_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -447,6 +447,7 @@ class ResultItem(_message.Message):
     TABLE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
+    FLAG_FIELD_NUMBER: _ClassVar[int]
     key: str
     scalar: float
     tensor: _tensor_pb2.Tensor
@@ -454,7 +455,8 @@ class ResultItem(_message.Message):
     table: Table
     text: str
     graph: Graph
-    def __init__(self, key: _Optional[str] = ..., scalar: _Optional[float] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., curve: _Optional[_Union[Curve, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ..., text: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ...) -> None: ...
+    flag: bool
+    def __init__(self, key: _Optional[str] = ..., scalar: _Optional[float] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., curve: _Optional[_Union[Curve, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ..., text: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ..., flag: _Optional[bool] = ...) -> None: ...
 
 class MetricResult(_message.Message):
     __slots__ = ("metric", "layer", "checkpoint", "status", "error", "items", "warnings", "params", "seconds", "num_samples")
