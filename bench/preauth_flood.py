@@ -36,12 +36,12 @@ from deepscope.tensors import to_proto
 from deepscope.v1 import introspection_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPTURE = "/deepscope.v1.Introspection/Capture"
-GET_MODEL = "/deepscope.v1.Introspection/GetModel"
+CAPTURE = "/deepscope.v1.IntrospectionService/Capture"
+GET_MODEL = "/deepscope.v1.IntrospectionService/GetModel"
 HEALTH = "/grpc.health.v1.Health/Check"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 METHODS = {"Capture": CAPTURE, "GetModel": GET_MODEL, "Health/Check": HEALTH, "Reflection": REFLECTION}
-LIST_MODELS = "/deepscope.v1.Introspection/ListModels"
+LIST_MODELS = "/deepscope.v1.IntrospectionService/ListModels"
 MiB = 1 << 20
 
 

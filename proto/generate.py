@@ -1,6 +1,7 @@
 """Regenerate the committed Python code from the .proto files: ``python proto/generate.py``.
 
-Writes ``client/deepscope/v1/*_pb2*.py`` (importable as ``deepscope.v1``) and
+Writes ``client/deepscope/v1/*_pb2*.py`` (importable as ``deepscope.v1``; the SDK's private subset
+of onnx.proto goes to ``deepscope/onnx_refs``, outside the service's package) and
 ``descriptors.binpb``, a FileDescriptorSet with the comments that server reflection serves. ``--out DIR``
 writes elsewhere (the staleness test compares a fresh generation with the committed files).
 """
@@ -29,7 +30,7 @@ def generate(out: Path) -> list[Path]:
             f"--descriptor_set_out={out / 'deepscope' / 'v1' / DESCRIPTOR_SET}", *protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted([*(out / "deepscope" / "v1").glob("*_pb2*.py*"), out / "deepscope" / "v1" / DESCRIPTOR_SET])
+    return sorted([*(out / "deepscope").rglob("*_pb2*.py*"), out / "deepscope" / "v1" / DESCRIPTOR_SET])
 
 
 def main() -> None:

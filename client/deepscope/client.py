@@ -97,7 +97,7 @@ class Model:
     def format(self) -> str:
         return self.info.format
 
-    def detail(self) -> pb.ModelDetail:
+    def detail(self) -> pb.GetModelResponse:
         return self.client._call(self.client._stub.GetModel, pb.GetModelRequest(model=self.id))
 
     @property
@@ -140,7 +140,7 @@ class Client:
     def __init__(self, channel: grpc.Channel, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  progress: bool = True, on_close: Callable[[], None] | None = None) -> None:
         self._channel = channel
-        self._stub = pb_grpc.IntrospectionStub(channel)
+        self._stub = pb_grpc.IntrospectionServiceStub(channel)
         self._metadata = [(PROTOCOL_KEY, str(PROTOCOL_VERSION))]
         if token:
             self._metadata.append(("authorization", f"Bearer {token}"))
@@ -240,7 +240,7 @@ class Client:
                     bar.update(len(chunk))
 
         try:
-            info = self._call(self._stub.UploadModel, requests(), timeout or max(self.timeout, 600.0))
+            info = self._call(self._stub.UploadModel, requests(), timeout or max(self.timeout, 600.0)).model
         finally:
             bar.close()
         return Model(self, info)
@@ -400,7 +400,7 @@ class Client:
                 params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 64, seed: int = 0,
                 limit: int | None = None, split: str = "test", metric_timeout: float | None = None,
                 timeout: float | None = None, label: str = "",
-                on_event: Callable[[pb.AnalyzeEvent], None] | None = None,
+                on_event: Callable[[pb.AnalyzeResponse], None] | None = None,
                 on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
         """Run metrics over data; returns the finished Run.
 
@@ -451,7 +451,7 @@ class Client:
         return itertools.chain([first], batches)
 
     def _run_analysis(self, first: Model, config: pb.AnalyzeConfig, batches: Iterable[tuple[Any, Any]],
-                      timeout: float, on_event: Callable[[pb.AnalyzeEvent], None] | None,
+                      timeout: float, on_event: Callable[[pb.AnalyzeResponse], None] | None,
                       on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
         def requests() -> Iterator[pb.AnalyzeRequest]:
             yield pb.AnalyzeRequest(config=config)

@@ -80,7 +80,12 @@ def decode_item(item: pb.ResultItem) -> Any:
     return None
 
 
-STATUS_NAMES = {v: k.lower() for k, v in pb.RunStatus.items()}
+STATUS_NAMES = {v: k.removeprefix("RUN_STATUS_").lower() for k, v in pb.RunStatus.items()}
+
+
+def run_status_name(status: int) -> str:
+    """"completed", "failed", ... for a RunStatus value."""
+    return STATUS_NAMES.get(status, "unspecified")
 #: Result keys that count things or echo parameters rather than measure the model.
 BOOKKEEPING_PREFIXES = ("n_", "num_", "param_")
 

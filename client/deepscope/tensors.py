@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -91,24 +92,28 @@ def iter_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> 
         yield tpb.TensorChunk(name=name, offset=offset, data=raw[offset:offset + chunk_bytes].tobytes())
 
 
-def tensor_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.TensorPart]:
-    """``iter_parts`` as TensorPart messages (the Capture / GetWeights stream).
+def tensor_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES,
+                 message: type[StreamPart] = pb.CaptureResponse) -> Iterator[StreamPart]:
+    """``iter_parts`` as ``message``s (CaptureResponse or GetWeightsResponse: the same header and chunk parts).
 
     Fields are set in place on the outer message: wrapping a finished TensorChunk
-    (``TensorPart(chunk=c)``) would copy every payload once more.
+    (``CaptureResponse(chunk=c)``) would copy every payload once more.
     """
     array = _little_endian(np.asarray(array))
     raw = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
-    yield pb.TensorPart(header=tpb.TensorHeader(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape,
-                                                total_bytes=len(raw), crc32=zlib.crc32(raw)))
+    yield message(header=tpb.TensorHeader(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape,
+                                          total_bytes=len(raw), crc32=zlib.crc32(raw)))
     for offset in range(0, len(raw), chunk_bytes):
-        part = pb.TensorPart()
+        part = message()
         chunk = part.chunk
         chunk.name = name
         chunk.offset = offset
         chunk.data = raw[offset:offset + chunk_bytes].tobytes()
         yield part
 
+
+#: The two streamed-tensor messages (they share their header and chunk fields).
+StreamPart = TypeVar("StreamPart", pb.CaptureResponse, pb.GetWeightsResponse)
 
 #: ``out(header, dtype, shape)``: an array to assemble the tensor into, or None for a new buffer.
 OutTarget = Callable[[tpb.TensorHeader, np.dtype, tuple[int, ...]], "np.ndarray | None"]

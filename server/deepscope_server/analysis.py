@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from deepscope.results import run_status_name
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
 
@@ -194,7 +195,7 @@ class RunExecutor:
 
     plan: RunPlan
     store: Store
-    emit: Callable[[pb.AnalyzeEvent], None]
+    emit: Callable[[pb.AnalyzeResponse], None]
     cancel: threading.Event
     max_seconds: float
     client_batches: Iterator[InputBatch] | None = None
@@ -212,7 +213,7 @@ class RunExecutor:
         for m in self.plan.metrics:
             self.info.plugin_versions[m.entry.plugin] = m.entry.version
         self.store.create_run(self.info)
-        self.emit(pb.AnalyzeEvent(started=self.info))
+        self.emit(pb.AnalyzeResponse(started=self.info))
         return self.info
 
     def _cancelled(self) -> bool:
@@ -226,7 +227,7 @@ class RunExecutor:
                                 round(time.monotonic() - self._deadline + self.max_seconds, 1), "s")
 
     def _progress(self, stage: str, done: int, total: int, message: str = "") -> None:
-        self.emit(pb.AnalyzeEvent(progress=pb.Progress(stage=stage, done=done, total=total, message=message)))
+        self.emit(pb.AnalyzeResponse(progress=pb.Progress(stage=stage, done=done, total=total, message=message)))
 
     def execute(self) -> pb.RunInfo:
         start = time.perf_counter()
@@ -238,23 +239,23 @@ class RunExecutor:
             self._finish(guards, n_samples)
             for result in self.plan.skipped:
                 self._record(result)
-            self.info.status = pb.COMPLETED
+            self.info.status = pb.RUN_STATUS_COMPLETED
         except RunCancelled as exc:
             if not self.cancel.is_set() and time.monotonic() > self._deadline:
                 # A metric saw the deadline through ctx.cancelled() / the model handle.
                 exc = LimitExceeded("max_run_seconds", self.max_seconds,
                                     round(time.monotonic() - self._deadline + self.max_seconds, 1), "s")
-                self.info.status = pb.FAILED
+                self.info.status = pb.RUN_STATUS_FAILED
                 self.info.error = str(exc)
                 raise exc from None
-            self.info.status = pb.CANCELLED
+            self.info.status = pb.RUN_STATUS_CANCELLED
             self.info.error = str(exc)
         except DeepscopeError as exc:
-            self.info.status = pb.FAILED
+            self.info.status = pb.RUN_STATUS_FAILED
             self.info.error = str(exc)
             raise
         except Exception as exc:
-            self.info.status = pb.FAILED
+            self.info.status = pb.RUN_STATUS_FAILED
             self.info.error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
@@ -263,8 +264,8 @@ class RunExecutor:
             self.info.seconds = time.perf_counter() - start
             self.info.finished_at = utc_now()
             self.store.update_run(self.info)
-            self._progress("done", 1, 1, pb.RunStatus.Name(self.info.status).lower())
-            self.emit(pb.AnalyzeEvent(finished=self.info))
+            self._progress("done", 1, 1, run_status_name(self.info.status))
+            self.emit(pb.AnalyzeResponse(finished=self.info))
         return self.info
 
     def _instantiate(self) -> list[GuardedMetric]:
@@ -370,7 +371,7 @@ class RunExecutor:
         self.store.add_result(self.info.id, self._seq, result)
         self.info.num_results += 1
         self.info.num_failed += result.status == "failed"
-        self.emit(pb.AnalyzeEvent(result=result))
+        self.emit(pb.AnalyzeResponse(result=result))
 
     def _to_results(self, guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:
         def base(layer: str) -> pb.MetricResult:

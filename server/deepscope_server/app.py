@@ -29,7 +29,7 @@ from .store import Store, StoreInUse, StoreUnusable
 from .wire import DecodeInterceptor
 
 log = logging.getLogger("deepscope_server")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IntrospectionService"].full_name
 
 
 @dataclass
@@ -108,7 +108,7 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
                  ("grpc.so_reuseport", 0)],
     )
     service = IntrospectionService(settings, store, models, registry)
-    pb_grpc.add_IntrospectionServicer_to_server(service, server)
+    pb_grpc.add_IntrospectionServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

@@ -30,7 +30,7 @@ from .errors import shorten
 
 HEALTH_PREFIX = "/grpc.health.v1."
 #: The handshake itself answers any protocol version.
-HANDSHAKE_METHOD = "/deepscope.v1.Introspection/GetServerInfo"
+HANDSHAKE_METHOD = "/deepscope.v1.IntrospectionService/GetServerInfo"
 
 Handler = grpc.RpcMethodHandler
 

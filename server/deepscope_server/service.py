@@ -231,7 +231,7 @@ def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
     return future
 
 
-class IntrospectionService(pb_grpc.IntrospectionServicer):
+class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
     def __init__(self, settings: Settings, store: Store, models: ModelManager, registry: Registry) -> None:
         self.settings = settings
         self.limits = settings.limits
@@ -250,7 +250,8 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
     # ------------------------------------------------------------ models
 
     @rpc
-    async def UploadModel(self, request_iterator: AsyncIterator[pb.UploadModelRequest], context) -> pb.ModelInfo:
+    async def UploadModel(self, request_iterator: AsyncIterator[pb.UploadModelRequest],
+                          context) -> pb.UploadModelResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("UploadModel must start with an UploadHeader (name, total_bytes)")
@@ -289,7 +290,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
                     pass
             raise
         loaded = await task
-        return self._model_info(loaded)
+        return pb.UploadModelResponse(model=self._model_info(loaded))
 
     def _model_info(self, loaded: LoadedModel) -> pb.ModelInfo:
         s = loaded.stored
@@ -311,9 +312,9 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         return response
 
     @rpc
-    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelDetail:
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         loaded = await asyncio.to_thread(self.models.get, request.model)
-        return pb.ModelDetail(info=self._model_info(loaded), layers=[convert.layer_proto(l) for l in loaded.graph.layers],
+        return pb.GetModelResponse(info=self._model_info(loaded), layers=[convert.layer_proto(l) for l in loaded.graph.layers],
                               device=getattr(loaded.backend, "device", "cpu"), notes=loaded.graph.notes)
 
     @rpc
@@ -321,18 +322,18 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         return pb.DeleteModelResponse(deleted=await asyncio.to_thread(self.models.delete, request.model))
 
     @rpc
-    async def GetWeights(self, request: pb.GetWeightsRequest, context) -> AsyncIterator[pb.TensorPart]:
+    async def GetWeights(self, request: pb.GetWeightsRequest, context) -> AsyncIterator[pb.GetWeightsResponse]:
         loaded = await asyncio.to_thread(self.models.get, request.model)
         graph = loaded.graph
         layers = graph.select(list(request.layers)) if request.layers else graph.layers
         count, total = 0, 0
         for layer in layers:
             for key, weight in layer.weights.items():
-                for part in tensor_parts(f"{layer.name}/{key}", np.asarray(weight)):
+                for part in tensor_parts(f"{layer.name}/{key}", np.asarray(weight), message=pb.GetWeightsResponse):
                     yield part
                 count += 1
                 total += weight.nbytes
-        yield pb.TensorPart(done=pb.CaptureDone(num_tensors=count, total_bytes=total))
+        yield pb.GetWeightsResponse(done=pb.WeightsDone(num_tensors=count, total_bytes=total))
 
     # ------------------------------------------------------------ capture
 
@@ -378,7 +379,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
             self.active_cancels.discard(cancel)
 
     @rpc
-    async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.TensorPart]:
+    async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.CaptureResponse]:
         loaded = await asyncio.to_thread(self.models.get, request.model)
         inputs = self._decode_inputs(loaded, request.inputs)
         graph = loaded.graph
@@ -398,8 +399,9 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         for name, array in tensors:
             for part in tensor_parts(name, array):
                 yield part
-        yield pb.TensorPart(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total, forward_seconds=seconds,
-                                                device=getattr(loaded.backend, "device", "cpu")))
+        yield pb.CaptureResponse(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total,
+                                                     forward_seconds=seconds,
+                                                     device=getattr(loaded.backend, "device", "cpu")))
 
     # ------------------------------------------------------------ metrics and runs
 
@@ -411,7 +413,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         )
 
     @rpc
-    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.RunDetail:
+    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.GetRunResponse:
         return await asyncio.to_thread(self.store.get_run, request.run_id)
 
     @rpc
@@ -419,7 +421,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         return pb.ListRunsResponse(runs=await asyncio.to_thread(self.store.list_runs, request.limit or 100))
 
     @rpc
-    async def Analyze(self, request_iterator: AsyncIterator[pb.AnalyzeRequest], context) -> AsyncIterator[pb.AnalyzeEvent]:
+    async def Analyze(self, request_iterator: AsyncIterator[pb.AnalyzeRequest], context) -> AsyncIterator[pb.AnalyzeResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "config":
             raise InvalidInput("Analyze must start with an AnalyzeConfig message")
@@ -429,7 +431,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
             raise LimitExceeded("max_concurrent_runs", self.limits.max_concurrent_runs,
                                 self.limits.max_concurrent_runs + 1, "runs")
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[pb.AnalyzeEvent | BaseException | None] = asyncio.Queue()
+        events: asyncio.Queue[pb.AnalyzeResponse | BaseException | None] = asyncio.Queue()
         cancel = threading.Event()
         self.active_cancels.add(cancel)
         client_queue = _Handoff(maxsize=4)

@@ -35,6 +35,7 @@ from typing import IO
 from google.protobuf.message import DecodeError
 
 from deepscope import lock_record
+from deepscope.results import run_status_name
 from deepscope.v1 import introspection_pb2 as pb
 
 from .errors import StorageFull, shorten, unknown
@@ -190,7 +191,7 @@ class Store:
             self._flush_unrecorded()
             for run_id in self._unrecorded:
                 log.error("run %s: its final state (%s) could not be written to %s; it will show as interrupted",
-                          run_id, pb.RunStatus.Name(self._unrecorded[run_id].status).lower(), self.db_path)
+                          run_id, run_status_name(self._unrecorded[run_id].status), self.db_path)
             self._db.close()
         self._lock_file.close()
 
@@ -335,7 +336,7 @@ class Store:
     def create_run(self, info: pb.RunInfo) -> str:
         info.id = info.id or uuid.uuid4().hex[:16]
         info.created_at = info.created_at or utc_now()
-        info.status = pb.RUNNING
+        info.status = pb.RUN_STATUS_RUNNING
         with self._lock:
             self._flush_unrecorded()
             with self._errors("recording a new run"):
@@ -365,7 +366,7 @@ class Store:
                 if ("unrecorded", run_id) not in self._reported:
                     self._reported.add(("unrecorded", run_id))
                     log.warning("run %s (%s) cannot be recorded in %s yet: %s; kept in memory until it can",
-                                run_id, pb.RunStatus.Name(info.status).lower(), self.db_path, exc)
+                                run_id, run_status_name(info.status), self.db_path, exc)
                 continue
             del self._unrecorded[run_id]
             if ("unrecorded", run_id) in self._reported:
@@ -388,7 +389,7 @@ class Store:
                 self._skip("result", f"{run_id}/{seq}", exc)
         return results
 
-    def get_run(self, run_id: str) -> pb.RunDetail:
+    def get_run(self, run_id: str) -> pb.GetRunResponse:
         with self._lock, self._errors(f"reading run {run_id}"):
             self._flush_unrecorded()
             row = self._db.execute("SELECT info FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -405,7 +406,7 @@ class Store:
                                         f"{repair_hint(self.root)}") from None
             stored = self._db.execute("SELECT COUNT(*) FROM results WHERE run_id=?", (run_id,)).fetchone()[0]
             results = self._results(run_id)
-        detail = pb.RunDetail(info=info, results=results)
+        detail = pb.GetRunResponse(info=info, results=results)
         # The counts describe the results returned (a cut-off run's info was never updated).
         detail.info.num_results = len(results)
         detail.info.num_failed = sum(r.status != "ok" for r in results)
@@ -435,16 +436,16 @@ class Store:
 
     def _mark_interrupted(self) -> None:
         with self._lock:
-            rows = self._db.execute("SELECT id, info FROM runs WHERE status=?", (pb.RUNNING,)).fetchall()
+            rows = self._db.execute("SELECT id, info FROM runs WHERE status=?", (pb.RUN_STATUS_RUNNING,)).fetchall()
             for run_id, blob in rows:
                 try:
                     info = parse_info(blob)
                 except BAD_ROW as exc:
                     self._skip("run", str(run_id), exc)
-                    self._db.execute("UPDATE runs SET status=? WHERE id=?", (pb.INTERRUPTED, run_id))
+                    self._db.execute("UPDATE runs SET status=? WHERE id=?", (pb.RUN_STATUS_INTERRUPTED, run_id))
                     continue
                 results = self._results(run_id)
-                info.status = pb.INTERRUPTED
+                info.status = pb.RUN_STATUS_INTERRUPTED
                 info.finished_at = utc_now()
                 info.error = "the server stopped before the run finished"
                 info.num_results = len(results)

@@ -1,7 +1,7 @@
 """The protocol from another language: a Node.js client (tests/conformance/node/client.mjs, @grpc/grpc-js
 from a committed lockfile) against a real server gets the same bytes and numbers as the Python SDK.
 
-Skipped, with the reason, where node or npm is missing; `npm ci` needs the npm registry.
+Skipped, with the reason, where node or npm is missing; `npm ci` (conftest.py) needs the npm registry.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,16 +24,9 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 ROOT = NODE_DIR.parents[2]
 BATCH = 600  # conv1's output is 600*8*8*8*4 bytes = 1.5 MiB: more than one chunk
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
-                                reason="node and npm are needed for the Node.js conformance client")
-
-
 @pytest.fixture(scope="module")
-def node_client() -> Path:
-    """The Node client's dependencies, installed exactly as locked."""
-    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=NODE_DIR,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+def node_client(node_modules) -> Path:
+    """The Node client, its dependencies installed exactly as locked."""
     return NODE_DIR / "client.mjs"
 
 
@@ -81,7 +73,7 @@ def test_node_client_matches_the_python_sdk(node_client, zoo_models, tmp_path) -
             # Analysis over the same rows in the same two batches: identical numbers.
             run = client.analyze(model, data=x, metrics=["cnt.node_strength", "example.activation_moments"],
                                  layers=["conv1", "fc"], batch_size=BATCH // 2)
-            assert node["run_status"] == "COMPLETED" and node["run_in_list"]
+            assert node["run_status"] == "RUN_STATUS_COMPLETED" and node["run_in_list"]
             assert node["stored_results"] == len(node["results"]) > 0
             for result in node["results"]:
                 assert result["status"] == "ok", result

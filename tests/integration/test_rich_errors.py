@@ -83,7 +83,7 @@ def test_details_on_the_wire_for_any_client(small) -> None:
     """What a non-Python client sees: the standard trailer, decodable with googleapis' types alone."""
     server, address, _, mlp = small
     with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.IntrospectionStub(channel)
+        stub = pb_grpc.IntrospectionServiceStub(channel)
         auth = (("authorization", f"Bearer {server.token}"),)
         with pytest.raises(grpc.RpcError) as limit:
             list(stub.Capture(pb.CaptureRequest(model=mlp.id, inputs=[deepscope.tensors.to_proto(
@@ -102,7 +102,7 @@ def test_details_on_the_wire_for_any_client(small) -> None:
             stub.ListModels(pb.ListModelsRequest(), metadata=(*auth, (PROTOCOL_KEY, "2")), timeout=30)
         assert mismatch.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert details_of(mismatch)["ErrorInfo"].reason == "PROTOCOL_VERSION_MISMATCH"
-        garbage = channel.unary_unary("/deepscope.v1.Introspection/GetModel")
+        garbage = channel.unary_unary("/deepscope.v1.IntrospectionService/GetModel")
         with pytest.raises(grpc.RpcError) as malformed:
             garbage(b"\xff\xff\xff", metadata=auth, timeout=30)
         assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT

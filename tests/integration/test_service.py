@@ -29,7 +29,7 @@ def torch_outputs(model: torch.nn.Module, x: np.ndarray, names: list[str]) -> di
 
 def test_health_serving_and_client_version(client):
     assert client.health() == "SERVING"
-    assert client.health("deepscope.v1.Introspection") == "SERVING"
+    assert client.health("deepscope.v1.IntrospectionService") == "SERVING"
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
@@ -70,7 +70,7 @@ def _raw_stub(server):
     embedded, address = server
     channel = grpc.insecure_channel(address)
     metadata = [("authorization", f"Bearer {embedded.token}")]
-    return channel, pb_grpc.IntrospectionStub(channel), metadata
+    return channel, pb_grpc.IntrospectionServiceStub(channel), metadata
 
 
 def test_bad_requests_get_clear_codes_and_the_server_keeps_serving(client, server, exported):
@@ -133,9 +133,9 @@ def test_reflection_alone_is_enough_to_call_every_rpc(server, exported):
 
     with grpc.insecure_channel(address) as channel:
         database = ProtoReflectionDescriptorDatabase(grpc.intercept_channel(channel, Token()))
-        assert "deepscope.v1.Introspection" in database.get_services()
+        assert "deepscope.v1.IntrospectionService" in database.get_services()
         pool = descriptor_pool.DescriptorPool(database)
-        service = pool.FindServiceByName("deepscope.v1.Introspection")
+        service = pool.FindServiceByName("deepscope.v1.IntrospectionService")
         methods = {m.name: m for m in service.methods}
         assert set(methods) >= {"UploadModel", "ListModels", "GetModel", "DeleteModel", "Capture", "ListMetrics",
                                 "Analyze", "GetRun", "ListRuns", "GetWeights"}
@@ -148,14 +148,14 @@ def test_reflection_alone_is_enough_to_call_every_rpc(server, exported):
             kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
                     (True, False): channel.stream_unary, (True, True): channel.stream_stream}
             fn = kind[(m.client_streaming, m.server_streaming)](
-                f"/deepscope.v1.Introspection/{name}", request_serializer=lambda r: r.SerializeToString(),
+                f"/deepscope.v1.IntrospectionService/{name}", request_serializer=lambda r: r.SerializeToString(),
                 response_deserializer=cls(m, "output_type").FromString)
             return fn(request, metadata=metadata, timeout=60)
 
         Upload = cls(methods["UploadModel"], "input_type")
         data = exported["mlp"]["onnx"].read_bytes()
         info = call("UploadModel", iter([Upload(header={"name": "reflected.onnx", "total_bytes": len(data)}),
-                                         Upload(chunk=data)]))
+                                         Upload(chunk=data)])).model
         assert info.format == "onnx"
         assert any(m.id == info.id for m in call("ListModels", cls(methods["ListModels"], "input_type")()).models)
         detail = call("GetModel", cls(methods["GetModel"], "input_type")(model=info.id))
@@ -198,10 +198,10 @@ def test_reflection_v1_and_v1alpha_serve_the_protocols_comments(server):
                                             request_serializer=rpb.ServerReflectionRequest.SerializeToString,
                                             response_deserializer=rpb.ServerReflectionResponse.FromString)
             requests = [rpb.ServerReflectionRequest(list_services=""),
-                        rpb.ServerReflectionRequest(file_containing_symbol="deepscope.v1.Introspection")]
+                        rpb.ServerReflectionRequest(file_containing_symbol="deepscope.v1.IntrospectionService")]
             listed, found = list(reflect(iter(requests), metadata=metadata, timeout=30))
             names = {s.name for s in listed.list_services_response.service}
-            assert {"deepscope.v1.Introspection", "grpc.reflection.v1.ServerReflection"} <= names
+            assert {"deepscope.v1.IntrospectionService", "grpc.reflection.v1.ServerReflection"} <= names
             files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
                      for raw in found.file_descriptor_response.file_descriptor_proto]
             ours = next(f for f in files if f.name == "deepscope/v1/introspection.proto")

@@ -14,17 +14,17 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
-    RUNNING: _ClassVar[RunStatus]
-    COMPLETED: _ClassVar[RunStatus]
-    FAILED: _ClassVar[RunStatus]
-    CANCELLED: _ClassVar[RunStatus]
-    INTERRUPTED: _ClassVar[RunStatus]
+    RUN_STATUS_RUNNING: _ClassVar[RunStatus]
+    RUN_STATUS_COMPLETED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+    RUN_STATUS_CANCELLED: _ClassVar[RunStatus]
+    RUN_STATUS_INTERRUPTED: _ClassVar[RunStatus]
 RUN_STATUS_UNSPECIFIED: RunStatus
-RUNNING: RunStatus
-COMPLETED: RunStatus
-FAILED: RunStatus
-CANCELLED: RunStatus
-INTERRUPTED: RunStatus
+RUN_STATUS_RUNNING: RunStatus
+RUN_STATUS_COMPLETED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+RUN_STATUS_CANCELLED: RunStatus
+RUN_STATUS_INTERRUPTED: RunStatus
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
@@ -108,6 +108,12 @@ class UploadModelRequest(_message.Message):
     file: FileHeader
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., file: _Optional[_Union[FileHeader, _Mapping]] = ...) -> None: ...
 
+class UploadModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
     __slots__ = ("id", "name", "format", "size_bytes", "inputs", "outputs", "num_layers", "num_params", "created_at", "source")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -187,7 +193,7 @@ class LayerInfo(_message.Message):
     channel_axis: int
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., op_type: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., input_shapes: _Optional[_Iterable[_Union[_tensor_pb2.Shape, _Mapping]]] = ..., output_shapes: _Optional[_Iterable[_Union[_tensor_pb2.Shape, _Mapping]]] = ..., params: _Optional[_Iterable[_Union[ParamInfo, _Mapping]]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., channel_axis: _Optional[int] = ...) -> None: ...
 
-class ModelDetail(_message.Message):
+class GetModelResponse(_message.Message):
     __slots__ = ("info", "layers", "device", "notes")
     INFO_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +225,24 @@ class GetWeightsRequest(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class GetWeightsResponse(_message.Message):
+    __slots__ = ("header", "chunk", "done")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    header: _tensor_pb2.TensorHeader
+    chunk: _tensor_pb2.TensorChunk
+    done: WeightsDone
+    def __init__(self, header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[WeightsDone, _Mapping]] = ...) -> None: ...
+
+class WeightsDone(_message.Message):
+    __slots__ = ("num_tensors", "total_bytes")
+    NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    num_tensors: int
+    total_bytes: int
+    def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
 class CaptureRequest(_message.Message):
     __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -233,7 +257,7 @@ class CaptureRequest(_message.Message):
     skip_model_outputs: bool
     def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ...) -> None: ...
 
-class TensorPart(_message.Message):
+class CaptureResponse(_message.Message):
     __slots__ = ("header", "chunk", "done")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -538,7 +562,7 @@ class RunInfo(_message.Message):
     model_names: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., config: _Optional[_Union[AnalyzeConfig, _Mapping]] = ..., model_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., num_samples: _Optional[int] = ..., plugin_versions: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., seconds: _Optional[float] = ..., num_results: _Optional[int] = ..., num_failed: _Optional[int] = ..., model_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class AnalyzeEvent(_message.Message):
+class AnalyzeResponse(_message.Message):
     __slots__ = ("started", "progress", "result", "finished")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -556,7 +580,7 @@ class GetRunRequest(_message.Message):
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
-class RunDetail(_message.Message):
+class GetRunResponse(_message.Message):
     __slots__ = ("info", "results")
     INFO_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]

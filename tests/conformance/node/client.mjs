@@ -22,7 +22,7 @@ const UPLOAD_CHUNK = 1024; // small on purpose: the upload must take many chunks
 const definition = protoLoader.loadSync("deepscope/v1/introspection.proto",
   { includeDirs, keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
 const deepscope = grpc.loadPackageDefinition(definition).deepscope.v1;
-const client = new deepscope.Introspection(address, grpc.credentials.createInsecure(),
+const client = new deepscope.IntrospectionService(address, grpc.credentials.createInsecure(),
   { "grpc.max_receive_message_length": 256 << 20, "grpc.max_send_message_length": 256 << 20 });
 
 const metadata = new grpc.Metadata();
@@ -36,7 +36,7 @@ function unary(method, request) {
 
 function upload(bytes, name) {
   return new Promise((resolve, reject) => {
-    const call = client.UploadModel(metadata, (error, info) => (error ? reject(error) : resolve(info)));
+    const call = client.UploadModel(metadata, (error, response) => (error ? reject(error) : resolve(response.model)));
     call.write({ header: { name, total_bytes: String(bytes.length) } });
     for (let offset = 0; offset < bytes.length; offset += UPLOAD_CHUNK) {
       call.write({ chunk: bytes.subarray(offset, offset + UPLOAD_CHUNK) });
