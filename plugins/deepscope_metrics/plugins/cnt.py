@@ -49,7 +49,7 @@ def _weighted(metric: Metric, gated: bool = False) -> list[Any]:
     for layer in metric.ctx.layers:
         if layer.kind == "embedding":
             metric.ctx.warn(f"{metric.name}: embedding '{layer.name}' skipped (a lookup table, not a weight graph)")
-    kinds = KINDS if gated else WEIGHTED
+    kinds = (WEIGHTED | GATED) if gated else WEIGHTED
     return [layer for layer in metric.ctx.layers if layer.kind in kinds]
 
 
