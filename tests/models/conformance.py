@@ -279,12 +279,20 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
+def export_path(directory: Path, arch: str, how: str) -> Path:
+    """Where ``check``/``run_all`` wrote an export under ``directory``."""
+    suffix = {"onnx_default": "onnx", "onnx_plain": "onnx", "torchscript": "pt"}.get(how, "pt2")
+    return directory / arch / how / f"model.{suffix}"
+
+
 def check(arch: str, how: str, directory: Path) -> Result:
     """Export, load and compare everything the backend reports with the torch module."""
     model, x = build(arch)
     res = Result(arch, how)
     try:
-        backend = load_model(export(model, x, how, directory / arch / how), device="cpu")
+        path = export(model, x, how, directory / arch / how)
+        assert path == export_path(directory, arch, how)
+        backend = load_model(path, device="cpu")
     except Exception as exc:  # noqa: BLE001 - the matrix reports any failure
         res.error = f"{type(exc).__name__}: {exc}"
         return res

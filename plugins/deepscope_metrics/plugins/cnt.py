@@ -5,6 +5,7 @@ Thin: parameters in, ``deepscope_metrics.complex_network`` does the work, result
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -120,7 +121,9 @@ class WeightGraph(Metric):
                    "include_next, the next weighted layer's outputs), edges carry the weights, output nodes "
                    "their bias. The SDK returns it as a networkx DiGraph." + GATES_DOC + " A gated layer's "
                    "graph has one input tier per block source (node layer 'input.x', 'input.h', 'input.query'...) "
-                   "and one output tier per block ('<layer>.ih.i'...); include_next does not apply to it.")
+                   "and one output tier per block ('<layer>.ih.i'...); include_next does not apply to it. With "
+                   "fold_norm, a directly following eval-mode BatchNorm is folded in, as the ONNX exporter's "
+                   "optimiser does, so every format gives the same graph.")
     citation = CITATION
     needs = Needs.WEIGHTS
     layer_kinds = KINDS
@@ -129,6 +132,7 @@ class WeightGraph(Metric):
         Param("include_next", bool, False, "append the next linear/conv layer when only activations, norms or a "
               "flatten lie between (their own transforms are not links)"),
         Param("max_links", int, 2_000_000, "refuse layers with more links than this", min=1, max=20_000_000),
+        P_FOLD,
     )
     summary_keys = ("n_nodes", "n_links")
 
@@ -146,7 +150,10 @@ class WeightGraph(Metric):
                 nxt = _next_weighted(self.ctx.graph, layer) if self.params["include_next"] else None
                 if self.params["include_next"] and nxt is None:
                     self.ctx.warn(f"{self.name}: no single next linear/conv layer after '{layer.name}'")
-                results[layer.name] = _graph_result(weight_graph_coo(layer, nxt, self.params["max_links"]))
+                fold = self.params["fold_norm"]
+                results[layer.name] = _graph_result(weight_graph_coo(
+                    _folded_layer(self.ctx.graph, layer, fold), None if nxt is None else _folded_layer(self.ctx.graph, nxt, fold),
+                    self.params["max_links"]))
             except Exception as exc:  # unsupported layer or too many links: report, never crash the run
                 results[layer.name] = {"n_nodes": 0, "n_links": 0, "reason": _reason(exc)}
         return results
@@ -164,6 +171,14 @@ def _next_weighted(graph: Any, layer: Any) -> Any | None:
             return current
         if current.kind not in ("activation", "norm") and current.op_type not in ("Flatten", "Dropout", "Identity"):
             return None
+
+
+def _folded_layer(graph: Any, layer: Any, fold_norm: bool) -> Any:
+    """The layer with a directly following eval-mode BatchNorm folded into its weight and bias."""
+    W, b, _, folded = folded_weights(graph, layer, fold_norm)
+    if not folded:
+        return layer
+    return dataclasses.replace(layer, weights={**layer.weights, "weight": W, "bias": b})
 
 
 def _graph_result(coo: Any) -> dict[str, Any]:
