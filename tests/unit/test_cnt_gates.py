@@ -90,7 +90,7 @@ def test_deeper_and_bidirectional_layers_are_their_own_blocks() -> None:
     k = keys.index("ih_l1_reverse.n")
     np.testing.assert_allclose(r["in_strength"][2 * k:2 * k + 2], w.sum(axis=1) + b, rtol=1e-12)
     # layer 1 reads layer 0's two directions: 2 * hidden inputs
-    assert r["blocks"].columns["n_in"][k] == 4 and r["blocks"].columns["source"][k] == "x_l1_reverse"
+    assert r["blocks"].columns["n_in"][k] == 4 and r["blocks"].columns["source"][k] == "x_l1"
 
 
 def test_attention_projections_are_q_k_v_out_blocks() -> None:
@@ -156,3 +156,41 @@ def test_input_dependent_metrics_do_not_take_gated_layers() -> None:
     for metric in (cnt.NodeStrength, cnt.LayerFluctuation, cnt.LinkWeights, cnt.WeightGraph, cnt.Divergence):
         assert metric.applies_to(Layer("rnn", "recurrent", "LSTM")) and metric.applies_to(Layer("a", "attention", "MHA"))
         assert "ih.<gate>" in metric.description
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_neurons_feeding_a_recurrent_layer_count_its_input_gate_links(bidirectional: bool) -> None:
+    """Out-strength of a Linear feeding an LSTM = column sums of every weight_ih_l0 gate (both directions)."""
+    torch.manual_seed(4)
+    fc, lstm = nn.Linear(3, 4), nn.LSTM(4, 5, batch_first=True, bidirectional=bidirectional)
+    graph = make_graph([
+        Layer("fc", "linear", "Linear", weights=_params(fc), input_shapes=[(None, 7, 3)], output_shapes=[(None, 7, 4)]),
+        Layer("rnn", "recurrent", "LSTM", weights=_params(lstm), input_shapes=[(None, 7, 4)],
+              output_shapes=[(None, 7, 10 if bidirectional else 5)]),
+    ], input_shape=(None, 7, 3))
+    r = run_metric(cnt.NodeStrength, graph)
+    cols = lstm.weight_ih_l0.detach().numpy().astype(np.float64).sum(axis=0)
+    if bidirectional:
+        cols = cols + lstm.weight_ih_l0_reverse.detach().numpy().astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(r["fc"]["out_strength"], np.tile(cols, 7), rtol=1e-9)  # every time step
+    assert r["fc"]["next_layers"] == "rnn" and r["fc"]["has_out"] is True
+    # the model input feeds fc only: its out-strength is fc's column sums
+    np.testing.assert_allclose(r[WHOLE_MODEL]["input_out_strength"],
+                               np.tile(fc.weight.detach().numpy().astype(np.float64).sum(axis=0), 7), rtol=1e-6)
+
+
+def test_neurons_feeding_self_attention_count_q_k_v_links() -> None:
+    torch.manual_seed(5)
+    fc, mha = nn.Linear(3, 6), nn.MultiheadAttention(6, 2, batch_first=True)
+    graph = make_graph([
+        Layer("fc", "linear", "Linear", weights=_params(fc), input_shapes=[(None, 4, 3)], output_shapes=[(None, 4, 6)]),
+        Layer("attn", "attention", "MultiheadAttention", weights=_params(mha), input_shapes=[(None, 4, 6)],
+              output_shapes=[(None, 4, 6)]),
+    ], input_shape=(None, 4, 3))
+    r = run_metric(cnt.NodeStrength, graph)
+    cols = mha.in_proj_weight.detach().numpy().astype(np.float64).sum(axis=0)  # q, k and v read the same tokens
+    np.testing.assert_allclose(r["fc"]["out_strength"], np.tile(cols, 4), rtol=1e-6)
+    # cross-attention (separate inputs) is not guessed: reported, not counted
+    graph.layers[1].inputs = ["fc", "input"]
+    r = run_metric(cnt.NodeStrength, graph, params={"include_input": False})
+    assert r["fc"]["has_out"] is False and "separate query/key/value" in r["__warnings__"]["warnings"]

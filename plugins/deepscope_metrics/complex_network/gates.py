@@ -41,7 +41,9 @@ class Block:
     key: str  #: ``ih.i``, ``hh_l1.f``, ``q``, ``out`` ...
     W: np.ndarray
     b: np.ndarray | None
-    source: str  #: ``x``, ``h``, ``x_l1``... (recurrent) or ``query``/``key``/``value``/``heads`` (attention)
+    #: the input neurons read: ``x`` (the layer's input), ``x_l1`` (layer 1's input: layer 0's output), ``h``,
+    #: ``h_l0_reverse``... (each direction's previous hidden state); ``query``/``key``/``value``/``heads`` (attention)
+    source: str
 
 
 def _f64(a: Any) -> np.ndarray:
@@ -67,7 +69,8 @@ def _recurrent_blocks(layer: Any) -> list[Block]:
         names = _GATE_NAMES[W.shape[0] // hidden]
         bias = w.get(f"bias_{part}{sfx}")
         tag = f"{part}{'' if sfx == '_l0' else sfx}"
-        source = ("x" if part == "ih" else "h") + ("" if sfx == "_l0" else sfx)
+        depth = sfx.removesuffix("_reverse")  # both directions of a layer read the same input
+        source = ("x" + ("" if depth == "_l0" else depth)) if part == "ih" else ("h" + ("" if sfx == "_l0" else sfx))
         for g, name in enumerate(names):
             rows = slice(g * hidden, (g + 1) * hidden)
             blocks.append(Block(f"{tag}.{name}", W[rows], None if bias is None else _f64(bias)[rows], source))
