@@ -237,7 +237,8 @@ def _block_link_table(blocks: list[Any]) -> Table:
 class NodeStrength(_StrengthBase):
     name = "cnt.node_strength"
     description = ("Node strength of each layer's output neurons in the weight graph: signed in-strength "
-                   "(incoming weights + bias) and out-strength (weights to the next layer), per neuron "
+                   "(incoming weights + bias) and out-strength (weights to the next layer; into a recurrent layer "
+                   "its input gates ih.*, into self-attention its q, k, v), per neuron "
                    "(conv maps unrolled, C*H*W neurons). BatchNorm folding, pooling and residual links are "
                    "extensions beyond the paper, listed under 'extensions'." + GATES_DOC + " For a gated layer the "
                    "neurons are all blocks' output (gate) neurons, concatenated in 'blocks' order: in_strength = "

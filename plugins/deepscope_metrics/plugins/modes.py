@@ -58,6 +58,10 @@ class _ModesBase(Metric):
         self.images: dict[str, int] = {}
         self.regions: dict[str, tuple[float, float] | None] = {}
         self.reasons: dict[str, str] = {}
+        for layer in self.ctx.graph.layers:  # say so rather than leave them out silently
+            if layer.kind == "recurrent":
+                self.ctx.warn(f"{self.name}: the gate activations inside recurrent layer '{layer.name}' "
+                              f"({layer.op_type}) are not measured: they are internal to the layer, not captured")
         for layer in self.ctx.layers:
             self.regions[layer.name] = None
             self.images[layer.name] = 0
