@@ -213,10 +213,11 @@ def test_weight_metrics_measure_recurrent_gates_and_attention_projections(covera
     if arch != "vit":  # oracle: torch's own gate chunks of the module that was exported
         rnn = conf.build(arch)[0].rnn
         gates = 4 if arch == "lstm" else 3
+        suffixes = sorted({k.split("_", 2)[2] for k, _ in rnn.named_parameters()})  # l0, l0_reverse, l1...
         want = [w.numpy().astype(np.float64).sum(axis=1) + b.numpy()
-                for part in ("ih", "hh")
-                for w, b in zip(getattr(rnn, f"weight_{part}_l0").detach().chunk(gates),
-                                getattr(rnn, f"bias_{part}_l0").detach().chunk(gates))]
+                for part in ("ih", "hh") for sfx in suffixes
+                for w, b in zip(getattr(rnn, f"weight_{part}_{sfx}").detach().chunk(gates),
+                                getattr(rnn, f"bias_{part}_{sfx}").detach().chunk(gates))]
         np.testing.assert_allclose(strengths["in_strength"], np.concatenate(want), rtol=1e-5)
     divergence = decoded(rows[("cnt.divergence", "")])
     assert layer in divergence["layers"].split(",")
