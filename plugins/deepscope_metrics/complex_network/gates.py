@@ -116,10 +116,9 @@ def block_weights(blocks: list[Block]) -> tuple[np.ndarray, np.ndarray | None]:
     return np.concatenate([b.W.ravel() for b in blocks]), np.concatenate(biases) if biases else None
 
 
-def block_link_weights(blocks: list[Block]) -> np.ndarray:
-    """All weights and biases of the blocks as one flat sample (the layer's link weights)."""
-    W, b = block_weights(blocks)
-    return W if b is None else np.concatenate([W, b])
+def block_sample(block: Block) -> np.ndarray:
+    """One block's link weights: its weights and bias as one flat sample."""
+    return np.concatenate([block.W.ravel(), [] if block.b is None else block.b.ravel()])
 
 
 @dataclass(frozen=True)
@@ -215,5 +214,5 @@ def blocks_graph_coo(layer_name: str, blocks: list[Block], max_links: int) -> We
     )
 
 
-__all__ = ["GATED", "Block", "BlockStrengths", "GatedNeurons", "block_link_weights", "block_strengths", "block_table",
+__all__ = ["GATED", "Block", "BlockStrengths", "GatedNeurons", "block_sample", "block_strengths", "block_table",
            "block_weights", "blocks_graph_coo", "dense_blocks", "gated_neurons"]

@@ -24,7 +24,9 @@ from ..complex_network import (
     neuron_strength_conv,
     neuron_strength_dense,
 )
-from ..complex_network.gates import GATED, GatedNeurons, block_table, block_weights, blocks_graph_coo, dense_blocks, gated_neurons
+from ..complex_network.gates import (
+    GATED, GatedNeurons, block_sample, block_table, block_weights, blocks_graph_coo, dense_blocks, gated_neurons,
+)
 from ..complex_network.unroll import weight_graph_coo
 from ..complex_network.walk import bn_scale_shift, folded_weights, layer_geometry
 
@@ -229,7 +231,7 @@ class LinkWeights(Metric):
 
 
 def _block_link_table(blocks: list[Any]) -> Table:
-    samples = [np.concatenate([b.W.ravel(), [] if b.b is None else b.b.ravel()]) for b in blocks]
+    samples = [block_sample(b) for b in blocks]
     return Table({"block": [b.key for b in blocks], "n": np.array([v.size for v in samples]),
                   "mean": np.array([v.mean() for v in samples]), "std": np.array([v.std() for v in samples])})
 
