@@ -108,7 +108,7 @@ class _StrengthBase(Metric):
                     "input_out_strength": nl.block.s_in_inputs}
         return {
             "mode": p["mode"], "missing_side_const": p["missing_side_const"], "fold_norm": p["fold_norm"],
-            "n_nodes": int(nl.strengths.total.size), "shape": str(nl.shape), "has_in": nl.has_in,
+            "n_nodes": int(nl.strengths.total.size), "shape": [int(d) for d in nl.shape], "has_in": nl.has_in,
             "has_out": nl.has_out, "neuron_layer_end": nl.end, "next_layers": ",".join(nl.reached),
             "extensions": "; ".join(nl.extensions),
         }
@@ -266,7 +266,7 @@ class NodeStrength(_StrengthBase):
             if inp is not None:
                 results[WHOLE_MODEL] = {"input_strength": inp.strengths.total.ravel(),
                                         "input_out_strength": inp.strengths.s_out.ravel(),
-                                        "input_shape": str(inp.shape), "input_n_nodes": int(inp.strengths.total.size),
+                                        "input_shape": [int(d) for d in inp.shape], "input_n_nodes": int(inp.strengths.total.size),
                                         "missing_side_const": self.params["missing_side_const"]}
         return results
 
