@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from . import times
 from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
@@ -416,8 +417,9 @@ class Client:
         first = self._as_model(checkpoints[0])
         refs = [first.id] + [(c.id if isinstance(c, Model) else c) for c in checkpoints[1:]]
         config = pb.AnalyzeConfig(models=refs, layers=list(layers), exclude=list(exclude), batch_size=batch_size,
-                                  seed=seed, sample_limit=limit or 0, split=split, label=label,
-                                  metric_timeout_seconds=metric_timeout or 0.0)
+                                  seed=seed, sample_limit=limit or 0, split=split, label=label)
+        if metric_timeout:
+            times.set_seconds(config.metric_timeout, metric_timeout)
         # Parameters go with an exact-name request placed first; the server keeps the first request for
         # a metric, so a later glob ("fractal.*") selecting the same metric does not drop them.
         params = dict(params or {})

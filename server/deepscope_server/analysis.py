@@ -9,7 +9,6 @@ deadline stops the run between batches and between metrics and marks it cancelle
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from deepscope import times
 from deepscope.results import run_status_name
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
@@ -31,7 +31,7 @@ from .model_graph import Layer, ModelGraph
 from .models import LoadedModel, ModelManager
 from .plugin_api import Batch, Context, Needs
 from .plugins import MetricEntry, Registry
-from .store import Store, utc_now
+from .store import Store
 from .isolation import GuardedMetric, ProcessGuard, RunCancelled
 from .testing import validate_params
 
@@ -128,9 +128,10 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
     if config.data_specs:
         _check_data(first, config.data_specs)
 
-    timeout = config.metric_timeout_seconds
-    if timeout and not (math.isfinite(timeout) and timeout > 0):
-        raise InvalidInput(f"metric_timeout_seconds must be a positive number of seconds, got {timeout!r}")
+    timeout = times.seconds(config.metric_timeout)
+    if timeout < 0:
+        raise InvalidInput(f"metric_timeout must be a positive duration, got {timeout!r} s",
+                           reason="INVALID_PARAM", field="config.metric_timeout")
     # A client may shorten the server's metric time limit, never lengthen it.
     plan = RunPlan(config, checkpoints, planned, batch_size,
                    min(timeout, limits.metric_timeout_seconds) if timeout else limits.metric_timeout_seconds,
@@ -261,8 +262,8 @@ class RunExecutor:
         finally:
             for guard in self._guards:
                 guard.close()
-            self.info.seconds = time.perf_counter() - start
-            self.info.finished_at = utc_now()
+            times.set_seconds(self.info.duration, time.perf_counter() - start)
+            times.stamp_now(self.info.finished_time)
             self.store.update_run(self.info)
             self._progress("done", 1, 1, run_status_name(self.info.status))
             self.emit(pb.AnalyzeResponse(finished=self.info))
@@ -376,7 +377,8 @@ class RunExecutor:
     def _to_results(self, guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:
         def base(layer: str) -> pb.MetricResult:
             result = pb.MetricResult(metric=guard.planned.name, layer=layer, checkpoint=guard.checkpoint,
-                                     seconds=guard.seconds, num_samples=n_samples, warnings=guard.ctx.warnings)
+                                     num_samples=n_samples, warnings=guard.ctx.warnings)
+            times.set_seconds(result.duration, guard.seconds)
             for key, value in guard.planned.params.items():
                 result.params[key].CopyFrom(convert.value_proto(value))
             return result

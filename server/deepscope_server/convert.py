@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from deepscope.dtypes import kserve_dtype
+from deepscope import times
 from deepscope.tensors import to_proto
 from deepscope.values import from_value, to_value
 from deepscope.v1 import introspection_pb2 as pb
@@ -44,11 +45,13 @@ def layer_proto(layer: Layer) -> pb.LayerInfo:
 
 def model_info_proto(model_id: str, name: str, fmt: str, size: int, created_at: str, source: str,
                      graph: ModelGraph) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        id=model_id, name=name, format=fmt, size_bytes=size, created_at=created_at, source=source,
+    info = pb.ModelInfo(
+        id=model_id, name=name, format=fmt, size_bytes=size, source=source,
         inputs=[spec_proto(s) for s in graph.inputs], outputs=[spec_proto(s) for s in graph.outputs],
         num_layers=len(graph.layers), num_params=sum(layer.num_params for layer in graph.layers),
     )
+    times.set_iso(info.created_time, created_at)
+    return info
 
 
 # ---------------------------------------------------------------- parameters

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from deepscope import times
 from deepscope.protocol import PROTOCOL_VERSION
 from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, from_proto, tensor_parts
 from deepscope.v1 import introspection_pb2 as pb
@@ -306,9 +307,10 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
                 response.models.append(self._model_info(loaded))
             else:
                 source = "upload" if entry.path.parent.parent == self.store.models_dir else "model_dir"
-                response.models.append(pb.ModelInfo(id=entry.id, name=entry.name, format=entry.format,
-                                                    size_bytes=entry.size_bytes, created_at=entry.created_at,
-                                                    source=source))
+                info = pb.ModelInfo(id=entry.id, name=entry.name, format=entry.format, size_bytes=entry.size_bytes,
+                                    source=source)
+                times.set_iso(info.created_time, entry.created_at)
+                response.models.append(info)
         return response
 
     @rpc
@@ -399,9 +401,10 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         for name, array in tensors:
             for part in tensor_parts(name, array):
                 yield part
-        yield pb.CaptureResponse(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total,
-                                                     forward_seconds=seconds,
-                                                     device=getattr(loaded.backend, "device", "cpu")))
+        done = pb.CaptureResponse(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total,
+                                                      device=getattr(loaded.backend, "device", "cpu")))
+        times.set_seconds(done.done.forward_time, seconds)
+        yield done
 
     # ------------------------------------------------------------ metrics and runs
 

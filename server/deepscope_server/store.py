@@ -34,7 +34,7 @@ from typing import IO
 
 from google.protobuf.message import DecodeError
 
-from deepscope import lock_record
+from deepscope import lock_record, times
 from deepscope.results import run_status_name
 from deepscope.v1 import introspection_pb2 as pb
 
@@ -75,6 +75,18 @@ class StoreInUse(RuntimeError):
 
 class StoreUnusable(RuntimeError):
     """The store cannot be opened or read (a damaged database, an unwritable directory)."""
+
+
+def _with_times(info: pb.RunInfo, created: str | None, finished: str | None) -> pb.RunInfo:
+    """Fill the run's times from the table's columns where its record has none (runs stored before
+    RunInfo carried Timestamps)."""
+    for stamp, text in ((info.created_time, created), (info.finished_time, finished)):
+        if not (stamp.seconds or stamp.nanos):
+            try:
+                times.set_iso(stamp, text or "")
+            except ValueError:
+                pass  # a damaged column: the time stays unknown
+    return info
 
 
 def utc_now() -> str:
@@ -335,14 +347,14 @@ class Store:
 
     def create_run(self, info: pb.RunInfo) -> str:
         info.id = info.id or uuid.uuid4().hex[:16]
-        info.created_at = info.created_at or utc_now()
+        created = times.iso(info.created_time) or times.stamp_now(info.created_time)
         info.status = pb.RUN_STATUS_RUNNING
         with self._lock:
             self._flush_unrecorded()
             with self._errors("recording a new run"):
                 self._db.execute(
                     "INSERT INTO runs (id, status, created_at, info) VALUES (?,?,?,?)",
-                    (info.id, info.status, info.created_at, info.SerializeToString()),
+                    (info.id, info.status, created, info.SerializeToString()),
                 )
         return info.id
 
@@ -360,7 +372,7 @@ class Store:
             try:
                 self._db.execute(
                     "UPDATE runs SET status=?, finished_at=?, info=? WHERE id=?",
-                    (info.status, info.finished_at or None, info.SerializeToString(), info.id),
+                    (info.status, times.iso(info.finished_time) or None, info.SerializeToString(), info.id),
                 )
             except sqlite3.Error as exc:
                 if ("unrecorded", run_id) not in self._reported:
@@ -392,14 +404,14 @@ class Store:
     def get_run(self, run_id: str) -> pb.GetRunResponse:
         with self._lock, self._errors(f"reading run {run_id}"):
             self._flush_unrecorded()
-            row = self._db.execute("SELECT info FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = self._db.execute("SELECT info, created_at, finished_at FROM runs WHERE id=?", (run_id,)).fetchone()
             if not row:
                 ids = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 50")]
                 raise unknown("run", run_id, ids)
             info = self._unrecorded.get(run_id)
             if info is None:
                 try:
-                    info = parse_info(row[0])
+                    info = _with_times(parse_info(row[0]), row[1], row[2])
                 except BAD_ROW as exc:
                     self._skip("run", run_id, exc)
                     raise StoreUnusable(f"run '{run_id}' has an unreadable record in {self.db_path}; "
@@ -419,12 +431,12 @@ class Store:
         with self._lock, self._errors("listing runs"):
             self._flush_unrecorded()
             rows = self._db.execute(
-                "SELECT id, info, (SELECT COUNT(*) FROM results WHERE results.run_id = runs.id) FROM runs "
-                "ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+                "SELECT id, info, (SELECT COUNT(*) FROM results WHERE results.run_id = runs.id), created_at, "
+                "finished_at FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
             runs = []
-            for run_id, blob, count in rows:
+            for run_id, blob, count, created, finished in rows:
                 try:
-                    info = parse_info(blob)
+                    info = _with_times(parse_info(blob), created, finished)
                 except BAD_ROW as exc:
                     self._skip("run", str(run_id), exc)
                     continue
@@ -446,11 +458,11 @@ class Store:
                     continue
                 results = self._results(run_id)
                 info.status = pb.RUN_STATUS_INTERRUPTED
-                info.finished_at = utc_now()
+                finished = times.stamp_now(info.finished_time)
                 info.error = "the server stopped before the run finished"
                 info.num_results = len(results)
                 info.num_failed = sum(r.status != "ok" for r in results)
                 self._db.execute(
                     "UPDATE runs SET status=?, finished_at=?, info=? WHERE id=?",
-                    (info.status, info.finished_at, info.SerializeToString(), run_id),
+                    (info.status, finished, info.SerializeToString(), run_id),
                 )

@@ -2,6 +2,7 @@ import datetime
 
 from deepscope.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -115,7 +116,7 @@ class UploadModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "name", "format", "size_bytes", "inputs", "outputs", "num_layers", "num_params", "created_at", "source")
+    __slots__ = ("id", "name", "format", "size_bytes", "inputs", "outputs", "num_layers", "num_params", "source", "created_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -124,8 +125,8 @@ class ModelInfo(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_PARAMS_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     format: str
@@ -134,9 +135,9 @@ class ModelInfo(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]
     num_layers: int
     num_params: int
-    created_at: str
     source: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., num_layers: _Optional[int] = ..., num_params: _Optional[int] = ..., created_at: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    created_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., num_layers: _Optional[int] = ..., num_params: _Optional[int] = ..., source: _Optional[str] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -268,16 +269,16 @@ class CaptureResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[CaptureDone, _Mapping]] = ...) -> None: ...
 
 class CaptureDone(_message.Message):
-    __slots__ = ("num_tensors", "total_bytes", "forward_seconds", "device")
+    __slots__ = ("num_tensors", "total_bytes", "device", "forward_time")
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
-    FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_TIME_FIELD_NUMBER: _ClassVar[int]
     num_tensors: int
     total_bytes: int
-    forward_seconds: float
     device: str
-    def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
+    forward_time: _duration_pb2.Duration
+    def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., device: _Optional[str] = ..., forward_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Value(_message.Message):
     __slots__ = ("number", "integer", "flag", "text")
@@ -367,7 +368,7 @@ class MetricRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class AnalyzeConfig(_message.Message):
-    __slots__ = ("models", "metrics", "layers", "dataset", "split", "batch_size", "seed", "sample_limit", "expected_samples", "metric_timeout_seconds", "label", "exclude", "data_specs")
+    __slots__ = ("models", "metrics", "layers", "dataset", "split", "batch_size", "seed", "sample_limit", "expected_samples", "label", "exclude", "data_specs", "metric_timeout")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -377,10 +378,10 @@ class AnalyzeConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
-    METRIC_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     DATA_SPECS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedScalarFieldContainer[str]
     metrics: _containers.RepeatedCompositeFieldContainer[MetricRequest]
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -390,11 +391,11 @@ class AnalyzeConfig(_message.Message):
     seed: int
     sample_limit: int
     expected_samples: int
-    metric_timeout_seconds: float
     label: str
     exclude: _containers.RepeatedScalarFieldContainer[str]
     data_specs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]
-    def __init__(self, models: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[MetricRequest, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., sample_limit: _Optional[int] = ..., expected_samples: _Optional[int] = ..., metric_timeout_seconds: _Optional[float] = ..., label: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ..., data_specs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ...) -> None: ...
+    metric_timeout: _duration_pb2.Duration
+    def __init__(self, models: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[MetricRequest, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., sample_limit: _Optional[int] = ..., expected_samples: _Optional[int] = ..., label: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ..., data_specs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., metric_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DataBatch(_message.Message):
     __slots__ = ("inputs", "labels")
@@ -483,7 +484,7 @@ class ResultItem(_message.Message):
     def __init__(self, key: _Optional[str] = ..., scalar: _Optional[float] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., curve: _Optional[_Union[Curve, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ..., text: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ..., flag: _Optional[bool] = ...) -> None: ...
 
 class MetricResult(_message.Message):
-    __slots__ = ("metric", "layer", "checkpoint", "status", "error", "items", "warnings", "params", "seconds", "num_samples")
+    __slots__ = ("metric", "layer", "checkpoint", "status", "error", "items", "warnings", "params", "num_samples", "duration")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -499,8 +500,8 @@ class MetricResult(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
     metric: str
     layer: str
     checkpoint: int
@@ -509,9 +510,9 @@ class MetricResult(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[ResultItem]
     warnings: _containers.RepeatedScalarFieldContainer[str]
     params: _containers.MessageMap[str, Value]
-    seconds: float
     num_samples: int
-    def __init__(self, metric: _Optional[str] = ..., layer: _Optional[str] = ..., checkpoint: _Optional[int] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ResultItem, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., params: _Optional[_Mapping[str, Value]] = ..., seconds: _Optional[float] = ..., num_samples: _Optional[int] = ...) -> None: ...
+    duration: _duration_pb2.Duration
+    def __init__(self, metric: _Optional[str] = ..., layer: _Optional[str] = ..., checkpoint: _Optional[int] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ResultItem, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., params: _Optional[_Mapping[str, Value]] = ..., num_samples: _Optional[int] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "done", "total", "message")
@@ -526,7 +527,7 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("id", "status", "config", "model_ids", "created_at", "finished_at", "num_samples", "plugin_versions", "error", "seconds", "num_results", "num_failed", "model_names")
+    __slots__ = ("id", "status", "config", "model_ids", "num_samples", "plugin_versions", "error", "num_results", "num_failed", "model_names", "created_time", "finished_time", "duration")
     class PluginVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -538,29 +539,29 @@ class RunInfo(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
     NUM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     NUM_FAILED_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_TIME_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: RunStatus
     config: AnalyzeConfig
     model_ids: _containers.RepeatedScalarFieldContainer[str]
-    created_at: str
-    finished_at: str
     num_samples: int
     plugin_versions: _containers.ScalarMap[str, str]
     error: str
-    seconds: float
     num_results: int
     num_failed: int
     model_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., config: _Optional[_Union[AnalyzeConfig, _Mapping]] = ..., model_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., num_samples: _Optional[int] = ..., plugin_versions: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., seconds: _Optional[float] = ..., num_results: _Optional[int] = ..., num_failed: _Optional[int] = ..., model_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    created_time: _timestamp_pb2.Timestamp
+    finished_time: _timestamp_pb2.Timestamp
+    duration: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., config: _Optional[_Union[AnalyzeConfig, _Mapping]] = ..., model_ids: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., plugin_versions: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., num_results: _Optional[int] = ..., num_failed: _Optional[int] = ..., model_names: _Optional[_Iterable[str]] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
     __slots__ = ("started", "progress", "result", "finished")
