@@ -341,7 +341,8 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
 
     @rpc
     async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.TensorPart]:
-        loaded = await asyncio.to_thread(self.models.get, request.model)
+        # A model looked up before is found without a thread hop or a catalogue read.
+        loaded = self.models.loaded_upload(request.model) or await asyncio.to_thread(self.models.get, request.model)
         inputs = self._decode_inputs(loaded, request.inputs)
         graph = loaded.graph
         captures = [CaptureRequest(l.name, "output") for l in graph.select(list(request.layers))] if request.layers else []
