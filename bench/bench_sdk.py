@@ -147,9 +147,12 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
     with tempfile.TemporaryDirectory(prefix="deepscope-bench-") as tmp:
         embedded = deepscope.Client.embedded(store=Path(tmp) / "store", progress=False)
         remote = tcp.connect()
+        # Every export before any peer is imported: TorchLens wraps torch functions globally,
+        # after which the ONNX exporter fails.
+        exported = {name: models.export(name, batch, Path(tmp)) for name, (batch, _) in cases.items()}
         try:
             for name, (batch, target) in cases.items():
-                module, x_t, paths = models.export(name, batch, Path(tmp))
+                module, x_t, paths = exported[name]
                 x = x_t.numpy()
                 layer_paths = _layer_paths(module)
                 backend = load_model(paths["pt2"], device="cpu")
