@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: One table per target; bench_capture prints 1 and 2.
 TABLES = ("1. PyTorch capture", "2. ONNX capture", "3. Remote capture", "4. Box covering", "5. Conv node strength",
-          "6. Server peak RSS", "7. Concurrency")
+          "6. Server peak RSS", "7. Concurrency", "8. Per-call overhead", "9. SDK capture", "10. Pre-auth flood")
 
 
 def test_bench_smoke_prints_every_table() -> None:
