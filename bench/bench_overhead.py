@@ -12,34 +12,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, ms, set_threads, script_main, spread  # noqa: E402
-
-
-def _cpu_per_call(server_pid: int, fn, calls: int) -> tuple[float, float]:  # noqa: ANN001
-    """Seconds of CPU per call of ``fn``: (this process, the server process and its descendants)."""
-    import psutil
-
-    def tree() -> float:
-        root = psutil.Process(server_pid)
-        total = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    client0, server0 = time.process_time(), tree()
-    for _ in range(calls):
-        fn()
-    return (time.process_time() - client0) / calls, (tree() - server0) / calls
+from common import Table, cpu_per_call, interleaved, median, ms, set_threads, script_main, spread  # noqa: E402
 
 
 def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
@@ -83,7 +61,7 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                   table.check(cap <= 2e-3, f"empty capture round trip {ms(cap):.2f} ms > 2 ms"))
         # CPU time per call, summed over the client, the server and its workers: what the call
         # costs the machine, much less sensitive than wall time to other people's load.
-        cpu = _cpu_per_call(srv.pid, empty_capture, 50 if smoke else 300)
+        cpu = cpu_per_call(srv.pid, empty_capture, 50 if smoke else 300)
         table.add("  CPU per empty capture: client / server + model worker", f"{ms(cpu[0]):.2f} / {ms(cpu[1]):.2f}",
                   "", "", "")
         table.add("client ListModels round trip (reference)", ms(median(times["list"])), spread(times["list"], ms),

@@ -138,7 +138,7 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
 
     import models
 
-    repeats = 5 if smoke else 15
+    repeats = 5 if smoke else 11
     cases = {"mlp": (16, 1.5)} if smoke else CASES
     table = Table("9. SDK capture of every Linear/Conv output vs the bare forward pass, with peers (one run)",
                   ["model", "captured MB", "contender", "median ms", "vs baseline [IQR]", "target", "met"])
@@ -224,6 +224,7 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                     met = table.check(mid <= goal, f"SDK embedded {label}: {mid:.2f}x > {goal}x") if goal else ""
                     table.add(label, captured_mb, what, ms(median(times[key])), "1.00x (baseline)" if key == base
                               else cell, f"<= {goal}x" if goal else "", met)
+                    print(f"# {label}: {what}: {ms(median(times[key])):.1f} ms, {cell}", file=sys.stderr, flush=True)
                 backend.close()
         finally:
             for runner in _RUNNERS:

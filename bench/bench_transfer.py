@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, memcpy_rate, set_threads, script_main  # noqa: E402
+from common import Table, cpu_per_call, interleaved, median, memcpy_rate, set_threads, script_main  # noqa: E402
 
 MB = 1e6
 
@@ -97,6 +97,10 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
             cell = f"{frac:.2f} [{per_round[len(per_round) // 4]:.2f}-{per_round[(3 * len(per_round)) // 4]:.2f}]"
             met = table.check(frac >= goal, f"capture throughput {frac:.2f} of raw < {goal}") if goal else ""
             table.add(what, total / MB, t_cap, total / t_cap / MB, cell, f">= {goal:.2f}" if goal else "", met)
+        for key, fn in (("raw", raw), ("capture", lambda: capture(None))):
+            client_cpu, server_cpu = cpu_per_call(srv.pid, fn, 2 if smoke else 5)
+            table.add(f"  CPU s per run, {key}: client / server + model worker", total / MB,
+                      f"{client_cpu:.2f} / {server_cpu:.2f}", "", "", "", "")
         mem = memcpy_rate()
         table.add("memcpy (numpy copyto, 64 MiB, client process)", "", "", mem / MB, "", "", "")
         channel.close()

@@ -167,6 +167,30 @@ def machine() -> str:
             f"onnxruntime {ort}; grpcio {grpc_v}; numpy {numpy.__version__}; threads={THREADS}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and all its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # exited meanwhile
+            pass
+    return total
+
+
+def cpu_per_call(server_pid: int, fn: Callable[[], Any], calls: int) -> tuple[float, float]:
+    """CPU seconds per call of ``fn``: (this process, the server process tree). What a call costs
+    the machine; unlike wall time, barely moved by other people's load on a shared machine."""
+    client0, server0 = time.process_time(), cpu_seconds(server_pid)
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - client0) / calls, (cpu_seconds(server_pid) - server0) / calls
+
+
 def memcpy_rate(nbytes: int = 64 << 20, repeats: int = 5) -> float:
     """Bytes per second of a large numpy copy (the ceiling for any transfer that copies once)."""
     import numpy as np
