@@ -149,7 +149,8 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
         remote = tcp.connect()
         # Every export before any peer is imported: TorchLens wraps torch functions globally,
         # after which the ONNX exporter fails.
-        exported = {name: models.export(name, batch, Path(tmp)) for name, (batch, _) in cases.items()}
+        formats = ("pt2",) if smoke else ("pt2", "onnx")  # smoke: the SDK paths only (the ONNX export is slow)
+        exported = {name: models.export(name, batch, Path(tmp), formats) for name, (batch, _) in cases.items()}
         try:
             for name, (batch, target) in cases.items():
                 module, x_t, paths = exported[name]
@@ -160,11 +161,6 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                 in_name = backend.graph.inputs[0].name
                 select = [r.layer for r in reqs]
                 m_pt2, m_tcp = embedded.upload_model(paths["pt2"]), remote.upload_model(paths["pt2"])
-                m_onnx = embedded.upload_model(paths["onnx"])
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads, opts.log_severity_level = THREADS, 3
-                plain = ort.InferenceSession(str(paths["onnx"]), opts, providers=["CPUExecutionProvider"])
-                ort_in = plain.get_inputs()[0].name
 
                 # Same arrays through every deepscope path (the sandbox must not change a bit).
                 ref = backend.run({in_name: x}, reqs).captured
@@ -185,12 +181,21 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                     "inproc": lambda: backend.run({in_name: x}, reqs),
                     "sdk_embedded": lambda: embedded.capture(m_pt2, x, layers=select),
                     "sdk_tcp": lambda: remote.capture(m_tcp, x, layers=select),
-                    "ort": lambda: plain.run(None, {ort_in: x}),
-                    "sdk_onnx": lambda: embedded.capture(m_onnx, x, layers=select),
                 }
-                for peer, make in (("nnsight", lambda: _nnsight(models.build(name, batch)[0], layer_paths)),
-                                   ("torchlens", lambda: _torchlens(models.build(name, batch)[0], layer_paths)),
-                                   ("polygraphy", lambda: _polygraphy(paths["onnx"], THREADS))):
+                ort_in = in_name
+                if "onnx" in paths:
+                    m_onnx = embedded.upload_model(paths["onnx"])
+                    opts = ort.SessionOptions()
+                    opts.intra_op_num_threads, opts.log_severity_level = THREADS, 3
+                    plain = ort.InferenceSession(str(paths["onnx"]), opts, providers=["CPUExecutionProvider"])
+                    ort_in = plain.get_inputs()[0].name
+                    fns["ort"] = lambda: plain.run(None, {ort_in: x})
+                    fns["sdk_onnx"] = lambda: embedded.capture(m_onnx, x, layers=select)
+                peers = () if smoke else (  # smoke: importing nnsight alone (transformers) takes seconds
+                    ("nnsight", lambda: _nnsight(models.build(name, batch)[0], layer_paths)),
+                    ("torchlens", lambda: _torchlens(models.build(name, batch)[0], layer_paths)),
+                    ("polygraphy", lambda: _polygraphy(paths["onnx"], THREADS)))
+                for peer, make in peers:
                     try:
                         fn = make()
                     except Exception as exc:  # noqa: BLE001 - a peer that breaks is reported, not fatal
@@ -239,6 +244,8 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                        "`client.capture(model, x, layers=[every Linear/Conv by name])` with default settings")
     table.notes.append("SDK rows return numpy arrays in this process; every deepscope path was checked bitwise "
                        "equal to the in-process backend before timing")
+    if smoke:
+        table.notes.append("smoke: no ONNX rows and no peers")
     for peer, why in skipped.items():
         table.notes.append(f"{peer}: skipped, {why}")
     return [table]
