@@ -19,7 +19,7 @@ import numpy as np
 
 from deepscope import times
 from deepscope.protocol import PROTOCOL_VERSION
-from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, from_proto, tensor_parts
+from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, checksum, from_proto, tensor_parts
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
@@ -362,8 +362,9 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         return bound
 
     async def _forward(self, context: grpc.aio.ServicerContext, loaded: LoadedModel, inputs: dict[str, np.ndarray],
-                       captures: list[CaptureRequest]) -> Any:
-        """One forward pass bounded by the call: its deadline, its cancellation and server shutdown.
+                       captures: list[CaptureRequest], then: Callable[[Any], Any] = lambda out: out) -> Any:
+        """One forward pass bounded by the call: its deadline, its cancellation and server shutdown;
+        ``then(output)`` runs in the same worker thread (after the model's lock is released).
 
         A sandboxed model is stopped mid-pass when any of them ends the call, so a model that
         never returns holds neither a thread nor the model past the call.
@@ -373,7 +374,8 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
-            return await asyncio.to_thread(loaded.run, inputs, captures, cancelled=cancel.is_set, deadline=deadline)
+            return await asyncio.to_thread(
+                lambda: then(loaded.run(inputs, captures, cancelled=cancel.is_set, deadline=deadline)))
         except asyncio.CancelledError:
             cancel.set()
             raise
@@ -382,24 +384,32 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
 
     @rpc
     async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.CaptureResponse]:
-        loaded = await asyncio.to_thread(self.models.get, request.model)
+        # A model looked up before is found without a thread hop or a catalogue read.
+        loaded = self.models.loaded_upload(request.model) or await asyncio.to_thread(self.models.get, request.model)
         inputs = self._decode_inputs(loaded, request.inputs)
         graph = loaded.graph
         captures = [CaptureRequest(l.name, "output") for l in graph.select(list(request.layers))] if request.layers else []
         captures += [CaptureRequest(l.name, "input") for l in graph.select(list(request.layer_inputs))] \
             if request.layer_inputs else []
+        skip_outputs, seconds = request.skip_model_outputs, 0.0
+
+        def framed(out: Any) -> tuple[list[tuple[str, np.ndarray]], list[int]]:
+            """The tensors to send and their checksums, in the forward's thread: a CRC over
+            megabytes would otherwise stall every other call on the event loop."""
+            nonlocal seconds
+            seconds = time.perf_counter() - start
+            tensors = [] if skip_outputs else [(f"output/{k}", v) for k, v in out.outputs.items()]
+            tensors += [(f"{'layer' if c.what == 'output' else 'input'}/{c.layer}", out.captured[c]) for c in captures]
+            total = sum(a.nbytes for _, a in tensors)
+            if total > self.limits.max_capture_bytes:
+                raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
+            return tensors, [checksum(a) for _, a in tensors]
+
         start = time.perf_counter()
-        out = await self._forward(context, loaded, inputs, captures)
-        seconds = time.perf_counter() - start
-        tensors: list[tuple[str, np.ndarray]] = []
-        if not request.skip_model_outputs:
-            tensors += [(f"output/{k}", v) for k, v in out.outputs.items()]
-        tensors += [(f"{'layer' if c.what == 'output' else 'input'}/{c.layer}", out.captured[c]) for c in captures]
+        tensors, crcs = await self._forward(context, loaded, inputs, captures, then=framed)
         total = sum(a.nbytes for _, a in tensors)
-        if total > self.limits.max_capture_bytes:
-            raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
-        for name, array in tensors:
-            for part in tensor_parts(name, array):
+        for (name, array), crc in zip(tensors, crcs):
+            for part in tensor_parts(name, array, crc=crc):
                 yield part
         done = pb.CaptureResponse(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total,
                                                       device=getattr(loaded.backend, "device", "cpu")))
