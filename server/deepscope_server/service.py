@@ -26,6 +26,7 @@ from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 from . import __version__, convert, rich_status
 from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
+from .backends.inputs import format_shape
 from .config import Settings
 from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
                      NotFound, StorageFull, Unavailable, shorten, shorten_list)
@@ -354,7 +355,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         decoded = [(t.name, self._decode(t)) for t in tensors]
         if not decoded:
             raise InvalidInput(f"no input tensors; the model expects: "
-                               f"{', '.join(f'{s.name} {s.dtype} {list(s.shape)}' for s in loaded.graph.inputs)}")
+                               f"{', '.join(f'{s.name} {s.dtype} {format_shape(s.shape)}' for s in loaded.graph.inputs)}")
         bound = loaded.graph.bind_inputs(decoded)
         for name, array in bound.items():
             if array.ndim and array.shape[0] > self.limits.max_batch_size:
