@@ -1,11 +1,11 @@
-"""Targets 8 and 9 (issue 15): whole analyses at real-model scale, as a user runs them.
+"""Targets 11 and 12 (issue 15): whole analyses at real-model scale, as a user runs them.
 
-8. ``deepscope analyze resnet18.pt2 --data x.npz --metrics all`` on a ResNet-18 (torchvision's
+11. ``deepscope analyze resnet18.pt2 --data x.npz --metrics all`` on a ResNet-18 (torchvision's
    layout, written here: torchvision does not import in this environment) at 3x112x112 with 256
    samples: wall and server time <= 10 min, every result ``ok`` or ``skipped`` with a reason
    (none failed or killed), JSON <= 10 MB, peak summed RSS of the CLI's process tree (CLI +
    embedded server + model sandbox + metric workers, polled every 50 ms) stated.
-9. The bundled MLP demo run (``examples/demo.py``'s analyze command on the epoch-3 MLP) <= 15 s
+12. The bundled MLP demo run (``examples/demo.py``'s analyze command on the epoch-3 MLP) <= 15 s
    of server time (``RunInfo.seconds``).
 
 One run each, not interleaved medians: a ResNet-18 analysis takes minutes, and the target is an
@@ -159,7 +159,7 @@ def _mlp_case(tmp: Path, smoke: bool) -> tuple[str, dict]:
 
 def run(smoke: bool = False) -> list[Table]:
     set_threads()
-    table = Table("8-9. Whole analyses at scale (issue 15)",
+    table = Table("11-12. Whole analyses at scale (issue 15)",
                   ["case", "server s", "wall s", "results (ok/skipped/failed)", "JSON MB (+npz)", "peak RSS MB",
                    "target", "met"])
     load_before = _load()

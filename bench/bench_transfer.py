@@ -7,20 +7,20 @@ chunks (deepscope's CHUNK_BYTES) over loopback and are timed interleaved.
 Capture model: ``x[B, 64] -> fc1 Linear(64, 2048) -> act1 ReLU -> fc2 Linear(2048, 64)`` with
 fc1 and act1 captured (16 KiB of activations per sample for ~0.26 MFLOP): transfer-bound on
 purpose, so the ratio measures the service path (forward + tensor framing + protobuf + client
-reassembly into numpy), not model compute. Target: capture throughput >= 50% of raw.
+reassembly into numpy), not model compute. Target: capture throughput >= 50% of raw with the SDK's
+default batch size (issue 16 asks for >= 70%); a row with batch_size=2048 is shown for reference.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, memcpy_rate, set_threads, script_main  # noqa: E402
+from common import Table, cpu_per_call, interleaved, median, memcpy_rate, set_threads, script_main  # noqa: E402
 
 MB = 1e6
 
@@ -58,7 +58,7 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
     per_sample = 2 * 2048 * 4  # fc1 + act1, float32
     n = (16 << 20) // per_sample if smoke else (256 << 20) // per_sample
     batch = min(n, 2048)
-    repeats = 5 if smoke else 7
+    repeats = 5 if smoke else 15
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 64)).astype(np.float32)
     table = Table("3. Remote capture (client gets numpy arrays) vs raw gRPC bytes stream, same two processes",
@@ -71,25 +71,35 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
         channel = grpc.insecure_channel(srv.address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         captured_bytes = 0
 
-        def capture() -> None:
+        def capture(batch_size: int | None) -> None:
             nonlocal captured_bytes
-            acts = client.capture(model, x, layers=["fc1", "act1"], batch_size=batch)
+            acts = client.capture(model, x, layers=["fc1", "act1"], batch_size=batch_size)
             captured_bytes = sum(a.nbytes for a in acts.values()) + sum(a.nbytes for a in acts.model_outputs.values())
             assert acts["fc1"].shape == (n, 2048)
 
-        capture()
+        capture(None)
         total = captured_bytes
 
         def raw() -> None:
             assert srv.raw_stream(channel, total, CHUNK_BYTES) == total
 
-        times = interleaved({"raw": raw, "capture": capture}, repeats, warmup=1)
-        t_raw, t_cap = median(times["raw"]), median(times["capture"])
-        r_raw, r_cap = total / t_raw, total / t_cap
-        frac = r_cap / r_raw
-        table.add("raw gRPC bytes stream (1 MiB chunks)", total / MB, t_raw, r_raw / MB, "1.00", "", "")
-        table.add(f"client.capture, batch_size={batch}", total / MB, t_cap, r_cap / MB, f"{frac:.2f}",
-                  ">= 0.50", table.check(frac >= 0.5, f"capture throughput {frac:.2f} of raw < 0.50"))
+        times = interleaved({"raw": raw, "capture": lambda: capture(None), "capture_big": lambda: capture(batch)},
+                            repeats, warmup=1)
+        t_raw = median(times["raw"])
+        table.add("raw gRPC bytes stream (1 MiB chunks, payload made once)", total / MB, t_raw, total / t_raw / MB,
+                  "1.00", "", "")
+        for key, what, goal in (("capture", "client.capture, SDK defaults (batch_size 256)", 0.5),
+                                ("capture_big", f"client.capture, batch_size={batch}", None)):
+            t_cap = median(times[key])
+            frac = t_raw / t_cap
+            per_round = sorted(r / c for r, c in zip(times["raw"], times[key]))
+            cell = f"{frac:.2f} [{per_round[len(per_round) // 4]:.2f}-{per_round[(3 * len(per_round)) // 4]:.2f}]"
+            met = table.check(frac >= goal, f"capture throughput {frac:.2f} of raw < {goal}") if goal else ""
+            table.add(what, total / MB, t_cap, total / t_cap / MB, cell, f">= {goal:.2f}" if goal else "", met)
+        for key, fn in (("raw", raw), ("capture", lambda: capture(None))):
+            client_cpu, server_cpu = cpu_per_call(srv.pid, fn, 2 if smoke else 5)
+            table.add(f"  CPU s per run, {key}: client / server + model worker", total / MB,
+                      f"{client_cpu:.2f} / {server_cpu:.2f}", "", "", "", "")
         mem = memcpy_rate()
         table.add("memcpy (numpy copyto, 64 MiB, client process)", "", "", mem / MB, "", "", "")
         channel.close()
@@ -98,7 +108,8 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
         srv.stop()
     table.notes.append(
         f"{n:,} samples, layers fc1+act1 ({per_sample // 1024} KiB/sample) plus the model output; median of {repeats} "
-        "interleaved runs after 1 warm-up; server torch at " f"{THREADS} thread(s)")
+        "shuffled rounds after 1 warm-up, [interquartile range of the per-round ratios]; server torch at "
+        f"{THREADS} thread(s)")
     table.notes.append("raw = same server process (handler on the same grpc.aio server), bytes counted and dropped; "
                        "capture includes the server forward pass and reassembly into numpy arrays")
     return [table]

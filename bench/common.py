@@ -12,6 +12,7 @@ import argparse
 
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -37,14 +38,17 @@ def set_threads(n: int = THREADS) -> None:
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each function, run round-robin ``repeats`` times after ``warmup`` rounds."""
+    """Seconds per call of each function: ``repeats`` rounds after ``warmup`` rounds, each round
+    running every function once in a shuffled order (seeded), so no contender always follows
+    another (caches, allocator state, a neighbour's burst of load)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(repeats):
-        # Alternate the order each round so neither side always runs right after the other.
-        items = list(fns.items()) if r % 2 == 0 else list(reversed(fns.items()))
+    order = random.Random(0)
+    for _ in range(repeats):
+        items = list(fns.items())
+        order.shuffle(items)
         for name, fn in items:
             t0 = time.perf_counter()
             fn()
@@ -54,6 +58,25 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
 
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
+
+
+def quartiles(xs: Sequence[float]) -> tuple[float, float]:
+    """First and third quartile (the interquartile range is the spread the tables state)."""
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return q[0], q[2]
+
+
+def spread(xs: Sequence[float], scale: Callable[[float], float] = lambda v: v, fmt: str = ".3g") -> str:
+    """``[q1-q3]`` of ``xs`` (after ``scale``)."""
+    q1, q3 = quartiles(xs)
+    return f"[{scale(q1):{fmt}}-{scale(q3):{fmt}}]"
+
+
+def ratio_cell(candidate: Sequence[float], baseline: Sequence[float]) -> tuple[float, str]:
+    """Median of the per-round ratios candidate/baseline, and the cell ``1.23x [1.20-1.27]``."""
+    ratios = [c / b for c, b in zip(candidate, baseline)]
+    mid = median(ratios)
+    return mid, f"{mid:.2f}x {spread(ratios, fmt='.2f')}"
 
 
 @dataclass
@@ -142,6 +165,30 @@ def machine() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "-"
     return (f"{cpu}; {os.cpu_count()} cores (load {load}); Python {sys.version.split()[0]}; torch {torch.__version__}; "
             f"onnxruntime {ort}; grpcio {grpc_v}; numpy {numpy.__version__}; threads={THREADS}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and all its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # exited meanwhile
+            pass
+    return total
+
+
+def cpu_per_call(server_pid: int, fn: Callable[[], Any], calls: int) -> tuple[float, float]:
+    """CPU seconds per call of ``fn``: (this process, the server process tree). What a call costs
+    the machine; unlike wall time, barely moved by other people's load on a shared machine."""
+    client0, server0 = time.process_time(), cpu_seconds(server_pid)
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - client0) / calls, (cpu_seconds(server_pid) - server0) / calls
 
 
 def memcpy_rate(nbytes: int = 64 << 20, repeats: int = 5) -> float:

@@ -36,12 +36,12 @@ from deepscope.tensors import to_proto
 from deepscope.v1 import introspection_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPTURE = "/deepscope.v1.Introspection/Capture"
-GET_MODEL = "/deepscope.v1.Introspection/GetModel"
+CAPTURE = "/deepscope.v1.IntrospectionService/Capture"
+GET_MODEL = "/deepscope.v1.IntrospectionService/GetModel"
 HEALTH = "/grpc.health.v1.Health/Check"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 METHODS = {"Capture": CAPTURE, "GetModel": GET_MODEL, "Health/Check": HEALTH, "Reflection": REFLECTION}
-LIST_MODELS = "/deepscope.v1.Introspection/ListModels"
+LIST_MODELS = "/deepscope.v1.IntrospectionService/ListModels"
 MiB = 1 << 20
 
 
@@ -213,6 +213,25 @@ def started_server() -> Iterator[tuple[int, str, str]]:
             yield server.process.pid, address, server.token
         finally:
             server.stop()
+
+
+def run(smoke: bool = False) -> list:  # noqa: ANN201 - [common.Table]; for bench/run_all.py
+    """The flood against this checkout as a bench table (smoke: 8 calls of 4 MiB, 4 at a time)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import Table
+
+    requests, clients, mib = (8, 4, 4) if smoke else (48, 16, 60)
+    table = Table(f"10. Pre-auth flood: {requests} unauthenticated Capture calls of {mib} MiB, {clients} at a time",
+                  ["flood status codes", "server RSS before MiB", "peak MiB", "peak growth MiB", "flood s",
+                   "authenticated ListModels during the flood", "all refused, server serving"])
+    with started_server() as (pid, address, token):
+        r = measure(pid, address, token, requests, clients, mib * MiB, 120.0, settle=0.5 if smoke else 3.0)
+    ok = set(r.codes) == {grpc.StatusCode.UNAUTHENTICATED} and not r.probe.failures
+    table.add(", ".join(f"{n} {c.name}" for c, n in r.codes.most_common()), r.baseline / MiB, r.peak / MiB,
+              (r.peak - r.baseline) / MiB, r.seconds, f"{r.probe.served} served, {len(r.probe.failures)} failed",
+              table.check(ok, "pre-auth flood: a call was not refused as UNAUTHENTICATED or the server stopped serving"))
+    table.notes.append("details and the before/after comparison: `bench/preauth_flood.py --before REF`, bench/LOAD.md")
+    return [table]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 SCRIPTS = ("bench_capture", "bench_transfer", "bench_box_covering", "bench_conv_strength", "bench_streaming_rss",
-           "bench_concurrency")
+           "bench_concurrency", "bench_overhead", "bench_sdk", "preauth_flood")
+#: Scripts that can share the smoke run's server child process (one started early, reused).
+SHARES_SERVER = ("bench_transfer", "bench_concurrency", "bench_overhead", "bench_sdk")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         from server import BenchServer
 
-        if "bench_transfer" in scripts or "bench_concurrency" in scripts:
+        if any(name in scripts for name in SHARES_SERVER):
             shared["server"] = BenchServer(raw=True, threads=common.THREADS, wait=False)
             started.append(shared["server"])
         if "bench_streaming_rss" in scripts:
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 module = importlib.import_module(name)
                 kwargs = {}
-                if name in ("bench_transfer", "bench_concurrency") and "server" in shared:
+                if name in SHARES_SERVER and "server" in shared:
                     kwargs["server"] = shared["server"].wait()  # type: ignore[attr-defined]
                 if name == "bench_streaming_rss" and "servers" in shared:
                     kwargs["servers"] = shared["servers"]

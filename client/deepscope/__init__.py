@@ -8,12 +8,13 @@
 
 __version__ = "0.1.0"
 
-from .client import Activations, Client, Model, connect  # noqa: E402
+from .client import Activations, Client, Model, ServerInfo, connect  # noqa: E402
 from .errors import (  # noqa: E402
     Cancelled,
     DeadlineExceeded,
     DeepscopeError,
     FailedPrecondition,
+    FieldViolation,
     Internal,
     InvalidArgument,
     NotFound,
@@ -25,7 +26,8 @@ from .errors import (  # noqa: E402
 from .results import Curve, GraphData, Run  # noqa: E402
 
 __all__ = [
-    "Activations", "Cancelled", "Client", "Curve", "DeadlineExceeded", "DeepscopeError", "FailedPrecondition", "GraphData",
+    "Activations", "Cancelled", "Client", "Curve", "DeadlineExceeded", "DeepscopeError", "FailedPrecondition",
+    "FieldViolation", "GraphData",
     "Internal", "InvalidArgument", "Model", "NotFound", "PermissionDenied", "ResourceExhausted", "Run",
-    "Unauthenticated", "Unavailable", "__version__", "connect",
+    "ServerInfo", "Unauthenticated", "Unavailable", "__version__", "connect",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import catalogue
+from . import catalogue, times
 from .client import Client, Model, connect
 from .errors import DeepscopeError, InvalidArgument, NotFound, Unavailable
 from .results import BOOKKEEPING_PREFIXES, Run
@@ -184,7 +184,8 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], out=sys.stdout) 
 def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN001
     """Per metric, a table of layers and headline values; for a series, the first value per checkpoint."""
     skipped = sum(r.status == "skipped" for r in run.results)
-    print(f"run {run.id}: {run.status}, {run.info.num_samples} samples, {run.info.seconds:.1f} s, "
+    seconds = times.seconds(run.info.duration)
+    print(f"run {run.id}: {run.status}, {run.info.num_samples} samples, {seconds:.1f} s, "
           f"{run.info.num_results} results ({run.info.num_failed} failed"
           f"{f', {skipped} skipped' if skipped else ''})", file=out)
     if run.info.error:
@@ -323,7 +324,7 @@ def cmd_models(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, client: Client) -> int:
-    rows = [{"run": r.id, "status": r.status, "created": r.info.created_at[:19], "models": len(r.info.config.models),
+    rows = [{"run": r.id, "status": r.status, "created": times.iso(r.info.created_time)[:19], "models": len(r.info.config.models),
              "metrics": ",".join(m.name for m in r.info.config.metrics)[:50], "results": r.info.num_results}
             for r in client.runs(args.limit)]
     print_table(rows, ["run", "status", "created", "models", "metrics", "results"])

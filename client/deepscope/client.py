@@ -19,7 +19,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from . import __version__
+from . import times
+from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
 from .onnx_files import external_data_files
@@ -33,6 +34,33 @@ from .v1 import introspection_pb2_grpc as pb_grpc
 MAX_MESSAGE_BYTES = 256 << 20
 DEFAULT_TIMEOUT = 120.0
 LONG_TIMEOUT = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``GetServerInfo`` says: versions, limits and capabilities of the server."""
+
+    server_version: str
+    protocol_version: int
+    limits: dict[str, float]
+    upload_formats: tuple[str, ...]
+    executors: tuple[str, ...]
+    metric_isolation: str
+    model_isolation: str
+    auth_required: bool
+    tls: bool
+    devices: tuple[str, ...]
+
+    @classmethod
+    def from_proto(cls, info: pb.GetServerInfoResponse) -> "ServerInfo":
+        limits: dict[str, float] = {}
+        for field, value in info.limits.ListFields():
+            seconds = value.ToTimedelta().total_seconds() if hasattr(value, "ToTimedelta") else None
+            limits[f"{field.name}_seconds" if seconds is not None else field.name] = (
+                seconds if seconds is not None else int(value))
+        return cls(info.server_version, info.protocol_version, limits, tuple(info.upload_formats),
+                   tuple(info.executors), info.metric_isolation, info.model_isolation, info.auth_required,
+                   info.tls, tuple(info.devices))
 
 
 def _progress_bar(enabled: bool, **kwargs: Any):  # noqa: ANN202 - tqdm or a no-op
@@ -70,7 +98,7 @@ class Model:
     def format(self) -> str:
         return self.info.format
 
-    def detail(self) -> pb.ModelDetail:
+    def detail(self) -> pb.GetModelResponse:
         return self.client._call(self.client._stub.GetModel, pb.GetModelRequest(model=self.id))
 
     @property
@@ -113,8 +141,8 @@ class Client:
     def __init__(self, channel: grpc.Channel, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  progress: bool = True, on_close: Callable[[], None] | None = None) -> None:
         self._channel = channel
-        self._stub = pb_grpc.IntrospectionStub(channel)
-        self._metadata = [("x-deepscope-client-version", __version__)]
+        self._stub = pb_grpc.IntrospectionServiceStub(channel)
+        self._metadata = [(PROTOCOL_KEY, str(PROTOCOL_VERSION))]
         if token:
             self._metadata.append(("authorization", f"Bearer {token}"))
         self.timeout = timeout
@@ -173,6 +201,10 @@ class Client:
         response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
+    def server_info(self) -> ServerInfo:
+        """The server's versions, limits (durations in seconds) and capabilities."""
+        return ServerInfo.from_proto(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest()))
+
     # ------------------------------------------------------------ models
 
     def upload_model(self, model: str | os.PathLike | bytes, name: str | None = None,
@@ -209,7 +241,7 @@ class Client:
                     bar.update(len(chunk))
 
         try:
-            info = self._call(self._stub.UploadModel, requests(), timeout or max(self.timeout, 600.0))
+            info = self._call(self._stub.UploadModel, requests(), timeout or max(self.timeout, 600.0)).model
         finally:
             bar.close()
         return Model(self, info)
@@ -369,7 +401,7 @@ class Client:
                 params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 64, seed: int = 0,
                 limit: int | None = None, split: str = "test", metric_timeout: float | None = None,
                 timeout: float | None = None, label: str = "",
-                on_event: Callable[[pb.AnalyzeEvent], None] | None = None,
+                on_event: Callable[[pb.AnalyzeResponse], None] | None = None,
                 on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
         """Run metrics over data; returns the finished Run.
 
@@ -385,8 +417,9 @@ class Client:
         first = self._as_model(checkpoints[0])
         refs = [first.id] + [(c.id if isinstance(c, Model) else c) for c in checkpoints[1:]]
         config = pb.AnalyzeConfig(models=refs, layers=list(layers), exclude=list(exclude), batch_size=batch_size,
-                                  seed=seed, sample_limit=limit or 0, split=split, label=label,
-                                  metric_timeout_seconds=metric_timeout or 0.0)
+                                  seed=seed, sample_limit=limit or 0, split=split, label=label)
+        if metric_timeout:
+            times.set_seconds(config.metric_timeout, metric_timeout)
         # Parameters go with an exact-name request placed first; the server keeps the first request for
         # a metric, so a later glob ("fractal.*") selecting the same metric does not drop them.
         params = dict(params or {})
@@ -420,7 +453,7 @@ class Client:
         return itertools.chain([first], batches)
 
     def _run_analysis(self, first: Model, config: pb.AnalyzeConfig, batches: Iterable[tuple[Any, Any]],
-                      timeout: float, on_event: Callable[[pb.AnalyzeEvent], None] | None,
+                      timeout: float, on_event: Callable[[pb.AnalyzeResponse], None] | None,
                       on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
         def requests() -> Iterator[pb.AnalyzeRequest]:
             yield pb.AnalyzeRequest(config=config)

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One request field at fault (``google.rpc.BadRequest.FieldViolation``)."""
+
+    field: str
+    description: str
 
 
 class DeepscopeError(Exception):
-    """Base class; ``code`` is the gRPC status code, ``details`` the server's message."""
+    """Base class; ``code`` is the gRPC status code, ``details`` the server's message.
+
+    From the server's ``google.rpc.Status`` details: ``reason`` is a stable machine-readable cause
+    (``UNKNOWN_LAYER``, ``LIMIT_MAX_TENSOR_ELEMENTS``, ...; empty for errors raised by gRPC itself),
+    ``metadata`` its string facts (e.g. ``limit``, ``size``), ``field_violations`` the request fields at
+    fault and ``suggestions`` did-you-mean names. Branch on these, not on the message.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = ""
+    metadata: Mapping[str, str] = MappingProxyType({})
+    field_violations: tuple[FieldViolation, ...] = ()
+    suggestions: tuple[str, ...] = ()
 
     def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(details)
@@ -62,8 +86,30 @@ _BY_CODE = {cls.code: cls for cls in (NotFound, InvalidArgument, ResourceExhaust
 
 
 def from_rpc_error(error: grpc.RpcError) -> DeepscopeError:
-    """The typed exception for a grpc.RpcError (keeps the server's message)."""
+    """The typed exception for a grpc.RpcError (keeps the server's message and its status details)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     cls = _BY_CODE.get(code, DeepscopeError)
-    return cls(details or str(code), code)
+    exc = cls(details or str(code), code)
+    _attach_status_details(exc, error)
+    return exc
+
+
+def _attach_status_details(exc: DeepscopeError, error: grpc.RpcError) -> None:
+    """Fill ``reason``, ``metadata``, ``field_violations``, ``suggestions`` from ``grpc-status-details-bin``."""
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except (ValueError, AttributeError, TypeError):  # no trailer, or one that disagrees with the status
+        return
+    if status is None:
+        return
+    for packed in status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            exc.reason, exc.metadata = info.reason, dict(info.metadata)
+            exc.suggestions = tuple(name for name in info.metadata.get("suggestions", "").split(",") if name)
+        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            packed.Unpack(bad)
+            exc.field_violations = tuple(FieldViolation(v.field, v.description) for v in bad.field_violations)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import times
 from .results import Curve, GraphData, Run, decode_item
 
 #: Arrays up to this many elements stay in the JSON (a histogram, a short curve, per-layer values).
@@ -73,7 +74,9 @@ def run_to_json(run: Run, sidecar: _Sidecar) -> dict[str, Any]:
     """The run's metadata and every result; large arrays are handed to ``sidecar``."""
     return {
         "run_id": run.id, "status": run.status, "models": list(run.info.config.models),
-        "model_ids": list(run.info.model_ids), "num_samples": run.info.num_samples, "seconds": run.info.seconds,
+        "model_ids": list(run.info.model_ids), "num_samples": run.info.num_samples,
+        "seconds": times.seconds(run.info.duration), "created": times.iso(run.info.created_time),
+        "finished": times.iso(run.info.finished_time),
         "plugin_versions": dict(run.info.plugin_versions), "error": run.info.error,
         "results": [
             {"metric": r.metric, "layer": r.layer, "checkpoint": r.checkpoint, "status": r.status, "error": r.error,

@@ -1,6 +1,6 @@
 """The external-data files an ONNX model references (``torch.onnx.export`` writes ``net.onnx.data``).
 
-Read with a subset of onnx.proto (``v1/onnx_refs_pb2``, same field numbers) so the SDK needs no
+Read with a subset of onnx.proto (``onnx_refs/onnx_refs_pb2``, same field numbers) so the SDK needs no
 onnx package: only the tensors' ``external_data`` entries are decoded, everything else is skipped.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from google.protobuf.message import DecodeError, Message
 
-from .v1 import onnx_refs_pb2 as onnx_refs
+from .onnx_refs import onnx_refs_pb2 as onnx_refs
 
 EXTERNAL = 1  # onnx.TensorProto.EXTERNAL
 

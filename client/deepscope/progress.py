@@ -98,7 +98,7 @@ class ProgressTracker:
         self.history.append(event)
         return [event]
 
-    def feed(self, event: pb.AnalyzeEvent) -> list[ProgressEvent]:
+    def feed(self, event: pb.AnalyzeResponse) -> list[ProgressEvent]:
         """The ProgressEvents this AnalyzeEvent produces (often none)."""
         kind = event.WhichOneof("event")
         if kind == "started":

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import times
 from .results import Run
 
 STYLE = """
@@ -99,7 +100,7 @@ def _summary(run: Run, names: list[str]) -> list[str]:
     scalars = _scalar_table(run)
     parts = ["<section id='summary'><h2>Summary</h2>",
              f"<p><b>{e(run.status)}</b> · {len(names)} checkpoint{'s' * (len(names) != 1)}: "
-             f"{e(', '.join(names))} · {info.num_samples} samples · {info.seconds:.1f} s · "
+             f"{e(', '.join(names))} · {info.num_samples} samples · {times.seconds(info.duration):.1f} s · "
              f"{len(run.metrics)} metrics on {len(run_layers(run))} layers</p>",
              f"<p class='counts'>{len(run.results)} results: {_counts_html(counts)}</p>"]
     if info.error:
@@ -223,7 +224,8 @@ def _details(run: Run) -> list[str]:
         ("model ids", ", ".join(m[:12] for m in info.model_ids)),
         ("data", config.dataset or "client-supplied"), ("split", config.split or "test"),
         ("samples", str(info.num_samples)), ("batch size", str(config.batch_size)), ("seed", str(config.seed)),
-        ("seconds", f"{info.seconds:.2f}"), ("created", info.created_at), ("finished", info.finished_at),
+        ("seconds", f"{times.seconds(info.duration):.2f}"), ("created", times.iso(info.created_time)),
+        ("finished", times.iso(info.finished_time)),
         ("plugins", ", ".join(f"{k} {v}" for k, v in sorted(info.plugin_versions.items()))),
     ]
     return (["<details id='run-details'><summary>Run details</summary><table>"]
@@ -250,7 +252,7 @@ def render_report(run: Run) -> str:
             params = results[0].params if results else {}
             shown = ", ".join(f"{k}={getattr(v, v.WhichOneof('kind'))}" for k, v in sorted(params.items())
                               if v.WhichOneof("kind"))
-            seconds = sum({r.checkpoint: r.seconds for r in results}.values())
+            seconds = sum({r.checkpoint: times.seconds(r.duration) for r in results}.values())
             counts = Counter(_status(r.status) for r in results)
             parts.append(f"<p class='muted'>parameters: {e(shown) or 'none'}; time in the metric's code: "
                          f"{seconds:.2f} s; <span class='counts'>{_counts_html(counts)}</span></p>")

@@ -58,10 +58,12 @@ def _decode_table(table: pb.Table) -> dict[str, Any]:
 
 
 def decode_item(item: pb.ResultItem) -> Any:
-    """A ResultItem as float / str / numpy array / Curve / dict of columns / GraphData."""
+    """A ResultItem as float / bool / str / numpy array / Curve / dict of columns / GraphData."""
     kind = item.WhichOneof("value")
     if kind == "scalar":
         return item.scalar
+    if kind == "flag":
+        return item.flag
     if kind == "text":
         return item.text
     if kind == "tensor":
@@ -78,7 +80,12 @@ def decode_item(item: pb.ResultItem) -> Any:
     return None
 
 
-STATUS_NAMES = {v: k.lower() for k, v in pb.RunStatus.items()}
+STATUS_NAMES = {v: k.removeprefix("RUN_STATUS_").lower() for k, v in pb.RunStatus.items()}
+
+
+def run_status_name(status: int) -> str:
+    """"completed", "failed", ... for a RunStatus value."""
+    return STATUS_NAMES.get(status, "unspecified")
 #: Result keys that count things or echo parameters rather than measure the model.
 BOOKKEEPING_PREFIXES = ("n_", "num_", "param_")
 

@@ -9,7 +9,6 @@ deadline stops the run between batches and between metrics and marks it cancelle
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from deepscope import times
+from deepscope.results import run_status_name
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
 
@@ -31,7 +32,7 @@ from .models import LoadedModel, ModelManager
 from .plugin_api import Batch, Context, Needs
 from .plugins import MetricEntry, Registry
 from .result_status import judge
-from .store import Store, utc_now
+from .store import Store
 from .isolation import GuardedMetric, ProcessGuard, RunCancelled
 from .testing import validate_params
 
@@ -111,7 +112,7 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
             try:
                 params = validate_params(entry.cls, raw)
             except ValueError as exc:
-                raise InvalidInput(str(exc)) from None
+                raise InvalidInput(str(exc), reason="INVALID_PARAM", field=f"metrics[{name}].params") from None
             layers = [layer for layer in (selected or first.layers) if entry.cls.applies_to(layer)]
             if not layers:
                 kinds = sorted(entry.cls.layer_kinds or ())
@@ -123,13 +124,15 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
             planned.append(PlannedMetric(name, entry, params, [layer.name for layer in layers]))
     if not planned:
         reasons = "; ".join(r.error for r in skipped) or "every requested metric is excluded"
-        raise InvalidInput(f"no metric to run: {reasons}; select other layers or metrics")
+        raise InvalidInput(f"no metric to run: {reasons}; select other layers or metrics",
+                           reason="METRIC_NOT_APPLICABLE", field="metrics")
     if config.data_specs:
         _check_data(first, config.data_specs)
 
-    timeout = config.metric_timeout_seconds
-    if timeout and not (math.isfinite(timeout) and timeout > 0):
-        raise InvalidInput(f"metric_timeout_seconds must be a positive number of seconds, got {timeout!r}")
+    timeout = times.seconds(config.metric_timeout)
+    if timeout < 0:
+        raise InvalidInput(f"metric_timeout must be a positive duration, got {timeout!r} s",
+                           reason="INVALID_PARAM", field="config.metric_timeout")
     # A client may shorten the server's metric time limit, never lengthen it.
     plan = RunPlan(config, checkpoints, planned, batch_size,
                    min(timeout, limits.metric_timeout_seconds) if timeout else limits.metric_timeout_seconds,
@@ -194,7 +197,7 @@ class RunExecutor:
 
     plan: RunPlan
     store: Store
-    emit: Callable[[pb.AnalyzeEvent], None]
+    emit: Callable[[pb.AnalyzeResponse], None]
     cancel: threading.Event
     max_seconds: float
     client_batches: Iterator[InputBatch] | None = None
@@ -212,7 +215,7 @@ class RunExecutor:
         for m in self.plan.metrics:
             self.info.plugin_versions[m.entry.plugin] = m.entry.version
         self.store.create_run(self.info)
-        self.emit(pb.AnalyzeEvent(started=self.info))
+        self.emit(pb.AnalyzeResponse(started=self.info))
         return self.info
 
     def _cancelled(self) -> bool:
@@ -226,7 +229,7 @@ class RunExecutor:
                                 round(time.monotonic() - self._deadline + self.max_seconds, 1), "s")
 
     def _progress(self, stage: str, done: int, total: int, message: str = "") -> None:
-        self.emit(pb.AnalyzeEvent(progress=pb.Progress(stage=stage, done=done, total=total, message=message)))
+        self.emit(pb.AnalyzeResponse(progress=pb.Progress(stage=stage, done=done, total=total, message=message)))
 
     def execute(self) -> pb.RunInfo:
         start = time.perf_counter()
@@ -238,33 +241,33 @@ class RunExecutor:
             self._finish(guards, n_samples)
             for result in self.plan.skipped:
                 self._record(result)
-            self.info.status = pb.COMPLETED
+            self.info.status = pb.RUN_STATUS_COMPLETED
         except RunCancelled as exc:
             if not self.cancel.is_set() and time.monotonic() > self._deadline:
                 # A metric saw the deadline through ctx.cancelled() / the model handle.
                 exc = LimitExceeded("max_run_seconds", self.max_seconds,
                                     round(time.monotonic() - self._deadline + self.max_seconds, 1), "s")
-                self.info.status = pb.FAILED
+                self.info.status = pb.RUN_STATUS_FAILED
                 self.info.error = str(exc)
                 raise exc from None
-            self.info.status = pb.CANCELLED
+            self.info.status = pb.RUN_STATUS_CANCELLED
             self.info.error = str(exc)
         except DeepscopeError as exc:
-            self.info.status = pb.FAILED
+            self.info.status = pb.RUN_STATUS_FAILED
             self.info.error = str(exc)
             raise
         except Exception as exc:
-            self.info.status = pb.FAILED
+            self.info.status = pb.RUN_STATUS_FAILED
             self.info.error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             for guard in self._guards:
                 guard.close()
-            self.info.seconds = time.perf_counter() - start
-            self.info.finished_at = utc_now()
+            times.set_seconds(self.info.duration, time.perf_counter() - start)
+            times.stamp_now(self.info.finished_time)
             self.store.update_run(self.info)
-            self._progress("done", 1, 1, pb.RunStatus.Name(self.info.status).lower())
-            self.emit(pb.AnalyzeEvent(finished=self.info))
+            self._progress("done", 1, 1, run_status_name(self.info.status))
+            self.emit(pb.AnalyzeResponse(finished=self.info))
         return self.info
 
     def _instantiate(self) -> list[GuardedMetric]:
@@ -370,12 +373,13 @@ class RunExecutor:
         self.store.add_result(self.info.id, self._seq, result)
         self.info.num_results += 1
         self.info.num_failed += result.status == "failed"
-        self.emit(pb.AnalyzeEvent(result=result))
+        self.emit(pb.AnalyzeResponse(result=result))
 
     def _to_results(self, guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:
         def base(layer: str) -> pb.MetricResult:
             result = pb.MetricResult(metric=guard.planned.name, layer=layer, checkpoint=guard.checkpoint,
-                                     seconds=guard.seconds, num_samples=n_samples, warnings=guard.ctx.warnings)
+                                     num_samples=n_samples, warnings=guard.ctx.warnings)
+            times.set_seconds(result.duration, guard.seconds)
             for key, value in guard.planned.params.items():
                 result.params[key].CopyFrom(convert.value_proto(value))
             return result

@@ -13,12 +13,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from . import __version__
+from . import __version__, reflection
 from .isolation import configure_workers
 from .config import Settings, settings_from_args
 from .gate import GateInterceptor
@@ -30,7 +29,7 @@ from .store import Store, StoreInUse, StoreUnusable
 from .wire import DecodeInterceptor
 
 log = logging.getLogger("deepscope_server")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IntrospectionService"].full_name
 
 
 @dataclass
@@ -109,12 +108,11 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
                  ("grpc.so_reuseport", 0)],
     )
     service = IntrospectionService(settings, store, models, registry)
-    pb_grpc.add_IntrospectionServicer_to_server(service, server)
+    pb_grpc.add_IntrospectionServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+        reflection.enable(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     address = f"{settings.host}:{settings.port}"
     credentials = _credentials(settings)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)

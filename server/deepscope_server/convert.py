@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from deepscope.dtypes import kserve_dtype
+from deepscope import times
 from deepscope.tensors import to_proto
 from deepscope.values import from_value, to_value
 from deepscope.v1 import introspection_pb2 as pb
@@ -35,7 +37,7 @@ def layer_proto(layer: Layer) -> pb.LayerInfo:
         name=layer.name, kind=layer.kind, op_type=layer.op_type, inputs=layer.inputs,
         input_shapes=[shape_proto(s) for s in layer.input_shapes],
         output_shapes=[shape_proto(s) for s in layer.output_shapes],
-        params=[pb.ParamInfo(name=k, dtype=str(v.dtype), shape=v.shape) for k, v in layer.weights.items()],
+        params=[pb.ParamInfo(name=k, dtype=kserve_dtype(v.dtype), shape=v.shape) for k, v in layer.weights.items()],
         attrs={k: _json(v) for k, v in layer.attrs.items()},
         channel_axis=layer.channel_axis,
     )
@@ -43,11 +45,13 @@ def layer_proto(layer: Layer) -> pb.LayerInfo:
 
 def model_info_proto(model_id: str, name: str, fmt: str, size: int, created_at: str, source: str,
                      graph: ModelGraph) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        id=model_id, name=name, format=fmt, size_bytes=size, created_at=created_at, source=source,
+    info = pb.ModelInfo(
+        id=model_id, name=name, format=fmt, size_bytes=size, source=source,
         inputs=[spec_proto(s) for s in graph.inputs], outputs=[spec_proto(s) for s in graph.outputs],
         num_layers=len(graph.layers), num_params=sum(layer.num_params for layer in graph.layers),
     )
+    times.set_iso(info.created_time, created_at)
+    return info
 
 
 # ---------------------------------------------------------------- parameters
@@ -78,12 +82,21 @@ def needs_names(needs: Needs) -> list[str]:
     return [flag.name.lower() for flag in Needs if flag in needs]
 
 
+#: Plugins describe results in Python terms; the wire names them by the ResultItem field that holds them.
+_WIRE_RESULT_KINDS = {"vector": "tensor", "matrix": "tensor", "array": "tensor", "string": "text", "bool": "flag"}
+
+
+def wire_result_kinds(kinds: Sequence[str]) -> list[str]:
+    """``result_kinds`` as ResultItem ``value`` field names (scalar, tensor, curve, table, text, graph, flag)."""
+    return list(dict.fromkeys(_WIRE_RESULT_KINDS.get(kind, kind) for kind in kinds))
+
+
 def metric_info_proto(entry: MetricEntry) -> pb.MetricInfo:
     cls = entry.cls
     return pb.MetricInfo(
         name=cls.name, description=cls.description, citation=cls.citation,
         params=[param_spec_proto(p) for p in cls.params], needs=needs_names(cls.needs),
-        layer_kinds=sorted(cls.layer_kinds or ()), result_kinds=list(cls.result_kinds),
+        layer_kinds=sorted(cls.layer_kinds or ()), result_kinds=wire_result_kinds(cls.result_kinds),
         plugin=entry.plugin, plugin_version=entry.version,
         reconstructed=bool(cls.reconstructed), extension=bool(cls.extension),
         summary_keys=list(cls.summary_keys),
@@ -112,7 +125,9 @@ def item_proto(key: str, value: Any) -> pb.ResultItem:
     """One result value as a typed ResultItem; MalformedResult for anything else."""
     if not isinstance(key, str) or not key:
         raise MalformedResult(f"result keys must be non-empty strings, got {key!r}")
-    if isinstance(value, (bool, np.bool_, int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)):
+        return pb.ResultItem(key=key, flag=bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
         return pb.ResultItem(key=key, scalar=float(value))
     if isinstance(value, str):
         return pb.ResultItem(key=key, text=value)

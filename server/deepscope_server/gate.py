@@ -22,13 +22,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from deepscope.protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 
 from . import __version__
+from . import rich_status
 from .errors import shorten
 
 HEALTH_PREFIX = "/grpc.health.v1."
-VERSION_KEY = "x-deepscope-client-version"
-PROTOCOL_MAJOR = __version__.split(".")[0]
+#: The handshake itself answers any protocol version.
+HANDSHAKE_METHOD = "/deepscope.v1.IntrospectionService/GetServerInfo"
 
 Handler = grpc.RpcMethodHandler
 
@@ -39,11 +41,11 @@ def _streaming_request(handler: Handler, behavior: Callable[..., Any]) -> Handle
     return make(behavior, response_serializer=handler.response_serializer)
 
 
-def _abort_handler(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+def _abort_handler(handler: Handler, code: grpc.StatusCode, message: str, reason: str) -> Handler:
     """Fails with ``code`` without reading any of the request."""
 
     async def abort(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
+        await rich_status.abort(context, code, message, reason=reason)
 
     return _streaming_request(handler, abort)
 
@@ -84,10 +86,13 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
             return handler if authenticated or handler.request_streaming else _as_if_empty(handler)
         if not authenticated:
             return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                                  "missing or wrong token: send metadata 'authorization: Bearer <token>'")
-        version = str(metadata.get(VERSION_KEY, ""))
-        if version and version.split(".")[0] != PROTOCOL_MAJOR:
+                                  "missing or wrong token: send metadata 'authorization: Bearer <token>'",
+                                  "UNAUTHENTICATED")
+        version = str(metadata.get(PROTOCOL_KEY, "")).strip()
+        if version and version != str(PROTOCOL_VERSION) and details.method != HANDSHAKE_METHOD:
             return _abort_handler(handler, grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"client version {shorten(version, 40)} is incompatible with server {__version__}: "
-                                  f"install deepscope {PROTOCOL_MAJOR}.x")
+                                  f"the client speaks protocol deepscope.v{shorten(version, 20)}; this server "
+                                  f"({__version__}) speaks deepscope.v{PROTOCOL_VERSION}: use a client for "
+                                  f"v{PROTOCOL_VERSION} (GetServerInfo tells what the server speaks)",
+                                  "PROTOCOL_VERSION_MISMATCH")
         return handler

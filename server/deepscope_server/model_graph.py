@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput, NotFound, near_matches, shorten
+from .errors import InvalidInput, shorten, unknown
 
 #: Layer kinds every backend maps its operators onto.
 LAYER_KINDS = ("linear", "conv", "attention", "recurrent", "norm", "activation", "pool", "embedding", "other")
@@ -99,7 +99,7 @@ class ModelGraph:
         try:
             return self._by_name[name]
         except KeyError:
-            raise NotFound(f"layer '{shorten(name)}' not found{near_matches(name, self._by_name)}") from None
+            raise unknown("layer", name, self._by_name) from None
 
     def successors(self, name: str) -> list[Layer]:
         """Layers that take this layer's output as (one of) their inputs."""
@@ -143,8 +143,6 @@ class ModelGraph:
             else:
                 hits = {pattern} if pattern in self._by_name else set()
             if not hits:
-                raise NotFound(
-                    f"layer selection '{shorten(pattern)}' matches no layer{near_matches(pattern, self._by_name)}"
-                )
+                raise unknown("layer", pattern, self._by_name, what="matches no layer", field="layers")
             chosen |= hits
         return [layer for layer in self.layers if layer.name in chosen]

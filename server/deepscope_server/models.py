@@ -24,7 +24,7 @@ import numpy as np
 from .backends import Backend, CaptureRequest, RunOutput
 from .backends.detect import detect_format, load_model
 from .config import Limits
-from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, near_matches, shorten
+from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, shorten, unknown
 from .isolation import RunCancelled
 from .sandbox import SandboxedBackend
 from .store import StoredModel, Store, utc_now
@@ -144,6 +144,11 @@ class ModelManager:
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._dir_ids: dict[tuple[str, int, int], str] = {}
+        #: How references (ids, names, id prefixes) resolved to loaded uploads, so a repeated
+        #: Capture neither lists the catalogue nor builds paths. Cleared whenever the catalogue
+        #: changes; a lookup that overlapped a change (``_generation`` moved) records nothing.
+        self._resolved: dict[str, str] = {}
+        self._generation = 0
 
     # ------------------------------------------------------------ uploads
 
@@ -156,6 +161,7 @@ class ModelManager:
             # The same bytes were already loaded as an (untrusted) upload: nothing new to validate.
             # Never reuse a model-directory load: it may have been trusted (a pickle).
             self.store.add_model(model_id, name, loaded.stored.format, size, path)
+            self._forget_references()  # the name may now mean this model
             return loaded
         try:
             backend = _load(path, self.limits, self.device, False, self.isolation)
@@ -166,6 +172,7 @@ class ModelManager:
             self.store.discard_file(path)
             raise InvalidInput(f"'{name}' is not a loadable model: {type(exc).__name__}: {exc}") from exc
         stored = self.store.add_model(model_id, name, backend.format, size, path)
+        self._forget_references()  # the name may now mean this model
         return self._remember(LoadedModel(stored, "upload", backend))
 
     # ------------------------------------------------------------ lookups
@@ -174,6 +181,10 @@ class ModelManager:
         """By id, id prefix or name; uploads first, then files in the model directory."""
         if not ref:
             raise InvalidInput("no model given: pass a model id or name (see ListModels)")
+        loaded = self.loaded_upload(ref)
+        if loaded is not None:
+            return loaded
+        generation = self._generation
         try:
             stored, source, trusted = self.store.find_model(ref), "upload", False
         except NotFound as not_found:
@@ -184,6 +195,8 @@ class ModelManager:
         with self._lock:
             if stored.id in self._cache:
                 self._cache.move_to_end(stored.id)
+                if source == "upload" and generation == self._generation:
+                    self._resolved[ref] = stored.id
                 return self._cache[stored.id]
         try:
             backend = _load(stored.path, self.limits, self.device, trusted, self.isolation)
@@ -201,18 +214,38 @@ class ModelManager:
         entries += self._model_dir_files()
         return entries
 
+    def loaded_upload(self, ref: str) -> LoadedModel | None:
+        """The loaded upload ``ref`` resolved to before (its id, name or an id prefix), without
+        reading the catalogue: no SQLite, no paths, cheap enough for the event loop. Uploads only:
+        a model-directory file may change on disk, so those are looked up each time."""
+        with self._lock:
+            model_id = self._resolved.get(ref)
+            loaded = self._cache.get(model_id) if model_id is not None else None
+            if loaded is None or loaded.source != "upload":
+                return None
+            self._cache.move_to_end(loaded.stored.id)
+            return loaded
+
+    def _forget_references(self) -> None:
+        with self._lock:
+            self._resolved.clear()
+            self._generation += 1
+
     def cached(self, model_id: str) -> LoadedModel | None:
         with self._lock:
             return self._cache.get(model_id)
 
     def delete(self, ref: str) -> bool:
         stored = self.store.find_model(ref)
+        self._forget_references()
         with self._lock:
             loaded = self._cache.pop(stored.id, None)
         if loaded is not None:
             with loaded.lock:
                 loaded.backend.close()
-        return self.store.delete_model(stored.id)
+        deleted = self.store.delete_model(stored.id)
+        self._forget_references()  # a lookup that raced the delete must not be remembered
+        return deleted
 
     def close(self) -> None:
         with self._lock:
@@ -262,5 +295,5 @@ class ModelManager:
                 return model
         if files:
             names = [m.name for m in files] + [m.name for m in self.store.models()]
-            raise NotFound(f"model '{shorten(ref)}' not found{near_matches(ref, names)}")
+            raise unknown("model", ref, names)
         return None

@@ -16,7 +16,7 @@ from types import ModuleType
 import pluggy
 
 from . import plugin_api
-from .errors import InvalidInput, NotFound, near_matches, shorten
+from .errors import unknown
 from .plugin_api import Dataset, Metric, Needs
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,15 @@ class Registry:
         try:
             return self.metrics[name]
         except KeyError:
-            raise NotFound(f"metric '{shorten(name)}' not found{near_matches(name, self.metrics)}; "
-                           f"list them with ListMetrics / `deepscope metrics`") from None
+            raise unknown("metric", name, self.metrics, hint="; list them with ListMetrics / `deepscope metrics`",
+                          field="metrics") from None
 
     def dataset(self, name: str) -> Dataset:
         try:
             return self.datasets[name]
         except KeyError:
             valid = ", ".join(sorted(self.datasets)) or "none"
-            raise NotFound(f"dataset '{shorten(name)}' not found; available: {valid}") from None
+            raise unknown("dataset", name, self.datasets, hint=f"; available: {valid}", field="dataset") from None
 
     def expand(self, patterns: list[str]) -> list[str]:
         """Metric names from names, ``family.*`` globs or ``all``."""
@@ -60,7 +60,7 @@ class Registry:
         for pattern in patterns:
             hits = sorted(self.metrics) if pattern == "all" else sorted(fnmatch.filter(self.metrics, pattern))
             if not hits:
-                raise InvalidInput(f"metric '{shorten(pattern)}' matches no metric{near_matches(pattern, self.metrics)}")
+                raise unknown("metric", pattern, self.metrics, what="matches no metric", field="metrics")
             names += [h for h in hits if h not in names]
         return names
 

@@ -71,9 +71,13 @@ def _confine(memory_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (memory_bytes, memory_bytes))
 
 
-def _error_message(exc: BaseException) -> dict[str, str]:
-    return {"type": type(exc).__name__, "message": str(exc)[:4000],
-            "domain": type(exc).__name__ if isinstance(exc, tuple(_DOMAIN_ERRORS.values())) else ""}
+def _error_message(exc: BaseException) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:4000], "domain": ""}
+    if isinstance(exc, tuple(_DOMAIN_ERRORS.values())):
+        assert isinstance(exc, DeepscopeError)
+        message.update(domain=type(exc).__name__, reason=exc.reason, field=exc.field or "",
+                       suggestions=[str(s) for s in exc.suggestions], metadata=dict(exc.metadata))
+    return message
 
 
 def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, device: str, trusted: bool) -> None:
@@ -281,13 +285,17 @@ def _address_space_peak(pid: int | None) -> int:
     return 0
 
 
-def _rebuild(error: dict[str, str], loading: bool, memory_bytes: int = 0) -> Exception:
+def _rebuild(error: dict[str, Any], loading: bool, memory_bytes: int = 0) -> Exception:
     """The worker's error as the server's domain error (built from text: nothing is unpickled)."""
     name, message = str(error.get("type", "Error")), str(error.get("message", ""))
     domain = _DOMAIN_ERRORS.get(str(error.get("domain", "")))
     if domain is not None:
         exc = domain.__new__(domain)
-        Exception.__init__(exc, message)
+        suggestions, metadata = error.get("suggestions", []), error.get("metadata", {})
+        DeepscopeError.__init__(
+            exc, message, reason=str(error.get("reason", "")) or None, field=str(error.get("field", "")) or None,
+            suggestions=[str(s) for s in suggestions] if isinstance(suggestions, list) else (),
+            metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None)
         return exc
     if name == "MemoryError" and loading:
         return ModelOutOfMemory(f"loading the model needed more memory than its worker process may use (limit "

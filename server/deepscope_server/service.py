@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import inspect
 import logging
@@ -16,13 +17,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from deepscope.tensors import MAX_NDIM, TensorError, from_proto, tensor_parts
+from deepscope import times
+from deepscope.protocol import PROTOCOL_VERSION
+from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, checksum, from_proto, tensor_parts
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from . import convert
+from . import __version__, convert, rich_status
 from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
+from .backends.inputs import format_shape
 from .config import Settings
 from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
                      NotFound, StorageFull, Unavailable, shorten, shorten_list)
@@ -70,9 +74,11 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: 
     code = status_for(exc)
     if code is None:
         log.exception("internal error in %s", method)
-        await context.abort(grpc.StatusCode.INTERNAL,
-                            _status_message(f"internal error in {method}: {type(exc).__name__}: {exc}"))
-    await context.abort(code, _status_message(str(exc)))
+        await rich_status.abort(context, grpc.StatusCode.INTERNAL,
+                                _status_message(f"internal error in {method}: {type(exc).__name__}: {exc}"),
+                                metadata={"method": method, "exception": type(exc).__name__})
+    reason = "INVALID_TENSOR" if isinstance(exc, TensorError) else None
+    await rich_status.abort(context, code, _status_message(str(exc)), error=exc, reason=reason)
 
 
 def _unexpected(exc: Exception, method: str) -> DeepscopeError | None:
@@ -120,6 +126,34 @@ async def _status_codes(context: grpc.aio.ServicerContext, method: str) -> Async
         raise
     except Exception as exc:  # noqa: BLE001 - mapped to a status code
         await _abort_unexpected(exc, context, method)
+
+
+def server_info(settings: Settings) -> pb.GetServerInfoResponse:
+    """What a client needs to know before it sends anything: versions, limits, capabilities."""
+    limits = settings.limits
+    info = pb.GetServerInfoResponse(
+        server_version=__version__, protocol_version=PROTOCOL_VERSION,
+        limits=pb.ServerLimits(
+            max_message_bytes=limits.max_message_bytes, max_model_bytes=limits.max_model_bytes,
+            max_tensor_elements=limits.max_tensor_elements, max_batch_size=limits.max_batch_size,
+            max_capture_bytes=limits.max_capture_bytes, max_concurrent_runs=limits.max_concurrent_runs,
+            recommended_chunk_bytes=CHUNK_BYTES),
+        upload_formats=["onnx", "pt2", "torchscript"], executors=["local"],
+        metric_isolation=settings.metric_isolation, model_isolation=settings.model_isolation,
+        auth_required=bool(settings.auth_token), tls=settings.tls_cert is not None, devices=_devices(settings))
+    info.limits.max_run_time.FromTimedelta(datetime.timedelta(seconds=limits.max_run_seconds))
+    info.limits.metric_timeout.FromTimedelta(datetime.timedelta(seconds=limits.metric_timeout_seconds))
+    info.limits.max_forward_time.FromTimedelta(datetime.timedelta(seconds=limits.max_forward_seconds))
+    return info
+
+
+def _devices(settings: Settings) -> list[str]:
+    """Devices models may run on: a forced one, or the CPU plus CUDA where torch sees a GPU."""
+    if settings.device != "auto":
+        return [settings.device]
+    import torch  # already imported by the backends; only asked here
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 class _Handoff:
@@ -199,7 +233,7 @@ def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
     return future
 
 
-class IntrospectionService(pb_grpc.IntrospectionServicer):
+class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
     def __init__(self, settings: Settings, store: Store, models: ModelManager, registry: Registry) -> None:
         self.settings = settings
         self.limits = settings.limits
@@ -209,10 +243,17 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         self._runs = threading.BoundedSemaphore(self.limits.max_concurrent_runs)
         self.active_cancels: set[threading.Event] = set()
 
+    # ------------------------------------------------------------ server
+
+    @rpc
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.GetServerInfoResponse:
+        return server_info(self.settings)
+
     # ------------------------------------------------------------ models
 
     @rpc
-    async def UploadModel(self, request_iterator: AsyncIterator[pb.UploadModelRequest], context) -> pb.ModelInfo:
+    async def UploadModel(self, request_iterator: AsyncIterator[pb.UploadModelRequest],
+                          context) -> pb.UploadModelResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("UploadModel must start with an UploadHeader (name, total_bytes)")
@@ -251,7 +292,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
                     pass
             raise
         loaded = await task
-        return self._model_info(loaded)
+        return pb.UploadModelResponse(model=self._model_info(loaded))
 
     def _model_info(self, loaded: LoadedModel) -> pb.ModelInfo:
         s = loaded.stored
@@ -267,15 +308,16 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
                 response.models.append(self._model_info(loaded))
             else:
                 source = "upload" if entry.path.parent.parent == self.store.models_dir else "model_dir"
-                response.models.append(pb.ModelInfo(id=entry.id, name=entry.name, format=entry.format,
-                                                    size_bytes=entry.size_bytes, created_at=entry.created_at,
-                                                    source=source))
+                info = pb.ModelInfo(id=entry.id, name=entry.name, format=entry.format, size_bytes=entry.size_bytes,
+                                    source=source)
+                times.set_iso(info.created_time, entry.created_at)
+                response.models.append(info)
         return response
 
     @rpc
-    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelDetail:
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         loaded = await asyncio.to_thread(self.models.get, request.model)
-        return pb.ModelDetail(info=self._model_info(loaded), layers=[convert.layer_proto(l) for l in loaded.graph.layers],
+        return pb.GetModelResponse(info=self._model_info(loaded), layers=[convert.layer_proto(l) for l in loaded.graph.layers],
                               device=getattr(loaded.backend, "device", "cpu"), notes=loaded.graph.notes)
 
     @rpc
@@ -283,18 +325,18 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         return pb.DeleteModelResponse(deleted=await asyncio.to_thread(self.models.delete, request.model))
 
     @rpc
-    async def GetWeights(self, request: pb.GetWeightsRequest, context) -> AsyncIterator[pb.TensorPart]:
+    async def GetWeights(self, request: pb.GetWeightsRequest, context) -> AsyncIterator[pb.GetWeightsResponse]:
         loaded = await asyncio.to_thread(self.models.get, request.model)
         graph = loaded.graph
         layers = graph.select(list(request.layers)) if request.layers else graph.layers
         count, total = 0, 0
         for layer in layers:
             for key, weight in layer.weights.items():
-                for part in tensor_parts(f"{layer.name}/{key}", np.asarray(weight)):
+                for part in tensor_parts(f"{layer.name}/{key}", np.asarray(weight), message=pb.GetWeightsResponse):
                     yield part
                 count += 1
                 total += weight.nbytes
-        yield pb.TensorPart(done=pb.CaptureDone(num_tensors=count, total_bytes=total))
+        yield pb.GetWeightsResponse(done=pb.WeightsDone(num_tensors=count, total_bytes=total))
 
     # ------------------------------------------------------------ capture
 
@@ -313,7 +355,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         decoded = [(t.name, self._decode(t)) for t in tensors]
         if not decoded:
             raise InvalidInput(f"no input tensors; the model expects: "
-                               f"{', '.join(f'{s.name} {s.dtype} {list(s.shape)}' for s in loaded.graph.inputs)}")
+                               f"{', '.join(f'{s.name} {s.dtype} {format_shape(s.shape)}' for s in loaded.graph.inputs)}")
         bound = loaded.graph.bind_inputs(decoded)
         for name, array in bound.items():
             if array.ndim and array.shape[0] > self.limits.max_batch_size:
@@ -321,8 +363,9 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         return bound
 
     async def _forward(self, context: grpc.aio.ServicerContext, loaded: LoadedModel, inputs: dict[str, np.ndarray],
-                       captures: list[CaptureRequest]) -> Any:
-        """One forward pass bounded by the call: its deadline, its cancellation and server shutdown.
+                       captures: list[CaptureRequest], then: Callable[[Any], Any] = lambda out: out) -> Any:
+        """One forward pass bounded by the call: its deadline, its cancellation and server shutdown;
+        ``then(output)`` runs in the same worker thread (after the model's lock is released).
 
         A sandboxed model is stopped mid-pass when any of them ends the call, so a model that
         never returns holds neither a thread nor the model past the call.
@@ -332,7 +375,8 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
-            return await asyncio.to_thread(loaded.run, inputs, captures, cancelled=cancel.is_set, deadline=deadline)
+            return await asyncio.to_thread(
+                lambda: then(loaded.run(inputs, captures, cancelled=cancel.is_set, deadline=deadline)))
         except asyncio.CancelledError:
             cancel.set()
             raise
@@ -340,28 +384,38 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
             self.active_cancels.discard(cancel)
 
     @rpc
-    async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.TensorPart]:
-        loaded = await asyncio.to_thread(self.models.get, request.model)
+    async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.CaptureResponse]:
+        # A model looked up before is found without a thread hop or a catalogue read.
+        loaded = self.models.loaded_upload(request.model) or await asyncio.to_thread(self.models.get, request.model)
         inputs = self._decode_inputs(loaded, request.inputs)
         graph = loaded.graph
         captures = [CaptureRequest(l.name, "output") for l in graph.select(list(request.layers))] if request.layers else []
         captures += [CaptureRequest(l.name, "input") for l in graph.select(list(request.layer_inputs))] \
             if request.layer_inputs else []
+        skip_outputs, seconds = request.skip_model_outputs, 0.0
+
+        def framed(out: Any) -> tuple[list[tuple[str, np.ndarray]], list[int]]:
+            """The tensors to send and their checksums, in the forward's thread: a CRC over
+            megabytes would otherwise stall every other call on the event loop."""
+            nonlocal seconds
+            seconds = time.perf_counter() - start
+            tensors = [] if skip_outputs else [(f"output/{k}", v) for k, v in out.outputs.items()]
+            tensors += [(f"{'layer' if c.what == 'output' else 'input'}/{c.layer}", out.captured[c]) for c in captures]
+            total = sum(a.nbytes for _, a in tensors)
+            if total > self.limits.max_capture_bytes:
+                raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
+            return tensors, [checksum(a) for _, a in tensors]
+
         start = time.perf_counter()
-        out = await self._forward(context, loaded, inputs, captures)
-        seconds = time.perf_counter() - start
-        tensors: list[tuple[str, np.ndarray]] = []
-        if not request.skip_model_outputs:
-            tensors += [(f"output/{k}", v) for k, v in out.outputs.items()]
-        tensors += [(f"{'layer' if c.what == 'output' else 'input'}/{c.layer}", out.captured[c]) for c in captures]
+        tensors, crcs = await self._forward(context, loaded, inputs, captures, then=framed)
         total = sum(a.nbytes for _, a in tensors)
-        if total > self.limits.max_capture_bytes:
-            raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
-        for name, array in tensors:
-            for part in tensor_parts(name, array):
+        for (name, array), crc in zip(tensors, crcs):
+            for part in tensor_parts(name, array, crc=crc):
                 yield part
-        yield pb.TensorPart(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total, forward_seconds=seconds,
-                                                device=getattr(loaded.backend, "device", "cpu")))
+        done = pb.CaptureResponse(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total,
+                                                      device=getattr(loaded.backend, "device", "cpu")))
+        times.set_seconds(done.done.forward_time, seconds)
+        yield done
 
     # ------------------------------------------------------------ metrics and runs
 
@@ -373,7 +427,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         )
 
     @rpc
-    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.RunDetail:
+    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.GetRunResponse:
         return await asyncio.to_thread(self.store.get_run, request.run_id)
 
     @rpc
@@ -381,7 +435,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         return pb.ListRunsResponse(runs=await asyncio.to_thread(self.store.list_runs, request.limit or 100))
 
     @rpc
-    async def Analyze(self, request_iterator: AsyncIterator[pb.AnalyzeRequest], context) -> AsyncIterator[pb.AnalyzeEvent]:
+    async def Analyze(self, request_iterator: AsyncIterator[pb.AnalyzeRequest], context) -> AsyncIterator[pb.AnalyzeResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "config":
             raise InvalidInput("Analyze must start with an AnalyzeConfig message")
@@ -391,7 +445,7 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
             raise LimitExceeded("max_concurrent_runs", self.limits.max_concurrent_runs,
                                 self.limits.max_concurrent_runs + 1, "runs")
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[pb.AnalyzeEvent | BaseException | None] = asyncio.Queue()
+        events: asyncio.Queue[pb.AnalyzeResponse | BaseException | None] = asyncio.Queue()
         cancel = threading.Event()
         self.active_cancels.add(cancel)
         client_queue = _Handoff(maxsize=4)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -35,10 +34,11 @@ from typing import IO
 
 from google.protobuf.message import DecodeError
 
-from deepscope import lock_record
+from deepscope import lock_record, times
+from deepscope.results import run_status_name
 from deepscope.v1 import introspection_pb2 as pb
 
-from .errors import InvalidInput, LimitExceeded, NotFound, StorageFull, near_matches, shorten
+from .errors import StorageFull, shorten, unknown
 
 log = logging.getLogger(__name__)
 from .uploads import SideFile, UploadWriter
@@ -75,6 +75,18 @@ class StoreInUse(RuntimeError):
 
 class StoreUnusable(RuntimeError):
     """The store cannot be opened or read (a damaged database, an unwritable directory)."""
+
+
+def _with_times(info: pb.RunInfo, created: str | None, finished: str | None) -> pb.RunInfo:
+    """Fill the run's times from the table's columns where its record has none (runs stored before
+    RunInfo carried Timestamps)."""
+    for stamp, text in ((info.created_time, created), (info.finished_time, finished)):
+        if not (stamp.seconds or stamp.nanos):
+            try:
+                times.set_iso(stamp, text or "")
+            except ValueError:
+                pass  # a damaged column: the time stays unknown
+    return info
 
 
 def utc_now() -> str:
@@ -191,7 +203,7 @@ class Store:
             self._flush_unrecorded()
             for run_id in self._unrecorded:
                 log.error("run %s: its final state (%s) could not be written to %s; it will show as interrupted",
-                          run_id, pb.RunStatus.Name(self._unrecorded[run_id].status).lower(), self.db_path)
+                          run_id, run_status_name(self._unrecorded[run_id].status), self.db_path)
             self._db.close()
         self._lock_file.close()
 
@@ -312,7 +324,7 @@ class Store:
         if named:
             return named[-1]
         names = [m.name for m in models] + [m.id[:12] for m in models]
-        raise NotFound(f"model '{shorten(ref)}' not found{near_matches(ref, names)}")
+        raise unknown("model", ref, names)
 
     def delete_model(self, model_id: str) -> bool:
         with self._lock, self._errors("deleting a model"):
@@ -335,14 +347,14 @@ class Store:
 
     def create_run(self, info: pb.RunInfo) -> str:
         info.id = info.id or uuid.uuid4().hex[:16]
-        info.created_at = info.created_at or utc_now()
-        info.status = pb.RUNNING
+        created = times.iso(info.created_time) or times.stamp_now(info.created_time)
+        info.status = pb.RUN_STATUS_RUNNING
         with self._lock:
             self._flush_unrecorded()
             with self._errors("recording a new run"):
                 self._db.execute(
                     "INSERT INTO runs (id, status, created_at, info) VALUES (?,?,?,?)",
-                    (info.id, info.status, info.created_at, info.SerializeToString()),
+                    (info.id, info.status, created, info.SerializeToString()),
                 )
         return info.id
 
@@ -360,13 +372,13 @@ class Store:
             try:
                 self._db.execute(
                     "UPDATE runs SET status=?, finished_at=?, info=? WHERE id=?",
-                    (info.status, info.finished_at or None, info.SerializeToString(), info.id),
+                    (info.status, times.iso(info.finished_time) or None, info.SerializeToString(), info.id),
                 )
             except sqlite3.Error as exc:
                 if ("unrecorded", run_id) not in self._reported:
                     self._reported.add(("unrecorded", run_id))
                     log.warning("run %s (%s) cannot be recorded in %s yet: %s; kept in memory until it can",
-                                run_id, pb.RunStatus.Name(info.status).lower(), self.db_path, exc)
+                                run_id, run_status_name(info.status), self.db_path, exc)
                 continue
             del self._unrecorded[run_id]
             if ("unrecorded", run_id) in self._reported:
@@ -389,24 +401,24 @@ class Store:
                 self._skip("result", f"{run_id}/{seq}", exc)
         return results
 
-    def get_run(self, run_id: str) -> pb.RunDetail:
+    def get_run(self, run_id: str) -> pb.GetRunResponse:
         with self._lock, self._errors(f"reading run {run_id}"):
             self._flush_unrecorded()
-            row = self._db.execute("SELECT info FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = self._db.execute("SELECT info, created_at, finished_at FROM runs WHERE id=?", (run_id,)).fetchone()
             if not row:
                 ids = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 50")]
-                raise NotFound(f"run '{shorten(run_id)}' not found{near_matches(run_id, ids)}")
+                raise unknown("run", run_id, ids)
             info = self._unrecorded.get(run_id)
             if info is None:
                 try:
-                    info = parse_info(row[0])
+                    info = _with_times(parse_info(row[0]), row[1], row[2])
                 except BAD_ROW as exc:
                     self._skip("run", run_id, exc)
                     raise StoreUnusable(f"run '{run_id}' has an unreadable record in {self.db_path}; "
                                         f"{repair_hint(self.root)}") from None
             stored = self._db.execute("SELECT COUNT(*) FROM results WHERE run_id=?", (run_id,)).fetchone()[0]
             results = self._results(run_id)
-        detail = pb.RunDetail(info=info, results=results)
+        detail = pb.GetRunResponse(info=info, results=results)
         # The counts describe the results returned (a cut-off run's info was never updated).
         detail.info.num_results = len(results)
         detail.info.num_failed = sum(r.status != "ok" for r in results)
@@ -419,12 +431,12 @@ class Store:
         with self._lock, self._errors("listing runs"):
             self._flush_unrecorded()
             rows = self._db.execute(
-                "SELECT id, info, (SELECT COUNT(*) FROM results WHERE results.run_id = runs.id) FROM runs "
-                "ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+                "SELECT id, info, (SELECT COUNT(*) FROM results WHERE results.run_id = runs.id), created_at, "
+                "finished_at FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
             runs = []
-            for run_id, blob, count in rows:
+            for run_id, blob, count, created, finished in rows:
                 try:
-                    info = parse_info(blob)
+                    info = _with_times(parse_info(blob), created, finished)
                 except BAD_ROW as exc:
                     self._skip("run", str(run_id), exc)
                     continue
@@ -436,21 +448,21 @@ class Store:
 
     def _mark_interrupted(self) -> None:
         with self._lock:
-            rows = self._db.execute("SELECT id, info FROM runs WHERE status=?", (pb.RUNNING,)).fetchall()
+            rows = self._db.execute("SELECT id, info FROM runs WHERE status=?", (pb.RUN_STATUS_RUNNING,)).fetchall()
             for run_id, blob in rows:
                 try:
                     info = parse_info(blob)
                 except BAD_ROW as exc:
                     self._skip("run", str(run_id), exc)
-                    self._db.execute("UPDATE runs SET status=? WHERE id=?", (pb.INTERRUPTED, run_id))
+                    self._db.execute("UPDATE runs SET status=? WHERE id=?", (pb.RUN_STATUS_INTERRUPTED, run_id))
                     continue
                 results = self._results(run_id)
-                info.status = pb.INTERRUPTED
-                info.finished_at = utc_now()
+                info.status = pb.RUN_STATUS_INTERRUPTED
+                finished = times.stamp_now(info.finished_time)
                 info.error = "the server stopped before the run finished"
                 info.num_results = len(results)
                 info.num_failed = sum(r.status != "ok" for r in results)
                 self._db.execute(
                     "UPDATE runs SET status=?, finished_at=?, info=? WHERE id=?",
-                    (info.status, info.finished_at, info.SerializeToString(), run_id),
+                    (info.status, finished, info.SerializeToString(), run_id),
                 )

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from . import rich_status
 from .errors import InvalidInput
 
 Deserializer = Callable[[bytes], Any]
@@ -28,7 +29,8 @@ def _decode(deserializer: Deserializer, raw: bytes, method: str) -> Any:
         return deserializer(raw)
     except DecodeError as exc:
         raise InvalidInput(f"{method}: the request is not a valid protobuf message ({exc}); "
-                           "send the request message of this method serialised by the generated code") from None
+                           "send the request message of this method serialised by the generated code",
+                           reason="MALFORMED_REQUEST") from None
 
 
 def _unary(behavior: Callable[..., Any], deserializer: Deserializer, method: str) -> Callable[..., Any]:
@@ -38,7 +40,7 @@ def _unary(behavior: Callable[..., Any], deserializer: Deserializer, method: str
         try:
             return _decode(deserializer, raw, method)
         except InvalidInput as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await rich_status.abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason="MALFORMED_REQUEST")
 
     if inspect.isasyncgenfunction(behavior):
         async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -62,6 +64,8 @@ def _streaming(behavior: Callable[..., Any], deserializer: Deserializer, method:
                 except InvalidInput as exc:
                     context.set_code(grpc.StatusCode.INVALID_ARGUMENT)  # for handlers that do not map it
                     context.set_details(str(exc))
+                    context.set_trailing_metadata(rich_status.details_trailer(
+                        grpc.StatusCode.INVALID_ARGUMENT, str(exc), error=exc))
                     raise
         return each()
 

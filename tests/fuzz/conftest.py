@@ -30,7 +30,7 @@ class Raw:
 
     def __init__(self, address: str, token: str) -> None:
         self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20)])
-        self.stub = pb_grpc.IntrospectionStub(self.channel)
+        self.stub = pb_grpc.IntrospectionServiceStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")]
 
 

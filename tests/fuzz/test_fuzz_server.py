@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import deepscope
 from deepscope.v1 import introspection_pb2 as pb
+from google.protobuf.duration_pb2 import Duration
 from deepscope.v1 import tensor_pb2 as tpb
 
 from .conftest import ACCEPTABLE, examples
@@ -27,7 +28,10 @@ def _code(call) -> grpc.StatusCode:  # noqa: ANN001
         return grpc.StatusCode.OK
     except grpc.RpcError as error:
         assert error.code() in ACCEPTABLE, f"{error.code()}: {error.details()}"
-        event(error.code().name)
+        if "larger than max" not in (error.details() or ""):  # gRPC's own transport limit has no details
+            reason = deepscope.errors.from_rpc_error(error).reason
+            assert reason, f"no ErrorInfo reason in {error.code()}: {error.details()}"
+            event(f"{error.code().name} {reason}")
         return error.code()
 
 
@@ -121,7 +125,8 @@ def _fields(models: dict[str, str]) -> dict[str, tuple[st.SearchStrategy, st.Sea
         "seed": (st.integers(0, 10), st.integers(0, 2**64 - 1)),
         "sample_limit": (st.integers(1, 60), st.integers(0, 2**64 - 1)),
         "expected_samples": (st.just(0), st.integers(0, 2**64 - 1)),
-        "metric_timeout_seconds": (st.sampled_from([0.0, 20.0]), st.floats(allow_nan=True)),
+        "metric_timeout": (st.sampled_from([Duration(), Duration(seconds=20)]),
+                           st.builds(Duration, seconds=st.integers(-(2**40), 2**40), nanos=st.integers(-999_999_999, 999_999_999))),
         "label": (st.just(""), st.text(max_size=20)),
     }
 

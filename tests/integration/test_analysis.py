@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import deepscope
+from deepscope import times
 
 from .conftest import start_server
 from .test_service import torch_outputs
@@ -45,7 +46,8 @@ def test_streaming_metric_on_server_dataset_matches_torch(client, exported, torc
     spectrum = run.result("example.weight_spectrum", "fc2")
     assert spectrum["spectral_norm"] == pytest.approx(np.linalg.norm(w, 2), rel=1e-5)
     # Each metric's time is its own code's (measured in its worker), never more than the run's.
-    assert all(0 < r.seconds <= run.info.seconds for r in run.results)
+    assert all(0 < times.seconds(r.duration) <= times.seconds(run.info.duration) for r in run.results)
+    assert times.as_datetime(run.info.created_time) <= times.as_datetime(run.info.finished_time)
     tidy = run.to_pandas()
     assert {"run", "checkpoint", "metric", "layer", "key", "kind", "value"} <= set(tidy.columns)
     again = client.get_run(run.id)
@@ -95,7 +97,7 @@ def test_invalid_configs_are_refused_before_work(client, exported):
          deepscope.InvalidArgument, "fractal.box_dimension: parameter 'restarts' must be <= 100, got 1000000000"),
         (dict(metrics=["example.weight_spectrum"], layers=["act1"]),
          deepscope.InvalidArgument, "applies to layer kinds conv, linear.*activation"),
-        (dict(metrics=["example.nope"]), deepscope.InvalidArgument, "matches no metric"),
+        (dict(metrics=["example.nope"]), deepscope.NotFound, "matches no metric"),
         (dict(metrics=["example.activation_moments"], data="mnist"), deepscope.NotFound, "available: digits"),
         (dict(metrics=["example.activation_moments"], batch_size=100_000), deepscope.ResourceExhausted,
          "max_batch_size"),

@@ -65,7 +65,7 @@ def test_sigkill_during_analyze_and_during_upload(tmp_path, exported, servers):
         started = threading.Event()
         run_ids: list[str] = []
 
-        def on_event(event: pb.AnalyzeEvent) -> None:
+        def on_event(event: pb.AnalyzeResponse) -> None:
             if event.HasField("started"):
                 run_ids.append(event.started.id)
             if event.HasField("progress") and event.progress.stage == "forward" and event.progress.done > 0:
@@ -111,7 +111,7 @@ def test_sigkill_during_analyze_and_during_upload(tmp_path, exported, servers):
         def upload() -> None:
             with grpc.insecure_channel(address) as channel:
                 try:
-                    pb_grpc.IntrospectionStub(channel).UploadModel(
+                    pb_grpc.IntrospectionServiceStub(channel).UploadModel(
                         chunks(), metadata=[("authorization", f"Bearer {server.token}")], timeout=60)
                 except grpc.RpcError:
                     pass

@@ -44,7 +44,7 @@ def test_max_model_bytes_from_the_header_and_from_the_stream(limited, exported):
     # A header that lies about the size: the stream itself is cut off at the limit.
     server, _, _ = limited
     with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.IntrospectionStub(channel)
+        stub = pb_grpc.IntrospectionServiceStub(channel)
         chunks = [pb.UploadModelRequest(header=pb.UploadHeader(name="liar.onnx", total_bytes=10))]
         chunks += [pb.UploadModelRequest(chunk=b"\x08" * 100_000) for _ in range(4)]
         with pytest.raises(grpc.RpcError) as info:
@@ -74,7 +74,7 @@ def test_max_tensor_elements(limited, mlp):
     # A tensor that declares an absurd shape (with few bytes) is refused by the limit, before decoding.
     server, address, _ = limited
     with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.IntrospectionStub(channel)
+        stub = pb_grpc.IntrospectionServiceStub(channel)
         bogus = to_proto(np.zeros((1, 64), np.float32))
         bogus.shape[:] = [10**9, 10**9]
         with pytest.raises(grpc.RpcError) as info:
@@ -129,7 +129,7 @@ def test_max_concurrent_runs(limited, mlp):
 def test_max_run_seconds(limited, mlp):
     _, _, client = limited
     x = np.zeros((40, 64), np.float32)
-    events: list[pb.AnalyzeEvent] = []
+    events: list[pb.AnalyzeResponse] = []
     t0 = time.monotonic()
     with pytest.raises(deepscope.ResourceExhausted, match=r"max_run_seconds exceeded: [\d.]+ s > limit 4.0 s"):
         client.analyze(mlp, data=x, batch_size=4, metrics=["testing.slow"], params={"testing.slow": {"seconds": 1.0}},

@@ -62,7 +62,7 @@ def stop(proc: subprocess.Popen) -> None:
 def test_token_required_health_open_sdk_and_env(server, monkeypatch):
     embedded, address = server
     with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.IntrospectionStub(channel)
+        stub = pb_grpc.IntrospectionServiceStub(channel)
         for metadata in ([], [("authorization", "Bearer wrong")], [("authorization", embedded.token)]):
             with pytest.raises(grpc.RpcError) as info:
                 stub.ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=10)
@@ -104,7 +104,7 @@ def test_non_loopback_needs_auth_or_explicit_opt_out(tmp_path):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
             # No token configured: the explicit opt-out means open.
-            pb_grpc.IntrospectionStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
+            pb_grpc.IntrospectionServiceStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
     finally:
         stop(proc)
 

@@ -29,7 +29,7 @@ def torch_outputs(model: torch.nn.Module, x: np.ndarray, names: list[str]) -> di
 
 def test_health_serving_and_client_version(client):
     assert client.health() == "SERVING"
-    assert client.health("deepscope.v1.Introspection") == "SERVING"
+    assert client.health("deepscope.v1.IntrospectionService") == "SERVING"
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
@@ -70,7 +70,7 @@ def _raw_stub(server):
     embedded, address = server
     channel = grpc.insecure_channel(address)
     metadata = [("authorization", f"Bearer {embedded.token}")]
-    return channel, pb_grpc.IntrospectionStub(channel), metadata
+    return channel, pb_grpc.IntrospectionServiceStub(channel), metadata
 
 
 def test_bad_requests_get_clear_codes_and_the_server_keeps_serving(client, server, exported):
@@ -104,7 +104,7 @@ def test_bad_requests_get_clear_codes_and_the_server_keeps_serving(client, serve
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as info:
             stub.ListModels(pb.ListModelsRequest(), timeout=10,
-                            metadata=[*metadata, ("x-deepscope-client-version", "9.0.0")])
+                            metadata=[*metadata, ("x-deepscope-protocol", "9")])
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     # Junk uploads are not catalogued, and the server still answers correctly.
@@ -133,9 +133,9 @@ def test_reflection_alone_is_enough_to_call_every_rpc(server, exported):
 
     with grpc.insecure_channel(address) as channel:
         database = ProtoReflectionDescriptorDatabase(grpc.intercept_channel(channel, Token()))
-        assert "deepscope.v1.Introspection" in database.get_services()
+        assert "deepscope.v1.IntrospectionService" in database.get_services()
         pool = descriptor_pool.DescriptorPool(database)
-        service = pool.FindServiceByName("deepscope.v1.Introspection")
+        service = pool.FindServiceByName("deepscope.v1.IntrospectionService")
         methods = {m.name: m for m in service.methods}
         assert set(methods) >= {"UploadModel", "ListModels", "GetModel", "DeleteModel", "Capture", "ListMetrics",
                                 "Analyze", "GetRun", "ListRuns", "GetWeights"}
@@ -148,14 +148,14 @@ def test_reflection_alone_is_enough_to_call_every_rpc(server, exported):
             kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
                     (True, False): channel.stream_unary, (True, True): channel.stream_stream}
             fn = kind[(m.client_streaming, m.server_streaming)](
-                f"/deepscope.v1.Introspection/{name}", request_serializer=lambda r: r.SerializeToString(),
+                f"/deepscope.v1.IntrospectionService/{name}", request_serializer=lambda r: r.SerializeToString(),
                 response_deserializer=cls(m, "output_type").FromString)
             return fn(request, metadata=metadata, timeout=60)
 
         Upload = cls(methods["UploadModel"], "input_type")
         data = exported["mlp"]["onnx"].read_bytes()
         info = call("UploadModel", iter([Upload(header={"name": "reflected.onnx", "total_bytes": len(data)}),
-                                         Upload(chunk=data)]))
+                                         Upload(chunk=data)])).model
         assert info.format == "onnx"
         assert any(m.id == info.id for m in call("ListModels", cls(methods["ListModels"], "input_type")()).models)
         detail = call("GetModel", cls(methods["GetModel"], "input_type")(model=info.id))
@@ -183,3 +183,27 @@ def test_tensor_messages_decode_in_any_language_by_spec():
     message = to_proto(np.array([[1.5, -2.0]], dtype=np.float32))
     assert message.data == b"\x00\x00\xc0\x3f\x00\x00\x00\xc0"
     assert list(message.shape) == [1, 2] and message.dtype == "FP32"
+
+
+def test_reflection_v1_and_v1alpha_serve_the_protocols_comments(server):
+    """grpcurl-style clients (v1 first) see the descriptors with their comments (source info)."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    embedded, address = server
+    metadata = [("authorization", f"Bearer {embedded.token}")]
+    with grpc.insecure_channel(address) as channel:
+        for service in ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"):
+            reflect = channel.stream_stream(f"/{service}/ServerReflectionInfo",
+                                            request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                                            response_deserializer=rpb.ServerReflectionResponse.FromString)
+            requests = [rpb.ServerReflectionRequest(list_services=""),
+                        rpb.ServerReflectionRequest(file_containing_symbol="deepscope.v1.IntrospectionService")]
+            listed, found = list(reflect(iter(requests), metadata=metadata, timeout=30))
+            names = {s.name for s in listed.list_services_response.service}
+            assert {"deepscope.v1.IntrospectionService", "grpc.reflection.v1.ServerReflection"} <= names
+            files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+                     for raw in found.file_descriptor_response.file_descriptor_proto]
+            ours = next(f for f in files if f.name == "deepscope/v1/introspection.proto")
+            comments = [loc.leading_comments + loc.trailing_comments for loc in ours.source_code_info.location]
+            assert any("versions, limits and capabilities" in c for c in comments), service

@@ -187,7 +187,7 @@ def test_a_full_disk_fails_uploads_and_runs_with_resource_exhausted(small_disk, 
         started = threading.Event()
         run_ids: list[str] = []
 
-        def on_event(event: pb.AnalyzeEvent) -> None:
+        def on_event(event: pb.AnalyzeResponse) -> None:
             if event.HasField("started"):
                 run_ids.append(event.started.id)
                 started.set()
@@ -213,4 +213,4 @@ def test_a_full_disk_fails_uploads_and_runs_with_resource_exhausted(small_disk, 
     # ...and recorded as failed (not left running, not "interrupted") once the disk had room.
     with contextlib.closing(sqlite3.connect(store / "deepscope.db")) as db:
         status, blob = db.execute("SELECT status, info FROM runs WHERE id=?", (run_ids[0],)).fetchone()
-    assert status == pb.FAILED and "disk is full" in pb.RunInfo.FromString(blob).error
+    assert status == pb.RUN_STATUS_FAILED and "disk is full" in pb.RunInfo.FromString(blob).error

@@ -176,7 +176,7 @@ def test_sdk_exclude_and_only_skipped_metrics(client, dynamic_export):
     assert not [m for m in run.metrics if m == "cnt.divergence" or m.startswith("cnt.n")]
     with pytest.raises(deepscope.InvalidArgument, match="no metric to run: no layer to measure"):
         client.analyze(model, data="synthetic", metrics=["modes.activation_rates"], layers=["kind:linear"])
-    with pytest.raises(deepscope.InvalidArgument, match="matches no metric"):
+    with pytest.raises(deepscope.NotFound, match="matches no metric"):
         client.analyze(model, data="synthetic", metrics=["cnt.*"], exclude=["cnt.typo"])
 
 

@@ -15,7 +15,7 @@ from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 from deepscope.v1 import tensor_pb2 as tpb
 
-SERVICE = "/deepscope.v1.Introspection/"
+SERVICE = "/deepscope.v1.IntrospectionService/"
 #: method -> (request streaming, response streaming)
 METHODS = {"UploadModel": (True, False), "ListModels": (False, False), "GetModel": (False, False),
            "DeleteModel": (False, False), "GetWeights": (False, True), "Capture": (False, True),
@@ -60,7 +60,7 @@ def raw_call(channel: grpc.Channel, method: str, payload: bytes, metadata) -> No
 
 
 def assert_serving(channel: grpc.Channel, metadata) -> None:
-    pb_grpc.IntrospectionStub(channel).ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=30)
+    pb_grpc.IntrospectionServiceStub(channel).ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=30)
 
 
 @pytest.mark.parametrize("garbage", GARBAGE.values(), ids=GARBAGE.keys())
@@ -103,7 +103,7 @@ def test_unauthenticated_garbage_is_unauthenticated_not_decoded(channel):
 
 def _capture(channel: grpc.Channel, request: pb.CaptureRequest, metadata) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
-        list(pb_grpc.IntrospectionStub(channel).Capture(request, metadata=metadata, timeout=30))
+        list(pb_grpc.IntrospectionServiceStub(channel).Capture(request, metadata=metadata, timeout=30))
     return info.value
 
 
@@ -179,7 +179,7 @@ def test_long_request_strings_are_shortened_in_errors(channel, auth, mlp_id, cas
     error (INTERNAL) instead of the message meant for it.
     """
     method, request = _long_string_requests(mlp_id)[case]
-    stub = pb_grpc.IntrospectionStub(channel)
+    stub = pb_grpc.IntrospectionServiceStub(channel)
     with pytest.raises(grpc.RpcError) as info:
         response = getattr(stub, method)(iter(request) if isinstance(request, list) else request,
                                          metadata=auth, timeout=60)

@@ -48,7 +48,7 @@ def test_sigkill_of_the_server_ends_forkserver_tracker_and_busy_workers(tmp_path
         x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
         spinning = threading.Event()
 
-        def on_event(event: pb.AnalyzeEvent) -> None:
+        def on_event(event: pb.AnalyzeResponse) -> None:
             if event.HasField("progress") and "spinning" in event.progress.message:
                 spinning.set()
 

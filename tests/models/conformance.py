@@ -103,12 +103,12 @@ class ViT(nn.Module):
 
 
 class Recurrent(nn.Module):
-    """LSTM or GRU over [B, T, 4], the last step to a linear head."""
+    """LSTM or GRU over [B, T, 4] (``deep``: two layers, both directions), the last step to a linear head."""
 
-    def __init__(self, cell: type[nn.Module]) -> None:
+    def __init__(self, cell: type[nn.Module], deep: bool = False) -> None:
         super().__init__()
-        self.rnn = cell(4, 6, batch_first=True)
-        self.head = nn.Linear(6, 3)
+        self.rnn = cell(4, 6, batch_first=True, num_layers=2 if deep else 1, bidirectional=deep)
+        self.head = nn.Linear(12 if deep else 6, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.rnn(x)
@@ -146,7 +146,7 @@ ARCHS = {
         Arch("mobilenet_block", MobileNetBlock, (2, 6, 6), "pointwise / depthwise / pointwise conv+BN, ReLU6"),
         Arch("vit", ViT, (1, 8, 8), "patch conv, TransformerEncoder (MHA, GELU, LayerNorm)"),
         Arch("lstm", lambda: Recurrent(nn.LSTM), (5, 4), "LSTM, linear head"),
-        Arch("gru", lambda: Recurrent(nn.GRU), (5, 4), "GRU, linear head"),
+        Arch("gru", lambda: Recurrent(nn.GRU, deep=True), (5, 4), "GRU, two layers, bidirectional, linear head"),
     )
 }
 
@@ -279,12 +279,20 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
+def export_path(directory: Path, arch: str, how: str) -> Path:
+    """Where ``check``/``run_all`` wrote an export under ``directory``."""
+    suffix = {"onnx_default": "onnx", "onnx_plain": "onnx", "torchscript": "pt"}.get(how, "pt2")
+    return directory / arch / how / f"model.{suffix}"
+
+
 def check(arch: str, how: str, directory: Path) -> Result:
     """Export, load and compare everything the backend reports with the torch module."""
     model, x = build(arch)
     res = Result(arch, how)
     try:
-        backend = load_model(export(model, x, how, directory / arch / how), device="cpu")
+        path = export(model, x, how, directory / arch / how)
+        assert path == export_path(directory, arch, how)
+        backend = load_model(path, device="cpu")
     except Exception as exc:  # noqa: BLE001 - the matrix reports any failure
         res.error = f"{type(exc).__name__}: {exc}"
         return res

@@ -11,21 +11,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from deepscope.results import decode_item
+from deepscope_metrics.plugins import cnt
 from deepscope_metrics.plugins.cnt import NodeStrength
 
 from deepscope_server.backends import CaptureRequest
+from deepscope_server.plugin_api import Curve, Graph, Needs, Table
 from deepscope_server.testing import run_metric
 
 from . import conformance as conf
+from . import coverage as cov
 
 CASES = [(arch, how) for arch in conf.ARCHS for how in conf.EXPORTS]
 DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], conf.Result]:
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def results(models_dir: Path) -> dict[tuple[str, str], conf.Result]:
     torch.set_num_threads(1)
-    return {(r.arch, r.export): r for r in conf.run_all(tmp_path_factory.mktemp("models"))}
+    return {(r.arch, r.export): r for r in conf.run_all(models_dir)}
+
+
+@pytest.fixture(scope="module")
+def coverage(results, models_dir: Path) -> dict[str, cov.Coverage]:
+    """Every built-in metric on every architecture (after ``results``: it reuses their exports)."""
+    return {c.arch: c for c in cov.run_all(models_dir)}
 
 
 @pytest.mark.parametrize(("arch", "how"), CASES)
@@ -60,6 +75,19 @@ def test_layer_tables_agree_across_formats(results, arch: str) -> None:
         if layer.attrs.get("bn_folded"):  # the conv keeps its name and kind; its BatchNorm was a norm layer
             assert layer.kind == "conv" and (layer.name, "conv") in ref and (layer.attrs["folded_norm"], "norm") in ref
     assert bool(folded) == (arch.startswith(("resnet", "mobilenet")))
+
+
+@pytest.mark.parametrize("arch", list(conf.ARCHS))
+def test_activation_functions_agree_across_formats(results, arch: str) -> None:
+    """ReLU6 stays relu6 in [0, 6] in ONNX too (the unoptimised exporter casts Clip's bounds from constants)."""
+    ref = {layer.name: layer.attrs for layer in results[(arch, "pt2_dynamic")].backend.graph.layers
+           if layer.kind == "activation"}
+    keys = ("function", "min_val", "max_val")
+    for how in ("onnx_plain", "onnx_default"):
+        got = {layer.name: layer.attrs for layer in results[(arch, how)].backend.graph.layers if layer.kind == "activation"}
+        assert set(got) == set(ref), how
+        for name, attrs in ref.items():
+            assert {k: got[name].get(k) for k in keys} == {k: attrs.get(k) for k in keys}, (how, name)
 
 
 def test_reused_module_gives_one_layer_per_call(results) -> None:
@@ -147,9 +175,125 @@ def test_cnt_reused_and_separate_relu_agree(results) -> None:
         assert not np.allclose(reused["layer1.0.conv1"]["in_strength"], reused["layer1.0.conv2"]["in_strength"])
 
 
-def test_docs_matrix_is_current(results) -> None:
-    text = conf.matrix_markdown([results[c] for c in CASES])
+def test_docs_matrix_is_current(results, coverage) -> None:
+    text = cov.document([results[c] for c in CASES], [coverage[a] for a in conf.ARCHS])
     assert DOC.read_text() == text, "docs/models.md is stale: run `python docs/generate_models_doc.py`"
+
+
+@pytest.mark.parametrize("arch", list(conf.ARCHS))
+def test_every_builtin_metric_gives_a_result_or_says_why_not(coverage, arch: str) -> None:
+    """``--metrics all`` through the server's run path: each metric ok or skipped with a reason, none failed or missing."""
+    c = coverage[arch]
+    assert not c.error
+    by_metric = c.by_metric()
+    assert set(by_metric) == set(cov.builtin_metrics(cov.load_registry())), "a metric gave no result at all"
+    for metric, rows in by_metric.items():
+        for r in rows:
+            assert r.status in ("ok", "skipped", "failed"), (metric, r.status)
+            if r.status == "skipped":
+                assert r.error, f"{metric} skipped without a reason"
+            if r.status == "failed" and (arch, metric) not in cov.EXPECTED_FAILURES:
+                pytest.fail(f"{metric} failed on {arch} ({r.layer or 'model'}): {r.error}")
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru", "vit"])
+def test_weight_metrics_measure_recurrent_gates_and_attention_projections(coverage, arch: str) -> None:
+    """cnt.* give the recurrent / attention layer its own result (per-block rows); basins.weight perturbs it."""
+    layer, first_blocks = ("rnn", ["ih.i", "ih.f"] if arch == "lstm" else ["ih.r", "ih.z"]) if arch != "vit" else (
+        "encoder.layers.0.self_attn", ["q", "k"])
+    rows = {(r.metric, r.layer): r for r in coverage[arch].results}
+    for metric in ("cnt.node_strength", "cnt.layer_fluctuation", "cnt.link_weights", "cnt.weight_graph"):
+        assert rows[(metric, layer)].status == "ok", metric
+
+    def decoded(row):  # type: ignore[no-untyped-def]
+        return {item.key: decode_item(item) for item in row.items}
+
+    strengths = decoded(rows[("cnt.node_strength", layer)])
+    assert list(strengths["blocks"]["block"])[:2] == first_blocks
+    if arch != "vit":  # oracle: torch's own gate chunks of the module that was exported
+        rnn = conf.build(arch)[0].rnn
+        gates = 4 if arch == "lstm" else 3
+        suffixes = sorted({k.split("_", 2)[2] for k, _ in rnn.named_parameters()})  # l0, l0_reverse, l1...
+        want = [w.numpy().astype(np.float64).sum(axis=1) + b.numpy()
+                for part in ("ih", "hh") for sfx in suffixes
+                for w, b in zip(getattr(rnn, f"weight_{part}_{sfx}").detach().chunk(gates),
+                                getattr(rnn, f"bias_{part}_{sfx}").detach().chunk(gates))]
+        np.testing.assert_allclose(strengths["in_strength"], np.concatenate(want), rtol=1e-5)
+    divergence = decoded(rows[("cnt.divergence", "")])
+    assert layer in divergence["layers"].split(",")
+    basins = decoded(rows[("basins.weight", "")])
+    assert layer in basins["perturbed_layers"].split(",")
+
+
+def _cnt_results(r: conf.Result) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Every cnt.* metric on a backend's graph; input-dependent ones on captures of the same inputs."""
+    graph = r.backend.graph
+    x = torch.randn(6, *conf.ARCHS[r.arch].input_shape, generator=torch.Generator().manual_seed(4)).numpy()
+    out: dict[str, dict] = {}  # type: ignore[type-arg]
+    for metric in cnt.METRICS:
+        if metric.needs == Needs.WEIGHTS:
+            out[metric.name] = run_metric(metric, graph, params={"grid_points": 64} if any(
+                p.name == "grid_points" for p in metric.params) else None)
+            continue
+        names = [layer.name for layer in graph.layers if metric.applies_to(layer)]
+        reqs = [CaptureRequest(n, w) for n in names for w in ("input", "output")]
+        got = r.backend.run({graph.inputs[0].name: x}, reqs).captured
+        out[metric.name] = run_metric(metric, graph, params={"grid_points": 64},
+                                      inputs={n: got[CaptureRequest(n, "input")] for n in names},
+                                      outputs={n: got[CaptureRequest(n, "output")] for n in names})
+    return out
+
+
+def _numbers(value: object) -> dict[str, np.ndarray]:
+    """The numeric content of a result item, by sub-key (strings such as extension notes may differ by format)."""
+    if isinstance(value, Table):
+        return {k: np.asarray(v, float) for k, v in value.columns.items() if np.asarray(v).dtype.kind in "biuf"}
+    if isinstance(value, Curve):
+        return {"x": np.asarray(value.x), "y": np.asarray(value.y)}
+    if isinstance(value, Graph):
+        return {"n": np.array([value.num_nodes]), "src": value.sources, "dst": value.targets, "w": value.weights,
+                "bias": np.asarray(value.nodes["bias"])}
+    if isinstance(value, (bool, str)) or value is None:
+        return {}
+    return {"": np.asarray(value, float)}
+
+
+@pytest.mark.parametrize("arch", list(conf.ARCHS))
+def test_all_cnt_metrics_agree_across_formats(results, arch: str) -> None:
+    """Every number of every cnt.* metric: .pt2 static, ONNX plain and ONNX as exported equal .pt2 dynamic."""
+    ref = _cnt_results(results[(arch, "pt2_dynamic")])
+    for how in ("pt2_static", "onnx_plain", "onnx_default"):
+        got = _cnt_results(results[(arch, how)])
+        for metric, layers in ref.items():
+            assert set(got[metric]) - {"__warnings__"} == set(layers) - {"__warnings__"}, (how, metric)
+            for layer, items in layers.items():
+                if layer == "__warnings__":
+                    continue
+                numeric = {k for k, v in items.items() if not isinstance(v, str)}  # notes differ: 'bn1 folded'
+                assert {k for k, v in got[metric][layer].items() if not isinstance(v, str)} == numeric, (how, metric, layer)
+                for key in numeric:
+                    want, have = _numbers(items[key]), _numbers(got[metric][layer][key])
+                    for sub, a in want.items():
+                        np.testing.assert_allclose(have[sub], a, rtol=1e-5, atol=1e-6,
+                                                   err_msg=f"{how} {metric} {layer} {key} {sub}")
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_recurrent_gate_weights_write_back_in_every_format(results, arch: str) -> None:
+    """run_with_weights with new gate matrices (PyTorch layout) gives the torch module's output with them."""
+    model, _ = conf.build(arch)
+    gen = torch.Generator().manual_seed(6)
+    new = {"weight_hh_l0": torch.randn(model.rnn.weight_hh_l0.shape, generator=gen) * 0.3,
+           "bias_ih_l0": torch.randn(model.rnn.bias_ih_l0.shape, generator=gen)}
+    x = torch.randn(3, *conf.ARCHS[arch].input_shape, generator=gen)
+    with torch.no_grad():
+        for key, value in new.items():
+            getattr(model.rnn, key).copy_(value)
+        want = model(x).numpy()
+    for how in ("pt2_dynamic", "onnx_plain", "onnx_default"):
+        b = results[(arch, how)].backend
+        out = b.run_with_weights({b.graph.inputs[0].name: x.numpy()}, {"rnn": {k: v.numpy() for k, v in new.items()}})
+        np.testing.assert_allclose(next(iter(out.outputs.values())), want, rtol=1e-4, atol=1e-5, err_msg=how)
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ def test_wrong_token_and_wrong_version_are_refused_without_reading(server):
     embedded, address = server
     payload = flood.capture_request(MiB)
     for metadata, code in (((("authorization", "Bearer not-the-token"),), grpc.StatusCode.UNAUTHENTICATED),
-                           ((("authorization", f"Bearer {embedded.token}"), ("x-deepscope-client-version", "99.0")),
+                           ((("authorization", f"Bearer {embedded.token}"), ("x-deepscope-protocol", "99")),
                             grpc.StatusCode.FAILED_PRECONDITION)):
         codes = flood.flood(address, 2, 2, payload, 60, (flood.CAPTURE, flood.GET_MODEL), metadata)
         assert dict(codes) == {code: 2}

@@ -7,7 +7,7 @@ import pytest
 
 from deepscope.results import Curve as ClientCurve
 from deepscope.results import GraphData, decode_item
-from deepscope_server.convert import MalformedResult, item_proto
+from deepscope_server.convert import MalformedResult, item_proto, wire_result_kinds
 from deepscope_server.plugin_api import Curve, Graph, Table
 
 
@@ -16,7 +16,9 @@ def round_trip(value):
 
 
 def test_values_round_trip():
-    assert round_trip(2) == 2.0 and round_trip(True) == 1.0 and round_trip("text") == "text"
+    assert round_trip(2) == 2.0 and round_trip("text") == "text"
+    assert round_trip(True) is True and round_trip(np.bool_(False)) is False  # a flag, not 1.0/0.0
+    assert item_proto("k", True).WhichOneof("value") == "flag"
     assert np.isnan(round_trip(float("nan")))
     np.testing.assert_array_equal(round_trip(np.arange(6).reshape(2, 3)), np.arange(6).reshape(2, 3))
     curve = round_trip(Curve(np.array([1.0, 2.0]), np.array([3.0, 4.0]), "a", "b"))
@@ -47,3 +49,7 @@ def test_graph_round_trip_to_networkx():
 def test_malformed_values_are_named(value, message):
     with pytest.raises(MalformedResult, match=message):
         item_proto("k", value)
+
+
+def test_result_kinds_use_the_wire_field_names():
+    assert wire_result_kinds(("scalar", "vector", "matrix", "string", "curve")) == ["scalar", "tensor", "text", "curve"]

@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_generated_code_is_fresh(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
-    fresh = sorted((tmp_path / "deepscope" / "v1").glob("*_pb2*.py*"))
-    assert fresh, "protoc generated nothing"
+    fresh = sorted((tmp_path / "deepscope").rglob("*_pb2*.py*")) + [tmp_path / "deepscope" / "v1" / "descriptors.binpb"]
+    assert len(fresh) > 1, "protoc generated nothing"
     for path in fresh:
-        committed = ROOT / "client" / "deepscope" / "v1" / path.name
+        committed = ROOT / "client" / path.relative_to(tmp_path)
         assert committed.exists(), f"{committed} missing: run `make proto`"
-        assert committed.read_text() == path.read_text(), f"{committed.name} is stale: run `make proto`"
+        assert committed.read_bytes() == path.read_bytes(), f"{committed.name} is stale: run `make proto`"
 
 
 def test_metrics_doc_is_fresh():

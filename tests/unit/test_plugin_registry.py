@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from deepscope_server.errors import InvalidInput, NotFound
+from deepscope_server.errors import NotFound
 from deepscope_server.model_graph import Layer
 from deepscope_server.plugin_api import Metric, Needs, Param, hookimpl
 from deepscope_server.plugins import load_registry
@@ -54,7 +54,7 @@ def test_broken_plugins_are_reported_not_fatal():
 def test_expand_and_near_matches():
     registry = load_registry()
     assert registry.expand(["example.*"]) == ["example.activation_moments", "example.weight_spectrum"]
-    with pytest.raises(InvalidInput, match="did you mean: example.weight_spectrum"):
+    with pytest.raises(NotFound, match="did you mean: example.weight_spectrum"):
         registry.expand(["example.weight_spectrun"])
     with pytest.raises(NotFound, match="dataset 'mnist' not found; available: digits, synthetic"):
         registry.dataset("mnist")

@@ -8,27 +8,27 @@ from deepscope.progress import LogDisplay, ProgressTracker
 from deepscope.v1 import introspection_pb2 as pb
 
 
-def stream(checkpoints: int, metrics: list[str], layers: list[str], failed: str = "") -> list[pb.AnalyzeEvent]:
+def stream(checkpoints: int, metrics: list[str], layers: list[str], failed: str = "") -> list[pb.AnalyzeResponse]:
     """Events in the order RunExecutor emits them: forward per batch, then finishing k of M x N."""
     config = pb.AnalyzeConfig(models=[f"m{i}" for i in range(checkpoints)])
-    events = [pb.AnalyzeEvent(started=pb.RunInfo(id="r", config=config))]
-    events += [pb.AnalyzeEvent(progress=pb.Progress(stage="forward", done=d, total=128)) for d in (0, 64, 128)]
+    events = [pb.AnalyzeResponse(started=pb.RunInfo(id="r", config=config))]
+    events += [pb.AnalyzeResponse(progress=pb.Progress(stage="forward", done=d, total=128)) for d in (0, 64, 128)]
     total = checkpoints * len(metrics)
     for k in range(total):
         metric = metrics[k % len(metrics)]
-        events.append(pb.AnalyzeEvent(progress=pb.Progress(stage="finishing", done=k, total=total, message=metric)))
-        events.append(pb.AnalyzeEvent(progress=pb.Progress(stage="metric", done=50, total=100,
+        events.append(pb.AnalyzeResponse(progress=pb.Progress(stage="finishing", done=k, total=total, message=metric)))
+        events.append(pb.AnalyzeResponse(progress=pb.Progress(stage="metric", done=50, total=100,
                                                            message=f"{metric}: layer {layers[0]}")))
         for layer in layers:
             status = "failed" if metric == failed else "ok"
-            events.append(pb.AnalyzeEvent(result=pb.MetricResult(metric=metric, layer=layer, checkpoint=k // len(metrics),
+            events.append(pb.AnalyzeResponse(result=pb.MetricResult(metric=metric, layer=layer, checkpoint=k // len(metrics),
                                                                  status=status)))
-    events.append(pb.AnalyzeEvent(progress=pb.Progress(stage="done", done=1, total=1, message="completed")))
-    events.append(pb.AnalyzeEvent(finished=pb.RunInfo(id="r")))
+    events.append(pb.AnalyzeResponse(progress=pb.Progress(stage="done", done=1, total=1, message="completed")))
+    events.append(pb.AnalyzeResponse(finished=pb.RunInfo(id="r")))
     return events
 
 
-def feed(tracker: ProgressTracker, events: list[pb.AnalyzeEvent]) -> list:
+def feed(tracker: ProgressTracker, events: list[pb.AnalyzeResponse]) -> list:
     return [update for event in events for update in tracker.feed(event)]
 
 

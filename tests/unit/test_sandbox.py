@@ -208,3 +208,17 @@ def test_a_worker_dying_near_its_memory_cap_is_reported_as_out_of_memory(tmp_pat
     assert isinstance(near, ModelOutOfMemory) and "950 MiB of its 1,000 MiB" in str(near)
     assert isinstance(far, ModelCrashed) and "code 127" in str(far) and "--model-memory-bytes" in str(far)
     assert _address_space_peak(os.getpid()) > 0 and _address_space_peak(None) == 0
+
+
+def test_domain_errors_keep_their_details_across_the_worker_boundary(zoo_models) -> None:
+    """An unknown input found in the worker arrives as NOT_FOUND with its reason and suggestions."""
+    from deepscope_server.errors import NotFound
+
+    backend = SandboxedBackend.load(zoo_models["mlp"].paths["onnx"], limits=Limits())
+    try:
+        with pytest.raises(NotFound) as missing:
+            backend.run({"X": np.zeros((2, 64), np.float32)})
+        assert missing.value.reason == "UNKNOWN_INPUT" and missing.value.suggestions == ("x",)
+        assert missing.value.field == "inputs" and missing.value.metadata["resource_name"] == "X"
+    finally:
+        backend.close()

@@ -50,7 +50,7 @@ def test_runs_and_results_persist_and_running_becomes_interrupted(tmp_path):
     store.create_run(done)
     store.add_result(done.id, 1, pb.MetricResult(metric="a.b", layer="fc1", status="ok",
                                                  items=[pb.ResultItem(key="x", scalar=2.0)]))
-    done.status = pb.COMPLETED
+    done.status = pb.RUN_STATUS_COMPLETED
     store.update_run(done)
     crashed = pb.RunInfo()
     store.create_run(crashed)
@@ -58,9 +58,9 @@ def test_runs_and_results_persist_and_running_becomes_interrupted(tmp_path):
 
     reopened = Store(tmp_path)
     detail = reopened.get_run(done.id)
-    assert detail.info.status == pb.COMPLETED
+    assert detail.info.status == pb.RUN_STATUS_COMPLETED
     assert detail.results[0].items[0].scalar == 2.0
-    assert reopened.get_run(crashed.id).info.status == pb.INTERRUPTED
+    assert reopened.get_run(crashed.id).info.status == pb.RUN_STATUS_INTERRUPTED
     assert {r.id for r in reopened.list_runs()} == {done.id, crashed.id}
 
 
@@ -73,7 +73,7 @@ def test_one_server_per_store(tmp_path):
     first.create_run(running)
     with pytest.raises(StoreInUse, match=f"store {tmp_path} is in use by another deepscope-server \\(pid "):
         Store(tmp_path)
-    assert first.get_run(running.id).info.status == pb.RUNNING  # untouched by the refused second opener
+    assert first.get_run(running.id).info.status == pb.RUN_STATUS_RUNNING  # untouched by the refused second opener
     first.close()
     Store(tmp_path).close()  # free again once the first one is closed
 
@@ -124,7 +124,7 @@ def test_unreadable_rows_are_skipped_and_reported_not_failing_everyone(tmp_path,
     good, bad, text, partial = (pb.RunInfo(error=name) for name in ("good", "bad", "text", "partial"))
     for info in (good, bad, text, partial):
         store.create_run(info)
-        info.status = pb.COMPLETED
+        info.status = pb.RUN_STATUS_COMPLETED
         store.update_run(info)
     for seq in (1, 2, 3):
         store.add_result(partial.id, seq, pb.MetricResult(metric="a.b", layer=f"l{seq}", status="ok"))
@@ -159,9 +159,9 @@ def test_a_cut_off_run_reports_the_results_it_stored(tmp_path):
 
     reopened = Store(tmp_path)
     info = reopened.get_run(cut.id).info
-    assert (info.status, info.num_results, info.num_failed) == (pb.INTERRUPTED, 2, 1)
+    assert (info.status, info.num_results, info.num_failed) == (pb.RUN_STATUS_INTERRUPTED, 2, 1)
     listed = reopened.list_runs()[0]
-    assert (listed.status, listed.num_results, listed.num_failed) == (pb.INTERRUPTED, 2, 1)
+    assert (listed.status, listed.num_results, listed.num_failed) == (pb.RUN_STATUS_INTERRUPTED, 2, 1)
 
 
 def test_a_model_whose_load_was_cut_off_is_removed_at_start(tmp_path, caplog):
@@ -239,18 +239,18 @@ def test_a_full_disk_fails_uploads_and_run_writes_with_storage_full(tiny_disk):
     with pytest.raises(StorageFull, match="recording a new run failed"):
         store.create_run(pb.RunInfo())
     # The run ends failed at once, even though the database cannot record it yet...
-    run.status, run.error = pb.FAILED, "the server's disk is full"
+    run.status, run.error = pb.RUN_STATUS_FAILED, "the server's disk is full"
     store.update_run(run)
-    assert store.get_run(run.id).info.status == pb.FAILED
-    assert [r.status for r in store.list_runs()] == [pb.FAILED]
+    assert store.get_run(run.id).info.status == pb.RUN_STATUS_FAILED
+    assert [r.status for r in store.list_runs()] == [pb.RUN_STATUS_FAILED]
     with _db(tiny_disk) as db:
-        assert db.execute("SELECT status FROM runs").fetchall() == [(pb.RUNNING,)]
+        assert db.execute("SELECT status FROM runs").fetchall() == [(pb.RUN_STATUS_RUNNING,)]
     # ...and is recorded as soon as the store accepts writes again.
     filler.unlink()
     assert store.get_run(run.id).info.error == "the server's disk is full"
     store.close()
     reopened = Store(tiny_disk)
-    assert reopened.get_run(run.id).info.status == pb.FAILED  # not "interrupted"
+    assert reopened.get_run(run.id).info.status == pb.RUN_STATUS_FAILED  # not "interrupted"
     reopened.close()
 
 
@@ -304,7 +304,7 @@ def test_rebuild_keeps_readable_runs_and_names_and_recovers_lost_models(tmp_path
     run, bad = pb.RunInfo(error="kept"), pb.RunInfo()
     for info in (run, bad):
         store.create_run(info)
-        info.status = pb.COMPLETED
+        info.status = pb.RUN_STATUS_COMPLETED
         store.update_run(info)
     store.add_result(run.id, 1, pb.MetricResult(metric="a.b", status="ok"))
     store.close()

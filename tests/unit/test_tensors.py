@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepscope.dtypes import NUMPY_BY_KSERVE, kserve_dtype, numpy_dtype
-from deepscope.tensors import Assembler, TensorError, from_proto, iter_parts, to_proto
+from deepscope.tensors import Assembler, TensorError, checksum, from_proto, iter_parts, tensor_parts, to_proto
 from deepscope.v1 import tensor_pb2 as tpb
 
 
@@ -115,6 +115,33 @@ def test_wrong_totals_oversize_and_checksum():
     asm.add(chunks[0])
     with pytest.raises(TensorError, match="duplicate tensor"):
         asm.add(header)
+
+
+def test_checksum_is_zlib_crc32_and_a_flipped_bit_anywhere_is_caught():
+    """The header's CRC-32 stays zlib's (IEEE) whichever implementation computes it, and a
+    precomputed checksum (the server's, from a worker thread) frames exactly like a fresh one."""
+    rng = np.random.default_rng(3)
+    array = rng.standard_normal((37, 301)).astype(np.float32)  # 44,548 bytes: 11 chunks of 4 KiB
+    assert checksum(array) == zlib.crc32(array.tobytes())
+    assert checksum(array.astype(">f4")) == zlib.crc32(array.tobytes())  # little-endian on the wire
+    fresh = [p.SerializeToString() for p in tensor_parts("t", array, chunk_bytes=4096)]
+    given_crc = [p.SerializeToString() for p in tensor_parts("t", array, chunk_bytes=4096, crc=checksum(array))]
+    assert fresh == given_crc
+    header, *chunks = _parts(array, chunk=4096)
+    for victim in (0, 5, len(chunks) - 1):
+        asm = Assembler()
+        asm.add(header)
+        with pytest.raises(TensorError, match="checksum mismatch"):
+            for i, chunk in enumerate(chunks):
+                data = bytearray(chunk.data)
+                if i == victim:
+                    data[len(data) // 2] ^= 0x10
+                asm.add(tpb.TensorChunk(name=chunk.name, offset=chunk.offset, data=bytes(data)))
+    asm = Assembler()
+    asm.add(header)
+    for chunk in chunks:
+        asm.add(chunk)
+    np.testing.assert_array_equal(asm.close()["t"], array)
 
 
 @settings(max_examples=150, deadline=None)

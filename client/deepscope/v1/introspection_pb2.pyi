@@ -1,4 +1,8 @@
+import datetime
+
 from deepscope.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -11,17 +15,69 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
-    RUNNING: _ClassVar[RunStatus]
-    COMPLETED: _ClassVar[RunStatus]
-    FAILED: _ClassVar[RunStatus]
-    CANCELLED: _ClassVar[RunStatus]
-    INTERRUPTED: _ClassVar[RunStatus]
+    RUN_STATUS_RUNNING: _ClassVar[RunStatus]
+    RUN_STATUS_COMPLETED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+    RUN_STATUS_CANCELLED: _ClassVar[RunStatus]
+    RUN_STATUS_INTERRUPTED: _ClassVar[RunStatus]
 RUN_STATUS_UNSPECIFIED: RunStatus
-RUNNING: RunStatus
-COMPLETED: RunStatus
-FAILED: RunStatus
-CANCELLED: RunStatus
-INTERRUPTED: RunStatus
+RUN_STATUS_RUNNING: RunStatus
+RUN_STATUS_COMPLETED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+RUN_STATUS_CANCELLED: RunStatus
+RUN_STATUS_INTERRUPTED: RunStatus
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerLimits(_message.Message):
+    __slots__ = ("max_message_bytes", "max_model_bytes", "max_tensor_elements", "max_batch_size", "max_capture_bytes", "max_concurrent_runs", "max_run_time", "metric_timeout", "max_forward_time", "recommended_chunk_bytes")
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TENSOR_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CAPTURE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_RUNS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUN_TIME_FIELD_NUMBER: _ClassVar[int]
+    METRIC_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_FORWARD_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDED_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_message_bytes: int
+    max_model_bytes: int
+    max_tensor_elements: int
+    max_batch_size: int
+    max_capture_bytes: int
+    max_concurrent_runs: int
+    max_run_time: _duration_pb2.Duration
+    metric_timeout: _duration_pb2.Duration
+    max_forward_time: _duration_pb2.Duration
+    recommended_chunk_bytes: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_model_bytes: _Optional[int] = ..., max_tensor_elements: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_capture_bytes: _Optional[int] = ..., max_concurrent_runs: _Optional[int] = ..., max_run_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., metric_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_forward_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recommended_chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("server_version", "protocol_version", "limits", "upload_formats", "executors", "metric_isolation", "model_isolation", "auth_required", "tls", "devices")
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTORS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    server_version: str
+    protocol_version: int
+    limits: ServerLimits
+    upload_formats: _containers.RepeatedScalarFieldContainer[str]
+    executors: _containers.RepeatedScalarFieldContainer[str]
+    metric_isolation: str
+    model_isolation: str
+    auth_required: bool
+    tls: bool
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, server_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., upload_formats: _Optional[_Iterable[str]] = ..., executors: _Optional[_Iterable[str]] = ..., metric_isolation: _Optional[str] = ..., model_isolation: _Optional[str] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "total_bytes", "sha256")
@@ -53,8 +109,14 @@ class UploadModelRequest(_message.Message):
     file: FileHeader
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., file: _Optional[_Union[FileHeader, _Mapping]] = ...) -> None: ...
 
+class UploadModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "name", "format", "size_bytes", "inputs", "outputs", "num_layers", "num_params", "created_at", "source")
+    __slots__ = ("id", "name", "format", "size_bytes", "inputs", "outputs", "num_layers", "num_params", "source", "created_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -63,8 +125,8 @@ class ModelInfo(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_PARAMS_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     format: str
@@ -73,9 +135,9 @@ class ModelInfo(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]
     num_layers: int
     num_params: int
-    created_at: str
     source: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., num_layers: _Optional[int] = ..., num_params: _Optional[int] = ..., created_at: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    created_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., num_layers: _Optional[int] = ..., num_params: _Optional[int] = ..., source: _Optional[str] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -132,7 +194,7 @@ class LayerInfo(_message.Message):
     channel_axis: int
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., op_type: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., input_shapes: _Optional[_Iterable[_Union[_tensor_pb2.Shape, _Mapping]]] = ..., output_shapes: _Optional[_Iterable[_Union[_tensor_pb2.Shape, _Mapping]]] = ..., params: _Optional[_Iterable[_Union[ParamInfo, _Mapping]]] = ..., attrs: _Optional[_Mapping[str, str]] = ..., channel_axis: _Optional[int] = ...) -> None: ...
 
-class ModelDetail(_message.Message):
+class GetModelResponse(_message.Message):
     __slots__ = ("info", "layers", "device", "notes")
     INFO_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +226,24 @@ class GetWeightsRequest(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class GetWeightsResponse(_message.Message):
+    __slots__ = ("header", "chunk", "done")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    header: _tensor_pb2.TensorHeader
+    chunk: _tensor_pb2.TensorChunk
+    done: WeightsDone
+    def __init__(self, header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[WeightsDone, _Mapping]] = ...) -> None: ...
+
+class WeightsDone(_message.Message):
+    __slots__ = ("num_tensors", "total_bytes")
+    NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    num_tensors: int
+    total_bytes: int
+    def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
 class CaptureRequest(_message.Message):
     __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -178,7 +258,7 @@ class CaptureRequest(_message.Message):
     skip_model_outputs: bool
     def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ...) -> None: ...
 
-class TensorPart(_message.Message):
+class CaptureResponse(_message.Message):
     __slots__ = ("header", "chunk", "done")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -189,16 +269,16 @@ class TensorPart(_message.Message):
     def __init__(self, header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[CaptureDone, _Mapping]] = ...) -> None: ...
 
 class CaptureDone(_message.Message):
-    __slots__ = ("num_tensors", "total_bytes", "forward_seconds", "device")
+    __slots__ = ("num_tensors", "total_bytes", "device", "forward_time")
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
-    FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_TIME_FIELD_NUMBER: _ClassVar[int]
     num_tensors: int
     total_bytes: int
-    forward_seconds: float
     device: str
-    def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
+    forward_time: _duration_pb2.Duration
+    def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., device: _Optional[str] = ..., forward_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Value(_message.Message):
     __slots__ = ("number", "integer", "flag", "text")
@@ -288,7 +368,7 @@ class MetricRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class AnalyzeConfig(_message.Message):
-    __slots__ = ("models", "metrics", "layers", "dataset", "split", "batch_size", "seed", "sample_limit", "expected_samples", "metric_timeout_seconds", "label", "exclude", "data_specs")
+    __slots__ = ("models", "metrics", "layers", "dataset", "split", "batch_size", "seed", "sample_limit", "expected_samples", "label", "exclude", "data_specs", "metric_timeout")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -298,10 +378,10 @@ class AnalyzeConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
-    METRIC_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     DATA_SPECS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedScalarFieldContainer[str]
     metrics: _containers.RepeatedCompositeFieldContainer[MetricRequest]
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -311,11 +391,11 @@ class AnalyzeConfig(_message.Message):
     seed: int
     sample_limit: int
     expected_samples: int
-    metric_timeout_seconds: float
     label: str
     exclude: _containers.RepeatedScalarFieldContainer[str]
     data_specs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]
-    def __init__(self, models: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[MetricRequest, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., sample_limit: _Optional[int] = ..., expected_samples: _Optional[int] = ..., metric_timeout_seconds: _Optional[float] = ..., label: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ..., data_specs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ...) -> None: ...
+    metric_timeout: _duration_pb2.Duration
+    def __init__(self, models: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[MetricRequest, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., sample_limit: _Optional[int] = ..., expected_samples: _Optional[int] = ..., label: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ..., data_specs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., metric_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DataBatch(_message.Message):
     __slots__ = ("inputs", "labels")
@@ -384,7 +464,7 @@ class Graph(_message.Message):
     def __init__(self, num_nodes: _Optional[int] = ..., sources: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., targets: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., directed: _Optional[bool] = ..., nodes: _Optional[_Union[Table, _Mapping]] = ...) -> None: ...
 
 class ResultItem(_message.Message):
-    __slots__ = ("key", "scalar", "tensor", "curve", "table", "text", "graph")
+    __slots__ = ("key", "scalar", "tensor", "curve", "table", "text", "graph", "flag")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SCALAR_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -392,6 +472,7 @@ class ResultItem(_message.Message):
     TABLE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
+    FLAG_FIELD_NUMBER: _ClassVar[int]
     key: str
     scalar: float
     tensor: _tensor_pb2.Tensor
@@ -399,10 +480,11 @@ class ResultItem(_message.Message):
     table: Table
     text: str
     graph: Graph
-    def __init__(self, key: _Optional[str] = ..., scalar: _Optional[float] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., curve: _Optional[_Union[Curve, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ..., text: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ...) -> None: ...
+    flag: bool
+    def __init__(self, key: _Optional[str] = ..., scalar: _Optional[float] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., curve: _Optional[_Union[Curve, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ..., text: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ..., flag: _Optional[bool] = ...) -> None: ...
 
 class MetricResult(_message.Message):
-    __slots__ = ("metric", "layer", "checkpoint", "status", "error", "items", "warnings", "params", "seconds", "num_samples")
+    __slots__ = ("metric", "layer", "checkpoint", "status", "error", "items", "warnings", "params", "num_samples", "duration")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -418,8 +500,8 @@ class MetricResult(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
     metric: str
     layer: str
     checkpoint: int
@@ -428,9 +510,9 @@ class MetricResult(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[ResultItem]
     warnings: _containers.RepeatedScalarFieldContainer[str]
     params: _containers.MessageMap[str, Value]
-    seconds: float
     num_samples: int
-    def __init__(self, metric: _Optional[str] = ..., layer: _Optional[str] = ..., checkpoint: _Optional[int] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ResultItem, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., params: _Optional[_Mapping[str, Value]] = ..., seconds: _Optional[float] = ..., num_samples: _Optional[int] = ...) -> None: ...
+    duration: _duration_pb2.Duration
+    def __init__(self, metric: _Optional[str] = ..., layer: _Optional[str] = ..., checkpoint: _Optional[int] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ResultItem, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., params: _Optional[_Mapping[str, Value]] = ..., num_samples: _Optional[int] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "done", "total", "message")
@@ -445,7 +527,7 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("id", "status", "config", "model_ids", "created_at", "finished_at", "num_samples", "plugin_versions", "error", "seconds", "num_results", "num_failed", "model_names")
+    __slots__ = ("id", "status", "config", "model_ids", "num_samples", "plugin_versions", "error", "num_results", "num_failed", "model_names", "created_time", "finished_time", "duration")
     class PluginVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -457,31 +539,31 @@ class RunInfo(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
     NUM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     NUM_FAILED_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_TIME_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: RunStatus
     config: AnalyzeConfig
     model_ids: _containers.RepeatedScalarFieldContainer[str]
-    created_at: str
-    finished_at: str
     num_samples: int
     plugin_versions: _containers.ScalarMap[str, str]
     error: str
-    seconds: float
     num_results: int
     num_failed: int
     model_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., config: _Optional[_Union[AnalyzeConfig, _Mapping]] = ..., model_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., num_samples: _Optional[int] = ..., plugin_versions: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., seconds: _Optional[float] = ..., num_results: _Optional[int] = ..., num_failed: _Optional[int] = ..., model_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    created_time: _timestamp_pb2.Timestamp
+    finished_time: _timestamp_pb2.Timestamp
+    duration: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., config: _Optional[_Union[AnalyzeConfig, _Mapping]] = ..., model_ids: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., plugin_versions: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., num_results: _Optional[int] = ..., num_failed: _Optional[int] = ..., model_names: _Optional[_Iterable[str]] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
-class AnalyzeEvent(_message.Message):
+class AnalyzeResponse(_message.Message):
     __slots__ = ("started", "progress", "result", "finished")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -499,7 +581,7 @@ class GetRunRequest(_message.Message):
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
-class RunDetail(_message.Message):
+class GetRunResponse(_message.Message):
     __slots__ = ("info", "results")
     INFO_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]

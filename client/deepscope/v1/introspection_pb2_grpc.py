@@ -25,8 +25,9 @@ if _version_not_supported:
     )
 
 
-class IntrospectionStub:
-    """Missing associated documentation comment in .proto file."""
+class IntrospectionServiceStub:
+    """Models, captures, weights, metrics and analysis runs.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -34,71 +35,85 @@ class IntrospectionStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetServerInfo = channel.unary_unary(
+                '/deepscope.v1.IntrospectionService/GetServerInfo',
+                request_serializer=deepscope_dot_v1_dot_introspection__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
         self.UploadModel = channel.stream_unary(
-                '/deepscope.v1.Introspection/UploadModel',
+                '/deepscope.v1.IntrospectionService/UploadModel',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.UploadModelRequest.SerializeToString,
-                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.ModelInfo.FromString,
+                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.UploadModelResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
-                '/deepscope.v1.Introspection/ListModels',
+                '/deepscope.v1.IntrospectionService/ListModels',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=deepscope_dot_v1_dot_introspection__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
-                '/deepscope.v1.Introspection/GetModel',
+                '/deepscope.v1.IntrospectionService/GetModel',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.ModelDetail.FromString,
+                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetModelResponse.FromString,
                 _registered_method=True)
         self.DeleteModel = channel.unary_unary(
-                '/deepscope.v1.Introspection/DeleteModel',
+                '/deepscope.v1.IntrospectionService/DeleteModel',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=deepscope_dot_v1_dot_introspection__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
         self.GetWeights = channel.unary_stream(
-                '/deepscope.v1.Introspection/GetWeights',
+                '/deepscope.v1.IntrospectionService/GetWeights',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.GetWeightsRequest.SerializeToString,
-                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.TensorPart.FromString,
+                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetWeightsResponse.FromString,
                 _registered_method=True)
         self.Capture = channel.unary_stream(
-                '/deepscope.v1.Introspection/Capture',
+                '/deepscope.v1.IntrospectionService/Capture',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.CaptureRequest.SerializeToString,
-                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.TensorPart.FromString,
+                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.CaptureResponse.FromString,
                 _registered_method=True)
         self.ListMetrics = channel.unary_unary(
-                '/deepscope.v1.Introspection/ListMetrics',
+                '/deepscope.v1.IntrospectionService/ListMetrics',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.ListMetricsRequest.SerializeToString,
                 response_deserializer=deepscope_dot_v1_dot_introspection__pb2.ListMetricsResponse.FromString,
                 _registered_method=True)
         self.Analyze = channel.stream_stream(
-                '/deepscope.v1.Introspection/Analyze',
+                '/deepscope.v1.IntrospectionService/Analyze',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.AnalyzeRequest.SerializeToString,
-                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.AnalyzeEvent.FromString,
+                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.AnalyzeResponse.FromString,
                 _registered_method=True)
         self.GetRun = channel.unary_unary(
-                '/deepscope.v1.Introspection/GetRun',
+                '/deepscope.v1.IntrospectionService/GetRun',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.GetRunRequest.SerializeToString,
-                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.RunDetail.FromString,
+                response_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetRunResponse.FromString,
                 _registered_method=True)
         self.ListRuns = channel.unary_unary(
-                '/deepscope.v1.Introspection/ListRuns',
+                '/deepscope.v1.IntrospectionService/ListRuns',
                 request_serializer=deepscope_dot_v1_dot_introspection__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=deepscope_dot_v1_dot_introspection__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
 
 
-class IntrospectionServicer:
-    """Missing associated documentation comment in .proto file."""
+class IntrospectionServiceServicer:
+    """Models, captures, weights, metrics and analysis runs.
+    """
+
+    def GetServerInfo(self, request, context):
+        """The server's versions, limits and capabilities; needs the token (if any) but no protocol header.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def UploadModel(self, request_iterator, context):
-        """Upload a model file: first an UploadHeader, then its bytes in chunks (< 4 MiB each); then,
-        for each side file the model references (ONNX external data), a FileHeader and its chunks.
+        """Upload a model file: first an UploadHeader, then its bytes in chunks; then, for each side
+        file the model references (ONNX external data), a FileHeader and its chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every stored model, oldest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -111,7 +126,8 @@ class IntrospectionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a stored model (runs that used it stay).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -131,37 +147,46 @@ class IntrospectionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMetrics(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The installed metrics (with their parameters) and server datasets.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Analyze(self, request_iterator, context):
-        """First message: an AnalyzeConfig; then DataBatch messages unless the config names a dataset.
+        """First message: an AnalyzeConfig; then DataBatch messages unless the config names a dataset or
+        every metric needs weights only. Events stream back until the run finishes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A stored run with all its results.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The most recent runs, newest first, without their results.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_IntrospectionServicer_to_server(servicer, server):
+def add_IntrospectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.GetServerInfoResponse.SerializeToString,
+            ),
             'UploadModel': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadModel,
                     request_deserializer=deepscope_dot_v1_dot_introspection__pb2.UploadModelRequest.FromString,
-                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.ModelInfo.SerializeToString,
+                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.UploadModelResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -171,7 +196,7 @@ def add_IntrospectionServicer_to_server(servicer, server):
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
                     request_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetModelRequest.FromString,
-                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.ModelDetail.SerializeToString,
+                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.GetModelResponse.SerializeToString,
             ),
             'DeleteModel': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteModel,
@@ -181,12 +206,12 @@ def add_IntrospectionServicer_to_server(servicer, server):
             'GetWeights': grpc.unary_stream_rpc_method_handler(
                     servicer.GetWeights,
                     request_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetWeightsRequest.FromString,
-                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.TensorPart.SerializeToString,
+                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.GetWeightsResponse.SerializeToString,
             ),
             'Capture': grpc.unary_stream_rpc_method_handler(
                     servicer.Capture,
                     request_deserializer=deepscope_dot_v1_dot_introspection__pb2.CaptureRequest.FromString,
-                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.TensorPart.SerializeToString,
+                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.CaptureResponse.SerializeToString,
             ),
             'ListMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMetrics,
@@ -196,12 +221,12 @@ def add_IntrospectionServicer_to_server(servicer, server):
             'Analyze': grpc.stream_stream_rpc_method_handler(
                     servicer.Analyze,
                     request_deserializer=deepscope_dot_v1_dot_introspection__pb2.AnalyzeRequest.FromString,
-                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.AnalyzeEvent.SerializeToString,
+                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.AnalyzeResponse.SerializeToString,
             ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
                     request_deserializer=deepscope_dot_v1_dot_introspection__pb2.GetRunRequest.FromString,
-                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.RunDetail.SerializeToString,
+                    response_serializer=deepscope_dot_v1_dot_introspection__pb2.GetRunResponse.SerializeToString,
             ),
             'ListRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRuns,
@@ -210,14 +235,42 @@ def add_IntrospectionServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'deepscope.v1.Introspection', rpc_method_handlers)
+            'deepscope.v1.IntrospectionService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('deepscope.v1.Introspection', rpc_method_handlers)
+    server.add_registered_method_handlers('deepscope.v1.IntrospectionService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Introspection:
-    """Missing associated documentation comment in .proto file."""
+class IntrospectionService:
+    """Models, captures, weights, metrics and analysis runs.
+    """
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deepscope.v1.IntrospectionService/GetServerInfo',
+            deepscope_dot_v1_dot_introspection__pb2.GetServerInfoRequest.SerializeToString,
+            deepscope_dot_v1_dot_introspection__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def UploadModel(request_iterator,
@@ -233,9 +286,9 @@ class Introspection:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/deepscope.v1.Introspection/UploadModel',
+            '/deepscope.v1.IntrospectionService/UploadModel',
             deepscope_dot_v1_dot_introspection__pb2.UploadModelRequest.SerializeToString,
-            deepscope_dot_v1_dot_introspection__pb2.ModelInfo.FromString,
+            deepscope_dot_v1_dot_introspection__pb2.UploadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -260,7 +313,7 @@ class Introspection:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/deepscope.v1.Introspection/ListModels',
+            '/deepscope.v1.IntrospectionService/ListModels',
             deepscope_dot_v1_dot_introspection__pb2.ListModelsRequest.SerializeToString,
             deepscope_dot_v1_dot_introspection__pb2.ListModelsResponse.FromString,
             options,
@@ -287,9 +340,9 @@ class Introspection:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/deepscope.v1.Introspection/GetModel',
+            '/deepscope.v1.IntrospectionService/GetModel',
             deepscope_dot_v1_dot_introspection__pb2.GetModelRequest.SerializeToString,
-            deepscope_dot_v1_dot_introspection__pb2.ModelDetail.FromString,
+            deepscope_dot_v1_dot_introspection__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -314,7 +367,7 @@ class Introspection:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/deepscope.v1.Introspection/DeleteModel',
+            '/deepscope.v1.IntrospectionService/DeleteModel',
             deepscope_dot_v1_dot_introspection__pb2.DeleteModelRequest.SerializeToString,
             deepscope_dot_v1_dot_introspection__pb2.DeleteModelResponse.FromString,
             options,
@@ -341,9 +394,9 @@ class Introspection:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/deepscope.v1.Introspection/GetWeights',
+            '/deepscope.v1.IntrospectionService/GetWeights',
             deepscope_dot_v1_dot_introspection__pb2.GetWeightsRequest.SerializeToString,
-            deepscope_dot_v1_dot_introspection__pb2.TensorPart.FromString,
+            deepscope_dot_v1_dot_introspection__pb2.GetWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -368,9 +421,9 @@ class Introspection:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/deepscope.v1.Introspection/Capture',
+            '/deepscope.v1.IntrospectionService/Capture',
             deepscope_dot_v1_dot_introspection__pb2.CaptureRequest.SerializeToString,
-            deepscope_dot_v1_dot_introspection__pb2.TensorPart.FromString,
+            deepscope_dot_v1_dot_introspection__pb2.CaptureResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -395,7 +448,7 @@ class Introspection:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/deepscope.v1.Introspection/ListMetrics',
+            '/deepscope.v1.IntrospectionService/ListMetrics',
             deepscope_dot_v1_dot_introspection__pb2.ListMetricsRequest.SerializeToString,
             deepscope_dot_v1_dot_introspection__pb2.ListMetricsResponse.FromString,
             options,
@@ -422,9 +475,9 @@ class Introspection:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/deepscope.v1.Introspection/Analyze',
+            '/deepscope.v1.IntrospectionService/Analyze',
             deepscope_dot_v1_dot_introspection__pb2.AnalyzeRequest.SerializeToString,
-            deepscope_dot_v1_dot_introspection__pb2.AnalyzeEvent.FromString,
+            deepscope_dot_v1_dot_introspection__pb2.AnalyzeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -449,9 +502,9 @@ class Introspection:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/deepscope.v1.Introspection/GetRun',
+            '/deepscope.v1.IntrospectionService/GetRun',
             deepscope_dot_v1_dot_introspection__pb2.GetRunRequest.SerializeToString,
-            deepscope_dot_v1_dot_introspection__pb2.RunDetail.FromString,
+            deepscope_dot_v1_dot_introspection__pb2.GetRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -476,7 +529,7 @@ class Introspection:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/deepscope.v1.Introspection/ListRuns',
+            '/deepscope.v1.IntrospectionService/ListRuns',
             deepscope_dot_v1_dot_introspection__pb2.ListRunsRequest.SerializeToString,
             deepscope_dot_v1_dot_introspection__pb2.ListRunsResponse.FromString,
             options,

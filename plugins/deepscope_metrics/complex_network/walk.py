@@ -11,8 +11,10 @@ the neuron layer, on a surrogate linear network built from the graph: activation
 identities (the weight graph has no nonlinearity), flatten/reshape are permutations in
 PyTorch's real (C, H, W) row-major order, AvgPool is its linear map, MaxPool is treated as
 AvgPool, BatchNorm after a nonlinearity scales by γ/σ, and a reached residual Add is an
-identity link (weight 1). Layers and graphs are duck-typed (``deepscope_server`` Layer /
-ModelGraph).
+identity link (weight 1). A reached recurrent layer counts its input-to-gate links (every
+``ih`` block of its first layer, both directions), a self-attention layer its q, k and v
+projections: the neurons' out-links into those blocks (see ``gates``). Layers and graphs are
+duck-typed (``deepscope_server`` Layer / ModelGraph).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .gates import GATED, dense_blocks
 from .geometry import ConvGeometry, geometry_from_attrs, hw_as_2d, kernel_as_2d
 from .strength import Strengths, combine, conv_in_strength, dense_in_strength, fold_batchnorm
 
@@ -49,8 +52,10 @@ class NeuronLayer:
 
 
 def op_class(layer: Any) -> str:
-    """weighted | bn | norm | activation | pool | reshape | add | identity | embedding | unsupported."""
+    """weighted | gated | bn | norm | activation | pool | reshape | add | identity | embedding | unsupported."""
     kind, op = layer.kind, layer.op_type.lower()
+    if kind in GATED:
+        return "gated"
     if kind in WEIGHTED:
         if "transpose" in op or "weight" not in layer.weights:
             return "unsupported"  # ConvTranspose (other weight layout), weightless MatMul
@@ -219,6 +224,26 @@ def _terminal_sum(graph: Any, layer: Any, v: torch.Tensor, fold_norm: bool) -> t
     return F.conv2d(x, K2, stride=geo.stride, dilation=geo.dilation, groups=geo.groups).sum()
 
 
+def _gated_terminal_sum(layer: Any, v: torch.Tensor, n_inputs: int, warnings: list[str]) -> torch.Tensor | None:
+    """Σ of the links from ``v`` into the blocks of a recurrent / self-attention layer that read it, else None."""
+    try:
+        blocks = dense_blocks(layer)
+    except ValueError as exc:
+        warnings.append(f"{exc}: out-links into it are not counted")
+        return None
+    reading = [b for b in blocks if b.source == "x"] if layer.kind == "recurrent" else \
+        [b for b in blocks if b.source in ("query", "key", "value")]
+    if layer.kind == "attention" and n_inputs > 1:
+        warnings.append(f"attention '{layer.name}' takes separate query/key/value inputs: out-links into it are not counted")
+        return None
+    width = reading[0].W.shape[1] if reading else None
+    if width is None or v.shape[-1] != width:
+        warnings.append(f"{layer.kind} layer '{layer.name}' reads {width} features per step, the neuron layer has "
+                        f"shape {tuple(v.shape[1:])}: out-links into it are not counted")
+        return None
+    return sum((v @ torch.as_tensor(b.W).T).sum() for b in reading)
+
+
 def out_strength(
     graph: Any, start: str, shape: tuple[int, ...], fold_norm: bool = True
 ) -> tuple[np.ndarray | None, list[str], list[str], list[str]]:
@@ -242,6 +267,11 @@ def out_strength(
         if cls == "weighted":
             total = total + sum(_terminal_sum(graph, layer, v, fold_norm) for v in feeding)
             reached.append(layer.name)
+        elif cls == "gated":
+            sums = [_gated_terminal_sum(layer, v, len(layer.inputs), warnings) for v in feeding]
+            if any(t is not None for t in sums):
+                total = total + sum(t for t in sums if t is not None)
+                reached.append(layer.name)
         elif is_merge(layer):
             total = total + sum(v.sum() for v in feeding)
             reached.append(layer.name)

@@ -5,6 +5,7 @@ Thin: parameters in, ``deepscope_metrics.complex_network`` does the work, result
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,9 @@ from ..complex_network import (
     neuron_strength_conv,
     neuron_strength_dense,
 )
+from ..complex_network.gates import (
+    GATED, GatedNeurons, block_sample, block_table, block_weights, blocks_graph_coo, dense_blocks, gated_neurons,
+)
 from ..complex_network.unroll import weight_graph_coo
 from ..complex_network.walk import bn_scale_shift, folded_weights, layer_geometry
 
@@ -31,15 +35,33 @@ CITATION = (
     "Complex Networks, ICTAI 2021 (arXiv 2110.02628); arXiv 2209.05488; arXiv 2404.11172"
 )
 WEIGHTED = frozenset({"linear", "conv"})
-KINDS = WEIGHTED | {"embedding"}  # embeddings are accepted only to be skipped with a warning
+DENSE_KINDS = WEIGHTED | {"embedding"}  # embeddings are accepted only to be skipped with a warning
+KINDS = DENSE_KINDS | GATED
+GATES_DOC = (" Recurrent (LSTM, GRU, RNN) and attention layers are split into their dense blocks, each a "
+             "bipartite layer of its own (PyTorch layout whatever the format): ih.<gate> (input x -> gate) and "
+             "hh.<gate> (hidden h -> gate) with LSTM gates i,f,g,o, GRU r,z,n, RNN h (ih_l1.i, hh_l0_reverse.f "
+             "for deeper layers and reverse directions); attention q, k, v (in_proj rows) and out (out_proj). "
+             "One result per layer, per-block rows in its 'blocks' table.")
 
 
-def _weighted(metric: Metric) -> list[Any]:
-    """The selected linear/conv layers; selected embeddings are skipped with a warning."""
+def _weighted(metric: Metric, gated: bool = False) -> list[Any]:
+    """The selected linear/conv (and, if ``gated``, recurrent/attention) layers in graph order.
+
+    Selected embeddings are skipped with a warning.
+    """
     for layer in metric.ctx.layers:
         if layer.kind == "embedding":
             metric.ctx.warn(f"{metric.name}: embedding '{layer.name}' skipped (a lookup table, not a weight graph)")
-    return [layer for layer in metric.ctx.layers if layer.kind in WEIGHTED]
+    kinds = (WEIGHTED | GATED) if gated else WEIGHTED
+    return [layer for layer in metric.ctx.layers if layer.kind in kinds]
+
+
+def _link_sample(graph: Any, layer: Any, fold_norm: bool) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """A layer's link weights and biases (a gated layer's: all its blocks'), and the BatchNorms folded in."""
+    if layer.kind in GATED:
+        return (*block_weights(dense_blocks(layer)), [])
+    W, b, _, folded = folded_weights(graph, layer, fold_norm)
+    return W, b, folded
 
 P_GRID = Param("grid_points", int, 1000, "KDE grid points over [min, max]", min=10, max=100_000)
 P_MODE = Param("mode", str, "code", "conv in-strength: 'code' = K.sum()+b everywhere (authors); 'graph' = "
@@ -65,8 +87,11 @@ class _StrengthBase(Metric):
     def _neuron_layers(self) -> dict[str, Any]:
         p = self.params
         out: dict[str, Any] = {}
-        for layer in _weighted(self):
+        for layer in _weighted(self, gated=True):
             try:
+                if layer.kind in GATED:
+                    out[layer.name] = gated_neurons(layer, p["missing_side_const"])
+                    continue
                 nl = neuron_layer_strengths(self.ctx.graph, layer, p["mode"], p["missing_side_const"], p["fold_norm"])
                 for w in nl.warnings:
                     self.ctx.warn(f"{self.name} {layer.name}: {w}")
@@ -77,9 +102,13 @@ class _StrengthBase(Metric):
 
     def _echo(self, nl: Any) -> dict[str, Any]:
         p = self.params
+        if isinstance(nl, GatedNeurons):
+            return {"missing_side_const": p["missing_side_const"], "n_nodes": int(nl.strengths.total.size),
+                    "has_in": True, "has_out": False, "blocks": Table(block_table(nl)),
+                    "input_out_strength": nl.block.s_in_inputs}
         return {
             "mode": p["mode"], "missing_side_const": p["missing_side_const"], "fold_norm": p["fold_norm"],
-            "n_nodes": int(nl.strengths.total.size), "shape": str(nl.shape), "has_in": nl.has_in,
+            "n_nodes": int(nl.strengths.total.size), "shape": [int(d) for d in nl.shape], "has_in": nl.has_in,
             "has_out": nl.has_out, "neuron_layer_end": nl.end, "next_layers": ",".join(nl.reached),
             "extensions": "; ".join(nl.extensions),
         }
@@ -92,7 +121,11 @@ class WeightGraph(Metric):
     description = ("The weight graph of each linear/conv layer as an edge list (conv maps unrolled, PyTorch's "
                    "C,H,W neuron order): nodes are the layer's input then output neurons (then, with "
                    "include_next, the next weighted layer's outputs), edges carry the weights, output nodes "
-                   "their bias. The SDK returns it as a networkx DiGraph.")
+                   "their bias. The SDK returns it as a networkx DiGraph." + GATES_DOC + " A gated layer's "
+                   "graph has one input tier per block source (node layer 'input.x', 'input.h', 'input.query'...) "
+                   "and one output tier per block ('<layer>.ih.i'...); include_next does not apply to it. With "
+                   "fold_norm, a directly following eval-mode BatchNorm is folded in, as the ONNX exporter's "
+                   "optimiser does, so every format gives the same graph.")
     citation = CITATION
     needs = Needs.WEIGHTS
     layer_kinds = KINDS
@@ -101,17 +134,28 @@ class WeightGraph(Metric):
         Param("include_next", bool, False, "append the next linear/conv layer when only activations, norms or a "
               "flatten lie between (their own transforms are not links)"),
         Param("max_links", int, 2_000_000, "refuse layers with more links than this", min=1, max=20_000_000),
+        P_FOLD,
     )
     summary_keys = ("n_nodes", "n_links")
 
     def finish(self) -> dict[str, dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {}
-        for layer in _weighted(self):
+        for layer in _weighted(self, gated=True):
             try:
+                if layer.kind in GATED:
+                    if self.params["include_next"]:
+                        self.ctx.warn(f"{self.name}: include_next does not apply to {layer.kind} '{layer.name}'")
+                    blocks = dense_blocks(layer)
+                    results[layer.name] = {**_graph_result(blocks_graph_coo(layer.name, blocks, self.params["max_links"])),
+                                           "blocks": ",".join(b.key for b in blocks)}
+                    continue
                 nxt = _next_weighted(self.ctx.graph, layer) if self.params["include_next"] else None
                 if self.params["include_next"] and nxt is None:
                     self.ctx.warn(f"{self.name}: no single next linear/conv layer after '{layer.name}'")
-                results[layer.name] = _graph_result(weight_graph_coo(layer, nxt, self.params["max_links"]))
+                fold = self.params["fold_norm"]
+                results[layer.name] = _graph_result(weight_graph_coo(
+                    _folded_layer(self.ctx.graph, layer, fold), None if nxt is None else _folded_layer(self.ctx.graph, nxt, fold),
+                    self.params["max_links"]))
             except Exception as exc:  # unsupported layer or too many links: report, never crash the run
                 capped = "max_links" in str(exc)  # the graph exists, it is just over the cap: say so and how
                 results[layer.name] = {"status": "skipped", "reason": f"capped: {exc}; raise the max_links parameter "
@@ -133,6 +177,14 @@ def _next_weighted(graph: Any, layer: Any) -> Any | None:
             return None
 
 
+def _folded_layer(graph: Any, layer: Any, fold_norm: bool) -> Any:
+    """The layer with a directly following eval-mode BatchNorm folded into its weight and bias."""
+    W, b, _, folded = folded_weights(graph, layer, fold_norm)
+    if not folded:
+        return layer
+    return dataclasses.replace(layer, weights={**layer.weights, "weight": W, "bias": b})
+
+
 def _graph_result(coo: Any) -> dict[str, Any]:
     return {"graph": Graph(coo.num_nodes, coo.sources, coo.targets, coo.weights, True,
                            {"layer": coo.node_layer, "index": coo.node_index, "bias": coo.node_bias}),
@@ -142,7 +194,8 @@ def _graph_result(coo: Any) -> dict[str, Any]:
 class LinkWeights(Metric):
     name = "cnt.link_weights"
     description = ("Distribution of a layer's link weights (all weights and biases): summary statistics, "
-                   "histogram and Gaussian KDE (Scott bandwidth).")
+                   "histogram and Gaussian KDE (Scott bandwidth)." + GATES_DOC + " A gated layer's distribution "
+                   "pools all its blocks; 'blocks' gives each block's n, mean and std.")
     citation = CITATION
     needs = Needs.WEIGHTS
     layer_kinds = KINDS
@@ -156,14 +209,20 @@ class LinkWeights(Metric):
 
     def finish(self) -> dict[str, dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {}
-        for layer in _weighted(self):
-            W, b, _, folded = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
+        for layer in _weighted(self, gated=True):
+            try:
+                W, b, folded = _link_sample(self.ctx.graph, layer, self.params["fold_norm"])
+            except ValueError as exc:  # a gated layer whose blocks cannot be split: report, never crash the run
+                results[layer.name] = {"mean": float("nan"), "reason": _reason(exc)}
+                continue
             s = link_weight_summary(W, b, bins=self.params["bins"])
             counts, edges = s.pop("hist_counts"), s.pop("hist_edges")
             r: dict[str, Any] = {**s, "histogram": Table({"bin_left": edges[:-1], "bin_right": edges[1:], "count": counts}),
                                  "bins": self.params["bins"], "grid_points": self.params["grid_points"]}
             if folded:
                 r["extensions"] = f"batchnorm {', '.join(folded)} folded (extension beyond the paper)"
+            if layer.kind in GATED:
+                r["blocks"] = _block_link_table(dense_blocks(layer))
             try:
                 x, y = kde_curve(np.concatenate([W.ravel(), [] if b is None else b.ravel()]), self.params["grid_points"])
                 r["kde"] = Curve(x, y, "link weight", "density")
@@ -173,12 +232,23 @@ class LinkWeights(Metric):
         return results
 
 
+def _block_link_table(blocks: list[Any]) -> Table:
+    samples = [block_sample(b) for b in blocks]
+    return Table({"block": [b.key for b in blocks], "n": np.array([v.size for v in samples]),
+                  "mean": np.array([v.mean() for v in samples]), "std": np.array([v.std() for v in samples])})
+
+
 class NodeStrength(_StrengthBase):
     name = "cnt.node_strength"
     description = ("Node strength of each layer's output neurons in the weight graph: signed in-strength "
-                   "(incoming weights + bias) and out-strength (weights to the next layer), per neuron "
+                   "(incoming weights + bias) and out-strength (weights to the next layer; into a recurrent layer "
+                   "its input gates ih.*, into self-attention its q, k, v), per neuron "
                    "(conv maps unrolled, C*H*W neurons). BatchNorm folding, pooling and residual links are "
-                   "extensions beyond the paper, listed under 'extensions'.")
+                   "extensions beyond the paper, listed under 'extensions'." + GATES_DOC + " For a gated layer the "
+                   "neurons are all blocks' output (gate) neurons, concatenated in 'blocks' order: in_strength = "
+                   "row sums + bias; gates combine nonlinearly, so there are no out-links (out_strength = "
+                   "missing_side_const); input_out_strength = each block's column sums (its input neurons' "
+                   "out-strengths), concatenated.")
     params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
     summary_keys = ("strength_mean", "in_strength_mean", "out_strength_mean", "n_nodes")
 
@@ -198,7 +268,7 @@ class NodeStrength(_StrengthBase):
             if inp is not None:
                 results[WHOLE_MODEL] = {"input_strength": inp.strengths.total.ravel(),
                                         "input_out_strength": inp.strengths.s_out.ravel(),
-                                        "input_shape": str(inp.shape), "input_n_nodes": int(inp.strengths.total.size),
+                                        "input_shape": [int(d) for d in inp.shape], "input_n_nodes": int(inp.strengths.total.size),
                                         "missing_side_const": self.params["missing_side_const"]}
         return results
 
@@ -206,7 +276,8 @@ class NodeStrength(_StrengthBase):
 class LayerFluctuation(_StrengthBase):
     name = "cnt.layer_fluctuation"
     description = ("Layer fluctuation Y_l: population std (ddof=0) of the node strengths of each neuron layer; "
-                   "also the mean and the coefficient of variation (cv, an extension beyond the paper).")
+                   "also the mean and the coefficient of variation (cv, an extension beyond the paper)." + GATES_DOC
+                   + " A gated layer's Y_l is over all its gate neurons; 'blocks' gives each block's own.")
     params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
     result_kinds = ("scalar", "table", "curve")
     summary_keys = ("fluctuation", "cv", "n_nodes")
@@ -242,7 +313,8 @@ class Divergence(_StrengthBase):
     name = "cnt.divergence"
     description = ("Divergence between the layers' distributions of link weights or node strengths: "
                    "Jensen-Shannon (default, base 2, in [0, 1]) or the authors' Jeffreys (symmetric KL on a "
-                   "shared KDE grid, no dx, inf -> max finite + 1).")
+                   "shared KDE grid, no dx, inf -> max finite + 1)." + GATES_DOC + " A gated layer is one "
+                   "distribution: all its blocks' link weights, or all its gate neurons' strengths.")
     params = (
         Param("of", str, "link_weights", "which distribution", choices=("link_weights", "node_strength")),
         Param("method", str, "js", "js or jeffreys", choices=("js", "jeffreys")),
@@ -255,8 +327,12 @@ class Divergence(_StrengthBase):
         p = self.params
         names, samples = [], []
         if p["of"] == "link_weights":
-            for layer in _weighted(self):
-                W, b, _, _ = folded_weights(self.ctx.graph, layer, p["fold_norm"])
+            for layer in _weighted(self, gated=True):
+                try:
+                    W, b, _ = _link_sample(self.ctx.graph, layer, p["fold_norm"])
+                except ValueError as exc:
+                    self.ctx.warn(f"{self.name}: '{layer.name}' left out: {exc}")
+                    continue
                 names.append(layer.name)
                 samples.append(np.concatenate([W.ravel(), [] if b is None else b.ravel()]))
         else:
@@ -284,7 +360,7 @@ class _InputDependent(Metric):
 
     citation = CITATION
     needs = Needs.INPUTS | Needs.OUTPUTS
-    layer_kinds = KINDS
+    layer_kinds = DENSE_KINDS  # not recurrent/attention: their blocks' inputs (h_{t-1}, heads) are not captured
     reconstructed = True
     result_kinds = ("scalar", "vector", "curve")
     params = (
@@ -370,18 +446,22 @@ def _bn_scale(graph: Any, name: str) -> np.ndarray:
     return bn_scale_shift(graph.layer(name))[0]
 
 
+_DENSE_ONLY = (" Linear and conv layers only: a recurrent gate also reads h_{t-1} and an attention output "
+               "projection the heads, which are not captured, so those layers are not measured.")
+
+
 class NeuronStrength(_InputDependent):
     name = "cnt.neuron_strength"
     description = ("(reconstructed from the abstract) Input-dependent neuron strength NS_i(x) = sum_j W[i,j] "
                    "a_j(x) (pre-activation without bias) over sampled inputs: KDE, mean, std, per-neuron "
-                   "moments and the input-dependent fluctuation (std over neurons per input).")
+                   "moments and the input-dependent fluctuation (std over neurons per input)." + _DENSE_ONLY)
 
 
 class NeuronActivation(_InputDependent):
     name = "cnt.neuron_activation"
     description = ("(reconstructed from the abstract) Input-dependent neuron activation phi(NS_i(x) + b_i) "
                    "over sampled inputs, phi = the activation layer following the layer: KDE, mean, std, "
-                   "per-neuron moments and the input-dependent fluctuation.")
+                   "per-neuron moments and the input-dependent fluctuation." + _DENSE_ONLY)
     activated = True
 
 

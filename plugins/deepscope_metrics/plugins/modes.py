@@ -58,6 +58,10 @@ class _ModesBase(Metric):
         self.images: dict[str, int] = {}
         self.regions: dict[str, tuple[float, float] | None] = {}
         self.reasons: dict[str, str] = {}
+        for layer in self.ctx.graph.layers:  # say so rather than leave them out silently
+            if layer.kind == "recurrent":
+                self.ctx.warn(f"{self.name}: the gate activations inside recurrent layer '{layer.name}' "
+                              f"({layer.op_type}) are not measured: they are internal to the layer, not captured")
         for layer in self.ctx.layers:
             self.regions[layer.name] = None
             self.images[layer.name] = 0
@@ -373,12 +377,13 @@ class WeightBasins(_BasinsBase):
     summary_keys = ('radius_mean', 'radius_median', 'clean_accuracy')
     description = (
         "Attraction basins in weight space: per sample, the largest relative layer-normalised weight "
-        "noise eta (W + eta*rms(W)*G on the selected linear/conv layers) at which it keeps its label "
-        "with probability >= keep_prob over K weight draws, by bisection; mean/median and "
-        "accuracy-vs-noise curve" + _RECON
+        "noise eta (W + eta*rms(W)*G on the selected linear/conv layers, and the gate matrices "
+        "weight_ih/weight_hh of recurrent and the projections of attention layers, each tensor scaled by "
+        "its own rms) at which it keeps its label with probability >= keep_prob over K weight draws, by "
+        "bisection; mean/median and accuracy-vs-noise curve" + _RECON
     )
     needs = Needs.MODEL | Needs.DATA
-    layer_kinds = frozenset({"linear", "conv"})
+    layer_kinds = frozenset({"linear", "conv", "recurrent", "attention"})
     params = (
         *_BASIN_COMMON,
         Param("draws", int, 16, "K weight-noise draws (perturbed networks, fixed across levels)", min=1, max=10_000),
@@ -392,13 +397,10 @@ class WeightBasins(_BasinsBase):
 
     def _search(self, inputs, key, ref) -> B.BasinResult:
         p = self.params
-        tensors = {"weight"} | ({"bias"} if p["perturb_bias"] else set())
-        weights = {
-            layer.name: {k: v for k, v in layer.weights.items() if k in tensors}
-            for layer in self.ctx.layers if "weight" in layer.weights
-        }
+        weights = {layer.name: _perturbed(layer, p["perturb_bias"]) for layer in self.ctx.layers}
+        weights = {name: w for name, w in weights.items() if w}
         if not weights:
-            self.ctx.warn(f"{self.name}: no linear/conv layer with weights selected; nothing is perturbed")
+            self.ctx.warn(f"{self.name}: no selected layer has weights; nothing is perturbed")
         return B.weight_basins(
             self.predict_with_weights, self.predict, inputs, ref, weights, draws=p["draws"], steps=p["steps"],
             r_max=p["eta_max"], keep_prob=p["keep_prob"], curve_points=p["curve_points"], seed=self.ctx.seed,
@@ -410,6 +412,12 @@ class WeightBasins(_BasinsBase):
         results = super().finish()
         results[WHOLE_MODEL]["perturbed_layers"] = ",".join(layer.name for layer in self.ctx.layers)
         return results
+
+
+def _perturbed(layer: Layer, bias: bool) -> dict[str, np.ndarray]:
+    """The tensors basins.weight perturbs: every weight (a recurrent layer's weight_ih_l0, weight_hh_l0, ...,
+    an attention layer's in_proj_weight, out_proj.weight) and, with ``bias``, every bias; no norm statistics."""
+    return {k: v for k, v in layer.weights.items() if "weight" in k or (bias and "bias" in k)}
 
 
 METRICS = (ModeFractions, GradedScore, ActivationRates, SampleBasins, WeightBasins)

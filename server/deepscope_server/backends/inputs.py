@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from deepscope.dtypes import kserve_dtype
 
-from ..errors import InvalidInput, near_matches, shorten
+from ..errors import InvalidInput
+from ..errors import unknown as unknown_name
 from ..model_graph import TensorSpec
 
 
@@ -31,9 +32,7 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray
     names = [s.name for s in specs]
     unknown = [k for k in inputs if k not in names]
     if unknown:
-        raise InvalidInput(
-            f"unknown input '{shorten(unknown[0])}'{near_matches(unknown[0], names)}; model inputs: {', '.join(names)}"
-        )
+        raise unknown_name("input", unknown[0], names, hint=f"; model inputs: {', '.join(names)}", field="inputs")
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.name not in inputs:

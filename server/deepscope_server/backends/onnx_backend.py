@@ -297,9 +297,14 @@ class OnnxBackend(Backend):
         self._inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self._consts: dict[str, Any] = {}
         self._const_outputs = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-        for node in model.graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
-                self._consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        for node in model.graph.node:  # graph order: a cast's constant input is seen before the cast
+            if node.op_type == "Constant" and node.attribute:
+                value = onnx.helper.get_attribute_value(node.attribute[0])  # value (a tensor), value_float, ...
+                self._consts[node.output[0]] = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) \
+                    else np.asarray(value)
+            elif node.op_type in ("Cast", "CastLike") and node.input and node.input[0] in self._consts:
+                # the unoptimised exporter wraps Clip bounds as CastLike(Constant(value_float), x)
+                self._consts[node.output[0]] = self._consts[node.input[0]]
         self._types = self._value_types(model)
         self._input_names = {vi.name for vi in model.graph.input} - set(self._inits)
         self.graph, self._values, self._refs = self._describe(model)

@@ -1,0 +1,1 @@
+"""Generated from proto/deepscope/onnx_refs (do not edit; run `python proto/generate.py`)."""
