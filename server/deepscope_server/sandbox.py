@@ -39,7 +39,9 @@ _DOMAIN_ERRORS: dict[str, type[DeepscopeError]] = {cls.__name__: cls for cls in 
 #: How often a waiting server thread looks at cancellation, deadlines and the worker's health.
 _POLL_SECONDS = 0.05
 #: A worker that dies having used this share of its address-space cap is reported as out of memory.
-_NEAR_CAP = 0.9
+_NEAR_CAP = 0.75
+#: ld.so exits with this code when it cannot bind a symbol (e.g. no memory left for it).
+_LOADER_EXIT = 127
 
 
 @dataclass(frozen=True)
@@ -236,23 +238,27 @@ class SandboxedBackend(Backend):
                                        "was stopped")
             peak = max(peak, _address_space_peak(process.pid))
             if not process.is_alive() and not conn.poll(0):
-                raise self._death_error(what, describe_death(process), peak)
+                raise self._death_error(what, process, peak)
         try:
             reply = wire_codec.recv(conn, self.budget.max_message_bytes)
-        except (EOFError, OSError) as exc:
-            raise ModelCrashed(f"{what} failed: {describe_death(process)}") from exc
+        except (EOFError, OSError) as exc:  # it died: its end of the pipe closed before it answered
+            raise self._death_error(what, process, peak) from exc
         except wire_codec.CodecError as exc:
             raise ModelCrashed(f"{what} failed: the worker sent a malformed reply ({exc})") from None
         if not isinstance(reply, dict):
             raise ModelCrashed(f"{what} failed: the worker sent a malformed reply")
         return reply
 
-    def _death_error(self, what: str, death: str, peak: int) -> DeepscopeError:
+    def _death_error(self, what: str, process: Any, peak: int) -> DeepscopeError:
         """Why the worker died, as far as the server can tell: near its memory cap it is out of memory
         (a native library may exit or abort where Python would raise MemoryError)."""
+        death = describe_death(process)  # waits for the exit code
         cap = self.budget.memory_bytes
         limit = f"{cap / (1 << 20):,.0f} MiB: --model-memory-bytes"
-        if cap > 0 and peak >= _NEAR_CAP * cap:
+        # Exit code 127 is the dynamic loader's fatal error: a lazily bound symbol it could not
+        # allocate for, which under an address-space cap means the memory ran out.
+        loader_failed = process.exitcode == _LOADER_EXIT
+        if cap > 0 and (peak >= _NEAR_CAP * cap or loader_failed):
             return ModelOutOfMemory(f"{what} ran out of memory in its worker process ({death} after reaching "
                                     f"{peak / (1 << 20):,.0f} MiB of its {limit}); send smaller batches or raise "
                                     "the limit")

@@ -180,7 +180,8 @@ def test_protobuf_amplification_is_contained_in_its_worker(tmp_path, exported) -
             rss_before = root.memory_info().rss
             with pytest.raises(deepscope.DeepscopeError) as refused:
                 client.upload_model(payload, name="nodes.onnx", timeout=300)
-            assert refused.value.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
+            assert refused.value.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT), \
+                f"{refused.value}\n{server.log()[-3000:]}"
             assert "memory" in str(refused.value).lower(), refused.value
             grown = root.memory_info().rss - rss_before
             assert grown < 300 << 20, f"the server itself grew by {grown / 2**20:.0f} MiB"

@@ -203,10 +203,16 @@ def test_a_worker_dying_near_its_memory_cap_is_reported_as_out_of_memory(tmp_pat
     from deepscope_server.sandbox import _address_space_peak
 
     backend = SandboxedBackend(tmp_path / "m.onnx", Limits(model_memory_bytes=1000 << 20), "cpu", False)
-    near = backend._death_error("loading the model", "its worker process exited with code 127", 950 << 20)
-    far = backend._death_error("loading the model", "its worker process exited with code 127", 300 << 20)
+    crashed, loader = _MP.Process(target=os._exit, args=(3,)), _MP.Process(target=os._exit, args=(127,))
+    for process in (crashed, loader):
+        process.start()
+        process.join(30)
+    near = backend._death_error("loading the model", crashed, 950 << 20)
+    far = backend._death_error("loading the model", crashed, 300 << 20)
     assert isinstance(near, ModelOutOfMemory) and "950 MiB of its 1,000 MiB" in str(near)
-    assert isinstance(far, ModelCrashed) and "code 127" in str(far) and "--model-memory-bytes" in str(far)
+    assert isinstance(far, ModelCrashed) and "code 3" in str(far) and "--model-memory-bytes" in str(far)
+    # ld.so's fatal exit (a symbol it could not bind for lack of memory) is out of memory too.
+    assert isinstance(backend._death_error("loading the model", loader, 300 << 20), ModelOutOfMemory)
     assert _address_space_peak(os.getpid()) > 0 and _address_space_peak(None) == 0
 
 
