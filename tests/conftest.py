@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,3 +37,18 @@ def zoo_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ZooModel]:
             paths = zoo.export(module, example, root / name)
             out[name] = ZooModel(name, module, example, paths)
     return out
+
+
+#: The Node.js conformance client and buf (tests/conformance/node, locked by package-lock.json).
+NODE_DIR = Path(__file__).resolve().parent / "conformance" / "node"
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """``npm ci`` of tests/conformance/node (package-lock.json); skipped where node or npm is missing."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed (the Node.js conformance client and buf ship as npm packages)")
+    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=NODE_DIR,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return NODE_DIR / "node_modules"

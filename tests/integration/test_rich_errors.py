@@ -13,19 +13,18 @@ from deepscope.protocol import PROTOCOL_KEY
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from .conftest import start_server
+
+
+#: One row more than the server's default max_batch_size (4096) of the MLP's 64 features: 1 MiB.
+TOO_MANY_ROWS = np.zeros((4097, 64), np.float32)
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory, exported):
-    """A server with a small batch limit, and the MLP uploaded."""
-    server, address = start_server(tmp_path_factory.mktemp("rich") / "store", max_batch_size=4)
-    try:
-        with deepscope.connect(address, token=server.token, progress=False) as client:
-            mlp = client.upload_model(exported["mlp"]["onnx"])
-            yield server, address, client, mlp
-    finally:
-        server.stop()
+def small(server, exported):
+    """The shared server (default limits) with the MLP uploaded."""
+    embedded, address = server
+    with deepscope.connect(address, token=embedded.token, progress=False) as client:
+        yield embedded, address, client, client.upload_model(exported["mlp"]["onnx"])
 
 
 def _details(error: grpc.RpcError) -> dict[str, object]:
@@ -58,22 +57,22 @@ def test_unknown_names_are_not_found_with_reason_and_suggestions(small) -> None:
     # The same rule for metrics, named or by a pattern: NOT_FOUND, with the field at fault.
     for metric in ("cnt.node_strenght", "nope.*"):
         with pytest.raises(deepscope.NotFound) as missing_metric:
-            client.analyze(mlp, data=np.zeros((4, 64), np.float32), batch_size=4, metrics=[metric])
+            client.analyze(mlp, data=np.zeros((4, 64), np.float32), metrics=[metric])
         assert missing_metric.value.reason == "UNKNOWN_METRIC", missing_metric.value
         assert [v.field for v in missing_metric.value.field_violations] == ["metrics"]
     with pytest.raises(deepscope.NotFound) as typo:
-        client.analyze(mlp, data=np.zeros((4, 64), np.float32), batch_size=4, metrics=["cnt.node_strenght"])
+        client.analyze(mlp, data=np.zeros((4, 64), np.float32), metrics=["cnt.node_strenght"])
     assert "cnt.node_strength" in typo.value.suggestions
 
 
 def test_limits_and_bad_params_say_which(small) -> None:
     _, _, client, mlp = small
     with pytest.raises(deepscope.ResourceExhausted) as limit:
-        client.capture(mlp, np.zeros((20, 64), np.float32), layers=["fc1"])
+        client.capture(mlp, TOO_MANY_ROWS, layers=["fc1"], batch_size=len(TOO_MANY_ROWS))
     assert limit.value.reason == "LIMIT_MAX_BATCH_SIZE"
-    assert limit.value.metadata["limit"] == "4" and limit.value.metadata["size"] == "20"
+    assert limit.value.metadata["limit"] == "4096" and limit.value.metadata["size"] == "4097"
     with pytest.raises(deepscope.InvalidArgument) as param:
-        client.analyze(mlp, data=np.zeros((4, 64), np.float32), batch_size=4, metrics=["cnt.node_strength"],
+        client.analyze(mlp, data=np.zeros((4, 64), np.float32), metrics=["cnt.node_strength"],
                        params={"cnt.node_strength": {"no_such_param": 1}})
     assert param.value.reason == "INVALID_PARAM"
     assert [v.field for v in param.value.field_violations] == ["metrics[cnt.node_strength].params"]
@@ -87,7 +86,7 @@ def test_details_on_the_wire_for_any_client(small) -> None:
         auth = (("authorization", f"Bearer {server.token}"),)
         with pytest.raises(grpc.RpcError) as limit:
             list(stub.Capture(pb.CaptureRequest(model=mlp.id, inputs=[deepscope.tensors.to_proto(
-                np.zeros((20, 64), np.float32), "")]), metadata=auth, timeout=30))
+                TOO_MANY_ROWS, "")]), metadata=auth, timeout=30))
         details = _details(limit.value)
         assert details["ErrorInfo"].domain == "deepscope.dev"
         assert details["ErrorInfo"].reason == "LIMIT_MAX_BATCH_SIZE"
@@ -109,7 +108,7 @@ def test_details_on_the_wire_for_any_client(small) -> None:
         assert details_of(malformed)["ErrorInfo"].reason == "MALFORMED_REQUEST"
         # The handshake answers a client of any protocol version.
         info = stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=(*auth, (PROTOCOL_KEY, "2")), timeout=30)
-        assert info.protocol_version == 1 and info.limits.max_batch_size == 4
+        assert info.protocol_version == 1 and info.limits.max_batch_size == 4096
 
 
 def details_of(info: pytest.ExceptionInfo) -> dict[str, object]:
@@ -121,7 +120,7 @@ def test_server_info_tells_versions_limits_and_capabilities(small) -> None:
     info = client.server_info()
     assert info.protocol_version == deepscope.protocol.PROTOCOL_VERSION == 1
     assert info.server_version and info.auth_required is bool(server.token) and info.tls is False
-    assert info.limits["max_batch_size"] == 4
+    assert info.limits["max_batch_size"] == 4096
     assert info.limits["max_run_time_seconds"] > 0 and info.limits["recommended_chunk_bytes"] > 0
     assert {"onnx", "pt2"} <= set(info.upload_formats) and "cpu" in info.devices
     assert info.model_isolation == "process"

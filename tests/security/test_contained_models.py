@@ -172,7 +172,7 @@ def test_protobuf_amplification_is_contained_in_its_worker(tmp_path, exported) -
     """A 6 MB file of 3M empty nodes needs GBs to parse: the worker hits its cap, the server does not grow."""
     payload = _node_bomb(3_000_000)
     onnx.ModelProto.FromString(_node_bomb(3))  # the construction is a valid ModelProto
-    server, address = start_server(tmp_path / "store", model_memory_bytes=1536 << 20)
+    server, address = start_server(tmp_path / "store", model_memory_bytes=1152 << 20)
     try:
         root = psutil.Process(server.process.pid)
         with deepscope.connect(address, token=server.token, progress=False) as client:

@@ -2,7 +2,7 @@
 // It uploads a model in small chunks, reads the layer table, captures layers (multi-chunk tensors
 // checked against their CRC-32), runs an analysis streaming DataBatch messages, reads the run back,
 // provokes an error and decodes its google.rpc.Status details. It prints one JSON document, which
-// tests/conformance/test_node_client.py compares with what the Python SDK gets from the same server.
+// tests/integration/test_node_client.py compares with what the Python SDK gets from the same server.
 //
 // usage: node client.mjs ADDRESS MODEL_FILE INPUT_FILE BATCH  (env DEEPSCOPE_TOKEN, DEEPSCOPE_PROTO_PATH)
 
