@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.duration_pb2 import Duration
 
 from . import times
 from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
@@ -55,9 +56,10 @@ class ServerInfo:
     def from_proto(cls, info: pb.GetServerInfoResponse) -> "ServerInfo":
         limits: dict[str, float] = {}
         for field, value in info.limits.ListFields():
-            seconds = value.ToTimedelta().total_seconds() if hasattr(value, "ToTimedelta") else None
-            limits[f"{field.name}_seconds" if seconds is not None else field.name] = (
-                seconds if seconds is not None else int(value))
+            if isinstance(value, Duration):
+                limits[f"{field.name}_seconds"] = times.seconds(value)
+            else:
+                limits[field.name] = int(value)
         return cls(info.server_version, info.protocol_version, limits, tuple(info.upload_formats),
                    tuple(info.executors), info.metric_isolation, info.model_isolation, info.auth_required,
                    info.tls, tuple(info.devices))

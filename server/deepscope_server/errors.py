@@ -103,10 +103,14 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
     return close or [c for c in cands if name.lower() in c.lower()][:n]
 
 
-def near_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
-    """A ' (did you mean: a, b?)' suffix for error messages; empty when nothing is close."""
-    close = close_matches(name, candidates, n)
+def did_you_mean(close: Sequence[str]) -> str:
+    """A ' (did you mean: a, b?)' suffix for error messages; empty when ``close`` is."""
     return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+def near_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
+    """``did_you_mean`` for the candidates that look like ``name``."""
+    return did_you_mean(close_matches(name, candidates, n))
 
 
 def unknown(kind: str, name: str, candidates: Iterable[str], *, what: str = "not found", hint: str = "",
@@ -115,8 +119,6 @@ def unknown(kind: str, name: str, candidates: Iterable[str], *, what: str = "not
 
     ``what`` words the miss ("not found", "matches no layer"); ``hint`` is appended to the message.
     """
-    cands = list(candidates)
-    close = close_matches(name, cands)
-    suffix = f" (did you mean: {', '.join(close)}?)" if close else ""
-    return NotFound(f"{kind} '{shorten(name)}' {what}{suffix}{hint}", reason=f"UNKNOWN_{kind.upper()}",
+    close = close_matches(name, candidates)
+    return NotFound(f"{kind} '{shorten(name)}' {what}{did_you_mean(close)}{hint}", reason=f"UNKNOWN_{kind.upper()}",
                     field=field, suggestions=close, metadata={"resource_type": kind, "resource_name": shorten(name)})

@@ -7,7 +7,7 @@ memory: 48 unauthenticated 60 MB requests took a server from 74 MB to 3.7 GB (be
 Hence every handler the gate substitutes is request-streaming, which grpc calls at once, and it
 never reads the request:
 - the protected service: refused with UNAUTHENTICATED (or FAILED_PRECONDITION for a client of
-  another major version);
+  another protocol version);
 - health (open, for load balancers and probes): answered as if the request were empty, i.e. the
   server's overall status; callers with the token get the per-service answer.
 Server reflection needs the token like the service it describes (with a token configured): each of

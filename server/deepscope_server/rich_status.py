@@ -20,18 +20,9 @@ from .errors import DeepscopeError, LimitExceeded, NotFound
 
 #: ``ErrorInfo.domain`` of every deepscope error.
 DOMAIN = "deepscope.dev"
-#: Reasons of errors that are not ``DeepscopeError``s, by status code.
-GENERIC_REASONS = {
-    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_INPUT",
-    grpc.StatusCode.CANCELLED: "CANCELLED",
-    grpc.StatusCode.INTERNAL: "INTERNAL",
-    grpc.StatusCode.UNAUTHENTICATED: "UNAUTHENTICATED",
-    grpc.StatusCode.FAILED_PRECONDITION: "FAILED_PRECONDITION",
-    grpc.StatusCode.UNAVAILABLE: "UNAVAILABLE",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
-    grpc.StatusCode.NOT_FOUND: "NOT_FOUND",
-}
+#: Reasons of errors that are not ``DeepscopeError``s where the status code's own name is not it
+#: (INVALID_INPUT, like ``InvalidInput``'s).
+GENERIC_REASONS = {grpc.StatusCode.INVALID_ARGUMENT: "INVALID_INPUT"}
 
 
 def details_trailer(code: grpc.StatusCode, message: str, *, reason: str | None = None,

@@ -254,7 +254,7 @@ class SandboxedBackend(Backend):
         (a native library may exit or abort where Python would raise MemoryError)."""
         death = describe_death(process)  # waits for the exit code
         cap = self.budget.memory_bytes
-        limit = f"{cap / (1 << 20):,.0f} MiB: --model-memory-bytes"
+        limit = _memory_limit(cap)
         # Exit code 127 is the dynamic loader's fatal error: a lazily bound symbol it could not
         # allocate for, which under an address-space cap means the memory ran out.
         loader_failed = process.exitcode == _LOADER_EXIT
@@ -277,6 +277,11 @@ class SandboxedBackend(Backend):
         for c in (conn, life):
             if c is not None:
                 c.close()
+
+
+def _memory_limit(memory_bytes: int) -> str:
+    """How errors name a worker's memory cap and the flag that sets it."""
+    return f"{memory_bytes / (1 << 20):,.0f} MiB: --model-memory-bytes"
 
 
 def _address_space_peak(pid: int | None) -> int:
@@ -305,10 +310,10 @@ def _rebuild(error: dict[str, Any], loading: bool, memory_bytes: int = 0) -> Exc
         return exc
     if name == "MemoryError" and loading:
         return ModelOutOfMemory(f"loading the model needed more memory than its worker process may use (limit "
-                                f"{memory_bytes / (1 << 20):,.0f} MiB: --model-memory-bytes); {message}".rstrip("; "))
+                                f"{_memory_limit(memory_bytes)}); {message}".rstrip("; "))
     if name == "MemoryError":
-        return ModelOutOfMemory(f"the model ran out of memory in its worker process (limit {memory_bytes / (1 << 20):,.0f} "
-                            "MiB: --model-memory-bytes); send smaller batches or raise the limit")
+        return ModelOutOfMemory(f"the model ran out of memory in its worker process (limit "
+                                f"{_memory_limit(memory_bytes)}); send smaller batches or raise the limit")
     if loading:
         return InvalidInput(f"not a loadable model: {name}: {message}")
     return InvalidInput(f"the model failed on this input: {name}: {message}")

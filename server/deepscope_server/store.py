@@ -81,7 +81,7 @@ def _with_times(info: pb.RunInfo, created: str | None, finished: str | None) -> 
     """Fill the run's times from the table's columns where its record has none (runs stored before
     RunInfo carried Timestamps)."""
     for stamp, text in ((info.created_time, created), (info.finished_time, finished)):
-        if not (stamp.seconds or stamp.nanos):
+        if times.as_datetime(stamp) is None:
             try:
                 times.set_iso(stamp, text or "")
             except ValueError:
