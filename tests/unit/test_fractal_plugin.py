@@ -117,14 +117,14 @@ def test_spectrum_degenerate():
     assert math.isnan(res[WHOLE_MODEL]["sigma_gamma"]) and "reason" in res[WHOLE_MODEL]
 
 
-def test_correlation_dimension_of_known_sets_and_delta():
+def test_gp_correlation_dimension_of_known_sets_and_delta():
     rng = np.random.default_rng(8)
     n = 1500
     line = np.zeros((n, 10))
     line[:, 0] = rng.random(n)
     plane = np.zeros((n, 10))
     plane[:, :2] = rng.random((n, 2))
-    res = run_metric(P.CorrelationDimensionMetric, [dense("line"), dense("plane")],
+    res = run_metric(P.CorrelationDimensionGPMetric, [dense("line"), dense("plane")],
                      outputs={"line": line, "plane": plane}, params={"normalise": "none"}, batch_size=256)
     assert res["line"]["n_samples_used"] == 1000 and res["line"]["n_samples"] == 1500  # capped
     # small radii (<= 5 % of pairs) keep edge effects small: measured 1.00 and 1.93
@@ -134,8 +134,8 @@ def test_correlation_dimension_of_known_sets_and_delta():
     assert res[WHOLE_MODEL]["delta"] == pytest.approx((d2 - d1) / ((d1 + d2) / 2), abs=1e-12)
 
 
-def test_correlation_dimension_degenerate():
-    res = run_metric(P.CorrelationDimensionMetric, [dense("c")], outputs={"c": np.ones((40, 3))})
+def test_gp_correlation_dimension_degenerate():
+    res = run_metric(P.CorrelationDimensionGPMetric, [dense("c")], outputs={"c": np.ones((40, 3))})
     assert math.isnan(res["c"]["dimension"]) and "reason" in res["c"]
     assert math.isnan(res[WHOLE_MODEL]["delta"])
 
