@@ -54,14 +54,15 @@ def test_hand_computed_three_nodes():
     assert r.tz == 1 and r.tv == 3
 
 
-def boundary_flip(D: int, S: int = 256) -> float:
-    """Largest change one rounding flip can make: the last threshold counting P-1 instead of P pairs.
+def boundary_flip(D: int, S: int = 256, pairs: int = 1) -> float:
+    """Largest change one rounding flip can make: the last threshold counting P-m instead of P pairs
+    (m = ``pairs`` tied at the largest distance, e.g. from identical dead units).
 
     theta_{S-1} equals TV only up to rounding, so shifting the features by a constant (which moves
     distances by ulps) may move the largest pair in or out of it, exactly as in the authors' code.
     """
     P = D * (D - 1) / 2
-    n = D - (D - 1) * math.log(1 + (D - 1) * (P - 1) / P) / math.log(D)
+    n = D - (D - 1) * math.log(1 + (D - 1) * (P - pairs) / P) / math.log(D)
     return 2 / S * math.log(n) / math.log(D)
 
 

@@ -112,7 +112,8 @@ def reduce_dimension(
     """Rows of ``x`` in ``n_components`` dimensions, and the method used (``umap``, ``pca`` or ``none``).
 
     ``auto`` = UMAP when installed, else PCA (the authors' own fallback). PCA keeps
-    ``min(n_components, samples, features)`` components.
+    ``min(n_components, samples, features)`` components, computed exactly (full SVD) up to 1000
+    samples or features and by seeded randomized SVD beyond, where a full SVD would be too slow.
     """
     if method not in REDUCTIONS:
         raise ValueError(f"unknown reduction '{method}'; valid: {', '.join(REDUCTIONS)}")
@@ -130,7 +131,8 @@ def reduce_dimension(
 
     k = min(n_components, x.shape[0], x.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):  # constant data: explained-variance ratio 0/0
-        return PCA(n_components=k, random_state=seed).fit_transform(np.asarray(x, np.float64)), "pca"
+        solver = "full" if min(x.shape) <= 1000 else "randomized"
+        return PCA(n_components=k, svd_solver=solver, random_state=seed).fit_transform(np.asarray(x, np.float64)), "pca"
 
 
 def authors_correlation_dimension(

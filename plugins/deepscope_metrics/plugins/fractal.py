@@ -16,7 +16,7 @@ from deepscope_server.plugin_api import (
 from ..fractal.box_covering import METHODS, box_covering
 from ..fractal.correlation import (
     DELTA_FLOOR, NORMALISATIONS, REDUCTIONS, authors_correlation_dimension, correlation_dimension,
-    dimension_fluctuation, l2_rows, reduce_dimension,
+    dimension_fluctuation, l2_rows, reduce_dimension, umap_available,
 )
 from ..fractal.feature_graph import EPSILON_MODES, PairDistanceAccumulator, feature_graph
 from ..fractal.spectrum import CovarianceAccumulator, power_law_mle, top_eigenvalues
@@ -31,6 +31,14 @@ SPECTRUM_VARIANTS = ("authors", "channel_mean")
 def _units(metric: Metric, name: str, a: np.ndarray) -> np.ndarray:
     """``[B, units]`` float64 view of a layer output (spatial/token axes averaged)."""
     return np.asarray(unit_view(a, metric._layers[name], "mean"), np.float64)
+
+
+def _flatten_channel_last(metric: Metric, name: str, a: np.ndarray) -> np.ndarray:
+    """``[B, H*W*C]``: every element, channels fastest - the authors' ``permute(0, 2, 1)`` order, so
+    even a randomized PCA sees the same columns as theirs."""
+    if a.ndim <= 2:
+        return a.reshape(a.shape[0], -1)
+    return np.moveaxis(a, metric._layers[name].channel_axis % a.ndim, -1).reshape(a.shape[0], -1)
 
 
 class _PerLayer(Metric):
@@ -297,10 +305,11 @@ class SpectrumExponentMetric(_PerLayer):
         self.acc = {n: _SpectrumSamples(p["max_dim"], p["max_samples"], p["max_values"]) for n in self._layers}
 
     def update(self, batch: Batch) -> None:
-        how = "flatten" if self.params["variant"] == "authors" else "mean"
+        flat = self.params["variant"] == "authors"
         for name, a in batch.outputs.items():
             if name in self.acc and a.shape[0] > 0:
-                self.acc[name].update(np.asarray(unit_view(a, self._layers[name], how), np.float64))
+                u = _flatten_channel_last(self, name, a) if flat else unit_view(a, self._layers[name], "mean")
+                self.acc[name].update(np.asarray(u, np.float64))
 
     def finish(self) -> dict[str, dict[str, Any]]:
         p = self.params
@@ -370,7 +379,7 @@ class _FirstSamples(_PerLayer):
 
 class CorrelationDimensionMetric(_FirstSamples):
     name = "fractal.correlation_dimension"
-    summary_keys = ('dimension', 'reduction')
+    summary_keys = ('dimension', 'slope')
     description = (
         "Correlation dimension of each layer's sample representations as the authors' "
         "analyze_fractal_dimension.py computes it: conv/token maps flattened to (B, H*W*C), each sample "
@@ -396,8 +405,14 @@ class CorrelationDimensionMetric(_FirstSamples):
               min=2, max=1000),
     )
 
+    def start(self) -> None:
+        super().start()
+        if self.params["reduction"] == "umap" and not umap_available():
+            raise ValueError("reduction='umap' needs the optional umap-learn: pip install 'deepscope-metrics[umap]' "
+                             "(or use reduction=auto or pca)")
+
     def rows(self, name: str, a: np.ndarray) -> np.ndarray:
-        return unit_view(a, self._layers[name], "flatten")  # (B, H*W*C): every element, as the authors
+        return _flatten_channel_last(self, name, a)
 
     def finish(self) -> dict[str, dict[str, Any]]:
         p = self.params
