@@ -98,8 +98,10 @@ class SSRateMetric(_PerLayer):
     summary_keys = ('ss_rate', 'ss_rate_std', 'zero_variance_fraction')
     description = (
         "SS_rate of each layer's feature network (one node per unit, node feature = unit output on a "
-        "batch of B inputs, spatial/token axes averaged), computed as the authors' code does; mean and "
-        "std over consecutive batches of B samples (remainder dropped). 0 = strongly self-similar."
+        "batch of B inputs, spatial/token axes averaged), computed as the authors' sfm_loss_d_v2.py does, in "
+        "float64 and in its order of operations (a pair is below a threshold when sigmoid(theta - d) > 0.5, "
+        "thresholds not clamped to the distance range); mean and std over consecutive batches of B samples "
+        "(remainder dropped). 0 = strongly self-similar."
     )
     citation = DING
     needs = Needs.OUTPUTS
@@ -107,7 +109,8 @@ class SSRateMetric(_PerLayer):
     params = (
         Param("batch_size", int, 64, "B: samples per feature network (paper default 64)", min=2, max=4096),
         Param("n_thresholds", int, 256, "S: thresholds on the geometric grid", min=2, max=65_536),
-        Param("variant", str, "code", "N_theta formula ('code' = sfm_loss_d_v2.py)", choices=VARIANTS),
+        Param("variant", str, "code", "N_theta formula ('code' = sfm_loss_d_v2.py, the one that reproduces the "
+              "paper's tables)", choices=VARIANTS),
     )
 
     def start(self) -> None:
