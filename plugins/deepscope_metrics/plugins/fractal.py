@@ -290,7 +290,7 @@ class SpectrumExponentMetric(_PerLayer):
     result_kinds = ("scalar", "table")
     params = (
         Param("variant", str, "authors", "authors = flatten every element (faithful); channel_mean = one unit "
-              "per channel, spatial/token axes averaged (extension: deepscope's earlier estimator)",
+              "per channel, spatial/token axes averaged, covariance streamed over all samples (extension)",
               choices=SPECTRUM_VARIANTS),
         Param("max_dim", int, 1000, "wider layers are PCA-reduced to min(max_dim, samples/2) components",
               min=2, max=100_000),
