@@ -40,7 +40,9 @@ PARAMS: dict[str, dict[str, object]] = {
     "complexity.piecewise": {"k_max": 2, "min_cluster_size": 4, "pca_dim": 4, "max_width": 64},
     "complexity.linear_fvu": {"pca_dim": 4, "max_width": 64},
     "fractal.box_dimension": {"restarts": 1, "n_sizes": 4},
-    "fractal.correlation_dimension": {"n_radii": 4},
+    "fractal.correlation_dimension": {"reduction": "pca"},
+    "fractal.correlation_dimension_gp": {"n_radii": 4},
+    "fractal.spectrum_exponent": {"min_values": 5},
     "fractal.ss_rate": {"n_thresholds": 16},
 }
 #: (architecture, metric) -> why a failure there is known and left to the metric's owner.

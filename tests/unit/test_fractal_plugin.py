@@ -117,14 +117,14 @@ def test_spectrum_degenerate():
     assert math.isnan(res[WHOLE_MODEL]["sigma_gamma"]) and "reason" in res[WHOLE_MODEL]
 
 
-def test_correlation_dimension_of_known_sets_and_delta():
+def test_gp_correlation_dimension_of_known_sets_and_delta():
     rng = np.random.default_rng(8)
     n = 1500
     line = np.zeros((n, 10))
     line[:, 0] = rng.random(n)
     plane = np.zeros((n, 10))
     plane[:, :2] = rng.random((n, 2))
-    res = run_metric(P.CorrelationDimensionMetric, [dense("line"), dense("plane")],
+    res = run_metric(P.CorrelationDimensionGPMetric, [dense("line"), dense("plane")],
                      outputs={"line": line, "plane": plane}, params={"normalise": "none"}, batch_size=256)
     assert res["line"]["n_samples_used"] == 1000 and res["line"]["n_samples"] == 1500  # capped
     # small radii (<= 5 % of pairs) keep edge effects small: measured 1.00 and 1.93
@@ -134,19 +134,48 @@ def test_correlation_dimension_of_known_sets_and_delta():
     assert res[WHOLE_MODEL]["delta"] == pytest.approx((d2 - d1) / ((d1 + d2) / 2), abs=1e-12)
 
 
-def test_correlation_dimension_degenerate():
-    res = run_metric(P.CorrelationDimensionMetric, [dense("c")], outputs={"c": np.ones((40, 3))})
+def test_gp_correlation_dimension_degenerate():
+    res = run_metric(P.CorrelationDimensionGPMetric, [dense("c")], outputs={"c": np.ones((40, 3))})
     assert math.isnan(res["c"]["dimension"]) and "reason" in res["c"]
     assert math.isnan(res[WHOLE_MODEL]["delta"])
+
+
+def test_correlation_dimension_flattens_reports_its_reduction_and_caps_memory():
+    rng = np.random.default_rng(9)
+    conv_maps = rng.normal(size=(200, 3, 4, 4))
+    tokens = rng.normal(size=(200, 5, 6))
+    layers = [conv("c"), Layer("t", "linear", "Linear", channel_axis=-1)]
+    res = run_metric(P.CorrelationDimensionMetric, layers, outputs={"c": conv_maps, "t": tokens},
+                     params={"reduction": "pca", "max_values": 4800}, batch_size=64)
+    assert res["c"]["n_features"] == 48 and res["t"]["n_features"] == 30  # every element, not channel means
+    assert res["c"]["reduction"] == "pca" and res["c"]["n_components"] == 50
+    assert res["c"]["n_samples_used"] == 100 and res["c"]["n_samples"] == 200  # 4800 values / 48 per sample
+    assert res["t"]["n_samples_used"] == 160
+    assert "c: 48 values per sample; max_values=4800 keeps 100 samples" in res["__warnings__"]["warnings"]
+    assert np.isfinite(res["c"]["dimension"]) and res["c"]["dimension"] >= 0
+    assert isinstance(res["c"]["correlation_sum"], Curve) and res["c"]["correlation_sum"].x.size == 40
+
+
+def test_correlation_dimension_umap_without_umap_learn_is_a_clear_error():
+    from deepscope_metrics.fractal.correlation import umap_available
+
+    if umap_available():
+        pytest.skip("umap-learn is installed here")
+    with pytest.raises(ValueError, match=r"deepscope-metrics\[umap\]"):
+        run_metric(P.CorrelationDimensionMetric, [dense("h")], outputs={"h": np.ones((10, 3))},
+                   params={"reduction": "umap"})
 
 
 def test_registered_through_the_entry_point():
     from deepscope_server.plugins import load_registry
 
     reg = load_registry(allow={"fractal"})
-    names = {"fractal.ss_rate", "fractal.box_dimension", "fractal.spectrum_exponent", "fractal.correlation_dimension"}
+    names = {"fractal.ss_rate", "fractal.box_dimension", "fractal.spectrum_exponent", "fractal.correlation_dimension",
+             "fractal.correlation_dimension_gp"}
     assert names <= set(reg.metrics), reg.errors
     assert reg.metrics["fractal.box_dimension"].cls.extension
+    assert reg.metrics["fractal.correlation_dimension_gp"].cls.extension
+    assert not reg.metrics["fractal.correlation_dimension"].cls.extension
     assert "extension beyond the paper" in reg.metrics["fractal.box_dimension"].cls.description
 
 

@@ -2,7 +2,8 @@
 
 Faithful to the authors' ``sfm/sfm_loss_d_v2.py`` and ``engine.py``:
 
-- forward: the hard SS_rate of the feature network (strict counts ``d_ij < theta_k``);
+- forward: the hard SS_rate of the feature network (strict counts ``d_ij < theta_k``, decided as the
+  code decides them: ``sigmoid(theta_k - d_ij) > 0.5`` in the features' dtype);
 - backward (straight-through): as if ``p_k`` were ``hard + D * (soft - soft.detach())`` with
   ``soft_k = mean_pairs sigmoid(sharpness * (theta_k - d_ij))`` - thresholds are constants;
 - loss = ``z * alpha * 0.5 * (SS_rate - gamma)^2``;
@@ -31,7 +32,15 @@ class _StraightThroughCounts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d: torch.Tensor, theta: torch.Tensor, scale: float, sharpness: float, chunk: int):
         d_sorted = torch.sort(d.detach()).values
-        p = torch.searchsorted(d_sorted, theta.detach().to(d.dtype), right=False).to(d.dtype) / d.numel()
+        theta_d = theta.detach().to(d.dtype)
+        idx = torch.searchsorted(d_sorted, theta_d, right=False)
+        while True:  # the code's count is sigmoid(theta - d) > 0.5: step back over boundary pairs it misses
+            inside = torch.sigmoid(theta_d - d_sorted[(idx - 1).clamp(min=0)]) > 0.5
+            back = (idx > 0) & ~inside
+            if not bool(back.any()):
+                break
+            idx = idx - back.long()
+        p = idx.to(d.dtype) / d.numel()
         ctx.save_for_backward(d, theta)
         ctx.scale, ctx.sharpness, ctx.chunk = scale, sharpness, chunk
         return p
@@ -62,12 +71,13 @@ def ss_rate_torch(
     if tv == tz:
         return features.new_tensor(float("nan"))
     s = torch.linspace(0.0, 1.0, n_thresholds, dtype=features.dtype, device=features.device)
-    theta = (1.0 + tz) * ((1.0 + tv) / (1.0 + tz)) ** s - 1.0
-    theta[0], theta[-1] = tz, tv  # exact endpoints, as in the numpy ss_rate
+    theta = (1.0 + tz) * torch.pow((1.0 + tv) / (1.0 + tz), s) - 1.0  # the code's order of operations
     p = _StraightThroughCounts.apply(d, theta, float(D), sharpness, chunk)
-    n_theta = D - (D - 1) * torch.log1p((D - 1) * p) / math.log(D)
+    n_theta = D - (D - 1) * torch.log(1 + (D - 1) * p) / math.log(D)
     y = torch.log(n_theta) / math.log(D)
-    return torch.abs((1.0 - s) - y).sum() * (2.0 / n_thresholds)
+    a, b = math.log(1.0 + tz), math.log(1.0 + tv)
+    line = (-torch.log(1 + theta) + a) / (b - a) + 1  # the code's reference line, 1 - s_k up to rounding
+    return torch.abs(line - y).sum() * 2 / n_thresholds
 
 
 def node_features(activation: torch.Tensor, channel_axis: int = 1) -> torch.Tensor:

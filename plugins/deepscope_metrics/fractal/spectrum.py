@@ -1,10 +1,17 @@
-"""Power-law exponent of a layer's feature-covariance spectrum (Ding et al. 2025, appendix: sigma_gamma).
+"""Eigenvalue-density exponent gamma of a layer's feature covariance (Ding et al. 2025, appendix: sigma_gamma).
 
-The eigenvalues of the unit covariance are treated as samples of a power-law density
-``p(lambda) ~ lambda^(-gamma)`` for ``lambda >= lambda_min``; gamma is the continuous MLE
-``1 + n / sum ln(lambda_i / lambda_min)`` and lambda_min is chosen automatically as the
-candidate minimising the Kolmogorov-Smirnov distance (Clauset, Shalizi, Newman 2009).
+As the authors' ``analyze_feature_distribution.py``: the layer output is flattened to
+``(B, H*W*C)``; wider than 1000 features, it is PCA-reduced to ``min(1000, B // 2)`` components;
+the eigenvalues of the covariance (``np.cov``, ddof 1) are treated as samples of a power-law
+*density* ``p(lambda) ~ lambda^(-gamma)`` for ``lambda >= lambda_min``, fitted as the ``powerlaw``
+package does (Alstott et al. 2014, after Clauset, Shalizi, Newman 2009): |lambda| > 1e-10 kept,
+at least 50 of them, gamma the continuous MLE ``1 + n / sum ln(lambda_i / lambda_min)`` and
+lambda_min the distinct value (all but the largest) minimising the KS distance between the tail's
+empirical CDF (fraction of tail values below x) and the fitted one.
 sigma_gamma = population std of gamma across layers.
+
+gamma is not the rank-plot slope alpha of ``lambda_i ~ i^(-alpha)`` (dimension.effective): for a
+pure power law the two are related by ``gamma = 1 + 1/alpha``.
 """
 
 from __future__ import annotations
@@ -57,36 +64,37 @@ class PowerLawFit:
     reason: str = ""
 
 
-def power_law_mle(values: np.ndarray, min_tail: int = 5, rel_tol: float = 1e-10) -> PowerLawFit:
-    """Continuous power-law MLE with automatic ``xmin`` (KS minimisation over candidates).
+def power_law_mle(values: np.ndarray, min_tail: int = 2, min_value: float = 1e-10,
+                  min_values: int = 50) -> PowerLawFit:
+    """Continuous power-law MLE with automatic ``xmin``, as ``powerlaw.Fit(|values|)`` (v1.x) finds it.
 
-    Values ``<= rel_tol * max`` (numerically zero eigenvalues) are dropped first; every
-    distinct value leaving at least ``min_tail`` points in the tail is a candidate ``xmin``.
+    ``|values| <= min_value`` are dropped; fewer than ``min_values`` left gives NaN with a reason
+    (the authors' guard). Every distinct value but the largest leaving at least ``min_tail``
+    points is a candidate ``xmin``; the one with the smallest KS distance wins (first on ties).
     """
-    x = np.asarray(values, np.float64)
+    x = np.abs(np.asarray(values, np.float64)).ravel()
     nan = float("nan")
     if not np.isfinite(x).all():
         return PowerLawFit(nan, nan, 0, nan, x.size, "non-finite values")
-    x = np.sort(x[x > rel_tol * (x.max() if x.size else 0.0)])
+    x = np.sort(x[x > min_value])
     n = x.size
-    if n < min_tail:
-        return PowerLawFit(nan, nan, 0, nan, n, f"{n} positive values, need at least {min_tail}")
+    need = max(min_values, min_tail)
+    if n < need:
+        return PowerLawFit(nan, nan, 0, nan, n, f"{n} values above {min_value:g}, need at least {need}")
     logx = np.log(x)
     tail_sum = np.cumsum(logx[::-1])[::-1]  # sum of log x[i:]
     best = (np.inf, nan, nan, 0)
-    for i in range(n - min_tail + 1):
-        if i > 0 and x[i] == x[i - 1]:
-            continue
+    starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])  # first index of each distinct value
+    for i in starts[:-1]:  # the largest distinct value is never xmin
         m = n - i
-        denom = tail_sum[i] - m * logx[i]
-        if denom <= 0:
+        if m < min_tail:
             continue
-        gamma = 1.0 + m / denom
+        gamma = 1.0 + m / (tail_sum[i] - m * logx[i])
         tail = x[i:]
-        model = 1.0 - (tail / x[i]) ** (1.0 - gamma)  # CDF of the fitted power law
-        emp_hi = np.arange(1, m + 1) / m
-        emp_lo = np.arange(0, m) / m
-        ks = float(max(np.abs(emp_hi - model).max(), np.abs(emp_lo - model).max()))
+        firsts = np.flatnonzero(np.r_[True, tail[1:] != tail[:-1]])
+        empirical = firsts / m  # fraction of the tail strictly below each distinct value
+        model = 1.0 - (tail[firsts] / x[i]) ** (1.0 - gamma)
+        ks = float(np.abs(empirical - model).max())
         if ks < best[0]:
             best = (ks, float(gamma), float(x[i]), m)
     if not np.isfinite(best[0]):
@@ -94,7 +102,24 @@ def power_law_mle(values: np.ndarray, min_tail: int = 5, rel_tol: float = 1e-10)
     return PowerLawFit(best[1], best[2], best[3], best[0], n)
 
 
-def spectrum_exponent(cov: np.ndarray, min_tail: int = 5) -> PowerLawFit:
-    """Power-law exponent of the eigenvalue distribution of a covariance matrix."""
+def top_eigenvalues(x: np.ndarray, max_dim: int = 1000) -> np.ndarray:
+    """Covariance eigenvalues of the rows of ``x[B, p]`` as the authors take them.
+
+    ``p <= max_dim``: all ``p`` eigenvalues of ``np.cov``. Wider: the top ``min(max_dim, B // 2)``
+    (what their PCA keeps), computed exactly from the ``B x B`` Gram matrix - their sklearn PCA
+    approximates the same values with a randomized SVD.
+    """
+    x = np.asarray(x, np.float64)
+    B, p = x.shape
+    c = x - x.mean(axis=0)
+    if p <= max_dim:
+        return np.linalg.eigvalsh(c.T @ c / max(B - 1, 1))
+    k = min(max_dim, B // 2)
+    eig = np.linalg.eigvalsh(c @ c.T / max(B - 1, 1))  # same non-zero eigenvalues as the covariance
+    return eig[::-1][:k][::-1]
+
+
+def spectrum_exponent(cov: np.ndarray, min_tail: int = 2, min_values: int = 50) -> PowerLawFit:
+    """Power-law exponent gamma of the eigenvalue distribution of a covariance matrix."""
     eig = np.linalg.eigvalsh(np.asarray(cov, np.float64))
-    return power_law_mle(eig, min_tail=min_tail)
+    return power_law_mle(eig, min_tail=min_tail, min_values=min_values)

@@ -44,23 +44,54 @@ def _empty(D: int, B: int, S: int, zero_var: float, reason: str) -> SSRate:
                   float("nan"), zero_var, reason)
 
 
+def linspace_like_torch(n: int) -> np.ndarray:
+    """``torch.linspace(0, 1, n)`` bit for bit: the upper half is counted down from 1 (numpy counts up)."""
+    i = np.arange(n, dtype=np.float64)
+    step = 1.0 / (n - 1)
+    return np.where(i < n // 2, i * step, 1.0 - step * (n - 1 - i))
+
+
+def sigmoid_count(d_sorted: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """``#{d : sigmoid(theta_k - d) > 0.5}`` per threshold, as the authors' ``linkage_function`` counts.
+
+    Mathematically ``d < theta_k``; in floating point a pair a few ulps below theta_k is not
+    counted (sigmoid rounds to exactly 0.5), and theta_k itself carries rounding from its power
+    formula, so the largest pair is sometimes inside the last threshold and sometimes not. Start
+    from the strict count and step back while the boundary pair fails the sigmoid test: the test
+    is monotone in d, so this stops after a step or two.
+    """
+    idx = np.searchsorted(d_sorted, theta, side="left")
+    while True:
+        prev = np.maximum(idx - 1, 0)
+        with np.errstate(over="ignore"):
+            inside = 1.0 / (1.0 + np.exp(-(theta - d_sorted[prev]))) > 0.5
+        back = (idx > 0) & ~inside
+        if not back.any():
+            return idx
+        idx = idx - back
+
+
 def ss_rate_from_distances(d: np.ndarray, n_nodes: int, n_thresholds: int = 256) -> tuple[float, dict]:
     """SS_rate from the condensed pair distances ``d`` (length D(D-1)/2) of ``n_nodes`` nodes.
 
-    ``theta_k = (1+TZ) ((1+TV)/(1+TZ))^{s_k} - 1``; ``p_k = #{d < theta_k} / P`` (strict);
-    ``N_k = D - (D-1) ln(1 + (D-1) p_k) / ln D``; ``SS = (2/S) sum_k |(1 - s_k) - ln N_k / ln D|``.
-    Assumes D >= 3 and finite, not-all-equal distances (``ss_rate`` checks).
+    ``theta_k = (1+TZ) ((1+TV)/(1+TZ))^{s_k} - 1``; ``p_k = #{d < theta_k} / P`` (strict, counted as
+    ``sigmoid(theta_k - d) > 0.5`` like the code); ``N_k = D - (D-1) ln(1 + (D-1) p_k) / ln D``;
+    ``SS = (2/S) sum_k |line_k - ln N_k / ln D|`` with the code's reference line
+    ``line_k = 1 - (ln(1+theta_k) - ln(1+TZ)) / (ln(1+TV) - ln(1+TZ))`` (= 1 - s_k up to rounding).
+    Everything in float64, in the code's order of operations. Assumes D >= 3 and finite,
+    not-all-equal distances (``ss_rate`` checks).
     """
     D, S = int(n_nodes), int(n_thresholds)
     d_sorted = np.sort(np.asarray(d, np.float64))
     tz, tv = float(d_sorted[0]), float(d_sorted[-1])
-    s = np.linspace(0.0, 1.0, S)
-    theta = (1.0 + tz) * ((1.0 + tv) / (1.0 + tz)) ** s - 1.0
-    theta[0], theta[-1] = tz, tv  # exact endpoints: the power can round an ulp off TV and flip a count
-    p = np.searchsorted(d_sorted, theta, side="left") / d_sorted.size  # count of d < theta
-    n_theta = D - (D - 1) * np.log1p((D - 1) * p) / np.log(D)
+    s = linspace_like_torch(S)
+    theta = (1.0 + tz) * np.power((1.0 + tv) / (1.0 + tz), s) - 1.0
+    p = sigmoid_count(d_sorted, theta) / d_sorted.size
+    n_theta = D - (D - 1) * np.log(1.0 + (D - 1) * p) / np.log(D)
     y = np.log(n_theta) / np.log(D)
-    value = float(2.0 / S * np.abs((1.0 - s) - y).sum())
+    a, b = np.log(1.0 + tz), np.log(1.0 + tv)
+    line = (-np.log(1.0 + theta) + a) / (b - a) + 1.0
+    value = float(np.sum(np.abs(line - y)) * 2.0 / S)
     return value, {"s": s, "thresholds": theta, "n_theta": n_theta, "y": y, "tz": tz, "tv": tv}
 
 

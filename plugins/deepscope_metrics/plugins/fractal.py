@@ -14,19 +14,31 @@ from deepscope_server.plugin_api import (
 )
 
 from ..fractal.box_covering import METHODS, box_covering
-from ..fractal.correlation import NORMALISATIONS, correlation_dimension
+from ..fractal.correlation import (
+    DELTA_FLOOR, NORMALISATIONS, REDUCTIONS, authors_correlation_dimension, correlation_dimension,
+    dimension_fluctuation, l2_rows, reduce_dimension, umap_available,
+)
 from ..fractal.feature_graph import EPSILON_MODES, PairDistanceAccumulator, feature_graph
-from ..fractal.spectrum import CovarianceAccumulator, spectrum_exponent
+from ..fractal.spectrum import CovarianceAccumulator, power_law_mle, top_eigenvalues
 from ..fractal.ss_rate import VARIANTS, ss_rate
 
 DING = "Ding et al. 2025, Self-similarity Analysis in Deep Neural Networks, arXiv:2507.17785"
 SONG = "Song, Havlin, Makse 2005 (Nature 433:392) and 2007 (J. Stat. Mech. P03006)"
 NAN = float("nan")
+SPECTRUM_VARIANTS = ("authors", "channel_mean")
 
 
 def _units(metric: Metric, name: str, a: np.ndarray) -> np.ndarray:
     """``[B, units]`` float64 view of a layer output (spatial/token axes averaged)."""
     return np.asarray(unit_view(a, metric._layers[name], "mean"), np.float64)
+
+
+def _flatten_channel_last(metric: Metric, name: str, a: np.ndarray) -> np.ndarray:
+    """``[B, H*W*C]``: every element, channels fastest - the authors' ``permute(0, 2, 1)`` order, so
+    even a randomized PCA sees the same columns as theirs."""
+    if a.ndim <= 2:
+        return a.reshape(a.shape[0], -1)
+    return np.moveaxis(a, metric._layers[name].channel_axis % a.ndim, -1).reshape(a.shape[0], -1)
 
 
 class _PerLayer(Metric):
@@ -86,8 +98,10 @@ class SSRateMetric(_PerLayer):
     summary_keys = ('ss_rate', 'ss_rate_std', 'zero_variance_fraction')
     description = (
         "SS_rate of each layer's feature network (one node per unit, node feature = unit output on a "
-        "batch of B inputs, spatial/token axes averaged), computed as the authors' code does; mean and "
-        "std over consecutive batches of B samples (remainder dropped). 0 = strongly self-similar."
+        "batch of B inputs, spatial/token axes averaged), computed as the authors' sfm_loss_d_v2.py does, in "
+        "float64 and in its order of operations (a pair is below a threshold when sigmoid(theta - d) > 0.5, "
+        "thresholds not clamped to the distance range); mean and std over consecutive batches of B samples "
+        "(remainder dropped). 0 = strongly self-similar."
     )
     citation = DING
     needs = Needs.OUTPUTS
@@ -95,7 +109,8 @@ class SSRateMetric(_PerLayer):
     params = (
         Param("batch_size", int, 64, "B: samples per feature network (paper default 64)", min=2, max=4096),
         Param("n_thresholds", int, 256, "S: thresholds on the geometric grid", min=2, max=65_536),
-        Param("variant", str, "code", "N_theta formula ('code' = sfm_loss_d_v2.py)", choices=VARIANTS),
+        Param("variant", str, "code", "N_theta formula ('code' = sfm_loss_d_v2.py, the one that reproduces the "
+              "paper's tables)", choices=VARIANTS),
     )
 
     def start(self) -> None:
@@ -222,31 +237,95 @@ class BoxDimensionMetric(_Accumulating):
         return out
 
 
-class SpectrumExponentMetric(_Accumulating):
+class _SpectrumSamples:
+    """One layer's eigenvalue source: a streamed covariance up to ``max_dim`` features, else the first
+    rows (for the top eigenvalues from their Gram matrix), at most ``max_samples`` x ``max_values``."""
+
+    def __init__(self, max_dim: int, max_samples: int, max_values: int) -> None:
+        self.max_dim, self.max_samples, self.max_values = max_dim, max_samples, max_values
+        self.cov = CovarianceAccumulator()
+        self.rows: list[np.ndarray] = []
+        self.n_rows = 0
+        self.n_seen = 0
+        self.width = 0
+        self.nonfinite = False
+
+    def update(self, u: np.ndarray) -> None:
+        self.n_seen += u.shape[0]
+        self.width = u.shape[1]
+        if self.width <= self.max_dim:
+            self.cov.update(u)
+            self.nonfinite = self.cov.nonfinite
+            return
+        room = min(self.max_samples, self.max_values // self.width) - self.n_rows
+        if room > 0:
+            kept = np.asarray(u[:room])
+            self.nonfinite |= not np.isfinite(kept).all()
+            self.rows.append(kept)
+            self.n_rows += kept.shape[0]
+
+    @property
+    def n_used(self) -> int:
+        return self.cov.n if self.width <= self.max_dim else self.n_rows
+
+    def eigenvalues(self) -> np.ndarray:
+        if self.width <= self.max_dim:
+            return np.linalg.eigvalsh(self.cov.covariance())
+        return top_eigenvalues(np.concatenate(self.rows), self.max_dim)
+
+
+class SpectrumExponentMetric(_PerLayer):
     name = "fractal.spectrum_exponent"
     summary_keys = ('gamma', 'ks')
     description = (
-        "Power-law exponent gamma of each layer's unit-covariance eigenvalue distribution (continuous MLE, "
-        "lambda_min by KS minimisation; covariance streamed in float64, spatial/token axes averaged), and "
+        "Eigenvalue-density exponent gamma (p(lambda) ~ lambda^-gamma; not the rank-plot slope alpha of "
+        "lambda_i ~ i^-alpha) of each layer's feature covariance, as the authors' analyze_feature_distribution.py: "
+        "conv/token maps flattened to (B, H*W*C) (variant=authors; identical to channel_mean for dense layers), "
+        "wider than max_dim features reduced to the top min(max_dim, B/2) principal components, |lambda| > 1e-10, "
+        "at least min_values of them, continuous MLE with lambda_min by KS minimisation as powerlaw.Fit; "
         "sigma_gamma = population std of gamma across layers (under the whole-model key)."
     )
     citation = DING
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "table")
-    params = (Param("min_tail", int, 5, "fewest eigenvalues in the fitted tail", min=2, max=100_000),)
+    params = (
+        Param("variant", str, "authors", "authors = flatten every element (faithful); channel_mean = one unit "
+              "per channel, spatial/token axes averaged, covariance streamed over all samples (extension)",
+              choices=SPECTRUM_VARIANTS),
+        Param("max_dim", int, 1000, "wider layers are PCA-reduced to min(max_dim, samples/2) components",
+              min=2, max=100_000),
+        Param("max_samples", int, 2000, "samples kept per layer when wider than max_dim (the first ones)",
+              min=4, max=100_000),
+        Param("max_values", int, 32_000_000, "cap on samples x features kept per wide layer (memory)",
+              min=1000, max=1_000_000_000),
+        Param("min_values", int, 50, "fewest eigenvalues above 1e-10 to fit (the authors' guard)", min=2, max=100_000),
+        Param("min_tail", int, 2, "fewest eigenvalues in the fitted tail", min=2, max=100_000),
+    )
 
-    accumulator = CovarianceAccumulator
+    def start(self) -> None:
+        super().start()
+        p = self.params
+        self.acc = {n: _SpectrumSamples(p["max_dim"], p["max_samples"], p["max_values"]) for n in self._layers}
+
+    def update(self, batch: Batch) -> None:
+        flat = self.params["variant"] == "authors"
+        for name, a in batch.outputs.items():
+            if name in self.acc and a.shape[0] > 0:
+                u = _flatten_channel_last(self, name, a) if flat else unit_view(a, self._layers[name], "mean")
+                self.acc[name].update(np.asarray(u, np.float64))
 
     def finish(self) -> dict[str, dict[str, Any]]:
+        p = self.params
         out: dict[str, dict[str, Any]] = {}
         for name, acc in self.acc.items():
-            res: dict[str, Any] = {"n_samples": acc.n, "n_units": 0 if acc.mean is None else acc.mean.size,
-                                   "min_tail": self.params["min_tail"]}
-            if acc.nonfinite or acc.n < 2:
-                out[name] = {**res, "gamma": NAN,
-                             "reason": "NaN/inf activations" if acc.nonfinite else f"{acc.n} samples: need at least 2"}
+            res: dict[str, Any] = {"n_samples": acc.n_seen, "n_samples_used": acc.n_used, "n_units": acc.width,
+                                   "variant": p["variant"], "min_tail": p["min_tail"],
+                                   "pca_reduced": acc.width > p["max_dim"]}
+            if acc.nonfinite or acc.n_used < 2:
+                out[name] = {**res, "gamma": NAN, "reason": "NaN/inf activations" if acc.nonfinite
+                             else f"{acc.n_used} samples: need at least 2"}
                 continue
-            fit = spectrum_exponent(acc.covariance(), self.params["min_tail"])
+            fit = power_law_mle(acc.eigenvalues(), min_tail=p["min_tail"], min_values=p["min_values"])
             res.update(gamma=fit.gamma, lambda_min=fit.xmin, n_tail=fit.n_tail, ks=fit.ks, n_eigenvalues=fit.n_values)
             if fit.reason:
                 res["reason"] = fit.reason
@@ -263,15 +342,125 @@ class SpectrumExponentMetric(_Accumulating):
         return out
 
 
-class CorrelationDimensionMetric(_PerLayer):
+class _FirstSamples(_PerLayer):
+    """Keeps each layer's first ``max_samples`` rows of ``rows(name, a)``, at most ``max_values`` numbers."""
+
+    def rows(self, name: str, a: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        super().start()
+        self.kept: dict[str, list[np.ndarray]] = {n: [] for n in self._layers}
+        self.count = {n: 0 for n in self._layers}
+        self.seen = {n: 0 for n in self._layers}
+        self.capped: set[str] = set()
+
+    def update(self, batch: Batch) -> None:
+        for name, a in batch.outputs.items():
+            if name not in self.kept:
+                continue
+            self.seen[name] += a.shape[0]
+            cap = self.params["max_samples"]
+            room = cap - self.count[name]
+            if room > 0 and a.shape[0] > 0:
+                u = self.rows(name, a[:room])
+                width = max(u.shape[1], 1)
+                limit = self.params.get("max_values")
+                if limit is not None and (self.count[name] + u.shape[0]) * width > limit:
+                    u = u[: max(limit // width - self.count[name], 0)]
+                    if name not in self.capped:
+                        self.capped.add(name)
+                        self.ctx.warn(f"{name}: {width} values per sample; max_values={limit} keeps "
+                                      f"{limit // width} samples")
+                self.kept[name].append(u)
+                self.count[name] += u.shape[0]
+
+    def stacked(self, name: str) -> np.ndarray:
+        parts = self.kept[name]
+        return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+class CorrelationDimensionMetric(_FirstSamples):
     name = "fractal.correlation_dimension"
-    summary_keys = ('dimension', 'r2')
+    summary_keys = ('dimension', 'slope')
     description = (
-        "Grassberger-Procaccia correlation dimension of each layer's sample representations (spatial/token "
-        "axes averaged, normalised) on the first max_samples samples, and Delta = (max - min)/mean across "
-        "layers (under the whole-model key)."
+        "Correlation dimension of each layer's sample representations as the authors' "
+        "analyze_fractal_dimension.py computes it: conv/token maps flattened to (B, H*W*C), each sample "
+        "L2-normalised, reduced to n_components dimensions (UMAP where the optional umap-learn is "
+        "installed, PCA otherwise; `reduction` in the result says which), C(r) from each sample's "
+        "n_neighbors nearest neighbours (itself included) on 40 radii 10^-3..10^0.5, slope of log C vs "
+        "log r over the middle half of the radii with C > 0, clipped at 0. Delta = (max - min)/mean over "
+        "the layers with a dimension > 0.001 (under the whole-model key)."
     )
     citation = DING
+    needs = Needs.OUTPUTS
+    result_kinds = ("scalar", "curve")
+    params = (
+        Param("max_samples", int, 3000, "cap on samples per layer (the first ones are kept; authors: 3000)",
+              min=3, max=100_000),
+        Param("max_values", int, 32_000_000, "cap on samples x flattened features kept per layer (memory)",
+              min=1000, max=1_000_000_000),
+        Param("reduction", str, "auto", "dimension reduction: auto = umap if installed, else pca", choices=REDUCTIONS),
+        Param("n_components", int, 50, "dimensions after the reduction", min=1, max=10_000),
+        Param("umap_neighbors", int, 20, "UMAP n_neighbors", min=2, max=1000),
+        Param("umap_min_dist", float, 0.1, "UMAP min_dist", min=0.0, max=10.0),
+        Param("n_neighbors", int, 30, "nearest neighbours per sample for C(r), the sample itself included",
+              min=2, max=1000),
+    )
+
+    def start(self) -> None:
+        super().start()
+        if self.params["reduction"] == "umap" and not umap_available():
+            raise ValueError("reduction='umap' needs the optional umap-learn: pip install 'deepscope-metrics[umap]' "
+                             "(or use reduction=auto or pca)")
+
+    def rows(self, name: str, a: np.ndarray) -> np.ndarray:
+        return _flatten_channel_last(self, name, a)
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        p = self.params
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.kept:
+            x = self.stacked(name)
+            res: dict[str, Any] = {"n_samples": self.seen[name], "n_samples_used": x.shape[0],
+                                   "n_features": x.shape[1], "n_components": p["n_components"]}
+            if x.shape[0] >= 3 and np.isfinite(x).all():
+                reduced, used = reduce_dimension(l2_rows(x), p["n_components"], p["reduction"], self.ctx.seed,
+                                                 p["umap_neighbors"], p["umap_min_dist"])
+            else:
+                reduced, used = x, "none"
+            cd = authors_correlation_dimension(reduced, p["n_neighbors"])
+            res.update(dimension=cd.dimension, slope=cd.slope, reduction=used, n_neighbors=cd.n_neighbors)
+            if cd.c.size:
+                res["correlation_sum"] = Curve(cd.radii, cd.c, "r", "C(r)")
+                fit = cd.radii[cd.fit_mask]
+                if fit.size:
+                    res.update(fit_r_min=float(fit.min()), fit_r_max=float(fit.max()))
+            if cd.reason:
+                res["reason"] = cd.reason
+            out[name] = res
+        names = list(out)
+        dims = np.array([out[n]["dimension"] for n in names], float)
+        delta, used_layers, reason = dimension_fluctuation(dims)
+        whole: dict[str, Any] = {"delta": delta, "n_layers": used_layers, "delta_floor": DELTA_FLOOR,
+                                 "layers": Table({"layer": names, "dimension": dims})}
+        if reason:
+            whole["reason"] = reason
+        out[WHOLE_MODEL] = whole
+        return out
+
+
+class CorrelationDimensionGPMetric(_FirstSamples):
+    name = "fractal.correlation_dimension_gp"
+    summary_keys = ('dimension', 'r2')
+    description = (
+        "(extension beyond the paper: deepscope's estimator before it followed the authors' code) "
+        "Grassberger-Procaccia correlation dimension over all sample pairs of each layer's representations "
+        "(spatial/token axes averaged, normalised) on the first max_samples samples, radii between two "
+        "pair-distance quantiles, and Delta = (max - min)/mean across layers (under the whole-model key)."
+    )
+    citation = DING
+    extension = True
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "curve")
     params = (
@@ -282,29 +471,14 @@ class CorrelationDimensionMetric(_PerLayer):
         Param("quantile_high", float, 0.05, "largest radius as a pair-distance quantile", min=0.0, max=1.0),
     )
 
-    def start(self) -> None:
-        super().start()
-        self.kept: dict[str, list[np.ndarray]] = {n: [] for n in self._layers}
-        self.count = {n: 0 for n in self._layers}
-        self.seen = {n: 0 for n in self._layers}
-
-    def update(self, batch: Batch) -> None:
-        cap = self.params["max_samples"]
-        for name, a in batch.outputs.items():
-            if name not in self.kept:
-                continue
-            self.seen[name] += a.shape[0]
-            room = cap - self.count[name]
-            if room > 0:
-                u = _units(self, name, a[:room])
-                self.kept[name].append(u)
-                self.count[name] += u.shape[0]
+    def rows(self, name: str, a: np.ndarray) -> np.ndarray:
+        return _units(self, name, a)
 
     def finish(self) -> dict[str, dict[str, Any]]:
         p = self.params
         out: dict[str, dict[str, Any]] = {}
-        for name, parts in self.kept.items():
-            x = np.concatenate(parts) if parts else np.zeros((0, 0))
+        for name in self.kept:
+            x = self.stacked(name)
             cd = correlation_dimension(x, p["n_radii"], (p["quantile_low"], p["quantile_high"]), p["normalise"])
             res: dict[str, Any] = {"dimension": cd.dimension, "r2": cd.r2, "n_samples": self.seen[name],
                                    "n_samples_used": cd.n_samples, "n_units": cd.n_features,
@@ -327,5 +501,6 @@ class CorrelationDimensionMetric(_PerLayer):
 
 @hookimpl
 def deepscope_register_metrics(register) -> None:
-    for metric in (SSRateMetric, BoxDimensionMetric, SpectrumExponentMetric, CorrelationDimensionMetric):
+    for metric in (SSRateMetric, BoxDimensionMetric, SpectrumExponentMetric, CorrelationDimensionMetric,
+                   CorrelationDimensionGPMetric):
         register(metric)
