@@ -166,6 +166,16 @@ class ModeFractions(_ModesBase):
               min=2, max=100_000),
     )
     result_kinds = ("scalar", "vector")
+    method = """\
+**Headline: the graded score.** A neuron is OPT only if it preserves the order of *every* pair of the P
+samples, so one silent sample makes a ReLU neuron NPT and the OPT fraction falls to ~0 on ~1000
+samples for most trained ReLU layers, carrying little information. `r_mean` is the mean over the
+layer's neurons of r_j = 1 - (#pairs tied or inverted) / (#pairs with distinct h) on the capped
+reservoir (`max_rank_samples`), for ReLU exactly 1 - k_j (k_j - 1) / (P (P - 1)) with k_j silent
+samples; it is graded where the fraction saturates. The binary fractions are still reported:
+region rule (exact, streamed, needs the function's name) or rank rule (any function, on the
+reservoir).
+"""
     reservoir_param = "max_rank_samples"
     nan_keys = ("r_mean", "frac_opt", "frac_npt_alive", "frac_dead")
 
@@ -266,6 +276,20 @@ class RankProbability(_ModesBase):
         Param("bins", int, 20, "rank bins per axis of the distribution", min=2, max=200),
     )
     result_kinds = ("scalar", "vector", "matrix")
+    method = """\
+**Reconstruction.** The later version of Lin et al. (arXiv 2501.02436 v3/v4) names a *Rank Probability
+Distribution* (RPD) that quantifies a layer's nonlinearity through the neurons' transformation modes;
+its full definition was not read. Assumed here: for each neuron j and the P samples of the capped
+reservoir, every sample's rank by pre-activation h_j and by output y_j, normalised to u, v in [0, 1]
+(ties share their average rank); the RPD is the distribution of (u, v) pooled over the layer's
+measured neurons (varying h and y; dead neurons are excluded and counted by modes.fractions), shown
+as `rank_probability` = P(v bin | u bin) on a `bins` x `bins` grid and `joint`. An order-preserving
+neuron gives the identity; a ReLU neuron silent on k samples maps the k lowest input ranks to the
+one tied output rank (k - 1) / (2 (P - 1)). Scalars: `rank_displacement_mean` = mean over neurons of
+E|u - v| (0 iff every measured neuron preserves order), `spearman_mean` (mean Spearman correlation
+of h and y), `diagonal_mass` = P(u, v in the same bin). Conv neurons are channels over (image,
+position) pairs unless `per_position`.
+"""
     uses_region = False
     reservoir_param = "max_samples"
     nan_keys = ("rank_displacement_mean", "spearman_mean", "diagonal_mass")
@@ -296,6 +320,18 @@ class LinearSubstitution(_ModesBase):
         _BINS,
     )
     result_kinds = ("scalar", "vector", "curve")
+    method = """\
+**Reconstruction.** The later version of Lin et al. names a *Linear Substitution Map* (L-Map) that
+quantifies how far a layer can be linearised; its full definition was not read. Assumed here: every
+neuron's activation sigma is substituted by the affine map of its pre-activation that is best in
+least squares over all samples, y ~ a_j h + b_j (streamed exactly with per-neuron moments, no sample
+cap). Per neuron: `slope`, `intercept` and the substitution error e_j = SSE_j / SST_j =
+1 - corr(h_j, y_j)^2 (0 when sigma acts linearly on the data, e.g. an always-active ReLU; 1 - 1/4 /
+(1/2 - 1/(2 pi)) ~ 0.36 for ReLU on symmetric Gaussian h). Per layer: `fvu_pooled` = sum SSE / sum
+SST, the fraction of the layer's output variance lost when every neuron is linearised;
+`frac_linear` = share of neurons with e_j <= `linear_tol`. Whole model (layer ""): `map`, the
+pooled error over the activation layers in depth order, which is the "map" across the network.
+"""
     uses_region = False
     nan_keys = ("fvu_pooled", "frac_linear", "fvu_median")
 
