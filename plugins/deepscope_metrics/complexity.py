@@ -4,24 +4,24 @@ Only the abstract of arXiv 2006.04791 was read ("a notion of complexity which qu
 nonlinearity of the computation", "entropic", "as a function of scale"). These observables are
 a reconstruction; every choice is a parameter. All work from activations alone:
 
-* :func:`linear_fvu` — fraction of variance of a layer's output left unexplained by the best
+* :func:`linear_fvu` — fraction of variance of a map's output left unexplained by the best
   affine map of its input (ridge, fitted on a training split, scored on a held-out split;
-  input and output PCA-reduced to at most ``max_dim`` dimensions where wider). 0 = the layer
-  acts linearly on this data.
-* :func:`piecewise_fvu_curve` — FVU(K) with the input space cut into K = 1, 2, 4, … clusters
-  (k-means) and one affine map per cluster; ``C(ε) = ln K*(ε)`` with K* the fewest clusters
-  reaching FVU ≤ ε (:func:`complexity_at`), and the cluster-occupancy entropy at K*.
+  input and output PCA-reduced to at most ``max_dim`` dimensions where wider). 0 = the map is
+  linear on this data. The plugin feeds it the map from one hidden representation to the next.
+* :func:`piecewise_fvu_curve` — FVU(K) of K = 1, 2, 3, … affine pieces on nested input clusters
+  (greedy 2-means splits of the worst-fitted piece, least squares); ``C(ε) = ln K*(ε)`` with K*
+  the fewest pieces reaching FVU ≤ ε, ε absolute or relative to FVU(1) (:func:`complexity_at`),
+  and the cluster-occupancy entropy at K*.
 * :class:`PatternEntropy` — entropy of binary activation patterns ``h > threshold``: the sum
   over units of the binary entropy of ``P(h_i > 0)``, the joint Shannon entropy of the
   empirical distribution of whole patterns (which linear piece of a piecewise-linear network a
   sample falls in), the number of distinct patterns, and the joint entropy as a function of the
   number of units considered (the "scale"). Entropies are in nats.
 
-Why "nested" clustering is the default for FVU(K): each level splits every cluster of the
-previous one in two with 2-means, so the partitions are nested and, for least squares
-(``alpha = 0``), the training FVU cannot increase with K (a coarser cluster's affine map is
-available to each of its children). Independent k-means per K (``clustering="kmeans"``) is
-offered too but carries no such guarantee.
+Why nested greedy splits for FVU(K): each split keeps the parent's map available to both halves,
+so for least squares the training FVU cannot increase with K — the curve C is read from is
+monotone by construction; the held-out FVU is reported beside it as the overfitting check
+(earlier versions read K* from a held-out curve that was U-shaped on real layers).
 
 Cost: the regressions run with one BLAS thread. Their matrices are small (≤ ``max_dim``²); on a
 shared 2-core machine two BLAS threads made a 256² Cholesky ~25x slower, not faster.

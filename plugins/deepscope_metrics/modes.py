@@ -19,6 +19,12 @@ The graded score ``r_j = 1 - (#pairs tied or inverted in y) / (#pairs with disti
 having ``h <= 0``: those k samples all map to 0 (their mutual order is lost, k(k-1)/2 tied
 pairs) and every other pair keeps its order, so ``r = 1 - k(k-1) / (P(P-1))``.
 
+The later version of the paper (v3/v4) names a Rank Probability Distribution and a Linear
+Substitution Map; their definitions were not read, so :func:`rank_probability` (the distribution of
+each sample's normalised rank by h and by y, pooled over neurons) and :func:`linear_substitution`
+(each neuron's sigma replaced by its least-squares affine map of h; streamed moments) are
+reconstructions whose assumptions docs/metrics.md states.
+
 Arrays are ``[samples, units]`` (use ``plugin_api.unit_view`` for conv/token maps).
 """
 

@@ -4,6 +4,11 @@ Thin wrappers: batches are reduced to ``[rows, units]`` with ``plugin_api.unit_v
 to the streaming accumulators; the numbers come from ``deepscope_metrics.complexity``,
 ``.dimension`` and ``.powerlaw``.
 
+The regression metrics (``complexity.linear_fvu``, ``complexity.piecewise``) measure blocks: the map
+from one selected representation to the next (``blocks``), which a metric can do on its own because
+a batch carries every selected layer's output (and, with ``Needs.DATA``, the model input); no server
+change is involved.
+
 ``reduce`` (every metric here, default ``"mean"``) says how conv ``[B, C, H, W]`` and token
 ``[B, T, C]`` maps become ``[rows, units]``: ``mean`` averages over positions (one row per
 sample, channel = unit); ``positions`` makes every (sample, position) a row (for the regression
