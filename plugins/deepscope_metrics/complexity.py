@@ -337,7 +337,8 @@ def piecewise_fvu_curve(
         occ.append(occupancy_entropy(ltr))
     out = {
         "k": np.asarray(ks, dtype=np.int64), "fvu_train": np.asarray(f_tr), "fvu_test": np.asarray(f_te),
-        "occupancy_entropy": np.asarray(occ), "min_cluster_rows": min_size, **info,
+        "occupancy_entropy": np.asarray(occ), "min_cluster_rows": min_size,
+        "smallest_piece_rows": int(np.bincount(ltr).min()), **info,
     }
     if info["n_train"] <= info["input_dim"]:
         out["underdetermined_from_k"] = 1

@@ -147,8 +147,8 @@ def test_training_fvu_is_monotone_and_held_out_curve_is_reported_separately():
     assert res["fvu_test"].shape == res["fvu_train"].shape and np.all(np.isfinite(res["fvu_test"]))
     # K = 1 is the least-squares linear fit
     assert res["fvu_train"][0] == pytest.approx(linear_fvu(x, y, alpha=0.0)["fvu_train"], rel=1e-9)
-    # every piece keeps rows_per_dim x (dims + 1) training rows
-    assert res["min_cluster_rows"] == 65 and res["n_train"] // res["k"][-1] >= 65
+    assert res["min_cluster_rows"] == 65  # rows_per_dim x (64 dims + 1): every piece is overdetermined
+    assert res["smallest_piece_rows"] >= 65
 
 
 def _blobs_piecewise(k, n_per=150, dim=3, seed=0):
@@ -190,7 +190,7 @@ def test_one_dimensional_relu_needs_two_pieces():
     res = run_metric(PiecewiseFVU, [RELU], inputs={"relu": h}, outputs={"relu": np.maximum(h, 0)},
                      params={"eps": 0.1, "k_max": 8, **LAYERS})["relu"]
     assert res["fvu_linear"] == pytest.approx(RELU_GAUSS_FVU, abs=0.03)
-    assert res["fvu_k"].y[1] < 0.02 * res["fvu_linear"] * 10
+    assert res["fvu_k"].y[1] < 0.2 * res["fvu_linear"]
     assert res["k_star"] == 2 and res["complexity"] == pytest.approx(np.log(2))
     assert res["occupancy_entropy"] == pytest.approx(np.log(2), abs=0.02)
     eps_curve = dict(zip(res["complexity_eps"].x, res["complexity_eps"].y))
