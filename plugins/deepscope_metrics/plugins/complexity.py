@@ -336,7 +336,8 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
             "complexity_eps": Curve(self.eps_grid, grid, f"eps ({p['eps_mode']})", "ln K*(eps)"),
             **fit.as_dict("fvu_k_powerlaw_"),
             **{key: c[key] for key in ("n_samples", "n_train", "n_test", "input_units", "output_units", "input_dim",
-                                       "output_dim", "input_pca_variance", "output_pca_variance", "min_cluster_rows")},
+                                       "output_dim", "input_pca_variance", "output_pca_variance", "min_cluster_rows",
+                                       "smallest_piece_rows")},
             "k_max": p["k_max"], "min_cluster_size": p["min_cluster_size"], "rows_per_dim": p["rows_per_dim"],
             **{key: c[key] for key in ("warning", "underdetermined_from_k") if key in c},
         }
