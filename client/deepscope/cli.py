@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="run metrics on one model or a series of checkpoints")
     p.add_argument("models", nargs="+", metavar="MODEL", help="model files (.onnx, .pt2, .pt) or server model ids/names; "
                    "several = checkpoints of one training run, in order")
-    p.add_argument("--data", default="digits", help="digits | synthetic | FILE.npy | FILE.npz (arrays x[, y])")
+    p.add_argument("--data", default="digits", help="a server dataset (digits, synthetic, or a plugin's; `deepscope metrics` lists them) "
+                   "| FILE.npy | FILE.npz (arrays x[, y])")
     p.add_argument("--metrics", default="all", help="comma-separated names or globs (e.g. cnt.*,fractal.ss_rate); "
                    "'all' = every metric that applies to the model (the others are reported as skipped)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -116,23 +117,23 @@ def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def load_data(spec: str, limit: int = 0) -> str | tuple[np.ndarray, np.ndarray | None]:
-    """A dataset name is passed to the server; a .npy/.npz file is read here."""
+    """A .npy/.npz file is read here; any other name is a server-side dataset (a plugin), checked there."""
     path = Path(spec)
-    if spec in ("digits", "synthetic") and not path.exists():
+    if path.suffix not in (".npy", ".npz"):
+        if path.exists() or "/" in spec:
+            raise CliError(f"--data {spec}: use a .npy or .npz file, or a server dataset name (`deepscope metrics` lists them)", EXIT_USAGE)
         return spec
     if not path.exists():
-        raise CliError(f"data file not found: {spec} (or use --data digits / synthetic)")
+        raise CliError(f"data file not found: {spec}", EXIT_USAGE)
     if path.suffix == ".npy":
         x, y = np.load(path, allow_pickle=False), None
-    elif path.suffix == ".npz":
+    else:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.keys())
             xkey = "x" if "x" in keys else keys[0]
             x = archive[xkey]
             ykey = next((k for k in ("y", "labels") if k in keys), None)
             y = archive[ykey] if ykey else None
-    else:
-        raise CliError(f"--data {spec}: use a .npy or .npz file, or digits / synthetic")
     if limit:
         x, y = x[:limit], None if y is None else y[:limit]
     return x, y
@@ -311,6 +312,7 @@ def cmd_metrics(args: argparse.Namespace, client: Client) -> int:
     rows = [{"name": m.name, "needs": ",".join(m.needs), "plugin": f"{m.plugin} {m.plugin_version}",
              "description": m.description[:70]} for m in infos.metrics]
     print_table(rows, ["name", "needs", "plugin", "description"])
+    print(f"\ndatasets (--data NAME): {', '.join(infos.datasets) or 'none'}")
     for error in infos.plugin_errors:
         print(f"warning: {error}", file=sys.stderr)
     return 0
@@ -344,8 +346,11 @@ def cmd_capture(args: argparse.Namespace, client: Client) -> int:
     if isinstance(data, str):
         if data != "digits":
             raise CliError("capture needs real inputs: --data digits or a .npy/.npz file")
-        from sklearn.datasets import load_digits
-
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise CliError("--data digits on the client needs scikit-learn: pip install 'deepscope[digits]', "
+                           "or pass your inputs as a .npy/.npz file") from None
         x = (load_digits().data[: args.limit or None] / 16.0).astype(np.float32)
         shape = [d if d > 0 else -1 for d in model.info.inputs[0].shape.dims]
         x = x.reshape([-1, *shape[1:]]) if len(shape) > 1 else x

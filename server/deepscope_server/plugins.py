@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
+from typing import Callable
 
 import pluggy
 
@@ -85,7 +86,8 @@ def load_registry(
     pm = pluggy.PluginManager(plugin_api.PROJECT)
     pm.add_hookspecs(plugin_api.HookSpecs)
     registry = Registry()
-    sources: dict[int, tuple[str, str]] = {}
+    provenance: dict[str, tuple[str, str]] = {}  # pluggy name -> (plugin, version)
+    candidates: list[tuple[str, object, str, str]] = []
     if use_entry_points:
         for ep in metadata.entry_points(group=plugin_api.ENTRY_POINT_GROUP):
             if not _allowed(ep, allow):
@@ -94,47 +96,77 @@ def load_registry(
             version = ep.dist.version if ep.dist else "unknown"
             try:
                 module = ep.load()
-                pm.register(module, name=f"{dist_name}:{ep.name}")
             except Exception as exc:  # a broken plugin must not stop the server
-                registry.errors.append(f"plugin '{ep.name}' ({dist_name}) failed to load: {type(exc).__name__}: {exc}")
-                log.warning(registry.errors[-1])
+                _report(registry, f"plugin '{ep.name}' ({dist_name}) failed to load: {type(exc).__name__}: {exc}")
                 continue
-            sources[id(module)] = (dist_name, version)
-            registry.plugin_versions[dist_name] = version
+            candidates.append((f"{dist_name}:{ep.name}", module, dist_name, version))
     for plugin in extra_plugins:
         name = getattr(plugin, "__name__", type(plugin).__name__)
-        pm.register(plugin, name=name)
-        sources[id(plugin)] = (name, "local")
-        registry.plugin_versions.setdefault(name, "local")
+        candidates.append((name, plugin, name, "local"))
+    for pm_name, plugin, shown, version in candidates:
+        if _register(pm, registry, pm_name, plugin, shown):
+            provenance[pm_name] = (shown, version)
+            registry.plugin_versions.setdefault(shown, version)
+    _reject_unknown_hooks(pm, registry, provenance)
 
-    for impl in pm.hook.deepscope_register_metrics.get_hookimpls():
-        plugin_name, version = sources.get(id(impl.plugin), (impl.plugin_name, "unknown"))
+    def register_metric(cls: type[Metric], plugin: str, version: str) -> None:
+        problem = _check_metric(cls)
+        if problem:
+            _report(registry, f"plugin '{plugin}': metric {cls!r} rejected: {problem}")
+        elif cls.name in registry.metrics:
+            _report(registry, f"plugin '{plugin}': metric '{cls.name}' already registered by "
+                              f"'{registry.metrics[cls.name].plugin}'")
+        else:
+            registry.metrics[cls.name] = MetricEntry(cls, plugin, version)
 
-        def register_metric(cls: type[Metric], _p: str = plugin_name, _v: str = version) -> None:
-            problem = _check_metric(cls)
-            if problem:
-                registry.errors.append(f"plugin '{_p}': metric {cls!r} rejected: {problem}")
-            elif cls.name in registry.metrics:
-                registry.errors.append(
-                    f"plugin '{_p}': metric '{cls.name}' already registered by '{registry.metrics[cls.name].plugin}'"
-                )
-            else:
-                registry.metrics[cls.name] = MetricEntry(cls, _p, _v)
-
-        _call_hook(impl, registry, plugin_name, register_metric)
-
-    for impl in pm.hook.deepscope_register_datasets.get_hookimpls():
-        plugin_name, _ = sources.get(id(impl.plugin), (impl.plugin_name, "unknown"))
-        _call_hook(impl, registry, plugin_name, lambda ds: registry.datasets.__setitem__(ds.name, ds))
+    _call_each(pm, "deepscope_register_metrics", registry, provenance, register_metric)
+    _call_each(pm, "deepscope_register_datasets", registry, provenance,
+               lambda ds, plugin, version: registry.datasets.__setitem__(ds.name, ds))
     return registry
 
 
-def _call_hook(impl: pluggy.HookImpl, registry: Registry, plugin_name: str, register: object) -> None:
+def _report(registry: Registry, message: str) -> None:
+    registry.errors.append(message)
+    log.warning(message)
+
+
+def _register(pm: pluggy.PluginManager, registry: Registry, pm_name: str, plugin: object, shown: str) -> bool:
+    """Register one plugin; pluggy checks its hook signatures against the specs here."""
     try:
-        impl.function(register=register)
-    except Exception as exc:
-        registry.errors.append(f"plugin '{plugin_name}' hook {impl.function.__name__} failed: {type(exc).__name__}: {exc}")
-        log.warning(registry.errors[-1])
+        pm.register(plugin, name=pm_name)
+    except Exception as exc:  # PluginValidationError (bad hook arguments), duplicate names
+        _report(registry, f"plugin '{shown}' rejected: {type(exc).__name__}: {exc}")
+        return False
+    return True
+
+
+def _reject_unknown_hooks(pm: pluggy.PluginManager, registry: Registry, provenance: dict[str, tuple[str, str]]) -> None:
+    """``check_pending``: a hook implementation with no spec (a misspelled hook name) would register
+    nothing and say nothing; report it and unload that plugin instead."""
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            pm_name = pm.get_name(exc.plugin) or "?"
+            shown = provenance.pop(pm_name, (pm_name, ""))[0]
+            known = ", ".join(sorted(h for h in dir(plugin_api.HookSpecs) if h.startswith("deepscope_")))
+            _report(registry, f"plugin '{shown}' rejected: {exc} (known hooks: {known})")
+            pm.unregister(exc.plugin)
+
+
+def _call_each(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
+               provenance: dict[str, tuple[str, str]], register: Callable[..., None]) -> None:
+    """Call a registration hook through pluggy once per plugin, so a plugin that raises is recorded
+    against its own name and the others still register."""
+    everyone = [pm.get_plugin(name) for name in provenance]
+    for pm_name, (shown, version) in provenance.items():
+        plugin = pm.get_plugin(pm_name)
+        caller = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in everyone if p is not plugin])
+        try:
+            caller(register=lambda obj, _p=shown, _v=version: register(obj, _p, _v))
+        except Exception as exc:
+            _report(registry, f"plugin '{shown}' hook {hook_name} failed: {type(exc).__name__}: {exc}")
 
 
 def _check_metric(cls: object) -> str:

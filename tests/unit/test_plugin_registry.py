@@ -37,7 +37,7 @@ def test_broken_plugins_are_reported_not_fatal():
         name = "noperiod"
         description = "d"
 
-    module = types.SimpleNamespace()
+    module = types.ModuleType("broken")
 
     @hookimpl
     def deepscope_register_metrics(register):
@@ -95,3 +95,43 @@ def test_example_metric_matches_numpy_on_arrays_without_a_server():
     np.testing.assert_allclose(out["mean"], per_channel.mean(axis=0))
     np.testing.assert_allclose(out["variance"], per_channel.var(axis=0))
     assert out["num_samples"] == 130
+
+
+def _plugin(name, **hooks):
+    """A plugin module made of the given hook implementations."""
+    module = types.ModuleType(name)
+    for name, function in hooks.items():
+        setattr(module, name, hookimpl(function))
+    return module
+
+
+class _Good(Metric):
+    name = "t.good"
+    description = "registered by a well-formed plugin"
+
+
+def test_a_misspelled_hook_is_reported_and_the_others_still_load():
+    misspelled = _plugin("misspelled", deepscope_register_metric=lambda register: register(_Good))
+    good = _plugin("good", deepscope_register_metrics=lambda register: register(_Good))
+    registry = load_registry(use_entry_points=False, extra_plugins=[misspelled, good])
+    assert list(registry.metrics) == ["t.good"]
+    [error] = registry.errors
+    assert "deepscope_register_metric" in error and "known hooks: deepscope_register_datasets" in error
+
+
+def test_a_hook_with_wrong_arguments_is_rejected_by_pluggy():
+    wrong = _plugin("wrong", deepscope_register_metrics=lambda register, extra: None)
+    registry = load_registry(use_entry_points=False, extra_plugins=[wrong])
+    assert not registry.metrics
+    assert any("rejected" in e and "extra" in e for e in registry.errors)
+
+
+def test_a_raising_hook_fails_only_its_own_plugin():
+    def boom(register):
+        raise RuntimeError("no metrics today")
+
+    raising = _plugin("raising", deepscope_register_metrics=boom)
+    good = _plugin("good", deepscope_register_metrics=lambda register: register(_Good))
+    registry = load_registry(use_entry_points=False, extra_plugins=[raising, good])
+    assert "t.good" in registry.metrics and registry.metrics["t.good"].plugin == good.__name__
+    assert any("no metrics today" in e and raising.__name__ in e for e in registry.errors)
