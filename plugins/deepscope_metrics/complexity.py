@@ -150,12 +150,15 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------- regressions
 
 
-def _prepare(x, y, test_fraction, max_dim, seed):
-    """Split, then PCA-reduce input and output with bases fitted on the training split."""
+def _prepare(x, y, test_fraction, max_dim, seed, max_in_dim=None):
+    """Split, then PCA-reduce input and output with bases fitted on the training split.
+
+    ``max_in_dim`` (a function of the training rows) caps the input dimension further.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     tr, te = split_indices(x.shape[0], test_fraction, seed)
-    mx, bx, rx = pca_basis(x[tr], max_dim)
+    mx, bx, rx = pca_basis(x[tr], min(max_dim, max_in_dim(tr.size)) if max_in_dim else max_dim)
     my, by, ry = pca_basis(y[tr], max_dim)
     xr, yr = _reduce(x, mx, bx), _reduce(y, my, by)
     info = {
@@ -266,7 +269,8 @@ def piecewise_fvu_curve(
     *,
     k_max: int = 64,
     min_cluster_size: int = 10,
-    rows_per_dim: float = 2.0,
+    rows_per_dim: float = 4.0,
+    min_pieces: int = 4,
     test_fraction: float = 0.25,
     max_dim: int = 256,
     seed: int = 0,
@@ -279,7 +283,11 @@ def piecewise_fvu_curve(
     and each child may reuse its parent's map, so the **training** FVU (``fvu_train``, the
     curve the complexity is read from) cannot increase with K — monotone by construction.
     A cluster is split only when both halves keep ``max(min_cluster_size, rows_per_dim ·
-    (input_dim + 1))`` training rows, so every map is overdetermined. Held-out points take the
+    (input_dim + 1))`` training rows, so every map is overdetermined (a least-squares fit of pure
+    noise with r = ``rows_per_dim`` rows per parameter keeps an expected FVU of 1 − 1/r, so a
+    relative eps below that is not met by overfitting alone). When the sample is small the input
+    is PCA-reduced further, to the most dimensions with which ``min_pieces`` pieces still fit
+    (``input_dim`` and ``input_pca_variance`` say so). Held-out points take the
     map of the half whose centroid is nearer at each split: ``fvu_test`` is the separate
     generalisation check (it may rise again when pieces overfit). Also returns the training
     cluster-occupancy entropy per K and sizes; degenerate data gives a ``reason``.
@@ -289,7 +297,12 @@ def piecewise_fvu_curve(
     if reason:
         return {"k": np.zeros(0, np.int64), "fvu_train": np.zeros(0), "fvu_test": np.zeros(0),
                 "occupancy_entropy": np.zeros(0), "n_samples": int(x.shape[0]), "reason": reason}
-    xtr, ytr, xte, yte, info = _prepare(x, y, test_fraction, max_dim, seed)
+    min_pieces = min(min_pieces, k_max)
+
+    def fitting_dim(n_train: int) -> int:  # the most input dims with which min_pieces pieces still fit
+        return max(1, int(n_train // (min_pieces * max(rows_per_dim, 1e-9))) - 1)
+
+    xtr, ytr, xte, yte, info = _prepare(x, y, test_fraction, max_dim, seed, fitting_dim if min_pieces > 1 else None)
     min_size = max(int(min_cluster_size), int(np.ceil(rows_per_dim * (xtr.shape[1] + 1))))
     total = float(((ytr - ytr.mean(axis=0)) ** 2).sum())
     ltr = np.zeros(xtr.shape[0], dtype=np.int64)
@@ -340,6 +353,10 @@ def piecewise_fvu_curve(
         "occupancy_entropy": np.asarray(occ), "min_cluster_rows": min_size,
         "smallest_piece_rows": int(np.bincount(ltr).min()), **info,
     }
+    if min_pieces > 1 and info["input_dim"] == fitting_dim(info["n_train"]) < min(max_dim, info["input_units"]):
+        out["warning"] = (f"only {info['n_train']} training rows: the input is PCA-reduced to {info['input_dim']} dims "
+                          f"(variance kept {info['input_pca_variance']:.3f}) so that {min_pieces} pieces of "
+                          f"{min_size} rows fit; give more samples for a finer measurement")
     if info["n_train"] <= info["input_dim"]:
         out["underdetermined_from_k"] = 1
         out["warning"] = (f"from K = 1 some cluster has <= {info['input_dim']} training rows: "

@@ -237,6 +237,10 @@ def test_default_blocks_map_one_representation_to_the_next():
     # the old per-layer view: fc2's own input -> output is linear
     res = run_metric(LinearFVU, _mlp_graph(), params={"ridge": 0.0, **LAYERS}, **acts)
     assert res["fc2"]["fvu"] < 1e-20 and res["fc2"]["block_start"] == "fc2 (input)"
+    # consecutive: every selected layer's output is a boundary
+    res = run_metric(LinearFVU, _mlp_graph(), params={"ridge": 0.0, "blocks": "consecutive"}, **acts)
+    assert [res[n]["block_start"] for n in ("fc1", "relu1", "fc2", "relu2")] == ["input", "fc1", "relu1", "fc2"]
+    assert res["fc2"]["fvu"] < 1e-20  # relu1 -> fc2 is the Linear alone
     with pytest.raises(ValueError, match="relu9 are not selected layers.*input, fc1, relu1"):
         run_metric(LinearFVU, _mlp_graph(), params={"blocks": "input,relu9"}, **acts)
 
@@ -305,3 +309,14 @@ def test_pattern_entropy_conv_reduce_modes_and_warning():
     sig = Layer("sig", "activation", "Sigmoid", attrs={"function": "sigmoid"})
     out = run_metric(PatternEntropyMetric, [sig], outputs={"sig": 1 / (1 + np.exp(-maps[:, :, 0, 0]))})
     assert out["sig"]["joint_entropy"] == 0.0 and "positive everywhere" in out["__warnings__"]["warnings"]
+
+
+def test_small_samples_reduce_the_block_input_so_pieces_fit_and_say_so():
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((64, 40))  # 48 training rows, 40 input dims: one piece would not even fit
+    y = np.maximum(x[:, :3] @ rng.standard_normal((3, 6)), 0)
+    res = piecewise_fvu_curve(x, y, k_max=8)
+    assert res["input_dim"] == 48 // (4 * 4) - 1 == 2  # min_pieces x rows_per_dim x (dims + 1) <= rows
+    assert res["input_pca_variance"] < 1 and "PCA-reduced to 2 dims" in res["warning"]
+    assert res["min_cluster_rows"] == 12 and len(res["k"]) >= 2
+    assert piecewise_fvu_curve(x, y, k_max=8, min_pieces=1)["input_dim"] == 40  # opt-out: no reduction

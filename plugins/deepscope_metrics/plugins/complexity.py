@@ -58,7 +58,8 @@ BLOCKS = Param(
     "blocks", str, "representations",
     "which maps are measured: 'representations' = model input -> output of the first selected activation "
     "layer -> the next one ... (one Linear/Conv+activation or residual block each; all selected layers when "
-    "none is an activation); 'layers' = each layer's own input -> output; or boundaries in order, e.g. "
+    "none is an activation); 'consecutive' = model input -> every selected layer's output in turn; 'layers' = "
+    "each layer's own input -> output; or boundaries in order, e.g. "
     "'input,relu1,relu2' ('input' = the model input, always flattened; the others selected layers)",
 )
 
@@ -72,9 +73,9 @@ def block_boundaries(spec: str, layers: list[Layer]) -> list[tuple[str, str]] | 
     if spec == "layers":
         return None
     names = [layer.name for layer in layers]
-    if spec == "representations":
+    if spec in ("representations", "consecutive"):
         acts = [layer.name for layer in layers if layer.kind == "activation"]
-        chain = [MODEL_INPUT, *(acts or names)]
+        chain = [MODEL_INPUT, *(acts if acts and spec == "representations" else names)]
     else:
         chain = [b.strip() for b in spec.split(",") if b.strip()]
         unknown = [b for b in chain if b != MODEL_INPUT and b not in names]
@@ -208,7 +209,9 @@ the next. The `blocks` parameter picks those maps: by default the boundaries are
 input -> relu1 (Linear+ReLU), relu1 -> relu2, ...; a ResNet whose selected activations close its
 residual blocks gives one map per block. `blocks=layers` measures each layer's own input -> output
 (a lone ReLU, or a Linear with FVU 0: rarely informative); an explicit list such as
-`input,relu1,relu3` sets the boundaries (they must be selected layers). Results are keyed by the
+`input,relu1,relu3` sets the boundaries (they must be selected layers); `blocks=consecutive` takes
+every selected layer's output as a boundary (select representation layers with `--layers` for it to
+mean blocks: with every layer selected it again measures lone ReLUs and Linears). Results are keyed by the
 block's end layer and echo `block_start` / `block_end`. Conv/token maps become `[rows, units]` by
 `reduce`; wide sides are randomly projected to `max_width`, then PCA-reduced to `pca_dim` on the
 training split.
@@ -272,6 +275,10 @@ class PiecewiseFVU(_PairedSample):
    with both halves keeping `max(min_cluster_size, rows_per_dim x (input dims + 1))` rows.
    K runs 1, 2, 3, ...; the partitions are nested and a child can always reuse its parent's map,
    so the training FVU(K) (`fvu_k`) never increases: the curve is monotone by construction.
+   A least-squares fit of pure noise with r rows per parameter keeps an expected training FVU of
+   1 - 1/r, so with the default r = 4 overfitting alone does not reach eps = 0.5. With few samples
+   the block input is PCA-reduced further, to the most dimensions with which `min_pieces` pieces
+   fit (reported in `input_dim`, `input_pca_variance` and a warning).
 3. `k_star` = the fewest pieces with FVU(K) <= eps x FVU(1) (`eps_mode=relative`, default eps 0.5:
    the pieces needed to remove half of what a linear map leaves unexplained) or FVU(K) <= eps
    (`absolute`); `complexity` = ln K*. A block that is linear on its data (FVU(1) ~ 0) has K* = 1,
@@ -291,8 +298,11 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
     params = _PairedSample.params + (
         Param("k_max", int, 64, "largest number of pieces", min=1, max=4096),
         Param("min_cluster_size", int, 10, "a piece keeps at least this many training rows", min=1, max=100_000),
-        Param("rows_per_dim", float, 2.0, "and at least rows_per_dim x (input dims + 1) training rows, so its "
-              "affine map is overdetermined", min=1.0, max=1000.0),
+        Param("rows_per_dim", float, 4.0, "and at least rows_per_dim x (input dims + 1) training rows, so its "
+              "affine map is overdetermined (pure noise keeps a training FVU of ~1 - 1/rows_per_dim)", min=1.0,
+              max=1000.0),
+        Param("min_pieces", int, 4, "with few samples, PCA-reduce the block input further so that this many "
+              "pieces fit (1 = never)", min=1, max=4096),
         Param("eps", float, 0.5, "threshold for the headline C(eps) = ln K*: a fraction of the linear FVU "
               "(eps_mode=relative) or an FVU (absolute)", min=0.0, max=1.0),
         Param("eps_mode", str, "relative", "relative: K* reaches FVU <= eps x FVU(1); absolute: FVU <= eps",
@@ -311,7 +321,8 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
         p = self.params
         relative = p["eps_mode"] == "relative"
         c = piecewise_fvu_curve(x, y, k_max=p["k_max"], min_cluster_size=p["min_cluster_size"],
-                                rows_per_dim=p["rows_per_dim"], test_fraction=p["test_fraction"],
+                                rows_per_dim=p["rows_per_dim"], min_pieces=p["min_pieces"],
+                                test_fraction=p["test_fraction"],
                                 max_dim=p["pca_dim"], seed=self.ctx.seed)
         if "reason" in c:
             return self._nan(c["reason"])
@@ -339,6 +350,7 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
                                        "output_dim", "input_pca_variance", "output_pca_variance", "min_cluster_rows",
                                        "smallest_piece_rows")},
             "k_max": p["k_max"], "min_cluster_size": p["min_cluster_size"], "rows_per_dim": p["rows_per_dim"],
+            "min_pieces": p["min_pieces"],
             **{key: c[key] for key in ("warning", "underdetermined_from_k") if key in c},
         }
         if not k_star:
