@@ -355,8 +355,9 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
         }
         if not k_star:
             what = f"{p['eps']} x FVU(1)" if relative else str(p["eps"])
-            out["reason"] = (f"no K <= {int(k.max())} reaches training FVU <= {what} (complexity > ln {int(k.max())}): "
-                             f"raise k_max, lower rows_per_dim or give more samples")
+            out["reason"] = (f"no K <= {int(k.max())} reaches training FVU <= {what} (complexity > ln {int(k.max())}); "
+                             f"K stopped at {int(k.max())} (k_max {p['k_max']}, pieces of >= {c['min_cluster_rows']} "
+                             f"rows from {c['n_train']}): give more samples, or raise eps or k_max")
         return out
 
 
