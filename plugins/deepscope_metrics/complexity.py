@@ -255,6 +255,21 @@ def two_means(x: np.ndarray, seed: int = 0, n_init: int = 3, max_iter: int = 100
     return None if best is None else (best[1], best[2])
 
 
+def _median_split(x: np.ndarray, cents: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Halve ``x`` at the median of its projection on the 2-means direction (when 2-means is lopsided).
+
+    Returns labels and the halves' centroids, so held-out points descend by the nearer centroid as
+    for a 2-means split; None when the projection is constant.
+    """
+    t = x @ (cents[1] - cents[0])
+    order = np.argsort(t, kind="stable")
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    labels[order[x.shape[0] // 2:]] = 1
+    if t[order[0]] == t[order[-1]]:
+        return None
+    return labels, np.stack([x[labels == 0].mean(axis=0), x[labels == 1].mean(axis=0)])
+
+
 def _fit_cluster(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Least-squares affine map of one cluster and its residual sum of squares."""
     w, b = affine_fit(x, y, 0.0)
@@ -269,7 +284,7 @@ def piecewise_fvu_curve(
     *,
     k_max: int = 64,
     min_cluster_size: int = 10,
-    rows_per_dim: float = 4.0,
+    rows_per_dim: float = 3.0,
     min_pieces: int = 4,
     test_fraction: float = 0.25,
     max_dim: int = 256,
@@ -278,7 +293,8 @@ def piecewise_fvu_curve(
     """FVU(K) of a piecewise-affine model of the map ``x -> y``: K input clusters, one affine map each.
 
     Divisive and greedy: start from one cluster (K = 1 is the linear fit); at every step split
-    the cluster with the largest training residual in two by 2-means on its inputs and refit
+    the cluster with the largest training residual in two by 2-means on its inputs (at the median
+    along the 2-means direction when one side would be too small) and refit
     both halves by least squares, so K runs 1, 2, 3, ... ≤ ``k_max``. The partitions are nested
     and each child may reuse its parent's map, so the **training** FVU (``fvu_train``, the
     curve the complexity is read from) cannot increase with K — monotone by construction.
@@ -332,7 +348,9 @@ def piecewise_fvu_curve(
         members = np.flatnonzero(ltr == c)
         split = two_means(xtr[members], seed=seed + 7919 * attempt)
         attempt += 1
-        if split is None or np.bincount(split[0], minlength=2).min() < min_size:
+        if split is not None and np.bincount(split[0], minlength=2).min() < min_size:
+            split = _median_split(xtr[members], split[1])
+        if split is None:
             splittable[c] = False
             continue
         labels, cents = split

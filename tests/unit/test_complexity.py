@@ -316,7 +316,18 @@ def test_small_samples_reduce_the_block_input_so_pieces_fit_and_say_so():
     x = rng.standard_normal((64, 40))  # 48 training rows, 40 input dims: one piece would not even fit
     y = np.maximum(x[:, :3] @ rng.standard_normal((3, 6)), 0)
     res = piecewise_fvu_curve(x, y, k_max=8)
-    assert res["input_dim"] == 48 // (4 * 4) - 1 == 2  # min_pieces x rows_per_dim x (dims + 1) <= rows
-    assert res["input_pca_variance"] < 1 and "PCA-reduced to 2 dims" in res["warning"]
-    assert res["min_cluster_rows"] == 12 and len(res["k"]) >= 2
+    assert res["input_dim"] == 48 // (4 * 3) - 1 == 3  # min_pieces x rows_per_dim x (dims + 1) <= rows
+    assert res["input_pca_variance"] < 1 and "PCA-reduced to 3 dims" in res["warning"]
+    assert res["min_cluster_rows"] == 12 and len(res["k"]) >= 3
+    assert res["smallest_piece_rows"] >= 12
     assert piecewise_fvu_curve(x, y, k_max=8, min_pieces=1)["input_dim"] == 40  # opt-out: no reduction
+
+
+def test_lopsided_two_means_split_falls_back_to_a_median_split():
+    rng = np.random.default_rng(16)
+    x = np.concatenate([rng.standard_normal((400, 2)), 60 + rng.standard_normal((6, 2))])  # 6 far outliers
+    y = np.abs(x[:, :1])
+    res = piecewise_fvu_curve(x, y, k_max=4, min_cluster_size=30, test_fraction=0.25)
+    # 2-means would cut the outliers off (a piece far below 30 rows); the median split keeps going
+    assert list(res["k"]) == [1, 2, 3, 4] and res["smallest_piece_rows"] >= 30
+    assert np.all(np.diff(res["fvu_train"]) <= 1e-12)

@@ -276,7 +276,9 @@ class PiecewiseFVU(_PairedSample):
    K runs 1, 2, 3, ...; the partitions are nested and a child can always reuse its parent's map,
    so the training FVU(K) (`fvu_k`) never increases: the curve is monotone by construction.
    A least-squares fit of pure noise with r rows per parameter keeps an expected training FVU of
-   1 - 1/r, so with the default r = 4 overfitting alone does not reach eps = 0.5. With few samples
+   1 - 1/r, so with the default r = 3 overfitting alone does not reach eps = 0.5 (< 2/3). A
+   lopsided 2-means split (one side too small) is replaced by a split at the median along the
+   2-means direction, so K is limited by the sample, not by the clustering. With few samples
    the block input is PCA-reduced further, to the most dimensions with which `min_pieces` pieces
    fit (reported in `input_dim`, `input_pca_variance` and a warning).
 3. `k_star` = the fewest pieces with FVU(K) <= eps x FVU(1) (`eps_mode=relative`, default eps 0.5:
@@ -298,7 +300,7 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
     params = _PairedSample.params + (
         Param("k_max", int, 64, "largest number of pieces", min=1, max=4096),
         Param("min_cluster_size", int, 10, "a piece keeps at least this many training rows", min=1, max=100_000),
-        Param("rows_per_dim", float, 4.0, "and at least rows_per_dim x (input dims + 1) training rows, so its "
+        Param("rows_per_dim", float, 3.0, "and at least rows_per_dim x (input dims + 1) training rows, so its "
               "affine map is overdetermined (pure noise keeps a training FVU of ~1 - 1/rows_per_dim)", min=1.0,
               max=1000.0),
         Param("min_pieces", int, 4, "with few samples, PCA-reduce the block input further so that this many "
