@@ -41,6 +41,8 @@ def render() -> str:
             lines.append(f"- headline values: {', '.join(f'`{k}`' for k in cls.summary_keys)}")
         if cls.citation:
             lines.append(f"- citation: {cls.citation}")
+        if getattr(cls, "method", ""):  # how it is computed: the reconstruction and its assumptions
+            lines.append(f"\n{cls.method.strip()}")
         if cls.params:
             lines.append("\n| parameter | type | default | allowed | description |\n| --- | --- | --- | --- | --- |")
             for p in cls.params:

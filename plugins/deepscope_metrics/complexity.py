@@ -4,24 +4,24 @@ Only the abstract of arXiv 2006.04791 was read ("a notion of complexity which qu
 nonlinearity of the computation", "entropic", "as a function of scale"). These observables are
 a reconstruction; every choice is a parameter. All work from activations alone:
 
-* :func:`linear_fvu` — fraction of variance of a layer's output left unexplained by the best
+* :func:`linear_fvu` — fraction of variance of a map's output left unexplained by the best
   affine map of its input (ridge, fitted on a training split, scored on a held-out split;
-  input and output PCA-reduced to at most ``max_dim`` dimensions where wider). 0 = the layer
-  acts linearly on this data.
-* :func:`piecewise_fvu_curve` — FVU(K) with the input space cut into K = 1, 2, 4, … clusters
-  (k-means) and one affine map per cluster; ``C(ε) = ln K*(ε)`` with K* the fewest clusters
-  reaching FVU ≤ ε (:func:`complexity_at`), and the cluster-occupancy entropy at K*.
+  input and output PCA-reduced to at most ``max_dim`` dimensions where wider). 0 = the map is
+  linear on this data. The plugin feeds it the map from one hidden representation to the next.
+* :func:`piecewise_fvu_curve` — FVU(K) of K = 1, 2, 3, … affine pieces on nested input clusters
+  (greedy 2-means splits of the worst-fitted piece, least squares); ``C(ε) = ln K*(ε)`` with K*
+  the fewest pieces reaching FVU ≤ ε, ε absolute or relative to FVU(1) (:func:`complexity_at`),
+  and the cluster-occupancy entropy at K*.
 * :class:`PatternEntropy` — entropy of binary activation patterns ``h > threshold``: the sum
   over units of the binary entropy of ``P(h_i > 0)``, the joint Shannon entropy of the
   empirical distribution of whole patterns (which linear piece of a piecewise-linear network a
   sample falls in), the number of distinct patterns, and the joint entropy as a function of the
   number of units considered (the "scale"). Entropies are in nats.
 
-Why "nested" clustering is the default for FVU(K): each level splits every cluster of the
-previous one in two with 2-means, so the partitions are nested and, for least squares
-(``alpha = 0``), the training FVU cannot increase with K (a coarser cluster's affine map is
-available to each of its children). Independent k-means per K (``clustering="kmeans"``) is
-offered too but carries no such guarantee.
+Why nested greedy splits for FVU(K): each split keeps the parent's map available to both halves,
+so for least squares the training FVU cannot increase with K — the curve C is read from is
+monotone by construction; the held-out FVU is reported beside it as the overfitting check
+(earlier versions read K* from a held-out curve that was U-shaped on real layers).
 
 Cost: the regressions run with one BLAS thread. Their matrices are small (≤ ``max_dim``²); on a
 shared 2-core machine two BLAS threads made a 256² Cholesky ~25x slower, not faster.
@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
-from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 __all__ = [
@@ -53,6 +52,8 @@ __all__ = [
 ]
 
 _NAN = float("nan")
+#: An FVU at or below this is float rounding of an exact fit: the map is linear.
+LINEAR_FVU = 1e-12
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -149,12 +150,15 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------- regressions
 
 
-def _prepare(x, y, test_fraction, max_dim, seed):
-    """Split, then PCA-reduce input and output with bases fitted on the training split."""
+def _prepare(x, y, test_fraction, max_dim, seed, max_in_dim=None):
+    """Split, then PCA-reduce input and output with bases fitted on the training split.
+
+    ``max_in_dim`` (a function of the training rows) caps the input dimension further.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     tr, te = split_indices(x.shape[0], test_fraction, seed)
-    mx, bx, rx = pca_basis(x[tr], max_dim)
+    mx, bx, rx = pca_basis(x[tr], min(max_dim, max_in_dim(tr.size)) if max_in_dim else max_dim)
     my, by, ry = pca_basis(y[tr], max_dim)
     xr, yr = _reduce(x, mx, bx), _reduce(y, my, by)
     info = {
@@ -251,68 +255,26 @@ def two_means(x: np.ndarray, seed: int = 0, n_init: int = 3, max_iter: int = 100
     return None if best is None else (best[1], best[2])
 
 
-def _nested_levels(x: np.ndarray, n_levels: int, seed: int, min_cluster_size: int):
-    """Nested 2-means splits: per level, training labels and a descent table for new points.
+def _median_split(x: np.ndarray, cents: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Halve ``x`` at the median of its projection on the 2-means direction (when 2-means is lopsided).
 
-    Returns ``labels[level]`` (training) and ``children[level] = (ids[K_parent, 2],
-    centroids[K_parent, 2, d])`` for assigning unseen points by descending the tree.
+    Returns labels and the halves' centroids, so held-out points descend by the nearer centroid as
+    for a 2-means split; None when the projection is constant.
     """
-    labels = [np.zeros(x.shape[0], dtype=np.int64)]
-    children = []
-    for level in range(1, n_levels):
-        parent = labels[-1]
-        k_parent = int(parent.max()) + 1
-        new = np.empty_like(parent)
-        ids = np.empty((k_parent, 2), dtype=np.int64)
-        cents = np.empty((k_parent, 2, x.shape[1]))
-        next_id = 0
-        for c in range(k_parent):  # a loop over clusters (≤ k_max), not over samples
-            members = np.flatnonzero(parent == c)
-            pts = x[members]
-            centre = pts.mean(axis=0)
-            split = None
-            if members.size >= 2 * min_cluster_size and np.ptp(pts, axis=0).max() > 0:
-                split = two_means(pts, seed=seed + level * 7919 + c)
-            if split is None:
-                new[members] = next_id
-                ids[c] = next_id
-                cents[c] = centre
-                next_id += 1
-            else:
-                new[members] = next_id + split[0]
-                ids[c] = (next_id, next_id + 1)
-                cents[c] = split[1]
-                next_id += 2
-        labels.append(new)
-        children.append((ids, cents))
-        if next_id == k_parent:  # nothing could be split any more
-            break
-    return labels, children
+    t = x @ (cents[1] - cents[0])
+    order = np.argsort(t, kind="stable")
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    labels[order[x.shape[0] // 2:]] = 1
+    if t[order[0]] == t[order[-1]]:
+        return None
+    return labels, np.stack([x[labels == 0].mean(axis=0), x[labels == 1].mean(axis=0)])
 
 
-def _descend(x: np.ndarray, children) -> list[np.ndarray]:
-    """Assign points to the nested clusters level by level (nearer of the two children)."""
-    lab = np.zeros(x.shape[0], dtype=np.int64)
-    out = [lab]
-    for ids, cents in children:
-        c = cents[lab]  # [n, 2, d]
-        d2 = ((x[:, None, :] - c) ** 2).sum(axis=2)
-        lab = ids[lab, np.argmin(d2, axis=1)]
-        out.append(lab)
-    return out
-
-
-def _piecewise_predict(xtr, ytr, ltr, xte, lte, alpha, scale):
-    """Fit one affine map per training cluster; predict train and test points by their cluster."""
-    ptr = np.empty_like(ytr)
-    pte = np.empty((xte.shape[0], ytr.shape[1]))
-    for c in np.unique(ltr):  # a loop over clusters, each a vectorised fit
-        m, mt = ltr == c, lte == c
-        w, b = affine_fit(xtr[m], ytr[m], alpha, scale)
-        ptr[m] = xtr[m] @ w + b
-        if mt.any():
-            pte[mt] = xte[mt] @ w + b
-    return ptr, pte
+def _fit_cluster(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Least-squares affine map of one cluster and its residual sum of squares."""
+    w, b = affine_fit(x, y, 0.0)
+    r = y - (x @ w + b)
+    return w, b, float((r * r).sum())
 
 
 @threadpool_limits.wrap(limits=1, user_api="blas")
@@ -321,75 +283,118 @@ def piecewise_fvu_curve(
     y: np.ndarray,
     *,
     k_max: int = 64,
-    clustering: str = "nested",
     min_cluster_size: int = 10,
+    rows_per_dim: float = 3.0,
+    min_pieces: int = 4,
     test_fraction: float = 0.25,
-    alpha: float = 1e-3,
     max_dim: int = 256,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """FVU(K) of a piecewise-affine model of the layer: K clusters of the input, one map each.
+    """FVU(K) of a piecewise-affine model of the map ``x -> y``: K input clusters, one affine map each.
 
-    K runs over 1, 2, 4, … ≤ ``k_max`` while each cluster can keep ``min_cluster_size``
-    training points. ``clustering="nested"`` splits every cluster in two per level (nested
-    partitions; fewer than 2^level clusters when some cannot be split), ``"kmeans"`` runs
-    k-means afresh for each K. The ridge penalty (``alpha``) is the global one of
-    :func:`affine_fit` scaled by each cluster's size. Held-out points take the map of their
-    cluster (tree descent for nested, nearest centroid for k-means). Returns ``k`` (clusters
-    actually used), ``fvu_train``, ``fvu_test``, ``occupancy_entropy`` per K (held-out
-    occupancy) and sizes; degenerate data gives a ``reason``.
+    Divisive and greedy: start from one cluster (K = 1 is the linear fit); at every step split
+    the cluster with the largest training residual in two by 2-means on its inputs (at the median
+    along the 2-means direction when one side would be too small) and refit
+    both halves by least squares, so K runs 1, 2, 3, ... ≤ ``k_max``. The partitions are nested
+    and each child may reuse its parent's map, so the **training** FVU (``fvu_train``, the
+    curve the complexity is read from) cannot increase with K — monotone by construction.
+    A cluster is split only when both halves keep ``max(min_cluster_size, rows_per_dim ·
+    (input_dim + 1))`` training rows, so every map is overdetermined (a least-squares fit of pure
+    noise with r = ``rows_per_dim`` rows per parameter keeps an expected FVU of 1 − 1/r, so a
+    relative eps below that is not met by overfitting alone). When the sample is small the input
+    is PCA-reduced further, to the most dimensions with which ``min_pieces`` pieces still fit
+    (``input_dim`` and ``input_pca_variance`` say so). Held-out points take the
+    map of the half whose centroid is nearer at each split: ``fvu_test`` is the separate
+    generalisation check (it may rise again when pieces overfit). Also returns the training
+    cluster-occupancy entropy per K and sizes; degenerate data gives a ``reason``.
     """
-    if clustering not in ("nested", "kmeans"):
-        raise ValueError(f"unknown clustering '{clustering}': use nested or kmeans")
     x, y = np.asarray(x), np.asarray(y)
     reason = _degenerate(x, y)
     if reason:
         return {"k": np.zeros(0, np.int64), "fvu_train": np.zeros(0), "fvu_test": np.zeros(0),
                 "occupancy_entropy": np.zeros(0), "n_samples": int(x.shape[0]), "reason": reason}
-    xtr, ytr, xte, yte, info = _prepare(x, y, test_fraction, max_dim, seed)
-    n_levels = 1
-    while 2 ** n_levels <= k_max and xtr.shape[0] // 2 ** n_levels >= min_cluster_size:
-        n_levels += 1
-    scale = float(xtr.var(axis=0).mean())
-    if clustering == "nested":
-        ltr_all, children = _nested_levels(xtr, n_levels, seed, min_cluster_size)
-        lte_all = _descend(xte, children)
-    else:
-        ltr_all, lte_all = [], []
-        for level in range(n_levels):
-            k = 2 ** level
-            if k == 1:
-                ltr_all.append(np.zeros(xtr.shape[0], np.int64))
-                lte_all.append(np.zeros(xte.shape[0], np.int64))
-                continue
-            km = KMeans(k, n_init=3, random_state=seed + level).fit(xtr)
-            ltr_all.append(km.labels_.astype(np.int64))
-            lte_all.append(km.predict(xte).astype(np.int64))
-    ks, f_tr, f_te, occ = [], [], [], []
-    for ltr, lte in zip(ltr_all, lte_all):
-        ptr, pte = _piecewise_predict(xtr, ytr, ltr, xte, lte, alpha, scale)
-        ks.append(int(np.unique(ltr).size))
-        f_tr.append(fvu(ytr, ptr))
-        f_te.append(fvu(yte, pte))
-        occ.append(occupancy_entropy(lte))
+    min_pieces = min(min_pieces, k_max)
+
+    def fitting_dim(n_train: int) -> int:  # the most input dims with which min_pieces pieces still fit
+        return max(1, int(n_train // (min_pieces * max(rows_per_dim, 1e-9))) - 1)
+
+    xtr, ytr, xte, yte, info = _prepare(x, y, test_fraction, max_dim, seed, fitting_dim if min_pieces > 1 else None)
+    min_size = max(int(min_cluster_size), int(np.ceil(rows_per_dim * (xtr.shape[1] + 1))))
+    total = float(((ytr - ytr.mean(axis=0)) ** 2).sum())
+    ltr = np.zeros(xtr.shape[0], dtype=np.int64)
+    lte = np.zeros(xte.shape[0], dtype=np.int64)
+    pred_te = np.empty_like(yte)
+    sse: list[float] = []
+    splittable: list[bool] = []
+
+    def refit(c: int) -> None:
+        m, mt = ltr == c, lte == c
+        w, b, err = _fit_cluster(xtr[m], ytr[m])
+        pred_te[mt] = xte[mt] @ w + b
+        if c == len(sse):
+            sse.append(err)
+            splittable.append(True)
+        sse[c] = err
+        splittable[c] = bool(m.sum() >= 2 * min_size and err > 0)
+
+    refit(0)
+    ks, f_tr, f_te, occ = [1], [sse[0] / total], [fvu(yte, pred_te)], [0.0]
+    attempt = 0
+    while len(sse) < k_max:
+        open_ = [c for c in range(len(sse)) if splittable[c]]
+        if not open_:
+            break
+        c = max(open_, key=lambda j: sse[j])
+        members = np.flatnonzero(ltr == c)
+        split = two_means(xtr[members], seed=seed + 7919 * attempt)
+        attempt += 1
+        if split is not None and np.bincount(split[0], minlength=2).min() < min_size:
+            split = _median_split(xtr[members], split[1])
+        if split is None:
+            splittable[c] = False
+            continue
+        labels, cents = split
+        new = len(sse)
+        ltr[members[labels == 1]] = new
+        tm = np.flatnonzero(lte == c)
+        if tm.size:
+            d2 = ((xte[tm, None, :] - cents[None, :, :]) ** 2).sum(axis=2)
+            lte[tm[np.argmin(d2, axis=1) == 1]] = new
+        refit(c)
+        refit(new)
+        ks.append(len(sse))
+        f_tr.append(sum(sse) / total)
+        f_te.append(fvu(yte, pred_te))
+        occ.append(occupancy_entropy(ltr))
     out = {
         "k": np.asarray(ks, dtype=np.int64), "fvu_train": np.asarray(f_tr), "fvu_test": np.asarray(f_te),
-        "occupancy_entropy": np.asarray(occ), "clustering": clustering, **info,
+        "occupancy_entropy": np.asarray(occ), "min_cluster_rows": min_size,
+        "smallest_piece_rows": int(np.bincount(ltr).min()), **info,
     }
-    # smallest training cluster per K: at or below the input dimension its affine map is underdetermined
-    smallest = [int(np.unique(ltr, return_counts=True)[1].min()) for ltr in ltr_all[: len(ks)]]
-    thin = [k for k, m in zip(ks, smallest) if m <= info["input_dim"]]
-    if thin:
-        out["underdetermined_from_k"] = int(min(thin))
-        out["warning"] = (f"from K = {min(thin)} some cluster has <= {info['input_dim']} training rows: "
-                          + underdetermined(min(smallest), info["input_dim"]).split(": ", 1)[1])
+    if min_pieces > 1 and info["input_dim"] == fitting_dim(info["n_train"]) < min(max_dim, info["input_units"]):
+        out["warning"] = (f"only {info['n_train']} training rows: the input is PCA-reduced to {info['input_dim']} dims "
+                          f"(variance kept {info['input_pca_variance']:.3f}) so that {min_pieces} pieces of "
+                          f"{min_size} rows fit; give more samples for a finer measurement")
+    if info["n_train"] <= info["input_dim"]:
+        out["underdetermined_from_k"] = 1
+        out["warning"] = (f"from K = 1 some cluster has <= {info['input_dim']} training rows: "
+                          + underdetermined(info["n_train"], info["input_dim"]).split(": ", 1)[1])
     return out
 
 
-def complexity_at(k: np.ndarray, fvu_curve: np.ndarray, eps: float) -> tuple[int, float]:
-    """``(K*, C = ln K*)`` with K* the fewest clusters whose FVU ≤ eps; ``(0, NaN)`` if none."""
+def complexity_at(k: np.ndarray, fvu_curve: np.ndarray, eps: float, relative: bool = False) -> tuple[int, float]:
+    """``(K*, C = ln K*)`` with K* the fewest clusters whose FVU ≤ eps; ``(0, NaN)`` if none.
+
+    ``relative=True`` reads eps as a fraction of the curve's first (K = 1, linear) value: K*
+    is the fewest pieces that remove a ``1 − eps`` share of what the linear map leaves
+    unexplained. A linear map (FVU(1) ≤ ``LINEAR_FVU``, rounding) has K* = 1, C = 0.
+    """
     k = np.asarray(k)
-    ok = np.flatnonzero(np.asarray(fvu_curve) <= eps)
+    curve = np.asarray(fvu_curve, dtype=np.float64)
+    if curve.size == 0:
+        return 0, _NAN
+    threshold = max(eps * curve[0], LINEAR_FVU) if relative else eps
+    ok = np.flatnonzero(curve <= threshold)
     if ok.size == 0:
         return 0, _NAN
     k_star = int(k[ok].min())

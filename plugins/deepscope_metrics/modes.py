@@ -19,6 +19,12 @@ The graded score ``r_j = 1 - (#pairs tied or inverted in y) / (#pairs with disti
 having ``h <= 0``: those k samples all map to 0 (their mutual order is lost, k(k-1)/2 tied
 pairs) and every other pair keeps its order, so ``r = 1 - k(k-1) / (P(P-1))``.
 
+The later version of the paper (v3/v4) names a Rank Probability Distribution and a Linear
+Substitution Map; their definitions were not read, so :func:`rank_probability` (the distribution of
+each sample's normalised rank by h and by y, pooled over neurons) and :func:`linear_substitution`
+(each neuron's sigma replaced by its least-squares affine map of h; streamed moments) are
+reconstructions whose assumptions docs/metrics.md states.
+
 Arrays are ``[samples, units]`` (use ``plugin_api.unit_view`` for conv/token maps).
 """
 
@@ -29,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize, special, stats
 
 from .streaming import ReservoirSampler
 
@@ -309,6 +315,7 @@ class ModeStats:
         self.y_min = np.full(n_units, np.inf)
         self.y_max = np.full(n_units, -np.inf)
         self.reservoir = ReservoirSampler(reservoir_size, seed) if reservoir_size > 0 else None
+        self.moments = PairMoments(n_units)
 
     def update(self, h: np.ndarray, y: np.ndarray) -> None:
         if h.shape != y.shape or h.shape[1] != self.n_units:
@@ -320,6 +327,7 @@ class ModeStats:
             self.n_in_region += in_region(h, self.region).sum(axis=0)
         np.minimum(self.y_min, y.min(axis=0), out=self.y_min)
         np.maximum(self.y_max, y.max(axis=0), out=self.y_max)
+        self.moments.update(h, y)
         if self.reservoir is not None:
             self.reservoir.update(h, y)
 
@@ -336,3 +344,106 @@ class ModeStats:
     def activation_rates(self) -> np.ndarray:
         """Per unit, the fraction of rows in the increasing region."""
         return self.n_in_region / self.n if self.n else np.full(self.n_units, np.nan)
+
+
+# ------------------------------------------------------ later version: RPD and L-Map (reconstructed)
+
+
+class PairMoments:
+    """Streamed per-unit means, variances and covariance of (h, y) (Chan et al.'s pairwise merge, float64).
+
+    Exact over every row seen, O(units) memory: all the linear substitution map needs.
+    """
+
+    def __init__(self, n_units: int) -> None:
+        self.n = 0
+        self.mean_h = np.zeros(n_units)
+        self.mean_y = np.zeros(n_units)
+        self.m2_h = np.zeros(n_units)
+        self.m2_y = np.zeros(n_units)
+        self.c_hy = np.zeros(n_units)
+
+    def update(self, h: np.ndarray, y: np.ndarray) -> None:
+        h, y = np.asarray(h, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        nb = h.shape[0]
+        if nb == 0:
+            return
+        mh, my = h.mean(axis=0), y.mean(axis=0)
+        dh, dy = h - mh, y - my
+        n = self.n + nb
+        delta_h, delta_y = mh - self.mean_h, my - self.mean_y
+        w = self.n * nb / n
+        self.m2_h += (dh * dh).sum(axis=0) + delta_h * delta_h * w
+        self.m2_y += (dy * dy).sum(axis=0) + delta_y * delta_y * w
+        self.c_hy += (dh * dy).sum(axis=0) + delta_h * delta_y * w
+        self.mean_h += delta_h * nb / n
+        self.mean_y += delta_y * nb / n
+        self.n = n
+
+
+def linear_substitution(m: PairMoments) -> dict[str, Any]:
+    """Linear Substitution Map of one layer: each neuron's sigma replaced by its best affine map of h.
+
+    Per neuron ``y ≈ a_j h + b_j`` (least squares over the samples) with substitution error
+    ``e_j = SSE_j / SST_j = 1 − corr(h_j, y_j)²`` (0: sigma acts linearly on these samples, as an
+    OPT ReLU neuron does); dead neurons (no output variance) and neurons with constant h get NaN.
+    Layer value: ``fvu_pooled = Σ SSE_j / Σ SST_j``, the fraction of the layer's output variance lost
+    when every neuron is linearised.
+    """
+    ok_h = m.m2_h > 0
+    ok = ok_h & (m.m2_y > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(ok_h, m.c_hy / np.where(ok_h, m.m2_h, 1.0), np.nan)
+        sse = np.where(ok_h, np.maximum(m.m2_y - m.c_hy * slope, 0.0), m.m2_y)
+        err = np.where(ok, sse / np.where(ok, m.m2_y, 1.0), np.nan)
+    total = float(m.m2_y[ok].sum())
+    return {
+        "substitution_fvu": err,
+        "slope": slope,
+        "intercept": m.mean_y - slope * m.mean_h,
+        "fvu_pooled": float(sse[ok].sum()) / total if total > 0 else math.nan,
+        "n_measured": int(ok.sum()),
+    }
+
+
+def rank_probability(h: np.ndarray, y: np.ndarray, bins: int = 20) -> dict[str, Any]:
+    """Rank Probability Distribution of one layer over a sample ``h, y [P, units]`` (reconstruction).
+
+    Each sample's normalised rank among the P samples by pre-activation, ``u = (rank_h − 1)/(P − 1)``,
+    and by output, ``v`` (ties share their average rank), pooled over the measured neurons (those
+    with varying h and y). Returns the joint distribution ``joint[a, b] = P(u in bin a, v in bin b)``
+    and the conditional ``P(v bin | u bin)`` (the identity for order-preserving neurons; a ReLU
+    neuron silent on a fraction q of the samples sends the lowest-q input ranks to one output rank),
+    per neuron the mean rank displacement ``E|u − v|`` and the Spearman correlation of h and y, and
+    their layer means.
+    """
+    h, y = np.asarray(h, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if h.shape != y.shape or h.ndim != 2:
+        raise ValueError(f"h and y must be equal-shape [samples, units]; got {h.shape} and {y.shape}")
+    p, n = h.shape
+    ok = (np.ptp(h, axis=0) > 0) & (np.ptp(y, axis=0) > 0) if p else np.zeros(n, bool)
+    disp = np.full(n, np.nan)
+    rho = np.full(n, np.nan)
+    joint = np.zeros((bins, bins))
+    if p >= 2 and ok.any():
+        rh = stats.rankdata(h[:, ok], axis=0)
+        ry = stats.rankdata(y[:, ok], axis=0)
+        u, v = (rh - 1) / (p - 1), (ry - 1) / (p - 1)
+        disp[ok] = np.abs(u - v).mean(axis=0)
+        uc, vc = u - u.mean(axis=0), v - v.mean(axis=0)
+        rho[ok] = (uc * vc).sum(axis=0) / np.sqrt((uc * uc).sum(axis=0) * (vc * vc).sum(axis=0))
+        joint = np.histogram2d(u.ravel(), v.ravel(), bins=bins, range=[[0, 1], [0, 1]])[0]
+        joint /= joint.sum()
+    rows = joint.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cond = np.where(rows > 0, joint / np.where(rows > 0, rows, 1.0), np.nan)
+    return {
+        "joint": joint,
+        "conditional": cond,
+        "rank_displacement": disp,
+        "spearman": rho,
+        "rank_displacement_mean": float(np.nanmean(disp)) if ok.any() and p >= 2 else math.nan,
+        "spearman_mean": float(np.nanmean(rho)) if ok.any() and p >= 2 else math.nan,
+        "diagonal_mass": float(np.trace(joint)) if ok.any() and p >= 2 else math.nan,
+        "n_measured": int(ok.sum()) if p >= 2 else 0,
+    }

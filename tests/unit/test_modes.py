@@ -272,10 +272,12 @@ def test_metadata_and_registration():
     registered = []
     P.deepscope_register_metrics(registered.append)
     assert {m.name for m in registered} == {
-        "modes.fractions", "modes.graded", "modes.activation_rates", "basins.sample", "basins.weight",
+        "modes.fractions", "modes.graded", "modes.activation_rates", "modes.rank_probability",
+        "modes.linear_substitution", "basins.sample", "basins.weight",
     }
     for m in registered:
-        assert m.reconstructed and "(reconstructed from the abstract)" in m.description
+        assert m.reconstructed and "(reconstructed" in m.description
+    assert P.ModeFractions.summary_keys[0] == "r_mean"  # the graded score is the family's headline
 
 
 # ------------------------------------------------------------------ a real torch model

@@ -4,6 +4,11 @@ Thin wrappers: batches are reduced to ``[rows, units]`` with ``plugin_api.unit_v
 to the streaming accumulators; the numbers come from ``deepscope_metrics.complexity``,
 ``.dimension`` and ``.powerlaw``.
 
+The regression metrics (``complexity.linear_fvu``, ``complexity.piecewise``) measure blocks: the map
+from one selected representation to the next (``blocks``), which a metric can do on its own because
+a batch carries every selected layer's output (and, with ``Needs.DATA``, the model input); no server
+change is involved.
+
 ``reduce`` (every metric here, default ``"mean"``) says how conv ``[B, C, H, W]`` and token
 ``[B, T, C]`` maps become ``[rows, units]``: ``mean`` averages over positions (one row per
 sample, channel = unit); ``positions`` makes every (sample, position) a row (for the regression
@@ -17,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deepscope_server.plugin_api import Batch, Curve, Metric, Needs, Param, Table, hookimpl, unit_view
+from deepscope_server.plugin_api import Batch, Curve, Layer, Metric, Needs, Param, Table, hookimpl, unit_view
 
 from ..complexity import PatternEntropy, complexity_at, linear_fvu, piecewise_fvu_curve
 from ..dimension import DEFAULT_TAUS, spectrum_dimensions
@@ -46,14 +51,49 @@ def _floats(text: str, name: str) -> list[float]:
 
 # --------------------------------------------------------------------- regression metrics
 
+#: The boundary name that stands for the model's (first) input in ``blocks``.
+MODEL_INPUT = "input"
+
+BLOCKS = Param(
+    "blocks", str, "representations",
+    "which maps are measured: 'representations' = model input -> output of the first selected activation "
+    "layer -> the next one ... (one Linear/Conv+activation or residual block each; all selected layers when "
+    "none is an activation); 'consecutive' = model input -> every selected layer's output in turn; 'layers' = "
+    "each layer's own input -> output; or boundaries in order, e.g. "
+    "'input,relu1,relu2' ('input' = the model input, always flattened; the others selected layers)",
+)
+
+
+def block_boundaries(spec: str, layers: list[Layer]) -> list[tuple[str, str]] | None:
+    """``(start, end)`` boundary pairs for the ``blocks`` parameter; None for per-layer mode.
+
+    Raises ValueError naming the boundaries that are not selected layers.
+    """
+    spec = spec.strip()
+    if spec == "layers":
+        return None
+    names = [layer.name for layer in layers]
+    if spec in ("representations", "consecutive"):
+        acts = [layer.name for layer in layers if layer.kind == "activation"]
+        chain = [MODEL_INPUT, *(acts if acts and spec == "representations" else names)]
+    else:
+        chain = [b.strip() for b in spec.split(",") if b.strip()]
+        unknown = [b for b in chain if b != MODEL_INPUT and b not in names]
+        if unknown or len(chain) < 2:
+            what = f"{', '.join(unknown)} are not selected layers" if unknown else f"{spec!r} needs two boundaries"
+            raise ValueError(f"parameter 'blocks': {what}; give 'representations', 'layers' or boundaries "
+                             f"from: {MODEL_INPUT}, {', '.join(names)}")
+    return list(zip(chain[:-1], chain[1:]))
+
 
 class _PairedSample(Metric):
-    """Shared part of the regression metrics: a capped reservoir of (input, output) rows."""
+    """Shared part of the regression metrics: a capped reservoir of (block input, block output) rows."""
 
-    needs = Needs.INPUTS | Needs.OUTPUTS
+    needs = Needs.INPUTS | Needs.OUTPUTS | Needs.DATA
     reconstructed = True
     citation = CITATION
     params = (
+        BLOCKS,
         REDUCE,
         Param("max_samples", int, 4000, "reservoir capacity: rows kept for the regression (uniform sample)", min=8,
               max=100_000),
@@ -62,13 +102,16 @@ class _PairedSample(Metric):
         Param("pca_dim", int, 256, "input and output are PCA-reduced (fitted on the training split) to at most this", min=1,
               max=4096),
         Param("test_fraction", float, 0.25, "held-out fraction of the sample for scoring", min=0.05, max=0.95),
-        Param("ridge", float, 1e-3, "ridge penalty relative to n x mean input variance (0 = least squares)", min=0.0,
-              max=1_000_000),
     )
 
     def start(self) -> None:
-        p = self.params
-        self.samplers = {layer.name: ReservoirSampler(p["max_samples"], self.ctx.seed) for layer in self.ctx.layers}
+        pairs = block_boundaries(self.params["blocks"], self.ctx.layers)
+        #: end layer -> (source name, "input" = that layer's own input / "output" / "data" = the model input)
+        self.sources: dict[str, tuple[str, str]] = (
+            {layer.name: (layer.name, "input") for layer in self.ctx.layers} if pairs is None else
+            {end: (start, "data" if start == MODEL_INPUT else "output") for start, end in pairs})
+        self.by_name = {layer.name: layer for layer in self.ctx.layers}
+        self.samplers = {end: ReservoirSampler(self.params["max_samples"], self.ctx.seed) for end in self.sources}
         self.projections: dict[tuple[str, str], Any] = {}
         self.widths: dict[tuple[str, str], int] = {}
         self.reasons: dict[str, str] = {}
@@ -85,43 +128,62 @@ class _PairedSample(Metric):
         proj = self.projections.get(key)
         return a if proj is None else np.asarray(a.astype(np.float64) @ proj)
 
+    def _source(self, batch: Batch, name: str, side: str) -> np.ndarray | None:
+        if side == "data":
+            model_input = self.ctx.graph.inputs[0].name if self.ctx.graph.inputs else MODEL_INPUT
+            a = batch.data.get(model_input)
+            # flattened whatever 'reduce' says: averaging an image over its positions would leave ~nothing
+            return None if a is None else np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+        group = batch.inputs if side == "input" else batch.outputs
+        return unit_view(group[name], self.by_name[name], self.params["reduce"]) if name in group else None
+
     def update(self, batch: Batch) -> None:
-        for layer in self.ctx.layers:
-            name = layer.name
-            if name in self.reasons or name not in batch.inputs or name not in batch.outputs:
+        for end, (start, side) in self.sources.items():
+            if end in self.reasons or end not in batch.outputs:
                 continue
-            x = unit_view(batch.inputs[name], layer, self.params["reduce"])
-            y = unit_view(batch.outputs[name], layer, self.params["reduce"])
+            x = self._source(batch, start, side)
+            if x is None:
+                continue
+            y = unit_view(batch.outputs[end], self.by_name[end], self.params["reduce"])
             if x.shape[0] != y.shape[0]:
-                self.reasons[name] = (f"input and output give different row counts ({x.shape[0]} vs {y.shape[0]}) "
-                                      f"with reduce='{self.params['reduce']}'; use mean or flatten")
+                self.reasons[end] = (f"block input and output give different row counts ({x.shape[0]} vs "
+                                     f"{y.shape[0]}) with reduce='{self.params['reduce']}'; use mean or flatten")
                 continue
-            self.samplers[name].update(self._project(name, "input", x), self._project(name, "output", y))
+            self.samplers[end].update(self._project(end, "input", x), self._project(end, "output", y))
 
     def _echo(self, name: str) -> dict[str, Any]:
         p, s = self.params, self.samplers[name]
+        start, side = self.sources[name]
         return {
+            "block_start": f"{start} (input)" if side == "input" else start, "block_end": name,
             "n_samples_seen": int(s.n_seen), "reservoir_size": int(s.n_kept),
             "input_projection": "random" if (name, "input") in self.projections else "none",
             "output_projection": "random" if (name, "output") in self.projections else "none",
             "input_units_raw": int(self.widths.get((name, "input"), 0)),
             "output_units_raw": int(self.widths.get((name, "output"), 0)),
-            **{k: p[k] for k in ("reduce", "max_samples", "max_width", "pca_dim", "test_fraction", "ridge")},
+            **{q.name: p[q.name] for q in self.params_echoed()},
             "seed": int(self.ctx.seed),
         }
+
+    @classmethod
+    def params_echoed(cls) -> tuple[Param, ...]:
+        return tuple(q for q in cls.params if q.name in ("blocks", "reduce", "max_samples", "max_width", "pca_dim",
+                                                          "test_fraction", "ridge"))
 
     def _data(self, name: str) -> tuple[np.ndarray, np.ndarray] | str:
         if name in self.reasons:
             return self.reasons[name]
         sample = self.samplers[name].sample()
         if not sample:
-            return "no input/output captured for this layer"
+            start, side = self.sources[name]
+            return (f"no input/output captured for this layer" if side == "input" else
+                    f"nothing captured for the block {start} -> {name}")
         return sample[0], sample[1]
 
     def finish(self) -> dict[str, dict[str, Any]]:
         results = {}
-        for layer in self.ctx.layers:
-            data = self._data(layer.name)
+        for name in self.sources:
+            data = self._data(name)
             if isinstance(data, str):
                 res = self._nan(data)
             else:
@@ -129,7 +191,7 @@ class _PairedSample(Metric):
                     res = self._compute(*data)
                 except (np.linalg.LinAlgError, ValueError) as exc:
                     res = {**self._nan(f"numerical failure: {exc}"), "status": "failed"}
-            results[layer.name] = {**res, **self._echo(layer.name)}
+            results[name] = {**res, **self._echo(name)}
         return results
 
     def _nan(self, reason: str) -> dict[str, Any]:
@@ -139,15 +201,48 @@ class _PairedSample(Metric):
         raise NotImplementedError
 
 
+
+_BLOCK_METHOD = """\
+**Which map.** Janik & Witaszczyk measure the nonlinearity of the map from one hidden representation to
+the next. The `blocks` parameter picks those maps: by default the boundaries are the model input
+(always flattened) and the outputs of the selected activation layers in graph order, so an MLP gives
+input -> relu1 (Linear+ReLU), relu1 -> relu2, ...; a ResNet whose selected activations close its
+residual blocks gives one map per block. `blocks=layers` measures each layer's own input -> output
+(a lone ReLU, or a Linear with FVU 0: rarely informative); an explicit list such as
+`input,relu1,relu3` sets the boundaries (they must be selected layers); `blocks=consecutive` takes
+every selected layer's output as a boundary (select representation layers with `--layers` for it to
+mean blocks: with every layer selected it again measures lone ReLUs and Linears). Results are keyed by the
+block's end layer and echo `block_start` / `block_end`. Conv/token maps become `[rows, units]` by
+`reduce`; wide sides are randomly projected to `max_width`, then PCA-reduced to `pca_dim` on the
+training split.
+"""
+
+
+_BLOCK_DOC = (
+    " The map measured is a block's, from one hidden representation to the next (default: between the "
+    "outputs of consecutive selected activation layers, starting at the model input; see 'blocks')."
+)
+
+
 class LinearFVU(_PairedSample):
     name = "complexity.linear_fvu"
     summary_keys = ('fvu', 'fvu_train')
     description = (
-        "Fraction of variance of the layer's output unexplained by the best affine (ridge) map of its "
-        "input, on a held-out split; input/output PCA-reduced to <= pca_dim. 0 = linear on this data. "
-        "(reconstructed from the abstract)"
+        "Fraction of variance of a block's output unexplained by the best affine (ridge) map of its "
+        "input, on a held-out split; input/output PCA-reduced to <= pca_dim. 0 = linear on this data."
+        + _BLOCK_DOC + " (reconstructed from the abstract)"
     )
     result_kinds = ("scalar",)
+    method = _BLOCK_METHOD + """
+**Reconstruction.** Fit the block's output from its input with one ridge affine map (penalty
+`ridge` x n x mean input variance, intercept free) on a random `1 - test_fraction` split; `fvu` is
+the held-out `sum |y - y_hat|^2 / sum |y - mean y|^2` pooled over output dimensions, `fvu_train` the
+same on the fitted rows. Assumed, not read: the ridge penalty, the split and the PCA reduction.
+"""
+    params = _PairedSample.params + (
+        Param("ridge", float, 1e-3, "ridge penalty relative to n x mean input variance (0 = least squares)", min=0.0,
+              max=1_000_000),
+    )
 
     def _nan(self, reason: str) -> dict[str, Any]:
         return {"fvu": NAN, "fvu_train": NAN, "reason": reason}
@@ -160,22 +255,61 @@ class LinearFVU(_PairedSample):
 
 class PiecewiseFVU(_PairedSample):
     name = "complexity.piecewise"
-    summary_keys = ('complexity', 'k_star', 'occupancy_entropy')
+    summary_keys = ('complexity', 'k_star', 'fvu_linear')
     description = (
-        "FVU(K) of a piecewise-affine model: K = 1, 2, 4, ... k-means clusters of the layer's input, one "
-        "ridge map each, scored on a held-out split; C(eps) = ln K*(eps) with K* the fewest clusters "
-        "reaching FVU <= eps, the held-out cluster-occupancy entropy at K*, and a power-law fit of FVU(K). "
-        "(reconstructed from the abstract)"
+        "Piecewise-linear complexity of a block: FVU(K) of K = 1, 2, 3, ... affine maps on nested clusters of "
+        "the block's input (greedy 2-means splits of the worst-fitted cluster, least squares, every map "
+        "overdetermined), on the training split so the curve is monotone by construction; C(eps) = ln K*(eps) "
+        "with K* the fewest pieces reaching FVU(K) <= eps x FVU(1) (eps relative to the linear FVU by "
+        "default), the occupancy entropy at K*, and the held-out FVU(K) reported separately as the "
+        "generalisation check." + _BLOCK_DOC + " (reconstructed from the abstract)"
     )
     result_kinds = ("scalar", "vector", "curve")
+    method = _BLOCK_METHOD + """
+**Reconstruction** (the abstract says "complexity quantifies the nonlinearity of the computation",
+"entropic", "as a function of scale"; the procedure below is ours). On the training split:
+
+1. K = 1 is the least-squares affine map of the whole block; FVU(1) = `fvu_linear`.
+2. Repeatedly split the piece with the largest residual sum of squares in two by 2-means on its
+   inputs, and refit both halves by least squares, until `k_max` pieces or no piece can be split
+   with both halves keeping `max(min_cluster_size, rows_per_dim x (input dims + 1))` rows.
+   K runs 1, 2, 3, ...; the partitions are nested and a child can always reuse its parent's map,
+   so the training FVU(K) (`fvu_k`) never increases: the curve is monotone by construction.
+   A least-squares fit of pure noise with r rows per parameter keeps an expected training FVU of
+   1 - 1/r, so with the default r = 3 overfitting alone does not reach eps = 0.5 (< 2/3). A
+   lopsided 2-means split (one side too small) is replaced by a split at the median along the
+   2-means direction, so K is limited by the sample, not by the clustering. With few samples
+   the block input is PCA-reduced further, to the most dimensions with which `min_pieces` pieces
+   fit (reported in `input_dim`, `input_pca_variance` and a warning).
+3. `k_star` = the fewest pieces with FVU(K) <= eps x FVU(1) (`eps_mode=relative`, default eps 0.5:
+   the pieces needed to remove half of what a linear map leaves unexplained) or FVU(K) <= eps
+   (`absolute`); `complexity` = ln K*. A block that is linear on its data (FVU(1) ~ 0) has K* = 1,
+   C = 0; a map that is exactly K-piecewise-linear on separable input clusters gives K* = K for
+   small eps (tested). `occupancy_entropy` is the Shannon entropy of the piece sizes at K*, and
+   `complexity_eps` gives ln K* over `eps_grid`.
+4. Held-out rows descend the same splits (nearer centroid) and take their piece's map:
+   `fvu_k_test`, `k_best_test` and `fvu_best_test` are the generalisation check, reported apart
+   because they need not fall monotonically (pieces overfit). The curve, not only C, is the result:
+   `fvu_k_powerlaw_*` fits FVU(K) ~ K^slope.
+
+Why relative eps: on digits-MLP checkpoints (issue 18) the absolute eps = 0.1 was met by K = 1 in 192
+of 192 layer x checkpoint cases (C = 0) and eps = 0.02 by no K in 49 (NaN); relative to the linear
+FVU the same eps means the same thing in every block. Why the training curve: the held-out FVU(K)
+was U-shaped (overfitting pieces), so a K* read from it was unstable.
+"""
     params = _PairedSample.params + (
-        Param("k_max", int, 64, "largest number of clusters (powers of two up to it)", min=1, max=4096),
-        Param("clustering", str, "nested", "nested: split every cluster in two per level (training FVU "
-              "non-increasing); kmeans: fresh k-means per K", choices=("nested", "kmeans")),
-        Param("min_cluster_size", int, 10, "stop doubling K once clusters would hold fewer training points", min=1,
-              max=100_000),
-        Param("eps", float, 0.1, "FVU threshold for the headline C(eps) = ln K*", min=0.0, max=1.0),
-        Param("eps_grid", str, "0.5,0.2,0.1,0.05,0.02,0.01", "thresholds for the C(eps) curve"),
+        Param("k_max", int, 64, "largest number of pieces", min=1, max=4096),
+        Param("min_cluster_size", int, 10, "a piece keeps at least this many training rows", min=1, max=100_000),
+        Param("rows_per_dim", float, 3.0, "and at least rows_per_dim x (input dims + 1) training rows, so its "
+              "affine map is overdetermined (pure noise keeps a training FVU of ~1 - 1/rows_per_dim)", min=1.0,
+              max=1000.0),
+        Param("min_pieces", int, 4, "with few samples, PCA-reduce the block input further so that this many "
+              "pieces fit (1 = never)", min=1, max=4096),
+        Param("eps", float, 0.5, "threshold for the headline C(eps) = ln K*: a fraction of the linear FVU "
+              "(eps_mode=relative) or an FVU (absolute)", min=0.0, max=1.0),
+        Param("eps_mode", str, "relative", "relative: K* reaches FVU <= eps x FVU(1); absolute: FVU <= eps",
+              choices=("relative", "absolute")),
+        Param("eps_grid", str, "0.9,0.75,0.5,0.25,0.1", "thresholds for the C(eps) curve (same eps_mode)"),
     )
 
     def start(self) -> None:
@@ -183,38 +317,49 @@ class PiecewiseFVU(_PairedSample):
         super().start()
 
     def _nan(self, reason: str) -> dict[str, Any]:
-        return {"complexity": NAN, "k_star": 0, "occupancy_entropy": NAN, "reason": reason}
+        return {"complexity": NAN, "k_star": 0, "fvu_linear": NAN, "occupancy_entropy": NAN, "reason": reason}
 
     def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = self.params
-        c = piecewise_fvu_curve(x, y, k_max=p["k_max"], clustering=p["clustering"],
-                                min_cluster_size=p["min_cluster_size"], test_fraction=p["test_fraction"],
-                                alpha=p["ridge"], max_dim=p["pca_dim"], seed=self.ctx.seed)
+        relative = p["eps_mode"] == "relative"
+        c = piecewise_fvu_curve(x, y, k_max=p["k_max"], min_cluster_size=p["min_cluster_size"],
+                                rows_per_dim=p["rows_per_dim"], min_pieces=p["min_pieces"],
+                                test_fraction=p["test_fraction"],
+                                max_dim=p["pca_dim"], seed=self.ctx.seed)
         if "reason" in c:
             return self._nan(c["reason"])
-        k, f_te = c["k"], c["fvu_test"]
-        k_star, comp = complexity_at(k, f_te, p["eps"])
-        grid = np.array([complexity_at(k, f_te, e)[1] for e in self.eps_grid])
-        fit = fit_power_law(k, f_te)
+        k, f_tr, f_te = c["k"], c["fvu_train"], c["fvu_test"]
+        k_star, comp = complexity_at(k, f_tr, p["eps"], relative)
+        grid = np.array([complexity_at(k, f_tr, e, relative)[1] for e in self.eps_grid])
+        fit = fit_power_law(k, f_tr)
+        best = int(np.argmin(f_te))
         out = {
             "complexity": comp,
             "k_star": k_star,
+            "fvu_linear": float(f_tr[0]),
+            "fvu_linear_test": float(f_te[0]),
             "occupancy_entropy": float(c["occupancy_entropy"][np.flatnonzero(k == k_star)[0]]) if k_star else NAN,
-            "eps": p["eps"],
-            "fvu_k": Curve(k.astype(np.float64), f_te, "K (clusters)", "FVU held-out"),
-            "fvu_k_train": Curve(k.astype(np.float64), c["fvu_train"], "K (clusters)", "FVU train"),
+            "eps": p["eps"], "eps_mode": p["eps_mode"],
+            "fvu_k": Curve(k.astype(np.float64), f_tr, "K (pieces)", "FVU train (monotone)"),
+            "fvu_k_test": Curve(k.astype(np.float64), f_te, "K (pieces)", "FVU held-out"),
+            "k_best_test": int(k[best]),
+            "fvu_best_test": float(f_te[best]),
             "k": k,
             "occupancy_entropy_k": c["occupancy_entropy"],
-            "complexity_eps": Curve(self.eps_grid, grid, "eps", "ln K*(eps)"),
+            "complexity_eps": Curve(self.eps_grid, grid, f"eps ({p['eps_mode']})", "ln K*(eps)"),
             **fit.as_dict("fvu_k_powerlaw_"),
-            **{key: c[key] for key in ("clustering", "n_samples", "n_train", "n_test", "input_units", "output_units",
-                                       "input_dim", "output_dim", "input_pca_variance", "output_pca_variance")},
-            "k_max": p["k_max"], "min_cluster_size": p["min_cluster_size"],
+            **{key: c[key] for key in ("n_samples", "n_train", "n_test", "input_units", "output_units", "input_dim",
+                                       "output_dim", "input_pca_variance", "output_pca_variance", "min_cluster_rows",
+                                       "smallest_piece_rows")},
+            "k_max": p["k_max"], "min_cluster_size": p["min_cluster_size"], "rows_per_dim": p["rows_per_dim"],
+            "min_pieces": p["min_pieces"],
             **{key: c[key] for key in ("warning", "underdetermined_from_k") if key in c},
         }
         if not k_star:
-            out["reason"] = (f"no K <= {int(k.max())} reaches held-out FVU <= {p['eps']} (complexity > ln {int(k.max())}); "
-                             "raise k_max or eps")
+            what = f"{p['eps']} x FVU(1)" if relative else str(p["eps"])
+            out["reason"] = (f"no K <= {int(k.max())} reaches training FVU <= {what} (complexity > ln {int(k.max())}); "
+                             f"K stopped at {int(k.max())} (k_max {p['k_max']}, pieces of >= {c['min_cluster_rows']} "
+                             f"rows from {c['n_train']}): give more samples, or raise eps or k_max")
         return out
 
 
@@ -291,6 +436,15 @@ class EffectiveDimension(Metric):
         "power-law exponent."
     )
     citation = CITATION
+    method = """\
+**Faithful.** d_eff = exp(-sum_i p_i ln p_i) with p_i = lambda_i / sum lambda the explained-variance ratios
+of the centred representation (eigenvalues of its scatter matrix), as in `iconrnd/crl`
+(`common/nets.py`, `dimeff_reg`, which cites the paper: SVD of X^T X after subtracting the column
+means, ratios, exp of the entropy with 0 ln 0 = 0). Checked against an independent implementation of
+that recipe on random and trained, dense and conv representations
+(`tests/unit/test_agreement_complexity_modes.py`). Conv/token maps become `[rows, units]` by
+`reduce` (default: channel = unit, averaged over positions; `flatten` = every (channel, position)).
+"""
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "vector", "curve", "table")
     params = (

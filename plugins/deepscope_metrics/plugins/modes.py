@@ -147,10 +147,13 @@ class _ModesBase(Metric):
 
 class ModeFractions(_ModesBase):
     name = "modes.fractions"
-    summary_keys = ('frac_opt', 'frac_npt_alive', 'frac_dead')
+    summary_keys = ('r_mean', 'frac_opt', 'frac_npt_alive', 'frac_dead')
     description = (
-        "Per activation layer, fractions of order-preserving (OPT), non-order-preserving alive "
-        "(NPT) and dead neurons over the samples; region rule (streams) or rank rule (capped sample)" + _RECON
+        "Per activation layer, the graded order-preservation score r_mean (headline: mean over neurons of "
+        "r_j = 1 - #pairs tied or inverted / #pairs with distinct h, on a capped sample) and the binary "
+        "fractions of order-preserving (OPT), non-order-preserving alive (NPT) and dead neurons; region rule "
+        "(streams) or rank rule (capped sample). The binary OPT fraction falls to ~0 for ReLU layers once "
+        "P is large (one silent sample makes a neuron NPT); r_mean keeps grading them" + _RECON
     )
     params = (
         Param("rule", str, "region", "region: all h where sigma strictly increases; rank: outputs "
@@ -159,16 +162,22 @@ class ModeFractions(_ModesBase):
         _SATURATION,
         Param("dead_tol", float, 0.0, "dead = output range (max - min) over the samples <= this", min=0.0,
               max=1_000_000_000),
-        Param("max_rank_samples", int, 1000, "rank rule: reservoir of sample rows kept per layer", min=2, max=100_000),
+        Param("max_rank_samples", int, 1000, "reservoir of sample rows kept per layer (rank rule and r_mean)",
+              min=2, max=100_000),
     )
     result_kinds = ("scalar", "vector")
+    method = """\
+**Headline: the graded score.** A neuron is OPT only if it preserves the order of *every* pair of the P
+samples, so one silent sample makes a ReLU neuron NPT and the OPT fraction falls to ~0 on ~1000
+samples for most trained ReLU layers, carrying little information. `r_mean` is the mean over the
+layer's neurons of r_j = 1 - (#pairs tied or inverted) / (#pairs with distinct h) on the capped
+reservoir (`max_rank_samples`), for ReLU exactly 1 - k_j (k_j - 1) / (P (P - 1)) with k_j silent
+samples; it is graded where the fraction saturates. The binary fractions are still reported:
+region rule (exact, streamed, needs the function's name) or rank rule (any function, on the
+reservoir).
+"""
     reservoir_param = "max_rank_samples"
-    nan_keys = ("frac_opt", "frac_npt_alive", "frac_dead")
-
-    def start(self) -> None:
-        if self.params["rule"] == "region":
-            self.reservoir_param = None
-        super().start()
+    nan_keys = ("r_mean", "frac_opt", "frac_npt_alive", "frac_dead")
 
     def _needs_region(self) -> bool:
         return self.params["rule"] == "region"
@@ -176,13 +185,11 @@ class ModeFractions(_ModesBase):
     def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
         dead = st.dead(self.params["dead_tol"])
         out: dict[str, Any] = {"rule": self.params["rule"]}
-        if self.params["rule"] == "region":
-            opt = st.region_opt()
-            out["n_rank_samples"] = 0
-        else:
-            h, y = st.reservoir.sample()
-            opt = M.rank_rule_opt(h, y)
-            out["n_rank_samples"] = int(h.shape[0])
+        h, y = st.reservoir.sample()
+        opt = st.region_opt() if self.params["rule"] == "region" else M.rank_rule_opt(h, y)
+        out["n_rank_samples"] = int(h.shape[0])
+        r = M.graded_scores(h, y)[0]
+        out["r_mean"] = float(np.nanmean(r)) if np.isfinite(r).any() else math.nan
         codes = M.classify_modes(opt, dead)
         out.update(M.mode_fractions(codes))
         out["modes"] = codes
@@ -249,6 +256,111 @@ class ActivationRates(_ModesBase):
             "frac_never": float(np.mean(rates == 0.0)),
             "histogram": _histogram(rates, self.params["bins"], "activation rate"),
         }
+
+
+_LATER = " (reconstructed: named in the later version of the paper, definition assumed; see docs/metrics.md)"
+
+
+class RankProbability(_ModesBase):
+    name = "modes.rank_probability"
+    summary_keys = ('rank_displacement_mean', 'spearman_mean', 'diagonal_mass')
+    description = (
+        "Rank Probability Distribution: each sample's normalised rank among the samples by pre-activation (u) "
+        "and by output (v), pooled over the layer's neurons as P(v | u) on a bins x bins grid (the identity "
+        "for order-preserving neurons), with the mean rank displacement E|u - v|, the mean Spearman "
+        "correlation of h and y and the diagonal mass P(u, v in the same bin), on a capped sample" + _LATER
+    )
+    params = (
+        _PER_POSITION,
+        Param("max_samples", int, 1000, "reservoir of sample rows kept per layer", min=2, max=100_000),
+        Param("bins", int, 20, "rank bins per axis of the distribution", min=2, max=200),
+    )
+    result_kinds = ("scalar", "vector", "matrix")
+    method = """\
+**Reconstruction.** The later version of Lin et al. (arXiv 2501.02436 v3/v4) names a *Rank Probability
+Distribution* (RPD) that quantifies a layer's nonlinearity through the neurons' transformation modes;
+its full definition was not read. Assumed here: for each neuron j and the P samples of the capped
+reservoir, every sample's rank by pre-activation h_j and by output y_j, normalised to u, v in [0, 1]
+(ties share their average rank); the RPD is the distribution of (u, v) pooled over the layer's
+measured neurons (varying h and y; dead neurons are excluded and counted by modes.fractions), shown
+as `rank_probability` = P(v bin | u bin) on a `bins` x `bins` grid and `joint`. An order-preserving
+neuron gives the identity; a ReLU neuron silent on k samples maps the k lowest input ranks to the
+one tied output rank (k - 1) / (2 (P - 1)). Scalars: `rank_displacement_mean` = mean over neurons of
+E|u - v| (0 iff every measured neuron preserves order), `spearman_mean` (mean Spearman correlation
+of h and y), `diagonal_mass` = P(u, v in the same bin). Conv neurons are channels over (image,
+position) pairs unless `per_position`.
+"""
+    uses_region = False
+    reservoir_param = "max_samples"
+    nan_keys = ("rank_displacement_mean", "spearman_mean", "diagonal_mass")
+
+    def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
+        h, y = st.reservoir.sample()
+        res = M.rank_probability(h, y, self.params["bins"])
+        res["rank_probability"] = res.pop("conditional")
+        res["n_rank_samples"] = int(h.shape[0])
+        if not res["n_measured"]:
+            res["reason"] = "every neuron is dead or has a constant pre-activation over the samples"
+        return res
+
+
+class LinearSubstitution(_ModesBase):
+    name = "modes.linear_substitution"
+    summary_keys = ('fvu_pooled', 'frac_linear', 'fvu_median')
+    description = (
+        "Linear Substitution Map: every neuron's activation replaced by its best affine map of its "
+        "pre-activation (least squares over all samples, streamed): per neuron the substitution error "
+        "1 - corr(h, y)^2, per layer the output variance lost when all are linearised (fvu_pooled), the "
+        "fraction of neurons that are linear on the data, and a whole-model curve over depth" + _LATER
+    )
+    params = (
+        _PER_POSITION,
+        Param("linear_tol", float, 1e-9, "a neuron counts as linear when its substitution error is <= this",
+              min=0.0, max=1.0),
+        _BINS,
+    )
+    result_kinds = ("scalar", "vector", "curve")
+    method = """\
+**Reconstruction.** The later version of Lin et al. names a *Linear Substitution Map* (L-Map) that
+quantifies how far a layer can be linearised; its full definition was not read. Assumed here: every
+neuron's activation sigma is substituted by the affine map of its pre-activation that is best in
+least squares over all samples, y ~ a_j h + b_j (streamed exactly with per-neuron moments, no sample
+cap). Per neuron: `slope`, `intercept` and the substitution error e_j = SSE_j / SST_j =
+1 - corr(h_j, y_j)^2 (0 when sigma acts linearly on the data, e.g. an always-active ReLU; 1 - 1/4 /
+(1/2 - 1/(2 pi)) ~ 0.36 for ReLU on symmetric Gaussian h). Per layer: `fvu_pooled` = sum SSE / sum
+SST, the fraction of the layer's output variance lost when every neuron is linearised;
+`frac_linear` = share of neurons with e_j <= `linear_tol`. Whole model (layer ""): `map`, the
+pooled error over the activation layers in depth order, which is the "map" across the network.
+"""
+    uses_region = False
+    nan_keys = ("fvu_pooled", "frac_linear", "fvu_median")
+
+    def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
+        res = M.linear_substitution(st.moments)
+        err = res["substitution_fvu"]
+        ok = np.isfinite(err)
+        res.update(
+            frac_linear=float(np.mean(err[ok] <= self.params["linear_tol"])) if ok.any() else math.nan,
+            fvu_median=float(np.median(err[ok])) if ok.any() else math.nan,
+            n_dead_or_constant=int((~ok).sum()),
+            histogram=_histogram(err, self.params["bins"], "substitution error"),
+        )
+        if not ok.any():
+            res["reason"] = "every neuron is dead or has a constant pre-activation over the samples"
+        return res
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        results = super().finish()
+        names = [layer.name for layer in self.ctx.layers]
+        values = np.array([results[n].get("fvu_pooled", math.nan) for n in names], dtype=np.float64)
+        if np.isfinite(values).any():  # the map over depth: which layers can be linearised
+            results[WHOLE_MODEL] = {
+                "map": Curve(np.arange(1, len(names) + 1, dtype=np.float64), values, "activation layer (depth)",
+                             "fvu_pooled"),
+                "layers": ",".join(names),
+                "fvu_pooled_mean": float(np.nanmean(values)),
+            }
+        return results
 
 
 # ----------------------------------------------------------------------------- basins
@@ -420,7 +532,8 @@ def _perturbed(layer: Layer, bias: bool) -> dict[str, np.ndarray]:
     return {k: v for k, v in layer.weights.items() if "weight" in k or (bias and "bias" in k)}
 
 
-METRICS = (ModeFractions, GradedScore, ActivationRates, SampleBasins, WeightBasins)
+METRICS = (ModeFractions, GradedScore, ActivationRates, RankProbability, LinearSubstitution, SampleBasins,
+           WeightBasins)
 
 
 @hookimpl
