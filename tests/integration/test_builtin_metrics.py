@@ -30,16 +30,20 @@ def test_all_builtin_metrics_run_end_to_end(client, exported, name, fmt):
     assert run.status == "completed"
     assert not run.failures, run.failures
     # Every metric says something on a real model (not only skips), and what it calls ok is a number.
+    # The one expected exception: the CNN's 8-16 channel feature graphs are too small to fit a box dimension.
+    expected_skips = {"fractal.box_dimension": "too small for a scaling fit"} if name == "cnn" else {}
     headline = {m.name: list(m.summary_keys) for m in client.metric_infos().metrics}
     ok: dict[str, int] = {}
     for r in run.results:
         ok[r.metric] = ok.get(r.metric, 0) + (r.status == "ok")
+        if r.metric in expected_skips:
+            assert r.status == "skipped" and expected_skips[r.metric] in r.error, (r.layer, r.status, r.error)
         if r.status == "ok":
             values = run.result(r.metric, r.layer)
             for key in headline[r.metric]:
                 if key in values and np.ndim(values[key]) == 0 and not isinstance(values[key], str):
                     assert np.isfinite(values[key]), (r.metric, r.layer, key, values[key])
-    assert sorted(m for m, n in ok.items() if n == 0) == []
+    assert sorted(m for m, n in ok.items() if n == 0) == sorted(expected_skips)
     assert len(ok) >= 18
     # Spot checks of values that must hold whatever the weights are.
     for layer in run.layers("fractal.ss_rate"):
