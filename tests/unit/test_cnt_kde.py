@@ -82,3 +82,27 @@ def test_jeffreys_emits_no_overflow_warning():
             assert jeffreys_divergence(a, RNG.normal(shift, 1, 3000)) == np.inf  # it also underflows to 0
         M = divergence_matrix([a, RNG.normal(10, 1, 3000), RNG.normal(0.3, 1, 3000)], method="jeffreys")
     assert np.isfinite(M).all() and M[0, 1] == M[1, 2] == pytest.approx(M[0, 2] + 1)
+
+
+def test_streaming_distribution_moments_exact_and_reservoir_uniform():
+    """Moments against numpy on all values; the reservoir against the uniform inclusion rate k/n."""
+    from deepscope_metrics.complex_network import StreamingDistribution
+
+    data = RNG.normal(size=(300, 40)) * np.arange(1, 41)  # 300 samples x 40 neurons, 12,000 values
+    hits = np.zeros(data.size)
+    for seed in range(200):
+        sd = StreamingDistribution(reservoir=600, seed=seed)
+        for lo in range(0, 300, 37):
+            sd.update(data[lo : lo + 37])
+        r = sd.result()
+        assert r["sample"].size == 600 and np.isin(r["sample"], data).all()
+        hits[np.isin(data.ravel(), r["sample"])] += 1
+    np.testing.assert_allclose(r["neuron_mean"], data.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(r["neuron_std"], data.std(0), rtol=1e-12)
+    assert r["std"] == pytest.approx(data.std(), rel=1e-12)
+    assert r["fluctuation_mean"] == pytest.approx(data.std(1).mean(), rel=1e-12)
+    # each value kept with probability 600/12,000 = 0.05: 200 runs -> 10 expected hits per value
+    assert hits.mean() == pytest.approx(10.0)  # exactly k per run
+    early, late = hits[: data.size // 10].mean(), hits[-data.size // 10 :].mean()  # first vs last batches
+    assert 9.0 < early < 11.0 and 9.0 < late < 11.0
+    assert 8.5 < hits.var() < 10.5  # Binomial(200, 0.05): 9.5, nothing over-/under-sampled
