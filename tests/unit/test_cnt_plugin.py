@@ -87,6 +87,10 @@ def test_divergence_between_layers():
     assert r["l0"]["divergence_to_next"] == M[0, 1] and r[WHOLE_MODEL]["layers"] == "l0,l1,l2"
     rj = run_metric(cnt.Divergence, make_graph(layers), params={"method": "jeffreys", "of": "node_strength"})
     assert rj[WHOLE_MODEL]["method"] == "jeffreys" and rj[WHOLE_MODEL]["matrix"].shape == (3, 3)
+    # a budget no pair can meet: the matrix is skipped once, naming the parameters to change
+    rb = run_metric(cnt.Divergence, make_graph(layers), params={"budget_seconds": 1e-9})
+    assert list(rb) == [WHOLE_MODEL] and rb[WHOLE_MODEL]["status"] == "skipped"
+    assert "3 layer pairs" in rb[WHOLE_MODEL]["reason"] and "raise budget_seconds or lower grid_points" in rb[WHOLE_MODEL]["reason"]
 
 
 def test_input_dependent_on_real_sequential():

@@ -7,6 +7,8 @@ Jensen–Shannon divergence used by default.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +21,10 @@ DIVERGENCES = ("js", "jeffreys")
 
 class DegenerateDistribution(ValueError):
     """Too few or constant values for a KDE; the message says why (adapters report it as ``reason``)."""
+
+
+class OverBudget(ValueError):
+    """The timed work extrapolates past ``budget_seconds``; the message names the parameters to change."""
 
 
 def _values(values: np.ndarray) -> np.ndarray:
@@ -157,15 +163,20 @@ def divergence(d1: np.ndarray, d2: np.ndarray, method: str = "js", grid_points: 
 
 
 def divergence_matrix(
-    samples: Sequence[np.ndarray], method: str = "js", grid_points: int = 1000, replace_inf: bool = True
+    samples: Sequence[np.ndarray], method: str = "js", grid_points: int = 1000, replace_inf: bool = True,
+    budget_seconds: float = math.inf,
 ) -> np.ndarray:
     """Symmetric matrix of pairwise divergences (zero diagonal); degenerate samples give NaN rows.
 
     With ``replace_inf`` infinite entries become (largest finite entry + 1), as in the
-    authors' heatmaps.
+    authors' heatmaps. Cost: one KDE per sample (linear in its size), then per pair two KDE
+    evaluations on ``grid_points`` points: quadratic in the number of samples. With a finite
+    ``budget_seconds`` the KDEs and the first pair are timed and, if all pairs extrapolate past
+    the budget, ``OverBudget`` is raised before the rest is computed.
     """
     if method not in DIVERGENCES:
         raise ValueError(f"method must be one of {DIVERGENCES}, got {method!r}")
+    t0 = time.perf_counter()
     values = [_values(s) for s in samples]
     kdes: list[BinnedKDE | None] = []
     for v in values:  # one KDE per sample, not one per pair
@@ -176,13 +187,17 @@ def divergence_matrix(
     pair = _js if method == "js" else _jeffreys
     n = len(samples)
     out = np.zeros((n, n))
-    for i in range(n):
-        if kdes[i] is None:
-            out[i, :] = out[:, i] = np.nan
-            continue
-        for j in range(i + 1, n):
-            if kdes[j] is not None:
-                out[i, j] = out[j, i] = pair(values[i], values[j], kdes[i], kdes[j], grid_points)
+    bad = [i for i, k in enumerate(kdes) if k is None]
+    out[bad, :] = out[:, bad] = np.nan
+    todo = [(i, j) for i in range(n) for j in range(i + 1, n) if kdes[i] is not None and kdes[j] is not None]
+    for count, (i, j) in enumerate(todo):
+        t_pair = time.perf_counter()
+        out[i, j] = out[j, i] = pair(values[i], values[j], kdes[i], kdes[j], grid_points)
+        if count == 0 and math.isfinite(budget_seconds):
+            need = t_pair - t0 + (time.perf_counter() - t_pair) * len(todo)
+            if need > budget_seconds:
+                raise OverBudget(f"{len(todo)} layer pairs at grid_points {grid_points} need ~{need:.0f} s > "
+                                 f"budget_seconds {budget_seconds:g}; raise budget_seconds or lower grid_points")
     inf = np.isinf(out)
     if replace_inf and inf.any():
         finite = out[np.isfinite(out)]
