@@ -27,15 +27,16 @@ SAMPLES = {
 }
 
 
+@pytest.mark.parametrize("method", ["binned", "direct", "auto"])
 @pytest.mark.parametrize("name", SAMPLES)
-def test_binned_kde_equals_scipy(name):
+def test_binned_kde_equals_scipy(name, method):
     v = SAMPLES[name]
     span = np.ptp(v)
     x = np.concatenate([np.linspace(v.min() - 0.2 * span, v.max() + 0.2 * span, 700), RNG.choice(v, 50)])
     # the KDE is translation-invariant; scipy is evaluated on centred values because it divides by
     # the bandwidth before subtracting (1e6 / 1e-4 loses 6 digits), our differences are exact
     shift = np.median(v)
-    want, got = stats.gaussian_kde(v - shift, bw_method="scott")(x - shift), BinnedKDE(v)(x)
+    want, got = stats.gaussian_kde(v - shift, bw_method="scott")(x - shift), BinnedKDE(v, method)(x)
     normal = want > np.finfo(float).tiny
     np.testing.assert_allclose(got[normal], want[normal], rtol=1e-9, atol=0)
     assert np.all(got[want == 0] == 0)

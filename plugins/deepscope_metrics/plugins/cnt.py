@@ -3,9 +3,9 @@
 Thin: parameters in, ``deepscope_metrics.complex_network`` does the work, results out.
 
 Cost (each metric's description ends with its own "Cost:" line; figures for ResNet-18 at
-3x112², 21 conv/linear layers, 11.7M weights, 256 samples, one core, in process):
+3x112², 21 conv/linear layers, 11.7M weights, 256 samples, in process, load average ~9 on 2 cores):
 - weight_graph: linear in links; a layer over ``max_links`` is counted, not built, and skipped
-  naming ``max_links`` (ResNet-18: 9 of 21 layers are under the 2M default; <1 s in all).
+  naming ``max_links`` (ResNet-18: 3 of 21 layers are under the 2M default; <1 s in all).
 - link_weights: linear in weights (binned KDE, O(bins) per grid point); ~0.5 s a 2.4M-weight layer.
 - node_strength / layer_fluctuation: one single-channel conv of a ones map per layer; ~1.5 s.
 - divergence: linear in weights for the KDEs, then layers² / 2 pairs x 2 KDE evaluations
