@@ -117,13 +117,14 @@ def _slowest(db: Path, top: int = 6) -> str:
     """The metrics with the longest stage time (``MetricResult.seconds``; finishes overlap in workers)."""
     import sqlite3
 
+    from deepscope import times
     from deepscope.v1 import introspection_pb2 as pb
 
     seconds: dict[str, float] = {}
     with sqlite3.connect(db) as con:
         for (payload,) in con.execute("SELECT payload FROM results"):
             r = pb.MetricResult.FromString(payload)
-            seconds[r.metric] = max(seconds.get(r.metric, 0.0), r.seconds)
+            seconds[r.metric] = max(seconds.get(r.metric, 0.0), times.seconds(r.duration))
     return ", ".join(f"{m} {s:.0f} s" for m, s in sorted(seconds.items(), key=lambda kv: -kv[1])[:top])
 
 

@@ -87,6 +87,10 @@ def test_divergence_between_layers():
     assert r["l0"]["divergence_to_next"] == M[0, 1] and r[WHOLE_MODEL]["layers"] == "l0,l1,l2"
     rj = run_metric(cnt.Divergence, make_graph(layers), params={"method": "jeffreys", "of": "node_strength"})
     assert rj[WHOLE_MODEL]["method"] == "jeffreys" and rj[WHOLE_MODEL]["matrix"].shape == (3, 3)
+    # a budget no pair can meet: the matrix is skipped once, naming the parameters to change
+    rb = run_metric(cnt.Divergence, make_graph(layers), params={"budget_seconds": 1e-9})
+    assert list(rb) == [WHOLE_MODEL] and rb[WHOLE_MODEL]["status"] == "skipped"
+    assert "3 layer pairs" in rb[WHOLE_MODEL]["reason"] and "raise budget_seconds or lower grid_points" in rb[WHOLE_MODEL]["reason"]
 
 
 def test_input_dependent_on_real_sequential():
@@ -123,7 +127,7 @@ def test_input_dependent_on_real_sequential():
     np.testing.assert_allclose(ra["fc1"]["neuron_mean"], captured[1][1].mean(0), atol=1e-10)  # tanh output
     assert ra["fc1"]["activation"] == "tanh" and ra["fc2"]["activation"].startswith("identity")
     assert ra["fc1"]["n_samples"] == 150
-    # without captured inputs the adapter falls back to output − bias
+    # the layer inputs are not needed: NS is the output minus the bias
     rf = run_metric(cnt.NeuronStrength, g, outputs=outputs)
     np.testing.assert_allclose(rf["fc2"]["neuron_mean"], (captured[2][1] - w["2.bias"]).mean(0), atol=1e-10)
 
@@ -135,7 +139,8 @@ def test_input_dependent_conv_with_bn_fold():
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
     x = torch.randn(20, 2, 5, 5, dtype=torch.float64)
     with torch.no_grad():
-        y = torch.relu(bn(conv(x))).numpy()
+        out = conv(x)
+        y = torch.relu(bn(out)).numpy()
     g = make_graph([
         Layer("c", "conv", "Conv2d", weights={"weight": conv.weight.detach().numpy(), "bias": conv.bias.detach().numpy()},
               attrs={"stride": 1, "padding": 1}, input_shapes=[(None, 2, 5, 5)], channel_axis=1),
@@ -143,8 +148,11 @@ def test_input_dependent_conv_with_bn_fold():
               "running_mean": bn.running_mean.numpy(), "running_var": bn.running_var.numpy()}, attrs={"eps": bn.eps}),
         Layer("r", "activation", "ReLU", attrs={"function": "relu"}),
     ])
-    r = run_metric(cnt.NeuronActivation, g, inputs={"c": x.numpy()}, outputs={"c": np.zeros((20, 3, 5, 5))}, select=["c"])
+    r = run_metric(cnt.NeuronActivation, g, outputs={"c": out.numpy()}, select=["c"])
     np.testing.assert_allclose(r["c"]["neuron_mean"], y.reshape(20, -1).mean(0), atol=1e-10)
+    s = run_metric(cnt.NeuronStrength, g, outputs={"c": out.numpy()}, select=["c"])  # BN scale x (W a), no shift
+    ns = (out - conv.bias[:, None, None]) * (bn.weight / torch.sqrt(bn.running_var + bn.eps))[:, None, None]
+    np.testing.assert_allclose(s["c"]["neuron_mean"], ns.detach().reshape(20, -1).mean(0).numpy(), atol=1e-10)
     assert r["c"]["n_neurons"] == 75
 
 

@@ -2,6 +2,7 @@
 
 - ``strength``: node in/out/total strengths of dense and (unrolled) conv layers, layer fluctuation
 - ``distributions``: link-weight summaries, KDE curves, Jensen–Shannon and Jeffreys divergences
+- ``binned_kde``: scipy's Gaussian KDE evaluated per bin, so millions of weights stay cheap
 - ``unroll``: a layer's unrolled sparse weight matrix and networkx weight graph
 - ``walk``: strengths of a neuron layer inside a ModelGraph (next weighted layer, extensions)
 - ``input_dependent``: input-dependent neuron strength / activation distributions (reconstructed)
@@ -9,6 +10,7 @@
 
 from .distributions import (
     DegenerateDistribution,
+    OverBudget,
     divergence,
     divergence_matrix,
     histogram,
@@ -37,7 +39,7 @@ from .unroll import conv_unrolled_matrix, layer_matrix, weight_graph
 from .walk import NeuronLayer, input_neuron_strengths, neuron_layer_strengths
 
 __all__ = [
-    "ConvGeometry", "DegenerateDistribution", "NeuronLayer", "StreamingDistribution", "Strengths",
+    "ConvGeometry", "DegenerateDistribution", "NeuronLayer", "OverBudget", "StreamingDistribution", "Strengths",
     "activation_function", "combine", "conv_geometry", "conv_in_strength", "conv_out_strength",
     "conv_output_hw", "conv_strengths", "conv_unrolled_matrix", "dense_in_strength", "dense_out_strength",
     "dense_strengths", "divergence", "divergence_matrix", "fold_batchnorm", "histogram",

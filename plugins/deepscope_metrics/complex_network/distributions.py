@@ -7,10 +7,13 @@ Jensen–Shannon divergence used by default.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
+
+from .binned_kde import BinnedKDE
 
 DEFAULT_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 DIVERGENCES = ("js", "jeffreys")
@@ -20,17 +23,34 @@ class DegenerateDistribution(ValueError):
     """Too few or constant values for a KDE; the message says why (adapters report it as ``reason``)."""
 
 
+class OverBudget(ValueError):
+    """The timed work extrapolates past ``budget_seconds``; the message names the parameters to change."""
+
+
 def _values(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).ravel()
     return v[np.isfinite(v)]
 
 
-def _kde(v: np.ndarray) -> stats.gaussian_kde:
+def _kde(v: np.ndarray) -> BinnedKDE:
+    """scipy's Gaussian KDE (Scott bandwidth), evaluated by bins so millions of values stay cheap."""
     if v.size < 2:
         raise DegenerateDistribution(f"a KDE needs at least 2 finite values, got {v.size}")
     if np.ptp(v) == 0:
         raise DegenerateDistribution(f"all {v.size} values equal {v[0]:.6g}: no KDE")
-    return stats.gaussian_kde(v, bw_method="scott")
+    return BinnedKDE(v)
+
+
+def _plogp_over_q(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """``P ln(P/Q)`` elementwise with ``0 ln 0 = 0`` and ``inf`` where P > 0 = Q.
+
+    Uses ``ln P − ln Q``, never the ratio: P/Q overflows (and warns) when Q is subnormal.
+    """
+    out = np.zeros(np.shape(P))
+    both = (P > 0) & (Q > 0)
+    out[both] = P[both] * (np.log(P[both]) - np.log(Q[both]))
+    out[(P > 0) & (Q <= 0)] = np.inf
+    return out
 
 
 def link_weights(W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -93,18 +113,18 @@ def jeffreys_divergence(d1: np.ndarray, d2: np.ndarray, grid_points: int = 1000)
     """The authors' "Shannon divergence": ``Σ P ln(P/Q) + Σ Q ln(Q/P)`` over a shared grid.
 
     P, Q are KDE densities on ``min + k·(max − min)/grid_points`` (k < grid_points) of the pooled
-    sample, summed without dx: not a normalised quantity and may be ``inf`` where a density
-    underflows to 0 (``divergence_matrix`` replaces inf as the authors' heatmaps did).
+    sample, summed without dx: not a normalised quantity and ``inf`` where one density underflows
+    to 0 and the other does not (``divergence_matrix`` replaces inf as the authors' heatmaps did).
     """
     a, b = _values(d1), _values(d2)
-    P_kde, Q_kde = _kde(a), _kde(b)
+    return _jeffreys(a, b, _kde(a), _kde(b), grid_points)
+
+
+def _jeffreys(a: np.ndarray, b: np.ndarray, P_kde: BinnedKDE, Q_kde: BinnedKDE, grid_points: int) -> float:
     lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
     x = lo + (hi - lo) / grid_points * np.arange(int(grid_points))
     P, Q = P_kde(x), Q_kde(x)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t1 = np.where(P != 0, P * np.log(P / Q), 0.0)
-        t2 = np.where(Q != 0, Q * np.log(Q / P), 0.0)
-    return float(np.sum(t1) + np.sum(t2))
+    return float(np.sum(_plogp_over_q(P, Q)) + np.sum(_plogp_over_q(Q, P)))
 
 
 def js_divergence(
@@ -117,7 +137,11 @@ def js_divergence(
     masses, and ``JS = ½ KL(p‖m) + ½ KL(q‖m)`` with ``m = (p + q)/2`` and ``0 ln 0 = 0``.
     """
     a, b = _values(d1), _values(d2)
-    P_kde, Q_kde = _kde(a), _kde(b)
+    return _js(a, b, _kde(a), _kde(b), grid_points, base, pad_bandwidths)
+
+
+def _js(a: np.ndarray, b: np.ndarray, P_kde: BinnedKDE, Q_kde: BinnedKDE, grid_points: int, base: float = 2.0,
+        pad_bandwidths: float = 3.0) -> float:
     bw = max(float(np.sqrt(P_kde.covariance[0, 0])), float(np.sqrt(Q_kde.covariance[0, 0])))
     lo = min(a.min(), b.min()) - pad_bandwidths * bw
     hi = max(a.max(), b.max()) + pad_bandwidths * bw
@@ -125,10 +149,8 @@ def js_divergence(
     p, q = P_kde(x), Q_kde(x)
     p, q = p / p.sum(), q / q.sum()
     m = 0.5 * (p + q)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl_pm = np.sum(np.where(p > 0, p * np.log(p / m), 0.0))
-        kl_qm = np.sum(np.where(q > 0, q * np.log(q / m), 0.0))
-    return float(max(0.5 * (kl_pm + kl_qm), 0.0) / np.log(base))
+    kl = 0.5 * (np.sum(_plogp_over_q(p, m)) + np.sum(_plogp_over_q(q, m)))
+    return float(max(kl, 0.0) / np.log(base))
 
 
 def divergence(d1: np.ndarray, d2: np.ndarray, method: str = "js", grid_points: int = 1000) -> float:
@@ -141,25 +163,41 @@ def divergence(d1: np.ndarray, d2: np.ndarray, method: str = "js", grid_points: 
 
 
 def divergence_matrix(
-    samples: Sequence[np.ndarray], method: str = "js", grid_points: int = 1000, replace_inf: bool = True
+    samples: Sequence[np.ndarray], method: str = "js", grid_points: int = 1000, replace_inf: bool = True,
+    budget_seconds: float = math.inf,
 ) -> np.ndarray:
     """Symmetric matrix of pairwise divergences (zero diagonal); degenerate samples give NaN rows.
 
     With ``replace_inf`` infinite entries become (largest finite entry + 1), as in the
-    authors' heatmaps.
+    authors' heatmaps. Cost: one KDE per sample (linear in its size), then per pair two KDE
+    evaluations on ``grid_points`` points: quadratic in the number of samples. With a finite
+    ``budget_seconds`` the KDEs and the first pair are timed and, if all pairs extrapolate past
+    the budget, ``OverBudget`` is raised before the rest is computed.
     """
+    if method not in DIVERGENCES:
+        raise ValueError(f"method must be one of {DIVERGENCES}, got {method!r}")
+    t0 = time.perf_counter()
+    values = [_values(s) for s in samples]
+    kdes: list[BinnedKDE | None] = []
+    for v in values:  # one KDE per sample, not one per pair
+        try:
+            kdes.append(_kde(v))
+        except DegenerateDistribution:
+            kdes.append(None)
+    pair = _js if method == "js" else _jeffreys
     n = len(samples)
     out = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i + 1, n):
-            try:
-                out[i, j] = out[j, i] = divergence(samples[i], samples[j], method, grid_points)
-            except DegenerateDistribution:
-                out[i, j] = out[j, i] = np.nan
-        try:
-            _kde(_values(samples[i]))
-        except DegenerateDistribution:
-            out[i, i] = np.nan
+    bad = [i for i, k in enumerate(kdes) if k is None]
+    out[bad, :] = out[:, bad] = np.nan
+    todo = [(i, j) for i in range(n) for j in range(i + 1, n) if kdes[i] is not None and kdes[j] is not None]
+    for count, (i, j) in enumerate(todo):
+        t_pair = time.perf_counter()
+        out[i, j] = out[j, i] = pair(values[i], values[j], kdes[i], kdes[j], grid_points)
+        if count == 0 and math.isfinite(budget_seconds):
+            need = t_pair - t0 + (time.perf_counter() - t_pair) * len(todo)
+            if need > budget_seconds:
+                raise OverBudget(f"{len(todo)} layer pairs at grid_points {grid_points} need ~{need:.0f} s > "
+                                 f"budget_seconds {budget_seconds:g}; raise budget_seconds or lower grid_points")
     inf = np.isinf(out)
     if replace_inf and inf.any():
         finite = out[np.isfinite(out)]

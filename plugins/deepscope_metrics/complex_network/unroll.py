@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from .geometry import IntOrSeq, conv_geometry, conv_output_hw, geometry_from_attrs, hw_as_2d, kernel_as_2d, onnx_pads
+from .geometry import ConvGeometry, IntOrSeq, conv_geometry, conv_output_hw, geometry_from_attrs, hw_as_2d, kernel_as_2d, onnx_pads
 
 #: Refuse to build networkx graphs larger than this many links unless told otherwise.
 MAX_GRAPH_LINKS = 2_000_000
@@ -55,6 +55,42 @@ def conv_unrolled_matrix(
     return sp.coo_matrix((w[keep], (dst[keep], src[keep] - 1)), shape=(c_out * L, n_in))
 
 
+def conv_link_count(kernel_shape: tuple[int, ...], input_hw: IntOrSeq, geo: ConvGeometry) -> int:
+    """Links of the unrolled conv (taps inside the input) without building it: ``nnz`` of ``conv_unrolled_matrix``.
+
+    Per axis, the (output position, tap) pairs that land inside the input; the two axes are
+    independent, and every (output channel, in-group channel) pair repeats them.
+    """
+    c_out, cg, kh, kw = kernel_shape
+    inside = 1
+    for axis, (n, k) in enumerate(zip(hw_as_2d(input_hw), (kh, kw))):
+        n_out = conv_output_hw((kh, kw), hw_as_2d(input_hw), geo)[axis]
+        pos = np.arange(n_out)[:, None] * geo.stride[axis] - geo.pads[2 * axis] + np.arange(k)[None, :] * geo.dilation[axis]
+        inside *= int(np.count_nonzero((pos >= 0) & (pos < n)))
+    return c_out * cg * inside
+
+
+def _conv_setup(layer: Any) -> tuple[np.ndarray, tuple[int, int], ConvGeometry]:
+    """A conv Layer's 2-D kernel, input map size and geometry."""
+    W = np.asarray(layer.weights["weight"], dtype=np.float64)
+    shape = layer.input_shapes[0] if layer.input_shapes else None
+    if shape is None or len(shape) < 3 or any(s is None for s in shape[2:]):
+        raise ValueError(f"layer '{layer.name}': conv unrolling needs a known input map size, got {shape}")
+    hw = hw_as_2d(tuple(int(s) for s in shape[2:]))
+    geo = geometry_from_attrs(W, layer.attrs, hw if W.ndim == 4 else hw[1])
+    return kernel_as_2d(W), hw, geo
+
+
+def layer_link_count(layer: Any) -> int:
+    """How many links ``layer_matrix(layer)`` would hold, computed without building it."""
+    if layer.kind == "linear":
+        return int(np.size(layer.weights["weight"]))
+    if layer.kind == "conv":
+        K2, hw, geo = _conv_setup(layer)
+        return conv_link_count(K2.shape, hw, geo)
+    raise ValueError(f"layer '{layer.name}' of kind '{layer.kind}' has no weight graph (linear or conv only)")
+
+
 def layer_matrix(layer: Any) -> tuple[sp.coo_matrix, np.ndarray | None]:
     """A Linear/Conv ``Layer``'s unrolled weight matrix ``[n_out, n_in]`` and its per-output-neuron bias."""
     W = np.asarray(layer.weights["weight"], dtype=np.float64)
@@ -64,12 +100,8 @@ def layer_matrix(layer: Any) -> tuple[sp.coo_matrix, np.ndarray | None]:
         M = sp.coo_matrix((W.ravel(), (rows, cols)), shape=W.shape)
         return M, None if b is None else np.asarray(b, dtype=np.float64)
     if layer.kind == "conv":
-        shape = layer.input_shapes[0] if layer.input_shapes else None
-        if shape is None or len(shape) < 3 or any(s is None for s in shape[2:]):
-            raise ValueError(f"layer '{layer.name}': conv unrolling needs a known input map size, got {shape}")
-        hw = hw_as_2d(tuple(int(s) for s in shape[2:]))
-        geo = geometry_from_attrs(W, layer.attrs, hw if W.ndim == 4 else hw[1])
-        M = conv_unrolled_matrix(kernel_as_2d(W), hw, geo.stride, onnx_pads(geo), geo.dilation, geo.groups)
+        K2, hw, geo = _conv_setup(layer)
+        M = conv_unrolled_matrix(K2, hw, geo.stride, onnx_pads(geo), geo.dilation, geo.groups)
         n_pos = M.shape[0] // W.shape[0]
         bias = None if b is None else np.repeat(np.asarray(b, dtype=np.float64), n_pos)
         return M, bias
@@ -96,6 +128,9 @@ class WeightGraphCOO:
 
 def weight_graph_coo(layer: Any, next_layer: Any | None = None, max_links: int = MAX_GRAPH_LINKS) -> WeightGraphCOO:
     """The weight graph of ``layer`` (and optionally ``next_layer``) as an edge list (vectorised)."""
+    n_links = sum(layer_link_count(x) for x in (layer, next_layer) if x is not None)
+    if n_links > max_links:  # counted first: a capped graph is never built (ResNet-18 convs: 4-29M links)
+        raise ValueError(f"weight graph would have {n_links:,} links > max_links {max_links:,}")
     mats = [layer_matrix(layer)]
     if next_layer is not None:
         mats.append(layer_matrix(next_layer))
@@ -104,9 +139,6 @@ def weight_graph_coo(layer: Any, next_layer: Any | None = None, max_links: int =
                 f"'{next_layer.name}' takes {mats[1][0].shape[1]} inputs but '{layer.name}' has "
                 f"{mats[0][0].shape[0]} outputs"
             )
-    n_links = sum(M.nnz for M, _ in mats)
-    if n_links > max_links:
-        raise ValueError(f"weight graph would have {n_links:,} links > max_links {max_links:,}")
     sizes = (mats[0][0].shape[1], *(M.shape[0] for M, _ in mats))
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     names = ["input", layer.name] + ([next_layer.name] if next_layer is not None else [])

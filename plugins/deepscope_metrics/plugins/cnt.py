@@ -1,11 +1,24 @@
 """Plugin adapter: complex-network metrics of the weight graph (La Malfa et al.).
 
 Thin: parameters in, ``deepscope_metrics.complex_network`` does the work, results out.
+
+Cost (each metric's description ends with its own "Cost:" line; figures for ResNet-18 at
+3x112², 21 conv/linear layers, 11.7M weights, 256 samples, in process, load average ~9 on 2 cores):
+- weight_graph: linear in links; a layer over ``max_links`` is counted, not built, and skipped
+  naming ``max_links`` (ResNet-18: 3 of 21 layers are under the 2M default; <1 s in all).
+- link_weights: linear in weights (binned KDE, O(bins) per grid point); ~0.5 s a 2.4M-weight layer.
+- node_strength / layer_fluctuation: one single-channel conv of a ones map per layer; ~1.5 s.
+- divergence: linear in weights for the KDEs, then layers² / 2 pairs x 2 KDE evaluations
+  (~0.05 s each at 1000 grid points); ``budget_seconds`` extrapolates from the first pair and
+  skips the whole matrix, naming ``budget_seconds`` and ``grid_points``, when it cannot fit.
+- neuron_strength / neuron_activation: linear in samples x output neurons (streamed moments)
+  plus the reservoir (``reservoir`` values, one KDE); ~10-20 s for 256 samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -13,6 +26,7 @@ from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Curve, Graph, Metric
 
 from ..complex_network import (
     DegenerateDistribution,
+    OverBudget,
     StreamingDistribution,
     activation_function,
     divergence_matrix,
@@ -21,14 +35,12 @@ from ..complex_network import (
     layer_fluctuation,
     link_weight_summary,
     neuron_layer_strengths,
-    neuron_strength_conv,
-    neuron_strength_dense,
 )
 from ..complex_network.gates import (
     GATED, GatedNeurons, block_sample, block_table, block_weights, blocks_graph_coo, dense_blocks, gated_neurons,
 )
 from ..complex_network.unroll import weight_graph_coo
-from ..complex_network.walk import bn_scale_shift, folded_weights, layer_geometry
+from ..complex_network.walk import bn_scale_shift, folded_weights
 
 CITATION = (
     "La Malfa, Hu, Kuhnert, Nicosia et al., Characterizing Learning Dynamics of Deep Neural Networks via "
@@ -125,7 +137,9 @@ class WeightGraph(Metric):
                    "graph has one input tier per block source (node layer 'input.x', 'input.h', 'input.query'...) "
                    "and one output tier per block ('<layer>.ih.i'...); include_next does not apply to it. With "
                    "fold_norm, a directly following eval-mode BatchNorm is folded in, as the ONNX exporter's "
-                   "optimiser does, so every format gives the same graph.")
+                   "optimiser does, so every format gives the same graph. Cost: linear in links (conv: C_out x "
+                   "C_in/groups x taps inside the map); a layer over max_links is counted, never built, and "
+                   "skipped naming max_links.")
     citation = CITATION
     needs = Needs.WEIGHTS
     layer_kinds = KINDS
@@ -195,7 +209,9 @@ class LinkWeights(Metric):
     name = "cnt.link_weights"
     description = ("Distribution of a layer's link weights (all weights and biases): summary statistics, "
                    "histogram and Gaussian KDE (Scott bandwidth)." + GATES_DOC + " A gated layer's distribution "
-                   "pools all its blocks; 'blocks' gives each block's n, mean and std.")
+                   "pools all its blocks; 'blocks' gives each block's n, mean and std. Cost: linear in weights; "
+                   "the KDE is scipy's, evaluated by bins of 0.1 bandwidth (equal to the direct sum to ~1e-12), "
+                   "so grid_points adds O(grid_points), not O(weights x grid_points).")
     citation = CITATION
     needs = Needs.WEIGHTS
     layer_kinds = KINDS
@@ -238,6 +254,10 @@ def _block_link_table(blocks: list[Any]) -> Table:
                   "mean": np.array([v.mean() for v in samples]), "std": np.array([v.std() for v in samples])})
 
 
+_STRENGTH_COST = (" Cost: per layer one single-channel conv of a ones map (in-strength) and one backward pass "
+                  "of the linear surrogate network (out-strength), linear in neurons; no edge list is built.")
+
+
 class NodeStrength(_StrengthBase):
     name = "cnt.node_strength"
     description = ("Node strength of each layer's output neurons in the weight graph: signed in-strength "
@@ -248,7 +268,7 @@ class NodeStrength(_StrengthBase):
                    "neurons are all blocks' output (gate) neurons, concatenated in 'blocks' order: in_strength = "
                    "row sums + bias; gates combine nonlinearly, so there are no out-links (out_strength = "
                    "missing_side_const); input_out_strength = each block's column sums (its input neurons' "
-                   "out-strengths), concatenated.")
+                   "out-strengths), concatenated." + _STRENGTH_COST)
     params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
     summary_keys = ("strength_mean", "in_strength_mean", "out_strength_mean", "n_nodes")
 
@@ -277,7 +297,7 @@ class LayerFluctuation(_StrengthBase):
     name = "cnt.layer_fluctuation"
     description = ("Layer fluctuation Y_l: population std (ddof=0) of the node strengths of each neuron layer; "
                    "also the mean and the coefficient of variation (cv, an extension beyond the paper)." + GATES_DOC
-                   + " A gated layer's Y_l is over all its gate neurons; 'blocks' gives each block's own.")
+                   + " A gated layer's Y_l is over all its gate neurons; 'blocks' gives each block's own." + _STRENGTH_COST)
     params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
     result_kinds = ("scalar", "table", "curve")
     summary_keys = ("fluctuation", "cv", "n_nodes")
@@ -314,11 +334,16 @@ class Divergence(_StrengthBase):
     description = ("Divergence between the layers' distributions of link weights or node strengths: "
                    "Jensen-Shannon (default, base 2, in [0, 1]) or the authors' Jeffreys (symmetric KL on a "
                    "shared KDE grid, no dx, inf -> max finite + 1)." + GATES_DOC + " A gated layer is one "
-                   "distribution: all its blocks' link weights, or all its gate neurons' strengths.")
+                   "distribution: all its blocks' link weights, or all its gate neurons' strengths. Cost: one KDE "
+                   "per layer (linear in its weights), then layers^2/2 pairs of KDE evaluations on grid_points "
+                   "points; the first pair is timed and, if all pairs would pass budget_seconds, the matrix is "
+                   "skipped with a reason naming budget_seconds and grid_points.")
     params = (
         Param("of", str, "link_weights", "which distribution", choices=("link_weights", "node_strength")),
         Param("method", str, "js", "js or jeffreys", choices=("js", "jeffreys")),
         P_GRID, P_MODE, P_CONST, P_FOLD,
+        Param("budget_seconds", float, 120.0, "time budget for the pairs, extrapolated from the first; over it the "
+              "matrix is skipped with a reason; 0 = no budget", min=0.0, max=86_400.0),
     )
     result_kinds = ("matrix", "table", "scalar")
     summary_keys = ("divergence_to_next",)
@@ -342,7 +367,10 @@ class Divergence(_StrengthBase):
                     samples.append(nl.strengths.total.ravel())
         if len(names) < 2:
             return {WHOLE_MODEL: {"divergence": float("nan"), "reason": f"need at least 2 layers, got {len(names)}"}}
-        M = divergence_matrix(samples, p["method"], p["grid_points"])
+        try:
+            M = divergence_matrix(samples, p["method"], p["grid_points"], budget_seconds=p["budget_seconds"] or math.inf)
+        except OverBudget as exc:
+            return {WHOLE_MODEL: {"status": "skipped", "reason": f"over budget: {exc}"}}
         i, j = np.triu_indices(len(names), 1)
         results: dict[str, dict[str, Any]] = {
             WHOLE_MODEL: {"matrix": M, "layers": ",".join(names), "of": p["of"], "method": p["method"],
@@ -356,10 +384,15 @@ class Divergence(_StrengthBase):
 
 
 class _InputDependent(Metric):
-    """Streams NS(x) = W a^(l-1)(x) (or φ(NS + b)) of each selected layer over sampled inputs."""
+    """Streams NS(x) = W a^(l-1)(x) (or φ(NS + b)) of each selected layer over sampled inputs.
+
+    NS is read off the layer's own output (minus its bias, times a folded BatchNorm's scale), which
+    is W a exactly: recomputing the conv from the layer's input in float64 cost a second forward
+    pass (~100 s for ResNet-18 at 112², 256 samples) and the input capture doubled the transfer.
+    """
 
     citation = CITATION
-    needs = Needs.INPUTS | Needs.OUTPUTS
+    needs = Needs.OUTPUTS
     layer_kinds = DENSE_KINDS  # not recurrent/attention: their blocks' inputs (h_{t-1}, heads) are not captured
     reconstructed = True
     result_kinds = ("scalar", "vector", "curve")
@@ -375,7 +408,7 @@ class _InputDependent(Metric):
         self.state: dict[str, dict[str, Any]] = {}
         self.layers = _weighted(self)
         for k, layer in enumerate(self.layers):
-            W, b, end, _ = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
+            _, b, end, _ = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
             succ = self.ctx.graph.successors(end)
             act = succ[0] if len(succ) == 1 and succ[0].kind == "activation" else None
             fn = act.attrs.get("function") if act is not None else None
@@ -383,9 +416,8 @@ class _InputDependent(Metric):
                 self.ctx.warn(f"{self.name} {layer.name}: '{act.name}' also adds a residual input; "
                               "phi(NS + b) leaves that skip term out")
             self.state[layer.name] = {
-                "W": W, "b": b, "act": fn, "phi": activation_function(fn, act.attrs if act is not None else None),
+                "b": b, "act": fn, "phi": activation_function(fn, act.attrs if act is not None else None),
                 "scale": None if end == layer.name else _bn_scale(self.ctx.graph, end),
-                "geo": layer_geometry(layer, W) if layer.kind == "conv" else None,
                 "acc": StreamingDistribution(self.params["reservoir"], self.ctx.seed + k), "seen": 0,
             }
 
@@ -393,20 +425,13 @@ class _InputDependent(Metric):
         for layer in self.layers:
             st = self.state[layer.name]
             room = self.params["max_samples"] - st["seen"]
-            if room <= 0:
+            if room <= 0 or layer.name not in batch.outputs:
                 continue
-            if layer.name in batch.inputs:
-                a = batch.inputs[layer.name][:room]
-                ns = (neuron_strength_conv(st["W"], a, st["geo"]) if st["geo"] is not None
-                      else neuron_strength_dense(st["W"], a))
-            elif layer.name in batch.outputs:  # fallback: output minus bias (then BN scale)
-                out = np.asarray(batch.outputs[layer.name][:room], dtype=np.float64)
-                b0 = layer.weights.get("bias")
-                ns = out - (0.0 if b0 is None else _channel(np.asarray(b0, dtype=np.float64), out))
-                if st["scale"] is not None:
-                    ns = ns * _channel(st["scale"], ns)
-            else:
-                continue
+            out = np.asarray(batch.outputs[layer.name][:room], dtype=np.float64)
+            b0 = layer.weights.get("bias")
+            ns = out - (0.0 if b0 is None else _channel(np.asarray(b0, dtype=np.float64), out))  # = W a
+            if st["scale"] is not None:
+                ns = ns * _channel(st["scale"], ns)  # = W_folded a
             if self.activated:
                 b = st["b"]
                 ns = st["phi"](ns + (0.0 if b is None else _channel(b, ns)))
@@ -424,7 +449,7 @@ class _InputDependent(Metric):
             if self.activated:
                 r["activation"] = st["act"] or "identity (no activation layer follows)"
             if r["n_samples"] == 0:
-                r.update(mean=float("nan"), reason="no layer inputs/outputs were received")
+                r.update(mean=float("nan"), reason="no layer outputs were received")
             else:
                 try:
                     x, y = kde_curve(sample, self.params["grid_points"])
@@ -447,7 +472,9 @@ def _bn_scale(graph: Any, name: str) -> np.ndarray:
 
 
 _DENSE_ONLY = (" Linear and conv layers only: a recurrent gate also reads h_{t-1} and an attention output "
-               "projection the heads, which are not captured, so those layers are not measured.")
+               "projection the heads, which are not captured, so those layers are not measured. NS is the "
+               "layer's captured output minus its bias (times a folded BatchNorm's scale). Cost: linear in "
+               "samples (up to max_samples) x output neurons, plus one KDE of the reservoir values.")
 
 
 class NeuronStrength(_InputDependent):
