@@ -396,6 +396,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         skip_outputs, seconds = request.skip_model_outputs, 0.0
         # Same host only: a remote peer could not map the segment, and never gets one made for it.
         share = request.accept_shared_memory and self.segments.enabled and shared_memory.local_peer(context.peer())
+        loop = asyncio.get_running_loop()
 
         def framed(out: Any) -> tuple[list[tuple[str, np.ndarray]], list[int], pb.SharedTensors | None]:
             """The tensors to send with their checksums, or their shared-memory segment, made in the
@@ -409,6 +410,10 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             if total > self.limits.max_capture_bytes:
                 raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
             shared = self.segments.share(tensors) if share else None
+            if shared is not None:  # freed by the client once it maps it; by this timer if it never does
+                with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): close() unlinks it
+                    loop.call_soon_threadsafe(loop.call_later, self.limits.shared_memory_seconds, self.segments.free,
+                                              shared.segment)
             return tensors, [] if shared is not None else [checksum(a) for _, a in tensors], shared
 
         start = time.perf_counter()
@@ -423,8 +428,6 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
                     yield part
             yield done
             return
-        # Freed by the client once it maps the segment; by this timer if it never does.
-        asyncio.get_running_loop().call_later(self.limits.shared_memory_seconds, self.segments.free, shared.segment)
         complete = False
         try:
             yield pb.CaptureResponse(shared=shared)
