@@ -71,8 +71,9 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
         channel = grpc.insecure_channel(srv.address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         captured_bytes = 0
 
-        def capture(batch_size: int | None) -> None:
+        def capture(batch_size: int | None, shared: bool = True) -> None:
             nonlocal captured_bytes
+            client.shared_memory = shared
             acts = client.capture(model, x, layers=["fc1", "act1"], batch_size=batch_size)
             captured_bytes = sum(a.nbytes for a in acts.values()) + sum(a.nbytes for a in acts.model_outputs.values())
             assert acts["fc1"].shape == (n, 2048)
@@ -83,20 +84,22 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
         def raw() -> None:
             assert srv.raw_stream(channel, total, CHUNK_BYTES) == total
 
-        times = interleaved({"raw": raw, "capture": lambda: capture(None), "capture_big": lambda: capture(batch)},
-                            repeats, warmup=1)
+        times = interleaved({"raw": raw, "capture": lambda: capture(None), "capture_big": lambda: capture(batch),
+                             "stream": lambda: capture(None, shared=False)}, repeats, warmup=1)
         t_raw = median(times["raw"])
         table.add("raw gRPC bytes stream (1 MiB chunks, payload made once)", total / MB, t_raw, total / t_raw / MB,
                   "1.00", "", "")
-        for key, what, goal in (("capture", "client.capture, SDK defaults (batch_size 256)", 0.5),
-                                ("capture_big", f"client.capture, batch_size={batch}", None)):
+        for key, what, goal in (("capture", "client.capture, SDK defaults (batch_size 256; shared memory on loopback)", 0.5),
+                                ("capture_big", f"client.capture, batch_size={batch}", None),
+                                ("stream", "client.capture, gRPC stream (shared_memory=False: what a remote client "
+                                 "gets)", 0.7)):
             t_cap = median(times[key])
             frac = t_raw / t_cap
             per_round = sorted(r / c for r, c in zip(times["raw"], times[key]))
             cell = f"{frac:.2f} [{per_round[len(per_round) // 4]:.2f}-{per_round[(3 * len(per_round)) // 4]:.2f}]"
             met = table.check(frac >= goal, f"capture throughput {frac:.2f} of raw < {goal}") if goal else ""
             table.add(what, total / MB, t_cap, total / t_cap / MB, cell, f">= {goal:.2f}" if goal else "", met)
-        for key, fn in (("raw", raw), ("capture", lambda: capture(None))):
+        for key, fn in (("raw", raw), ("capture", lambda: capture(None)), ("stream", lambda: capture(None, False))):
             client_cpu, server_cpu = cpu_per_call(srv.pid, fn, 2 if smoke else 5)
             table.add(f"  CPU s per run, {key}: client / server + model worker", total / MB,
                       f"{client_cpu:.2f} / {server_cpu:.2f}", "", "", "", "")

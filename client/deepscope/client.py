@@ -27,7 +27,10 @@ from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F40
 from .onnx_files import external_data_files
 from .progress import ProgressEvent, ProgressTracker, display_for, interactive
 from .results import Run
-from .tensors import CHUNK_BYTES, Assembler, to_proto
+from .shared_memory import SharedMemoryUnavailable, local_address
+from .shared_memory import attach as attach_shared
+from .shared_memory import available as shared_memory_available
+from .tensors import CHUNK_BYTES, Assembler, TensorError, to_proto
 from .v1 import introspection_pb2 as pb
 from .values import from_value, to_value
 from .v1 import introspection_pb2_grpc as pb_grpc
@@ -141,7 +144,8 @@ class Client:
     """A connection to a deepscope server."""
 
     def __init__(self, channel: grpc.Channel, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 progress: bool = True, on_close: Callable[[], None] | None = None) -> None:
+                 progress: bool = True, on_close: Callable[[], None] | None = None,
+                 shared_memory: bool = False) -> None:
         self._channel = channel
         self._stub = pb_grpc.IntrospectionServiceStub(channel)
         self._metadata = [(PROTOCOL_KEY, str(PROTOCOL_VERSION))]
@@ -150,6 +154,8 @@ class Client:
         self.timeout = timeout
         self.progress = progress
         self._on_close = on_close
+        #: Captures may come back through a shared-memory segment (a server on this host); see connect().
+        self.shared_memory = shared_memory
         self._summary_cache: dict[str, list[str]] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -317,7 +323,8 @@ class Client:
 
         def start(lo: int) -> Any:  # the RPC starts now; its messages are read when iterated
             request = pb.CaptureRequest(model=model.id, layers=list(layers), layer_inputs=list(layer_inputs),
-                                        inputs=[to_proto(a[lo:lo + batch_size], name) for name, a in inputs.items()])
+                                        inputs=[to_proto(a[lo:lo + batch_size], name) for name, a in inputs.items()],
+                                        accept_shared_memory=self.shared_memory)
             try:
                 return self._stub.Capture(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
@@ -341,34 +348,39 @@ class Client:
 
             return out
 
+        def place(lo: int, call: Any) -> None:
+            rows = min(batch_size, n - lo)
+            placed: set[str] = set()
+            tensors = _receive_capture(call, Assembler(out=in_place(lo, rows, placed) if len(starts) > 1 else None))
+            for name, array in tensors.items():
+                if name in placed:
+                    continue
+                group, _, key = name.partition("/")
+                target = buckets.get(group)
+                if target is None:
+                    raise TensorError(f"capture sent tensor '{name[:200]}' outside output/, layer/ and input/")
+                if len(starts) == 1:
+                    target[key] = array
+                    continue
+                if key not in target:  # preallocate once; later batches copy into place
+                    target[key] = np.empty((n, *array.shape[1:]), dtype=array.dtype)
+                target[key][lo:lo + len(array)] = array
+            bar.update(rows)
+
         # One request ahead: the server runs batch k+1's forward pass while batch k streams.
         pending = start(starts[0])
         try:
             for i, lo in enumerate(starts):
                 call, pending = pending, (start(starts[i + 1]) if i + 1 < len(starts) else None)
-                rows = min(batch_size, n - lo)
-                placed: set[str] = set()
-                assembler = Assembler(out=in_place(lo, rows, placed) if len(starts) > 1 else None)
                 try:
-                    for part in call:
-                        kind = part.WhichOneof("part")
-                        if kind == "done":
-                            break
-                        assembler.add(getattr(part, kind))
-                except grpc.RpcError as error:
-                    raise from_rpc_error(error) from None
-                for name, array in assembler.close().items():
-                    if name in placed:
-                        continue
-                    group, _, key = name.partition("/")
-                    target = buckets[group]
-                    if len(starts) == 1:
-                        target[key] = array
-                        continue
-                    if key not in target:  # preallocate once; later batches copy into place
-                        target[key] = np.empty((n, *array.shape[1:]), dtype=array.dtype)
-                    target[key][lo:lo + len(array)] = array
-                bar.update(rows)
+                    place(lo, call)
+                except SharedMemoryUnavailable:
+                    # Another user's server, or a segment that expired: stream from now on.
+                    self.shared_memory = False
+                    if pending is not None:
+                        pending.cancel()
+                        pending = start(starts[i + 1])
+                    place(lo, start(lo))
         finally:
             if pending is not None:  # an error stopped us: do not leave the prefetched call running
                 pending.cancel()
@@ -559,11 +571,52 @@ def _client_batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[Any, Any
     return items(), 0
 
 
+def _receive_capture(call: Any, assembler: Assembler) -> dict[str, np.ndarray]:
+    """One Capture stream's tensors: chunks through ``assembler`` or one shared-memory segment.
+
+    Complete or nothing: a stream without its done message, or whose done disagrees with what
+    arrived, raises instead of returning a partial capture.
+    """
+    shared: dict[str, np.ndarray] = {}
+    done = None
+    try:
+        for part in call:
+            kind = part.WhichOneof("part")
+            if kind == "done":
+                done = part.done
+                break
+            if kind == "shared":
+                if shared:
+                    raise TensorError("capture sent two shared-memory segments")
+                shared = attach_shared(part.shared)
+            else:
+                assembler.add(getattr(part, kind))
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None
+    tensors = assembler.close()
+    if shared and tensors:
+        raise TensorError("capture sent tensors both as chunks and in shared memory")
+    tensors = tensors or shared
+    if done is None:
+        raise TensorError("capture stream ended without its done message: the capture is incomplete")
+    received = sum(a.nbytes for a in tensors.values())
+    if done.num_tensors != len(tensors) or done.total_bytes != received:
+        raise TensorError(f"capture incomplete: the server sent {done.num_tensors} tensors ({done.total_bytes:,} "
+                          f"bytes), {len(tensors)} ({received:,} bytes) arrived")
+    return tensors
+
+
 def connect(address: str, token: str | None = None, *, tls: bool = False, root_certificates: bytes | None = None,
             client_certificate: bytes | None = None, client_key: bytes | None = None,
-            timeout: float = DEFAULT_TIMEOUT, progress: bool = True,
+            timeout: float = DEFAULT_TIMEOUT, progress: bool = True, shared_memory: bool | None = None,
             _on_close: Callable[[], None] | None = None) -> Client:
-    """Connect to a server at ``host:port``. ``token`` defaults to $DEEPSCOPE_TOKEN."""
+    """Connect to a server at ``host:port``. ``token`` defaults to $DEEPSCOPE_TOKEN.
+
+    ``shared_memory``: captures come back through POSIX shared memory instead of the gRPC stream
+    (same arrays, fewer copies). None (default): only for a server on this host (loopback or Unix
+    socket); the server may still stream, and a segment this process cannot open (a server run
+    by another user) switches the client back to streaming.
+    """
     token = token or os.environ.get("DEEPSCOPE_TOKEN") or None
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
@@ -572,7 +625,10 @@ def connect(address: str, token: str | None = None, *, tls: bool = False, root_c
         channel = grpc.secure_channel(address, credentials, options=options)
     else:
         channel = grpc.insecure_channel(address, options=options)
-    return Client(channel, token=token, timeout=timeout, progress=progress, on_close=_on_close)
+    if shared_memory is None:
+        shared_memory = local_address(address) and shared_memory_available()
+    return Client(channel, token=token, timeout=timeout, progress=progress, on_close=_on_close,
+                  shared_memory=shared_memory)
 
 
 __all__ = ["Activations", "Client", "DeepscopeError", "Model", "connect"]

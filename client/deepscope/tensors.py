@@ -51,7 +51,7 @@ MAX_NDIM = 64
 MAX_SPAN_BYTES = np.iinfo(np.intp).max
 
 
-def _check_shape(shape: Iterable[int], dtype: np.dtype, nbytes: int, max_elements: int | None) -> tuple[int, ...]:
+def check_shape(shape: Iterable[int], dtype: np.dtype, nbytes: int, max_elements: int | None) -> tuple[int, ...]:
     dims = tuple(int(d) for d in shape)
     if len(dims) > MAX_NDIM:
         raise TensorError(f"shape has {len(dims):,} dimensions; at most {MAX_NDIM} are supported")
@@ -78,7 +78,7 @@ def from_proto(message: tpb.Tensor, max_elements: int | None = None) -> np.ndarr
     except ValueError as exc:
         raise TensorError(f"tensor '{shorten(message.name)}': {exc}") from None
     try:
-        dims = _check_shape(message.shape, dtype, len(message.data), max_elements)
+        dims = check_shape(message.shape, dtype, len(message.data), max_elements)
     except TensorError as exc:
         raise TensorError(f"tensor '{shorten(message.name)}': {exc}") from None
     array = np.frombuffer(message.data, dtype=dtype).reshape(dims)
@@ -147,7 +147,7 @@ class _Pending:
                 f"tensor '{shorten(header.name)}' of {header.total_bytes:,} bytes exceeds the limit of {max_bytes:,} bytes"
             )
         try:
-            self.shape = _check_shape(header.shape, self.dtype, header.total_bytes, max_elements)
+            self.shape = check_shape(header.shape, self.dtype, header.total_bytes, max_elements)
         except TensorError as exc:
             raise TensorError(f"tensor '{shorten(header.name)}': {exc}") from None
         self.header = header

@@ -47,6 +47,7 @@ class RunningServer:
         for cancel in list(self.service.active_cancels):
             cancel.set()
         await self.server.stop(grace)
+        self.service.segments.close()  # shared-memory captures no client took
         self.models.close()
         self.store.close()
 

@@ -30,6 +30,9 @@ class Limits:
     #: Time limits of a model worker: loading (parse + checks + load) and one forward pass.
     max_load_seconds: float = 300.0
     max_forward_seconds: float = 600.0
+    #: Same-host captures: a shared-memory segment the client has not freed is unlinked after this
+    #: many seconds; 0 turns the shared-memory path off (every capture streams over gRPC).
+    shared_memory_seconds: float = 120.0
 
 
 @dataclass

@@ -23,7 +23,7 @@ from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, checksum, from
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from . import __version__, convert, rich_status
+from . import __version__, convert, rich_status, shared_memory
 from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .backends.inputs import format_shape
@@ -242,6 +242,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         self.registry = registry
         self._runs = threading.BoundedSemaphore(self.limits.max_concurrent_runs)
         self.active_cancels: set[threading.Event] = set()
+        self.segments = shared_memory.SegmentPool(self.limits.max_capture_bytes, self.limits.shared_memory_seconds)
 
     # ------------------------------------------------------------ server
 
@@ -393,10 +394,14 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         captures += [CaptureRequest(l.name, "input") for l in graph.select(list(request.layer_inputs))] \
             if request.layer_inputs else []
         skip_outputs, seconds = request.skip_model_outputs, 0.0
+        # Same host only: a remote peer could not map the segment, and never gets one made for it.
+        share = request.accept_shared_memory and self.segments.enabled and shared_memory.local_peer(context.peer())
+        loop = asyncio.get_running_loop()
 
-        def framed(out: Any) -> tuple[list[tuple[str, np.ndarray]], list[int]]:
-            """The tensors to send and their checksums, in the forward's thread: a CRC over
-            megabytes would otherwise stall every other call on the event loop."""
+        def framed(out: Any) -> tuple[list[tuple[str, np.ndarray]], list[int], pb.SharedTensors | None]:
+            """The tensors to send with their checksums, or their shared-memory segment, made in the
+            forward's thread: a CRC or a copy over megabytes would otherwise stall every other call
+            on the event loop."""
             nonlocal seconds
             seconds = time.perf_counter() - start
             tensors = [] if skip_outputs else [(f"output/{k}", v) for k, v in out.outputs.items()]
@@ -404,18 +409,33 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             total = sum(a.nbytes for _, a in tensors)
             if total > self.limits.max_capture_bytes:
                 raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
-            return tensors, [checksum(a) for _, a in tensors]
+            shared = self.segments.share(tensors) if share else None
+            if shared is not None:  # freed by the client once it maps it; by this timer if it never does
+                with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): close() unlinks it
+                    loop.call_soon_threadsafe(loop.call_later, self.limits.shared_memory_seconds, self.segments.free,
+                                              shared.segment)
+            return tensors, [] if shared is not None else [checksum(a) for _, a in tensors], shared
 
         start = time.perf_counter()
-        tensors, crcs = await self._forward(context, loaded, inputs, captures, then=framed)
+        tensors, crcs, shared = await self._forward(context, loaded, inputs, captures, then=framed)
         total = sum(a.nbytes for _, a in tensors)
-        for (name, array), crc in zip(tensors, crcs):
-            for part in tensor_parts(name, array, crc=crc):
-                yield part
         done = pb.CaptureResponse(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total,
                                                       device=getattr(loaded.backend, "device", "cpu")))
         times.set_seconds(done.done.forward_time, seconds)
-        yield done
+        if shared is None:
+            for (name, array), crc in zip(tensors, crcs):
+                for part in tensor_parts(name, array, crc=crc):
+                    yield part
+            yield done
+            return
+        complete = False
+        try:
+            yield pb.CaptureResponse(shared=shared)
+            yield done
+            complete = True
+        finally:
+            if not complete:  # the call ended early: the client will not take the segment
+                self.segments.free(shared.segment)
 
     # ------------------------------------------------------------ metrics and runs
 

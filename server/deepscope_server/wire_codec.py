@@ -117,14 +117,14 @@ def send(conn: Connection, message: Any) -> None:
     try:
         os.ftruncate(fd, total)
         for array, (_, _, offset) in zip(arrays, layout):
-            _write_at(fd, array, offset)
+            write_at(fd, array, offset)
         conn.send_bytes(header)
         reduction.send_handle(conn, fd, 0)
     finally:
         os.close(fd)
 
 
-def _write_at(fd: int, array: np.ndarray, offset: int) -> None:
+def write_at(fd: int, array: np.ndarray, offset: int) -> None:
     """The array's bytes into the segment file: the kernel copies, so no page faults in the sender
     (measured: 21 ms instead of 35 ms for 38 MB through a mapping)."""
     view = memoryview(np.ascontiguousarray(array)).cast("B")

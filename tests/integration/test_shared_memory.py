@@ -1,0 +1,104 @@
+"""Same-host captures over a real server: shared memory and the gRPC stream give identical arrays."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import numpy as np
+import pytest
+
+import deepscope
+from deepscope import shared_memory
+from deepscope.tensors import to_proto
+from deepscope.v1 import introspection_pb2 as pb
+from deepscope.v1 import introspection_pb2_grpc as pb_grpc
+
+from .conftest import start_server
+
+pytestmark = pytest.mark.skipif(not shared_memory.available(), reason="needs POSIX shared memory (/dev/shm)")
+
+
+def _x(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 1, 8, 8)).astype(np.float32)
+
+
+def _raw_capture(address: str, token: str, model_id: str, x: np.ndarray, accept: bool) -> list[pb.CaptureResponse]:
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.IntrospectionServiceStub(channel)
+        request = pb.CaptureRequest(model=model_id, inputs=[to_proto(x, "x")], layers=["*"], accept_shared_memory=accept)
+        return list(stub.Capture(request, metadata=[("authorization", f"Bearer {token}")], timeout=60))
+
+
+def test_the_embedded_and_loopback_clients_ask_for_shared_memory_and_remote_ones_do_not(server):
+    embedded, address = server
+    with deepscope.connect(address, token=embedded.token, progress=False) as local:
+        assert local.shared_memory
+    remote = deepscope.connect("192.0.2.1:50051", progress=False)  # TEST-NET: never dialled here
+    assert not remote.shared_memory
+    remote.close()
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+@pytest.mark.parametrize("batch_size", [None, 40])
+def test_shared_memory_and_stream_give_identical_arrays(client, exported, fmt, batch_size):
+    """Through the model sandbox (the server's default isolation), one batch and several."""
+    model = client.upload_model(exported["cnn"][fmt])
+    x = _x(100)
+    client.shared_memory = True
+    shared = client.capture(model, x, layers=["*"], layer_inputs=["fc", "layer1.0.conv2"], batch_size=batch_size)
+    client.shared_memory = False
+    streamed = client.capture(model, x, layers=["*"], layer_inputs=["fc", "layer1.0.conv2"], batch_size=batch_size)
+    for mine, theirs in [(shared, streamed), (shared.model_outputs, streamed.model_outputs),
+                         (shared.layer_inputs, streamed.layer_inputs)]:
+        assert mine.keys() == theirs.keys() and mine
+        for name in mine:
+            assert mine[name].dtype == theirs[name].dtype and mine[name].shape == theirs[name].shape
+            np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
+
+
+def test_the_server_hands_a_private_segment_the_client_maps_and_frees(server, client, exported):
+    embedded, address = server
+    model = client.upload_model(exported["cnn"]["pt2"])
+    x = _x(100, seed=3)
+    parts = _raw_capture(address, embedded.token, model.id, x, accept=True)
+    kinds = [p.WhichOneof("part") for p in parts]
+    assert kinds == ["shared", "done"]
+    message = parts[0].shared
+    path = os.path.join(shared_memory.SHM_DIR, message.segment)
+    info = os.stat(path)
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.getuid()
+    arrays = shared_memory.attach(message)
+    assert not os.path.exists(path)
+    assert parts[1].done.num_tensors == len(arrays)
+    streamed = _raw_capture(address, embedded.token, model.id, x, accept=False)
+    assert "shared" not in [p.WhichOneof("part") for p in streamed]  # never sent unless asked for
+
+
+def test_tiny_captures_stream_even_when_shared_memory_is_accepted(server, client, exported):
+    embedded, address = server
+    model = client.upload_model(exported["mlp"]["pt2"])
+    parts = _raw_capture(address, embedded.token, model.id, np.zeros((1, 64), np.float32), accept=True)
+    assert "shared" not in [p.WhichOneof("part") for p in parts] and parts[-1].WhichOneof("part") == "done"
+
+
+def test_a_segment_no_client_takes_is_unlinked_after_its_time(tmp_path, servers, exported):
+    embedded, address = start_server(tmp_path / "store", shared_memory_seconds=1)
+    servers.append(embedded)
+    with deepscope.connect(address, token=embedded.token, progress=False) as c:
+        model = c.upload_model(exported["cnn"]["onnx"])
+        parts = _raw_capture(address, embedded.token, model.id, _x(100), accept=True)
+        path = os.path.join(shared_memory.SHM_DIR, parts[0].shared.segment)
+        for _ in range(300):
+            if not os.path.exists(path):
+                break
+            time.sleep(0.1)
+        assert not os.path.exists(path)
+        with pytest.raises(shared_memory.SharedMemoryUnavailable):
+            shared_memory.attach(parts[0].shared)
+        # A client whose segment expired falls back to the stream and still gets the whole capture.
+        acts = c.capture(model, _x(100), layers=["*"])
+        assert acts and all(a.shape[0] == 100 for a in acts.values())
