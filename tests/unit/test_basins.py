@@ -67,7 +67,7 @@ def test_sample_basin_matches_closed_form_in_the_margin():
     n, d, p = 40, 5, 0.9
     w, b, x = gaussian_problem(n, d, 0)
     handle = LinearHandle(w, b)
-    params = {"samples": n, "draws": 400, "steps": 14, "r_max": 20.0, "keep_prob": p, "curve_points": 0}
+    params = {"budget_seconds": 0, "samples": n, "draws": 400, "steps": 14, "r_max": 20.0, "keep_prob": p, "curve_points": 0}
     res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params)[WHOLE_MODEL]
     expected = margins(w, b, x) * math.sqrt(d) / (np.linalg.norm(x, axis=1) * np.linalg.norm(w[1] - w[0]) * stats.norm.ppf(p))
     assert (expected < 20.0).all() and res["n_censored"] == 0 and res["reference_used"] == "prediction"
@@ -83,7 +83,7 @@ def test_accuracy_curve_matches_closed_form():
     n, d = 60, 4
     w, b, x = gaussian_problem(n, d, 1)
     handle = LinearHandle(w, b)
-    params = {"samples": n, "draws": 300, "steps": 1, "r_max": 3.0, "curve_points": 7}
+    params = {"budget_seconds": 0, "samples": n, "draws": 300, "steps": 1, "r_max": 3.0, "curve_points": 7}
     res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params)[WHOLE_MODEL]
     curve = res["accuracy_curve"]
     m, xn, wn = margins(w, b, x), np.linalg.norm(x, axis=1), np.linalg.norm(w[1] - w[0])
@@ -97,7 +97,7 @@ def test_weight_basin_matches_closed_form():
     n, d, p = 12, 4, 0.9
     w, b, x = gaussian_problem(n, d, 2)
     handle = LinearHandle(w, b)
-    params = {"samples": n, "draws": 400, "steps": 10, "eta_max": 20.0, "keep_prob": p, "curve_points": 0}
+    params = {"budget_seconds": 0, "samples": n, "draws": 400, "steps": 10, "eta_max": 20.0, "keep_prob": p, "curve_points": 0}
     res = run_metric(P.WeightBasins, handle.graph, data={"input": x}, model=handle, params=params)[WHOLE_MODEL]
     sw = np.sqrt(np.mean(w**2))
     sb = np.sqrt(np.mean(b**2))
@@ -119,7 +119,7 @@ def test_labels_define_reference_and_misclassified_get_zero():
     labels = pred.copy()
     labels[:7] = 1 - labels[:7]  # seven samples the model gets wrong
     handle = LinearHandle(w, b)
-    params = {"samples": n, "draws": 8, "steps": 4, "curve_points": 3}
+    params = {"budget_seconds": 0, "samples": n, "draws": 8, "steps": 4, "curve_points": 3}
     res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, labels=labels, model=handle, params=params)[WHOLE_MODEL]
     assert res["reference_used"] == "label" and res["n_misclassified"] == 7
     assert np.all(res["radius"][:7] == 0) and np.all(res["radius"][7:] > 0)
@@ -130,7 +130,7 @@ def test_forward_passes_are_batched_and_bounded():
     n, d, k, steps, points = 50, 6, 20, 5, 4
     w, b, x = gaussian_problem(200, d, 4)
     handle = LinearHandle(w, b)
-    params = {"samples": n, "draws": k, "steps": steps, "curve_points": points, "reference": "prediction"}
+    params = {"budget_seconds": 0, "samples": n, "draws": k, "steps": steps, "curve_points": points, "reference": "prediction"}
     res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params, batch_size=32)[WHOLE_MODEL]
     assert res["n_samples"] == n and np.array_equal(res["sample_indices"], np.arange(n))
     assert handle.largest_batch <= 256  # Context.max_batch_size default
