@@ -225,7 +225,9 @@ def layer_order(layers: Iterable[str]) -> list[str]:
 
 def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}"
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.{digits}g}" if 0 < abs(value) < 1e-2 else f"{value:.{digits}f}"
     return str(value)
 
 

@@ -55,14 +55,13 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
     table = common.markdown_table(pd.DataFrame(rows))
 
     change = wide["change"].to_numpy()
-    consistent = bool(len(change) > 1 and (np.all(change < 0) or np.all(change > 0)))
     p = float(wilcoxon(change).pvalue) if len(change) >= 5 else float("nan")
     direction = "lower (more self-similar)" if np.median(change) < 0 else "higher (less self-similar)"
     outcomes.append(common.Outcome(
-        claim="Training changes the self-similarity of MLP feature networks",
+        claim="Training changes the self-similarity of MLP feature networks (Wilcoxon signed-rank over (seed, layer) pairs, p < 0.01)",
         measured=(f"trained SS_rate is {direction} than untrained in {int((np.sign(change) == np.sign(np.median(change))).sum())}"
                   f"/{len(change)} (seed, layer) pairs; median change {np.median(change):+.3f}, Wilcoxon p={common.fmt(p, 2)}"),
-        held=None if quick else consistent and p < 0.01))
+        held=None if quick else p < 0.01))
     trained = values[values["state"] == "trained"]
     layer_means = trained.groupby("layer")["value"].mean().reindex(layers)
     spread = float(layer_means.max() - layer_means.min())
