@@ -88,7 +88,8 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
     rho, p = spearmanr(complexity["epoch"], complexity["value"], nan_policy="omit") if distinct > 1 else (np.nan, np.nan)
     outcomes.append(common.Outcome(
         claim="Complexity is informative: it takes non-trivial values and changes during training",
-        measured=(f"`{keys['complexity'][0]}.{keys['complexity'][1]}`: {len(finite)}/{len(complexity)} finite, "
+        measured=(f"`{keys['complexity'][0]}.{keys['complexity'][1]}`: {len(finite)} finite values of "
+                  f"{len(checkpoints) * len(layers)} (layer, checkpoint) pairs, "
                   f"{distinct} distinct values, range {common.fmt(float(finite.min()) if len(finite) else np.nan)}"
                   f"–{common.fmt(float(finite.max()) if len(finite) else np.nan)}; Spearman vs epoch ρ={common.fmt(float(rho), 2)} "
                   f"(p={common.fmt(float(p), 2)})"),
