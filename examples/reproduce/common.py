@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -195,6 +196,9 @@ def measure(checkpoints: Sequence[Checkpoint], data: Digits, metrics: Sequence[s
             client.close()
     if run.status != "completed" or run.failures:
         raise RuntimeError(f"run {run.id} {run.status}; failures: {run.failures}")
+    not_ok = [(r.metric, r.layer, r.checkpoint, r.status, r.error) for r in run.results if r.status != "ok"]
+    for metric, layer, checkpoint, status, error in not_ok:
+        print(f"  note: {metric} on '{layer}' (checkpoint {checkpoint}) {status}: {error}")
     frame = run.to_pandas(scalars_only=True)
     frame = frame[frame["kind"] == "scalar"].copy()
     frame["value"] = frame["value"].astype(float)
@@ -243,7 +247,7 @@ def mean_sd(values: pd.Series) -> str:
     values = values.astype(float)
     if len(values) == 1:
         return fmt(float(values.iloc[0]))
-    return f"{fmt(float(values.mean()))} ± {fmt(float(values.std(ddof=1)))}"
+    return f"{fmt(float(values.mean()))} ± {float(values.std(ddof=1)):.3f}"
 
 
 @dataclass
