@@ -8,7 +8,7 @@ PIP := $(BIN)/pip install -q -c constraints.txt
 SETUP_FILES := constraints.txt requirements-dev.txt client/pyproject.toml server/pyproject.toml \
                plugins/pyproject.toml examples/deepscope-example-plugin/pyproject.toml
 
-.PHONY: venv browser test demo docs proto bench bench-smoke fuzz clean
+.PHONY: venv browser test demo docs proto bench bench-smoke fuzz clean reproduce
 
 $(STAMP): $(SETUP_FILES)
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,16 @@ bench-smoke: venv
 fuzz: venv
 	DEEPSCOPE_FUZZ_EXAMPLES=$${DEEPSCOPE_FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest -q tests/fuzz \
 	    --timeout=7200 --hypothesis-show-statistics
+
+# The four paper reproductions (examples/reproduce/): a few minutes each on 2 cores; they rewrite
+# docs/reproductions.md and the figures in docs/reproductions/.
+REPRODUCTIONS := la_malfa ding lin janik
+reproduce: venv
+	@for script in $(REPRODUCTIONS); do \
+	  echo "== examples/reproduce/$$script.py"; \
+	  nice -n 10 $(BIN)/python examples/reproduce/$$script.py || exit 1; \
+	done
+	$(BIN)/python examples/reproduce/build_doc.py
 
 clean:
 	rm -rf $(VENV) demo-out
