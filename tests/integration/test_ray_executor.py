@@ -41,8 +41,10 @@ def cluster() -> Iterator[tuple[Cluster, object]]:
 
 @pytest.fixture(scope="module")
 def ray_client(cluster, tmp_path_factory) -> Iterator[deepscope.Client]:
+    # Metrics in threads inside each task (process isolation is tested with the local executor; here it
+    # would only multiply processes on a 2-core box); models load in the sandbox, as by default.
     server, address = start_server(tmp_path_factory.mktemp("ray-store"), executor="ray",
-                                   ray_address=cluster[0].address)
+                                   ray_address=cluster[0].address, metric_isolation="thread")
     try:
         with deepscope.connect(address, token=server.token, progress=False) as client:
             yield client
