@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 SCRIPTS = ("bench_capture", "bench_transfer", "bench_box_covering", "bench_conv_strength", "bench_streaming_rss",
-           "bench_concurrency", "bench_overhead", "bench_sdk", "preauth_flood")
+           "bench_concurrency", "bench_overhead", "bench_sdk", "preauth_flood", "bench_ray")
 #: Scripts that can share the smoke run's server child process (one started early, reused).
 SHARES_SERVER = ("bench_transfer", "bench_concurrency", "bench_overhead", "bench_sdk")
 

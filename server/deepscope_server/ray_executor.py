@@ -39,6 +39,7 @@ from deepscope.v1 import introspection_pb2 as pb
 
 from .analysis import InputBatch, PlannedMetric, RunExecutor, RunPlan
 from .config import Limits, Settings
+from .errors import InvalidInput, Unavailable
 from .isolation import GuardedMetric, RunCancelled, configure_workers
 from .models import LoadedModel
 from .models import _load as load_backend  # the server's own loader: preflight checks, then the sandbox
@@ -163,15 +164,16 @@ def _prepare_worker(metric_modules: tuple[str, ...], model_isolation: str) -> No
     configure_workers([*metric_modules, *(_SANDBOX_MODULES if model_isolation == "process" else ())])
 
 
-def checkpoint_task(spec: TaskSpec, model_bytes: bytes, batches: list[InputBatch]) -> Iterator[tuple[Any, ...]]:
+def checkpoint_task(spec: TaskSpec, model_files: dict[str, bytes], batches: list[InputBatch]) -> Iterator[tuple[Any, ...]]:
     """A Ray task: load one checkpoint as the server would, run the plan's metrics on it, yield as it goes."""
     yield ("node", _node())
     _prepare_worker(tuple(sorted({m.entry.cls.__module__ for m in spec.plan.metrics})), spec.options.model_isolation)
     events: queue.Queue[tuple[Any, ...]] = queue.Queue()
     cancel = threading.Event()
     with tempfile.TemporaryDirectory(prefix="deepscope-ray-") as tmp:
-        path = Path(tmp) / (spec.stored.path.name or "model")
-        path.write_bytes(model_bytes)
+        for name, data in model_files.items():  # the model file and its ONNX external-data side files
+            (Path(tmp) / name).write_bytes(data)
+        path = Path(tmp) / spec.stored.path.name
         opts = spec.options
         backend = load_backend(path, opts.limits, opts.device, spec.trusted, opts.model_isolation)
         try:
@@ -264,7 +266,7 @@ class RayRunExecutor(RunExecutor):
         model_refs: dict[str, Any] = {}
         for ckpt in self.plan.checkpoints:
             if ckpt.stored.id not in model_refs:
-                model_refs[ckpt.stored.id] = ray.put(ckpt.stored.path.read_bytes())
+                model_refs[ckpt.stored.id] = ray.put(_model_files(ckpt))
         plan = dataclasses.replace(self.plan, checkpoints=[], dataset_batches=None, skipped=[])
         shards = self._shards(len(batches))
         split = self._split = [m for m in self.plan.metrics if shards > 1 and _mergeable(m, self.plan.checkpoints[0].graph)]
@@ -288,7 +290,8 @@ class RayRunExecutor(RunExecutor):
             for job in self._jobs:
                 ray.cancel(job.generator, force=True)  # a no-op for finished tasks
         if self._jobs and all(job.error for job in self._jobs):
-            raise RuntimeError(f"every Ray task failed; the first: {self._jobs[0].error}")
+            raise Unavailable(f"every Ray task of the run failed (each result says why); the first: "
+                              f"{self._jobs[0].error}", reason="RAY_TASKS_FAILED")
 
     def _collect(self) -> tuple[list[InputBatch], int]:
         """Every batch of the run, checked and cut as the local executor does (tasks share one copy)."""
@@ -300,8 +303,6 @@ class RayRunExecutor(RunExecutor):
             kept.append((inputs, labels))
             done += size
         if done == 0:
-            from .errors import InvalidInput
-
             raise InvalidInput("the data source produced no samples")
         return kept, done
 
@@ -437,6 +438,14 @@ class RayRunExecutor(RunExecutor):
             self._start_job(_Job(checkpoint, gen, {planned.name}, role=f"merging {len(parts)} data shards"))
             submitted += 1
         return submitted
+
+
+def _model_files(ckpt: LoadedModel) -> dict[str, bytes]:
+    """The bytes a task needs to load a checkpoint: an upload's own directory holds the model and its
+    side files (ONNX external data) and nothing else; a --model-dir file travels alone."""
+    path = ckpt.stored.path
+    files = [p for p in path.parent.iterdir() if p.is_file()] if ckpt.source == "upload" else [path]
+    return {p.name: p.read_bytes() for p in files}
 
 
 def _mergeable(planned: PlannedMetric, graph: Any) -> bool:
