@@ -54,7 +54,7 @@ def _measure(flags: tuple[str, ...], paths: list[Path], metrics: list[str], limi
             t0 = time.perf_counter()
             run = client.analyze(models, data="digits", limit=limit, metrics=metrics)
             seconds = time.perf_counter() - t0
-        return seconds, sampler.memory.peak_rss * 1024, run
+        return seconds, sampler.memory.peak_rss, run
 
 
 def _values(run) -> dict:  # noqa: ANN001 - deepscope.Run

@@ -28,6 +28,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 
 from deepscope.v1 import introspection_pb2 as pb
 
+from .backends import Backend
 from .analysis import InputBatch, PlannedMetric, RunExecutor, RunPlan
 from .config import Limits, Settings
 from .errors import InvalidInput, Unavailable
@@ -164,31 +166,57 @@ def _prepare_worker(metric_modules: tuple[str, ...], model_isolation: str) -> No
     configure_workers([*metric_modules, *(_SANDBOX_MODULES if model_isolation == "process" else ())])
 
 
+#: Backends this Ray worker loaded, most recent last: a worker that runs the next run's task for the
+#: same checkpoint (same bytes, same id) reuses it instead of loading again, as the server's cache does.
+#: The files stay while the backend is cached: a sandboxed backend reloads them after a killed call.
+_BACKENDS: OrderedDict[tuple[str, bool, str, str], tuple[Backend, tempfile.TemporaryDirectory]] = OrderedDict()
+_BACKEND_CACHE = 8  #: as many as the server keeps loaded (ModelManager.cache_size)
+
+
+def _backend(spec: TaskSpec, model_files: dict[str, bytes]) -> Backend:
+    """The checkpoint loaded by the server's own loader (preflight checks, then the sandbox), cached."""
+    opts = spec.options
+    key = (spec.stored.id, spec.trusted, opts.device, opts.model_isolation)
+    if key in _BACKENDS:
+        _BACKENDS.move_to_end(key)
+        return _BACKENDS[key][0]
+    files = tempfile.TemporaryDirectory(prefix="deepscope-ray-")
+    try:
+        for name, data in model_files.items():  # the model file and its ONNX external-data side files
+            (Path(files.name) / name).write_bytes(data)
+        backend = load_backend(Path(files.name) / spec.stored.path.name, opts.limits, opts.device, spec.trusted,
+                               opts.model_isolation)
+    except BaseException:
+        files.cleanup()
+        raise
+    _BACKENDS[key] = backend, files
+    while len(_BACKENDS) > _BACKEND_CACHE:
+        old, old_files = _BACKENDS.popitem(last=False)[1]
+        old.close()
+        old_files.cleanup()
+    return backend
+
+
 def checkpoint_task(spec: TaskSpec, model_files: dict[str, bytes], batches: list[InputBatch]) -> Iterator[tuple[Any, ...]]:
     """A Ray task: load one checkpoint as the server would, run the plan's metrics on it, yield as it goes."""
     yield ("node", _node())
     _prepare_worker(tuple(sorted({m.entry.cls.__module__ for m in spec.plan.metrics})), spec.options.model_isolation)
     events: queue.Queue[tuple[Any, ...]] = queue.Queue()
     cancel = threading.Event()
-    with tempfile.TemporaryDirectory(prefix="deepscope-ray-") as tmp:
-        for name, data in model_files.items():  # the model file and its ONNX external-data side files
-            (Path(tmp) / name).write_bytes(data)
-        path = Path(tmp) / spec.stored.path.name
-        opts = spec.options
-        backend = load_backend(path, opts.limits, opts.device, spec.trusted, opts.model_isolation)
-        try:
-            run = _TaskRun(dataclasses.replace(spec.plan, checkpoints=[LoadedModel(spec.stored, "ray", backend)]),
-                           None, events.put, cancel, spec.max_seconds,  # type: ignore[arg-type] - no store here
-                           isolation="thread" if spec.shard else opts.metric_isolation,
-                           memory_bytes=opts.limits.metric_memory_bytes, spec=spec, batches=batches)
-            thread = threading.Thread(target=run.work, name="deepscope-task", daemon=True)
-            thread.start()
-            while (item := events.get()) is not _DONE:
-                yield item
-            thread.join()
-        finally:
-            cancel.set()
-            backend.close()
+    opts = spec.options
+    loaded = LoadedModel(spec.stored, "ray", _backend(spec, model_files))
+    run = _TaskRun(dataclasses.replace(spec.plan, checkpoints=[loaded]),
+                   None, events.put, cancel, spec.max_seconds,  # type: ignore[arg-type] - no store here
+                   isolation="thread" if spec.shard else opts.metric_isolation,
+                   memory_bytes=opts.limits.metric_memory_bytes, spec=spec, batches=batches)
+    thread = threading.Thread(target=run.work, name="deepscope-task", daemon=True)
+    thread.start()
+    try:
+        while (item := events.get()) is not _DONE:
+            yield item
+        thread.join()
+    finally:
+        cancel.set()
 
 
 def merge_task(planned: PlannedMetric, spec: TaskSpec, graph: Any,
