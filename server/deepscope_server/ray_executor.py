@@ -73,8 +73,9 @@ class RayOptions:
                    settings.device, settings.model_isolation, settings.metric_isolation, settings.trust_model_dir)
 
 
-def connect(options: RayOptions) -> None:
+def connect(settings: Settings) -> RayOptions:
     """Join the cluster at start, so a wrong address or a missing Ray fails the server, not the first run."""
+    options = RayOptions.from_settings(settings)
     try:
         import ray
     except ImportError:
@@ -87,6 +88,13 @@ def connect(options: RayOptions) -> None:
         raise SystemExit(f"--executor ray: cannot join the Ray cluster at '{options.address}': "
                          f"{type(exc).__name__}: {exc} (start one with `ray start --head`)") from None
     log.info("joined the Ray cluster at %s: %s", options.address, ray.cluster_resources())
+    return options
+
+
+def on_ray(local: RunExecutor, options: RayOptions) -> "RayRunExecutor":
+    """The same run (plan, store, events, cancellation, limits) with its work on the cluster."""
+    return RayRunExecutor(**{f.name: getattr(local, f.name) for f in dataclasses.fields(RunExecutor)},
+                          options=options)
 
 
 # ---------------------------------------------------------------- inside a Ray task
@@ -197,7 +205,8 @@ def _backend(spec: TaskSpec, model_files: dict[str, bytes]) -> Backend:
     return backend
 
 
-def checkpoint_task(spec: TaskSpec, model_files: dict[str, bytes], batches: list[InputBatch]) -> Iterator[tuple[Any, ...]]:
+def checkpoint_task(spec: TaskSpec, model_files: dict[str, bytes],
+                    batches: list[InputBatch]) -> Iterator[tuple[Any, ...]]:
     """A Ray task: load one checkpoint as the server would, run the plan's metrics on it, yield as it goes."""
     yield ("node", _node())
     _prepare_worker(tuple(sorted({m.entry.cls.__module__ for m in spec.plan.metrics})), spec.options.model_isolation)
@@ -297,7 +306,8 @@ class RayRunExecutor(RunExecutor):
                 model_refs[ckpt.stored.id] = ray.put(_model_files(ckpt))
         plan = dataclasses.replace(self.plan, checkpoints=[], dataset_batches=None, skipped=[])
         shards = self._shards(len(batches))
-        split = self._split = [m for m in self.plan.metrics if shards > 1 and _mergeable(m, self.plan.checkpoints[0].graph)]
+        graph = self.plan.checkpoints[0].graph
+        split = self._split = [m for m in self.plan.metrics if shards > 1 and _mergeable(m, graph)]
         whole = [m for m in self.plan.metrics if m not in split]
         self._states: dict[tuple[int, str], list[Any]] = {}
         self._forward_sent = 0

@@ -23,7 +23,7 @@ from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, checksum, from
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from . import __version__, convert, rich_status
+from . import __version__, convert, ray_executor, rich_status
 from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .backends.inputs import format_shape
@@ -242,12 +242,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         self.registry = registry
         self._runs = threading.BoundedSemaphore(self.limits.max_concurrent_runs)
         self.active_cancels: set[threading.Event] = set()
-        self.ray = None
-        if settings.executor == "ray":
-            from . import ray_executor
-
-            self.ray = ray_executor.RayOptions.from_settings(settings)
-            ray_executor.connect(self.ray)
+        self.ray = ray_executor.connect(settings) if settings.executor == "ray" else None
 
     # ------------------------------------------------------------ server
 
@@ -457,16 +452,13 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         client_queue = _Handoff(maxsize=4)
         needs_client_data = plan.needs_data and plan.dataset_batches is None
 
-        executor_cls, extra = RunExecutor, {}
-        if self.ray is not None:  # --executor ray: same run, its checkpoints as Ray tasks
-            from .ray_executor import RayRunExecutor
-
-            executor_cls, extra = RayRunExecutor, {"options": self.ray}
-        executor = executor_cls(plan, self.store, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-                                cancel, self.limits.max_run_seconds,
-                                client_queue.items() if needs_client_data else None,
-                                isolation=self.settings.metric_isolation,
-                                memory_bytes=self.limits.metric_memory_bytes, **extra)
+        executor = RunExecutor(plan, self.store, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+                               cancel, self.limits.max_run_seconds,
+                               client_queue.items() if needs_client_data else None,
+                               isolation=self.settings.metric_isolation,
+                               memory_bytes=self.limits.metric_memory_bytes)
+        if self.ray is not None:  # --executor ray: the same run, its checkpoints as Ray tasks
+            executor = ray_executor.on_ray(executor, self.ray)
         first_model = plan.checkpoints[0]
 
         def work() -> None:
