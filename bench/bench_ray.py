@@ -8,7 +8,7 @@ and for Ray the cluster's GCS, raylets and workers), polled every 50 ms. The tar
 that the Ray path returns the local path's results (same keys, same values to 1e-6), not a speed:
 on a 2-core box shared with the server, 2 workers cannot beat the local executor by much, and the
 scaling expected on a real cluster is worked out in docs/scale.md. ``--smoke``: 2 checkpoints, one
-metric, 1 worker; its figures mean nothing.
+metric, 1 worker; its figures mean nothing (not part of ``run_all.py --smoke``: see NOT_IN_SMOKE).
 """
 
 from __future__ import annotations
