@@ -62,10 +62,15 @@ def random_projection(n_features: int, k: int, seed: int = 0) -> np.ndarray | sp
 
 def _scatter_merge(n_a: int, mean_a: np.ndarray, m2_a: np.ndarray | None, x: np.ndarray, diag: bool = False):
     """Chan et al. merge of (n, mean, centred scatter) with a batch; returns the merged triple."""
-    n_b = x.shape[0]
     mean_b = x.mean(axis=0)
     xc = x - mean_b
-    m2_b = np.einsum("ij,ij->j", xc, xc) if diag else xc.T @ xc
+    return _scatter_combine(n_a, mean_a, m2_a, x.shape[0], mean_b,
+                            np.einsum("ij,ij->j", xc, xc) if diag else xc.T @ xc, diag)
+
+
+def _scatter_combine(n_a: int, mean_a: np.ndarray | None, m2_a: np.ndarray | None, n_b: int, mean_b: np.ndarray,
+                     m2_b: np.ndarray, diag: bool = False):
+    """Chan et al. merge of two (n, mean, centred scatter) triples."""
     if n_a == 0 or m2_a is None:
         return n_b, mean_b, m2_b
     n = n_a + n_b
@@ -155,6 +160,45 @@ class StreamingCovariance:
                 self._proj = random_projection(self.n_features, self.dim, self.seed)
         self._mean, self._m2 = None, None
         self._fold(self._project(rows))
+
+    def merge(self, other: "StreamingCovariance") -> None:
+        """Fold in an accumulator (same settings) that was fed the rows after this one's.
+
+        Exact (Chan et al.'s pairwise merge of centred scatters): the result is what one
+        accumulator fed every row would hold, up to float rounding. Not possible once a side chose
+        PCA directions from its own rows (a layer wider than ``max_dim`` with ``projection="pca"``):
+        that raises ValueError. Random projections merge, as both sides draw the same matrix.
+        """
+        if (other.max_dim, other.projection, other.seed) != (self.max_dim, self.projection, self.seed):
+            raise ValueError("only accumulators with the same max_dim, projection and seed can merge")
+        if other.n == 0:
+            return
+        if self.n == 0:
+            vars(self).update({k: (list(v) if isinstance(v, list) else v) for k, v in vars(other).items()})
+            return
+        if other.n_features != self.n_features:
+            raise ValueError(f"cannot merge {other.n_features} features into {self.n_features}")
+        if self.projection == "pca" and (self.projected or other.projected):
+            raise ValueError("PCA-projected accumulators cannot merge: each chose its directions from its own rows")
+        n = self.n + other.n
+        _, self._raw_mean, self._raw_m2 = _scatter_combine(self.n, self._raw_mean, self._raw_m2, other.n,
+                                                           other._raw_mean, other._raw_m2, diag=True)
+        if self._buffer is not None and other._buffer is not None:
+            self._buffer = self._buffer + other._buffer
+            self.n = n
+            if n > self.dim:
+                self._fold_buffer()
+            return
+        if self._buffer is not None:  # fold ours through the other side's (identical) projection first
+            self._proj = other._proj
+            rows, self._buffer = np.concatenate(self._buffer), None
+            self._mean, self._m2 = None, None
+            self._fold(self._project(rows))
+        mean_b, m2_b = other._mean, other._m2
+        if other._buffer is not None:
+            _, mean_b, m2_b = _scatter_merge(0, None, None, self._project(np.concatenate(other._buffer)))
+        _, self._mean, self._m2 = _scatter_combine(self.n, self._mean, self._m2, other.n, mean_b, m2_b)
+        self.n = n
 
     @property
     def mean(self) -> np.ndarray:
@@ -259,6 +303,33 @@ class ReservoirSampler:
             store[slot[rows]] = a[rows]
         self._order[slot[rows]] = t[rows]
         self.n_seen += b
+
+    def merge(self, other: "ReservoirSampler") -> None:
+        """Fold in a sampler (same capacity) that was offered the rows after this one's.
+
+        A weighted merge: how many kept rows come from each side is drawn from the hypergeometric
+        law of a uniform sample of the joint stream, then that many are drawn uniformly from each
+        side's sample; the result is a uniform sample without replacement of the joint stream
+        (exact in distribution, not the same rows one sampler would have kept). ``other``'s
+        arrival indices are shifted by this side's ``n_seen``.
+        """
+        if other.capacity != self.capacity:
+            raise ValueError(f"cannot merge a sampler of capacity {other.capacity} into one of {self.capacity}")
+        if other._store is None:
+            return
+        if self._store is None:
+            self._store, self._order = [s.copy() for s in other._store], other._order.copy()
+            self.n_seen = other.n_seen
+            return
+        k = min(self.capacity, self.n_seen + other.n_seen)
+        from_self = int(self._rng.hypergeometric(self.n_seen, other.n_seen, k))
+        mine = self._rng.choice(self.n_kept, from_self, replace=False)
+        theirs = self._rng.choice(other.n_kept, k - from_self, replace=False)
+        self._store = [np.concatenate([a[mine], b[theirs], a[: self.capacity - k]]) for a, b in
+                       zip(self._store, other._store)]
+        order = np.concatenate([self._order[mine], other._order[theirs] + self.n_seen])
+        self._order = np.concatenate([order, np.full(self.capacity - k, -1, dtype=np.int64)])
+        self.n_seen += other.n_seen
 
     def sample(self) -> tuple[np.ndarray, ...]:
         """The kept rows of each array, in arrival order (copies)."""

@@ -235,10 +235,7 @@ class RunExecutor:
         start = time.perf_counter()
         self._deadline = time.monotonic() + self.max_seconds
         try:
-            guards = self._instantiate()
-            n_samples = self._forward(guards) if self.plan.needs_data else 0
-            self.info.num_samples = n_samples
-            self._finish(guards, n_samples)
+            self._run()
             for result in self.plan.skipped:
                 self._record(result)
             self.info.status = pb.RUN_STATUS_COMPLETED
@@ -269,6 +266,14 @@ class RunExecutor:
             self._progress("done", 1, 1, run_status_name(self.info.status))
             self.emit(pb.AnalyzeResponse(finished=self.info))
         return self.info
+
+    def _run(self) -> None:
+        """The run's work: metrics started, fed every batch, finished into results (``RayRunExecutor``
+        spreads this over a cluster; each of its tasks runs this same method for its share)."""
+        guards = self._instantiate()
+        n_samples = self._forward(guards) if self.plan.needs_data else 0
+        self.info.num_samples = n_samples
+        self._finish(guards, n_samples)
 
     def _instantiate(self) -> list[GuardedMetric]:
         guards = []
@@ -301,13 +306,11 @@ class RunExecutor:
             raise InvalidInput("the metrics need data: name a dataset or stream DataBatch messages")
         return int(self.plan.config.expected_samples), self.client_batches
 
-    def _forward(self, guards: list[GuardedMetric]) -> int:
-        total, batches = self._batches()
+    def _limited_batches(self, batches: Iterator[InputBatch]) -> Iterator[tuple[int, dict[str, np.ndarray],
+                                                                               np.ndarray | None, int]]:
+        """(index, inputs, labels, size) of each batch, checked against batch_size and cut at sample_limit."""
         limit = int(self.plan.config.sample_limit) or None
-        captures = self.plan.captures()
-        data_guards = [g for g in guards if g.planned.needs_forward]
         done = 0
-        self._progress("forward", 0, total)
         for index, (inputs, labels) in enumerate(batches):
             self._check()
             size = len(next(iter(inputs.values())))
@@ -320,6 +323,18 @@ class RunExecutor:
                 size = keep
             if size <= 0:
                 break
+            yield index, inputs, labels, size
+            done += size
+            if limit is not None and done >= limit:
+                break
+
+    def _forward(self, guards: list[GuardedMetric]) -> int:
+        total, batches = self._batches()
+        captures = self.plan.captures()
+        data_guards = [g for g in guards if g.planned.needs_forward]
+        done = 0
+        self._progress("forward", 0, total)
+        for index, inputs, labels, size in self._limited_batches(batches):
             for ckpt_index, ckpt in enumerate(self.plan.checkpoints):
                 out = ckpt.run(inputs, captures, cancelled=self._cancelled)
                 busy = []
@@ -333,8 +348,6 @@ class RunExecutor:
                     guard.end()
             done += size
             self._progress("forward", done, total)
-            if limit is not None and done >= limit:
-                break
         if done == 0:
             raise InvalidInput("the data source produced no samples")
         return done
@@ -375,7 +388,8 @@ class RunExecutor:
         self.info.num_failed += result.status == "failed"
         self.emit(pb.AnalyzeResponse(result=result))
 
-    def _to_results(self, guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:
+    @staticmethod
+    def _to_results(guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:
         def base(layer: str) -> pb.MetricResult:
             result = pb.MetricResult(metric=guard.planned.name, layer=layer, checkpoint=guard.checkpoint,
                                      num_samples=n_samples, warnings=guard.ctx.warnings)

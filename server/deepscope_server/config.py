@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,12 @@ class Settings:
     #: "process": client models load and run in sandboxed worker processes (memory cap, real
     #: deadlines, crashes contained); "thread": in the server process (trusted models, no copy).
     model_isolation: str = "process"
+    #: "local": runs execute in this server; "ray": each checkpoint of a run is a task on a Ray
+    #: cluster (``ray_executor.py``, docs/scale.md).
+    executor: str = "local"
+    ray_address: str = "auto"  #: what ``ray.init(address=...)`` gets: "auto", "ray://host:10001", "host:6379"
+    ray_gpus_per_task: float = 0.0  #: GPUs each Ray task asks for (0: CPU-only tasks)
+    ray_data_shards: int = 0  #: data shards per checkpoint for mergeable metrics (0: from the cluster's CPUs)
     #: Maintenance commands (no server starts): see storecheck.py.
     check_store: bool = False
     rebuild_catalogue: bool = False
@@ -117,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("model_isolation", d.model_isolation),
                    help="load and run client models in sandboxed worker processes (default) or in the server "
                    "process (trusted models only)")
+    p.add_argument("--executor", choices=["local", "ray"], default=_env("executor", d.executor),
+                   help="run analyses in this server (default) or spread their checkpoints over a Ray cluster "
+                   "(needs deepscope-server[ray]; see docs/scale.md)")
+    p.add_argument("--ray-address", default=_env("ray_address", d.ray_address),
+                   help="the Ray cluster to join with --executor ray (default auto: the local `ray start` cluster)")
+    p.add_argument("--ray-gpus-per-task", type=float, default=float(_env("ray_gpus_per_task", d.ray_gpus_per_task)),
+                   help="GPUs each Ray task asks for (e.g. 1 with --device cuda); 0 keeps tasks CPU-only")
+    p.add_argument("--ray-data-shards", type=int, default=int(_env("ray_data_shards", d.ray_data_shards)),
+                   help="split a checkpoint's data over this many Ray tasks for metrics that can merge "
+                   "(0: as many as the cluster's CPUs allow; 1: never split)")
     store_commands = p.add_mutually_exclusive_group()  # commands, not settings: no environment variables
     store_commands.add_argument("--check-store", action="store_true",
                                 help="check the store (SQLite integrity, catalogue vs model files), print a report "
@@ -143,6 +160,10 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     if token is not None and len(token) < 16:
         raise SystemExit("the auth token must be at least 16 characters (e.g. python -c 'import secrets; "
                          "print(secrets.token_urlsafe(32))')")
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise SystemExit("--executor ray needs Ray, which is not installed: pip install 'deepscope-server[ray]'")
+    if args.ray_gpus_per_task < 0 or args.ray_data_shards < 0:
+        raise SystemExit("--ray-gpus-per-task and --ray-data-shards must be >= 0")
     limits = Limits(**{name: getattr(args, name) for name in vars(Limits())})
     return Settings(
         host=args.host, port=args.port, store=args.store, model_dir=args.model_dir,
@@ -152,7 +173,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         plugin_modules=list(args.plugin_modules), device=args.device, auth_token=token, allow_unauthenticated=args.allow_unauthenticated,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         port_file=args.port_file, workers=args.workers, metric_isolation=args.metric_isolation,
-        model_isolation=args.model_isolation,
+        model_isolation=args.model_isolation, executor=args.executor, ray_address=args.ray_address,
+        ray_gpus_per_task=args.ray_gpus_per_task, ray_data_shards=args.ray_data_shards,
         check_store=args.check_store, rebuild_catalogue=args.rebuild_catalogue,
         limits=limits,
     )

@@ -32,6 +32,7 @@ metric's statistics, not by the number of samples), ``finish()`` returns
 ``{layer_name: {key: value}}`` (use ``WHOLE_MODEL`` as the layer for model-level values).
 Values may be: int/float/bool, str, numpy arrays (vector/matrix/tensor), ``Curve``, ``Table`` or ``Graph``.
 Weight-only metrics (``needs = Needs.WEIGHTS``) get no ``update`` calls and no forward pass runs.
+Optionally, ``merge(other)`` folds another instance's state in (see ``Metric.merge``).
 """
 
 from __future__ import annotations
@@ -267,6 +268,18 @@ class Metric:
     def finish(self) -> dict[str, dict[str, Any]]:
         """Return ``{layer_name: {key: value}}``."""
         raise NotImplementedError
+
+    # Optional: metrics whose state is a sum (counts, moments, scatter matrices, reservoirs) define
+    # ``merge(self, other)``, which folds the state of ``other`` (same class, params and layers,
+    # started and fed the batches that come *after* this instance's batches) into ``self``, so that
+    # ``finish()`` returns what one instance fed every batch in order would return. Distributed
+    # executors then split a checkpoint's data over several instances (docs/writing-a-plugin.md).
+    merge: ClassVar[Callable[["Metric", "Metric"], None] | None] = None
+
+    @classmethod
+    def mergeable(cls, params: Mapping[str, Any], layers: Sequence[Layer]) -> bool:
+        """Whether ``merge`` is exact for these parameters and layers (default: whether the class defines it)."""
+        return callable(cls.merge)
 
 
 class Dataset(Protocol):

@@ -23,7 +23,7 @@ from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, checksum, from
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from . import __version__, convert, rich_status, shared_memory
+from . import __version__, convert, ray_executor, rich_status, shared_memory
 from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .backends.inputs import format_shape
@@ -243,6 +243,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         self._runs = threading.BoundedSemaphore(self.limits.max_concurrent_runs)
         self.active_cancels: set[threading.Event] = set()
         self.segments = shared_memory.SegmentPool(self.limits.max_capture_bytes, self.limits.shared_memory_seconds)
+        self.ray = ray_executor.connect(settings) if settings.executor == "ray" else None
 
     # ------------------------------------------------------------ server
 
@@ -476,6 +477,8 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
                                client_queue.items() if needs_client_data else None,
                                isolation=self.settings.metric_isolation,
                                memory_bytes=self.limits.metric_memory_bytes)
+        if self.ray is not None:  # --executor ray: the same run, its checkpoints as Ray tasks
+            executor = ray_executor.on_ray(executor, self.ray)
         first_model = plan.checkpoints[0]
 
         def work() -> None:

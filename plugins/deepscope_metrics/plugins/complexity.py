@@ -472,6 +472,22 @@ that recipe on random and trained, dense and conv representations
             if layer.name in batch.outputs:
                 self.cov[layer.name].update(unit_view(batch.outputs[layer.name], layer, self.params["reduce"]))
 
+    @classmethod
+    def mergeable(cls, params, layers) -> bool:  # noqa: ANN001
+        """Exact unless a layer wider than max_dim is PCA-projected (each part would pick its own directions)."""
+        def units(layer) -> float:  # noqa: ANN001 - the width unit_view gives, inf when unknown
+            shape = layer.output_shapes[0][1:] if layer.output_shapes else ()
+            if not shape or None in shape:
+                return 1 if not shape else float("inf")
+            axis = layer.channel_axis - (layer.channel_axis > 0)
+            return int(np.prod(shape)) if params["reduce"] == "flatten" else shape[axis]
+        return params["projection"] == "random" or all(units(layer) <= params["max_dim"] for layer in layers)
+
+    def merge(self, other: "EffectiveDimension") -> None:
+        """The streamed covariances merge exactly (StreamingCovariance.merge)."""
+        for name, cov in self.cov.items():
+            cov.merge(other.cov[name])
+
     def finish(self) -> dict[str, dict[str, Any]]:
         p = self.params
         results = {}

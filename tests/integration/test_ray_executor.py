@@ -1,0 +1,185 @@
+"""``--executor ray`` on a real two-node Ray cluster on this machine (head + one worker node, 1 CPU each).
+
+One cluster for the module (starting Ray takes seconds); the node-loss test runs last because it
+removes the worker node. Results are compared with the local executor's on the same models.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import deepscope
+from deepscope.results import Curve, GraphData
+
+from .conftest import _child_env, start_server
+
+ray = pytest.importorskip("ray", reason="the Ray executor needs deepscope-server[ray]")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+METRICS = ["example.activation_moments", "example.weight_spectrum", "dimension.effective"]
+OBJECT_STORE = 80 << 20  # Ray's minimum is 75 MiB; the runs here move kilobytes
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[Cluster, object]]:
+    _child_env()  # the nodes' workers import the test plugins too
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE})
+    worker = cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)  # to look at the cluster from the test
+    try:
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_client(cluster, tmp_path_factory) -> Iterator[deepscope.Client]:
+    # Metrics in threads inside each task (process isolation is tested with the local executor; here it
+    # would only multiply processes on a 2-core box); models load in the sandbox, as by default.
+    server, address = start_server(tmp_path_factory.mktemp("ray-store"), executor="ray",
+                                   ray_address=cluster[0].address, metric_isolation="thread")
+    try:
+        with deepscope.connect(address, token=server.token, progress=False) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> list:
+    from deepscope_server import zoo
+
+    out = tmp_path_factory.mktemp("ckpts")
+    paths = []
+    for seed in range(4):
+        model, example = zoo.build("mlp", seed=seed)
+        paths.append(zoo.export(model, example, out / f"ckpt{seed}", formats=("onnx",))["onnx"])
+    return paths
+
+
+def _upload(client: deepscope.Client, paths: list) -> list:
+    return [client.upload_model(p, name=f"ckpt{i}.onnx") for i, p in enumerate(paths)]
+
+
+def _same(a: object, b: object, where: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, Curve):
+        _same(a.x, b.x, where + ".x")
+        _same(a.y, b.y, where + ".y")
+    elif isinstance(a, GraphData):
+        _same(a.weights, b.weights, where + ".weights")
+    elif isinstance(a, (np.ndarray, float)) and np.asarray(a).dtype.kind == "f":
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=where)
+    elif hasattr(a, "columns"):
+        _same(dict(a.columns), dict(b.columns), where)
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert a == b, where
+
+
+def _assert_same_runs(local: deepscope.Run, remote: deepscope.Run) -> None:
+    keys = sorted((r.metric, r.layer, r.checkpoint, r.status) for r in local.results)
+    assert sorted((r.metric, r.layer, r.checkpoint, r.status) for r in remote.results) == keys
+    assert remote.info.num_samples == local.info.num_samples
+    for metric, layer, checkpoint, status in keys:
+        if status == "ok":
+            _same(local.result(metric, layer, checkpoint), remote.result(metric, layer, checkpoint),
+                  f"{metric}/{layer}/{checkpoint}")
+
+
+def _nodes(events: list) -> set[str]:
+    """Node ids the server named in its per-checkpoint "loading" events."""
+    ids = {node["NodeID"][:8] for node in ray.nodes()}
+    return {i for e in events if e.WhichOneof("event") == "progress" and e.progress.stage == "loading"
+            for i in ids if i in e.progress.message}
+
+
+def test_four_checkpoints_match_the_local_executor_and_use_both_nodes(ray_client, client, checkpoints):
+    events: list = []
+    remote = ray_client.analyze(_upload(ray_client, checkpoints), data="digits", limit=96, batch_size=32,
+                                metrics=METRICS, on_event=events.append)
+    local = client.analyze(_upload(client, checkpoints), data="digits", limit=96, batch_size=32, metrics=METRICS)
+    assert remote.status == "completed" and local.status == "completed"
+    assert not remote.failures and {r.checkpoint for r in remote.results} == {0, 1, 2, 3}
+    _assert_same_runs(local, remote)
+    assert len(_nodes(events)) == 2, "every checkpoint ran on one node"
+    # The SDK's tracker reads the relayed events as it reads the local executor's.
+    assert remote.events[-1].stage == "done" and remote.events[-1].message == "completed"
+
+
+def test_one_checkpoint_splits_its_data_for_mergeable_metrics(ray_client, client, checkpoints):
+    """2 CPUs, 1 checkpoint: dimension.effective runs on two data shards and is merged; the covariance
+    merge is exact, so the spectrum equals one pass over all the data."""
+    events: list = []
+    remote = ray_client.analyze(_upload(ray_client, checkpoints[:1]), data="digits", limit=128, batch_size=16,
+                                metrics=["dimension.effective", "example.activation_moments"],
+                                on_event=events.append)
+    local = client.analyze(_upload(client, checkpoints[:1]), data="digits", limit=128, batch_size=16,
+                           metrics=["dimension.effective", "example.activation_moments"])
+    assert any("data shard 1" in e.progress.message for e in events if e.WhichOneof("event") == "progress")
+    assert remote.status == "completed" and not remote.failures
+    _assert_same_runs(local, remote)
+
+
+def _ray_cpus_free(total: float, within: float = 30.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= total:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_cancelling_mid_run_leaves_no_ray_task(ray_client, checkpoints):
+    models = _upload(ray_client, checkpoints[:2])
+    total = ray.cluster_resources()["CPU"]
+    with pytest.raises(deepscope.DeadlineExceeded):
+        ray_client.analyze(models, data="digits", split="all", batch_size=16, metrics=["testing.slow"],
+                           params={"testing.slow": {"seconds": 0.5}}, timeout=6.0)
+    assert _ray_cpus_free(total), f"Ray tasks still hold CPUs: {ray.available_resources()}"
+    deadline = time.monotonic() + 20
+    while (latest := ray_client.runs(1)[0]).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert latest.status == "cancelled"
+
+
+def test_losing_a_worker_node_fails_only_its_checkpoint(cluster, ray_client, checkpoints):
+    """Runs last: it removes the worker node."""
+    cluster_, worker = cluster
+    worker_id = worker.node_id[:8]
+    events: list = []
+    killed = threading.Event()
+
+    def on_event(event) -> None:  # noqa: ANN001 - kill the node once both checkpoints are running
+        events.append(event)
+        loading = [e for e in events if e.WhichOneof("event") == "progress" and e.progress.stage == "loading"]
+        forward = [e for e in events if e.WhichOneof("event") == "progress" and e.progress.stage == "forward"]
+        if len(loading) == 2 and forward and not killed.is_set():
+            killed.set()
+            threading.Thread(target=cluster_.remove_node, args=(worker, False), daemon=True).start()
+
+    run = ray_client.analyze(_upload(ray_client, checkpoints[:2]), data="digits", limit=96, batch_size=16,
+                             metrics=["testing.slow", "example.weight_spectrum"],
+                             params={"testing.slow": {"seconds": 0.4}}, on_event=on_event)
+    assert killed.is_set()
+    on_worker = {int(e.progress.message.split()[1]) for e in events
+                 if e.WhichOneof("event") == "progress" and e.progress.stage == "loading"
+                 and worker_id in e.progress.message}
+    assert len(on_worker) == 1
+    lost = on_worker.pop()
+    assert run.status == "completed"
+    failed = {(r.metric, r.checkpoint) for r in run.results if r.status == "failed"}
+    assert failed == {("testing.slow", lost), ("example.weight_spectrum", lost)}
+    assert all(f"checkpoint {lost} on node" in r.error for r in run.results if r.status == "failed")
+    assert all(r.status == "ok" for r in run.results if r.checkpoint != lost)
