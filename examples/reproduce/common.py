@@ -177,9 +177,10 @@ def pick_key(run: deepscope.Run, metric: str, preferred: Sequence[str]) -> str:
 
 def measure(checkpoints: Sequence[Checkpoint], data: Digits, metrics: Sequence[str], layers: Sequence[str] = (),
             params: dict[str, dict[str, Any]] | None = None, store: Path | None = None,
-            client: deepscope.Client | None = None) -> tuple[deepscope.Run, pd.DataFrame]:
-    """Upload the checkpoints, analyse them as one series on the held-out digits, and return the run
-    with a tidy frame of scalar results joined to the checkpoints' seed, epoch and accuracy."""
+            client: deepscope.Client | None = None, samples: str = "test") -> tuple[deepscope.Run, pd.DataFrame]:
+    """Upload the checkpoints, analyse them as one series on the held-out digits (``samples="all"``:
+    all 1,797, for metrics that fit models to the representations and need the rows), and return the
+    run with a tidy frame of scalar results joined to the checkpoints' seed, epoch and accuracy."""
     own = client is None
     timer = Timer()
     client = client or deepscope.Client.embedded(store=store, progress=False)
@@ -187,6 +188,8 @@ def measure(checkpoints: Sequence[Checkpoint], data: Digits, metrics: Sequence[s
         print(f"  server ready ({timer.seconds():.0f} s); uploading {len(checkpoints)} checkpoints", flush=True)
         models = [client.upload_model(c.path) for c in checkpoints]
         x, y = data.x_test.numpy(), data.y_test.numpy()
+        if samples == "all":
+            x, y = np.concatenate([data.x_train.numpy(), x]), np.concatenate([data.y_train.numpy(), y])
         print(f"  analysing ({timer.seconds():.0f} s): {', '.join(metrics)}", flush=True)
         run = client.analyze(models, data=(x, y), metrics=list(metrics), layers=list(layers), params=params or {},
                              batch_size=len(x))
