@@ -171,7 +171,7 @@ def authors_correlation_dimension(
         valid = valid[valid.size // 4 : 3 * valid.size // 4]
     mask = np.zeros(radii.size, bool)
     mask[valid] = True
-    slope = float(np.polyfit(np.log(radii[valid]), np.log(c[valid]), 1)[0])
+    slope = linear_fit(np.log(radii[valid]), np.log(c[valid])).slope
     return KnnCorrelationDimension(max(0.0, slope), slope, radii, c, mask, n, k)
 
 
