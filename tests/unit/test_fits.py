@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from deepscope_metrics.fits import fit_power_law, linear_fit
 
 
