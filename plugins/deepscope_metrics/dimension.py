@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .powerlaw import fit_power_law
+from .fits import fit_power_law
 
 __all__ = [
     "DEFAULT_TAUS",

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special, stats
 
-from .streaming import ReservoirSampler
+from .streaming import ReservoirSampler, merge_moments
 
 DEAD, NPT_ALIVE, OPT = 0, 1, 2
 MODE_CODES = "0=dead,1=npt_alive,2=opt"
@@ -349,6 +349,12 @@ class ModeStats:
 # ------------------------------------------------------ later version: RPD and L-Map (reconstructed)
 
 
+def _pair_products(d: np.ndarray) -> np.ndarray:
+    """``[hh, yy, hy]`` products of stacked ``[h, y]`` deviations: the co-moments PairMoments keeps."""
+    h, y = d[0], d[1]
+    return np.stack([h * h, y * y, h * y])
+
+
 class PairMoments:
     """Streamed per-unit means, variances and covariance of (h, y) (Chan et al.'s pairwise merge, float64).
 
@@ -357,28 +363,23 @@ class PairMoments:
 
     def __init__(self, n_units: int) -> None:
         self.n = 0
-        self.mean_h = np.zeros(n_units)
-        self.mean_y = np.zeros(n_units)
-        self.m2_h = np.zeros(n_units)
-        self.m2_y = np.zeros(n_units)
-        self.c_hy = np.zeros(n_units)
+        self._mean = np.zeros((2, n_units))  # [mean_h, mean_y]
+        self._m2 = np.zeros((3, n_units))  # centred [Σhh, Σyy, Σhy]
 
     def update(self, h: np.ndarray, y: np.ndarray) -> None:
-        h, y = np.asarray(h, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        nb = h.shape[0]
-        if nb == 0:
+        hy = np.stack([np.asarray(h, dtype=np.float64), np.asarray(y, dtype=np.float64)])  # [2, rows, units]
+        if hy.shape[1] == 0:
             return
-        mh, my = h.mean(axis=0), y.mean(axis=0)
-        dh, dy = h - mh, y - my
-        n = self.n + nb
-        delta_h, delta_y = mh - self.mean_h, my - self.mean_y
-        w = self.n * nb / n
-        self.m2_h += (dh * dh).sum(axis=0) + delta_h * delta_h * w
-        self.m2_y += (dy * dy).sum(axis=0) + delta_y * delta_y * w
-        self.c_hy += (dh * dy).sum(axis=0) + delta_h * delta_y * w
-        self.mean_h += delta_h * nb / n
-        self.mean_y += delta_y * nb / n
-        self.n = n
+        mean_b = hy.mean(axis=1)
+        m2_b = _pair_products(hy - mean_b[:, None]).sum(axis=1)
+        self.n, self._mean, self._m2 = merge_moments(self.n, self._mean, self._m2, hy.shape[1], mean_b, m2_b,
+                                                     _pair_products)
+
+    mean_h = property(lambda self: self._mean[0])
+    mean_y = property(lambda self: self._mean[1])
+    m2_h = property(lambda self: self._m2[0])
+    m2_y = property(lambda self: self._m2[1])
+    c_hy = property(lambda self: self._m2[2])
 
 
 def linear_substitution(m: PairMoments) -> dict[str, Any]:

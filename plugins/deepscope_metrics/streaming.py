@@ -30,12 +30,13 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ReservoirSampler", "StreamingCovariance", "random_projection"]
+__all__ = ["ReservoirSampler", "StreamingCovariance", "merge_moments", "random_projection"]
 
 #: Above this many dense entries (d · k) random projections are sparse (Li et al. 2006).
 _DENSE_PROJECTION_LIMIT = 1 << 22
@@ -60,23 +61,31 @@ def random_projection(n_features: int, k: int, seed: int = 0) -> np.ndarray | sp
     return sp.csr_matrix((values, (flat // k, flat % k)), shape=(n_features, k))
 
 
-def _scatter_merge(n_a: int, mean_a: np.ndarray, m2_a: np.ndarray | None, x: np.ndarray, diag: bool = False):
+def _outer(d: np.ndarray) -> np.ndarray:
+    return np.outer(d, d)
+
+
+def _scatter_merge(n_a: int, mean_a: np.ndarray | None, m2_a: np.ndarray | None, x: np.ndarray, diag: bool = False):
     """Chan et al. merge of (n, mean, centred scatter) with a batch; returns the merged triple."""
     mean_b = x.mean(axis=0)
     xc = x - mean_b
-    return _scatter_combine(n_a, mean_a, m2_a, x.shape[0], mean_b,
-                            np.einsum("ij,ij->j", xc, xc) if diag else xc.T @ xc, diag)
+    return merge_moments(n_a, mean_a, m2_a, x.shape[0], mean_b,
+                         np.einsum("ij,ij->j", xc, xc) if diag else xc.T @ xc, np.square if diag else _outer)
 
 
-def _scatter_combine(n_a: int, mean_a: np.ndarray | None, m2_a: np.ndarray | None, n_b: int, mean_b: np.ndarray,
-                     m2_b: np.ndarray, diag: bool = False):
-    """Chan et al. merge of two (n, mean, centred scatter) triples."""
+def merge_moments(n_a: int, mean_a: np.ndarray | None, m2_a: np.ndarray | None, n_b: int, mean_b: np.ndarray,
+                  m2_b: np.ndarray, product: Callable[[np.ndarray], np.ndarray] = _outer):
+    """Chan–Golub–LeVeque merge of two (n, mean, centred scatter) triples; returns the merged triple.
+
+    Merging centred sums avoids the cancellation of ``Σxxᵀ − n·μμᵀ``. ``product`` says which
+    scatter is kept: ``δδᵀ`` (default) a full scatter matrix, ``np.square`` per-feature sums of
+    squares, or any map of the mean difference with the scatter's shape (e.g. co-moments).
+    """
     if n_a == 0 or m2_a is None:
         return n_b, mean_b, m2_b
     n = n_a + n_b
     delta = mean_b - mean_a
-    corr = (delta * delta if diag else np.outer(delta, delta)) * (n_a * n_b / n)
-    return n, mean_a + delta * (n_b / n), m2_a + m2_b + corr
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + product(delta) * (n_a * n_b / n)
 
 
 class StreamingCovariance:
@@ -181,8 +190,8 @@ class StreamingCovariance:
         if self.projection == "pca" and (self.projected or other.projected):
             raise ValueError("PCA-projected accumulators cannot merge: each chose its directions from its own rows")
         n = self.n + other.n
-        _, self._raw_mean, self._raw_m2 = _scatter_combine(self.n, self._raw_mean, self._raw_m2, other.n,
-                                                           other._raw_mean, other._raw_m2, diag=True)
+        _, self._raw_mean, self._raw_m2 = merge_moments(self.n, self._raw_mean, self._raw_m2, other.n,
+                                                        other._raw_mean, other._raw_m2, np.square)
         if self._buffer is not None and other._buffer is not None:
             self._buffer = self._buffer + other._buffer
             self.n = n
@@ -197,7 +206,7 @@ class StreamingCovariance:
         mean_b, m2_b = other._mean, other._m2
         if other._buffer is not None:
             _, mean_b, m2_b = _scatter_merge(0, None, None, self._project(np.concatenate(other._buffer)))
-        _, self._mean, self._m2 = _scatter_combine(self.n, self._mean, self._m2, other.n, mean_b, m2_b)
+        _, self._mean, self._m2 = merge_moments(self.n, self._mean, self._m2, other.n, mean_b, m2_b)
         self.n = n
 
     @property

@@ -16,7 +16,7 @@ from deepscope_metrics.dimension import (
     spectrum_dimensions,
 )
 from deepscope_metrics.plugins.complexity import EffectiveDimension
-from deepscope_metrics.powerlaw import fit_power_law
+from deepscope_metrics.fits import fit_power_law
 
 
 # ------------------------------------------------------------------ hand-computed spectra

@@ -101,10 +101,10 @@ def test_spectrum_exponent_recovers_power_law_and_sigma():
 
 
 def test_spectrum_streaming_matches_one_shot_covariance():
-    from deepscope_metrics.fractal.spectrum import CovarianceAccumulator
+    from deepscope_metrics.streaming import StreamingCovariance  # what the spectrum metric streams into
 
     x = np.random.default_rng(6).normal(loc=1e4, size=(1000, 7))  # large offset: cancellation check
-    acc = CovarianceAccumulator()
+    acc = StreamingCovariance()
     for lo in range(0, 1000, 33):
         acc.update(x[lo : lo + 33])
     np.testing.assert_allclose(acc.covariance(), np.cov(x, rowvar=False), rtol=1e-9, atol=1e-9)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..streaming import merge_moments
 from .geometry import ConvGeometry, kernel_as_2d
 
 
@@ -57,13 +58,6 @@ def neuron_strength_conv(K: np.ndarray, a_prev: np.ndarray, geo: ConvGeometry) -
     return (out[:, :, 0, :] if one_d else out).numpy()
 
 
-def _merge(mean_a: np.ndarray, m2_a: np.ndarray, n_a: int, mean_b: np.ndarray, m2_b: np.ndarray, n_b: int):
-    """Chan et al. pairwise merge of (mean, centred sum of squares): no Σx² − nμ² cancellation."""
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return mean_a + delta * (n_b / n), m2_a + m2_b + np.square(delta) * (n_a * n_b / n)
-
-
 class StreamingDistribution:
     """Streams ``[B, neurons...]`` batches into per-neuron moments, per-sample fluctuation and a reservoir.
 
@@ -87,14 +81,13 @@ class StreamingDistribution:
         v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
         if v.shape[0] == 0:
             return
-        if self.mean is None:
-            self.mean, self.m2 = np.zeros(v.shape[1]), np.zeros(v.shape[1])
         n0, nb = self.n, v.shape[0]
         self.n = n0 + nb
-        self.mean, self.m2 = _merge(self.mean, self.m2, n0, v.mean(axis=0), np.square(v - v.mean(axis=0)).sum(axis=0), nb)
+        _, self.mean, self.m2 = merge_moments(n0, self.mean, self.m2, nb, v.mean(axis=0),
+                                              np.square(v - v.mean(axis=0)).sum(axis=0), np.square)
         y = v.std(axis=1)  # input-dependent fluctuation of each sample
-        fm, fm2 = _merge(np.array(self.fl_mean), np.array(self.fl_m2), n0, np.array(y.mean()),
-                         np.array(np.square(y - y.mean()).sum()), nb)
+        _, fm, fm2 = merge_moments(n0, np.array(self.fl_mean), np.array(self.fl_m2), nb, np.array(y.mean()),
+                                   np.array(np.square(y - y.mean()).sum()), np.square)
         self.fl_mean, self.fl_m2 = float(fm), float(fm2)
         self.vmin, self.vmax = min(self.vmin, float(v.min())), max(self.vmax, float(v.max()))
         self._sample(v.ravel())

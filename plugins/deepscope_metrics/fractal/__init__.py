@@ -21,12 +21,12 @@ from .correlation import (
 from .feature_graph import FeatureGraph, PairDistanceAccumulator, feature_graph
 from .graphs import lattice, path, sierpinski_gasket, uv_flower, uv_flower_dimension
 from .scaling import ScalingFit, fit_box_counts
-from .spectrum import CovarianceAccumulator, PowerLawFit, power_law_mle, spectrum_exponent, top_eigenvalues
+from .spectrum import PowerLawDensityFit, power_law_mle, spectrum_exponent, top_eigenvalues
 from .ss_rate import SSRate, ss_rate, ss_rate_batches, ss_rate_from_distances
 
 __all__ = [
-    "BoxCovering", "CorrelationDimension", "KnnCorrelationDimension", "CovarianceAccumulator", "FeatureGraph", "PairDistanceAccumulator",
-    "PowerLawFit", "S2ConLoss", "SSRate", "ScalingFit", "box_covering", "box_covering_networkx_baseline",
+    "BoxCovering", "CorrelationDimension", "KnnCorrelationDimension", "FeatureGraph", "PairDistanceAccumulator",
+    "PowerLawDensityFit", "S2ConLoss", "SSRate", "ScalingFit", "box_covering", "box_covering_networkx_baseline",
     "authors_correlation_dimension", "check_cover", "correlation_dimension", "dimension_fluctuation", "distance_matrix", "feature_graph", "fit_box_counts", "lattice",
     "path", "power_law_mle", "reduce_dimension", "sierpinski_gasket", "spectrum_exponent", "ss_rate", "ss_rate_batches", "top_eigenvalues",
     "ss_rate_from_distances", "ss_rate_torch", "uv_flower", "uv_flower_dimension",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.distance import pdist
 
-from .scaling import linear_fit
+from ..fits import linear_fit
 
 NORMALISATIONS = ("l2", "standard", "none")
 REDUCTIONS = ("auto", "umap", "pca", "none")
@@ -76,8 +76,8 @@ def correlation_dimension(
     radii = np.geomspace(lo, hi, n_radii)
     c = np.searchsorted(d, radii, side="left") / d.size
     ok = c > 0
-    slope, _, r2 = linear_fit(np.log(radii[ok]), np.log(c[ok]))
-    return CorrelationDimension(slope, r2, radii, c, n, p, "" if np.isfinite(slope) else "fit failed")
+    fit = linear_fit(np.log(radii[ok]), np.log(c[ok]))
+    return CorrelationDimension(fit.slope, fit.r2, radii, c, n, p, "" if np.isfinite(fit.slope) else "fit failed")
 
 
 @dataclass
@@ -171,7 +171,7 @@ def authors_correlation_dimension(
         valid = valid[valid.size // 4 : 3 * valid.size // 4]
     mask = np.zeros(radii.size, bool)
     mask[valid] = True
-    slope = float(np.polyfit(np.log(radii[valid]), np.log(c[valid]), 1)[0])
+    slope = linear_fit(np.log(radii[valid]), np.log(c[valid])).slope
     return KnnCorrelationDimension(max(0.0, slope), slope, radii, c, mask, n, k)
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..fits import linear_fit
+
 
 @dataclass
 class ScalingFit:
@@ -22,19 +24,6 @@ class ScalingFit:
     used: np.ndarray  #: boolean mask of the sizes entering the fit
     reason: str = ""
     extras: dict = field(default_factory=dict)
-
-
-def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares ``y = a x + b``; returns (a, b, R^2). NaN when fewer than 2 distinct x."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    if x.size < 2 or np.ptp(x) == 0:
-        return float("nan"), float("nan"), float("nan")
-    a, b = np.polyfit(x, y, 1)
-    ss_res = float(np.sum((y - (a * x + b)) ** 2))
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return float(a), float(b), r2
 
 
 def fit_box_counts(
@@ -71,8 +60,9 @@ def fit_box_counts(
         return ScalingFit(nan, nan, nan, False, slopes, used,
                           reason=f"only {int(used.sum())} sizes with l_B >= {l_min} and N_B >= {min_boxes} "
                                  f"(need {min_points}): graph too small for a scaling fit")
-    a, _, r2 = linear_fit(logx[used], logc[used])
+    fit = linear_fit(logx[used], logc[used])
     shape = ok & (counts >= min_boxes)  # classification range: all unsaturated sizes
-    _, _, r2_log = linear_fit(logx[shape], logc[shape])
-    _, _, r2_semi = linear_fit(x[shape], logc[shape])
-    return ScalingFit(-a, r2, r2_semi, bool(r2_log >= r2_semi), slopes, used, extras={"r2_loglog_all": r2_log})
+    r2_log = linear_fit(logx[shape], logc[shape]).r2
+    r2_semi = linear_fit(x[shape], logc[shape]).r2
+    return ScalingFit(-fit.slope, fit.r2, r2_semi, bool(r2_log >= r2_semi), slopes, used,
+                      extras={"r2_loglog_all": r2_log})

@@ -21,41 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class CovarianceAccumulator:
-    """Streaming float64 covariance of ``[n, D]`` batches (Chan et al. pairwise update)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: np.ndarray | None = None
-        self.m2: np.ndarray | None = None
-        self.nonfinite = False
-
-    def update(self, a: np.ndarray) -> None:
-        a = np.asarray(a, np.float64)
-        if a.shape[0] == 0:
-            return
-        if not np.isfinite(a).all():
-            self.nonfinite = True
-            return
-        nb = a.shape[0]
-        mb = a.mean(axis=0)
-        c = a - mb
-        m2b = c.T @ c
-        if self.mean is None:
-            self.n, self.mean, self.m2 = nb, mb, m2b
-            return
-        delta = mb - self.mean
-        total = self.n + nb
-        self.m2 = self.m2 + m2b + np.outer(delta, delta) * (self.n * nb / total)
-        self.mean = self.mean + delta * (nb / total)
-        self.n = total
-
-    def covariance(self, ddof: int = 1) -> np.ndarray:
-        return self.m2 / max(self.n - ddof, 1)
-
-
 @dataclass
-class PowerLawFit:
+class PowerLawDensityFit:
+    """Continuous MLE of a power-law *density* (not a log-log line: that is ``fits.PowerLawFit``)."""
+
     gamma: float  #: exponent of the density p(x) ~ x^-gamma
     xmin: float
     n_tail: int
@@ -65,7 +34,7 @@ class PowerLawFit:
 
 
 def power_law_mle(values: np.ndarray, min_tail: int = 2, min_value: float = 1e-10,
-                  min_values: int = 50) -> PowerLawFit:
+                  min_values: int = 50) -> PowerLawDensityFit:
     """Continuous power-law MLE with automatic ``xmin``, as ``powerlaw.Fit(|values|)`` (v1.x) finds it.
 
     ``|values| <= min_value`` are dropped; fewer than ``min_values`` left gives NaN with a reason
@@ -75,12 +44,12 @@ def power_law_mle(values: np.ndarray, min_tail: int = 2, min_value: float = 1e-1
     x = np.abs(np.asarray(values, np.float64)).ravel()
     nan = float("nan")
     if not np.isfinite(x).all():
-        return PowerLawFit(nan, nan, 0, nan, x.size, "non-finite values")
+        return PowerLawDensityFit(nan, nan, 0, nan, x.size, "non-finite values")
     x = np.sort(x[x > min_value])
     n = x.size
     need = max(min_values, min_tail)
     if n < need:
-        return PowerLawFit(nan, nan, 0, nan, n, f"{n} values above {min_value:g}, need at least {need}")
+        return PowerLawDensityFit(nan, nan, 0, nan, n, f"{n} values above {min_value:g}, need at least {need}")
     logx = np.log(x)
     tail_sum = np.cumsum(logx[::-1])[::-1]  # sum of log x[i:]
     best = (np.inf, nan, nan, 0)
@@ -98,8 +67,8 @@ def power_law_mle(values: np.ndarray, min_tail: int = 2, min_value: float = 1e-1
         if ks < best[0]:
             best = (ks, float(gamma), float(x[i]), m)
     if not np.isfinite(best[0]):
-        return PowerLawFit(nan, nan, 0, nan, n, "all values equal: no power law to fit")
-    return PowerLawFit(best[1], best[2], best[3], best[0], n)
+        return PowerLawDensityFit(nan, nan, 0, nan, n, "all values equal: no power law to fit")
+    return PowerLawDensityFit(best[1], best[2], best[3], best[0], n)
 
 
 def top_eigenvalues(x: np.ndarray, max_dim: int = 1000) -> np.ndarray:
@@ -119,7 +88,7 @@ def top_eigenvalues(x: np.ndarray, max_dim: int = 1000) -> np.ndarray:
     return eig[::-1][:k][::-1]
 
 
-def spectrum_exponent(cov: np.ndarray, min_tail: int = 2, min_values: int = 50) -> PowerLawFit:
+def spectrum_exponent(cov: np.ndarray, min_tail: int = 2, min_values: int = 50) -> PowerLawDensityFit:
     """Power-law exponent gamma of the eigenvalue distribution of a covariance matrix."""
     eig = np.linalg.eigvalsh(np.asarray(cov, np.float64))
     return power_law_mle(eig, min_tail=min_tail, min_values=min_values)

@@ -2,7 +2,7 @@
 
 Thin wrappers: batches are reduced to ``[rows, units]`` with ``plugin_api.unit_view`` and fed
 to the streaming accumulators; the numbers come from ``deepscope_metrics.complexity``,
-``.dimension`` and ``.powerlaw``.
+``.dimension`` and ``.fits``.
 
 The regression metrics (``complexity.linear_fvu``, ``complexity.piecewise``) measure blocks: the map
 from one selected representation to the next (``blocks``), which a metric can do on its own because
@@ -26,7 +26,7 @@ from deepscope_server.plugin_api import Batch, Curve, Layer, Metric, Needs, Para
 
 from ..complexity import PatternEntropy, complexity_at, linear_fvu, piecewise_fvu_curve
 from ..dimension import DEFAULT_TAUS, spectrum_dimensions
-from ..powerlaw import fit_power_law
+from ..fits import fit_power_law
 from ..streaming import ReservoirSampler, StreamingCovariance, random_projection
 
 CITATION = "R. A. Janik, P. Witaszczyk, Complexity for deep neural networks and other characteristics of deep feature representations, arXiv:2006.04791 (2020)"

@@ -19,8 +19,9 @@ from ..fractal.correlation import (
     dimension_fluctuation, l2_rows, reduce_dimension, umap_available,
 )
 from ..fractal.feature_graph import EPSILON_MODES, PairDistanceAccumulator, feature_graph
-from ..fractal.spectrum import CovarianceAccumulator, power_law_mle, top_eigenvalues
+from ..fractal.spectrum import power_law_mle, top_eigenvalues
 from ..fractal.ss_rate import VARIANTS, ss_rate
+from ..streaming import StreamingCovariance
 
 DING = "Ding et al. 2025, Self-similarity Analysis in Deep Neural Networks, arXiv:2507.17785"
 SONG = "Song, Havlin, Makse 2005 (Nature 433:392) and 2007 (J. Stat. Mech. P03006)"
@@ -243,7 +244,7 @@ class _SpectrumSamples:
 
     def __init__(self, max_dim: int, max_samples: int, max_values: int) -> None:
         self.max_dim, self.max_samples, self.max_values = max_dim, max_samples, max_values
-        self.cov = CovarianceAccumulator()
+        self.cov = StreamingCovariance()
         self.rows: list[np.ndarray] = []
         self.n_rows = 0
         self.n_seen = 0
@@ -254,8 +255,10 @@ class _SpectrumSamples:
         self.n_seen += u.shape[0]
         self.width = u.shape[1]
         if self.width <= self.max_dim:
-            self.cov.update(u)
-            self.nonfinite = self.cov.nonfinite
+            if np.isfinite(u).all():
+                self.cov.update(u)
+            else:  # the result is NaN; the bad rows are not counted as used
+                self.nonfinite = True
             return
         room = min(self.max_samples, self.max_values // self.width) - self.n_rows
         if room > 0:
