@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -173,7 +173,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str], out=sys.stdout) -> None:  # noqa: ANN001
+def print_table(rows: list[dict[str, Any]], columns: list[str], out: TextIO = sys.stdout) -> None:
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
@@ -182,7 +182,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], out=sys.stdout) 
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
 
 
-def print_run(run: Run, out=sys.stdout, max_keys: int = 4) -> None:  # noqa: ANN001
+def print_run(run: Run, out: TextIO = sys.stdout, max_keys: int = 4) -> None:
     """Per metric, a table of layers and headline values; for a series, the first value per checkpoint."""
     skipped = sum(r.status == "skipped" for r in run.results)
     seconds = times.seconds(run.info.duration)
@@ -357,7 +357,8 @@ def cmd_capture(args: argparse.Namespace, client: Client) -> int:
     else:
         x = data[0]
     acts = client.capture(model, x, layers=args.layers)
-    np.savez(args.out, **acts, **{f"output/{k}": v for k, v in acts.model_outputs.items()})
+    arrays = {**acts, **{f"output/{k}": v for k, v in acts.model_outputs.items()}}
+    np.savez(args.out, **arrays)  # type: ignore[arg-type]  # the stub types **kwds as allow_pickle
     for name, array in acts.items():
         print(f"{name}: {list(array.shape)} {array.dtype}")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import numpy as np
@@ -68,7 +68,17 @@ class ServerInfo:
                    info.tls, tuple(info.devices))
 
 
-def _progress_bar(enabled: bool, **kwargs: Any):  # noqa: ANN202 - tqdm or a no-op
+if TYPE_CHECKING:
+    import pandas
+
+
+class _Bar(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+    def close(self) -> Any: ...
+
+
+def _progress_bar(enabled: bool, **kwargs: Any) -> _Bar:
+    """tqdm on a terminal, a no-op elsewhere."""
     if not enabled or not interactive():  # a bar in a log file is a pile of carriage returns
         return _NoBar()
     from tqdm.auto import tqdm
@@ -112,7 +122,7 @@ class Model:
         return list(self.detail().notes)
 
     @property
-    def layers(self):  # noqa: ANN201 - pandas DataFrame
+    def layers(self) -> pandas.DataFrame:
         import json
 
         import pandas as pd
@@ -133,7 +143,7 @@ class Model:
         return f"Model(id={self.id[:12]}, name={self.name!r}, format={self.format}, layers={self.info.num_layers})"
 
 
-class Activations(dict):
+class Activations(dict[str, np.ndarray]):
     """Layer name -> captured output; ``model_outputs`` and ``layer_inputs`` hold the rest."""
 
     model_outputs: dict[str, np.ndarray]
@@ -215,13 +225,14 @@ class Client:
 
     # ------------------------------------------------------------ models
 
-    def upload_model(self, model: str | os.PathLike | bytes, name: str | None = None,
+    def upload_model(self, model: str | os.PathLike[str] | bytes, name: str | None = None,
                      timeout: float | None = None) -> Model:
         """Upload a model file (path or bytes), streamed in chunks; returns the stored Model.
 
         An ONNX file's external-data files (``net.onnx.data``, as ``torch.onnx.export`` writes them)
         go in the same stream, from the model's own directory only; the model id covers them too.
         """
+        source: bytes | Path
         if isinstance(model, (bytes, bytearray, memoryview)):
             source, name, side_files = bytes(model), name or "model", []
         else:
@@ -232,10 +243,11 @@ class Client:
             side_files = [(location, path.parent / location) for location in external_data_files(path)]
         size, sha256 = _size_and_digest(source)
         files: list[tuple[pb.FileHeader | None, bytes | Path]] = [(None, source)]
+        total = size
         for location, file in side_files:
             n, digest = _size_and_digest(file)
             files.append((pb.FileHeader(path=location, total_bytes=n, sha256=digest), file))
-        total = size + sum(header.total_bytes for header, _ in files[1:])
+            total += n
         bar = _progress_bar(self.progress and total > 4 * CHUNK_BYTES, total=total, unit="B",
                             unit_scale=True, desc=f"upload {name}")
 
@@ -389,7 +401,7 @@ class Client:
 
     # ------------------------------------------------------------ metrics and runs
 
-    def metrics(self):  # noqa: ANN201 - pandas DataFrame
+    def metrics(self) -> pandas.DataFrame:
         """The server's metrics: name, description, parameters (with defaults), needs, plugin and version."""
         import pandas as pd
 
@@ -427,7 +439,7 @@ class Client:
         ``on_event`` gets the raw wire events; ``on_progress`` the ProgressEvents the bar and the
         CLI's log lines show (``checkpoint i/M · metric k/N``); ``run.events`` keeps the milestones.
         """
-        checkpoints = list(model) if isinstance(model, (list, tuple)) else [model]
+        checkpoints: list[str | Model] = [model] if isinstance(model, (str, Model)) else list(model)
         first = self._as_model(checkpoints[0])
         refs = [first.id] + [(c.id if isinstance(c, Model) else c) for c in checkpoints[1:]]
         config = pb.AnalyzeConfig(models=refs, layers=list(layers), exclude=list(exclude), batch_size=batch_size,

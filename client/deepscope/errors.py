@@ -98,7 +98,7 @@ def from_rpc_error(error: grpc.RpcError) -> DeepscopeError:
 def _attach_status_details(exc: DeepscopeError, error: grpc.RpcError) -> None:
     """Fill ``reason``, ``metadata``, ``field_violations``, ``suggestions`` from ``grpc-status-details-bin``."""
     try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except (ValueError, AttributeError, TypeError):  # no trailer, or one that disagrees with the status
         return
     if status is None:

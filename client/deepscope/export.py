@@ -38,7 +38,7 @@ class _Sidecar:
         if not self.arrays:
             self.path.unlink(missing_ok=True)  # no stale sidecar from an earlier, larger run
             return None
-        np.savez_compressed(self.path, **self.arrays)
+        np.savez_compressed(self.path, **self.arrays)  # type: ignore[arg-type]  # the stub types **kwds as allow_pickle
         return self.path
 
 

@@ -18,7 +18,7 @@ fractions are stacked. Built for real models as much as for toys:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def _keys(per_ckpt: dict[int, dict[str, dict[str, Any]]], kind: type | tuple[typ
     return keys
 
 
-def _is_vector(v: Any) -> bool:
+def _is_vector(v: Any) -> TypeGuard[np.ndarray]:
     return isinstance(v, np.ndarray) and v.ndim == 1 and v.size > 1 and v.dtype.kind in "fiu"
 
 
@@ -204,7 +204,7 @@ def _legend_or_colourbar(ax: "Axes", layers: list[str], colours: dict[str, Any])
     cmap = ListedColormap([colours[layer] for layer in drawn])
     bar = ax.figure.colorbar(ScalarMappable(cmap=cmap), ax=ax, pad=0.02, fraction=0.05)
     ticks = np.linspace(0, len(drawn) - 1, min(6, len(drawn))).round().astype(int)
-    bar.set_ticks((ticks + 0.5) / len(drawn), labels=[drawn[i] for i in ticks], fontsize=6.5)
+    bar.set_ticks(((ticks + 0.5) / len(drawn)).tolist(), labels=[drawn[i] for i in ticks], fontsize=6.5)
     bar.set_label("layer (by depth)", fontsize=7.5)
 
 
@@ -301,10 +301,10 @@ def _vectors(ax: "Axes", per_layer: dict[str, dict[str, Any]], layers: list[str]
     if len(data) <= MAX_HISTOGRAMS:
         if scale is not None:
             positive = pooled[pooled > 0]
-            bins = np.geomspace(positive.min(), positive.max(), 40)
-            bins = np.concatenate([[0.0], bins]) if scale[0] == "symlog" else bins
+            edges = np.geomspace(positive.min(), positive.max(), 40)
+            bins: int | list[float] = (np.concatenate([[0.0], edges]) if scale[0] == "symlog" else edges).tolist()
         else:
-            bins = np.linspace(lo, hi, 40) if clipped else 40
+            bins = np.linspace(lo, hi, 40).tolist() if clipped else 40
         for layer, v in data:
             ax.hist(v, bins=bins, alpha=0.55, density=True, color=colours.get(layer), label=layer)
         ax.set_xlabel(key, fontsize=8)

@@ -120,21 +120,21 @@ class ProgressTracker:
                 self.history.append(out)
             return [out]
         if p.stage == "finishing":
-            out = self._close_metric()
+            closed = self._close_metric()
             self._total_guards = int(p.total)
             self._current, self._metric, self._counts, self._layer = int(p.done), p.message, Counter(), ""
-            return [*out, self._event("running", metric=p.message)]
+            return [*closed, self._event("running", metric=p.message)]
         if p.stage == "metric":
             name, _, message = p.message.partition(": ")
             return [self._event("note", metric=name, message=message[:200])]
         if p.stage == "done":
-            out = self._close_metric()
+            closed = self._close_metric()
             if self._samples[0] and not any(e.stage == "forward" for e in self.history):
                 self.history.insert(0, ProgressEvent("forward", 0.0, samples=self._samples[0],
                                                      num_checkpoints=self.num_checkpoints))
-            done = self._event("done", message=p.message)
-            self.history.append(done)
-            return [*out, done]
+            finished = self._event("done", message=p.message)
+            self.history.append(finished)
+            return [*closed, finished]
         return []
 
 

@@ -70,7 +70,7 @@ def _families(metrics: Iterable[str]) -> dict[str, list[str]]:
     return dict(out)
 
 
-def _counts_html(counts: Counter) -> str:
+def _counts_html(counts: Counter[str]) -> str:
     return "".join(f"<span class='{s}'>{counts.get(s, 0)} {s}</span>" for s in STATUSES if counts.get(s) or s == "ok")
 
 
@@ -199,7 +199,7 @@ def _problems(results: list[Any], names: list[str], n_ckpts: int) -> list[str]:
     if not groups:
         return []
     kinds = Counter(kind for kind, _ in groups)
-    hits = Counter()
+    hits: Counter[str] = Counter()
     for (kind, _), pairs in groups.items():
         hits[kind] += len(pairs)
     label = "; ".join(

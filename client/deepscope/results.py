@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .tensors import from_proto
 from .v1 import introspection_pb2 as pb
+
+if TYPE_CHECKING:  # optional extras: imported where used
+    import networkx
+    import pandas
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class GraphData:
     directed: bool
     nodes: dict[str, Any]
 
-    def to_networkx(self):  # noqa: ANN201 - networkx is an optional extra
+    def to_networkx(self) -> networkx.Graph:
         """A networkx (Di)Graph: nodes 0..num_nodes-1 with the node columns as attributes, edge ``weight``."""
         try:
             import networkx as nx
@@ -138,7 +143,7 @@ class Run:
         raise KeyError(f"no result for metric '{metric}' layer '{layer}' checkpoint {checkpoint}; "
                        f"layers with results: {have}")
 
-    def graph(self, metric: str, layer: str = "", key: str | None = None, checkpoint: int = 0):  # noqa: ANN201
+    def graph(self, metric: str, layer: str = "", key: str | None = None, checkpoint: int = 0) -> networkx.Graph:
         """A graph result as a networkx graph (the first graph value unless ``key`` names one)."""
         values = self.result(metric, layer, checkpoint)
         graphs = {k: v for k, v in values.items() if isinstance(v, GraphData)}
@@ -163,7 +168,7 @@ class Run:
     def layers(self, metric: str) -> list[str]:
         return list(dict.fromkeys(r.layer for r in self.results if r.metric == metric))
 
-    def to_pandas(self, scalars_only: bool = False):  # noqa: ANN201 - pandas is an optional extra
+    def to_pandas(self, scalars_only: bool = False) -> pandas.DataFrame:
         """Tidy table: run, checkpoint, metric, layer, key, kind, value (arrays/curves as objects)."""
         import pandas as pd
 
@@ -179,7 +184,7 @@ class Run:
                 rows.append((self.id, r.checkpoint, r.metric, r.layer, item.key, kind, decode_item(item)))
         return pd.DataFrame(rows, columns=["run", "checkpoint", "metric", "layer", "key", "kind", "value"])
 
-    def plot(self, metric: str):  # noqa: ANN201 - matplotlib Figure
+    def plot(self, metric: str) -> Figure:
         """The same figure the HTML report shows for ``metric``."""
         from .plots import plot_metric
 
@@ -191,7 +196,7 @@ class Run:
 
         return str(write_report(self, path))
 
-    def summary(self):  # noqa: ANN201
+    def summary(self) -> pandas.DataFrame:
         """Scalars only, one row per (checkpoint, metric, layer), one column per key."""
         frame = self.to_pandas(scalars_only=True)
         frame = frame[frame["kind"] == "scalar"]

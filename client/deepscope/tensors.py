@@ -89,7 +89,7 @@ def from_proto(message: tpb.Tensor, max_elements: int | None = None) -> np.ndarr
 
 def _raw_bytes(array: np.ndarray) -> tuple[np.ndarray, memoryview]:
     array = _little_endian(np.asarray(array))
-    return array, memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    return array, array.reshape(-1).view(np.uint8).data if array.size else memoryview(b"")
 
 
 def checksum(array: np.ndarray) -> int:

@@ -49,7 +49,7 @@ import pluggy
 
 from deepscope.results import Curve  # one class for plugins and the SDK: y(x) with axis labels
 
-from .errors import shorten
+from deepscope.text import shorten
 from .backends.base import CaptureRequest, RunOutput
 from .model_graph import ACTIVATION_FUNCTIONS, LAYER_KINDS, Layer, ModelGraph, TensorSpec
 
@@ -252,7 +252,8 @@ class Metric:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.params = ctx.params
+        # Instances hold the validated values under the name the class declares them by (plugin API v1).
+        self.params = ctx.params  # type: ignore[misc,assignment]
 
     @classmethod
     def applies_to(cls, layer: Layer) -> bool:
