@@ -23,7 +23,8 @@ from .errors import (  # noqa: E402
     Unauthenticated,
     Unavailable,
 )
-from .results import Curve, GraphData, Run  # noqa: E402
+from .results import GraphData, Run  # noqa: E402
+from .values import Curve  # noqa: E402
 
 __all__ = [
     "Activations", "Cancelled", "Client", "Curve", "DeadlineExceeded", "DeepscopeError", "FailedPrecondition",

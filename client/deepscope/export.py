@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from . import times
-from .results import Curve, GraphData, Run, decode_item
+from .results import GraphData, Run, decode_item
+from .values import Curve
 
 #: Arrays up to this many elements stay in the JSON (a histogram, a short curve, per-layer values).
 INLINE_MAX = 256

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
-from .results import Curve, decode_item
+from .results import decode_item
+from .values import Curve
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

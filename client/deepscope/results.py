@@ -9,21 +9,12 @@ import numpy as np
 
 from .tensors import from_proto
 from .v1 import introspection_pb2 as pb
+from .values import Curve as Curve  # re-exported: the SDK's results hold Curves
 
 if TYPE_CHECKING:  # optional extras: imported where used
     import networkx
     import pandas
     from matplotlib.figure import Figure
-
-
-@dataclass(frozen=True)
-class Curve:
-    """y(x) with axis labels (a KDE, FVU(K), N_B(l_B), ...)."""
-
-    x: np.ndarray
-    y: np.ndarray
-    x_label: str = "x"
-    y_label: str = "y"
 
 
 @dataclass(frozen=True)

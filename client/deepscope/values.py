@@ -1,12 +1,26 @@
-"""Python scalars <-> the wire ``Value`` (metric parameters), shared by client and server."""
+"""Value types shared by client and server: the wire ``Value`` (metric parameters) and ``Curve``.
+
+The server imports these (never the SDK's ``results``), so plugins and the SDK use one ``Curve``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .v1 import introspection_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Curve:
+    """y(x) with axis labels (a KDE, FVU(K), N_B(l_B), ...)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_label: str = "x"
+    y_label: str = "y"
 
 
 def to_value(value: Any) -> pb.Value:

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import pluggy
 
-from deepscope.results import Curve  # one class for plugins and the SDK: y(x) with axis labels
+from deepscope.values import Curve  # one class for plugins and the SDK: y(x) with axis labels
 
 from deepscope.text import shorten
 from .backends.base import CaptureRequest, RunOutput
