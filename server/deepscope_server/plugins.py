@@ -1,8 +1,8 @@
 """Plugin discovery (pluggy + the ``deepscope`` entry-point group) and the metric/dataset registry.
 
-Built-in metrics arrive through the same entry points as third-party ones. ``allow`` (the
-server's ``--plugins`` / ``DEEPSCOPE_PLUGINS``: entry-point names or distribution names) limits which load; a plugin that
-fails to import is recorded in ``errors`` and the server starts without it.
+Built-in metrics arrive through the same entry points as third-party ones. ``allow`` (the server's
+``--plugins`` / ``DEEPSCOPE_PLUGINS``: entry-point or distribution names) limits which load; a
+plugin that fails to import is recorded in ``errors`` and the server starts without it.
 """
 
 from __future__ import annotations
