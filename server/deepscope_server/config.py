@@ -1,75 +1,126 @@
-"""Server settings and limits: command-line flags, each with a DEEPSCOPE_* environment variable."""
+"""Server settings and limits, each declared once.
+
+Every field below carries an :func:`option` in its metadata; :func:`build_parser` generates its
+command-line flag (``--field-name``) and :func:`settings_from_args` reads its environment variable
+(``DEEPSCOPE_FIELD_NAME``) from that one declaration. This is the only module that reads the
+server's environment: the values are passed down (``Settings``, ``Limits``) so a worker process
+or a Ray task sees exactly what the server was started with. A bad value stops the start with one
+line naming the flag or variable and what it accepts (exit code 2), before anything is opened.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 GiB = 1 << 30
 MiB = 1 << 20
+ENV_PREFIX = "DEEPSCOPE_"
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting appears outside Python: its flag, its environment variable, what it accepts."""
+
+    help: str
+    flag: str | None = ""  #: "" derives ``--field-name``; None: no flag (e.g. a secret: it would show in ``ps``)
+    env: str | None = ""  #: "" derives ``DEEPSCOPE_FIELD_NAME``; None: no variable (commands, not settings)
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    #: A boolean spelt as its negation (``--no-reflection`` / ``DEEPSCOPE_NO_REFLECTION=1`` turn it off).
+    negated: bool = False
+
+
+def option(default: Any = MISSING, help: str = "", *, factory: Callable[[], Any] | None = None, **how: Any) -> Any:
+    """A dataclass field whose metadata declares its flag and environment variable."""
+    meta = {"option": Option(help, **how)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+SIZE = {"minimum": 0}  # bytes and counts: 0 or more
+TIME = {"minimum": 0}  # seconds
 
 
 @dataclass
 class Limits:
     """Every limit fails with RESOURCE_EXHAUSTED naming the limit and the size."""
 
-    max_model_bytes: int = 2 * GiB
-    max_message_bytes: int = 64 * MiB
-    max_tensor_elements: int = 1 << 28
-    max_batch_size: int = 4096
-    max_capture_bytes: int = 2 * GiB
-    max_concurrent_runs: int = 4
-    max_run_seconds: float = 3600.0
-    metric_timeout_seconds: float = 600.0
-    #: Address-space limit (RLIMIT_AS) of each metric worker process (process isolation only).
-    metric_memory_bytes: int = 8 * GiB
-    #: Address-space limit (RLIMIT_AS) of each model worker process (model isolation "process").
-    model_memory_bytes: int = 8 * GiB
-    #: Time limits of a model worker: loading (parse + checks + load) and one forward pass.
-    max_load_seconds: float = 300.0
-    max_forward_seconds: float = 600.0
-    #: Same-host captures: a shared-memory segment the client has not freed is unlinked after this
-    #: many seconds; 0 turns the shared-memory path off (every capture streams over gRPC).
-    shared_memory_seconds: float = 120.0
+    max_model_bytes: int = option(2 * GiB, "largest model file an upload or the model directory may hold", **SIZE)
+    max_message_bytes: int = option(64 * MiB, "largest gRPC message, either way", minimum=1)
+    max_tensor_elements: int = option(1 << 28, "largest tensor (elements) a model may declare or produce", **SIZE)
+    max_batch_size: int = option(4096, "largest batch of one request", minimum=1)
+    max_capture_bytes: int = option(2 * GiB, "largest capture one request may return", **SIZE)
+    max_concurrent_runs: int = option(4, "analyses running at once; more wait", minimum=1)
+    max_run_seconds: float = option(3600.0, "time limit of one analysis", **TIME)
+    metric_timeout_seconds: float = option(600.0, "time limit of one metric in a run", **TIME)
+    metric_memory_bytes: int = option(8 * GiB, "address-space limit (RLIMIT_AS) of each metric worker process "
+                                      "(--metric-isolation process; 0: none)", **SIZE)
+    model_memory_bytes: int = option(8 * GiB, "address-space limit (RLIMIT_AS) of each model worker process "
+                                     "(--model-isolation process; 0: none)", **SIZE)
+    max_load_seconds: float = option(300.0, "time limit of loading a model in a worker (parse, checks, load)", **TIME)
+    max_forward_seconds: float = option(600.0, "time limit of one forward pass in a model worker", **TIME)
+    shared_memory_seconds: float = option(
+        120.0, "same-host captures: a shared-memory segment the client has not freed is unlinked after this many "
+        "seconds; 0 turns the shared-memory path off (every capture streams over gRPC)", **TIME)
+    #: A CPU budget rather than a size, but it must reach every model worker, as the limits do.
+    ort_threads: int = option(0, "intra-op threads of each ONNX Runtime session (0: onnxruntime's default, "
+                              "one per core)", **SIZE)
 
 
 @dataclass
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    store: Path = field(default_factory=lambda: Path.home() / ".deepscope" / "store")
-    model_dir: Path | None = None
-    trust_model_dir: bool = False
-    reflection: bool = True
-    entry_points: bool = True
-    plugins: set[str] | None = None
-    plugin_modules: list[str] = field(default_factory=list)
-    device: str = "auto"
-    auth_token: str | None = None
-    allow_unauthenticated: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    port_file: Path | None = None
-    workers: int = 4
-    #: "process": each metric instance of a run in its own worker process (a crash or a memory
-    #: blow-up fails only that metric); "thread": in-server threads (trusted, fast metrics).
-    metric_isolation: str = "process"
-    #: "process": client models load and run in sandboxed worker processes (memory cap, real
-    #: deadlines, crashes contained); "thread": in the server process (trusted models, no copy).
-    model_isolation: str = "process"
-    #: "local": runs execute in this server; "ray": each checkpoint of a run is a task on a Ray
-    #: cluster (``ray_executor.py``, docs/scale.md).
-    executor: str = "local"
-    ray_address: str = "auto"  #: what ``ray.init(address=...)`` gets: "auto", "ray://host:10001", "host:6379"
-    ray_gpus_per_task: float = 0.0  #: GPUs each Ray task asks for (0: CPU-only tasks)
-    ray_data_shards: int = 0  #: data shards per checkpoint for mergeable metrics (0: from the cluster's CPUs)
-    #: Maintenance commands (no server starts): see storecheck.py.
-    check_store: bool = False
-    rebuild_catalogue: bool = False
+    host: str = option("127.0.0.1", "bind address (default loopback)")
+    port: int = option(50051, "0 picks a free port", minimum=0, maximum=65535)
+    port_file: Path | None = option(None, "write the bound port here")
+    store: Path = option(help="models and runs", factory=lambda: Path.home() / ".deepscope" / "store")
+    model_dir: Path | None = option(None, "server-side models by name")
+    trust_model_dir: bool = option(False, "allow pickled torch modules from --model-dir (they can run code)")
+    reflection: bool = option(True, "turn gRPC server reflection off", negated=True)
+    entry_points: bool = option(True, "load no plugins from entry points", negated=True)
+    plugins: set[str] | None = option(None, "comma-separated allow-list of plugins (entry point or distribution "
+                                      "names; default all)")
+    plugin_modules: list[str] = option(
+        help="register a plugin module directly, without an entry point (repeatable, or comma-separated in the "
+        "variable; for development)", factory=list, flag="--plugin-module")
+    device: str = option("auto", "where models run", choices=("auto", "cpu", "cuda"))
+    auth_token_file: Path | None = option(None, "a file holding the auth token clients must send")
+    auth_token: str | None = option(None, "the auth token itself (no flag: it would show in ps); taken out of "
+                                    "the environment at start so no worker inherits it", flag=None)
+    allow_unauthenticated: bool = option(False, "required to bind a non-loopback address without a token")
+    tls_cert: Path | None = option(None, "server certificate (PEM); turns TLS on")
+    tls_key: Path | None = option(None, "private key of --tls-cert (PEM)")
+    tls_client_ca: Path | None = option(None, "require client certificates signed by this CA (mutual TLS)")
+    workers: int = option(4, "gRPC worker threads", minimum=1)
+    metric_isolation: str = option(
+        "process", "run each metric in a worker process (default; a crash or a memory blow-up fails only that "
+        "metric) or in a server thread (trusted, fast metrics)", choices=("process", "thread"))
+    model_isolation: str = option(
+        "process", "load and run client models in sandboxed worker processes (default: memory cap, real "
+        "deadlines, crashes contained) or in the server process (trusted models only)",
+        choices=("process", "thread"))
+    executor: str = option("local", "run analyses in this server (default) or spread their checkpoints over a "
+                           "Ray cluster (needs deepscope-server[ray]; see docs/scale.md)", choices=("local", "ray"))
+    ray_address: str = option("auto", "the Ray cluster to join with --executor ray: auto (the local `ray start` "
+                              "cluster), ray://host:10001 or host:6379")
+    ray_gpus_per_task: float = option(0.0, "GPUs each Ray task asks for (e.g. 1 with --device cuda); 0 keeps "
+                                      "tasks CPU-only", minimum=0)
+    ray_data_shards: int = option(0, "split a checkpoint's data over this many Ray tasks for metrics that can "
+                                  "merge (0: as many as the cluster's CPUs allow; 1: never split)", minimum=0)
+    # Maintenance commands (no server starts; see storecheck.py): flags only, never from the environment.
+    check_store: bool = option(False, "check the store (SQLite integrity, catalogue vs model files), print a "
+                               "report and exit: 0 if clean, 1 if not; starts no server", env=None)
+    rebuild_catalogue: bool = option(False, "rebuild the model catalogue from the model files in the store (runs "
+                                     "are kept when readable) and exit; starts no server", env=None)
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -77,104 +128,172 @@ class Settings:
         return self.host in ("127.0.0.1", "localhost", "::1", "[::1]") or self.host.startswith("127.")
 
 
-def _env(name: str, default: object) -> object:
-    return os.environ.get(f"DEEPSCOPE_{name.upper()}", default)
+# ---------------------------------------------------------------- the declarations, read
 
 
-def _flag(name: str) -> bool:
-    """A boolean environment variable: 1/true/yes/on (anything else, including 0, is false)."""
-    return str(_env(name, "")).strip().lower() in ("1", "true", "yes", "on")
+@dataclass(frozen=True)
+class Declared:
+    """One setting with its flag, variable and parser, as generated from its field."""
+
+    owner: type  # Settings or Limits
+    name: str
+    kind: Any  # the field's resolved type
+    default: Any
+    option: Option
+
+    @property
+    def flag(self) -> str | None:
+        if self.option.flag is None:
+            return None
+        return self.option.flag or "--" + ("no-" if self.option.negated else "") + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str | None:
+        if self.option.env is None:
+            return None
+        return self.option.env or ENV_PREFIX + ("NO_" if self.option.negated else "") + self.name.upper()
+
+    def parse(self, text: str) -> Any:
+        """One value from its text; ValueError says what is accepted."""
+        base = _base_type(self.kind)
+        if base is bool:
+            word = text.strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
+            return (word in _TRUE) != self.option.negated
+        if base in (int, float):
+            return _number(base, text, self.option)
+        if base is Path:
+            return Path(text)
+        if base in (set, list):
+            items = [item.strip() for item in text.split(",") if item.strip()]
+            return (set(items) or None) if base is set else items  # an empty allow-list: all
+        if self.option.choices and text not in self.option.choices:
+            raise ValueError(f"expected one of {', '.join(self.option.choices)}")
+        return text
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _base_type(kind: Any) -> Any:
+    """``Path | None`` -> Path, ``set[str] | None`` -> set, ``int`` -> int."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if args and typing.get_origin(kind) not in (set, list):
+        kind = args[0]
+    return typing.get_origin(kind) or kind
+
+
+def _number(kind: type, text: str, opt: Option) -> int | float:
+    low, high = opt.minimum, opt.maximum
+    accepted = ("an integer" if kind is int else "a number") + (f" >= {low:g}" if low is not None else "") + \
+        (f" and <= {high:g}" if high is not None else "")
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        raise ValueError(f"expected {accepted}") from None
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"expected {accepted}")
+    return value
+
+
+def declared() -> list[Declared]:
+    """Every setting of Settings and Limits (Settings.limits itself is their container, not a setting)."""
+    out = []
+    for owner in (Settings, Limits):
+        hints = typing.get_type_hints(owner)
+        for f in fields(owner):
+            if "option" in f.metadata:
+                out.append(Declared(owner, f.name, hints[f.name], _default(f), f.metadata["option"]))
+    return out
+
+
+def _default(f: Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+# ---------------------------------------------------------------- flags and environment
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints the whole usage before an error; an operator needs the one line that is wrong."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="deepscope-server",
-        description="deepscope gRPC introspection server. Every flag has an environment variable "
-        "DEEPSCOPE_<FLAG> (e.g. DEEPSCOPE_PORT, DEEPSCOPE_MAX_MODEL_BYTES).",
+    """Flags generated from the declarations; no defaults here (they come from the dataclasses)."""
+    p = _OneLineParser(
+        prog="deepscope-server", argument_default=argparse.SUPPRESS,
+        description="deepscope gRPC introspection server. Every setting is a flag and an environment variable "
+        "DEEPSCOPE_<FLAG> (e.g. DEEPSCOPE_PORT, DEEPSCOPE_MAX_MODEL_BYTES); a flag wins over its variable.",
     )
-    d = Settings()
-    p.add_argument("--host", default=_env("host", d.host), help="bind address (default loopback)")
-    p.add_argument("--port", type=int, default=int(_env("port", d.port)), help="0 picks a free port")
-    p.add_argument("--port-file", type=Path, default=_env("port_file", None), help="write the bound port here")
-    p.add_argument("--store", type=Path, default=Path(str(_env("store", d.store))), help="models and runs")
-    p.add_argument("--model-dir", type=Path, default=_env("model_dir", None), help="server-side models by name")
-    p.add_argument("--trust-model-dir", action="store_true", default=_flag("trust_model_dir"),
-                   help="allow pickled torch modules from --model-dir (they can run code)")
-    p.add_argument("--no-reflection", action="store_true", default=_flag("no_reflection"))
-    p.add_argument("--no-entry-points", action="store_true", default=_flag("no_entry_points"),
-                   help="load no plugins from entry points")
-    p.add_argument("--plugins", default=_env("plugins", None), help="comma-separated allow-list of plugins")
-    p.add_argument("--plugin-module", action="append", dest="plugin_modules",
-                   default=[m for m in str(_env("plugin_modules", "")).split(",") if m],
-                   help="register a plugin module directly, without an entry point (repeatable; for development)")
-    p.add_argument("--device", default=_env("device", "auto"), choices=["auto", "cpu", "cuda"])
-    p.add_argument("--auth-token-file", type=Path, default=_env("auth_token_file", None))
-    p.add_argument("--allow-unauthenticated", action="store_true", default=_flag("allow_unauthenticated"),
-                   help="required to bind a non-loopback address without a token")
-    p.add_argument("--tls-cert", type=Path, default=_env("tls_cert", None))
-    p.add_argument("--tls-key", type=Path, default=_env("tls_key", None))
-    p.add_argument("--tls-client-ca", type=Path, default=_env("tls_client_ca", None),
-                   help="require client certificates signed by this CA (mutual TLS)")
-    p.add_argument("--workers", type=int, default=int(_env("workers", d.workers)))
-    p.add_argument("--metric-isolation", choices=["process", "thread"],
-                   default=_env("metric_isolation", d.metric_isolation),
-                   help="run each metric in a worker process (default; a crash fails only that metric) "
-                   "or in a server thread (trusted, fast metrics)")
-    p.add_argument("--model-isolation", choices=["process", "thread"],
-                   default=_env("model_isolation", d.model_isolation),
-                   help="load and run client models in sandboxed worker processes (default) or in the server "
-                   "process (trusted models only)")
-    p.add_argument("--executor", choices=["local", "ray"], default=_env("executor", d.executor),
-                   help="run analyses in this server (default) or spread their checkpoints over a Ray cluster "
-                   "(needs deepscope-server[ray]; see docs/scale.md)")
-    p.add_argument("--ray-address", default=_env("ray_address", d.ray_address),
-                   help="the Ray cluster to join with --executor ray (default auto: the local `ray start` cluster)")
-    p.add_argument("--ray-gpus-per-task", type=float, default=float(_env("ray_gpus_per_task", d.ray_gpus_per_task)),
-                   help="GPUs each Ray task asks for (e.g. 1 with --device cuda); 0 keeps tasks CPU-only")
-    p.add_argument("--ray-data-shards", type=int, default=int(_env("ray_data_shards", d.ray_data_shards)),
-                   help="split a checkpoint's data over this many Ray tasks for metrics that can merge "
-                   "(0: as many as the cluster's CPUs allow; 1: never split)")
-    store_commands = p.add_mutually_exclusive_group()  # commands, not settings: no environment variables
-    store_commands.add_argument("--check-store", action="store_true",
-                                help="check the store (SQLite integrity, catalogue vs model files), print a report "
-                                "and exit: 0 if clean, 1 if not; starts no server")
-    store_commands.add_argument("--rebuild-catalogue", action="store_true",
-                                help="rebuild the model catalogue from the model files in the store (runs are kept "
-                                "when readable) and exit; starts no server")
-    for name, value in vars(Limits()).items():
-        kind = float if isinstance(value, float) else int
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=kind(_env(name, value)))
+    commands = p.add_mutually_exclusive_group()  # commands, not settings: no environment variables
+    for d in declared():
+        if d.flag is None:
+            continue
+        shown = "" if d.default in (None, [], False) or _base_type(d.kind) is bool else f"default {d.default}; "
+        help_text = f"{d.option.help} [{shown}env {d.env}]" if d.env else d.option.help
+        target = commands if d.env is None else p
+        if _base_type(d.kind) is bool:
+            target.add_argument(d.flag, dest=d.name, action="store_const", const=not d.option.negated, help=help_text)
+        elif _base_type(d.kind) is list:
+            target.add_argument(d.flag, dest=d.name, action="append", type=_flag_type(d), help=help_text)
+        else:
+            metavar = "{" + ",".join(d.option.choices) + "}" if d.option.choices else None
+            target.add_argument(d.flag, dest=d.name, type=_flag_type(d), metavar=metavar, help=help_text)
     return p
 
 
-def settings_from_args(argv: list[str] | None = None) -> Settings:
-    args = build_parser().parse_args(argv)
-    token = None
-    if args.auth_token_file:
-        token = Path(args.auth_token_file).read_text().strip()
-        if not token:
-            raise SystemExit(f"auth token file {args.auth_token_file} is empty")
-    elif os.environ.get("DEEPSCOPE_AUTH_TOKEN"):
-        # Taken out of the environment so no worker process (models, metrics) inherits it.
-        token = os.environ.pop("DEEPSCOPE_AUTH_TOKEN").strip()
-    if token is not None and len(token) < 16:
-        raise SystemExit("the auth token must be at least 16 characters (e.g. python -c 'import secrets; "
-                         "print(secrets.token_urlsafe(32))')")
-    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+def _flag_type(d: Declared) -> Callable[[str], Any]:
+    """argparse's ``type=``: a repeated list flag takes one item per use."""
+
+    def convert(text: str) -> Any:
+        try:
+            return text if _base_type(d.kind) is list else d.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+
+    return convert
+
+
+def settings_from_args(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags over environment over defaults; a bad value exits with one line (code 2)."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    values: dict[type, dict[str, Any]] = {Settings: {}, Limits: {}}
+    for d in declared():
+        text = environ.get(d.env, "").strip() if d.env else ""
+        if d.name in given:
+            values[d.owner][d.name] = given[d.name]
+        elif text:
+            try:
+                values[d.owner][d.name] = d.parse(text)
+            except ValueError as exc:
+                parser.error(f"{d.env}={text!r}: {exc}")
+    settings = Settings(**values[Settings], limits=Limits(**values[Limits]))
+    settings.auth_token = _auth_token(settings, parser)
+    if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
         raise SystemExit("--executor ray needs Ray, which is not installed: pip install 'deepscope-server[ray]'")
-    if args.ray_gpus_per_task < 0 or args.ray_data_shards < 0:
-        raise SystemExit("--ray-gpus-per-task and --ray-data-shards must be >= 0")
-    limits = Limits(**{name: getattr(args, name) for name in vars(Limits())})
-    return Settings(
-        host=args.host, port=args.port, store=args.store, model_dir=args.model_dir,
-        trust_model_dir=args.trust_model_dir, reflection=not args.no_reflection,
-        entry_points=not args.no_entry_points,
-        plugins={p.strip() for p in args.plugins.split(",") if p.strip()} if args.plugins else None,
-        plugin_modules=list(args.plugin_modules), device=args.device, auth_token=token, allow_unauthenticated=args.allow_unauthenticated,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-        port_file=args.port_file, workers=args.workers, metric_isolation=args.metric_isolation,
-        model_isolation=args.model_isolation, executor=args.executor, ray_address=args.ray_address,
-        ray_gpus_per_task=args.ray_gpus_per_task, ray_data_shards=args.ray_data_shards,
-        check_store=args.check_store, rebuild_catalogue=args.rebuild_catalogue,
-        limits=limits,
-    )
+    return settings
+
+
+def _auth_token(settings: Settings, parser: argparse.ArgumentParser) -> str | None:
+    """The token from --auth-token-file, else from DEEPSCOPE_AUTH_TOKEN; at least 16 characters."""
+    os.environ.pop("DEEPSCOPE_AUTH_TOKEN", None)  # so no worker process (models, metrics) inherits it
+    token = settings.auth_token
+    if settings.auth_token_file:
+        try:
+            token = settings.auth_token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"--auth-token-file {settings.auth_token_file}: {exc.strerror or exc}")
+        if not token:
+            parser.error(f"--auth-token-file {settings.auth_token_file} is empty")
+    token = token.strip() if token else None
+    if token is not None and len(token) < 16:
+        parser.error("the auth token must be at least 16 characters (e.g. python -c 'import secrets; "
+                     "print(secrets.token_urlsafe(32))')")
+    return token

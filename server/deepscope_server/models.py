@@ -40,7 +40,7 @@ def load_checked(path: Path, limits: Limits, device: str, trusted: bool) -> Back
     """Preflight, then load (in whichever process calls it)."""
     with _LOAD_LOCK:
         preflight(path, limits)
-        return load_model(path, device=device, trusted=trusted)
+        return load_model(path, device=device, trusted=trusted, threads=limits.ort_threads)  # ONNX only
 
 
 def _load(path: Path, limits: Limits, device: str, trusted: bool, isolation: str) -> Backend:
@@ -207,6 +207,10 @@ class ModelManager:
         if source == "model_dir":
             stored = StoredModel(stored.id, stored.name, backend.format, stored.size_bytes, stored.created_at, stored.path)
         return self._remember(LoadedModel(stored, source, backend))
+
+    def source(self, stored: StoredModel) -> str:
+        """Where a listed model comes from: "model_dir" (a file of the model directory) or "upload"."""
+        return "model_dir" if self.model_dir is not None and stored.path.parent == self.model_dir else "upload"
 
     def list(self) -> list[LoadedModel | StoredModel]:
         """Catalogued uploads and model-directory files (not loaded unless cached)."""

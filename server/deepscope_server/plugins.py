@@ -1,14 +1,13 @@
 """Plugin discovery (pluggy + the ``deepscope`` entry-point group) and the metric/dataset registry.
 
-Built-in metrics arrive through the same entry points as third-party ones. ``DEEPSCOPE_PLUGINS``
-(comma-separated entry-point names or distribution names) limits which load; a plugin that
-fails to import is recorded in ``errors`` and the server starts without it.
+Built-in metrics arrive through the same entry points as third-party ones. ``allow`` (the server's
+``--plugins`` / ``DEEPSCOPE_PLUGINS``: entry-point or distribution names) limits which load; a
+plugin that fails to import is recorded in ``errors`` and the server starts without it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -78,11 +77,9 @@ def load_registry(
 ) -> Registry:
     """Discover plugins and collect their metrics and datasets.
 
-    ``allow`` defaults to ``DEEPSCOPE_PLUGINS`` when set. ``extra_plugins`` are registered
-    directly (tests, embedding applications).
+    ``allow`` (None: every plugin) comes from the server's settings. ``extra_plugins`` are
+    registered directly (tests, embedding applications).
     """
-    if allow is None and os.environ.get("DEEPSCOPE_PLUGINS"):
-        allow = {p.strip() for p in os.environ["DEEPSCOPE_PLUGINS"].split(",") if p.strip()}
     pm = pluggy.PluginManager(plugin_api.PROJECT)
     pm.add_hookspecs(plugin_api.HookSpecs)
     registry = Registry()

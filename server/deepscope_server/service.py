@@ -309,9 +309,8 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             if loaded is not None:
                 response.models.append(self._model_info(loaded))
             else:
-                source = "upload" if entry.path.parent.parent == self.store.models_dir else "model_dir"
                 info = pb.ModelInfo(id=entry.id, name=entry.name, format=entry.format, size_bytes=entry.size_bytes,
-                                    source=source)
+                                    source=self.models.source(entry))
                 times.set_iso(info.created_time, entry.created_at)
                 response.models.append(info)
         return response

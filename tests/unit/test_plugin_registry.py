@@ -21,9 +21,8 @@ def test_installed_example_plugin_and_builtin_datasets_are_discovered():
     assert {"digits", "synthetic"} <= set(registry.datasets)
 
 
-def test_allow_list_limits_plugins(monkeypatch):
-    monkeypatch.setenv("DEEPSCOPE_PLUGINS", "deepscope-server")
-    registry = load_registry()
+def test_allow_list_limits_plugins():
+    registry = load_registry(allow={"deepscope-server"})  # --plugins / DEEPSCOPE_PLUGINS: see test_config.py
     assert "example.activation_moments" not in registry.metrics
     assert "digits" in registry.datasets
     assert not load_registry(use_entry_points=False).metrics

@@ -22,7 +22,6 @@ operators from custom domains (which would need custom-op libraries).
 from __future__ import annotations
 
 import ast
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -289,8 +288,9 @@ class OnnxBackend(Backend):
 
     format: ClassVar[str] = "onnx"
 
-    def __init__(self, model: onnx.ModelProto, device: str, name: str = "model") -> None:
+    def __init__(self, model: onnx.ModelProto, device: str, name: str = "model", threads: int = 0) -> None:
         self._model = model
+        self._threads = threads  # intra-op threads per session (the server's --ort-threads); 0: ORT's default
         self._providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -328,6 +328,7 @@ class OnnxBackend(Backend):
         device: str = "auto",
         trusted: bool = False,
         allowed_domains: Sequence[str] | None = None,
+        threads: int = 0,
     ) -> OnnxBackend:
         path = Path(path)
         model = parse(path)
@@ -343,7 +344,7 @@ class OnnxBackend(Backend):
             want = device
         else:
             raise InvalidInput(f"unknown device '{device}'; valid: auto, cpu, cuda")
-        return cls(model, want, path.stem)
+        return cls(model, want, path.stem, threads)
 
     @staticmethod
     def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
@@ -494,9 +495,8 @@ class OnnxBackend(Backend):
             model = m
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        threads = int(os.environ.get("DEEPSCOPE_ORT_THREADS", "0"))
-        if threads:
-            opts.intra_op_num_threads = threads
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
         try:
             session, lowered_from = _ort_session(model, opts, self._providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
