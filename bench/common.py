@@ -26,7 +26,7 @@ THREADS = int(os.environ.get("DEEPSCOPE_BENCH_THREADS", "1"))
 
 def set_threads(n: int = THREADS) -> None:
     """Pin torch's and onnxruntime's (through the backend's env var) intra-op threads."""
-    os.environ["DEEPSCOPE_ORT_THREADS"] = str(n)  # read by the ONNX backend at session creation
+    os.environ["DEEPSCOPE_ORT_THREADS"] = str(n)  # read by bench server processes (--ort-threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     import torch
 
