@@ -51,8 +51,11 @@ def resnet18(width: int = 64, n_classes: int = 1000):  # noqa: ANN201 - torch.nn
             self.relu = nn.ReLU(inplace=True)
             self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
             self.bn2 = nn.BatchNorm2d(c_out)
-            self.downsample = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-                               if stride != 1 or c_in != c_out else None)
+            self.downsample = (
+                nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+                if stride != 1 or c_in != c_out
+                else None
+            )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             identity = x if self.downsample is None else self.downsample(x)
@@ -91,8 +94,23 @@ def _load() -> str:
 
 def _analyze(model: Path, data: str, out: Path, extra: list[str]) -> dict:
     """Run the CLI (embedded server) under a process-tree memory sampler; figures of the run."""
-    cmd = [sys.executable, "-m", "deepscope.cli", "analyze", str(model), "--data", data, "--metrics", "all",
-           "--json", str(out / "run.json"), "--store", str(out / "store"), "--quiet", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepscope.cli",
+        "analyze",
+        str(model),
+        "--data",
+        data,
+        "--metrics",
+        "all",
+        "--json",
+        str(out / "run.json"),
+        "--store",
+        str(out / "store"),
+        "--quiet",
+        *extra,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with TreeSampler(proc.pid) as sampler:
@@ -102,14 +120,23 @@ def _analyze(model: Path, data: str, out: Path, extra: list[str]) -> dict:
         raise RuntimeError(f"analyze exited {proc.returncode} without a JSON:\n{text[-3000:]}")
     run = json.loads((out / "run.json").read_text())
     statuses = collections.Counter(r["status"] for r in run["results"])
-    bad = [f"{r['metric']} {r['layer'] or '(model)'}: {r['error'][:100]}" for r in run["results"]
-           if r["status"] not in ("ok", "skipped") or (r["status"] == "skipped" and not r["error"])]
+    bad = [
+        f"{r['metric']} {r['layer'] or '(model)'}: {r['error'][:100]}"
+        for r in run["results"]
+        if r["status"] not in ("ok", "skipped") or (r["status"] == "skipped" and not r["error"])
+    ]
     sidecar = out / "run.npz"
-    return {"slowest": _slowest(out / "store" / "deepscope.db"),
-        "exit": proc.returncode, "wall": wall, "server": run["seconds"], "statuses": statuses, "bad": bad,
+    return {
+        "slowest": _slowest(out / "store" / "deepscope.db"),
+        "exit": proc.returncode,
+        "wall": wall,
+        "server": run["seconds"],
+        "statuses": statuses,
+        "bad": bad,
         "json_mb": (out / "run.json").stat().st_size / MB,
         "npz_mb": sidecar.stat().st_size / MB if sidecar.exists() else 0.0,
-        "peak_rss_mb": sampler.memory.peak_rss / MB, "results": len(run["results"]),
+        "peak_rss_mb": sampler.memory.peak_rss / MB,
+        "results": len(run["results"]),
     }
 
 
@@ -137,12 +164,12 @@ def _resnet_case(tmp: Path, smoke: bool) -> tuple[str, dict]:
     model = resnet18(width)
     path = zoo.export(model, torch.randn(2, 3, size, size), tmp / "resnet", formats=("pt2",), stem="resnet18")["pt2"]
     rng = np.random.default_rng(0)
-    np.savez(tmp / "data.npz", x=rng.standard_normal((n, 3, size, size)).astype(np.float32),
-             y=rng.integers(0, 1000, n))
+    np.savez(tmp / "data.npz", x=rng.standard_normal((n, 3, size, size)).astype(np.float32), y=rng.integers(0, 1000, n))
     out = tmp / "resnet_run"
     out.mkdir()
-    return f"ResNet-18 (width {width}), 3x{size}x{size}, {n} samples, --metrics all", \
-        _analyze(path, str(tmp / "data.npz"), out, ["--limit", str(n), "--batch-size", "32" if not smoke else "8"])
+    return f"ResNet-18 (width {width}), 3x{size}x{size}, {n} samples, --metrics all", _analyze(
+        path, str(tmp / "data.npz"), out, ["--limit", str(n), "--batch-size", "32" if not smoke else "8"]
+    )
 
 
 def _mlp_case(tmp: Path, smoke: bool) -> tuple[str, dict]:
@@ -152,17 +179,27 @@ def _mlp_case(tmp: Path, smoke: bool) -> tuple[str, dict]:
     paths = demo.train_with_checkpoints("mlp", [3], tmp / "mlp", "onnx")
     out = tmp / "mlp_run"
     out.mkdir()
-    extra = ["--limit", "128" if smoke else "300",
-             "--param", "basins.sample.samples=32", "--param", "basins.sample.draws=16",
-             "--param", "basins.weight.samples=32", "--param", "basins.weight.draws=8"]
+    extra = [
+        "--limit",
+        "128" if smoke else "300",
+        "--param",
+        "basins.sample.samples=32",
+        "--param",
+        "basins.sample.draws=16",
+        "--param",
+        "basins.weight.samples=32",
+        "--param",
+        "basins.weight.draws=8",
+    ]
     return "bundled MLP demo (epoch 3, digits, 300 samples)", _analyze(paths[0], "digits", out, extra)
 
 
 def run(smoke: bool = False) -> list[Table]:
     set_threads()
-    table = Table("11-12. Whole analyses at scale (issue 15)",
-                  ["case", "server s", "wall s", "results (ok/skipped/failed)", "JSON MB (+npz)", "peak RSS MB",
-                   "target", "met"])
+    table = Table(
+        "11-12. Whole analyses at scale (issue 15)",
+        ["case", "server s", "wall s", "results (ok/skipped/failed)", "JSON MB (+npz)", "peak RSS MB", "target", "met"],
+    )
     load_before = _load()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
         tmp = Path(d)
@@ -175,14 +212,22 @@ def run(smoke: bool = False) -> list[Table]:
                 target = "<= 600 s, all ok/skipped, JSON <= 10 MB"
             else:
                 target = "<= 15 s server"
-            table.add(name, f"{r['server']:.1f}", f"{r['wall']:.1f}",
-                      f"{r['results']} ({s.get('ok', 0)}/{s.get('skipped', 0)}/{s.get('failed', 0)})",
-                      f"{r['json_mb']:.2f} (+{r['npz_mb']:.1f})", f"{r['peak_rss_mb']:.0f}", target,
-                      table.check(ok, name))
+            table.add(
+                name,
+                f"{r['server']:.1f}",
+                f"{r['wall']:.1f}",
+                f"{r['results']} ({s.get('ok', 0)}/{s.get('skipped', 0)}/{s.get('failed', 0)})",
+                f"{r['json_mb']:.2f} (+{r['npz_mb']:.1f})",
+                f"{r['peak_rss_mb']:.0f}",
+                target,
+                table.check(ok, name),
+            )
             table.notes += [f"{case}: {b}" for b in r["bad"][:10]]
             table.notes.append(f"{case}: slowest stages: {r['slowest']}")
-    table.notes.append(f"load average (1/5/15 min) before: {load_before}; after: {_load()}; "
-                       f"torch/ORT threads {os.environ.get('DEEPSCOPE_ORT_THREADS')}")
+    table.notes.append(
+        f"load average (1/5/15 min) before: {load_before}; after: {_load()}; "
+        f"torch/ORT threads {os.environ.get('DEEPSCOPE_ORT_THREADS')}"
+    )
     return [table]
 
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, set_threads, script_main  # noqa: E402
+from common import Table, interleaved, median, script_main, set_threads  # noqa: E402
 
 
 def run(smoke: bool = False) -> list[Table]:
     set_threads()
+    import importlib
+
     import networkx as nx
     import numpy as np
-
-    import importlib
 
     bc = importlib.import_module("deepscope_metrics.fractal.box_covering")
 
@@ -35,7 +35,7 @@ def run(smoke: bool = False) -> list[Table]:
     G = nx.grid_2d_graph(side, side)
 
     def baseline() -> np.ndarray:
-        return np.array([bc.box_covering_networkx_baseline(G, int(l))[0] for l in sizes])
+        return np.array([bc.box_covering_networkx_baseline(G, int(size))[0] for size in sizes])
 
     def public() -> np.ndarray:
         return bc.box_covering(G, method="greedy", sizes=sizes, seed=0, restarts=3).counts
@@ -48,19 +48,32 @@ def run(smoke: bool = False) -> list[Table]:
     counts = {"nx": baseline(), "public": public(), "det": deterministic()}
     times = interleaved({"nx": baseline, "public": public, "det": deterministic}, repeats, warmup=0)
     t_nx = median(times["nx"])
-    table = Table(f"4. Box covering, {side}x{side} grid ({side * side:,} nodes), sizes l_B = {sizes.tolist()}",
-                  ["implementation", "median s", "speedup", "N_B per size", "N_B vs networkx", "target", "met"])
+    table = Table(
+        f"4. Box covering, {side}x{side} grid ({side * side:,} nodes), sizes l_B = {sizes.tolist()}",
+        ["implementation", "median s", "speedup", "N_B per size", "N_B vs networkx", "target", "met"],
+    )
     table.add("networkx greedy_color per size (baseline)", t_nx, "1.0x", str(counts["nx"].tolist()), "=", "", "")
-    for key, label in (("public", "box_covering(), 3 restarts (nx order + 2 random)"),
-                       ("det", "greedy_colouring, networkx order, all sizes")):
+    for key, label in (
+        ("public", "box_covering(), 3 restarts (nx order + 2 random)"),
+        ("det", "greedy_colouring, networkx order, all sizes"),
+    ):
         t = median(times[key])
         speed = t_nx / t
         worse = counts[key] > counts["nx"]
         cmp = "no worse" if not worse.any() else f"worse at l_B={sizes[worse].tolist()}"
-        table.add(label, t, f"{speed:.1f}x", str(counts[key].tolist()), cmp, ">= 20x, no worse",
-                  table.check(speed >= 20 and not worse.any(), f"box covering ({key}): {speed:.1f}x, {cmp}"))
-    table.notes.append(f"median of {repeats} interleaved runs (no warm-up round: the baseline takes seconds per size "
-                       "and has nothing to warm); every timing includes the hop-distance matrix")
+        table.add(
+            label,
+            t,
+            f"{speed:.1f}x",
+            str(counts[key].tolist()),
+            cmp,
+            ">= 20x, no worse",
+            table.check(speed >= 20 and not worse.any(), f"box covering ({key}): {speed:.1f}x, {cmp}"),
+        )
+    table.notes.append(
+        f"median of {repeats} interleaved runs (no warm-up round: the baseline takes seconds per size "
+        "and has nothing to warm); every timing includes the hop-distance matrix"
+    )
     return [table]
 
 

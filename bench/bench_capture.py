@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, ms, set_threads, script_main  # noqa: E402
+from common import Table, interleaved, median, ms, script_main, set_threads  # noqa: E402
+
 from deepscope_server.sandbox import SandboxedBackend  # noqa: E402
 
 CASES = {"mlp": 256, "cnn": 64}  # model -> batch size (the targets' sizes)
@@ -28,27 +29,57 @@ CASES = {"mlp": 256, "cnn": 64}  # model -> batch size (the targets' sizes)
 def _capture_requests(backend):  # noqa: ANN001, ANN202
     from deepscope_server.backends import CaptureRequest
 
-    return [CaptureRequest(l.name, "output") for l in backend.graph.layers if l.kind in ("linear", "conv")]
+    return [CaptureRequest(layer.name, "output") for layer in backend.graph.layers if layer.kind in ("linear", "conv")]
 
 
 def run(smoke: bool = False) -> list[Table]:
     set_threads()
+    import models
     import numpy as np
     import onnxruntime as ort
     import torch
-
     from common import THREADS
+
     from deepscope_server.backends.detect import load_model
 
-    import models
-
     repeats = 5 if smoke else 31
-    t_pt = Table("1. PyTorch capture of every Linear/Conv output (.pt2 backend) vs bare forward",
-                 ["model", "batch", "layers", "captured MB", "bare export ms", "eager ms", "capture ms",
-                  "ratio", "target", "met", "sandboxed ms", "sandbox/in-process", "target", "met"])
-    t_ox = Table("2. ONNX capture of every Linear/Conv output vs plain onnxruntime",
-                 ["model", "batch", "layers", "captured MB", "plain ort ms", "capture ms", "ratio", "target", "met",
-                  "sandboxed ms", "sandbox/in-process", "target", "met"])
+    t_pt = Table(
+        "1. PyTorch capture of every Linear/Conv output (.pt2 backend) vs bare forward",
+        [
+            "model",
+            "batch",
+            "layers",
+            "captured MB",
+            "bare export ms",
+            "eager ms",
+            "capture ms",
+            "ratio",
+            "target",
+            "met",
+            "sandboxed ms",
+            "sandbox/in-process",
+            "target",
+            "met",
+        ],
+    )
+    t_ox = Table(
+        "2. ONNX capture of every Linear/Conv output vs plain onnxruntime",
+        [
+            "model",
+            "batch",
+            "layers",
+            "captured MB",
+            "plain ort ms",
+            "capture ms",
+            "ratio",
+            "target",
+            "met",
+            "sandboxed ms",
+            "sandbox/in-process",
+            "target",
+            "met",
+        ],
+    )
     with tempfile.TemporaryDirectory(prefix="deepscope-bench-") as tmp:
         for name, batch in CASES.items():
             if smoke:  # the MLP only, small batch: exporting the CNN costs more than the whole budget allows
@@ -86,13 +117,24 @@ def run(smoke: bool = False) -> list[Table]:
             with torch.inference_mode():
                 ref = module(torch.from_numpy(x)).numpy()
             np.testing.assert_allclose(out.outputs["output"], ref, rtol=1e-4, atol=1e-4)
-            times = interleaved({"bare": bare_fwd, "eager": eager_fwd, "capture": pt_capture,
-                                 "sandboxed": pt_sandboxed}, repeats)
+            times = interleaved(
+                {"bare": bare_fwd, "eager": eager_fwd, "capture": pt_capture, "sandboxed": pt_sandboxed}, repeats
+            )
             b, e, c, s = (median(times[k]) for k in ("bare", "eager", "capture", "sandboxed"))
             ratio = c / b
-            t_pt.add(name, batch, len(reqs), mb, ms(b), ms(e), ms(c), f"{ratio:.3f}x", "<= 1.10x",
-                     t_pt.check(ratio <= 1.10, f"torch capture {name}: {ratio:.3f}x > 1.10x"),
-                     *_sandbox_cells(t_pt, f"torch {name}", times, s))
+            t_pt.add(
+                name,
+                batch,
+                len(reqs),
+                mb,
+                ms(b),
+                ms(e),
+                ms(c),
+                f"{ratio:.3f}x",
+                "<= 1.10x",
+                t_pt.check(ratio <= 1.10, f"torch capture {name}: {ratio:.3f}x > 1.10x"),
+                *_sandbox_cells(t_pt, f"torch {name}", times, s),
+            )
             backend.close()
             sandboxed.close()
             # --- ONNX
@@ -123,16 +165,27 @@ def run(smoke: bool = False) -> list[Table]:
             times = interleaved({"plain": ort_plain, "capture": ort_capture, "sandboxed": ort_sandboxed}, repeats)
             p, c, s = median(times["plain"]), median(times["capture"]), median(times["sandboxed"])
             ratio = c / p
-            t_ox.add(name, batch, len(reqs), mb, ms(p), ms(c), f"{ratio:.3f}x", "<= 1.30x",
-                     t_ox.check(ratio <= 1.30, f"onnx capture {name}: {ratio:.3f}x > 1.30x"),
-                     *_sandbox_cells(t_ox, f"onnx {name}", times, s))
+            t_ox.add(
+                name,
+                batch,
+                len(reqs),
+                mb,
+                ms(p),
+                ms(c),
+                f"{ratio:.3f}x",
+                "<= 1.30x",
+                t_ox.check(ratio <= 1.30, f"onnx capture {name}: {ratio:.3f}x > 1.30x"),
+                *_sandbox_cells(t_ox, f"onnx {name}", times, s),
+            )
             backend.close()
             sandboxed.close()
     note = f"median of {repeats} interleaved runs after 2 warm-up rounds; torch and onnxruntime at {THREADS} thread(s)"
     t_pt.notes.append(note + "; capture = `backend.run` incl. input validation and numpy conversion")
     t_ox.notes.append(note + "; plain = `InferenceSession` of the same file, default graph optimisations")
-    t_pt.notes.append("sandbox/in-process = median of the per-round ratios (sandboxed / in-process capture), "
-                      "with their interquartile range")
+    t_pt.notes.append(
+        "sandbox/in-process = median of the per-round ratios (sandboxed / in-process capture), "
+        "with their interquartile range"
+    )
     return [t_pt, t_ox]
 
 
@@ -140,8 +193,12 @@ def _sandbox_cells(table: Table, what: str, times: dict[str, list[float]], sandb
     """Sandboxed capture time and its ratio to the in-process capture of the same rounds."""
     ratios = sorted(s / c for s, c in zip(times["sandboxed"], times["capture"]))
     q1, mid, q3 = ratios[len(ratios) // 4], median(ratios), ratios[(3 * len(ratios)) // 4]
-    return [ms(sandboxed), f"{mid:.3f}x [{q1:.2f}-{q3:.2f}]", "<= 1.05x",
-            table.check(mid <= 1.05, f"sandboxed capture {what}: {mid:.3f}x > 1.05x")]
+    return [
+        ms(sandboxed),
+        f"{mid:.3f}x [{q1:.2f}-{q3:.2f}]",
+        "<= 1.05x",
+        table.check(mid <= 1.05, f"sandboxed capture {what}: {mid:.3f}x > 1.05x"),
+    ]
 
 
 if __name__ == "__main__":

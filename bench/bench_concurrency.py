@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, median, set_threads, script_main  # noqa: E402
+from common import Table, median, script_main, set_threads  # noqa: E402
 
 MB = 1e6
 
@@ -71,8 +71,9 @@ def _round(srv, model_id: str, x, n_clients: int, per_client: int) -> tuple[floa
 
 def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
     set_threads()
-    from common import THREADS
     import models
+    from common import THREADS
+
     from server import BenchServer
 
     n_clients = 8
@@ -94,9 +95,21 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
         finally:
             if server is None:
                 srv.stop()
-    table = Table(f"7. Concurrency: {n_clients} clients capturing at once (MLP batch 64, all Linear outputs)",
-                  ["clients", "requests", "req/s (median)", "MB/s (median)", "p50 ms", "p99 ms", "errors",
-                   "throughput vs 1 client", "target", "met"])
+    table = Table(
+        f"7. Concurrency: {n_clients} clients capturing at once (MLP batch 64, all Linear outputs)",
+        [
+            "clients",
+            "requests",
+            "req/s (median)",
+            "MB/s (median)",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "throughput vs 1 client",
+            "target",
+            "met",
+        ],
+    )
     rate = {}
     for label, res, k in (("1", single, 1), (str(n_clients), multi, n_clients)):
         reqs = k * per_client if k > 1 else n_clients * per_client
@@ -107,11 +120,23 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
         if k == 1:
             table.add(label, reqs, rate[k], mbs, _pct(lats, 50) * 1e3, _pct(lats, 99) * 1e3, errs, "1.00", "", "")
         else:
-            table.add(label, reqs, rate[k], mbs, _pct(lats, 50) * 1e3, _pct(lats, 99) * 1e3, errs,
-                      f"{rate[k] / rate[1]:.2f}", "0 errors", table.check(errs == 0, f"{errs} errors with {k} clients"))
-    table.notes.append(f"{rounds} round(s), each: 1 client x {n_clients * per_client} requests, then {n_clients} clients "
-                       f"x {per_client} requests; req/s = median over rounds; percentiles over all requests; "
-                       f"server torch at {THREADS} thread(s), 2 shared cores")
+            table.add(
+                label,
+                reqs,
+                rate[k],
+                mbs,
+                _pct(lats, 50) * 1e3,
+                _pct(lats, 99) * 1e3,
+                errs,
+                f"{rate[k] / rate[1]:.2f}",
+                "0 errors",
+                table.check(errs == 0, f"{errs} errors with {k} clients"),
+            )
+    table.notes.append(
+        f"{rounds} round(s), each: 1 client x {n_clients * per_client} requests, then {n_clients} clients "
+        f"x {per_client} requests; req/s = median over rounds; percentiles over all requests; "
+        f"server torch at {THREADS} thread(s), 2 shared cores"
+    )
     return [table]
 
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, set_threads, script_main  # noqa: E402
-
 import numpy as np  # noqa: E402
+from common import Table, interleaved, median, script_main, set_threads  # noqa: E402
 
 
 def loop_in_strength(K: np.ndarray, b: np.ndarray, h: int, w: int, pad: int) -> np.ndarray:
@@ -45,8 +44,8 @@ def loop_out_strength(K: np.ndarray, h: int, w: int, pad: int) -> np.ndarray:
     for o in range(c_out):
         for i in range(ho):
             for j in range(wo):
-                padded[:, i:i + kh, j:j + kw] += K[o]
-    return padded[:, pad:pad + h, pad:pad + w]
+                padded[:, i : i + kh, j : j + kw] += K[o]
+    return padded[:, pad : pad + h, pad : pad + w]
 
 
 def summed_in_strength(K: np.ndarray, b: np.ndarray, h: int, w: int, pad: int) -> np.ndarray:
@@ -69,7 +68,7 @@ def summed_out_strength(K: np.ndarray, h: int, w: int, pad: int) -> np.ndarray:
     ho, wo = h + 2 * pad - kh + 1, w + 2 * pad - kw + 1
     k = torch.from_numpy(K.astype(np.float64).sum(axis=0, keepdims=True))
     full = F.conv_transpose2d(torch.ones(1, 1, ho, wo, dtype=torch.float64), k)
-    return full[0, :, pad:pad + h, pad:pad + w].numpy()
+    return full[0, :, pad : pad + h, pad : pad + w].numpy()
 
 
 def run(smoke: bool = False) -> list[Table]:
@@ -93,23 +92,41 @@ def run(smoke: bool = False) -> list[Table]:
     }
     results = {k: f() for k, f in fns.items()}
     times = interleaved(fns, repeats, warmup=1)
-    table = Table(f"5. Conv node strength, Conv2d({c}->{c}, 3x3, pad 1) on {c}x{hw}x{hw}",
-                  ["quantity", "loop s", "vectorised ms", "speedup", "max |diff|", "target", "met"])
+    table = Table(
+        f"5. Conv node strength, Conv2d({c}->{c}, 3x3, pad 1) on {c}x{hw}x{hw}",
+        ["quantity", "loop s", "vectorised ms", "speedup", "max |diff|", "target", "met"],
+    )
     for q in ("in", "out"):
         tl, tv = median(times[f"loop_{q}"]), median(times[f"vec_{q}"])
         diff = float(np.max(np.abs(results[f"loop_{q}"] - results[f"vec_{q}"])))
         scale = float(np.max(np.abs(results[f"loop_{q}"])))
         same = results[f"loop_{q}"].shape == results[f"vec_{q}"].shape and diff <= 1e-12 * max(scale, 1.0)
         speed = tl / tv
-        table.add(f"{q}-strength [{c}x{hw}x{hw}]", tl, tv * 1e3, f"{speed:,.0f}x", f"{diff:.1e}", ">= 100x, equal",
-                  table.check(speed >= 100 and same, f"conv {q}-strength: {speed:.0f}x, max diff {diff:.1e}"))
+        table.add(
+            f"{q}-strength [{c}x{hw}x{hw}]",
+            tl,
+            tv * 1e3,
+            f"{speed:,.0f}x",
+            f"{diff:.1e}",
+            ">= 100x, equal",
+            table.check(speed >= 100 and same, f"conv {q}-strength: {speed:.0f}x, max diff {diff:.1e}"),
+        )
     for q in ("in", "out"):  # not the module's code: what the channel-summed kernel would give
         tl, ts = median(times[f"loop_{q}"]), median(times[f"sum_{q}"])
         diff = float(np.max(np.abs(results[f"loop_{q}"] - results[f"sum_{q}"])))
-        table.add(f"{q}-strength, the bench's own channel-summed kernel (reference)", tl, ts * 1e3,
-                  f"{tl / ts:,.0f}x", f"{diff:.1e}", "(reference)", "")
-    table.notes.append(f"median of {repeats} interleaved runs after 1 warm-up; float64 everywhere; torch at "
-                       "1 thread; 'equal' = max |diff| <= 1e-12 x max |value| (summation order differs)")
+        table.add(
+            f"{q}-strength, the bench's own channel-summed kernel (reference)",
+            tl,
+            ts * 1e3,
+            f"{tl / ts:,.0f}x",
+            f"{diff:.1e}",
+            "(reference)",
+            "",
+        )
+    table.notes.append(
+        f"median of {repeats} interleaved runs after 1 warm-up; float64 everywhere; torch at "
+        "1 thread; 'equal' = max |diff| <= 1e-12 x max |value| (summation order differs)"
+    )
     return [table]
 
 

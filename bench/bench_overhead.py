@@ -17,22 +17,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, cpu_per_call, interleaved, median, ms, set_threads, script_main, spread  # noqa: E402
+from common import Table, cpu_per_call, interleaved, median, ms, script_main, set_threads, spread  # noqa: E402
 
 
 def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
     set_threads()
     import numpy as np
     import torch
-
     from common import THREADS
+
     from deepscope.v1 import introspection_pb2 as pb
     from deepscope_server import zoo
     from server import BenchServer
 
     repeats = 30 if smoke else 300
-    table = Table("8. Per-call overhead: empty capture round trip (SDK -> server -> sandboxed worker)",
-                  ["call", "median ms", "spread", "target", "met"])
+    table = Table(
+        "8. Per-call overhead: empty capture round trip (SDK -> server -> sandboxed worker)",
+        ["call", "median ms", "spread", "target", "met"],
+    )
     srv = server or BenchServer(raw=False, threads=THREADS)
     with tempfile.TemporaryDirectory(prefix="deepscope-bench-") as tmp:
         module, _ = zoo.build("mlp")
@@ -54,26 +56,43 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
             with torch.inference_mode():
                 module(torch.from_numpy(x)).numpy()
 
-        times = interleaved({"capture": empty_capture, "list": list_models, "local": local_forward}, repeats,
-                            warmup=10)
+        times = interleaved({"capture": empty_capture, "list": list_models, "local": local_forward}, repeats, warmup=10)
         cap = median(times["capture"])
-        table.add("client.capture(model, x[1, 64], layers=[])", ms(cap), spread(times["capture"], ms), "<= 2 ms",
-                  table.check(cap <= 2e-3, f"empty capture round trip {ms(cap):.2f} ms > 2 ms"))
+        table.add(
+            "client.capture(model, x[1, 64], layers=[])",
+            ms(cap),
+            spread(times["capture"], ms),
+            "<= 2 ms",
+            table.check(cap <= 2e-3, f"empty capture round trip {ms(cap):.2f} ms > 2 ms"),
+        )
         # CPU time per call, summed over the client, the server and its workers: what the call
         # costs the machine, much less sensitive than wall time to other people's load.
         cpu = cpu_per_call(srv.pid, empty_capture, 50 if smoke else 300)
-        table.add("  CPU per empty capture: client / server + model worker", f"{ms(cpu[0]):.2f} / {ms(cpu[1]):.2f}",
-                  "", "", "")
-        table.add("client ListModels round trip (reference)", ms(median(times["list"])), spread(times["list"], ms),
-                  "", "")
-        table.add("the same forward pass in this process (reference)", ms(median(times["local"])),
-                  spread(times["local"], ms), "", "")
+        table.add(
+            "  CPU per empty capture: client / server + model worker",
+            f"{ms(cpu[0]):.2f} / {ms(cpu[1]):.2f}",
+            "",
+            "",
+            "",
+        )
+        table.add(
+            "client ListModels round trip (reference)", ms(median(times["list"])), spread(times["list"], ms), "", ""
+        )
+        table.add(
+            "the same forward pass in this process (reference)",
+            ms(median(times["local"])),
+            spread(times["local"], ms),
+            "",
+            "",
+        )
         client.close()
     if server is None:
         srv.stop()
-    table.notes.append(f"{repeats} interleaved calls after 10 warm-up; spread = interquartile range; "
-                       f"torch at {THREADS} thread(s); server: `deepscope_server` child process, loopback TCP, "
-                       "token auth, default --model-isolation process")
+    table.notes.append(
+        f"{repeats} interleaved calls after 10 warm-up; spread = interquartile range; "
+        f"torch at {THREADS} thread(s); server: `deepscope_server` child process, loopback TCP, "
+        "token auth, default --model-isolation process"
+    )
     return [table]
 
 

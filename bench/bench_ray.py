@@ -26,12 +26,21 @@ sys.path.insert(0, str(HERE))
 
 from bench_streaming_rss import TreeSampler  # noqa: E402
 from common import Table, script_main, set_threads  # noqa: E402
+
 from server import BenchServer  # noqa: E402
 
 #: Fast metrics: every built-in metric family whose cost is a pass over the activations or weights
 #: (box counting, correlation sums, basins and piecewise fits are minutes-scale and excluded).
-FAST = ["dimension.*", "modes.*", "cnt.node_strength", "cnt.link_weights", "cnt.neuron_activation",
-        "complexity.linear_fvu", "complexity.pattern_entropy", "fractal.spectrum_exponent"]
+FAST = [
+    "dimension.*",
+    "modes.*",
+    "cnt.node_strength",
+    "cnt.link_weights",
+    "cnt.neuron_activation",
+    "complexity.linear_fvu",
+    "complexity.pattern_entropy",
+    "fractal.spectrum_exponent",
+]
 MB = 1 << 20
 
 
@@ -68,8 +77,7 @@ def _values(run) -> dict:  # noqa: ANN001 - deepscope.Run
 
 def _same(a, b) -> bool:  # noqa: ANN001
     va, vb = _values(a), _values(b)
-    return va.keys() == vb.keys() and all(np.isclose(va[k], vb[k], rtol=1e-6, atol=1e-9, equal_nan=True)
-                                          for k in va)
+    return va.keys() == vb.keys() and all(np.isclose(va[k], vb[k], rtol=1e-6, atol=1e-9, equal_nan=True) for k in va)
 
 
 def run(smoke: bool = False) -> list[Table]:
@@ -78,9 +86,10 @@ def run(smoke: bool = False) -> list[Table]:
 
     n, metrics, limit = (2, ["dimension.effective"], 64) if smoke else (8, FAST, 512)
     workers = (1,) if smoke else (1, 2)
-    table = Table(f"13. Ray executor: {n} checkpoints x {len(metrics)} metric patterns, {limit} samples",
-                  ["executor", "Ray worker processes", "wall s", "peak RSS MB", "speed-up vs local",
-                   "same results as local"])
+    table = Table(
+        f"13. Ray executor: {n} checkpoints x {len(metrics)} metric patterns, {limit} samples",
+        ["executor", "Ray worker processes", "wall s", "peak RSS MB", "speed-up vs local", "same results as local"],
+    )
     with tempfile.TemporaryDirectory(prefix="deepscope-bench-ray-") as tmp:
         paths = _checkpoints(Path(tmp), n)
         base_s, base_rss, base_run = _measure((), paths, metrics, limit)
@@ -92,10 +101,13 @@ def run(smoke: bool = False) -> list[Table]:
                 while len(cluster.list_all_nodes()) < count:
                     cluster.add_node(num_cpus=1, object_store_memory=store)
                 cluster.wait_for_nodes()
-                seconds, rss, ray_run = _measure(("--executor", "ray", "--ray-address", cluster.address),
-                                                 paths, metrics, limit)
-                same = table.check(_same(base_run, ray_run) and ray_run.status == "completed",
-                                   f"Ray ({count} workers) results differ from the local executor's")
+                seconds, rss, ray_run = _measure(
+                    ("--executor", "ray", "--ray-address", cluster.address), paths, metrics, limit
+                )
+                same = table.check(
+                    _same(base_run, ray_run) and ray_run.status == "completed",
+                    f"Ray ({count} workers) results differ from the local executor's",
+                )
                 table.add("ray", count, seconds, rss / MB, base_s / seconds, same)
         finally:
             cluster.shutdown()

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, ms, ratio_cell, set_threads, script_main  # noqa: E402
+from common import Table, interleaved, median, ms, ratio_cell, script_main, set_threads  # noqa: E402
 
 #: model -> (batch, target ratio for the embedded SDK row)
 CASES = {"mlp": (256, 1.5), "cnn": (64, 1.15), "resnet18": (32, 1.15)}
@@ -53,7 +53,8 @@ def _hooks(module: Any, paths: list[str]) -> Callable[[Any], dict[str, Any]]:
     kept: dict[str, Any] = {}
     for path in paths:
         module.get_submodule(path).register_forward_hook(
-            lambda _m, _i, out, path=path: kept.__setitem__(path, out.clone()))
+            lambda _m, _i, out, path=path: kept.__setitem__(path, out.clone())
+        )
 
     def run(x: Any) -> dict[str, Any]:
         kept.clear()
@@ -126,22 +127,23 @@ def _polygraphy(onnx_path: Path, threads: int) -> Callable[[dict[str, Any]], Any
 
 def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
     set_threads()
+    import models
     import numpy as np
     import onnxruntime as ort
     import torch
+    from common import THREADS
 
     import deepscope
-    from common import THREADS
     from deepscope_server.backends import CaptureRequest
     from deepscope_server.backends.detect import load_model
     from server import BenchServer
 
-    import models
-
     repeats = 5 if smoke else 11
     cases = {"mlp": (16, 1.5)} if smoke else CASES
-    table = Table("9. SDK capture of every Linear/Conv output vs the bare forward pass, with peers (one run)",
-                  ["model", "captured MB", "contender", "median ms", "vs baseline [IQR]", "target", "met"])
+    table = Table(
+        "9. SDK capture of every Linear/Conv output vs the bare forward pass, with peers (one run)",
+        ["model", "captured MB", "contender", "median ms", "vs baseline [IQR]", "target", "met"],
+    )
     tcp = server or BenchServer(raw=False, threads=THREADS)
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="deepscope-bench-") as tmp:
@@ -157,7 +159,11 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                 x = x_t.numpy()
                 layer_paths = _layer_paths(module)
                 backend = load_model(paths["pt2"], device="cpu")
-                reqs = [CaptureRequest(l.name, "output") for l in backend.graph.layers if l.kind in ("linear", "conv")]
+                reqs = [
+                    CaptureRequest(layer.name, "output")
+                    for layer in backend.graph.layers
+                    if layer.kind in ("linear", "conv")
+                ]
                 in_name = backend.graph.inputs[0].name
                 select = [r.layer for r in reqs]
                 m_pt2, m_tcp = embedded.upload_model(paths["pt2"]), remote.upload_model(paths["pt2"])
@@ -191,10 +197,15 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                     ort_in = plain.get_inputs()[0].name
                     fns["ort"] = lambda: plain.run(None, {ort_in: x})
                     fns["sdk_onnx"] = lambda: embedded.capture(m_onnx, x, layers=select)
-                peers = () if smoke else (  # smoke: importing nnsight alone (transformers) takes seconds
-                    ("nnsight", lambda: _nnsight(models.build(name, batch)[0], layer_paths)),
-                    ("torchlens", lambda: _torchlens(models.build(name, batch)[0], layer_paths)),
-                    ("polygraphy", lambda: _polygraphy(paths["onnx"], THREADS)))
+                peers = (
+                    ()
+                    if smoke
+                    else (  # smoke: importing nnsight alone (transformers) takes seconds
+                        ("nnsight", lambda: _nnsight(models.build(name, batch)[0], layer_paths)),
+                        ("torchlens", lambda: _torchlens(models.build(name, batch)[0], layer_paths)),
+                        ("polygraphy", lambda: _polygraphy(paths["onnx"], THREADS)),
+                    )
+                )
                 for peer, make in peers:
                     try:
                         fn = make()
@@ -211,24 +222,33 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                         skipped[peer] = f"failed on {name}: {type(exc).__name__}: {str(exc)[:120]}"
                         del fns[peer]
                 times = interleaved(fns, repeats, warmup=2)
-                rows = [("bare", "plain forward, eager nn.Module (baseline)", "bare", None),
-                        ("hooks", "plain forward hooks (clone kept)", "bare", None),
-                        ("inproc", "deepscope in-process .pt2 backend", "bare", None),
-                        ("sdk_embedded", "deepscope SDK, .pt2, Client.embedded()", "bare", target),
-                        ("sdk_tcp", "deepscope SDK, .pt2, deepscope-server over loopback TCP", "bare", None),
-                        ("nnsight", "nnsight (local trace)", "bare", None),
-                        ("torchlens", "TorchLens (layers_to_save = same)", "bare", None),
-                        ("ort", "plain onnxruntime (ONNX baseline)", "ort", None),
-                        ("sdk_onnx", "deepscope SDK, ONNX, Client.embedded() (vs plain ORT)", "ort", None),
-                        ("polygraphy", "Polygraphy ORT runner, marked outputs (vs plain ORT)", "ort", None)]
+                rows = [
+                    ("bare", "plain forward, eager nn.Module (baseline)", "bare", None),
+                    ("hooks", "plain forward hooks (clone kept)", "bare", None),
+                    ("inproc", "deepscope in-process .pt2 backend", "bare", None),
+                    ("sdk_embedded", "deepscope SDK, .pt2, Client.embedded()", "bare", target),
+                    ("sdk_tcp", "deepscope SDK, .pt2, deepscope-server over loopback TCP", "bare", None),
+                    ("nnsight", "nnsight (local trace)", "bare", None),
+                    ("torchlens", "TorchLens (layers_to_save = same)", "bare", None),
+                    ("ort", "plain onnxruntime (ONNX baseline)", "ort", None),
+                    ("sdk_onnx", "deepscope SDK, ONNX, Client.embedded() (vs plain ORT)", "ort", None),
+                    ("polygraphy", "Polygraphy ORT runner, marked outputs (vs plain ORT)", "ort", None),
+                ]
                 label = f"{name} b{batch}"
                 for key, what, base, goal in rows:
                     if key not in times:
                         continue
                     mid, cell = ratio_cell(times[key], times[base])
                     met = table.check(mid <= goal, f"SDK embedded {label}: {mid:.2f}x > {goal}x") if goal else ""
-                    table.add(label, captured_mb, what, ms(median(times[key])), "1.00x (baseline)" if key == base
-                              else cell, f"<= {goal}x" if goal else "", met)
+                    table.add(
+                        label,
+                        captured_mb,
+                        what,
+                        ms(median(times[key])),
+                        "1.00x (baseline)" if key == base else cell,
+                        f"<= {goal}x" if goal else "",
+                        met,
+                    )
                     print(f"# {label}: {what}: {ms(median(times[key])):.1f} ms, {cell}", file=sys.stderr, flush=True)
                 backend.close()
         finally:
@@ -239,11 +259,15 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
             remote.close()
             if server is None:
                 tcp.stop()
-    table.notes.append(f"{repeats} rounds after 2 warm-up rounds, each round every contender once in a shuffled "
-                       f"order; torch and onnxruntime at {THREADS} thread(s) in every process; SDK rows use "
-                       "`client.capture(model, x, layers=[every Linear/Conv by name])` with default settings")
-    table.notes.append("SDK rows return numpy arrays in this process; every deepscope path was checked bitwise "
-                       "equal to the in-process backend before timing")
+    table.notes.append(
+        f"{repeats} rounds after 2 warm-up rounds, each round every contender once in a shuffled "
+        f"order; torch and onnxruntime at {THREADS} thread(s) in every process; SDK rows use "
+        "`client.capture(model, x, layers=[every Linear/Conv by name])` with default settings"
+    )
+    table.notes.append(
+        "SDK rows return numpy arrays in this process; every deepscope path was checked bitwise "
+        "equal to the in-process backend before timing"
+    )
     if smoke:
         table.notes.append("smoke: no ONNX rows and no peers")
     for peer, why in skipped.items():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, median, set_threads, script_main  # noqa: E402
+from common import Table, median, script_main, set_threads  # noqa: E402
 
 MB = 1e6
 
@@ -113,7 +113,7 @@ class TreeSampler:
             self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "TreeSampler":
+    def __enter__(self) -> TreeSampler:
         self._thread.start()
         return self
 
@@ -157,8 +157,17 @@ def _measure(servers, path: Path, metrics: list[str], limits: tuple[int, ...]) -
         m = sampler.memory
         if not m.workers_seen:
             raise RuntimeError("no metric worker process seen: is --metric-isolation still 'process'?")
-        out[k] = Measurement(limits[k], idle_rss, idle_pss, m.peak_rss, m.peak_pss, srv.status("VmHWM"), m.worker_hwm,
-                             len(m.workers_seen), seconds)
+        out[k] = Measurement(
+            limits[k],
+            idle_rss,
+            idle_pss,
+            m.peak_rss,
+            m.peak_pss,
+            srv.status("VmHWM"),
+            m.worker_hwm,
+            len(m.workers_seen),
+            seconds,
+        )
         client.close()
 
     threads = [threading.Thread(target=one, args=(k,)) for k in range(len(limits))]
@@ -174,6 +183,7 @@ def _measure(servers, path: Path, metrics: list[str], limits: tuple[int, ...]) -
 def run(smoke: bool = False, servers=None) -> list[Table]:  # noqa: ANN001
     set_threads()
     from common import THREADS
+
     from deepscope_server import zoo
     from server import BenchServer
 
@@ -194,19 +204,35 @@ def run(smoke: bool = False, servers=None) -> list[Table]:  # noqa: ANN001
                     s.wait()
                 if not metrics:
                     c = servers[0].connect()
-                    metrics = sorted(m.name for m in c.metric_infos().metrics
-                                     if {"outputs", "inputs"} & set(m.needs) and "model" not in m.needs
-                                     and not m.name.startswith("example."))
+                    metrics = sorted(
+                        m.name
+                        for m in c.metric_infos().metrics
+                        if {"outputs", "inputs"} & set(m.needs)
+                        and "model" not in m.needs
+                        and not m.name.startswith("example.")
+                    )
                     c.close()
                 rows.append(_measure(servers, path, metrics, (small, large)))
             finally:
                 for s in servers:
                     s.stop()
-    table = Table(f"6. Server peak RSS of Analyze over {large:,} vs {small:,} samples, server + metric workers "
-                  "(fresh server each)",
-                  ["samples", "idle RSS / PSS MB, tree", "peak RSS MB, tree (sum)", "peak PSS MB, tree (sum)",
-                   "server VmHWM MB", "largest worker VmHWM MB", "workers", "analysis s", "ratio (sum RSS)",
-                   "target", "met"])
+    table = Table(
+        f"6. Server peak RSS of Analyze over {large:,} vs {small:,} samples, server + metric workers "
+        "(fresh server each)",
+        [
+            "samples",
+            "idle RSS / PSS MB, tree",
+            "peak RSS MB, tree (sum)",
+            "peak PSS MB, tree (sum)",
+            "server VmHWM MB",
+            "largest worker VmHWM MB",
+            "workers",
+            "analysis s",
+            "ratio (sum RSS)",
+            "target",
+            "met",
+        ],
+    )
 
     def med(k: int, attr: str) -> float:
         return median([getattr(r[k], attr) for r in rows])
@@ -216,20 +242,33 @@ def run(smoke: bool = False, servers=None) -> list[Table]:  # noqa: ANN001
     for k, n in enumerate((small, large)):
         last = n == large
         idle = f"{med(k, 'idle_rss') / MB:.0f} / {med(k, 'idle_pss') / MB:.0f}"
-        table.add(f"{n:,}", idle, peak[n] / MB, med(k, "peak_pss") / MB,
-                  med(k, "server_hwm") / MB, med(k, "worker_hwm") / MB, f"{med(k, 'workers'):.0f}",
-                  med(k, "seconds"), f"{ratio:.3f}" if last else "1.00", "<= 1.10" if last else "",
-                  table.check(ratio <= 1.10, f"summed peak RSS ratio {ratio:.3f} > 1.10") if last else "")
+        table.add(
+            f"{n:,}",
+            idle,
+            peak[n] / MB,
+            med(k, "peak_pss") / MB,
+            med(k, "server_hwm") / MB,
+            med(k, "worker_hwm") / MB,
+            f"{med(k, 'workers'):.0f}",
+            med(k, "seconds"),
+            f"{ratio:.3f}" if last else "1.00",
+            "<= 1.10" if last else "",
+            table.check(ratio <= 1.10, f"summed peak RSS ratio {ratio:.3f} > 1.10") if last else "",
+        )
     if len(rows) > 1:
-        table.notes.append("ratio of summed peak RSS per pair: "
-                           + ", ".join(f"{r[1].peak_rss / r[0].peak_rss:.3f}" for r in rows)
-                           + "; server VmHWM ratio (old figure): "
-                           + f"{med(1, 'server_hwm') / med(0, 'server_hwm'):.3f}")
-    table.notes.append(f"{pairs} pair(s) of fresh servers (each pair = one {small:,} and one {large:,} run, side by "
-                       "side); medians over pairs. Tree = server + descendants (forkserver, resource tracker, one "
-                       "worker per metric), RSS polled every 50 ms, PSS every ~1 s (reading it costs ~9 ms per "
-                       "process); summed RSS counts pages shared with the forkserver once per worker, PSS splits "
-                       "them. Metrics: " + ", ".join(metrics))
+        table.notes.append(
+            "ratio of summed peak RSS per pair: "
+            + ", ".join(f"{r[1].peak_rss / r[0].peak_rss:.3f}" for r in rows)
+            + "; server VmHWM ratio (old figure): "
+            + f"{med(1, 'server_hwm') / med(0, 'server_hwm'):.3f}"
+        )
+    table.notes.append(
+        f"{pairs} pair(s) of fresh servers (each pair = one {small:,} and one {large:,} run, side by "
+        "side); medians over pairs. Tree = server + descendants (forkserver, resource tracker, one "
+        "worker per metric), RSS polled every 50 ms, PSS every ~1 s (reading it costs ~9 ms per "
+        "process); summed RSS counts pages shared with the forkserver once per worker, PSS splits "
+        "them. Metrics: " + ", ".join(metrics)
+    )
     return [table]
 
 

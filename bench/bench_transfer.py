@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, cpu_per_call, interleaved, median, memcpy_rate, set_threads, script_main  # noqa: E402
+from common import Table, cpu_per_call, interleaved, median, memcpy_rate, script_main, set_threads  # noqa: E402
 
 MB = 1e6
 
@@ -49,8 +49,8 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
     set_threads()
     import grpc
     import numpy as np
-
     from common import THREADS
+
     from deepscope.client import MAX_MESSAGE_BYTES
     from deepscope.tensors import CHUNK_BYTES
     from server import BenchServer
@@ -61,8 +61,10 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
     repeats = 5 if smoke else 15
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 64)).astype(np.float32)
-    table = Table("3. Remote capture (client gets numpy arrays) vs raw gRPC bytes stream, same two processes",
-                  ["path", "MB per run", "median s", "MB/s", "vs raw", "target", "met"])
+    table = Table(
+        "3. Remote capture (client gets numpy arrays) vs raw gRPC bytes stream, same two processes",
+        ["path", "MB per run", "median s", "MB/s", "vs raw", "target", "met"],
+    )
     srv = server or BenchServer(raw=True, threads=THREADS)
     with tempfile.TemporaryDirectory(prefix="deepscope-bench-") as tmp:
         path = _wide_model(Path(tmp))
@@ -84,15 +86,31 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
         def raw() -> None:
             assert srv.raw_stream(channel, total, CHUNK_BYTES) == total
 
-        times = interleaved({"raw": raw, "capture": lambda: capture(None), "capture_big": lambda: capture(batch),
-                             "stream": lambda: capture(None, shared=False)}, repeats, warmup=1)
+        times = interleaved(
+            {
+                "raw": raw,
+                "capture": lambda: capture(None),
+                "capture_big": lambda: capture(batch),
+                "stream": lambda: capture(None, shared=False),
+            },
+            repeats,
+            warmup=1,
+        )
         t_raw = median(times["raw"])
-        table.add("raw gRPC bytes stream (1 MiB chunks, payload made once)", total / MB, t_raw, total / t_raw / MB,
-                  "1.00", "", "")
-        for key, what, goal in (("capture", "client.capture, SDK defaults (batch_size 256; shared memory on loopback)", 0.5),
-                                ("capture_big", f"client.capture, batch_size={batch}", None),
-                                ("stream", "client.capture, gRPC stream (shared_memory=False: what a remote client "
-                                 "gets)", 0.7)):
+        table.add(
+            "raw gRPC bytes stream (1 MiB chunks, payload made once)",
+            total / MB,
+            t_raw,
+            total / t_raw / MB,
+            "1.00",
+            "",
+            "",
+        )
+        for key, what, goal in (
+            ("capture", "client.capture, SDK defaults (batch_size 256; shared memory on loopback)", 0.5),
+            ("capture_big", f"client.capture, batch_size={batch}", None),
+            ("stream", "client.capture, gRPC stream (shared_memory=False: what a remote client gets)", 0.7),
+        ):
             t_cap = median(times[key])
             frac = t_raw / t_cap
             per_round = sorted(r / c for r, c in zip(times["raw"], times[key]))
@@ -101,8 +119,15 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
             table.add(what, total / MB, t_cap, total / t_cap / MB, cell, f">= {goal:.2f}" if goal else "", met)
         for key, fn in (("raw", raw), ("capture", lambda: capture(None)), ("stream", lambda: capture(None, False))):
             client_cpu, server_cpu = cpu_per_call(srv.pid, fn, 2 if smoke else 5)
-            table.add(f"  CPU s per run, {key}: client / server + model worker", total / MB,
-                      f"{client_cpu:.2f} / {server_cpu:.2f}", "", "", "", "")
+            table.add(
+                f"  CPU s per run, {key}: client / server + model worker",
+                total / MB,
+                f"{client_cpu:.2f} / {server_cpu:.2f}",
+                "",
+                "",
+                "",
+                "",
+            )
         mem = memcpy_rate()
         table.add("memcpy (numpy copyto, 64 MiB, client process)", "", "", mem / MB, "", "", "")
         channel.close()
@@ -112,9 +137,12 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
     table.notes.append(
         f"{n:,} samples, layers fc1+act1 ({per_sample // 1024} KiB/sample) plus the model output; median of {repeats} "
         "shuffled rounds after 1 warm-up, [interquartile range of the per-round ratios]; server torch at "
-        f"{THREADS} thread(s)")
-    table.notes.append("raw = same server process (handler on the same grpc.aio server), bytes counted and dropped; "
-                       "capture includes the server forward pass and reassembly into numpy arrays")
+        f"{THREADS} thread(s)"
+    )
+    table.notes.append(
+        "raw = same server process (handler on the same grpc.aio server), bytes counted and dropped; "
+        "capture includes the server forward pass and reassembly into numpy arrays"
+    )
     return [table]
 
 

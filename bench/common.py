@@ -9,7 +9,6 @@ the same process and the same run.
 from __future__ import annotations
 
 import argparse
-
 import os
 import platform
 import random
@@ -103,8 +102,10 @@ class Table:
         widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(self.columns)]
         line = "| " + " | ".join(h.ljust(w) for h, w in zip(self.columns, widths)) + " |"
         sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-        body = ["| " + " | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)) + " |"
-                for r in cells]
+        body = [
+            "| " + " | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)) + " |"
+            for r in cells
+        ]
         out = [f"### {self.title}", "", line, sep, *body]
         if self.notes:
             out += [""] + [f"- {n}" for n in self.notes]
@@ -163,8 +164,10 @@ def machine() -> str:
     except OSError:
         pass
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "-"
-    return (f"{cpu}; {os.cpu_count()} cores (load {load}); Python {sys.version.split()[0]}; torch {torch.__version__}; "
-            f"onnxruntime {ort}; grpcio {grpc_v}; numpy {numpy.__version__}; threads={THREADS}")
+    return (
+        f"{cpu}; {os.cpu_count()} cores (load {load}); Python {sys.version.split()[0]}; torch {torch.__version__}; "
+        f"onnxruntime {ort}; grpcio {grpc_v}; numpy {numpy.__version__}; threads={THREADS}"
+    )
 
 
 def cpu_seconds(pid: int) -> float:

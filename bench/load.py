@@ -114,8 +114,9 @@ class Recorder:
             self.latency[kind].append(time.perf_counter() - start)
 
 
-def client_loop(address: str, token: str | None, files: dict[str, dict[str, Path]], stop_at: float,
-                rec: Recorder, seed: int) -> None:
+def client_loop(
+    address: str, token: str | None, files: dict[str, dict[str, Path]], stop_at: float, rec: Recorder, seed: int
+) -> None:
     try:
         _client_loop(address, token, files, stop_at, rec, seed)
     except Exception as exc:  # noqa: BLE001 - e.g. the setup uploads: counted like any error
@@ -123,8 +124,9 @@ def client_loop(address: str, token: str | None, files: dict[str, dict[str, Path
             rec.errors.append(f"client {seed} setup: {type(exc).__name__}: {exc}")
 
 
-def _client_loop(address: str, token: str | None, files: dict[str, dict[str, Path]], stop_at: float,
-                 rec: Recorder, seed: int) -> None:
+def _client_loop(
+    address: str, token: str | None, files: dict[str, dict[str, Path]], stop_at: float, rec: Recorder, seed: int
+) -> None:
     rng = random.Random(seed)
     data = np.random.default_rng(seed)
     with deepscope.connect(address, token=token, progress=False) as client:
@@ -156,8 +158,9 @@ def _client_loop(address: str, token: str | None, files: dict[str, dict[str, Pat
                 fmt = rng.choice(["onnx", "pt2"])
 
                 def analyze() -> None:
-                    run = client.analyze(ids[("mlp", fmt)], data="digits", metrics=metrics, layers=layers,
-                                         limit=200, batch_size=50)
+                    run = client.analyze(
+                        ids[("mlp", fmt)], data="digits", metrics=metrics, layers=layers, limit=200, batch_size=50
+                    )
                     if run.status != "completed" or run.failures:
                         raise RuntimeError(f"run {run.id} {run.status}, failures: {list(run.failures)[:3]}")
 
@@ -169,8 +172,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run_load(address: str, token: str | None, files: dict[str, dict[str, Path]], seconds: float, clients: int,
-             server_pid: int | None = None) -> dict:
+def run_load(
+    address: str,
+    token: str | None,
+    files: dict[str, dict[str, Path]],
+    seconds: float,
+    clients: int,
+    server_pid: int | None = None,
+) -> dict:
     """Drive the server; returns {errors, latency table rows, memory figures}."""
     rec = Recorder()
     memory = {"baseline": 0, "peak": 0, "after": 0}
@@ -180,7 +189,9 @@ def run_load(address: str, token: str | None, files: dict[str, dict[str, Path]],
         time.sleep(1)
         memory["baseline"] = tree_memory(server_pid)
     stop_at = time.monotonic() + seconds
-    threads = [threading.Thread(target=client_loop, args=(address, token, files, stop_at, rec, i)) for i in range(clients)]
+    threads = [
+        threading.Thread(target=client_loop, args=(address, token, files, stop_at, rec, i)) for i in range(clients)
+    ]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -194,8 +205,15 @@ def run_load(address: str, token: str | None, files: dict[str, dict[str, Path]],
         memory["after"] = tree_memory(server_pid)
     rows = []
     for kind, values in sorted(rec.latency.items()):
-        rows.append({"rpc": kind, "calls": len(values), "p50_ms": 1000 * statistics.median(values),
-                     "p99_ms": 1000 * percentile(values, 0.99), "max_ms": 1000 * max(values)})
+        rows.append(
+            {
+                "rpc": kind,
+                "calls": len(values),
+                "p50_ms": 1000 * statistics.median(values),
+                "p99_ms": 1000 * percentile(values, 0.99),
+                "max_ms": 1000 * max(values),
+            }
+        )
     return {"errors": rec.errors, "rows": rows, "memory": memory, "seconds": seconds, "clients": clients}
 
 
@@ -232,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
     parser.add_argument("--token", default=os.environ.get("DEEPSCOPE_TOKEN"))
     parser.add_argument("--metric-isolation", default="process", choices=["process", "thread"])
-    parser.add_argument("--overhead", action="store_true",
-                        help="instead of the load: time an Analyze (digits, all built-in metrics) per isolation mode")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="instead of the load: time an Analyze (digits, all built-in metrics) per isolation mode",
+    )
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="deepscope-load-"))
     try:
@@ -257,8 +278,9 @@ def _main(args: argparse.Namespace, tmp: Path) -> int:
     else:
         from deepscope.embedded import EmbeddedServer
 
-        server = EmbeddedServer(store=tmp / "store", max_concurrent_runs=args.clients,
-                                metric_isolation=args.metric_isolation)
+        server = EmbeddedServer(
+            store=tmp / "store", max_concurrent_runs=args.clients, metric_isolation=args.metric_isolation
+        )
         address, token = server.start(), server.token
         pid = server.process.pid
     try:
@@ -266,16 +288,20 @@ def _main(args: argparse.Namespace, tmp: Path) -> int:
     finally:
         if server:
             server.stop()
-    print(f"{args.clients} clients, {args.seconds:g} s, metric isolation {args.metric_isolation}: "
-          f"{sum(r['calls'] for r in result['rows'])} calls, {len(result['errors'])} errors")
+    print(
+        f"{args.clients} clients, {args.seconds:g} s, metric isolation {args.metric_isolation}: "
+        f"{sum(r['calls'] for r in result['rows'])} calls, {len(result['errors'])} errors"
+    )
     print(f"{'rpc':<26}{'calls':>7}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for r in result["rows"]:
         print(f"{r['rpc']:<26}{r['calls']:>7}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}{r['max_ms']:>10.1f}")
     mem = result["memory"]
     if mem["baseline"]:
         mib = 1 << 20
-        print(f"server PSS (incl. metric workers): baseline {mem['baseline'] / mib:.0f} MiB, peak {mem['peak'] / mib:.0f} MiB, "
-              f"after {mem['after'] / mib:.0f} MiB")
+        print(
+            f"server PSS (incl. metric workers): baseline {mem['baseline'] / mib:.0f} MiB, peak {mem['peak'] / mib:.0f} MiB, "
+            f"after {mem['after'] / mib:.0f} MiB"
+        )
     for error in result["errors"][:10]:
         print("ERROR", error)
     return 1 if result["errors"] else 0

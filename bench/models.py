@@ -37,7 +37,11 @@ class BenchCNN(nn.Module):
         super().__init__()
         self.conv1, self.bn1, self.act1 = nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()
         self.layer1 = zoo.BasicBlock(32)
-        self.conv2, self.bn2, self.act2 = nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        self.conv2, self.bn2, self.act2 = (
+            nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        )
         self.layer2 = zoo.BasicBlock(64)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
@@ -57,8 +61,11 @@ class _ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1, self.relu = nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
         self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
-        self.downsample = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-                           if stride != 1 or c_in != c_out else None)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
@@ -101,7 +108,9 @@ def build(name: str, batch: int) -> tuple[nn.Module, torch.Tensor]:
     raise ValueError(name)
 
 
-def export(name: str, batch: int, directory: Path, formats: tuple[str, ...] = ("pt2", "onnx")) -> tuple[nn.Module, torch.Tensor, dict[str, Path]]:
+def export(
+    name: str, batch: int, directory: Path, formats: tuple[str, ...] = ("pt2", "onnx")
+) -> tuple[nn.Module, torch.Tensor, dict[str, Path]]:
     """Build and export with the zoo's exporter (dynamic batch; ONNX unoptimised so BN stays a layer)."""
     model, x = build(name, batch)
     with warnings.catch_warnings():

@@ -47,22 +47,33 @@ MiB = 1 << 20
 
 def capture_request(nbytes: int) -> bytes:
     """A well-formed serialized CaptureRequest carrying one float32 input of about ``nbytes``."""
-    return pb.CaptureRequest(model="flood", inputs=[to_proto(np.zeros(nbytes // 4, np.float32), "x")]).SerializeToString()
+    return pb.CaptureRequest(
+        model="flood", inputs=[to_proto(np.zeros(nbytes // 4, np.float32), "x")]
+    ).SerializeToString()
 
 
 def _channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1),
-                                                   ("grpc.max_receive_message_length", 4 * MiB)])
+    return grpc.insecure_channel(
+        address, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 4 * MiB)]
+    )
 
 
-def flood(address: str, requests: int, clients: int, payload: bytes, timeout: float,
-          methods: Sequence[str] = (CAPTURE,), metadata: tuple[tuple[str, str], ...] = ()) -> Counter[grpc.StatusCode]:
+def flood(
+    address: str,
+    requests: int,
+    clients: int,
+    payload: bytes,
+    timeout: float,
+    methods: Sequence[str] = (CAPTURE,),
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> Counter[grpc.StatusCode]:
     """Send ``requests`` raw calls (to ``methods`` in turn) from ``clients`` channels at once; each one's status."""
     channels = [_channel(address) for _ in range(clients)]
 
     def one(i: int) -> grpc.StatusCode:
-        call = channels[i % clients].unary_stream(methods[i % len(methods)], request_serializer=None,
-                                                  response_deserializer=None)
+        call = channels[i % clients].unary_stream(
+            methods[i % len(methods)], request_serializer=None, response_deserializer=None
+        )
         try:
             for _ in call(payload, timeout=timeout, metadata=metadata):
                 pass
@@ -101,7 +112,7 @@ class RssSampler:
                 self.peak = max(self.peak, rss(self.pid))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -126,15 +137,18 @@ class Prober:
             call = channel.unary_unary(LIST_MODELS, request_serializer=None, response_deserializer=None)
             while not self._stop.is_set():
                 try:
-                    call(pb.ListModelsRequest().SerializeToString(), timeout=self.deadline,
-                         metadata=(("authorization", f"Bearer {self.token}"),))
+                    call(
+                        pb.ListModelsRequest().SerializeToString(),
+                        timeout=self.deadline,
+                        metadata=(("authorization", f"Bearer {self.token}"),),
+                    )
                     self.served += 1
                 except grpc.RpcError as exc:
                     self.failures.append(f"{exc.code().name}: {exc.details()}")
                 self._stop.wait(0.1)
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["Prober"]:
+    def running(self) -> Iterator[Prober]:
         thread = threading.Thread(target=self._run, daemon=True)
         thread.start()
         try:
@@ -154,8 +168,18 @@ class FloodResult:
     probe: Prober
 
 
-def measure(pid: int, address: str, token: str, requests: int, clients: int, nbytes: int, timeout: float,
-            methods: Sequence[str] = (CAPTURE,), probe_deadline: float = 10.0, settle: float = 3.0) -> FloodResult:
+def measure(
+    pid: int,
+    address: str,
+    token: str,
+    requests: int,
+    clients: int,
+    nbytes: int,
+    timeout: float,
+    methods: Sequence[str] = (CAPTURE,),
+    probe_deadline: float = 10.0,
+    settle: float = 3.0,
+) -> FloodResult:
     """The flood against a started server (process ``pid``): status codes and its RSS before, during, after.
 
     One authenticated call first, so that lazy imports and caches are in the baseline.
@@ -182,11 +206,13 @@ def code_of(ref: str | None) -> Iterator[None]:
         return
     saved = os.environ.get("PYTHONPATH")
     with tempfile.TemporaryDirectory(prefix="deepscope-flood-ref-") as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "client", "server", "plugins"],
-                                 check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "client", "server", "plugins"], check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         os.environ["PYTHONPATH"] = os.pathsep.join(
-            [f"{tmp}/client", f"{tmp}/server", f"{tmp}/plugins", *filter(None, (saved or "").split(os.pathsep))])
+            [f"{tmp}/client", f"{tmp}/server", f"{tmp}/plugins", *filter(None, (saved or "").split(os.pathsep))]
+        )
         try:
             yield
         finally:
@@ -199,8 +225,10 @@ def code_of(ref: str | None) -> Iterator[None]:
 def _row(label: str, r: FloodResult, nbytes: int) -> str:
     codes = ", ".join(f"{n} {c.name}" for c, n in r.codes.most_common())
     probe = f"{r.probe.served} served, {len(r.probe.failures)} failed"
-    return (f"| {label} | {codes} | {r.baseline / MiB:,.0f} | {r.peak / MiB:,.0f} | {r.after / MiB:,.0f} | "
-            f"{(r.peak - r.baseline) / MiB:+,.0f} | {r.seconds:.1f} | {probe} |")
+    return (
+        f"| {label} | {codes} | {r.baseline / MiB:,.0f} | {r.peak / MiB:,.0f} | {r.after / MiB:,.0f} | "
+        f"{(r.peak - r.baseline) / MiB:+,.0f} | {r.seconds:.1f} | {probe} |"
+    )
 
 
 @contextlib.contextmanager
@@ -221,15 +249,30 @@ def run(smoke: bool = False) -> list:  # noqa: ANN201 - [common.Table]; for benc
     from common import Table
 
     requests, clients, mib = (8, 4, 4) if smoke else (48, 16, 60)
-    table = Table(f"10. Pre-auth flood: {requests} unauthenticated Capture calls of {mib} MiB, {clients} at a time",
-                  ["flood status codes", "server RSS before MiB", "peak MiB", "peak growth MiB", "flood s",
-                   "authenticated ListModels during the flood", "all refused, server serving"])
+    table = Table(
+        f"10. Pre-auth flood: {requests} unauthenticated Capture calls of {mib} MiB, {clients} at a time",
+        [
+            "flood status codes",
+            "server RSS before MiB",
+            "peak MiB",
+            "peak growth MiB",
+            "flood s",
+            "authenticated ListModels during the flood",
+            "all refused, server serving",
+        ],
+    )
     with started_server() as (pid, address, token):
         r = measure(pid, address, token, requests, clients, mib * MiB, 120.0, settle=0.5 if smoke else 3.0)
     ok = set(r.codes) == {grpc.StatusCode.UNAUTHENTICATED} and not r.probe.failures
-    table.add(", ".join(f"{n} {c.name}" for c, n in r.codes.most_common()), r.baseline / MiB, r.peak / MiB,
-              (r.peak - r.baseline) / MiB, r.seconds, f"{r.probe.served} served, {len(r.probe.failures)} failed",
-              table.check(ok, "pre-auth flood: a call was not refused as UNAUTHENTICATED or the server stopped serving"))
+    table.add(
+        ", ".join(f"{n} {c.name}" for c, n in r.codes.most_common()),
+        r.baseline / MiB,
+        r.peak / MiB,
+        (r.peak - r.baseline) / MiB,
+        r.seconds,
+        f"{r.probe.served} served, {len(r.probe.failures)} failed",
+        table.check(ok, "pre-auth flood: a call was not refused as UNAUTHENTICATED or the server stopped serving"),
+    )
     table.notes.append("details and the before/after comparison: `bench/preauth_flood.py --before REF`, bench/LOAD.md")
     return [table]
 
@@ -241,25 +284,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mib", type=int, default=60, help="size of each request in MiB")
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline of each flood call (s)")
     parser.add_argument("--before", metavar="REF", help="also flood the server code of this git ref")
-    parser.add_argument("--method", choices=sorted(METHODS), default="Capture",
-                        help="the RPC flooded (health and reflection are open: they answer without the token)")
+    parser.add_argument(
+        "--method",
+        choices=sorted(METHODS),
+        default="Capture",
+        help="the RPC flooded (health and reflection are open: they answer without the token)",
+    )
     args = parser.parse_args(argv)
     nbytes = args.mib * MiB
-    print(f"### Pre-auth flood: {args.requests} unauthenticated {args.method} calls of {args.mib} MiB, "
-          f"{args.clients} at a time (server RSS in MiB)\n")
-    print("| server code | flood status codes | RSS before | peak | 3 s after | peak growth | flood s | "
-          "authenticated ListModels during the flood |")
+    print(
+        f"### Pre-auth flood: {args.requests} unauthenticated {args.method} calls of {args.mib} MiB, "
+        f"{args.clients} at a time (server RSS in MiB)\n"
+    )
+    print(
+        "| server code | flood status codes | RSS before | peak | 3 s after | peak growth | flood s | "
+        "authenticated ListModels during the flood |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     failed = False
     for label, ref in ([(f"before ({args.before})", args.before)] if args.before else []) + [("this checkout", None)]:
         with code_of(ref), started_server() as (pid, address, token):
-            result = measure(pid, address, token, args.requests, args.clients, nbytes, args.timeout,
-                             (METHODS[args.method],))
+            result = measure(
+                pid, address, token, args.requests, args.clients, nbytes, args.timeout, (METHODS[args.method],)
+            )
         print(_row(label, result, nbytes), flush=True)
         for failure in result.probe.failures[:3]:
             print(f"  authenticated call failed: {failure}")
-        failed = ref is None and (bool(result.probe.failures) or args.method in ("Capture", "GetModel")
-                                  and set(result.codes) != {grpc.StatusCode.UNAUTHENTICATED})
+        failed = ref is None and (
+            bool(result.probe.failures)
+            or args.method in ("Capture", "GetModel")
+            and set(result.codes) != {grpc.StatusCode.UNAUTHENTICATED}
+        )
     print(f"\nTotal bytes sent per run: {args.requests * nbytes / MiB:,.0f} MiB.")
     return 1 if failed else 0
 

@@ -16,14 +16,24 @@ import sys
 import time
 import traceback
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SCRIPTS = ("bench_capture", "bench_transfer", "bench_box_covering", "bench_conv_strength", "bench_streaming_rss",
-           "bench_concurrency", "bench_overhead", "bench_sdk", "preauth_flood", "bench_ray")
+SCRIPTS = (
+    "bench_capture",
+    "bench_transfer",
+    "bench_box_covering",
+    "bench_conv_strength",
+    "bench_streaming_rss",
+    "bench_concurrency",
+    "bench_overhead",
+    "bench_sdk",
+    "preauth_flood",
+    "bench_ray",
+)
 #: Not in --smoke: starting a Ray cluster and warming its workers takes minutes on a busy 2-core box, which
 #: tests/unit/test_bench_smoke.py's 600 s budget cannot absorb; ``bench_ray.py --smoke`` runs it alone.
 NOT_IN_SMOKE = ("bench_ray",)
@@ -44,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import common
 
     common.set_threads()
-    print(f"# deepscope benchmarks{' (smoke)' if args.smoke else ''}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# deepscope benchmarks{' (smoke)' if args.smoke else ''}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# {common.machine()}\n", flush=True)
     scripts = args.only or [s for s in SCRIPTS if not (args.smoke and s in NOT_IN_SMOKE)]
     shared: dict[str, object] = {}
@@ -82,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for srv in started:
             srv.stop()
-    print(f"# total {time.perf_counter() - t_all:.1f} s; crashed: {', '.join(crashed) or 'none'}; "
-          f"targets missed: {'; '.join(missed) or 'none'}")
+    print(
+        f"# total {time.perf_counter() - t_all:.1f} s; crashed: {', '.join(crashed) or 'none'}; "
+        f"targets missed: {'; '.join(missed) or 'none'}"
+    )
     if crashed:
         return 1
     return 2 if missed and args.strict else 0

@@ -40,7 +40,7 @@ async def _raw_stream(request: bytes, context: grpc.aio.ServicerContext) -> Asyn
         lo = sent % len(payload)
         if lo + n > len(payload):
             lo = 0
-        yield payload[lo:lo + n]
+        yield payload[lo : lo + n]
         sent += n
 
 
@@ -75,29 +75,42 @@ class BenchServer:
     Thread counts are pinned through the environment (OMP for torch, DEEPSCOPE_ORT_THREADS for ORT).
     """
 
-    def __init__(self, raw: bool = True, threads: int = 1, flags: tuple[str, ...] = (),
-                 wait: bool = True) -> None:
+    def __init__(self, raw: bool = True, threads: int = 1, flags: tuple[str, ...] = (), wait: bool = True) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="deepscope-bench-server-")
         root = Path(self._tmp.name)
         self.token = secrets.token_urlsafe(16)
         (root / "token").write_text(self.token)
         port_file = root / "port"
         cmd = [sys.executable, str(Path(__file__).resolve())] if raw else [sys.executable, "-m", "deepscope_server"]
-        cmd += ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--store", str(root / "store"),
-                "--auth-token-file", str(root / "token"), "--no-reflection", *flags]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   DEEPSCOPE_ORT_THREADS=str(threads))
+        cmd += [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--store",
+            str(root / "store"),
+            "--auth-token-file",
+            str(root / "token"),
+            "--no-reflection",
+            *flags,
+        ]
+        env = dict(
+            os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), DEEPSCOPE_ORT_THREADS=str(threads)
+        )
         self.log_path = root / "server.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         self.pid = self.process.pid
         self._port_file = port_file
         self.address = ""
         if wait:
             self.wait()
 
-    def wait(self) -> "BenchServer":
+    def wait(self) -> BenchServer:
         """Block until the server answers (separate from the constructor so several can start at once)."""
         port_file = self._port_file
         deadline = time.monotonic() + 120
@@ -131,8 +144,9 @@ class BenchServer:
         """Receive a raw stream of ``total`` bytes; returns the byte count received."""
         call = channel.unary_stream(RAW_METHOD, request_serializer=None, response_deserializer=None)
         got = 0
-        for part in call(f"{total},{chunk}".encode(), metadata=[("authorization", f"Bearer {self.token}")],
-                         timeout=600):
+        for part in call(
+            f"{total},{chunk}".encode(), metadata=[("authorization", f"Bearer {self.token}")], timeout=600
+        ):
             got += len(part)
         return got
 
@@ -147,7 +161,7 @@ class BenchServer:
         self._log.close()
         self._tmp.cleanup()
 
-    def __enter__(self) -> "BenchServer":
+    def __enter__(self) -> BenchServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -35,8 +35,10 @@ def render() -> str:
         status = "reconstructed" if cls.reconstructed else "extension" if cls.extension else "faithful"
         lines.append(f"### `{name}` ({status})\n")
         lines.append(f"{cls.description}\n")
-        lines.append(f"- needs: {', '.join(needs_names(cls.needs))}; layer kinds: "
-                     f"{', '.join(sorted(cls.layer_kinds)) if cls.layer_kinds else 'any'}")
+        lines.append(
+            f"- needs: {', '.join(needs_names(cls.needs))}; layer kinds: "
+            f"{', '.join(sorted(cls.layer_kinds)) if cls.layer_kinds else 'any'}"
+        )
         if cls.summary_keys:
             lines.append(f"- headline values: {', '.join(f'`{k}`' for k in cls.summary_keys)}")
         if cls.citation:
@@ -46,9 +48,15 @@ def render() -> str:
         if cls.params:
             lines.append("\n| parameter | type | default | allowed | description |\n| --- | --- | --- | --- | --- |")
             for p in cls.params:
-                allowed = ", ".join(map(str, p.choices)) if p.choices else (
-                    f"[{'' if p.min is None else p.min}, {'' if p.max is None else p.max}]"
-                    if p.min is not None or p.max is not None else "")
+                allowed = (
+                    ", ".join(map(str, p.choices))
+                    if p.choices
+                    else (
+                        f"[{'' if p.min is None else p.min}, {'' if p.max is None else p.max}]"
+                        if p.min is not None or p.max is not None
+                        else ""
+                    )
+                )
                 desc = p.description.replace("|", "\\|")
                 lines.append(f"| `{p.name}` | {p.type.__name__} | `{p.default}` | {allowed} | {desc} |")
         lines.append("")

@@ -50,17 +50,38 @@ def train_with_checkpoints(name: str, epochs: list[int], out: Path, fmt: str) ->
             with torch.no_grad():
                 accuracy = (model(x_te).argmax(1) == y_te).float().mean().item()
             print(f"  {name} epoch {epoch:2d}: test accuracy {accuracy:.3f}")
-            paths.append(zoo.export(model, x_te[:4], out / name / f"epoch{epoch:02d}", formats=(fmt,),
-                                    stem=f"{name}_epoch{epoch:02d}")[fmt])
+            paths.append(
+                zoo.export(
+                    model, x_te[:4], out / name / f"epoch{epoch:02d}", formats=(fmt,), stem=f"{name}_epoch{epoch:02d}"
+                )[fmt]
+            )
     return paths
 
 
 def analyze(paths: list[Path], report: Path, extra: list[str]) -> int:
-    command = [sys.executable, "-m", "deepscope.cli", "analyze", *map(str, paths), "--data", "digits",
-               "--metrics", "all", "--report", str(report), "--json", str(report.with_suffix(".json")),
-               "--store", str(report.parent / "store"), *extra]
-    print("\n$ deepscope analyze " + " ".join(str(p.relative_to(report.parent.parent)) if p.is_absolute() else str(p)
-                                           for p in paths) + " --data digits --metrics all --report ...")
+    command = [
+        sys.executable,
+        "-m",
+        "deepscope.cli",
+        "analyze",
+        *map(str, paths),
+        "--data",
+        "digits",
+        "--metrics",
+        "all",
+        "--report",
+        str(report),
+        "--json",
+        str(report.with_suffix(".json")),
+        "--store",
+        str(report.parent / "store"),
+        *extra,
+    ]
+    print(
+        "\n$ deepscope analyze "
+        + " ".join(str(p.relative_to(report.parent.parent)) if p.is_absolute() else str(p) for p in paths)
+        + " --data digits --metrics all --report ..."
+    )
     return subprocess.call(command)
 
 
@@ -77,12 +98,22 @@ def main() -> int:
     mlp = train_with_checkpoints("mlp", [1, 3, 10], out, "onnx")
     cnn = train_with_checkpoints("cnn", [1, 3, 10], out, "pt2")
     # Basins re-run the model many times per sample: a smaller sample keeps the demo to a few minutes.
-    extra = ["--limit", "128" if args.quick else "300",
-             "--param", "basins.sample.samples=32", "--param", "basins.sample.draws=16",
-             "--param", "basins.weight.samples=32", "--param", "basins.weight.draws=8"]
+    extra = [
+        "--limit",
+        "128" if args.quick else "300",
+        "--param",
+        "basins.sample.samples=32",
+        "--param",
+        "basins.sample.draws=16",
+        "--param",
+        "basins.weight.samples=32",
+        "--param",
+        "basins.weight.draws=8",
+    ]
     status = analyze(mlp, out / "mlp_report.html", extra) or analyze(cnn, out / "cnn_report.html", extra)
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; reports: {out}/mlp_report.html, "
-          f"{out}/cnn_report.html")
+    print(
+        f"\ndemo finished in {time.perf_counter() - start:.0f} s; reports: {out}/mlp_report.html, {out}/cnn_report.html"
+    )
     return status
 
 

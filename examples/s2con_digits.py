@@ -81,16 +81,22 @@ def main() -> None:
     torch.set_num_threads(1)
     X, y = load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
-    data = (torch.tensor(x_tr, dtype=torch.float32), torch.tensor(x_te, dtype=torch.float32),
-            torch.tensor(y_tr), torch.tensor(y_te))
+    data = (
+        torch.tensor(x_tr, dtype=torch.float32),
+        torch.tensor(x_te, dtype=torch.float32),
+        torch.tensor(y_tr),
+        torch.tensor(y_te),
+    )
     print(f"digits: {len(x_tr)} train / {len(x_te)} test; MLP 64-64-64-64-10; {args.epochs} epochs; seed {args.seed}")
     for use in (False, True):
         t = time.perf_counter()
         acc, rates, gate = train(data, use, args)
         label = f"S2-Con (gamma={args.target}, alpha={args.weight})" if use else "baseline"
         extra = f", mean gate z {gate:.2f}" if use else ""
-        print(f"{label:32s} test acc {acc:.4f}  SS_rate per hidden layer "
-              f"{', '.join(f'{r:.3f}' for r in rates)}  ({time.perf_counter() - t:.1f} s{extra})")
+        print(
+            f"{label:32s} test acc {acc:.4f}  SS_rate per hidden layer "
+            f"{', '.join(f'{r:.3f}' for r in rates)}  ({time.perf_counter() - t:.1f} s{extra})"
+        )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,18 @@ def generate(out: Path) -> list[Path]:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")
     (out / "deepscope" / "v1").mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", "--include_source_info", "--include_imports",
-            f"--descriptor_set_out={out / 'deepscope' / 'v1' / DESCRIPTOR_SET}", *protos]
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        "--include_source_info",
+        "--include_imports",
+        f"--descriptor_set_out={out / 'deepscope' / 'v1' / DESCRIPTOR_SET}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return sorted([*(out / "deepscope").rglob("*_pb2*.py*"), out / "deepscope" / "v1" / DESCRIPTOR_SET])

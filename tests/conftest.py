@@ -48,7 +48,12 @@ def node_modules() -> Path:
     """``npm ci`` of tests/conformance/node (package-lock.json); skipped where node or npm is missing."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are needed (the Node.js conformance client and buf ship as npm packages)")
-    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=NODE_DIR,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     return NODE_DIR / "node_modules"

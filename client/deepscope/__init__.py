@@ -1,9 +1,9 @@
 """deepscope client SDK: connect to a server, upload models, capture activations, run metrics.
 
-    import deepscope
-    client = deepscope.connect("127.0.0.1:50051")     # or deepscope.Client.embedded()
-    model = client.upload_model("net.onnx")
-    acts = client.capture(model, x, layers=["fc1", "conv*"])
+import deepscope
+client = deepscope.connect("127.0.0.1:50051")     # or deepscope.Client.embedded()
+model = client.upload_model("net.onnx")
+acts = client.capture(model, x, layers=["fc1", "conv*"])
 """
 
 __version__ = "0.1.0"
@@ -27,8 +27,25 @@ from .results import GraphData, Run  # noqa: E402
 from .values import Curve  # noqa: E402
 
 __all__ = [
-    "Activations", "Cancelled", "Client", "Curve", "DeadlineExceeded", "DeepscopeError", "FailedPrecondition",
-    "FieldViolation", "GraphData",
-    "Internal", "InvalidArgument", "Model", "NotFound", "PermissionDenied", "ResourceExhausted", "Run",
-    "ServerInfo", "Unauthenticated", "Unavailable", "__version__", "connect",
+    "Activations",
+    "Cancelled",
+    "Client",
+    "Curve",
+    "DeadlineExceeded",
+    "DeepscopeError",
+    "FailedPrecondition",
+    "FieldViolation",
+    "GraphData",
+    "Internal",
+    "InvalidArgument",
+    "Model",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Run",
+    "ServerInfo",
+    "Unauthenticated",
+    "Unavailable",
+    "__version__",
+    "connect",
 ]

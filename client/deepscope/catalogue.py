@@ -19,8 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .values import from_value
 from .v1 import introspection_pb2 as pb
+from .values import from_value
 
 #: Environment variables that never change the catalogue (secrets, addresses, storage).
 _IRRELEVANT_ENV = {"DEEPSCOPE_TOKEN", "DEEPSCOPE_AUTH_TOKEN", "DEEPSCOPE_SERVER", "DEEPSCOPE_STORE", "DEEPSCOPE_CACHE"}
@@ -60,8 +60,9 @@ def embedded_fingerprint() -> str:
     for ep in sorted(metadata.entry_points(group="deepscope"), key=lambda e: (e.name, e.value)):
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ""
         parts.append(f"ep {ep.name}={ep.value} {dist} {_code_stamp(ep.value.split(':')[0])}")
-    parts += sorted(f"env {k}={v}" for k, v in os.environ.items()
-                    if k.startswith("DEEPSCOPE_") and k not in _IRRELEVANT_ENV)
+    parts += sorted(
+        f"env {k}={v}" for k, v in os.environ.items() if k.startswith("DEEPSCOPE_") and k not in _IRRELEVANT_ENV
+    )
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -112,18 +113,22 @@ def _close(name: str, candidates: Iterable[str]) -> str:
     import difflib
 
     cands = list(candidates)
-    close = difflib.get_close_matches(name, cands, n=5, cutoff=0.5) or [c for c in cands if name.lower() in c.lower()][:5]
+    close = (
+        difflib.get_close_matches(name, cands, n=5, cutoff=0.5) or [c for c in cands if name.lower() in c.lower()][:5]
+    )
     return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 
-def check_metrics(catalogue: pb.ListMetricsResponse, patterns: Sequence[str],
-                  params: Mapping[str, Mapping[str, Any]]) -> None:
+def check_metrics(
+    catalogue: pb.ListMetricsResponse, patterns: Sequence[str], params: Mapping[str, Mapping[str, Any]]
+) -> None:
     """Every metric pattern matches a metric; every parameter exists and fits its spec."""
     infos = {m.name: m for m in catalogue.metrics}
     for pattern in patterns:
         if pattern != "all" and not fnmatch.filter(infos, pattern):
-            raise UsageError(f"metric '{pattern}' matches no metric{_close(pattern, infos)}; "
-                             "list them with `deepscope metrics`")
+            raise UsageError(
+                f"metric '{pattern}' matches no metric{_close(pattern, infos)}; list them with `deepscope metrics`"
+            )
     for metric, values in params.items():
         if metric not in infos:
             raise UsageError(f"--param for unknown metric '{metric}'{_close(metric, infos)}")
@@ -146,8 +151,12 @@ def _check_param(metric: str, spec: pb.ParamSpec, value: Any) -> None:
             raise UsageError(f"{where} must be >= {spec.min:g}, got {value}")
         if spec.HasField("max") and value > spec.max:
             raise UsageError(f"{where} must be <= {spec.max:g}, got {value}")
-    elif spec.type == "bool" and not isinstance(value, bool) and value not in (0, 1) \
-            and str(value).lower() not in ("true", "false", "yes", "no"):
+    elif (
+        spec.type == "bool"
+        and not isinstance(value, bool)
+        and value not in (0, 1)
+        and str(value).lower() not in ("true", "false", "yes", "no")
+    ):
         raise UsageError(f"{where} expects true or false, got {value!r}")
     choices = [from_value(c) for c in spec.choices]
     if choices and value not in choices:
@@ -161,6 +170,8 @@ def check_layers(layers: Sequence[tuple[str, str]], patterns: Sequence[str]) -> 
     for pattern in patterns:
         if pattern.startswith("kind:"):
             if pattern[5:] not in kinds:
-                raise UsageError(f"layer selection '{pattern}' matches no layer; this model's kinds: {', '.join(kinds)}")
+                raise UsageError(
+                    f"layer selection '{pattern}' matches no layer; this model's kinds: {', '.join(kinds)}"
+                )
         elif not (fnmatch.filter(names, pattern) if any(c in pattern for c in "*?[") else pattern in names):
             raise UsageError(f"layer selection '{pattern}' matches no layer{_close(pattern, names)}")

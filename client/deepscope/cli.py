@@ -34,27 +34,51 @@ class CliError(Exception):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=os.environ.get("DEEPSCOPE_SERVER"),
-                        help="HOST:PORT of a running server (default: start an embedded one)")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("DEEPSCOPE_SERVER"),
+        help="HOST:PORT of a running server (default: start an embedded one)",
+    )
     parser.add_argument("--token", default=os.environ.get("DEEPSCOPE_TOKEN"), help="auth token (or $DEEPSCOPE_TOKEN)")
     parser.add_argument("--store", default=None, help="store directory of the embedded server")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepscope", description="Look inside neural networks: per-layer metrics, "
-                                     "activations and weight graphs from ONNX and PyTorch models.")
+    parser = argparse.ArgumentParser(
+        prog="deepscope",
+        description="Look inside neural networks: per-layer metrics, "
+        "activations and weight graphs from ONNX and PyTorch models.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("analyze", help="run metrics on one model or a series of checkpoints")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="model files (.onnx, .pt2, .pt) or server model ids/names; "
-                   "several = checkpoints of one training run, in order")
-    p.add_argument("--data", default="digits", help="a server dataset (digits, synthetic, or a plugin's; `deepscope metrics` lists them) "
-                   "| FILE.npy | FILE.npz (arrays x[, y])")
-    p.add_argument("--metrics", default="all", help="comma-separated names or globs (e.g. cnt.*,fractal.ss_rate); "
-                   "'all' = every metric that applies to the model (the others are reported as skipped)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="drop metrics by name or glob (repeatable or comma-separated, e.g. basins.*,modes.*)")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="model files (.onnx, .pt2, .pt) or server model ids/names; "
+        "several = checkpoints of one training run, in order",
+    )
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="a server dataset (digits, synthetic, or a plugin's; `deepscope metrics` lists them) "
+        "| FILE.npy | FILE.npz (arrays x[, y])",
+    )
+    p.add_argument(
+        "--metrics",
+        default="all",
+        help="comma-separated names or globs (e.g. cnt.*,fractal.ss_rate); "
+        "'all' = every metric that applies to the model (the others are reported as skipped)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="drop metrics by name or glob (repeatable or comma-separated, e.g. basins.*,modes.*)",
+    )
     p.add_argument("--layers", nargs="*", default=[], help="layer names, globs or kind:KIND (default: all that apply)")
     p.add_argument("--param", action="append", default=[], metavar="METRIC.KEY=VALUE", help="metric parameter")
     p.add_argument("--batch-size", type=int, default=64)
@@ -111,7 +135,9 @@ def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         metric, dot, name = key.rpartition(".")
         if not sep or not dot or "." not in metric:
-            raise CliError(f"--param '{item}': expected METRIC.KEY=VALUE, e.g. cnt.node_strength.mode=graph", EXIT_USAGE)
+            raise CliError(
+                f"--param '{item}': expected METRIC.KEY=VALUE, e.g. cnt.node_strength.mode=graph", EXIT_USAGE
+            )
         params.setdefault(metric, {})[name] = parse_value(value)
     return params
 
@@ -121,7 +147,10 @@ def load_data(spec: str, limit: int = 0) -> str | tuple[np.ndarray, np.ndarray |
     path = Path(spec)
     if path.suffix not in (".npy", ".npz"):
         if path.exists() or "/" in spec:
-            raise CliError(f"--data {spec}: use a .npy or .npz file, or a server dataset name (`deepscope metrics` lists them)", EXIT_USAGE)
+            raise CliError(
+                f"--data {spec}: use a .npy or .npz file, or a server dataset name (`deepscope metrics` lists them)",
+                EXIT_USAGE,
+            )
         return spec
     if not path.exists():
         raise CliError(f"data file not found: {spec}", EXIT_USAGE)
@@ -186,9 +215,12 @@ def print_run(run: Run, out: TextIO = sys.stdout, max_keys: int = 4) -> None:
     """Per metric, a table of layers and headline values; for a series, the first value per checkpoint."""
     skipped = sum(r.status == "skipped" for r in run.results)
     seconds = times.seconds(run.info.duration)
-    print(f"run {run.id}: {run.status}, {run.info.num_samples} samples, {seconds:.1f} s, "
-          f"{run.info.num_results} results ({run.info.num_failed} failed"
-          f"{f', {skipped} skipped' if skipped else ''})", file=out)
+    print(
+        f"run {run.id}: {run.status}, {run.info.num_samples} samples, {seconds:.1f} s, "
+        f"{run.info.num_results} results ({run.info.num_failed} failed"
+        f"{f', {skipped} skipped' if skipped else ''})",
+        file=out,
+    )
     if run.info.error:
         print(f"  error: {run.info.error}", file=out)
     checkpoints = sorted({r.checkpoint for r in run.results})
@@ -205,9 +237,13 @@ def print_run(run: Run, out: TextIO = sys.stdout, max_keys: int = 4) -> None:
                 continue
             scalars = {i.key: i.scalar for i in r.items if i.WhichOneof("value") == "scalar"}
             if not any(k in scalars for k in keys):  # e.g. a (model) row with keys of its own
-                own = [k for k in scalars if k not in r.params and k != "seed" and not k.startswith(BOOKKEEPING_PREFIXES)]
+                own = [
+                    k for k in scalars if k not in r.params and k != "seed" and not k.startswith(BOOKKEEPING_PREFIXES)
+                ]
                 values = ", ".join(f"{k}={_fmt(scalars[k])}" for k in own[:max_keys])
-                row["values"] = values if len(checkpoints) == 1 else f"{row.get('values', '')} @{r.checkpoint}: {values}".strip()
+                row["values"] = (
+                    values if len(checkpoints) == 1 else f"{row.get('values', '')} @{r.checkpoint}: {values}".strip()
+                )
             elif len(checkpoints) > 1:
                 if keys:
                     row[f"{keys[0]}@{r.checkpoint}"] = scalars.get(keys[0], "")
@@ -285,9 +321,19 @@ def cmd_analyze(args: argparse.Namespace, client: Client) -> int:
         print(f"note: {note}", file=sys.stderr)  # once per run, however many checkpoints share it
     metrics = metric_patterns(args)
     exclude = [pattern for item in args.exclude for pattern in _split(item)]
-    run = client.analyze(models, data=data, metrics=metrics, exclude=exclude, layers=args.layers, params=params,
-                         batch_size=args.batch_size, seed=args.seed, limit=args.limit or None, split=args.split,
-                         metric_timeout=args.metric_timeout or None)
+    run = client.analyze(
+        models,
+        data=data,
+        metrics=metrics,
+        exclude=exclude,
+        layers=args.layers,
+        params=params,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        limit=args.limit or None,
+        split=args.split,
+        metric_timeout=args.metric_timeout or None,
+    )
     print_run(run)
     write_outputs(run, args.json, args.report)
     return 0 if run.status == "completed" else EXIT_ERROR
@@ -306,11 +352,30 @@ def _param_json(p: Any) -> dict[str, Any]:
 def cmd_metrics(args: argparse.Namespace, client: Client) -> int:
     infos = client.metric_infos()
     if args.json:
-        print(json.dumps([{"name": m.name, "description": m.description, "plugin": m.plugin,
-                           "params": {p.name: _param_json(p) for p in m.params}} for m in infos.metrics], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "description": m.description,
+                        "plugin": m.plugin,
+                        "params": {p.name: _param_json(p) for p in m.params},
+                    }
+                    for m in infos.metrics
+                ],
+                indent=1,
+            )
+        )
         return 0
-    rows = [{"name": m.name, "needs": ",".join(m.needs), "plugin": f"{m.plugin} {m.plugin_version}",
-             "description": m.description[:70]} for m in infos.metrics]
+    rows = [
+        {
+            "name": m.name,
+            "needs": ",".join(m.needs),
+            "plugin": f"{m.plugin} {m.plugin_version}",
+            "description": m.description[:70],
+        }
+        for m in infos.metrics
+    ]
     print_table(rows, ["name", "needs", "plugin", "description"])
     print(f"\ndatasets (--data NAME): {', '.join(infos.datasets) or 'none'}")
     for error in infos.plugin_errors:
@@ -319,16 +384,26 @@ def cmd_metrics(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_models(args: argparse.Namespace, client: Client) -> int:
-    rows = [{"id": m.id[:12], "name": m.name, "format": m.format, "bytes": m.info.size_bytes,
-             "source": m.info.source} for m in client.models()]
+    rows = [
+        {"id": m.id[:12], "name": m.name, "format": m.format, "bytes": m.info.size_bytes, "source": m.info.source}
+        for m in client.models()
+    ]
     print_table(rows, ["id", "name", "format", "bytes", "source"])
     return 0
 
 
 def cmd_runs(args: argparse.Namespace, client: Client) -> int:
-    rows = [{"run": r.id, "status": r.status, "created": times.iso(r.info.created_time)[:19], "models": len(r.info.config.models),
-             "metrics": ",".join(m.name for m in r.info.config.metrics)[:50], "results": r.info.num_results}
-            for r in client.runs(args.limit)]
+    rows = [
+        {
+            "run": r.id,
+            "status": r.status,
+            "created": times.iso(r.info.created_time)[:19],
+            "models": len(r.info.config.models),
+            "metrics": ",".join(m.name for m in r.info.config.metrics)[:50],
+            "results": r.info.num_results,
+        }
+        for r in client.runs(args.limit)
+    ]
     print_table(rows, ["run", "status", "created", "models", "metrics", "results"])
     return 0
 
@@ -349,8 +424,10 @@ def cmd_capture(args: argparse.Namespace, client: Client) -> int:
         try:
             from sklearn.datasets import load_digits
         except ImportError:
-            raise CliError("--data digits on the client needs scikit-learn: pip install 'deepscope[digits]', "
-                           "or pass your inputs as a .npy/.npz file") from None
+            raise CliError(
+                "--data digits on the client needs scikit-learn: pip install 'deepscope[digits]', "
+                "or pass your inputs as a .npy/.npz file"
+            ) from None
         x = (load_digits().data[: args.limit or None] / 16.0).astype(np.float32)
         shape = [d if d > 0 else -1 for d in model.info.inputs[0].shape.dims]
         x = x.reshape([-1, *shape[1:]]) if len(shape) > 1 else x
@@ -365,8 +442,14 @@ def cmd_capture(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "metrics": cmd_metrics, "models": cmd_models, "runs": cmd_runs,
-            "show": cmd_show, "capture": cmd_capture}
+COMMANDS = {
+    "analyze": cmd_analyze,
+    "metrics": cmd_metrics,
+    "models": cmd_models,
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "capture": cmd_capture,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,19 +21,19 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
 from . import times
-from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
 from .onnx_files import external_data_files
 from .progress import ProgressEvent, ProgressTracker, display_for, interactive
+from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 from .results import Run
 from .shared_memory import SharedMemoryUnavailable, local_address
 from .shared_memory import attach as attach_shared
 from .shared_memory import available as shared_memory_available
 from .tensors import CHUNK_BYTES, Assembler, TensorError, to_proto
 from .v1 import introspection_pb2 as pb
-from .values import from_value, to_value
 from .v1 import introspection_pb2_grpc as pb_grpc
+from .values import from_value, to_value
 
 MAX_MESSAGE_BYTES = 256 << 20
 DEFAULT_TIMEOUT = 120.0
@@ -56,16 +56,25 @@ class ServerInfo:
     devices: tuple[str, ...]
 
     @classmethod
-    def from_proto(cls, info: pb.GetServerInfoResponse) -> "ServerInfo":
+    def from_proto(cls, info: pb.GetServerInfoResponse) -> ServerInfo:
         limits: dict[str, float] = {}
         for field, value in info.limits.ListFields():
             if isinstance(value, Duration):
                 limits[f"{field.name}_seconds"] = times.seconds(value)
             else:
                 limits[field.name] = int(value)
-        return cls(info.server_version, info.protocol_version, limits, tuple(info.upload_formats),
-                   tuple(info.executors), info.metric_isolation, info.model_isolation, info.auth_required,
-                   info.tls, tuple(info.devices))
+        return cls(
+            info.server_version,
+            info.protocol_version,
+            limits,
+            tuple(info.upload_formats),
+            tuple(info.executors),
+            info.metric_isolation,
+            info.model_isolation,
+            info.auth_required,
+            info.tls,
+            tuple(info.devices),
+        )
 
 
 if TYPE_CHECKING:
@@ -90,6 +99,7 @@ class _NoBar:
     def update(self, n: int = 1) -> None: ...
     def set_postfix_str(self, s: str) -> None: ...
     def close(self) -> None: ...
+
     total = None
     n = 0
 
@@ -98,7 +108,7 @@ class _NoBar:
 class Model:
     """A model on the server. ``layers`` is the layer table as a pandas DataFrame."""
 
-    client: "Client"
+    client: Client
     info: pb.ModelInfo
 
     @property
@@ -129,14 +139,18 @@ class Model:
 
         rows = []
         for layer in self.detail().layers:
-            rows.append({
-                "name": layer.name, "kind": layer.kind, "op_type": layer.op_type,
-                "inputs": list(layer.inputs),
-                "input_shape": [tuple(s.dims) for s in layer.input_shapes],
-                "output_shape": [tuple(s.dims) for s in layer.output_shapes],
-                "params": int(sum(int(np.prod(p.shape)) for p in layer.params)),
-                "attrs": {k: json.loads(v) for k, v in layer.attrs.items()},
-            })
+            rows.append(
+                {
+                    "name": layer.name,
+                    "kind": layer.kind,
+                    "op_type": layer.op_type,
+                    "inputs": list(layer.inputs),
+                    "input_shape": [tuple(s.dims) for s in layer.input_shapes],
+                    "output_shape": [tuple(s.dims) for s in layer.output_shapes],
+                    "params": int(sum(int(np.prod(p.shape)) for p in layer.params)),
+                    "attrs": {k: json.loads(v) for k, v in layer.attrs.items()},
+                }
+            )
         return pd.DataFrame(rows)
 
     def __repr__(self) -> str:
@@ -153,9 +167,15 @@ class Activations(dict[str, np.ndarray]):
 class Client:
     """A connection to a deepscope server."""
 
-    def __init__(self, channel: grpc.Channel, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 progress: bool = True, on_close: Callable[[], None] | None = None,
-                 shared_memory: bool = False) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        progress: bool = True,
+        on_close: Callable[[], None] | None = None,
+        shared_memory: bool = False,
+    ) -> None:
         self._channel = channel
         self._stub = pb_grpc.IntrospectionServiceStub(channel)
         self._metadata = [(PROTOCOL_KEY, str(PROTOCOL_VERSION))]
@@ -171,7 +191,7 @@ class Client:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def embedded(cls, store: str | Path | None = None, progress: bool = True, **server_flags: Any) -> "Client":
+    def embedded(cls, store: str | Path | None = None, progress: bool = True, **server_flags: Any) -> Client:
         """A local server process on a free loopback port; ``close()`` (or the end of the script) stops it.
 
         A live embedded server already on ``store`` (another notebook, a CLI run) is shared instead;
@@ -193,7 +213,7 @@ class Client:
             self._on_close()
             self._on_close = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -225,8 +245,9 @@ class Client:
 
     # ------------------------------------------------------------ models
 
-    def upload_model(self, model: str | os.PathLike[str] | bytes, name: str | None = None,
-                     timeout: float | None = None) -> Model:
+    def upload_model(
+        self, model: str | os.PathLike[str] | bytes, name: str | None = None, timeout: float | None = None
+    ) -> Model:
         """Upload a model file (path or bytes), streamed in chunks; returns the stored Model.
 
         An ONNX file's external-data files (``net.onnx.data``, as ``torch.onnx.export`` writes them)
@@ -248,8 +269,9 @@ class Client:
             n, digest = _size_and_digest(file)
             files.append((pb.FileHeader(path=location, total_bytes=n, sha256=digest), file))
             total += n
-        bar = _progress_bar(self.progress and total > 4 * CHUNK_BYTES, total=total, unit="B",
-                            unit_scale=True, desc=f"upload {name}")
+        bar = _progress_bar(
+            self.progress and total > 4 * CHUNK_BYTES, total=total, unit="B", unit_scale=True, desc=f"upload {name}"
+        )
 
         def requests() -> Iterator[pb.UploadModelRequest]:
             yield pb.UploadModelRequest(header=pb.UploadHeader(name=name, total_bytes=size, sha256=sha256))
@@ -315,9 +337,15 @@ class Client:
             out[name] = array
         return out
 
-    def capture(self, model: str | Model, x: np.ndarray | Mapping[str, np.ndarray], layers: Sequence[str] = (),
-                layer_inputs: Sequence[str] = (), batch_size: int | None = None,
-                timeout: float | None = None) -> Activations:
+    def capture(
+        self,
+        model: str | Model,
+        x: np.ndarray | Mapping[str, np.ndarray],
+        layers: Sequence[str] = (),
+        layer_inputs: Sequence[str] = (),
+        batch_size: int | None = None,
+        timeout: float | None = None,
+    ) -> Activations:
         """Run ``x`` through the model and return the selected layers' outputs as numpy arrays.
 
         ``layers`` and ``layer_inputs`` take names, globs (``conv*``) or ``kind:conv``. Large
@@ -334,9 +362,13 @@ class Client:
         buckets = {"output": result.model_outputs, "layer": result, "input": result.layer_inputs}
 
         def start(lo: int) -> Any:  # the RPC starts now; its messages are read when iterated
-            request = pb.CaptureRequest(model=model.id, layers=list(layers), layer_inputs=list(layer_inputs),
-                                        inputs=[to_proto(a[lo:lo + batch_size], name) for name, a in inputs.items()],
-                                        accept_shared_memory=self.shared_memory)
+            request = pb.CaptureRequest(
+                model=model.id,
+                layers=list(layers),
+                layer_inputs=list(layer_inputs),
+                inputs=[to_proto(a[lo : lo + batch_size], name) for name, a in inputs.items()],
+                accept_shared_memory=self.shared_memory,
+            )
             try:
                 return self._stub.Capture(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
@@ -356,7 +388,7 @@ class Client:
                 if dest.dtype != dtype or dest.shape[1:] != shape[1:]:
                     return None
                 placed.add(header.name)
-                return dest[lo:lo + rows]
+                return dest[lo : lo + rows]
 
             return out
 
@@ -376,7 +408,7 @@ class Client:
                     continue
                 if key not in target:  # preallocate once; later batches copy into place
                     target[key] = np.empty((n, *array.shape[1:]), dtype=array.dtype)
-                target[key][lo:lo + len(array)] = array
+                target[key][lo : lo + len(array)] = array
             bar.update(rows)
 
         # One request ahead: the server runs batch k+1's forward pass while batch k streams.
@@ -409,9 +441,20 @@ class Client:
         rows = []
         for m in response.metrics:
             params = {p.name: from_value(p.default) for p in m.params}
-            rows.append({"name": m.name, "description": m.description, "params": params, "needs": list(m.needs),
-                         "layer_kinds": list(m.layer_kinds), "plugin": m.plugin, "version": m.plugin_version,
-                         "reconstructed": m.reconstructed, "extension": m.extension, "citation": m.citation})
+            rows.append(
+                {
+                    "name": m.name,
+                    "description": m.description,
+                    "params": params,
+                    "needs": list(m.needs),
+                    "layer_kinds": list(m.layer_kinds),
+                    "plugin": m.plugin,
+                    "version": m.plugin_version,
+                    "reconstructed": m.reconstructed,
+                    "extension": m.extension,
+                    "citation": m.citation,
+                }
+            )
         return pd.DataFrame(rows)
 
     def metric_infos(self) -> pb.ListMetricsResponse:
@@ -422,13 +465,24 @@ class Client:
             self._summary_cache = {m.name: list(m.summary_keys) for m in self.metric_infos().metrics}
         return self._summary_cache
 
-    def analyze(self, model: str | Model | Sequence[str | Model], data: Any = "digits",
-                metrics: Sequence[str] = ("all",), exclude: Sequence[str] = (), layers: Sequence[str] = (),
-                params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 64, seed: int = 0,
-                limit: int | None = None, split: str = "test", metric_timeout: float | None = None,
-                timeout: float | None = None, label: str = "",
-                on_event: Callable[[pb.AnalyzeResponse], None] | None = None,
-                on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
+    def analyze(
+        self,
+        model: str | Model | Sequence[str | Model],
+        data: Any = "digits",
+        metrics: Sequence[str] = ("all",),
+        exclude: Sequence[str] = (),
+        layers: Sequence[str] = (),
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+        batch_size: int = 64,
+        seed: int = 0,
+        limit: int | None = None,
+        split: str = "test",
+        metric_timeout: float | None = None,
+        timeout: float | None = None,
+        label: str = "",
+        on_event: Callable[[pb.AnalyzeResponse], None] | None = None,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> Run:
         """Run metrics over data; returns the finished Run.
 
         ``model``: one model or a list of checkpoints (a series). ``data``: a server dataset name
@@ -442,8 +496,16 @@ class Client:
         checkpoints: list[str | Model] = [model] if isinstance(model, (str, Model)) else list(model)
         first = self._as_model(checkpoints[0])
         refs = [first.id] + [(c.id if isinstance(c, Model) else c) for c in checkpoints[1:]]
-        config = pb.AnalyzeConfig(models=refs, layers=list(layers), exclude=list(exclude), batch_size=batch_size,
-                                  seed=seed, sample_limit=limit or 0, split=split, label=label)
+        config = pb.AnalyzeConfig(
+            models=refs,
+            layers=list(layers),
+            exclude=list(exclude),
+            batch_size=batch_size,
+            seed=seed,
+            sample_limit=limit or 0,
+            split=split,
+            label=label,
+        )
         if metric_timeout:
             times.set_seconds(config.metric_timeout, metric_timeout)
         # Parameters go with an exact-name request placed first; the server keeps the first request for
@@ -467,8 +529,9 @@ class Client:
             batches = self._declare_data(first, config, iter(batches))
         return self._run_analysis(first, config, batches, timeout or LONG_TIMEOUT, on_event, on_progress)
 
-    def _declare_data(self, model: Model, config: pb.AnalyzeConfig,
-                      batches: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+    def _declare_data(
+        self, model: Model, config: pb.AnalyzeConfig, batches: Iterator[tuple[Any, Any]]
+    ) -> Iterator[tuple[Any, Any]]:
         """Put the first batch's dtypes and shapes in the config, so the server checks them before the run."""
         first = next(batches, None)
         if first is None:
@@ -478,9 +541,15 @@ class Client:
             spec.shape.dims.extend(array.shape)
         return itertools.chain([first], batches)
 
-    def _run_analysis(self, first: Model, config: pb.AnalyzeConfig, batches: Iterable[tuple[Any, Any]],
-                      timeout: float, on_event: Callable[[pb.AnalyzeResponse], None] | None,
-                      on_progress: Callable[[ProgressEvent], None] | None = None) -> Run:
+    def _run_analysis(
+        self,
+        first: Model,
+        config: pb.AnalyzeConfig,
+        batches: Iterable[tuple[Any, Any]],
+        timeout: float,
+        on_event: Callable[[pb.AnalyzeResponse], None] | None,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> Run:
         def requests() -> Iterator[pb.AnalyzeRequest]:
             yield pb.AnalyzeRequest(config=config)
             for x, y in batches:
@@ -538,7 +607,7 @@ def _read_chunks(source: bytes | Path) -> Iterator[bytes]:
     """A file's (or a bytes object's) contents in upload-sized chunks, without reading a file whole."""
     if isinstance(source, bytes):
         for offset in range(0, len(source), CHUNK_BYTES):
-            yield source[offset:offset + CHUNK_BYTES]
+            yield source[offset : offset + CHUNK_BYTES]
         return
     with open(source, "rb") as fh:
         yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
@@ -570,9 +639,12 @@ def _client_batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[Any, Any
 
         def sliced() -> Iterator[tuple[Any, Any]]:
             for lo in range(0, n, batch_size):
-                xs = {k: np.asarray(v)[lo:lo + batch_size] for k, v in x.items()} if isinstance(x, Mapping) \
-                    else np.asarray(x)[lo:lo + batch_size]
-                yield xs, None if y is None else np.asarray(y)[lo:lo + batch_size]
+                xs = (
+                    {k: np.asarray(v)[lo : lo + batch_size] for k, v in x.items()}
+                    if isinstance(x, Mapping)
+                    else np.asarray(x)[lo : lo + batch_size]
+                )
+                yield xs, None if y is None else np.asarray(y)[lo : lo + batch_size]
 
         return sliced(), n
 
@@ -613,15 +685,26 @@ def _receive_capture(call: Any, assembler: Assembler) -> dict[str, np.ndarray]:
         raise TensorError("capture stream ended without its done message: the capture is incomplete")
     received = sum(a.nbytes for a in tensors.values())
     if done.num_tensors != len(tensors) or done.total_bytes != received:
-        raise TensorError(f"capture incomplete: the server sent {done.num_tensors} tensors ({done.total_bytes:,} "
-                          f"bytes), {len(tensors)} ({received:,} bytes) arrived")
+        raise TensorError(
+            f"capture incomplete: the server sent {done.num_tensors} tensors ({done.total_bytes:,} "
+            f"bytes), {len(tensors)} ({received:,} bytes) arrived"
+        )
     return tensors
 
 
-def connect(address: str, token: str | None = None, *, tls: bool = False, root_certificates: bytes | None = None,
-            client_certificate: bytes | None = None, client_key: bytes | None = None,
-            timeout: float = DEFAULT_TIMEOUT, progress: bool = True, shared_memory: bool | None = None,
-            _on_close: Callable[[], None] | None = None) -> Client:
+def connect(
+    address: str,
+    token: str | None = None,
+    *,
+    tls: bool = False,
+    root_certificates: bytes | None = None,
+    client_certificate: bytes | None = None,
+    client_key: bytes | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+    shared_memory: bool | None = None,
+    _on_close: Callable[[], None] | None = None,
+) -> Client:
     """Connect to a server at ``host:port``. ``token`` defaults to $DEEPSCOPE_TOKEN.
 
     ``shared_memory``: captures come back through POSIX shared memory instead of the gRPC stream
@@ -630,8 +713,10 @@ def connect(address: str, token: str | None = None, *, tls: bool = False, root_c
     by another user) switches the client back to streaming.
     """
     token = token or os.environ.get("DEEPSCOPE_TOKEN") or None
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
     if tls or root_certificates or client_certificate:
         credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
         channel = grpc.secure_channel(address, credentials, options=options)
@@ -639,8 +724,9 @@ def connect(address: str, token: str | None = None, *, tls: bool = False, root_c
         channel = grpc.insecure_channel(address, options=options)
     if shared_memory is None:
         shared_memory = local_address(address) and shared_memory_available()
-    return Client(channel, token=token, timeout=timeout, progress=progress, on_close=_on_close,
-                  shared_memory=shared_memory)
+    return Client(
+        channel, token=token, timeout=timeout, progress=progress, on_close=_on_close, shared_memory=shared_memory
+    )
 
 
 __all__ = ["Activations", "Client", "DeepscopeError", "Model", "connect"]

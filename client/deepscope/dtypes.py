@@ -20,8 +20,9 @@ NUMPY_BY_KSERVE: dict[str, np.dtype] = {
     "UINT8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-KSERVE_BY_NUMPY: dict[np.dtype, str] = {dt.newbyteorder("=") if dt.byteorder == "<" else dt: k
-                                        for k, dt in NUMPY_BY_KSERVE.items()}
+KSERVE_BY_NUMPY: dict[np.dtype, str] = {
+    dt.newbyteorder("=") if dt.byteorder == "<" else dt: k for k, dt in NUMPY_BY_KSERVE.items()
+}
 
 
 def numpy_dtype(kserve: str) -> np.dtype:

@@ -40,7 +40,9 @@ class EmbeddedServerError(RuntimeError):
 
 class EmbeddedServer:
     def __init__(self, store: str | Path | None = None, startup_timeout: float = 120.0, **flags: Any) -> None:
-        self.store = Path(store) if store else Path(os.environ.get("DEEPSCOPE_STORE", Path.home() / ".deepscope" / "store"))
+        self.store = (
+            Path(store) if store else Path(os.environ.get("DEEPSCOPE_STORE", Path.home() / ".deepscope" / "store"))
+        )
         self.flags = flags
         self.startup_timeout = startup_timeout
         # Other local users cannot drive our server. Never a leading "-": `--token T` must parse as a value.
@@ -78,7 +80,8 @@ class EmbeddedServer:
                     raise EmbeddedServerError(
                         f"store {self.store} is in use by a deepscope-server that was not started embedded "
                         f"(pid {record.get('pid', '?')}); connect to it with --server HOST:PORT "
-                        "(deepscope.connect) or pick another --store")
+                        "(deepscope.connect) or pick another --store"
+                    )
             time.sleep(0.1)  # a server starting up or shutting down: look again
         self.stop()
         raise EmbeddedServerError(f"embedded server did not start within {self.startup_timeout:g} s:\n{self.log()}")
@@ -90,9 +93,11 @@ class EmbeddedServer:
             return False
         self._lifeline, self.token, self.attached = conn, record.get("token", ""), True
         if self.flags:
-            warnings.warn(f"attached to the embedded server already running on store {self.store} (pid "
-                          f"{record.get('pid')}); it keeps the flags it was started with, not {sorted(self.flags)}",
-                          stacklevel=4)
+            warnings.warn(
+                f"attached to the embedded server already running on store {self.store} (pid "
+                f"{record.get('pid')}); it keeps the flags it was started with, not {sorted(self.flags)}",
+                stacklevel=4,
+            )
         return True
 
     def _spawn(self, deadline: float) -> str | None:
@@ -103,9 +108,22 @@ class EmbeddedServer:
         token_file.write_text(self.token)
         token_file.chmod(0o600)
         lifeline = Path(tempfile.mkdtemp(prefix="deepscope-")) / "lifeline"  # short: AF_UNIX paths are limited
-        args = [sys.executable, "-m", "deepscope_server.embedded", str(lifeline), "--host", "127.0.0.1",
-                "--port", "0", "--port-file", str(port_file), "--store", str(self.store),
-                "--auth-token-file", str(token_file)]
+        args = [
+            sys.executable,
+            "-m",
+            "deepscope_server.embedded",
+            str(lifeline),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--store",
+            str(self.store),
+            "--auth-token-file",
+            str(token_file),
+        ]
         for key, value in self.flags.items():
             flag = "--" + key.replace("_", "-")
             if value is True:

@@ -81,8 +81,21 @@ class Internal(DeepscopeError):
     code = grpc.StatusCode.INTERNAL
 
 
-_BY_CODE = {cls.code: cls for cls in (NotFound, InvalidArgument, ResourceExhausted, Unauthenticated, PermissionDenied,
-                                      FailedPrecondition, Unavailable, DeadlineExceeded, Cancelled, Internal)}
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        NotFound,
+        InvalidArgument,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        FailedPrecondition,
+        Unavailable,
+        DeadlineExceeded,
+        Cancelled,
+        Internal,
+    )
+}
 
 
 def from_rpc_error(error: grpc.RpcError) -> DeepscopeError:

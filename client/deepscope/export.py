@@ -56,14 +56,21 @@ def _plain(value: Any, key: str, sidecar: _Sidecar) -> Any:
     if isinstance(value, np.ndarray):
         return sidecar.array(value, key)
     if isinstance(value, Curve):
-        return {"x": sidecar.array(value.x, f"{key}/x"), "y": sidecar.array(value.y, f"{key}/y"),
-                "x_label": value.x_label, "y_label": value.y_label}
+        return {
+            "x": sidecar.array(value.x, f"{key}/x"),
+            "y": sidecar.array(value.y, f"{key}/y"),
+            "x_label": value.x_label,
+            "y_label": value.y_label,
+        }
     if isinstance(value, GraphData):
-        return {"num_nodes": value.num_nodes, "directed": value.directed,
-                "sources": sidecar.array(value.sources, f"{key}/sources"),
-                "targets": sidecar.array(value.targets, f"{key}/targets"),
-                "weights": None if value.weights is None else sidecar.array(value.weights, f"{key}/weights"),
-                "nodes": _plain(value.nodes, f"{key}/nodes", sidecar)}
+        return {
+            "num_nodes": value.num_nodes,
+            "directed": value.directed,
+            "sources": sidecar.array(value.sources, f"{key}/sources"),
+            "targets": sidecar.array(value.targets, f"{key}/targets"),
+            "weights": None if value.weights is None else sidecar.array(value.weights, f"{key}/weights"),
+            "nodes": _plain(value.nodes, f"{key}/nodes", sidecar),
+        }
     if isinstance(value, dict):
         return {k: _plain(v, f"{key}/{k}", sidecar) for k, v in value.items()}
     if isinstance(value, list):
@@ -74,15 +81,26 @@ def _plain(value: Any, key: str, sidecar: _Sidecar) -> Any:
 def run_to_json(run: Run, sidecar: _Sidecar) -> dict[str, Any]:
     """The run's metadata and every result; large arrays are handed to ``sidecar``."""
     return {
-        "run_id": run.id, "status": run.status, "models": list(run.info.config.models),
-        "model_ids": list(run.info.model_ids), "num_samples": run.info.num_samples,
-        "seconds": times.seconds(run.info.duration), "created": times.iso(run.info.created_time),
+        "run_id": run.id,
+        "status": run.status,
+        "models": list(run.info.config.models),
+        "model_ids": list(run.info.model_ids),
+        "num_samples": run.info.num_samples,
+        "seconds": times.seconds(run.info.duration),
+        "created": times.iso(run.info.created_time),
         "finished": times.iso(run.info.finished_time),
-        "plugin_versions": dict(run.info.plugin_versions), "error": run.info.error,
+        "plugin_versions": dict(run.info.plugin_versions),
+        "error": run.info.error,
         "results": [
-            {"metric": r.metric, "layer": r.layer, "checkpoint": r.checkpoint, "status": r.status, "error": r.error,
-             "warnings": list(r.warnings),
-             "values": {i.key: _plain(decode_item(i), f"{n}/{i.key}", sidecar) for i in r.items}}
+            {
+                "metric": r.metric,
+                "layer": r.layer,
+                "checkpoint": r.checkpoint,
+                "status": r.status,
+                "error": r.error,
+                "warnings": list(r.warnings),
+                "values": {i.key: _plain(decode_item(i), f"{n}/{i.key}", sidecar) for i in r.items},
+            }
             for n, r in enumerate(run.results)
         ],
     }

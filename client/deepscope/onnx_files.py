@@ -53,8 +53,10 @@ def external_data_files(model_path: Path) -> list[str]:
             continue
         parts = PurePosixPath(location.replace("\\", "/")).parts
         if not location or location.startswith(("/", "\\")) or PureWindowsPath(location).drive or ".." in parts:
-            raise ValueError(f"{model_path.name}: tensor '{tensor.name}' keeps its data at '{location}', outside "
-                             "the model's directory; only files next to the model are uploaded")
+            raise ValueError(
+                f"{model_path.name}: tensor '{tensor.name}' keeps its data at '{location}', outside "
+                "the model's directory; only files next to the model are uploaded"
+            )
         resolved = (root / location).resolve()
         if root not in resolved.parents:
             raise ValueError(f"{model_path.name}: external data '{location}' resolves outside the model's directory")

@@ -44,7 +44,7 @@ MODEL = "(model)"
 # ---------------------------------------------------------------- colours and names
 
 
-def run_layers(run: "Run") -> list[str]:
+def run_layers(run: Run) -> list[str]:
     """Every layer with a result, in first-seen order (the server reports layers in graph order)."""
     seen: dict[str, None] = {}
     for r in run.results:
@@ -52,7 +52,7 @@ def run_layers(run: "Run") -> list[str]:
     return [layer for layer in seen if layer != MODEL] + ([MODEL] if MODEL in seen else [])
 
 
-def layer_colours(run: "Run") -> dict[str, Any]:
+def layer_colours(run: Run) -> dict[str, Any]:
     """One colour per layer for the whole run: tab10/tab20 while they suffice, then a ramp over depth."""
     from matplotlib import colormaps
 
@@ -69,7 +69,7 @@ def layer_colours(run: "Run") -> dict[str, Any]:
     return out
 
 
-def checkpoint_names(run: "Run") -> list[str]:
+def checkpoint_names(run: Run) -> list[str]:
     """Display names of the checkpoints, made unique (``0: model.onnx``) when two share a name."""
     count = max([r.checkpoint for r in run.results] + [len(run.info.config.models) - 1, 0]) + 1
     names = list(run.info.model_names) or list(run.info.config.models)
@@ -80,7 +80,7 @@ def checkpoint_names(run: "Run") -> list[str]:
 # ---------------------------------------------------------------- data helpers
 
 
-def _values(run: "Run", metric: str) -> dict[int, dict[str, dict[str, Any]]]:
+def _values(run: Run, metric: str) -> dict[int, dict[str, dict[str, Any]]]:
     """checkpoint -> layer -> key -> value, successful results only."""
     out: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in run.results:
@@ -154,7 +154,7 @@ def log_scale(values: np.ndarray) -> tuple[str, dict[str, float]] | None:
     return "symlog", {"linthresh": float(np.percentile(positive, 5))}
 
 
-def _scale(ax: "Axes", values: np.ndarray, labels: list[str], axis: str) -> None:
+def _scale(ax: Axes, values: np.ndarray, labels: list[str], axis: str) -> None:
     """A log axis for wide non-negative values, else clip a few outliers (with a note saying which)."""
     scale = log_scale(values)
     if scale is not None:
@@ -164,24 +164,34 @@ def _scale(ax: "Axes", values: np.ndarray, labels: list[str], axis: str) -> None
         return
     limits = robust_range(values)
     if limits is not None:
-        outside = [(label, float(v)) for label, v in zip(labels, values)
-                   if np.isfinite(v) and not limits[0] <= v <= limits[1]]
+        outside = [
+            (label, float(v)) for label, v in zip(labels, values) if np.isfinite(v) and not limits[0] <= v <= limits[1]
+        ]
         _clip_note(ax, limits, outside, axis)
 
 
-def _clip_note(ax: "Axes", limits: tuple[float, float], outside: list[tuple[str, float]], axis: str) -> None:
+def _clip_note(ax: Axes, limits: tuple[float, float], outside: list[tuple[str, float]], axis: str) -> None:
     (ax.set_xlim if axis == "x" else ax.set_ylim)(*limits)
     shown = ", ".join(f"{name}={value:.3g}" for name, value in outside[:3])
     more = f" +{len(outside) - 3}" if len(outside) > 3 else ""
-    ax.text(0.99, 0.01, f"axis clipped; beyond: {shown}{more}", transform=ax.transAxes, ha="right", va="bottom",
-            fontsize=7, color="#a00", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+    ax.text(
+        0.99,
+        0.01,
+        f"axis clipped; beyond: {shown}{more}",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="#a00",
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+    )
 
 
 def _label_fontsize(n: int) -> float:
     return 8.0 if n <= 20 else max(4.5, 8.0 - (n - 20) / 12)
 
 
-def _thin_ticks(ax: "Axes", labels: list[str], axis: str, max_labels: int = 70) -> None:
+def _thin_ticks(ax: Axes, labels: list[str], axis: str, max_labels: int = 70) -> None:
     """Every label up to ``max_labels``; beyond, every k-th so they never overlap."""
     step = max(1, int(np.ceil(len(labels) / max_labels)))
     ticks = list(range(0, len(labels), step))
@@ -189,7 +199,7 @@ def _thin_ticks(ax: "Axes", labels: list[str], axis: str, max_labels: int = 70) 
     setter(ticks, [labels[i] for i in ticks], fontsize=_label_fontsize(len(ticks)))
 
 
-def _legend_or_colourbar(ax: "Axes", layers: list[str], colours: dict[str, Any]) -> None:
+def _legend_or_colourbar(ax: Axes, layers: list[str], colours: dict[str, Any]) -> None:
     """A legend outside the axes while it is short; for deep models a colour bar of layer depth."""
     drawn = [layer for layer in layers if layer in colours]
     if not drawn:
@@ -212,7 +222,7 @@ def _legend_or_colourbar(ax: "Axes", layers: list[str], colours: dict[str, Any])
 # ---------------------------------------------------------------- panels
 
 
-def _bars(ax: "Axes", layers: list[str], vals: np.ndarray, key: str, colours: dict[str, Any]) -> None:
+def _bars(ax: Axes, layers: list[str], vals: np.ndarray, key: str, colours: dict[str, Any]) -> None:
     """Horizontal bars, first layer on top: labels stay readable for deep models."""
     pos = np.arange(len(layers))
     log = log_scale(vals) is not None
@@ -220,8 +230,15 @@ def _bars(ax: "Axes", layers: list[str], vals: np.ndarray, key: str, colours: di
     shown = vals if limits is None else np.clip(vals, *limits)
     ax.barh(pos, np.nan_to_num(shown, nan=0.0), color=[colours.get(layer, "tab:blue") for layer in layers], height=0.8)
     for i in [i for i, v in enumerate(vals) if not np.isfinite(v)]:
-        ax.text(0, i, " n/a", va="center", fontsize=_label_fontsize(len(layers)), color="#777",
-                transform=ax.get_yaxis_transform())
+        ax.text(
+            0,
+            i,
+            " n/a",
+            va="center",
+            fontsize=_label_fontsize(len(layers)),
+            color="#777",
+            transform=ax.get_yaxis_transform(),
+        )
     _thin_ticks(ax, layers, "y")
     ax.set_ylim(len(layers) - 0.5, -0.5)
     ax.set_xlabel(key, fontsize=8)
@@ -230,7 +247,7 @@ def _bars(ax: "Axes", layers: list[str], vals: np.ndarray, key: str, colours: di
     _scale(ax, vals, layers, "x")
 
 
-def _stacked(ax: "Axes", layers: list[str], per_layer: dict[str, dict[str, Any]], keys: list[str]) -> None:
+def _stacked(ax: Axes, layers: list[str], per_layer: dict[str, dict[str, Any]], keys: list[str]) -> None:
     left = np.zeros(len(layers))
     for k in keys:
         vals = np.nan_to_num(np.array([_scalar(per_layer.get(layer), k) for layer in layers]))
@@ -242,8 +259,14 @@ def _stacked(ax: "Axes", layers: list[str], per_layer: dict[str, dict[str, Any]]
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def _series(ax: "Axes", by_ckpt: dict[int, dict[str, dict[str, Any]]], layers: list[str], key: str,
-            names: list[str], colours: dict[str, Any]) -> None:
+def _series(
+    ax: Axes,
+    by_ckpt: dict[int, dict[str, dict[str, Any]]],
+    layers: list[str],
+    key: str,
+    names: list[str],
+    colours: dict[str, Any],
+) -> None:
     """A scalar over checkpoints: x is the checkpoint names, one line per layer in its colour."""
     ckpts = sorted(by_ckpt)
     drawn: list[str] = []
@@ -255,9 +278,13 @@ def _series(ax: "Axes", by_ckpt: dict[int, dict[str, dict[str, Any]]], layers: l
         ax.plot(range(len(ckpts)), ys, marker="o", ms=3, lw=1.2, color=colours.get(layer), label=layer)
         drawn.append(layer)
         everything.append(ys)
-    ax.set_xticks(range(len(ckpts)), [names[c] if c < len(names) else str(c) for c in ckpts],
-                  rotation=20 if max((len(names[c]) for c in ckpts if c < len(names)), default=0) > 12 else 0,
-                  ha="right" if len(ckpts) > 2 else "center", fontsize=7.5)
+    ax.set_xticks(
+        range(len(ckpts)),
+        [names[c] if c < len(names) else str(c) for c in ckpts],
+        rotation=20 if max((len(names[c]) for c in ckpts if c < len(names)), default=0) > 12 else 0,
+        ha="right" if len(ckpts) > 2 else "center",
+        fontsize=7.5,
+    )
     ax.set_xlabel("checkpoint", fontsize=8)
     ax.set_ylabel(key, fontsize=8)
     if everything:
@@ -265,8 +292,9 @@ def _series(ax: "Axes", by_ckpt: dict[int, dict[str, dict[str, Any]]], layers: l
     _legend_or_colourbar(ax, drawn, colours)
 
 
-def _curves(ax: "Axes", per_layer: dict[str, dict[str, Any]], layers: list[str], key: str,
-            colours: dict[str, Any]) -> None:
+def _curves(
+    ax: Axes, per_layer: dict[str, dict[str, Any]], layers: list[str], key: str, colours: dict[str, Any]
+) -> None:
     drawn = []
     for layer in layers:
         c = per_layer.get(layer, {}).get(key)
@@ -283,11 +311,15 @@ def _curves(ax: "Axes", per_layer: dict[str, dict[str, Any]], layers: list[str],
     _legend_or_colourbar(ax, drawn, colours)
 
 
-def _vectors(ax: "Axes", per_layer: dict[str, dict[str, Any]], layers: list[str], key: str,
-             colours: dict[str, Any]) -> None:
+def _vectors(
+    ax: Axes, per_layer: dict[str, dict[str, Any]], layers: list[str], key: str, colours: dict[str, Any]
+) -> None:
     """Per-layer distributions: overlaid histograms for a few layers, box plots for many."""
-    data = [(layer, v[np.isfinite(v)]) for layer in layers
-            if _is_vector(v := per_layer.get(layer, {}).get(key)) and np.isfinite(v).any()]
+    data = [
+        (layer, v[np.isfinite(v)])
+        for layer in layers
+        if _is_vector(v := per_layer.get(layer, {}).get(key)) and np.isfinite(v).any()
+    ]
     if not data:
         ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, color="#777")
         return
@@ -315,11 +347,19 @@ def _vectors(ax: "Axes", per_layer: dict[str, dict[str, Any]], layers: list[str]
         _boxes(ax, data, colours, key)
     if clipped:
         ax.set_xlim(lo, hi)
-        ax.text(0.99, 0.99, "x: 0.5-99.5th percentile", transform=ax.transAxes, ha="right", va="top",
-                fontsize=7, color="#a00")
+        ax.text(
+            0.99,
+            0.99,
+            "x: 0.5-99.5th percentile",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="#a00",
+        )
 
 
-def _boxes(ax: "Axes", data: list[tuple[str, np.ndarray]], colours: dict[str, Any], key: str) -> None:
+def _boxes(ax: Axes, data: list[tuple[str, np.ndarray]], colours: dict[str, Any], key: str) -> None:
     """One box per layer (quartiles, median tick, whiskers to the furthest value within 1.5 IQR).
 
     Drawn as three collections rather than matplotlib's boxplot (six artists per box), which
@@ -331,8 +371,16 @@ def _boxes(ax: "Axes", data: list[tuple[str, np.ndarray]], colours: dict[str, An
     high = np.array([v[v <= b + 1.5 * r].max() for (_, v), b, r in zip(data, q3, iqr)])
     pos = np.arange(len(data))
     ax.hlines(pos, low, high, colors="#555", lw=0.7, zorder=1)
-    ax.barh(pos, np.maximum(iqr, 0), left=q1, height=0.7, zorder=2, edgecolor="#333", linewidth=0.4,
-            color=[colours.get(layer, "tab:blue") for layer, _ in data])
+    ax.barh(
+        pos,
+        np.maximum(iqr, 0),
+        left=q1,
+        height=0.7,
+        zorder=2,
+        edgecolor="#333",
+        linewidth=0.4,
+        color=[colours.get(layer, "tab:blue") for layer, _ in data],
+    )
     ax.vlines(med, pos - 0.35, pos + 0.35, colors="black", lw=1.0, zorder=3)
     _thin_ticks(ax, [layer for layer, _ in data], "y")
     ax.set_ylim(len(data) - 0.5, -0.5)
@@ -346,7 +394,7 @@ def _shown_checkpoints(ckpts: list[int]) -> list[int]:
     return [ckpts[i] for i in dict.fromkeys(picks.tolist())]
 
 
-def plot_metric(run: "Run", metric: str, colours: dict[str, Any] | None = None) -> "Figure":
+def plot_metric(run: Run, metric: str, colours: dict[str, Any] | None = None) -> Figure:
     """One figure for one metric of a run (raises KeyError when the metric has no successful result).
 
     ``colours`` (layer -> colour) defaults to ``layer_colours(run)``; the report passes one
@@ -368,8 +416,12 @@ def plot_metric(run: "Run", metric: str, colours: dict[str, Any] | None = None) 
     first = by_ckpt[ckpts[0]]
     scalars = run.headline_keys(metric, limit=MAX_PANELS)
     curves = _keys(by_ckpt, Curve)[:3]
-    vectors = [k for k in _keys(by_ckpt, np.ndarray) if not _is_bookkeeping(k)
-               and any(_is_vector(v.get(k)) for per_layer in by_ckpt.values() for v in per_layer.values())][:2]
+    vectors = [
+        k
+        for k in _keys(by_ckpt, np.ndarray)
+        if not _is_bookkeeping(k)
+        and any(_is_vector(v.get(k)) for per_layer in by_ckpt.values() for v in per_layer.values())
+    ][:2]
 
     # Rows of panels: (kind, key, checkpoint). Scalars share rows; a series gets a row per curve/vector key.
     cells: list[tuple[str, str, int]] = []
@@ -378,19 +430,23 @@ def plot_metric(run: "Run", metric: str, colours: dict[str, Any] | None = None) 
         cells.append(("stacked", ",".join(fractions), ckpts[0]))
         scalars = [k for k in scalars if k not in fractions]
     cells += [("series" if series else "scalar", k, ckpts[0]) for k in scalars]
-    rows: list[list[tuple[str, str, int]]] = [cells[i:i + 3] for i in range(0, len(cells), 3)]
+    rows: list[list[tuple[str, str, int]]] = [cells[i : i + 3] for i in range(0, len(cells), 3)]
     shown = _shown_checkpoints(ckpts) if series else ckpts[:1]
     for kind, keys in (("curve", curves), ("vector", vectors)):
         if series:
             rows += [[(kind, k, c) for c in shown] for k in keys]
         else:
             flat = [(kind, k, ckpts[0]) for k in keys]
-            rows += [flat[i:i + 3] for i in range(0, len(flat), 3)]
+            rows += [flat[i : i + 3] for i in range(0, len(flat), 3)]
     rows = [row for row in rows if row] or [[("empty", "", ckpts[0])]]
 
     tall = 0.16 * len(layers) + 1.2  # horizontal bars / box plots: room for every layer label
-    heights = [max(3.2, tall) if any(k in ("scalar", "stacked") or (k == "vector" and len(layers) > MAX_HISTOGRAMS)
-                                     for k, _, _ in row) else 3.2 for row in rows]
+    heights = [
+        max(3.2, tall)
+        if any(k in ("scalar", "stacked") or (k == "vector" and len(layers) > MAX_HISTOGRAMS) for k, _, _ in row)
+        else 3.2
+        for row in rows
+    ]
     cols = max(len(row) for row in rows)
     # Fixed margins in inches (a layout engine took seconds per figure): room for layer labels on
     # the left of every panel and for a legend or colour bar on its right.
@@ -400,9 +456,17 @@ def plot_metric(run: "Run", metric: str, colours: dict[str, Any] | None = None) 
     width = cols * (label + panel + side)
     height = sum(heights) + 0.9 * len(rows) + 0.2
     fig = plt.figure(figsize=(width, height))
-    grid = fig.add_gridspec(len(rows), cols, height_ratios=heights, left=label / width,
-                            right=1 - side / width, top=1 - 0.85 / height, bottom=0.55 / height,
-                            wspace=(label + side) / panel, hspace=0.9 / np.mean(heights))
+    grid = fig.add_gridspec(
+        len(rows),
+        cols,
+        height_ratios=heights,
+        left=label / width,
+        right=1 - side / width,
+        top=1 - 0.85 / height,
+        bottom=0.55 / height,
+        wspace=(label + side) / panel,
+        hspace=0.9 / np.mean(heights),
+    )
     for r, row in enumerate(rows):
         for c, (kind, key, ckpt) in enumerate(row):
             ax = fig.add_subplot(grid[r, c])

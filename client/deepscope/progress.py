@@ -130,8 +130,9 @@ class ProgressTracker:
         if p.stage == "done":
             closed = self._close_metric()
             if self._samples[0] and not any(e.stage == "forward" for e in self.history):
-                self.history.insert(0, ProgressEvent("forward", 0.0, samples=self._samples[0],
-                                                     num_checkpoints=self.num_checkpoints))
+                self.history.insert(
+                    0, ProgressEvent("forward", 0.0, samples=self._samples[0], num_checkpoints=self.num_checkpoints)
+                )
             finished = self._event("done", message=p.message)
             self.history.append(finished)
             return [*closed, finished]

@@ -85,7 +85,8 @@ def _scalar_table(run: Run) -> dict[tuple[str, str, int], dict[str, float]]:
     for r in run.results:
         if r.status == "ok":
             out[(r.metric, r.layer or "(model)", r.checkpoint)] = {
-                i.key: i.scalar for i in r.items if i.WhichOneof("value") == "scalar"}
+                i.key: i.scalar for i in r.items if i.WhichOneof("value") == "scalar"
+            }
     return out
 
 
@@ -98,16 +99,20 @@ def _summary(run: Run, names: list[str]) -> list[str]:
     counts = Counter(_status(r.status) for r in run.results)
     ckpts = sorted({r.checkpoint for r in run.results}) or [0]
     scalars = _scalar_table(run)
-    parts = ["<section id='summary'><h2>Summary</h2>",
-             f"<p><b>{e(run.status)}</b> · {len(names)} checkpoint{'s' * (len(names) != 1)}: "
-             f"{e(', '.join(names))} · {info.num_samples} samples · {times.seconds(info.duration):.1f} s · "
-             f"{len(run.metrics)} metrics on {len(run_layers(run))} layers</p>",
-             f"<p class='counts'>{len(run.results)} results: {_counts_html(counts)}</p>"]
+    parts = [
+        "<section id='summary'><h2>Summary</h2>",
+        f"<p><b>{e(run.status)}</b> · {len(names)} checkpoint{'s' * (len(names) != 1)}: "
+        f"{e(', '.join(names))} · {info.num_samples} samples · {times.seconds(info.duration):.1f} s · "
+        f"{len(run.metrics)} metrics on {len(run_layers(run))} layers</p>",
+        f"<p class='counts'>{len(run.results)} results: {_counts_html(counts)}</p>",
+    ]
     if info.error:
         parts.append(f"<p class='failed'>Run error: {e(info.error)}</p>")
     # Per metric: the headline over layers (median [min, max]) at each checkpoint, and status counts.
-    head = "".join(f"<th>{e(names[c] if c < len(names) else str(c))}<br><span class='muted'>median [min, max]"
-                   f"</span></th>" for c in ckpts)
+    head = "".join(
+        f"<th>{e(names[c] if c < len(names) else str(c))}<br><span class='muted'>median [min, max]</span></th>"
+        for c in ckpts
+    )
     parts.append(f"<table class='headlines'><tr><th>metric</th><th>headline</th>{head}<th>results</th></tr>")
     for metric in run.metrics:
         key = _headline(run, metric)
@@ -116,18 +121,24 @@ def _summary(run: Run, names: list[str]) -> list[str]:
         for c in ckpts:
             vals = np.array([v[key] for (m, _, k), v in scalars.items() if m == metric and k == c and key in v])
             vals = vals[np.isfinite(vals)]
-            cells.append(f"<td class='num'>{_fmt(np.median(vals))} [{_fmt(vals.min())}, {_fmt(vals.max())}]</td>"
-                         if vals.size else "<td class='muted'>-</td>")
-        parts.append(f"<tr><td><a href='#{_anchor(metric)}'>{e(metric)}</a></td><td>{e(key or '-')}</td>"
-                     f"{''.join(cells)}<td class='counts'>{_counts_html(mcounts)}</td></tr>")
+            cells.append(
+                f"<td class='num'>{_fmt(np.median(vals))} [{_fmt(vals.min())}, {_fmt(vals.max())}]</td>"
+                if vals.size
+                else "<td class='muted'>-</td>"
+            )
+        parts.append(
+            f"<tr><td><a href='#{_anchor(metric)}'>{e(metric)}</a></td><td>{e(key or '-')}</td>"
+            f"{''.join(cells)}<td class='counts'>{_counts_html(mcounts)}</td></tr>"
+        )
     parts.append("</table>")
     parts += _layer_table(run, names, ckpts, scalars)
     parts.append("</section>")
     return parts
 
 
-def _layer_table(run: Run, names: list[str], ckpts: list[int],
-                 scalars: dict[tuple[str, str, int], dict[str, float]]) -> list[str]:
+def _layer_table(
+    run: Run, names: list[str], ckpts: list[int], scalars: dict[tuple[str, str, int], dict[str, float]]
+) -> list[str]:
     """Layer x metric headline values; for a series the value at each checkpoint, joined by arrows."""
     from .plots import run_layers
 
@@ -136,8 +147,10 @@ def _layer_table(run: Run, names: list[str], ckpts: list[int],
     metrics = [(m, k) for m in run.metrics if (k := _headline(run, m))]
     if not metrics:
         return []
-    parts = [f"<details open><summary>Headline value per layer{' (checkpoints ' + ' → '.join(map(str, ckpts)) + ')' if len(ckpts) > 1 else ''}"
-             "</summary><div class='scroll'><table class='layers'><tr><th>layer</th>"]
+    parts = [
+        f"<details open><summary>Headline value per layer{' (checkpoints ' + ' → '.join(map(str, ckpts)) + ')' if len(ckpts) > 1 else ''}"
+        "</summary><div class='scroll'><table class='layers'><tr><th>layer</th>"
+    ]
     parts += [f"<th>{e(m)}<br><span class='muted'>{e(k)}</span></th>" for m, k in metrics]
     parts.append("</tr>")
     for layer in run_layers(run):
@@ -166,8 +179,11 @@ def _contents(run: Run) -> list[str]:
         for metric in metrics:
             counts = Counter(_status(r.status) for r in run.results if r.metric == metric)
             bad = ", ".join(f"{counts[s]} {s}" for s in ("failed", "skipped") if counts.get(s))
-            items.append(f"<li><a href='#{_anchor(metric)}'>{e(metric.split('.', 1)[-1])}</a>"
-                         + (f" <span class='failed'>({e(bad)})</span>" if bad else "") + "</li>")
+            items.append(
+                f"<li><a href='#{_anchor(metric)}'>{e(metric.split('.', 1)[-1])}</a>"
+                + (f" <span class='failed'>({e(bad)})</span>" if bad else "")
+                + "</li>"
+            )
         parts.append(f"<li><a href='#f-{e(family)}'><b>{e(family)}</b></a><ul>{''.join(items)}</ul></li>")
     parts.append("</ul></nav>")
     return parts
@@ -179,8 +195,15 @@ def _where(pairs: list[tuple[str, int]], names: list[str], n_ckpts: int) -> str:
     ckpts = sorted({c for _, c in pairs})
     shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
     noun = "layer" if len(layers) == 1 else "layers"
-    at = "" if n_ckpts <= 1 else (" at every checkpoint" if len(ckpts) == n_ckpts
-                                  else " at " + ", ".join(names[c] if c < len(names) else str(c) for c in ckpts))
+    at = (
+        ""
+        if n_ckpts <= 1
+        else (
+            " at every checkpoint"
+            if len(ckpts) == n_ckpts
+            else " at " + ", ".join(names[c] if c < len(names) else str(c) for c in ckpts)
+        )
+    )
     return f"{len(layers)} {noun} ({shown}){at}"
 
 
@@ -203,15 +226,21 @@ def _problems(results: list[Any], names: list[str], n_ckpts: int) -> list[str]:
     for (kind, _), pairs in groups.items():
         hits[kind] += len(pairs)
     label = "; ".join(
-        (f"{n} distinct warning{'s' * (n > 1)}" if k == "warning"
-         else f"{hits[k]} {k} result{'s' * (hits[k] > 1)} ({n} distinct message{'s' * (n > 1)})")
-        for k, n in sorted(kinds.items()))
+        (
+            f"{n} distinct warning{'s' * (n > 1)}"
+            if k == "warning"
+            else f"{hits[k]} {k} result{'s' * (hits[k] > 1)} ({n} distinct message{'s' * (n > 1)})"
+        )
+        for k, n in sorted(kinds.items())
+    )
     cls = "failed" if "failed" in kinds else ("skipped" if "skipped" in kinds else "muted")
     parts = [f"<details class='problems'><summary class='{cls}'>{e(label)}</summary><ul>"]
     order = {"failed": 0, "skipped": 1, "warning": 2}
     for (kind, message), pairs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 3), -len(kv[1]))):
-        parts.append(f"<li><span class='{'muted' if kind == 'warning' else kind}'>{e(kind)}</span>: {e(message)} "
-                     f"<span class='muted'>— {e(_where(pairs, names, n_ckpts))}</span></li>")
+        parts.append(
+            f"<li><span class='{'muted' if kind == 'warning' else kind}'>{e(kind)}</span>: {e(message)} "
+            f"<span class='muted'>— {e(_where(pairs, names, n_ckpts))}</span></li>"
+        )
     parts.append("</ul></details>")
     return parts
 
@@ -220,16 +249,25 @@ def _details(run: Run) -> list[str]:
     e = html.escape
     info, config = run.info, run.info.config
     rows = [
-        ("run", info.id), ("status", run.status), ("models", ", ".join(info.model_names) or ", ".join(config.models)),
+        ("run", info.id),
+        ("status", run.status),
+        ("models", ", ".join(info.model_names) or ", ".join(config.models)),
         ("model ids", ", ".join(m[:12] for m in info.model_ids)),
-        ("data", config.dataset or "client-supplied"), ("split", config.split or "test"),
-        ("samples", str(info.num_samples)), ("batch size", str(config.batch_size)), ("seed", str(config.seed)),
-        ("seconds", f"{times.seconds(info.duration):.2f}"), ("created", times.iso(info.created_time)),
+        ("data", config.dataset or "client-supplied"),
+        ("split", config.split or "test"),
+        ("samples", str(info.num_samples)),
+        ("batch size", str(config.batch_size)),
+        ("seed", str(config.seed)),
+        ("seconds", f"{times.seconds(info.duration):.2f}"),
+        ("created", times.iso(info.created_time)),
         ("finished", times.iso(info.finished_time)),
         ("plugins", ", ".join(f"{k} {v}" for k, v in sorted(info.plugin_versions.items()))),
     ]
-    return (["<details id='run-details'><summary>Run details</summary><table>"]
-            + [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows] + ["</table></details>"])
+    return (
+        ["<details id='run-details'><summary>Run details</summary><table>"]
+        + [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]
+        + ["</table></details>"]
+    )
 
 
 def render_report(run: Run) -> str:
@@ -239,8 +277,10 @@ def render_report(run: Run) -> str:
     names = checkpoint_names(run)
     colours = layer_colours(run)
     n_ckpts = len({r.checkpoint for r in run.results}) or 1
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>deepscope run {e(run.id)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>deepscope run {e(run.id)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>deepscope run {e(run.id)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>deepscope run {e(run.id)}</h1>",
+    ]
     parts += _summary(run, names)
     parts += _contents(run)
     parts += _details(run)
@@ -250,12 +290,15 @@ def render_report(run: Run) -> str:
             results = [r for r in run.results if r.metric == metric]
             parts.append(f"<h3 id='{_anchor(metric)}'>{e(metric)}</h3>")
             params = results[0].params if results else {}
-            shown = ", ".join(f"{k}={getattr(v, v.WhichOneof('kind'))}" for k, v in sorted(params.items())
-                              if v.WhichOneof("kind"))
+            shown = ", ".join(
+                f"{k}={getattr(v, v.WhichOneof('kind'))}" for k, v in sorted(params.items()) if v.WhichOneof("kind")
+            )
             seconds = sum({r.checkpoint: times.seconds(r.duration) for r in results}.values())
             counts = Counter(_status(r.status) for r in results)
-            parts.append(f"<p class='muted'>parameters: {e(shown) or 'none'}; time in the metric's code: "
-                         f"{seconds:.2f} s; <span class='counts'>{_counts_html(counts)}</span></p>")
+            parts.append(
+                f"<p class='muted'>parameters: {e(shown) or 'none'}; time in the metric's code: "
+                f"{seconds:.2f} s; <span class='counts'>{_counts_html(counts)}</span></p>"
+            )
             if counts.get("ok"):
                 try:
                     parts.append(f"<img alt='{e(metric)}' src='{_figure_uri(run, metric, colours)}'>")

@@ -49,8 +49,10 @@ def _plain(value: Any) -> Any:
 
 
 def _decode_table(table: pb.Table) -> dict[str, Any]:
-    return {col.name: (from_proto(col.numbers) if col.WhichOneof("values") == "numbers" else list(col.strings.values))
-            for col in table.columns}
+    return {
+        col.name: (from_proto(col.numbers) if col.WhichOneof("values") == "numbers" else list(col.strings.values))
+        for col in table.columns
+    }
 
 
 def decode_item(item: pb.ResultItem) -> Any:
@@ -71,8 +73,14 @@ def decode_item(item: pb.ResultItem) -> Any:
         return _decode_table(item.table)
     if kind == "graph":
         g = item.graph
-        return GraphData(int(g.num_nodes), from_proto(g.sources), from_proto(g.targets),
-                         from_proto(g.weights) if g.HasField("weights") else None, g.directed, _decode_table(g.nodes))
+        return GraphData(
+            int(g.num_nodes),
+            from_proto(g.sources),
+            from_proto(g.targets),
+            from_proto(g.weights) if g.HasField("weights") else None,
+            g.directed,
+            _decode_table(g.nodes),
+        )
     return None
 
 
@@ -80,8 +88,10 @@ STATUS_NAMES = {v: k.removeprefix("RUN_STATUS_").lower() for k, v in pb.RunStatu
 
 
 def run_status_name(status: int) -> str:
-    """"completed", "failed", ... for a RunStatus value."""
+    """ "completed", "failed", ... for a RunStatus value."""
     return STATUS_NAMES.get(status, "unspecified")
+
+
 #: Result keys that count things or echo parameters rather than measure the model.
 BOOKKEEPING_PREFIXES = ("n_", "num_", "param_")
 
@@ -131,8 +141,9 @@ class Run:
                     raise RuntimeError(f"{metric} on '{layer}' {r.status}: {r.error}")
                 return {item.key: decode_item(item) for item in r.items}
         have = sorted({r.layer for r in self.results if r.metric == metric})
-        raise KeyError(f"no result for metric '{metric}' layer '{layer}' checkpoint {checkpoint}; "
-                       f"layers with results: {have}")
+        raise KeyError(
+            f"no result for metric '{metric}' layer '{layer}' checkpoint {checkpoint}; layers with results: {have}"
+        )
 
     def graph(self, metric: str, layer: str = "", key: str | None = None, checkpoint: int = 0) -> networkx.Graph:
         """A graph result as a networkx graph (the first graph value unless ``key`` names one)."""
@@ -194,5 +205,6 @@ class Run:
         if frame.empty:
             return frame
         frame = frame.assign(value=frame["value"].astype(float))
-        return frame.pivot_table(index=["checkpoint", "metric", "layer"], columns="key", values="value",
-                                 aggfunc="first")
+        return frame.pivot_table(
+            index=["checkpoint", "metric", "layer"], columns="key", values="value", aggfunc="first"
+        )

@@ -40,7 +40,7 @@ def local_address(address: str) -> bool:
         return True
     host = address.removeprefix("dns:").removeprefix("ipv4:").removeprefix("ipv6:").lstrip("/")
     if host.startswith("["):
-        host = host[1:host.find("]")]
+        host = host[1 : host.find("]")]
     elif host.count(":") == 1:
         host = host.rsplit(":", 1)[0]
     if host == "localhost":
@@ -54,8 +54,9 @@ def local_address(address: str) -> bool:
 def attach(message: pb.SharedTensors, max_elements: int | None = None) -> dict[str, np.ndarray]:
     """The tensors of ``message``; the segment is unlinked before anything else is checked."""
     if not _NAME.fullmatch(message.segment):
-        raise TensorError(f"shared-memory segment name {shorten(message.segment)!r} is not one a deepscope "
-                          "server makes; refused")
+        raise TensorError(
+            f"shared-memory segment name {shorten(message.segment)!r} is not one a deepscope server makes; refused"
+        )
     path = os.path.join(SHM_DIR, message.segment)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -84,8 +85,9 @@ def attach(message: pb.SharedTensors, max_elements: int | None = None) -> dict[s
             raise TensorError(f"duplicate tensor '{shorten(t.name)}'")
         if t.offset + t.total_bytes > size:
             raise TensorError(f"tensor '{shorten(t.name)}' lies outside its shared-memory segment")
-        arrays[t.name] = np.ndarray(dims, dtype, buffer=segment, offset=t.offset) if t.total_bytes \
-            else np.empty(dims, dtype)
+        arrays[t.name] = (
+            np.ndarray(dims, dtype, buffer=segment, offset=t.offset) if t.total_bytes else np.empty(dims, dtype)
+        )
         if dtype == np.bool_ and t.total_bytes and arrays[t.name].view(np.uint8).max() > 1:
             raise TensorError(f"tensor '{shorten(t.name)}': BOOL bytes must be 0 or 1")
     return arrays

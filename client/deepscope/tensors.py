@@ -58,8 +58,10 @@ def check_shape(shape: Iterable[int], dtype: np.dtype, nbytes: int, max_elements
     if any(d < 0 for d in dims):
         raise TensorError(f"negative dimension in shape {shorten_list(dims)}")
     if math.prod(max(d, 1) for d in dims) * dtype.itemsize > MAX_SPAN_BYTES:
-        raise TensorError(f"shape {shorten_list(dims)} is too large: its non-zero dimensions multiply past "
-                          f"{MAX_SPAN_BYTES:,} bytes of {dtype}")
+        raise TensorError(
+            f"shape {shorten_list(dims)} is too large: its non-zero dimensions multiply past "
+            f"{MAX_SPAN_BYTES:,} bytes of {dtype}"
+        )
     count = math.prod(dims)
     if max_elements is not None and count > max_elements:
         raise TensorError(f"tensor of {count:,} elements exceeds the limit of {max_elements:,} elements")
@@ -97,17 +99,25 @@ def checksum(array: np.ndarray) -> int:
     return crc32(_raw_bytes(array)[1])
 
 
-def iter_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tpb.TensorHeader | tpb.TensorChunk]:
+def iter_parts(
+    name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[tpb.TensorHeader | tpb.TensorChunk]:
     """A header then chunks of at most ``chunk_bytes`` for one tensor."""
     array, raw = _raw_bytes(array)
-    yield tpb.TensorHeader(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape,
-                           total_bytes=len(raw), crc32=crc32(raw))
+    yield tpb.TensorHeader(
+        name=name, dtype=kserve_dtype(array.dtype), shape=array.shape, total_bytes=len(raw), crc32=crc32(raw)
+    )
     for offset in range(0, len(raw), chunk_bytes):
-        yield tpb.TensorChunk(name=name, offset=offset, data=raw[offset:offset + chunk_bytes].tobytes())
+        yield tpb.TensorChunk(name=name, offset=offset, data=raw[offset : offset + chunk_bytes].tobytes())
 
 
-def tensor_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES,
-                 message: type[StreamPart] = pb.CaptureResponse, crc: int | None = None) -> Iterator[StreamPart]:
+def tensor_parts(
+    name: str,
+    array: np.ndarray,
+    chunk_bytes: int = CHUNK_BYTES,
+    message: type[StreamPart] = pb.CaptureResponse,
+    crc: int | None = None,
+) -> Iterator[StreamPart]:
     """``iter_parts`` as ``message``s (CaptureResponse or GetWeightsResponse: the same header and chunk
     parts); ``crc``: the array's ``checksum`` when the caller computed it already (e.g. in a worker thread).
 
@@ -115,14 +125,21 @@ def tensor_parts(name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES,
     (``CaptureResponse(chunk=c)``) would copy every payload once more.
     """
     array, raw = _raw_bytes(array)
-    yield message(header=tpb.TensorHeader(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape,
-                                          total_bytes=len(raw), crc32=crc32(raw) if crc is None else crc))
+    yield message(
+        header=tpb.TensorHeader(
+            name=name,
+            dtype=kserve_dtype(array.dtype),
+            shape=array.shape,
+            total_bytes=len(raw),
+            crc32=crc32(raw) if crc is None else crc,
+        )
+    )
     for offset in range(0, len(raw), chunk_bytes):
         part = message()
         chunk = part.chunk
         chunk.name = name
         chunk.offset = offset
-        chunk.data = raw[offset:offset + chunk_bytes].tobytes()
+        chunk.data = raw[offset : offset + chunk_bytes].tobytes()
         yield part
 
 
@@ -136,8 +153,9 @@ OutTarget = Callable[[tpb.TensorHeader, np.dtype, tuple[int, ...]], "np.ndarray 
 class _Pending:
     __slots__ = ("header", "dtype", "shape", "array", "buffer", "received", "next_offset", "crc")
 
-    def __init__(self, header: tpb.TensorHeader, max_elements: int | None, max_bytes: int | None,
-                 out: OutTarget | None = None) -> None:
+    def __init__(
+        self, header: tpb.TensorHeader, max_elements: int | None, max_bytes: int | None, out: OutTarget | None = None
+    ) -> None:
         try:
             self.dtype = numpy_dtype(header.dtype)
         except ValueError as exc:
@@ -156,10 +174,16 @@ class _Pending:
             self.buffer = np.empty(header.total_bytes, dtype=np.uint8)
             self.array = self.buffer.view(self.dtype).reshape(self.shape)
         else:
-            if target.dtype != self.dtype or target.shape != self.shape or not target.flags.c_contiguous \
-                    or not target.flags.writeable:
-                raise ValueError(f"tensor '{shorten(header.name)}': out target must be a writeable C-contiguous "
-                                 f"{self.dtype} array of shape {self.shape}, got {target.dtype} {target.shape}")
+            if (
+                target.dtype != self.dtype
+                or target.shape != self.shape
+                or not target.flags.c_contiguous
+                or not target.flags.writeable
+            ):
+                raise ValueError(
+                    f"tensor '{shorten(header.name)}': out target must be a writeable C-contiguous "
+                    f"{self.dtype} array of shape {self.shape}, got {target.dtype} {target.shape}"
+                )
             self.array = target
             self.buffer = target.reshape(-1).view(np.uint8)
         self.received = 0
@@ -179,8 +203,9 @@ class Assembler:
     destination holds partial data if the tensor turns out to be malformed.
     """
 
-    def __init__(self, max_elements: int | None = None, max_bytes: int | None = None,
-                 out: OutTarget | None = None) -> None:
+    def __init__(
+        self, max_elements: int | None = None, max_bytes: int | None = None, out: OutTarget | None = None
+    ) -> None:
         self.max_elements = max_elements
         self.max_bytes = max_bytes
         self.out = out
@@ -215,7 +240,7 @@ class Assembler:
                 f"tensor '{shorten(part.name)}': chunk ends at byte {end:,}, past the declared total of "
                 f"{pending.header.total_bytes:,}"
             )
-        pending.buffer[part.offset:end] = np.frombuffer(data, dtype=np.uint8)
+        pending.buffer[part.offset : end] = np.frombuffer(data, dtype=np.uint8)
         pending.received += len(data)
         pending.crc = crc32(data, pending.crc)  # while the chunk is still in cache; measured faster
         pending.next_offset = end

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,7 +22,7 @@ def as_datetime(stamp: Timestamp) -> datetime | None:
     """An aware UTC datetime, or None when the Timestamp is unset."""
     if not stamp.seconds and not stamp.nanos:
         return None
-    return stamp.ToDatetime(tzinfo=timezone.utc)
+    return stamp.ToDatetime(tzinfo=UTC)
 
 
 def iso(stamp: Timestamp) -> str:
@@ -35,11 +35,11 @@ def set_iso(stamp: Timestamp, text: str) -> None:
     """Store an ISO 8601 time (naive means UTC) in ``stamp``; an empty string leaves it unset."""
     if text:
         when = datetime.fromisoformat(text)
-        stamp.FromDatetime(when if when.tzinfo else when.replace(tzinfo=timezone.utc))
+        stamp.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
 
 
 def stamp_now(stamp: Timestamp) -> str:
     """Set ``stamp`` to now; returns the same instant as ISO 8601 (for the store's sortable columns)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     stamp.FromDatetime(now)
     return now.isoformat(timespec="milliseconds")

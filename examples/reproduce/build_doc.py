@@ -1,6 +1,6 @@
 """Assemble docs/reproductions.md from the sections the four reproduction scripts wrote.
 
-    python examples/reproduce/build_doc.py [--out docs/reproductions]   # after the scripts (make reproduce)
+python examples/reproduce/build_doc.py [--out docs/reproductions]   # after the scripts (make reproduce)
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def main() -> None:
             raise SystemExit(f"{md} is missing: run examples/reproduce/{name}.py first (make reproduce runs all)")
         sections.append(md.read_text())
         timings.append(f"| `{name}.py` | {json.loads(summary.read_text())['seconds']:.0f} s |")
-    timing = ("Wall time of each script in the run that wrote this page (a shared 2-core machine, under "
-              "`nice -n 10`):\n\n| script | time |\n|---|---|\n" + "\n".join(timings) + "\n")
+    timing = (
+        "Wall time of each script in the run that wrote this page (a shared 2-core machine, under "
+        "`nice -n 10`):\n\n| script | time |\n|---|---|\n" + "\n".join(timings) + "\n"
+    )
     target = args.out.parent / "reproductions.md"
     target.write_text(INTRO + "\n" + timing + "\n" + "\n".join(sections))
     print(f"wrote {target}")

@@ -137,8 +137,17 @@ def train(spec: TrainSpec, data: Digits, out: Path, fmt: str = "onnx") -> list[C
         if epoch in spec.epochs:
             name = f"{spec.tag or 'mlp'}_s{spec.seed}_e{epoch:03d}.{fmt}"
             path = export(model, out / name, data.x_test[:4])
-            checkpoints.append(Checkpoint(spec.seed, epoch, path, accuracy(model, data.x_train, data.y_train),
-                                          accuracy(model, data.x_test, data.y_test), spec.tag, spec.hidden))
+            checkpoints.append(
+                Checkpoint(
+                    spec.seed,
+                    epoch,
+                    path,
+                    accuracy(model, data.x_train, data.y_train),
+                    accuracy(model, data.x_test, data.y_test),
+                    spec.tag,
+                    spec.hidden,
+                )
+            )
     return checkpoints
 
 
@@ -149,8 +158,11 @@ def train_population(specs: Iterable[TrainSpec], data: Digits, out: Path, fmt: s
     for spec in specs:
         checkpoints += train(spec, data, out, fmt)
         last = checkpoints[-1]
-        print(f"  trained {spec.tag or 'mlp'} seed {spec.seed}: epochs {list(spec.epochs)}, "
-              f"final test accuracy {last.test_accuracy:.3f} ({timer.seconds():.0f} s)", flush=True)
+        print(
+            f"  trained {spec.tag or 'mlp'} seed {spec.seed}: epochs {list(spec.epochs)}, "
+            f"final test accuracy {last.test_accuracy:.3f} ({timer.seconds():.0f} s)",
+            flush=True,
+        )
     return checkpoints
 
 
@@ -163,8 +175,13 @@ def pick_key(run: deepscope.Run, metric: str, preferred: Sequence[str]) -> str:
     Metric result keys change between versions; discovering the headline from the server keeps a
     reproduction running (it prints which key it used so a reader can tell).
     """
-    keys = {item.key for r in run.results if r.metric == metric and r.status == "ok" for item in r.items
-            if item.WhichOneof("value") == "scalar"}
+    keys = {
+        item.key
+        for r in run.results
+        if r.metric == metric and r.status == "ok"
+        for item in r.items
+        if item.WhichOneof("value") == "scalar"
+    }
     for key in preferred:
         if key in keys:
             return key
@@ -175,9 +192,16 @@ def pick_key(run: deepscope.Run, metric: str, preferred: Sequence[str]) -> str:
     return fallback[0]
 
 
-def measure(checkpoints: Sequence[Checkpoint], data: Digits, metrics: Sequence[str], layers: Sequence[str] = (),
-            params: dict[str, dict[str, Any]] | None = None, store: Path | None = None,
-            client: deepscope.Client | None = None, samples: str = "test") -> tuple[deepscope.Run, pd.DataFrame]:
+def measure(
+    checkpoints: Sequence[Checkpoint],
+    data: Digits,
+    metrics: Sequence[str],
+    layers: Sequence[str] = (),
+    params: dict[str, dict[str, Any]] | None = None,
+    store: Path | None = None,
+    client: deepscope.Client | None = None,
+    samples: str = "test",
+) -> tuple[deepscope.Run, pd.DataFrame]:
     """Upload the checkpoints, analyse them as one series on the held-out digits (``samples="all"``:
     all 1,797, for metrics that fit models to the representations and need the rows), and return the
     run with a tidy frame of scalar results joined to the checkpoints' seed, epoch and accuracy."""
@@ -191,8 +215,9 @@ def measure(checkpoints: Sequence[Checkpoint], data: Digits, metrics: Sequence[s
         if samples == "all":
             x, y = np.concatenate([data.x_train.numpy(), x]), np.concatenate([data.y_train.numpy(), y])
         print(f"  analysing ({timer.seconds():.0f} s): {', '.join(metrics)}", flush=True)
-        run = client.analyze(models, data=(x, y), metrics=list(metrics), layers=list(layers), params=params or {},
-                             batch_size=len(x))
+        run = client.analyze(
+            models, data=(x, y), metrics=list(metrics), layers=list(layers), params=params or {}, batch_size=len(x)
+        )
         print(f"  analysed ({timer.seconds():.0f} s)", flush=True)
     finally:
         if own:
@@ -205,9 +230,19 @@ def measure(checkpoints: Sequence[Checkpoint], data: Digits, metrics: Sequence[s
     frame = run.to_pandas(scalars_only=True)
     frame = frame[frame["kind"] == "scalar"].copy()
     frame["value"] = frame["value"].astype(float)
-    meta = pd.DataFrame([{"checkpoint": i, "seed": c.seed, "epoch": c.epoch, "tag": c.tag,
-                          "test_accuracy": c.test_accuracy, "train_accuracy": c.train_accuracy}
-                         for i, c in enumerate(checkpoints)])
+    meta = pd.DataFrame(
+        [
+            {
+                "checkpoint": i,
+                "seed": c.seed,
+                "epoch": c.epoch,
+                "tag": c.tag,
+                "test_accuracy": c.test_accuracy,
+                "train_accuracy": c.train_accuracy,
+            }
+            for i, c in enumerate(checkpoints)
+        ]
+    )
     return run, frame.merge(meta, on="checkpoint")
 
 
@@ -221,9 +256,11 @@ def select(frame: pd.DataFrame, metric: str, key: str) -> pd.DataFrame:
 
 def layer_order(layers: Iterable[str]) -> list[str]:
     """fc1, act1, fc2, ... in network order (digits in names compared as numbers)."""
+
     def rank(name: str) -> tuple[int, str]:
         digits_in = "".join(ch for ch in name if ch.isdigit())
         return (int(digits_in) if digits_in else 10**6, name)
+
     return sorted(set(layers), key=rank)
 
 
@@ -278,14 +315,29 @@ class Report:
 
     def markdown(self, figure: str) -> str:
         verdict = {True: "held", False: "did not hold", None: "not testable here"}
-        lines = [f"## {self.title}", "", f"*{self.paper}*", "", self.setup, "",
-                 f"![{self.title}]({figure})", "", self.table, "", "| claim | measured | verdict |", "|---|---|---|"]
+        lines = [
+            f"## {self.title}",
+            "",
+            f"*{self.paper}*",
+            "",
+            self.setup,
+            "",
+            f"![{self.title}]({figure})",
+            "",
+            self.table,
+            "",
+            "| claim | measured | verdict |",
+            "|---|---|---|",
+        ]
         lines += [f"| {o.claim} | {o.measured} | **{verdict[o.held]}** |" for o in self.outcomes]
         if self.notes:
             lines += ["", *[f"- {n}" for n in self.notes]]
         keys = ", ".join(f"`{m}` → `{k}`" for m, k in self.keys_read.items())
-        lines += ["", f"Metric keys read: {keys}. Script: `examples/reproduce/{self.name}.py`, "
-                      f"{self.seconds:.0f} s on this machine."]
+        lines += [
+            "",
+            f"Metric keys read: {keys}. Script: `examples/reproduce/{self.name}.py`, "
+            f"{self.seconds:.0f} s on this machine.",
+        ]
         return "\n".join(lines) + "\n"
 
 

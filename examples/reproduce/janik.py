@@ -14,12 +14,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import common  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import linregress, spearmanr  # noqa: E402
-
-import common  # noqa: E402
 
 # Metric names and the result keys read (the first key present is used; else the metric's headline).
 # complexity.* is being reworked (block-to-block, epsilon relative to the linear FVU): the headline
@@ -64,53 +63,75 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
     means = {name: s.groupby(["layer", "epoch"])["value"].mean() for name, s in series.items()}
     rows = []
     for epoch in sorted(frame["epoch"].unique()):
-        row: dict[str, object] = {"epoch": int(epoch), "test acc": common.mean_sd(
-            frame.drop_duplicates("checkpoint").query("epoch == @epoch")["test_accuracy"])}
+        row: dict[str, object] = {
+            "epoch": int(epoch),
+            "test acc": common.mean_sd(frame.drop_duplicates("checkpoint").query("epoch == @epoch")["test_accuracy"]),
+        }
         for name in series:
             row[name] = " / ".join(common.fmt(float(means[name].get((layer, epoch), np.nan))) for layer in layers)
         rows.append(row)
-    table = ("Columns after *test acc*: per-layer means over seeds, " + " / ".join(layers) + ".\n\n"
-             + common.markdown_table(pd.DataFrame(rows)))
+    table = (
+        "Columns after *test acc*: per-layer means over seeds, "
+        + " / ".join(layers)
+        + ".\n\n"
+        + common.markdown_table(pd.DataFrame(rows))
+    )
 
     outcomes = []
     fits = {}
     for layer in layers:
         d = means["d_eff"].loc[layer]
         fits[layer] = power_law(d.index.to_numpy(dtype=float), d.to_numpy())
-    good = [l for l, (_, r2) in fits.items() if r2 >= POWER_LAW_R2]
-    outcomes.append(common.Outcome(
-        claim="Effective dimension follows a power law in training time",
-        measured=("log-log fit of d_eff vs epoch (epochs ≥ 1): " + ", ".join(
-            f"{l} slope {s:+.3f} R² {common.fmt(r2, 2)}" for l, (s, r2) in fits.items())
-            + f"; R² ≥ {POWER_LAW_R2} in {len(good)}/{len(layers)} layers"),
-        held=None if quick else len(good) == len(layers)))
+    good = [layer for layer, (_, r2) in fits.items() if r2 >= POWER_LAW_R2]
+    outcomes.append(
+        common.Outcome(
+            claim="Effective dimension follows a power law in training time",
+            measured=(
+                "log-log fit of d_eff vs epoch (epochs ≥ 1): "
+                + ", ".join(f"{layer} slope {s:+.3f} R² {common.fmt(r2, 2)}" for layer, (s, r2) in fits.items())
+                + f"; R² ≥ {POWER_LAW_R2} in {len(good)}/{len(layers)} layers"
+            ),
+            held=None if quick else len(good) == len(layers),
+        )
+    )
     complexity = series["complexity"]
     finite = complexity["value"][np.isfinite(complexity["value"])]
     distinct = finite.round(6).nunique()
-    rho, p = spearmanr(complexity["epoch"], complexity["value"], nan_policy="omit") if distinct > 1 else (np.nan, np.nan)
-    outcomes.append(common.Outcome(
-        claim="Complexity is informative: it takes non-trivial values and changes during training",
-        measured=(f"`{keys['complexity'][0]}.{keys['complexity'][1]}`: {len(finite)} finite values of "
-                  f"{len(checkpoints) * len(layers)} (layer, checkpoint) pairs, "
-                  f"{distinct} distinct values, range {common.fmt(float(finite.min()) if len(finite) else np.nan)}"
-                  f"–{common.fmt(float(finite.max()) if len(finite) else np.nan)}; Spearman vs epoch ρ={common.fmt(float(rho), 2)} "
-                  f"(p={common.fmt(float(p), 2)})"),
-        held=None if quick else bool(distinct > 2 and p < 0.01)))
+    rho, p = (
+        spearmanr(complexity["epoch"], complexity["value"], nan_policy="omit") if distinct > 1 else (np.nan, np.nan)
+    )
+    outcomes.append(
+        common.Outcome(
+            claim="Complexity is informative: it takes non-trivial values and changes during training",
+            measured=(
+                f"`{keys['complexity'][0]}.{keys['complexity'][1]}`: {len(finite)} finite values of "
+                f"{len(checkpoints) * len(layers)} (layer, checkpoint) pairs, "
+                f"{distinct} distinct values, range {common.fmt(float(finite.min()) if len(finite) else np.nan)}"
+                f"–{common.fmt(float(finite.max()) if len(finite) else np.nan)}; Spearman vs epoch ρ={common.fmt(float(rho), 2)} "
+                f"(p={common.fmt(float(p), 2)})"
+            ),
+            held=None if quick else bool(distinct > 2 and p < 0.01),
+        )
+    )
     fvu = series["linear FVU"]
     trained = fvu[fvu["epoch"] == fvu["epoch"].max()]["value"].mean()
     untrained = fvu[fvu["epoch"] == 0]["value"].mean()
-    outcomes.append(common.Outcome(
-        claim="Training changes how nonlinear the layers' computation is",
-        measured=f"mean linear FVU (unexplained by the best affine map) untrained {untrained:.3f} → trained {trained:.3f}",
-        held=None if quick else bool(abs(trained - untrained) > 0.1 * max(abs(untrained), 1e-9))))
+    outcomes.append(
+        common.Outcome(
+            claim="Training changes how nonlinear the layers' computation is",
+            measured=f"mean linear FVU (unexplained by the best affine map) untrained {untrained:.3f} → trained {trained:.3f}",
+            held=None if quick else bool(abs(trained - untrained) > 0.1 * max(abs(untrained), 1e-9)),
+        )
+    )
 
     figure, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.2), constrained_layout=True)
     for ax, (name, s) in zip(axes, series.items()):
         for layer in layers:
             per_layer = s[s["layer"] == layer].groupby("epoch")["value"]
             x = np.maximum(per_layer.mean().index.to_numpy(dtype=float), 0.5)
-            ax.errorbar(x, per_layer.mean(), yerr=per_layer.std(ddof=1).fillna(0), marker="o", ms=3, capsize=2,
-                        label=layer)
+            ax.errorbar(
+                x, per_layer.mean(), yerr=per_layer.std(ddof=1).fillna(0), marker="o", ms=3, capsize=2, label=layer
+            )
         ax.set_xscale("log")
         if name == "d_eff":
             ax.set_yscale("log")
@@ -119,17 +140,25 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
     axes[0].legend(fontsize=7)
 
     report = common.Report(
-        name="janik", title="Janik & Witaszczyk: complexity and effective dimension over training",
+        name="janik",
+        title="Janik & Witaszczyk: complexity and effective dimension over training",
         paper="Complexity for deep neural networks and other characteristics of deep feature representations (arXiv 2006.04791)",
-        setup=(f"{len(population(quick))} seeds of a 64-64-64 ReLU MLP, checkpoints after epochs "
-               f"{', '.join(map(str, population(quick)[0].epochs))} (Adam), exported with `torch.export`; metrics of "
-               f"each hidden layer on all 1,797 digits (the piecewise fits need the rows) with server defaults."),
-        table=table, outcomes=outcomes, keys_read={name: f"{m}.{k}" for name, (m, k) in keys.items()},
-        notes=["Effective dimension is faithful (exp of the PCA spectrum's entropy); the complexity measures are "
-               "reconstructions from the abstract (see docs/metrics.md), so the complexity claims test deepscope's "
-               "reading of the paper as much as the paper.",
-               "The abstract reports power-law scaling during training without saying of which quantity; we test "
-               "d_eff against epoch."])
+        setup=(
+            f"{len(population(quick))} seeds of a 64-64-64 ReLU MLP, checkpoints after epochs "
+            f"{', '.join(map(str, population(quick)[0].epochs))} (Adam), exported with `torch.export`; metrics of "
+            f"each hidden layer on all 1,797 digits (the piecewise fits need the rows) with server defaults."
+        ),
+        table=table,
+        outcomes=outcomes,
+        keys_read={name: f"{m}.{k}" for name, (m, k) in keys.items()},
+        notes=[
+            "Effective dimension is faithful (exp of the PCA spectrum's entropy); the complexity measures are "
+            "reconstructions from the abstract (see docs/metrics.md), so the complexity claims test deepscope's "
+            "reading of the paper as much as the paper.",
+            "The abstract reports power-law scaling during training without saying of which quantity; we test "
+            "d_eff against epoch.",
+        ],
+    )
     return report, figure
 
 

@@ -15,17 +15,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import common  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-import common  # noqa: E402
-
 # Metric names and the result keys read (the first key present is used; else the metric's headline).
 METRICS = {
-    "cnt.link_weights": ["std"],              # spread of the layer's weights+biases distribution
-    "cnt.node_strength": ["strength_mean"],   # mean signed node strength of the neuron layer
+    "cnt.link_weights": ["std"],  # spread of the layer's weights+biases distribution
+    "cnt.node_strength": ["strength_mean"],  # mean signed node strength of the neuron layer
     "cnt.layer_fluctuation": ["fluctuation"],  # Y_l: population std of node strengths
 }
 LAYERS = ["fc*", "out"]
@@ -37,8 +36,9 @@ P_LEVEL = 0.01
 def population(quick: bool) -> list[common.TrainSpec]:
     if quick:
         return [common.TrainSpec(seed=0, epochs=(0, 1), tag="lamalfa")]
-    return [common.TrainSpec(seed=s, epochs=(0, 1, 2, 4, 8, 16), lr=LEARNING_RATES[s % 3], tag="lamalfa")
-            for s in range(4)]
+    return [
+        common.TrainSpec(seed=s, epochs=(0, 1, 2, 4, 8, 16), lr=LEARNING_RATES[s % 3], tag="lamalfa") for s in range(4)
+    ]
 
 
 def partial_spearman(frame: pd.DataFrame, x: str, y: str, control: str) -> float:
@@ -58,8 +58,14 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
     run, frame = common.measure(checkpoints, data, list(METRICS), LAYERS, store=work / "store")
     keys = {m: common.pick_key(run, m, preferred) for m, preferred in METRICS.items()}
     frame = frame[frame["layer"] != ""]
-    frame = frame.assign(bin=pd.cut(frame["test_accuracy"], BINS, right=False,
-                                    labels=[f"{lo:.2f}-{min(hi, 1):.2f}" for lo, hi in zip(BINS[:-1], BINS[1:])]))
+    frame = frame.assign(
+        bin=pd.cut(
+            frame["test_accuracy"],
+            BINS,
+            right=False,
+            labels=[f"{lo:.2f}-{min(hi, 1):.2f}" for lo, hi in zip(BINS[:-1], BINS[1:])],
+        )
+    )
     layers = common.layer_order(frame["layer"])
 
     rows, outcomes, stats = [], [], {}
@@ -69,7 +75,9 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
             per_layer = values[values["layer"] == layer]
             if per_layer.empty:
                 continue
-            rho, p = spearmanr(per_layer["test_accuracy"], per_layer["value"]) if len(per_layer) > 2 else (np.nan, np.nan)
+            rho, p = (
+                spearmanr(per_layer["test_accuracy"], per_layer["value"]) if len(per_layer) > 2 else (np.nan, np.nan)
+            )
             stats[(metric, layer)] = (rho, p)
             row = {"metric": f"{metric.split('.')[1]}.{key}", "layer": layer}
             for label, group in per_layer.groupby("bin", observed=False):
@@ -84,30 +92,44 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
         layer_stats = {layer: stats[(metric, layer)] for (m, layer) in stats if m == metric}
         significant = [f"{layer} ρ={rho:+.2f}" for layer, (rho, p) in layer_stats.items() if p < P_LEVEL]
         held = None if quick else len(significant) == len(layer_stats)
-        outcomes.append(common.Outcome(
-            claim=f"`{metric}` ({key}) discriminates low- from high-accuracy networks",
-            measured=(f"significant (Spearman p<{P_LEVEL}) in {len(significant)}/{len(layer_stats)} layers: "
-                      + (", ".join(significant) or "none")),
-            held=held))
+        outcomes.append(
+            common.Outcome(
+                claim=f"`{metric}` ({key}) discriminates low- from high-accuracy networks",
+                measured=(
+                    f"significant (Spearman p<{P_LEVEL}) in {len(significant)}/{len(layer_stats)} layers: "
+                    + (", ".join(significant) or "none")
+                ),
+                held=held,
+            )
+        )
 
     figure = plot(frame, keys, layers)
     report = common.Report(
-        name="la_malfa", title="La Malfa et al.: weight-graph metrics vs accuracy",
+        name="la_malfa",
+        title="La Malfa et al.: weight-graph metrics vs accuracy",
         paper="Characterizing Learning Dynamics of Deep Neural Networks via Complex Networks (arXiv 2110.02628); "
-              "Deep Neural Networks as Complex Networks (arXiv 2209.05488)",
-        setup=(f"{len(checkpoints)} checkpoints of 64-64-64 ReLU MLPs on digits ({len(population(quick))} seeds, Adam "
-               f"lr {', '.join(map(str, LEARNING_RATES))}, after 0-16 epochs), exported with `torch.onnx.export`; "
-               f"metrics over the weight graph (node strength with the authors' `missing_side_const=1`). "
-               f"Networks per test-accuracy bin: "
-               + ", ".join(f"{label}: {n}" for label, n in counts.items()) + ". Cells: mean ± sd over the bin."),
-        table=table, outcomes=outcomes, keys_read=keys,
-        notes=["The papers' populations are trained to land in accuracy bins; ours reach them by stopping early, "
-               "so accuracy and training time are entangled (three learning rates loosen this). A trend here says "
-               "the metric tracks training progress, which is how the papers use it too.",
-               "The claim is read at the level of the abstracts: the metrics separate low from high accuracy. "
-               "We test separation as a monotone association (Spearman) per layer. *ρ at fixed epoch* is the "
-               "partial rank correlation with the number of epochs held fixed: what remains among networks trained "
-               "equally long with different seeds and learning rates."])
+        "Deep Neural Networks as Complex Networks (arXiv 2209.05488)",
+        setup=(
+            f"{len(checkpoints)} checkpoints of 64-64-64 ReLU MLPs on digits ({len(population(quick))} seeds, Adam "
+            f"lr {', '.join(map(str, LEARNING_RATES))}, after 0-16 epochs), exported with `torch.onnx.export`; "
+            f"metrics over the weight graph (node strength with the authors' `missing_side_const=1`). "
+            f"Networks per test-accuracy bin: "
+            + ", ".join(f"{label}: {n}" for label, n in counts.items())
+            + ". Cells: mean ± sd over the bin."
+        ),
+        table=table,
+        outcomes=outcomes,
+        keys_read=keys,
+        notes=[
+            "The papers' populations are trained to land in accuracy bins; ours reach them by stopping early, "
+            "so accuracy and training time are entangled (three learning rates loosen this). A trend here says "
+            "the metric tracks training progress, which is how the papers use it too.",
+            "The claim is read at the level of the abstracts: the metrics separate low from high accuracy. "
+            "We test separation as a monotone association (Spearman) per layer. *ρ at fixed epoch* is the "
+            "partial rank correlation with the number of epochs held fixed: what remains among networks trained "
+            "equally long with different seeds and learning rates.",
+        ],
+    )
     return report, figure
 
 

@@ -148,7 +148,9 @@ def fit_budget(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: fl
     """Shrink ``want`` (samples, then draws, then steps, then curve points; halving, never below
     ``MIN_PLAN`` or above ``want``) until ``cost(plan) <= budget``; None when even that is over."""
     plan = want
-    floor = SearchPlan(*(min(getattr(want, f), getattr(MIN_PLAN, f)) for f in ("samples", "draws", "steps", "curve_points")))
+    floor = SearchPlan(
+        *(min(getattr(want, f), getattr(MIN_PLAN, f)) for f in ("samples", "draws", "steps", "curve_points"))
+    )
     for name in ("samples", "draws", "steps", "curve_points"):
         while cost(plan) > budget and getattr(plan, name) > getattr(floor, name):
             value = getattr(plan, name)
@@ -159,15 +161,22 @@ def fit_budget(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: fl
 
 def describe_plan(plan: SearchPlan, want: SearchPlan, seed: int) -> str:
     """'samples: 16 of 64 (the first), draws: 8 of 32, ...' for the sizes the budget reduced."""
-    parts = [f"{name}: {getattr(plan, name)} of {getattr(want, name)}" + (" (the first)" if name == "samples" else "")
-             for name in ("samples", "draws", "steps", "curve_points") if getattr(plan, name) != getattr(want, name)]
+    parts = [
+        f"{name}: {getattr(plan, name)} of {getattr(want, name)}" + (" (the first)" if name == "samples" else "")
+        for name in ("samples", "draws", "steps", "curve_points")
+        if getattr(plan, name) != getattr(want, name)
+    ]
     return ", ".join(parts) + (f"; draws seeded {seed}" if parts else "")
 
 
 def _over_budget(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: float) -> str:
-    smallest = SearchPlan(*(min(getattr(want, f), getattr(MIN_PLAN, f)) for f in ("samples", "draws", "steps", "curve_points")))
-    return (f"over budget: even the smallest search ({smallest.samples} samples, {smallest.draws} draws, "
-            f"{smallest.steps} steps) needs ~{cost(smallest):.0f} s > budget_seconds {budget:g}; raise budget_seconds")
+    smallest = SearchPlan(
+        *(min(getattr(want, f), getattr(MIN_PLAN, f)) for f in ("samples", "draws", "steps", "curve_points"))
+    )
+    return (
+        f"over budget: even the smallest search ({smallest.samples} samples, {smallest.draws} draws, "
+        f"{smallest.steps} steps) needs ~{cost(smallest):.0f} s > budget_seconds {budget:g}; raise budget_seconds"
+    )
 
 
 class _Runner:
@@ -207,8 +216,12 @@ def _search(
     total = max(1, (levels.size - 1 if levels.size else 0) + steps + 1)
     accuracy = np.full(levels.size, np.nan)
     result = BasinResult(
-        radius=np.full(n, np.nan), censored=np.zeros(n, bool), clean_kept=clean_kept,
-        curve_levels=levels, curve_accuracy=accuracy, resolution=r_max / 2 ** (steps + 1),
+        radius=np.full(n, np.nan),
+        censored=np.zeros(n, bool),
+        clean_kept=clean_kept,
+        curve_levels=levels,
+        curve_accuracy=accuracy,
+        resolution=r_max / 2 ** (steps + 1),
     )
     done = 0
 
@@ -228,7 +241,11 @@ def _search(
             accuracy[i] = float(keep_fraction(everyone, np.full(n, level)).mean())
             tick(f"{label}: accuracy curve {i + 1}/{levels.size}")
         result.radius, result.censored = bisect_radii(
-            keep_fraction, clean_kept, r_max=r_max, steps=steps, keep_prob=keep_prob,
+            keep_fraction,
+            clean_kept,
+            r_max=r_max,
+            steps=steps,
+            keep_prob=keep_prob,
             on_step=lambda s: tick(f"{label}: bisection step {s}/{steps}"),
         )
     except Cancelled:
@@ -283,7 +300,9 @@ def sample_basins(
         per_call = max(1, runner.max_batch_size // draws)  # samples per forward batch
         for lo in range(0, idx.size, per_call):
             chunk = idx[lo : lo + per_call]
-            noise = np.stack([np.random.default_rng([seed, int(i)]).standard_normal((draws, *x.shape[1:])) for i in chunk])
+            noise = np.stack(
+                [np.random.default_rng([seed, int(i)]).standard_normal((draws, *x.shape[1:])) for i in chunk]
+            )
             sigma = (level[lo : lo + per_call] * scale[chunk]).reshape(-1, 1, *([1] * (x.ndim - 1)))
             rows = {k: np.repeat(np.asarray(v)[chunk], draws, axis=0) for k, v in inputs.items()}
             rows[key] = (x[chunk][:, None] + sigma * noise).reshape(-1, *x.shape[1:]).astype(x.dtype, copy=False)
@@ -292,14 +311,28 @@ def sample_basins(
             kept[lo : lo + per_call] = same.mean(axis=1)
         return kept
 
-    return _planned(_search(
-        keep_fraction, clean_kept, runner, r_max=r_max, steps=steps, keep_prob=keep_prob,
-        curve_points=curve_points, progress=progress, cancelled=cancelled, label="sample basins",
-    ), plan, want, seed)
+    return _planned(
+        _search(
+            keep_fraction,
+            clean_kept,
+            runner,
+            r_max=r_max,
+            steps=steps,
+            keep_prob=keep_prob,
+            curve_points=curve_points,
+            progress=progress,
+            cancelled=cancelled,
+            label="sample basins",
+        ),
+        plan,
+        want,
+        seed,
+    )
 
 
-def _plan(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: float, seed: int, clean: np.ndarray,
-          runner: _Runner) -> tuple[SearchPlan, BasinResult | None]:
+def _plan(
+    want: SearchPlan, cost: Callable[[SearchPlan], float], budget: float, seed: int, clean: np.ndarray, runner: _Runner
+) -> tuple[SearchPlan, BasinResult | None]:
     """The plan that fits the budget, or (want, an unsearched result saying why) when none does."""
     if not math.isfinite(budget) or cost(want) <= budget:
         return want, None
@@ -307,9 +340,15 @@ def _plan(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: float, 
     if plan is not None:
         return plan, None
     result = BasinResult(
-        radius=np.full(clean.size, np.nan), censored=np.zeros(clean.size, bool), clean_kept=clean,
-        curve_levels=np.zeros(0), curve_accuracy=np.zeros(0), resolution=math.nan,
-        forward_rows=runner.rows, forward_calls=runner.calls, over_budget=_over_budget(want, cost, budget),
+        radius=np.full(clean.size, np.nan),
+        censored=np.zeros(clean.size, bool),
+        clean_kept=clean,
+        curve_levels=np.zeros(0),
+        curve_accuracy=np.zeros(0),
+        resolution=math.nan,
+        forward_rows=runner.rows,
+        forward_calls=runner.calls,
+        over_budget=_over_budget(want, cost, budget),
     )
     return want, result
 
@@ -370,8 +409,9 @@ def weight_basins(
         t0 = time.perf_counter()
         runner.predict(lambda b: predict_with_weights(b, weights), _take(inputs, np.arange(1)))
         per_call = time.perf_counter() - t0
-    plan, early = _plan(want, lambda q: q.weight_calls() * per_call + q.rows() * per_row, budget_seconds, seed,
-                        clean, runner)
+    plan, early = _plan(
+        want, lambda q: q.weight_calls() * per_call + q.rows() * per_row, budget_seconds, seed, clean, runner
+    )
     if early is not None:
         return early
     inputs, reference = _take(inputs, np.arange(plan.samples)), np.asarray(reference)[: plan.samples]
@@ -388,17 +428,32 @@ def weight_basins(
         kept = np.zeros(idx.size)
         groups = [(lv, np.flatnonzero(level == lv)) for lv in np.unique(level)]
         for k in range(draws):
-            noise = [np.random.default_rng([seed, k, t]).standard_normal(w.shape) for t, (_, _, w) in enumerate(tensors)]
+            noise = [
+                np.random.default_rng([seed, k, t]).standard_normal(w.shape) for t, (_, _, w) in enumerate(tensors)
+            ]
             for lv, members in groups:
                 wts = perturbed(k, float(lv), noise)
                 pred = runner.predict(lambda b, wts=wts: predict_with_weights(b, wts), _take(inputs, idx[members]))
                 kept[members] += _same(pred, reference[idx[members]])
         return kept / draws
 
-    return _planned(_search(
-        keep_fraction, clean_kept, runner, r_max=r_max, steps=steps, keep_prob=keep_prob,
-        curve_points=curve_points, progress=progress, cancelled=cancelled, label="weight basins",
-    ), plan, want, seed)
+    return _planned(
+        _search(
+            keep_fraction,
+            clean_kept,
+            runner,
+            r_max=r_max,
+            steps=steps,
+            keep_prob=keep_prob,
+            curve_points=curve_points,
+            progress=progress,
+            cancelled=cancelled,
+            label="weight basins",
+        ),
+        plan,
+        want,
+        seed,
+    )
 
 
 def summarize(result: BasinResult) -> dict[str, Any]:
@@ -414,7 +469,8 @@ def summarize(result: BasinResult) -> dict[str, Any]:
         extra["warning"] = f"reduced to fit budget_seconds: {result.sampled}"
     if result.over_budget:
         extra["reason"] = result.over_budget
-    return {**extra,
+    return {
+        **extra,
         "radius_mean": float(r[ok].mean()) if ok.any() else math.nan,
         "radius_median": float(np.median(r[ok])) if ok.any() else math.nan,
         "radius_std": float(r[ok].std()) if ok.any() else math.nan,

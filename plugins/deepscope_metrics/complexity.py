@@ -88,7 +88,9 @@ def _reduce(x: np.ndarray, mean: np.ndarray, basis: np.ndarray | None) -> np.nda
     return x if basis is None else (x - mean) @ basis
 
 
-def affine_fit(x: np.ndarray, y: np.ndarray, alpha: float = 1e-3, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def affine_fit(
+    x: np.ndarray, y: np.ndarray, alpha: float = 1e-3, scale: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Ridge affine map ``y ≈ x @ W + b``; returns ``(W[in, out], b[out])``.
 
     The intercept is not penalised. The penalty is ``λ = alpha · n · scale`` with ``scale``
@@ -162,10 +164,15 @@ def _prepare(x, y, test_fraction, max_dim, seed, max_in_dim=None):
     my, by, ry = pca_basis(y[tr], max_dim)
     xr, yr = _reduce(x, mx, bx), _reduce(y, my, by)
     info = {
-        "n_samples": int(x.shape[0]), "n_train": int(tr.size), "n_test": int(te.size),
-        "input_units": int(x.shape[1]), "output_units": int(y.shape[1]),
-        "input_dim": int(xr.shape[1]), "output_dim": int(yr.shape[1]),
-        "input_pca_variance": rx, "output_pca_variance": ry,
+        "n_samples": int(x.shape[0]),
+        "n_train": int(tr.size),
+        "n_test": int(te.size),
+        "input_units": int(x.shape[1]),
+        "output_units": int(y.shape[1]),
+        "input_dim": int(xr.shape[1]),
+        "output_dim": int(yr.shape[1]),
+        "input_pca_variance": rx,
+        "output_pca_variance": ry,
     }
     return xr[tr], yr[tr], xr[te], yr[te], info
 
@@ -214,11 +221,15 @@ def linear_fvu(
 
 def underdetermined(rows: int, dims: int) -> str:
     """The warning for an affine fit with no more training rows than input dimensions."""
-    return (f"{rows} training rows for {dims} input dimensions: the affine fit is underdetermined (ridge only), "
-            f"so held-out FVU can exceed 1; raise max_samples / the run's samples or lower pca_dim")
+    return (
+        f"{rows} training rows for {dims} input dimensions: the affine fit is underdetermined (ridge only), "
+        f"so held-out FVU can exceed 1; raise max_samples / the run's samples or lower pca_dim"
+    )
 
 
-def two_means(x: np.ndarray, seed: int = 0, n_init: int = 3, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray] | None:
+def two_means(
+    x: np.ndarray, seed: int = 0, n_init: int = 3, max_iter: int = 100
+) -> tuple[np.ndarray, np.ndarray] | None:
     """2-means (Lloyd from k-means++ starts, best of ``n_init``): ``(labels, centroids[2, d])``.
 
     Why not sklearn's KMeans: for k = 2 on a few hundred points its per-call set-up (thread
@@ -264,7 +275,7 @@ def _median_split(x: np.ndarray, cents: np.ndarray) -> tuple[np.ndarray, np.ndar
     t = x @ (cents[1] - cents[0])
     order = np.argsort(t, kind="stable")
     labels = np.zeros(x.shape[0], dtype=np.int64)
-    labels[order[x.shape[0] // 2:]] = 1
+    labels[order[x.shape[0] // 2 :]] = 1
     if t[order[0]] == t[order[-1]]:
         return None
     return labels, np.stack([x[labels == 0].mean(axis=0), x[labels == 1].mean(axis=0)])
@@ -311,8 +322,14 @@ def piecewise_fvu_curve(
     x, y = np.asarray(x), np.asarray(y)
     reason = _degenerate(x, y)
     if reason:
-        return {"k": np.zeros(0, np.int64), "fvu_train": np.zeros(0), "fvu_test": np.zeros(0),
-                "occupancy_entropy": np.zeros(0), "n_samples": int(x.shape[0]), "reason": reason}
+        return {
+            "k": np.zeros(0, np.int64),
+            "fvu_train": np.zeros(0),
+            "fvu_test": np.zeros(0),
+            "occupancy_entropy": np.zeros(0),
+            "n_samples": int(x.shape[0]),
+            "reason": reason,
+        }
     min_pieces = min(min_pieces, k_max)
 
     def fitting_dim(n_train: int) -> int:  # the most input dims with which min_pieces pieces still fit
@@ -367,18 +384,26 @@ def piecewise_fvu_curve(
         f_te.append(fvu(yte, pred_te))
         occ.append(occupancy_entropy(ltr))
     out = {
-        "k": np.asarray(ks, dtype=np.int64), "fvu_train": np.asarray(f_tr), "fvu_test": np.asarray(f_te),
-        "occupancy_entropy": np.asarray(occ), "min_cluster_rows": min_size,
-        "smallest_piece_rows": int(np.bincount(ltr).min()), **info,
+        "k": np.asarray(ks, dtype=np.int64),
+        "fvu_train": np.asarray(f_tr),
+        "fvu_test": np.asarray(f_te),
+        "occupancy_entropy": np.asarray(occ),
+        "min_cluster_rows": min_size,
+        "smallest_piece_rows": int(np.bincount(ltr).min()),
+        **info,
     }
     if min_pieces > 1 and info["input_dim"] == fitting_dim(info["n_train"]) < min(max_dim, info["input_units"]):
-        out["warning"] = (f"only {info['n_train']} training rows: the input is PCA-reduced to {info['input_dim']} dims "
-                          f"(variance kept {info['input_pca_variance']:.3f}) so that {min_pieces} pieces of "
-                          f"{min_size} rows fit; give more samples for a finer measurement")
+        out["warning"] = (
+            f"only {info['n_train']} training rows: the input is PCA-reduced to {info['input_dim']} dims "
+            f"(variance kept {info['input_pca_variance']:.3f}) so that {min_pieces} pieces of "
+            f"{min_size} rows fit; give more samples for a finer measurement"
+        )
     if info["n_train"] <= info["input_dim"]:
         out["underdetermined_from_k"] = 1
-        out["warning"] = (f"from K = 1 some cluster has <= {info['input_dim']} training rows: "
-                          + underdetermined(info["n_train"], info["input_dim"]).split(": ", 1)[1])
+        out["warning"] = (
+            f"from K = 1 some cluster has <= {info['input_dim']} training rows: "
+            + underdetermined(info["n_train"], info["input_dim"]).split(": ", 1)[1]
+        )
     return out
 
 
@@ -433,9 +458,10 @@ class PatternEntropy:
         if self.n_units is None:
             d = self.n_units = a.shape[1]
             self._active = np.zeros(d, dtype=np.int64)
-            self._order = (np.random.default_rng(self.seed).permutation(d) if self.unit_order == "random"
-                           else np.arange(d))
-            self._scales = sorted({*(2 ** i for i in range(int(np.log2(max(d, 1))) + 1)), d} - {0})
+            self._order = (
+                np.random.default_rng(self.seed).permutation(d) if self.unit_order == "random" else np.arange(d)
+            )
+            self._scales = sorted({*(2**i for i in range(int(np.log2(max(d, 1))) + 1)), d} - {0})
             self._counters = [Counter() for _ in self._scales]
         elif a.shape[1] != self.n_units:
             raise ValueError(f"batch has {a.shape[1]} units, earlier batches had {self.n_units}")
@@ -450,8 +476,13 @@ class PatternEntropy:
     def result(self) -> dict[str, Any]:
         """Entropies (nats), activation rates, distinct-pattern counts and the scale curve."""
         if not self.n or not self.n_units:
-            return {"unit_entropy_sum": _NAN, "joint_entropy": _NAN, "n_samples": int(self.n),
-                    "n_units": int(self.n_units or 0), "reason": "no samples or no units"}
+            return {
+                "unit_entropy_sum": _NAN,
+                "joint_entropy": _NAN,
+                "n_samples": int(self.n),
+                "n_units": int(self.n_units or 0),
+                "reason": "no samples or no units",
+            }
         rate = self._active / self.n
         h_unit = binary_entropy(rate)
         joint, distinct = [], []
@@ -483,4 +514,3 @@ def pattern_entropy(a: np.ndarray, threshold: float = 0.0, unit_order: str = "ra
     acc = PatternEntropy(threshold, unit_order, seed)
     acc.update(a)
     return acc.result()
-

@@ -104,10 +104,15 @@ def spectrum_dimensions(
     out: dict[str, Any] = {}
     if lam.size == 0 or lam[0] <= 0:
         out.update(
-            d_eff=float("nan"), participation_ratio=float("nan"), rank=0,
+            d_eff=float("nan"),
+            participation_ratio=float("nan"),
+            rank=0,
             n_components=np.zeros(len(taus), dtype=np.int64),
-            explained_variance_ratio=np.zeros(lam.size), spectrum_exponent=float("nan"),
-            spectrum_fit_r2=float("nan"), spectrum_fit_start=fit_start, spectrum_fit_stop=0,
+            explained_variance_ratio=np.zeros(lam.size),
+            spectrum_exponent=float("nan"),
+            spectrum_fit_r2=float("nan"),
+            spectrum_fit_start=fit_start,
+            spectrum_fit_stop=0,
             reason="zero variance: every sample has the same representation" if lam.size else "no samples",
         )
         return out

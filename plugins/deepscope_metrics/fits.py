@@ -110,8 +110,9 @@ def fit_power_law(
         keep &= x <= x_max
     n = int(keep.sum())
     if n < 2:
-        return PowerLawFit(NAN, NAN, NAN, (NAN, NAN), n,
-                           f"power-law fit needs at least 2 points with x, y > 0 in range; got {n}")
+        return PowerLawFit(
+            NAN, NAN, NAN, (NAN, NAN), n, f"power-law fit needs at least 2 points with x, y > 0 in range; got {n}"
+        )
     x_range = (float(x[keep].min()), float(x[keep].max()))
     line = linear_fit(np.log(x[keep]), np.log(y[keep]))
     if np.isnan(line.slope):

@@ -288,7 +288,9 @@ def classify_modes(opt: np.ndarray, dead: np.ndarray) -> np.ndarray:
 def mode_fractions(codes: np.ndarray) -> dict[str, float | int]:
     """Fractions and counts of OPT / NPT-alive / dead units."""
     n = int(codes.size)
-    counts = {name: int(np.sum(codes == code)) for name, code in (("opt", OPT), ("npt_alive", NPT_ALIVE), ("dead", DEAD))}
+    counts = {
+        name: int(np.sum(codes == code)) for name, code in (("opt", OPT), ("npt_alive", NPT_ALIVE), ("dead", DEAD))
+    }
     out: dict[str, float | int] = {f"n_{k}": v for k, v in counts.items()}
     out.update({f"frac_{k}": (v / n if n else math.nan) for k, v in counts.items()})
     return out
@@ -372,8 +374,9 @@ class PairMoments:
             return
         mean_b = hy.mean(axis=1)
         m2_b = _pair_products(hy - mean_b[:, None]).sum(axis=1)
-        self.n, self._mean, self._m2 = merge_moments(self.n, self._mean, self._m2, hy.shape[1], mean_b, m2_b,
-                                                     _pair_products)
+        self.n, self._mean, self._m2 = merge_moments(
+            self.n, self._mean, self._m2, hy.shape[1], mean_b, m2_b, _pair_products
+        )
 
     mean_h = property(lambda self: self._mean[0])
     mean_y = property(lambda self: self._mean[1])

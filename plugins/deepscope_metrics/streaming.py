@@ -69,12 +69,26 @@ def _scatter_merge(n_a: int, mean_a: np.ndarray | None, m2_a: np.ndarray | None,
     """Chan et al. merge of (n, mean, centred scatter) with a batch; returns the merged triple."""
     mean_b = x.mean(axis=0)
     xc = x - mean_b
-    return merge_moments(n_a, mean_a, m2_a, x.shape[0], mean_b,
-                         np.einsum("ij,ij->j", xc, xc) if diag else xc.T @ xc, np.square if diag else _outer)
+    return merge_moments(
+        n_a,
+        mean_a,
+        m2_a,
+        x.shape[0],
+        mean_b,
+        np.einsum("ij,ij->j", xc, xc) if diag else xc.T @ xc,
+        np.square if diag else _outer,
+    )
 
 
-def merge_moments(n_a: int, mean_a: np.ndarray | None, m2_a: np.ndarray | None, n_b: int, mean_b: np.ndarray,
-                  m2_b: np.ndarray, product: Callable[[np.ndarray], np.ndarray] = _outer):
+def merge_moments(
+    n_a: int,
+    mean_a: np.ndarray | None,
+    m2_a: np.ndarray | None,
+    n_b: int,
+    mean_b: np.ndarray,
+    m2_b: np.ndarray,
+    product: Callable[[np.ndarray], np.ndarray] = _outer,
+):
     """Chan–Golub–LeVeque merge of two (n, mean, centred scatter) triples; returns the merged triple.
 
     Merging centred sums avoids the cancellation of ``Σxxᵀ − n·μμᵀ``. ``product`` says which
@@ -170,7 +184,7 @@ class StreamingCovariance:
         self._mean, self._m2 = None, None
         self._fold(self._project(rows))
 
-    def merge(self, other: "StreamingCovariance") -> None:
+    def merge(self, other: StreamingCovariance) -> None:
         """Fold in an accumulator (same settings) that was fed the rows after this one's.
 
         Exact (Chan et al.'s pairwise merge of centred scatters): the result is what one
@@ -190,8 +204,9 @@ class StreamingCovariance:
         if self.projection == "pca" and (self.projected or other.projected):
             raise ValueError("PCA-projected accumulators cannot merge: each chose its directions from its own rows")
         n = self.n + other.n
-        _, self._raw_mean, self._raw_m2 = merge_moments(self.n, self._raw_mean, self._raw_m2, other.n,
-                                                        other._raw_mean, other._raw_m2, np.square)
+        _, self._raw_mean, self._raw_m2 = merge_moments(
+            self.n, self._raw_mean, self._raw_m2, other.n, other._raw_mean, other._raw_m2, np.square
+        )
         if self._buffer is not None and other._buffer is not None:
             self._buffer = self._buffer + other._buffer
             self.n = n
@@ -313,7 +328,7 @@ class ReservoirSampler:
         self._order[slot[rows]] = t[rows]
         self.n_seen += b
 
-    def merge(self, other: "ReservoirSampler") -> None:
+    def merge(self, other: ReservoirSampler) -> None:
         """Fold in a sampler (same capacity) that was offered the rows after this one's.
 
         A weighted merge: how many kept rows come from each side is drawn from the hypergeometric
@@ -334,8 +349,9 @@ class ReservoirSampler:
         from_self = int(self._rng.hypergeometric(self.n_seen, other.n_seen, k))
         mine = self._rng.choice(self.n_kept, from_self, replace=False)
         theirs = self._rng.choice(other.n_kept, k - from_self, replace=False)
-        self._store = [np.concatenate([a[mine], b[theirs], a[: self.capacity - k]]) for a, b in
-                       zip(self._store, other._store)]
+        self._store = [
+            np.concatenate([a[mine], b[theirs], a[: self.capacity - k]]) for a, b in zip(self._store, other._store)
+        ]
         order = np.concatenate([self._order[mine], other._order[theirs] + self.n_seen])
         self._order = np.concatenate([order, np.full(self.capacity - k, -1, dtype=np.int64)])
         self.n_seen += other.n_seen

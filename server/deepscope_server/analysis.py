@@ -27,13 +27,13 @@ from .backends import CaptureRequest, RunOutput
 from .backends.inputs import format_shape
 from .config import Limits
 from .errors import DeepscopeError, InvalidInput, LimitExceeded, shorten
+from .isolation import GuardedMetric, ProcessGuard, RunCancelled
 from .model_graph import Layer, ModelGraph
 from .models import LoadedModel, ModelManager
 from .plugin_api import Batch, Context, Needs
 from .plugins import MetricEntry, Registry
 from .result_status import judge
 from .store import Store
-from .isolation import GuardedMetric, ProcessGuard, RunCancelled
 from .testing import validate_params
 
 DEFAULT_BATCH_SIZE = 64
@@ -95,8 +95,10 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
     first = checkpoints[0].graph
     for index, ckpt in enumerate(checkpoints[1:], start=1):
         if [layer.name for layer in ckpt.graph.layers] != [layer.name for layer in first.layers]:
-            raise InvalidInput(f"checkpoint {index} ('{config.models[index]}') has a different layer table "
-                               f"than checkpoint 0: a series must be checkpoints of one architecture")
+            raise InvalidInput(
+                f"checkpoint {index} ('{config.models[index]}') has a different layer table "
+                f"than checkpoint 0: a series must be checkpoints of one architecture"
+            )
     selected = first.select(list(config.layers)) if config.layers else None
 
     planned: list[PlannedMetric] = []
@@ -117,32 +119,47 @@ def plan_run(config: pb.AnalyzeConfig, registry: Registry, models: ModelManager,
             if not layers:
                 kinds = sorted(entry.cls.layer_kinds or ())
                 have = sorted({layer.kind for layer in (selected or first.layers)})
-                reason = (f"no layer to measure: '{name}' applies to layer kinds {', '.join(kinds) or 'any'}; "
-                          f"the selected layers are of kinds {', '.join(have) or 'none'}")
+                reason = (
+                    f"no layer to measure: '{name}' applies to layer kinds {', '.join(kinds) or 'any'}; "
+                    f"the selected layers are of kinds {', '.join(have) or 'none'}"
+                )
                 skipped.append(pb.MetricResult(metric=name, status="skipped", error=reason))
                 continue
             planned.append(PlannedMetric(name, entry, params, [layer.name for layer in layers]))
     if not planned:
         reasons = "; ".join(r.error for r in skipped) or "every requested metric is excluded"
-        raise InvalidInput(f"no metric to run: {reasons}; select other layers or metrics",
-                           reason="METRIC_NOT_APPLICABLE", field="metrics")
+        raise InvalidInput(
+            f"no metric to run: {reasons}; select other layers or metrics",
+            reason="METRIC_NOT_APPLICABLE",
+            field="metrics",
+        )
     if config.data_specs:
         _check_data(first, config.data_specs)
 
     timeout = times.seconds(config.metric_timeout)
     if timeout < 0:
-        raise InvalidInput(f"metric_timeout must be a positive duration, got {timeout!r} s",
-                           reason="INVALID_PARAM", field="config.metric_timeout")
+        raise InvalidInput(
+            f"metric_timeout must be a positive duration, got {timeout!r} s",
+            reason="INVALID_PARAM",
+            field="config.metric_timeout",
+        )
     # A client may shorten the server's metric time limit, never lengthen it.
-    plan = RunPlan(config, checkpoints, planned, batch_size,
-                   min(timeout, limits.metric_timeout_seconds) if timeout else limits.metric_timeout_seconds,
-                   skipped=skipped)
+    plan = RunPlan(
+        config,
+        checkpoints,
+        planned,
+        batch_size,
+        min(timeout, limits.metric_timeout_seconds) if timeout else limits.metric_timeout_seconds,
+        skipped=skipped,
+    )
     if plan.needs_data and config.dataset:
         dataset = registry.dataset(config.dataset)
         spec = first.inputs[0]
         if len(first.inputs) != 1:
-            raise InvalidInput(f"dataset '{shorten(config.dataset)}' fills one input; the model has {len(first.inputs)} "
-                               "inputs: stream your own batches instead")
+            raise InvalidInput(
+                f"dataset '{shorten(config.dataset)}' fills one input; the model has {len(first.inputs)} "
+                "inputs: stream your own batches instead"
+            )
         split = config.split or "test"
         # Check the dataset fits the model now, not halfway through the run.
         dataset.batches(spec, batch_size, config.sample_limit or None, config.seed, split)
@@ -162,11 +179,14 @@ def _check_data(graph: ModelGraph, specs: Sequence[tpb.TensorSpec]) -> None:
     for want in graph.inputs:
         got = bound[want.name]
         dims = tuple(got.shape.dims)
-        fits = want.shape is None or (len(dims) == len(want.shape) and all(
-            w is None or w == d for w, d in zip(want.shape[1:], dims[1:])))
+        fits = want.shape is None or (
+            len(dims) == len(want.shape) and all(w is None or w == d for w, d in zip(want.shape[1:], dims[1:]))
+        )
         if got.dtype != want.dtype or not fits:
-            raise InvalidInput(f"data does not fit model input '{want.name}': expected {want.dtype} "
-                               f"{format_shape(want.shape)}, got {got.dtype} {format_shape(dims)}")
+            raise InvalidInput(
+                f"data does not fit model input '{want.name}': expected {want.dtype} "
+                f"{format_shape(want.shape)}, got {got.dtype} {format_shape(dims)}"
+            )
 
 
 class _ModelHandle:
@@ -185,8 +205,12 @@ class _ModelHandle:
         self._check()
         return self._loaded.run(inputs, capture, cancelled=self._cancelled)
 
-    def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
-                         capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+    def run_with_weights(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, Mapping[str, np.ndarray]],
+        capture: Sequence[CaptureRequest] = (),
+    ) -> RunOutput:
         self._check()
         return self._loaded.run_with_weights(inputs, weights, capture, cancelled=self._cancelled)
 
@@ -225,8 +249,9 @@ class RunExecutor:
         if self.cancel.is_set():
             raise RunCancelled("run cancelled")
         if time.monotonic() > self._deadline:
-            raise LimitExceeded("max_run_seconds", self.max_seconds,
-                                round(time.monotonic() - self._deadline + self.max_seconds, 1), "s")
+            raise LimitExceeded(
+                "max_run_seconds", self.max_seconds, round(time.monotonic() - self._deadline + self.max_seconds, 1), "s"
+            )
 
     def _progress(self, stage: str, done: int, total: int, message: str = "") -> None:
         self.emit(pb.AnalyzeResponse(progress=pb.Progress(stage=stage, done=done, total=total, message=message)))
@@ -239,11 +264,15 @@ class RunExecutor:
             for result in self.plan.skipped:
                 self._record(result)
             self.info.status = pb.RUN_STATUS_COMPLETED
-        except RunCancelled as exc:
+        except RunCancelled:
             if not self.cancel.is_set() and time.monotonic() > self._deadline:
                 # A metric saw the deadline through ctx.cancelled() / the model handle.
-                exc = LimitExceeded("max_run_seconds", self.max_seconds,
-                                    round(time.monotonic() - self._deadline + self.max_seconds, 1), "s")
+                exc = LimitExceeded(
+                    "max_run_seconds",
+                    self.max_seconds,
+                    round(time.monotonic() - self._deadline + self.max_seconds, 1),
+                    "s",
+                )
                 self.info.status = pb.RUN_STATUS_FAILED
                 self.info.error = str(exc)
                 raise exc from None
@@ -281,15 +310,21 @@ class RunExecutor:
             for planned in self.plan.metrics:
                 layers: list[Layer] = [ckpt.graph.layer(name) for name in planned.layer_names]
                 ctx = Context(
-                    params=dict(planned.params), layers=layers, graph=ckpt.graph,
+                    params=dict(planned.params),
+                    layers=layers,
+                    graph=ckpt.graph,
                     model=_ModelHandle(ckpt, self._cancelled) if planned.needs & Needs.MODEL else None,
-                    seed=int(self.plan.config.seed), max_batch_size=self.plan.batch_size,
+                    seed=int(self.plan.config.seed),
+                    max_batch_size=self.plan.batch_size,
                     cancelled=self._cancelled,
-                    progress=lambda f, msg, _n=planned.name: self._progress("metric", int(f * 100), 100, f"{_n}: {msg}"),
+                    progress=lambda f, msg, _n=planned.name: self._progress(
+                        "metric", int(f * 100), 100, f"{_n}: {msg}"
+                    ),
                 )
                 if self.isolation == "process":
-                    guard: GuardedMetric = ProcessGuard(planned, index, ctx, self.plan.metric_timeout,
-                                                        self.memory_bytes, self._check)
+                    guard: GuardedMetric = ProcessGuard(
+                        planned, index, ctx, self.plan.metric_timeout, self.memory_bytes, self._check
+                    )
                 else:
                     guard = GuardedMetric(planned, index, ctx, self.plan.metric_timeout)
                 guards.append(guard)
@@ -306,8 +341,9 @@ class RunExecutor:
             raise InvalidInput("the metrics need data: name a dataset or stream DataBatch messages")
         return int(self.plan.config.expected_samples), self.client_batches
 
-    def _limited_batches(self, batches: Iterator[InputBatch]) -> Iterator[tuple[int, dict[str, np.ndarray],
-                                                                               np.ndarray | None, int]]:
+    def _limited_batches(
+        self, batches: Iterator[InputBatch]
+    ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray | None, int]]:
         """(index, inputs, labels, size) of each batch, checked against batch_size and cut at sample_limit."""
         limit = int(self.plan.config.sample_limit) or None
         done = 0
@@ -353,8 +389,9 @@ class RunExecutor:
         return done
 
     @staticmethod
-    def _batch_for(guard: GuardedMetric, index: int, out: RunOutput, inputs: dict[str, np.ndarray],
-                   labels: np.ndarray | None) -> Batch:
+    def _batch_for(
+        guard: GuardedMetric, index: int, out: RunOutput, inputs: dict[str, np.ndarray], labels: np.ndarray | None
+    ) -> Batch:
         needs = guard.planned.needs
         names = guard.planned.layer_names
         batch = Batch(index=index)
@@ -391,8 +428,13 @@ class RunExecutor:
     @staticmethod
     def _to_results(guard: GuardedMetric, values: Any, n_samples: int) -> list[pb.MetricResult]:
         def base(layer: str) -> pb.MetricResult:
-            result = pb.MetricResult(metric=guard.planned.name, layer=layer, checkpoint=guard.checkpoint,
-                                     num_samples=n_samples, warnings=guard.ctx.warnings)
+            result = pb.MetricResult(
+                metric=guard.planned.name,
+                layer=layer,
+                checkpoint=guard.checkpoint,
+                num_samples=n_samples,
+                warnings=guard.ctx.warnings,
+            )
             times.set_seconds(result.duration, guard.seconds)
             for key, value in guard.planned.params.items():
                 result.params[key].CopyFrom(convert.value_proto(value))
@@ -402,13 +444,15 @@ class RunExecutor:
             try:
                 if not isinstance(values, Mapping):
                     raise convert.MalformedResult(
-                        f"finish() must return {{layer: {{key: value}}}}, got {type(values).__name__}")
+                        f"finish() must return {{layer: {{key: value}}}}, got {type(values).__name__}"
+                    )
                 results = []
                 summary_keys = tuple(getattr(guard.planned.entry.cls, "summary_keys", ()) or ())
                 for layer, items in values.items():
                     if not isinstance(items, Mapping):
-                        raise convert.MalformedResult(f"each layer's results must be a dict of key -> value, "
-                                                      f"got {type(items).__name__}")
+                        raise convert.MalformedResult(
+                            f"each layer's results must be a dict of key -> value, got {type(items).__name__}"
+                        )
                     verdict = judge(items, summary_keys)  # NaN is never "ok": skipped/failed with a reason
                     result = base(str(layer))
                     result.status, result.error = verdict.status, verdict.error

@@ -18,13 +18,13 @@ from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
 from . import __version__, reflection
-from .isolation import configure_workers
 from .config import Settings, settings_from_args
+from .errors import StorageFull
 from .gate import GateInterceptor
+from .isolation import configure_workers
 from .models import ModelManager
 from .plugins import load_registry
 from .service import IntrospectionService
-from .errors import StorageFull
 from .store import Store, StoreInUse, StoreUnusable
 from .wire import DecodeInterceptor
 
@@ -62,7 +62,8 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-        root_certificates=ca, require_client_auth=ca is not None,
+        root_certificates=ca,
+        require_client_auth=ca is not None,
     )
 
 
@@ -77,8 +78,14 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
         store = Store(settings.store)
     except (StoreInUse, StoreUnusable, StorageFull) as exc:  # one line for the operator, no traceback
         raise SystemExit(str(exc)) from None
-    models = ModelManager(store, settings.model_dir, settings.trust_model_dir, settings.device,
-                          limits=settings.limits, isolation=settings.model_isolation)
+    models = ModelManager(
+        store,
+        settings.model_dir,
+        settings.trust_model_dir,
+        settings.device,
+        limits=settings.limits,
+        isolation=settings.model_isolation,
+    )
     modules = []
     for dotted in settings.plugin_modules:
         try:
@@ -93,20 +100,28 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
         preload += sorted({entry.cls.__module__ for entry in registry.metrics.values()})
     if settings.model_isolation == "process":
         # Model workers start from the forkserver with torch and onnxruntime already imported.
-        preload += ["deepscope_server.sandbox", "deepscope_server.models", "deepscope_server.backends.torch_backend",
-                    "deepscope_server.backends.onnx_backend"]
+        preload += [
+            "deepscope_server.sandbox",
+            "deepscope_server.models",
+            "deepscope_server.backends.torch_backend",
+            "deepscope_server.backends.onnx_backend",
+        ]
     if preload:
         configure_workers(preload)
     # Handlers wait on models (one run at a time per model) in executor threads: a pool much
     # larger than the CPU count keeps many concurrent clients from queueing behind each other.
     asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=max(32, 8 * settings.workers), thread_name_prefix="deepscope-blocking"))
+        ThreadPoolExecutor(max_workers=max(32, 8 * settings.workers), thread_name_prefix="deepscope-blocking")
+    )
     limit = settings.limits.max_message_bytes
     server = grpc.aio.server(
         ThreadPoolExecutor(max_workers=settings.workers),
         interceptors=[GateInterceptor(settings.auth_token), DecodeInterceptor()],
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                 ("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
     )
     service = IntrospectionService(settings, store, models, registry)
     pb_grpc.add_IntrospectionServiceServicer_to_server(service, server)
@@ -124,8 +139,14 @@ async def start_server(settings: Settings, extra_plugins: list[Any] = ()) -> Run
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     if settings.port_file:
         settings.port_file.write_text(str(port))
-    log.info("deepscope-server %s listening on %s:%d (%d metrics, store %s)", __version__, settings.host, port,
-             len(registry.metrics), settings.store)
+    log.info(
+        "deepscope-server %s listening on %s:%d (%d metrics, store %s)",
+        __version__,
+        settings.host,
+        port,
+        len(registry.metrics),
+        settings.store,
+    )
     return RunningServer(server, port, health_servicer, service, models, store)
 
 
@@ -141,8 +162,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = settings_from_args(argv)
     if settings.check_store or settings.rebuild_catalogue:  # maintenance commands: no server
         from .storecheck import check_store, rebuild_catalogue

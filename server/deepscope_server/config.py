@@ -63,18 +63,28 @@ class Limits:
     max_concurrent_runs: int = option(4, "analyses running at once; more wait", minimum=1)
     max_run_seconds: float = option(3600.0, "time limit of one analysis", **TIME)
     metric_timeout_seconds: float = option(600.0, "time limit of one metric in a run", **TIME)
-    metric_memory_bytes: int = option(8 * GiB, "address-space limit (RLIMIT_AS) of each metric worker process "
-                                      "(--metric-isolation process; 0: none)", **SIZE)
-    model_memory_bytes: int = option(8 * GiB, "address-space limit (RLIMIT_AS) of each model worker process "
-                                     "(--model-isolation process; 0: none)", **SIZE)
+    metric_memory_bytes: int = option(
+        8 * GiB,
+        "address-space limit (RLIMIT_AS) of each metric worker process (--metric-isolation process; 0: none)",
+        **SIZE,
+    )
+    model_memory_bytes: int = option(
+        8 * GiB,
+        "address-space limit (RLIMIT_AS) of each model worker process (--model-isolation process; 0: none)",
+        **SIZE,
+    )
     max_load_seconds: float = option(300.0, "time limit of loading a model in a worker (parse, checks, load)", **TIME)
     max_forward_seconds: float = option(600.0, "time limit of one forward pass in a model worker", **TIME)
     shared_memory_seconds: float = option(
-        120.0, "same-host captures: a shared-memory segment the client has not freed is unlinked after this many "
-        "seconds; 0 turns the shared-memory path off (every capture streams over gRPC)", **TIME)
+        120.0,
+        "same-host captures: a shared-memory segment the client has not freed is unlinked after this many "
+        "seconds; 0 turns the shared-memory path off (every capture streams over gRPC)",
+        **TIME,
+    )
     #: A CPU budget rather than a size, but it must reach every model worker, as the limits do.
-    ort_threads: int = option(0, "intra-op threads of each ONNX Runtime session (0: onnxruntime's default, "
-                              "one per core)", **SIZE)
+    ort_threads: int = option(
+        0, "intra-op threads of each ONNX Runtime session (0: onnxruntime's default, one per core)", **SIZE
+    )
 
 
 @dataclass
@@ -87,40 +97,73 @@ class Settings:
     trust_model_dir: bool = option(False, "allow pickled torch modules from --model-dir (they can run code)")
     reflection: bool = option(True, "turn gRPC server reflection off", negated=True)
     entry_points: bool = option(True, "load no plugins from entry points", negated=True)
-    plugins: set[str] | None = option(None, "comma-separated allow-list of plugins (entry point or distribution "
-                                      "names; default all)")
+    plugins: set[str] | None = option(
+        None, "comma-separated allow-list of plugins (entry point or distribution names; default all)"
+    )
     plugin_modules: list[str] = option(
         help="register a plugin module directly, without an entry point (repeatable, or comma-separated in the "
-        "variable; for development)", factory=list, flag="--plugin-module")
+        "variable; for development)",
+        factory=list,
+        flag="--plugin-module",
+    )
     device: str = option("auto", "where models run", choices=("auto", "cpu", "cuda"))
     auth_token_file: Path | None = option(None, "a file holding the auth token clients must send")
-    auth_token: str | None = option(None, "the auth token itself (no flag: it would show in ps); taken out of "
-                                    "the environment at start so no worker inherits it", flag=None)
+    auth_token: str | None = option(
+        None,
+        "the auth token itself (no flag: it would show in ps); taken out of "
+        "the environment at start so no worker inherits it",
+        flag=None,
+    )
     allow_unauthenticated: bool = option(False, "required to bind a non-loopback address without a token")
     tls_cert: Path | None = option(None, "server certificate (PEM); turns TLS on")
     tls_key: Path | None = option(None, "private key of --tls-cert (PEM)")
     tls_client_ca: Path | None = option(None, "require client certificates signed by this CA (mutual TLS)")
     workers: int = option(4, "gRPC worker threads", minimum=1)
     metric_isolation: str = option(
-        "process", "run each metric in a worker process (default; a crash or a memory blow-up fails only that "
-        "metric) or in a server thread (trusted, fast metrics)", choices=("process", "thread"))
+        "process",
+        "run each metric in a worker process (default; a crash or a memory blow-up fails only that "
+        "metric) or in a server thread (trusted, fast metrics)",
+        choices=("process", "thread"),
+    )
     model_isolation: str = option(
-        "process", "load and run client models in sandboxed worker processes (default: memory cap, real "
+        "process",
+        "load and run client models in sandboxed worker processes (default: memory cap, real "
         "deadlines, crashes contained) or in the server process (trusted models only)",
-        choices=("process", "thread"))
-    executor: str = option("local", "run analyses in this server (default) or spread their checkpoints over a "
-                           "Ray cluster (needs deepscope-server[ray]; see docs/scale.md)", choices=("local", "ray"))
-    ray_address: str = option("auto", "the Ray cluster to join with --executor ray: auto (the local `ray start` "
-                              "cluster), ray://host:10001 or host:6379")
-    ray_gpus_per_task: float = option(0.0, "GPUs each Ray task asks for (e.g. 1 with --device cuda); 0 keeps "
-                                      "tasks CPU-only", minimum=0)
-    ray_data_shards: int = option(0, "split a checkpoint's data over this many Ray tasks for metrics that can "
-                                  "merge (0: as many as the cluster's CPUs allow; 1: never split)", minimum=0)
+        choices=("process", "thread"),
+    )
+    executor: str = option(
+        "local",
+        "run analyses in this server (default) or spread their checkpoints over a "
+        "Ray cluster (needs deepscope-server[ray]; see docs/scale.md)",
+        choices=("local", "ray"),
+    )
+    ray_address: str = option(
+        "auto",
+        "the Ray cluster to join with --executor ray: auto (the local `ray start` "
+        "cluster), ray://host:10001 or host:6379",
+    )
+    ray_gpus_per_task: float = option(
+        0.0, "GPUs each Ray task asks for (e.g. 1 with --device cuda); 0 keeps tasks CPU-only", minimum=0
+    )
+    ray_data_shards: int = option(
+        0,
+        "split a checkpoint's data over this many Ray tasks for metrics that can "
+        "merge (0: as many as the cluster's CPUs allow; 1: never split)",
+        minimum=0,
+    )
     # Maintenance commands (no server starts; see storecheck.py): flags only, never from the environment.
-    check_store: bool = option(False, "check the store (SQLite integrity, catalogue vs model files), print a "
-                               "report and exit: 0 if clean, 1 if not; starts no server", env=None)
-    rebuild_catalogue: bool = option(False, "rebuild the model catalogue from the model files in the store (runs "
-                                     "are kept when readable) and exit; starts no server", env=None)
+    check_store: bool = option(
+        False,
+        "check the store (SQLite integrity, catalogue vs model files), print a "
+        "report and exit: 0 if clean, 1 if not; starts no server",
+        env=None,
+    )
+    rebuild_catalogue: bool = option(
+        False,
+        "rebuild the model catalogue from the model files in the store (runs "
+        "are kept when readable) and exit; starts no server",
+        env=None,
+    )
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -187,8 +230,11 @@ def _base_type(kind: Any) -> Any:
 
 def _number(kind: type, text: str, opt: Option) -> int | float:
     low, high = opt.minimum, opt.maximum
-    accepted = ("an integer" if kind is int else "a number") + (f" >= {low:g}" if low is not None else "") + \
-        (f" and <= {high:g}" if high is not None else "")
+    accepted = (
+        ("an integer" if kind is int else "a number")
+        + (f" >= {low:g}" if low is not None else "")
+        + (f" and <= {high:g}" if high is not None else "")
+    )
     try:
         value = kind(text.strip())
     except ValueError:
@@ -226,7 +272,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """Flags generated from the declarations; no defaults here (they come from the dataclasses)."""
     p = _OneLineParser(
-        prog="deepscope-server", argument_default=argparse.SUPPRESS,
+        prog="deepscope-server",
+        argument_default=argparse.SUPPRESS,
         description="deepscope gRPC introspection server. Every setting is a flag and an environment variable "
         "DEEPSCOPE_<FLAG> (e.g. DEEPSCOPE_PORT, DEEPSCOPE_MAX_MODEL_BYTES); a flag wins over its variable.",
     )
@@ -294,6 +341,8 @@ def _auth_token(settings: Settings, parser: argparse.ArgumentParser) -> str | No
             parser.error(f"--auth-token-file {settings.auth_token_file} is empty")
     token = token.strip() if token else None
     if token is not None and len(token) < 16:
-        parser.error("the auth token must be at least 16 characters (e.g. python -c 'import secrets; "
-                     "print(secrets.token_urlsafe(32))')")
+        parser.error(
+            "the auth token must be at least 16 characters (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
     return token

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from deepscope.dtypes import kserve_dtype
 from deepscope import times
+from deepscope.dtypes import kserve_dtype
 from deepscope.tensors import to_proto
-from deepscope.values import from_value, to_value
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
+from deepscope.values import from_value, to_value
 
 from .model_graph import Layer, ModelGraph, TensorSpec
 from .plugin_api import Curve, Graph, Needs, Param, Table
@@ -34,7 +34,10 @@ def _json(value: object) -> str:
 
 def layer_proto(layer: Layer) -> pb.LayerInfo:
     return pb.LayerInfo(
-        name=layer.name, kind=layer.kind, op_type=layer.op_type, inputs=layer.inputs,
+        name=layer.name,
+        kind=layer.kind,
+        op_type=layer.op_type,
+        inputs=layer.inputs,
         input_shapes=[shape_proto(s) for s in layer.input_shapes],
         output_shapes=[shape_proto(s) for s in layer.output_shapes],
         params=[pb.ParamInfo(name=k, dtype=kserve_dtype(v.dtype), shape=v.shape) for k, v in layer.weights.items()],
@@ -43,12 +46,19 @@ def layer_proto(layer: Layer) -> pb.LayerInfo:
     )
 
 
-def model_info_proto(model_id: str, name: str, fmt: str, size: int, created_at: str, source: str,
-                     graph: ModelGraph) -> pb.ModelInfo:
+def model_info_proto(
+    model_id: str, name: str, fmt: str, size: int, created_at: str, source: str, graph: ModelGraph
+) -> pb.ModelInfo:
     info = pb.ModelInfo(
-        id=model_id, name=name, format=fmt, size_bytes=size, source=source,
-        inputs=[spec_proto(s) for s in graph.inputs], outputs=[spec_proto(s) for s in graph.outputs],
-        num_layers=len(graph.layers), num_params=sum(layer.num_params for layer in graph.layers),
+        id=model_id,
+        name=name,
+        format=fmt,
+        size_bytes=size,
+        source=source,
+        inputs=[spec_proto(s) for s in graph.inputs],
+        outputs=[spec_proto(s) for s in graph.outputs],
+        num_layers=len(graph.layers),
+        num_params=sum(layer.num_params for layer in graph.layers),
     )
     times.set_iso(info.created_time, created_at)
     return info
@@ -69,8 +79,13 @@ value_from_proto = from_value
 
 
 def param_spec_proto(param: Param) -> pb.ParamSpec:
-    spec = pb.ParamSpec(name=param.name, type=param.type.__name__, default=value_proto(param.default),
-                        description=param.description, choices=[value_proto(c) for c in param.choices or ()])
+    spec = pb.ParamSpec(
+        name=param.name,
+        type=param.type.__name__,
+        default=value_proto(param.default),
+        description=param.description,
+        choices=[value_proto(c) for c in param.choices or ()],
+    )
     if param.min is not None:
         spec.min = float(param.min)
     if param.max is not None:
@@ -94,11 +109,17 @@ def wire_result_kinds(kinds: Sequence[str]) -> list[str]:
 def metric_info_proto(entry: MetricEntry) -> pb.MetricInfo:
     cls = entry.cls
     return pb.MetricInfo(
-        name=cls.name, description=cls.description, citation=cls.citation,
-        params=[param_spec_proto(p) for p in cls.params], needs=needs_names(cls.needs),
-        layer_kinds=sorted(cls.layer_kinds or ()), result_kinds=wire_result_kinds(cls.result_kinds),
-        plugin=entry.plugin, plugin_version=entry.version,
-        reconstructed=bool(cls.reconstructed), extension=bool(cls.extension),
+        name=cls.name,
+        description=cls.description,
+        citation=cls.citation,
+        params=[param_spec_proto(p) for p in cls.params],
+        needs=needs_names(cls.needs),
+        layer_kinds=sorted(cls.layer_kinds or ()),
+        result_kinds=wire_result_kinds(cls.result_kinds),
+        plugin=entry.plugin,
+        plugin_version=entry.version,
+        reconstructed=bool(cls.reconstructed),
+        extension=bool(cls.extension),
         summary_keys=list(cls.summary_keys),
     )
 
@@ -135,8 +156,12 @@ def item_proto(key: str, value: Any) -> pb.ResultItem:
         x, y = np.asarray(value.x), np.asarray(value.y)
         if x.shape != y.shape or x.ndim != 1:
             raise MalformedResult(f"curve '{key}': x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
-        return pb.ResultItem(key=key, curve=pb.Curve(x=_numeric_tensor(x, key), y=_numeric_tensor(y, key),
-                                                     x_label=value.x_label, y_label=value.y_label))
+        return pb.ResultItem(
+            key=key,
+            curve=pb.Curve(
+                x=_numeric_tensor(x, key), y=_numeric_tensor(y, key), x_label=value.x_label, y_label=value.y_label
+            ),
+        )
     if isinstance(value, Table):
         return pb.ResultItem(key=key, table=_table_proto(key, value.columns))
     if isinstance(value, Graph):
@@ -152,8 +177,9 @@ def _graph_proto(key: str, graph: Graph) -> pb.Graph:
         raise MalformedResult(f"graph '{key}': sources and targets must be 1-D of equal length")
     if sources.size and (min(sources.min(), targets.min()) < 0 or max(sources.max(), targets.max()) >= graph.num_nodes):
         raise MalformedResult(f"graph '{key}': node ids must lie in [0, {graph.num_nodes})")
-    message = pb.Graph(num_nodes=graph.num_nodes, sources=to_proto(sources), targets=to_proto(targets),
-                       directed=graph.directed)
+    message = pb.Graph(
+        num_nodes=graph.num_nodes, sources=to_proto(sources), targets=to_proto(targets), directed=graph.directed
+    )
     if graph.weights is not None:
         weights = np.asarray(graph.weights, np.float64)
         if weights.shape != sources.shape:
@@ -161,8 +187,10 @@ def _graph_proto(key: str, graph: Graph) -> pb.Graph:
         message.weights.CopyFrom(to_proto(weights))
     if graph.nodes:
         table = _table_proto(key, graph.nodes)
-        rows = [len(c.strings.values) if c.WhichOneof("values") == "strings" else int(np.prod(c.numbers.shape))
-                for c in table.columns]
+        rows = [
+            len(c.strings.values) if c.WhichOneof("values") == "strings" else int(np.prod(c.numbers.shape))
+            for c in table.columns
+        ]
         if any(n != graph.num_nodes for n in rows):
             raise MalformedResult(f"graph '{key}': node columns must have num_nodes = {graph.num_nodes} rows")
         message.nodes.CopyFrom(table)

@@ -28,14 +28,16 @@ def _sample_shape(spec: TensorSpec, dynamic_fill: int = 16) -> tuple[int, ...]:
 
 def _batched(x: np.ndarray, y: np.ndarray | None, batch_size: int) -> Batches:
     for lo in range(0, len(x), batch_size):
-        yield x[lo:lo + batch_size], None if y is None else y[lo:lo + batch_size]
+        yield x[lo : lo + batch_size], None if y is None else y[lo : lo + batch_size]
 
 
 class Digits:
     name = "digits"
     description = "scikit-learn load_digits: 1,797 8x8 images, 10 classes; split train (75%) / test (25%), fixed"
 
-    def batches(self, spec: TensorSpec, batch_size: int, limit: int | None, seed: int, split: str) -> tuple[int, Batches]:
+    def batches(
+        self, spec: TensorSpec, batch_size: int, limit: int | None, seed: int, split: str
+    ) -> tuple[int, Batches]:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
@@ -63,7 +65,9 @@ class Synthetic:
     description = "seeded standard-normal inputs of the model's input shape (1,024 samples unless limited)"
     default_samples = 1024
 
-    def batches(self, spec: TensorSpec, batch_size: int, limit: int | None, seed: int, split: str) -> tuple[int, Batches]:
+    def batches(
+        self, spec: TensorSpec, batch_size: int, limit: int | None, seed: int, split: str
+    ) -> tuple[int, Batches]:
         if not spec.dtype.startswith(("FP", "BF")):
             raise InvalidInput(f"dataset 'synthetic' makes float inputs; model input '{spec.name}' is {spec.dtype}")
         n = limit or self.default_samples

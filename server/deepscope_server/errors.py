@@ -29,8 +29,15 @@ class DeepscopeError(Exception):
     suggestions: Sequence[str] = ()
     metadata: Mapping[str, str] = MappingProxyType({})
 
-    def __init__(self, message: str = "", *, reason: str | None = None, field: str | None = None,
-                 suggestions: Sequence[str] = (), metadata: Mapping[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        reason: str | None = None,
+        field: str | None = None,
+        suggestions: Sequence[str] = (),
+        metadata: Mapping[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
         if reason:
             self.reason = reason
@@ -60,9 +67,11 @@ class LimitExceeded(DeepscopeError):
     def __init__(self, limit_name: str, limit: int | float, size: int | float, unit: str = "bytes") -> None:
         named = re.match(r"[A-Za-z0-9_-]+", limit_name.lstrip("-"))  # "max_model_bytes (archive 'x')" -> its key
         key = named.group(0).replace("-", "_") if named else "exceeded"
-        super().__init__(f"{limit_name} exceeded: {size:,} {unit} > limit {limit:,} {unit}",
-                         reason=f"LIMIT_{key.upper()}",
-                         metadata={"limit_name": key, "limit": limit, "size": size, "unit": unit})
+        super().__init__(
+            f"{limit_name} exceeded: {size:,} {unit} > limit {limit:,} {unit}",
+            reason=f"LIMIT_{key.upper()}",
+            metadata={"limit_name": key, "limit": limit, "size": size, "unit": unit},
+        )
         self.limit_name, self.limit, self.size = limit_name, limit, size
 
 
@@ -113,12 +122,24 @@ def near_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
     return did_you_mean(close_matches(name, candidates, n))
 
 
-def unknown(kind: str, name: str, candidates: Iterable[str], *, what: str = "not found", hint: str = "",
-            field: str | None = None) -> NotFound:
+def unknown(
+    kind: str,
+    name: str,
+    candidates: Iterable[str],
+    *,
+    what: str = "not found",
+    hint: str = "",
+    field: str | None = None,
+) -> NotFound:
     """NOT_FOUND for a ``kind`` ("model", "layer", "metric", ...) the request names, with did-you-mean names.
 
     ``what`` words the miss ("not found", "matches no layer"); ``hint`` is appended to the message.
     """
     close = close_matches(name, candidates)
-    return NotFound(f"{kind} '{shorten(name)}' {what}{did_you_mean(close)}{hint}", reason=f"UNKNOWN_{kind.upper()}",
-                    field=field, suggestions=close, metadata={"resource_type": kind, "resource_name": shorten(name)})
+    return NotFound(
+        f"{kind} '{shorten(name)}' {what}{did_you_mean(close)}{hint}",
+        reason=f"UNKNOWN_{kind.upper()}",
+        field=field,
+        suggestions=close,
+        metadata={"resource_type": kind, "resource_name": shorten(name)},
+    )

@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from deepscope.protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 
-from . import __version__
-from . import rich_status
+from . import __version__, rich_status
 from .errors import shorten
 
 HEALTH_PREFIX = "/grpc.health.v1."
@@ -56,13 +56,16 @@ def _as_if_empty(handler: Handler) -> Handler:
     behavior = handler.unary_unary or handler.unary_stream
 
     if handler.response_streaming and not asyncio.iscoroutinefunction(behavior):
+
         async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async for item in behavior(empty, context):
                 yield item
+
         return _streaming_request(handler, stream)
 
     async def call(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         return await behavior(empty, context)  # a unary response, or a stream written with context.write
+
     return _streaming_request(handler, call)
 
 
@@ -73,7 +76,8 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
         self.expected = f"Bearer {token}".encode() if token else None
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(details)
@@ -81,18 +85,25 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
             return None
         metadata = dict(details.invocation_metadata or ())
         authenticated = self.expected is None or hmac.compare_digest(
-            str(metadata.get("authorization", "")).encode(), self.expected)
+            str(metadata.get("authorization", "")).encode(), self.expected
+        )
         if details.method.startswith(HEALTH_PREFIX):
             return handler if authenticated or handler.request_streaming else _as_if_empty(handler)
         if not authenticated:
-            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                                  "missing or wrong token: send metadata 'authorization: Bearer <token>'",
-                                  "UNAUTHENTICATED")
+            return _abort_handler(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong token: send metadata 'authorization: Bearer <token>'",
+                "UNAUTHENTICATED",
+            )
         version = str(metadata.get(PROTOCOL_KEY, "")).strip()
         if version and version != str(PROTOCOL_VERSION) and details.method != HANDSHAKE_METHOD:
-            return _abort_handler(handler, grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"the client speaks protocol deepscope.v{shorten(version, 20)}; this server "
-                                  f"({__version__}) speaks deepscope.v{PROTOCOL_VERSION}: use a client for "
-                                  f"v{PROTOCOL_VERSION} (GetServerInfo tells what the server speaks)",
-                                  "PROTOCOL_VERSION_MISMATCH")
+            return _abort_handler(
+                handler,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the client speaks protocol deepscope.v{shorten(version, 20)}; this server "
+                f"({__version__}) speaks deepscope.v{PROTOCOL_VERSION}: use a client for "
+                f"v{PROTOCOL_VERSION} (GetServerInfo tells what the server speaks)",
+                "PROTOCOL_VERSION_MISMATCH",
+            )
         return handler

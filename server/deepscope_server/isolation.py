@@ -67,9 +67,11 @@ class GuardedMetric:
         what, op, payload = self._pending
         self._pending = None
         if op == "start":
+
             def start() -> None:
                 self.instance = self.planned.entry.cls(self.ctx)
                 self.instance.start()
+
             return self.call(what, start)
         if op == "update":
             return self.call(what, lambda: self.instance.update(payload))
@@ -187,8 +189,12 @@ class _RemoteModel:
     def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         return self._ask("run", dict(inputs), list(capture))
 
-    def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
-                         capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+    def run_with_weights(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, Mapping[str, np.ndarray]],
+        capture: Sequence[CaptureRequest] = (),
+    ) -> RunOutput:
         return self._ask("run_with_weights", dict(inputs), {k: dict(v) for k, v in weights.items()}, list(capture))
 
 
@@ -214,9 +220,15 @@ def _worker_main(conn: Connection, lifeline_end: Connection, memory_bytes: int) 
             value = None
             if op == "start":
                 cls, params, layers, graph, seed, max_batch_size, has_model = message[1:]
-                ctx = Context(params=params, layers=layers, graph=graph, seed=seed, max_batch_size=max_batch_size,
-                              model=_RemoteModel(conn, graph) if has_model else None,
-                              progress=lambda f, m: conn.send(("progress", float(f), str(m))))
+                ctx = Context(
+                    params=params,
+                    layers=layers,
+                    graph=graph,
+                    seed=seed,
+                    max_batch_size=max_batch_size,
+                    model=_RemoteModel(conn, graph) if has_model else None,
+                    progress=lambda f, m: conn.send(("progress", float(f), str(m))),
+                )
                 instance = cls(ctx)
                 instance.start()
             elif op == "update":
@@ -228,11 +240,20 @@ def _worker_main(conn: Connection, lifeline_end: Connection, memory_bytes: int) 
             try:
                 conn.send(("ok", value, warnings, seconds))
             except Exception as exc:  # noqa: BLE001 - pickling fails before anything is written
-                conn.send(("malformed", f"the value cannot be sent back: {type(exc).__name__}: {exc}", warnings,
-                           seconds))
+                conn.send(
+                    ("malformed", f"the value cannot be sent back: {type(exc).__name__}: {exc}", warnings, seconds)
+                )
         except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
-            conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc(limit=6),
-                       list(ctx.warnings) if ctx else [], time.perf_counter() - started))
+            conn.send(
+                (
+                    "error",
+                    type(exc).__name__,
+                    str(exc),
+                    traceback.format_exc(limit=6),
+                    list(ctx.warnings) if ctx else [],
+                    time.perf_counter() - started,
+                )
+            )
 
 
 def _release_forkserver() -> None:
@@ -271,8 +292,15 @@ def _death(process: multiprocessing.process.BaseProcess) -> str:
 class ProcessGuard(GuardedMetric):
     """One metric instance in its own worker process (``--metric-isolation process``, the default)."""
 
-    def __init__(self, planned: PlannedMetric, checkpoint: int, ctx: Context, timeout: float,
-                 memory_bytes: int, check: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        planned: PlannedMetric,
+        checkpoint: int,
+        ctx: Context,
+        timeout: float,
+        memory_bytes: int,
+        check: Callable[[], None],
+    ) -> None:
         super().__init__(planned, checkpoint, ctx, timeout)
         self.memory_bytes = memory_bytes
         self._check_run = check  # raises RunCancelled / LimitExceeded when the run must stop
@@ -293,15 +321,27 @@ class ProcessGuard(GuardedMetric):
                 parent, child = _MP.Pipe(duplex=True)
                 # The worker watches the read end; only this process holds the write end.
                 lifeline_end, self._lifeline = _MP.Pipe(duplex=False)
-                self._process = _MP.Process(target=_worker_main, args=(child, lifeline_end, self.memory_bytes),
-                                            daemon=True, name=f"metric-{self.planned.name}")
+                self._process = _MP.Process(
+                    target=_worker_main,
+                    args=(child, lifeline_end, self.memory_bytes),
+                    daemon=True,
+                    name=f"metric-{self.planned.name}",
+                )
                 self._process.start()
                 child.close()
                 lifeline_end.close()
                 self._conn = parent
                 ctx = self.ctx
-                message: tuple[Any, ...] = ("start", self.planned.entry.cls, ctx.params, ctx.layers, ctx.graph,
-                                            ctx.seed, ctx.max_batch_size, ctx.model is not None)
+                message: tuple[Any, ...] = (
+                    "start",
+                    self.planned.entry.cls,
+                    ctx.params,
+                    ctx.layers,
+                    ctx.graph,
+                    ctx.seed,
+                    ctx.max_batch_size,
+                    ctx.model is not None,
+                )
             elif op == "update":
                 message = ("update", payload)
             else:

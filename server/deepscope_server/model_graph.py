@@ -21,7 +21,16 @@ LAYER_KINDS = ("linear", "conv", "attention", "recurrent", "norm", "activation",
 
 #: Names of activation functions, as stored in ``Layer.attrs["function"]``.
 ACTIVATION_FUNCTIONS = (
-    "relu", "relu6", "hardtanh", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "softplus",
+    "relu",
+    "relu6",
+    "hardtanh",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "leaky_relu",
+    "elu",
+    "softplus",
 )
 
 

@@ -27,8 +27,7 @@ from .config import Limits
 from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, shorten, unknown
 from .isolation import RunCancelled
 from .sandbox import SandboxedBackend
-from .store import StoredModel, Store, utc_now
-
+from .store import Store, StoredModel, utc_now
 
 #: Loaders are not all thread-safe (torch.export.load keeps a global deserializer: two at once fail
 #: with "_CURRENT_DESERIALIZER is already set"); in-process loading is one file at a time. Sandboxed
@@ -65,8 +64,9 @@ def _zip_sizes(path: Path, limits: Limits) -> None:
         raise InvalidInput(f"model file '{path.name}' is a damaged zip archive: {exc}") from None
     total = sum(m.file_size for m in members)
     if total > limits.max_model_bytes:
-        raise LimitExceeded(f"max_model_bytes (uncompressed size of archive '{path.name}')",
-                            limits.max_model_bytes, total)
+        raise LimitExceeded(
+            f"max_model_bytes (uncompressed size of archive '{path.name}')", limits.max_model_bytes, total
+        )
     for m in members:
         if m.file_size > BOMB_MIN_BYTES and m.file_size > MAX_COMPRESSION_RATIO * max(m.compress_size, 1):
             raise InvalidInput(
@@ -100,8 +100,14 @@ class LoadedModel:
     def graph(self):  # noqa: ANN201 - ModelGraph
         return self.backend.graph
 
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = (), *,
-            cancelled: Callable[[], bool] | None = None, deadline: float | None = None) -> RunOutput:
+    def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        capture: Sequence[CaptureRequest] = (),
+        *,
+        cancelled: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> RunOutput:
         """Run one batch. ``cancelled`` / ``deadline`` (time.monotonic) stop a sandboxed forward pass."""
         with self.lock:
             if isinstance(self.backend, SandboxedBackend):
@@ -109,13 +115,18 @@ class LoadedModel:
             _check_before(cancelled, deadline)
             return self.backend.run(inputs, capture)
 
-    def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
-                         capture: Sequence[CaptureRequest] = (), *, cancelled: Callable[[], bool] | None = None,
-                         deadline: float | None = None) -> RunOutput:
+    def run_with_weights(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, Mapping[str, np.ndarray]],
+        capture: Sequence[CaptureRequest] = (),
+        *,
+        cancelled: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> RunOutput:
         with self.lock:
             if isinstance(self.backend, SandboxedBackend):
-                return self.backend.run_with_weights(inputs, weights, capture, cancelled=cancelled,
-                                                     deadline=deadline)
+                return self.backend.run_with_weights(inputs, weights, capture, cancelled=cancelled, deadline=deadline)
             _check_before(cancelled, deadline)
             return self.backend.run_with_weights(inputs, weights, capture)
 
@@ -131,9 +142,16 @@ def _check_before(cancelled: Callable[[], bool] | None, deadline: float | None) 
 class ModelManager:
     """Uploads, lookups and the backend cache (least recently used models are closed first)."""
 
-    def __init__(self, store: Store, model_dir: Path | None = None, trust_model_dir: bool = False,
-                 device: str = "auto", cache_size: int = 8, limits: Limits | None = None,
-                 isolation: str = "process") -> None:
+    def __init__(
+        self,
+        store: Store,
+        model_dir: Path | None = None,
+        trust_model_dir: bool = False,
+        device: str = "auto",
+        cache_size: int = 8,
+        limits: Limits | None = None,
+        isolation: str = "process",
+    ) -> None:
         self.store = store
         self.limits = limits or Limits()
         self.model_dir = Path(model_dir) if model_dir else None
@@ -152,8 +170,9 @@ class ModelManager:
 
     # ------------------------------------------------------------ uploads
 
-    def upload(self, name: str, chunks: Iterable[bytes], max_bytes: int, declared_bytes: int | None,
-               declared_sha256: str = "") -> LoadedModel:
+    def upload(
+        self, name: str, chunks: Iterable[bytes], max_bytes: int, declared_bytes: int | None, declared_sha256: str = ""
+    ) -> LoadedModel:
         """Store the bytes, then load them: a file that does not load is removed, never catalogued."""
         model_id, path, size = self.store.write_model(name, chunks, max_bytes, declared_bytes, declared_sha256)
         loaded = self.cached(model_id)
@@ -205,7 +224,9 @@ class ModelManager:
         except Exception as exc:
             raise InvalidInput(f"model '{shorten(ref)}' failed to load: {type(exc).__name__}: {exc}") from exc
         if source == "model_dir":
-            stored = StoredModel(stored.id, stored.name, backend.format, stored.size_bytes, stored.created_at, stored.path)
+            stored = StoredModel(
+                stored.id, stored.name, backend.format, stored.size_bytes, stored.created_at, stored.path
+            )
         return self._remember(LoadedModel(stored, source, backend))
 
     def source(self, stored: StoredModel) -> str:
@@ -288,8 +309,9 @@ class ModelManager:
                     for block in iter(lambda: fh.read(1 << 20), b""):
                         digest.update(block)
                 self._dir_ids[key] = digest.hexdigest()
-            models.append(StoredModel(self._dir_ids[key], path.name, path.suffix.lstrip(".") or "?", st.st_size,
-                                      utc_now(), path))
+            models.append(
+                StoredModel(self._dir_ids[key], path.name, path.suffix.lstrip(".") or "?", st.st_size, utc_now(), path)
+            )
         return models
 
     def _find_in_model_dir(self, ref: str) -> StoredModel | None:

@@ -47,9 +47,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import pluggy
 
+from deepscope.text import shorten
 from deepscope.values import Curve  # one class for plugins and the SDK: y(x) with axis labels
 
-from deepscope.text import shorten
 from .backends.base import CaptureRequest, RunOutput
 from .model_graph import ACTIVATION_FUNCTIONS, LAYER_KINDS, Layer, ModelGraph, TensorSpec
 
@@ -62,10 +62,29 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 WHOLE_MODEL = ""
 
 __all__ = [
-    "ACTIVATION_FUNCTIONS", "Batch", "CaptureRequest", "Context", "Curve", "Dataset", "Graph", "LAYER_KINDS",
-    "Layer", "Metric", "MetricTimeout", "ModelGraph", "ModelHandle", "Needs", "Param", "RunCancelled", "RunOutput",
+    "ACTIVATION_FUNCTIONS",
+    "Batch",
+    "CaptureRequest",
+    "Context",
+    "Curve",
+    "Dataset",
+    "Graph",
+    "LAYER_KINDS",
+    "Layer",
+    "Metric",
+    "MetricTimeout",
+    "ModelGraph",
+    "ModelHandle",
+    "Needs",
+    "Param",
+    "RunCancelled",
+    "RunOutput",
     "Table",
-    "TensorSpec", "WHOLE_MODEL", "hookimpl", "hookspec", "unit_view",
+    "TensorSpec",
+    "WHOLE_MODEL",
+    "hookimpl",
+    "hookspec",
+    "unit_view",
 ]
 
 
@@ -116,8 +135,9 @@ class Param:
             try:
                 coerced = self.type(value)
             except (TypeError, ValueError):
-                raise ValueError(f"parameter '{self.name}' expects {self.type.__name__}, "
-                                 f"got {shorten(repr(value))}") from None
+                raise ValueError(
+                    f"parameter '{self.name}' expects {self.type.__name__}, got {shorten(repr(value))}"
+                ) from None
             if self.type is int and float(value) != coerced:
                 raise ValueError(f"parameter '{self.name}' expects an integer, got {value!r}")
             if self.type is float and not np.isfinite(coerced):
@@ -160,14 +180,20 @@ class Graph:
     nodes: Mapping[str, Sequence[Any] | np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def from_sparse(cls, matrix: Any, directed: bool = True, **nodes: Sequence[Any] | np.ndarray) -> "Graph":
+    def from_sparse(cls, matrix: Any, directed: bool = True, **nodes: Sequence[Any] | np.ndarray) -> Graph:
         """From a square scipy.sparse adjacency (entry [i, j] = weight of i -> j); undirected keeps i < j."""
         import scipy.sparse as sp
 
         coo = sp.coo_array(matrix)
         keep = np.ones(coo.nnz, bool) if directed else coo.row < coo.col
-        return cls(coo.shape[0], coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64),
-                   np.asarray(coo.data[keep], np.float64), directed, nodes)
+        return cls(
+            coo.shape[0],
+            coo.row[keep].astype(np.int64),
+            coo.col[keep].astype(np.int64),
+            np.asarray(coo.data[keep], np.float64),
+            directed,
+            nodes,
+        )
 
 
 @dataclass
@@ -275,7 +301,7 @@ class Metric:
     # started and fed the batches that come *after* this instance's batches) into ``self``, so that
     # ``finish()`` returns what one instance fed every batch in order would return. Distributed
     # executors then split a checkpoint's data over several instances (docs/writing-a-plugin.md).
-    merge: ClassVar[Callable[["Metric", "Metric"], None] | None] = None
+    merge: ClassVar[Callable[[Metric, Metric], None] | None] = None
 
     @classmethod
     def mergeable(cls, params: Mapping[str, Any], layers: Sequence[Layer]) -> bool:
@@ -289,9 +315,7 @@ class Dataset(Protocol):
     name: str
     description: str
 
-    def batches(
-        self, spec: TensorSpec, batch_size: int, limit: int | None, seed: int, split: str
-    ) -> tuple[int, Any]:
+    def batches(self, spec: TensorSpec, batch_size: int, limit: int | None, seed: int, split: str) -> tuple[int, Any]:
         """Return (number of samples, iterator of (x, labels-or-None) numpy batches)."""
         ...
 

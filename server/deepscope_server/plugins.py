@@ -8,10 +8,10 @@ plugin that fails to import is recorded in ``errors`` and the server starts with
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
-from typing import Callable
 
 import pluggy
 
@@ -42,8 +42,9 @@ class Registry:
         try:
             return self.metrics[name]
         except KeyError:
-            raise unknown("metric", name, self.metrics, hint="; list them with ListMetrics / `deepscope metrics`",
-                          field="metrics") from None
+            raise unknown(
+                "metric", name, self.metrics, hint="; list them with ListMetrics / `deepscope metrics`", field="metrics"
+            ) from None
 
     def dataset(self, name: str) -> Dataset:
         try:
@@ -111,14 +112,21 @@ def load_registry(
         if problem:
             _report(registry, f"plugin '{plugin}': metric {cls!r} rejected: {problem}")
         elif cls.name in registry.metrics:
-            _report(registry, f"plugin '{plugin}': metric '{cls.name}' already registered by "
-                              f"'{registry.metrics[cls.name].plugin}'")
+            _report(
+                registry,
+                f"plugin '{plugin}': metric '{cls.name}' already registered by '{registry.metrics[cls.name].plugin}'",
+            )
         else:
             registry.metrics[cls.name] = MetricEntry(cls, plugin, version)
 
     _call_each(pm, "deepscope_register_metrics", registry, provenance, register_metric)
-    _call_each(pm, "deepscope_register_datasets", registry, provenance,
-               lambda ds, plugin, version: registry.datasets.__setitem__(ds.name, ds))
+    _call_each(
+        pm,
+        "deepscope_register_datasets",
+        registry,
+        provenance,
+        lambda ds, plugin, version: registry.datasets.__setitem__(ds.name, ds),
+    )
     return registry
 
 
@@ -152,8 +160,13 @@ def _reject_unknown_hooks(pm: pluggy.PluginManager, registry: Registry, provenan
             pm.unregister(exc.plugin)
 
 
-def _call_each(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
-               provenance: dict[str, tuple[str, str]], register: Callable[..., None]) -> None:
+def _call_each(
+    pm: pluggy.PluginManager,
+    hook_name: str,
+    registry: Registry,
+    provenance: dict[str, tuple[str, str]],
+    register: Callable[..., None],
+) -> None:
     """Call a registration hook through pluggy once per plugin, so a plugin that raises is recorded
     against its own name and the others still register."""
     everyone = [pm.get_plugin(name) for name in provenance]

@@ -38,8 +38,8 @@ import numpy as np
 
 from deepscope.v1 import introspection_pb2 as pb
 
-from .backends import Backend
 from .analysis import InputBatch, PlannedMetric, RunExecutor, RunPlan
+from .backends import Backend
 from .config import Limits, Settings
 from .errors import InvalidInput, Unavailable
 from .isolation import GuardedMetric, RunCancelled, configure_workers
@@ -68,9 +68,17 @@ class RayOptions:
     trust_model_dir: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RayOptions":
-        return cls(settings.ray_address, settings.ray_gpus_per_task, settings.ray_data_shards, settings.limits,
-                   settings.device, settings.model_isolation, settings.metric_isolation, settings.trust_model_dir)
+    def from_settings(cls, settings: Settings) -> RayOptions:
+        return cls(
+            settings.ray_address,
+            settings.ray_gpus_per_task,
+            settings.ray_data_shards,
+            settings.limits,
+            settings.device,
+            settings.model_isolation,
+            settings.metric_isolation,
+            settings.trust_model_dir,
+        )
 
 
 def connect(settings: Settings) -> RayOptions:
@@ -79,22 +87,29 @@ def connect(settings: Settings) -> RayOptions:
     try:
         import ray
     except ImportError:
-        raise SystemExit("--executor ray needs Ray, which is not installed: pip install 'deepscope-server[ray]'") \
-            from None
+        raise SystemExit(
+            "--executor ray needs Ray, which is not installed: pip install 'deepscope-server[ray]'"
+        ) from None
     try:
-        ray.init(address=options.address, namespace="deepscope", ignore_reinit_error=True, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address=options.address,
+            namespace="deepscope",
+            ignore_reinit_error=True,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError: all mean "no cluster"
-        raise SystemExit(f"--executor ray: cannot join the Ray cluster at '{options.address}': "
-                         f"{type(exc).__name__}: {exc} (start one with `ray start --head`)") from None
+        raise SystemExit(
+            f"--executor ray: cannot join the Ray cluster at '{options.address}': "
+            f"{type(exc).__name__}: {exc} (start one with `ray start --head`)"
+        ) from None
     log.info("joined the Ray cluster at %s: %s", options.address, ray.cluster_resources())
     return options
 
 
-def on_ray(local: RunExecutor, options: RayOptions) -> "RayRunExecutor":
+def on_ray(local: RunExecutor, options: RayOptions) -> RayRunExecutor:
     """The same run (plan, store, events, cancellation, limits) with its work on the cluster."""
-    return RayRunExecutor(**{f.name: getattr(local, f.name) for f in dataclasses.fields(RunExecutor)},
-                          options=options)
+    return RayRunExecutor(**{f.name: getattr(local, f.name) for f in dataclasses.fields(RunExecutor)}, options=options)
 
 
 # ---------------------------------------------------------------- inside a Ray task
@@ -163,8 +178,12 @@ def _node() -> str:
     return f"{ray.util.get_node_ip_address()} ({ctx.get_node_id()[:8]})"
 
 
-_SANDBOX_MODULES = ("deepscope_server.sandbox", "deepscope_server.models", "deepscope_server.backends.torch_backend",
-                    "deepscope_server.backends.onnx_backend")
+_SANDBOX_MODULES = (
+    "deepscope_server.sandbox",
+    "deepscope_server.models",
+    "deepscope_server.backends.torch_backend",
+    "deepscope_server.backends.onnx_backend",
+)
 
 
 @functools.cache
@@ -192,8 +211,9 @@ def _backend(spec: TaskSpec, model_files: dict[str, bytes]) -> Backend:
     try:
         for name, data in model_files.items():  # the model file and its ONNX external-data side files
             (Path(files.name) / name).write_bytes(data)
-        backend = load_backend(Path(files.name) / spec.stored.path.name, opts.limits, opts.device, spec.trusted,
-                               opts.model_isolation)
+        backend = load_backend(
+            Path(files.name) / spec.stored.path.name, opts.limits, opts.device, spec.trusted, opts.model_isolation
+        )
     except BaseException:
         files.cleanup()
         raise
@@ -205,8 +225,9 @@ def _backend(spec: TaskSpec, model_files: dict[str, bytes]) -> Backend:
     return backend
 
 
-def checkpoint_task(spec: TaskSpec, model_files: dict[str, bytes],
-                    batches: list[InputBatch]) -> Iterator[tuple[Any, ...]]:
+def checkpoint_task(
+    spec: TaskSpec, model_files: dict[str, bytes], batches: list[InputBatch]
+) -> Iterator[tuple[Any, ...]]:
     """A Ray task: load one checkpoint as the server would, run the plan's metrics on it, yield as it goes."""
     yield ("node", _node())
     _prepare_worker(tuple(sorted({m.entry.cls.__module__ for m in spec.plan.metrics})), spec.options.model_isolation)
@@ -214,10 +235,17 @@ def checkpoint_task(spec: TaskSpec, model_files: dict[str, bytes],
     cancel = threading.Event()
     opts = spec.options
     loaded = LoadedModel(spec.stored, "ray", _backend(spec, model_files))
-    run = _TaskRun(dataclasses.replace(spec.plan, checkpoints=[loaded]),
-                   None, events.put, cancel, spec.max_seconds,  # type: ignore[arg-type] - no store here
-                   isolation="thread" if spec.shard else opts.metric_isolation,
-                   memory_bytes=opts.limits.metric_memory_bytes, spec=spec, batches=batches)
+    run = _TaskRun(
+        dataclasses.replace(spec.plan, checkpoints=[loaded]),
+        None,
+        events.put,
+        cancel,
+        spec.max_seconds,  # type: ignore[arg-type] - no store here
+        isolation="thread" if spec.shard else opts.metric_isolation,
+        memory_bytes=opts.limits.metric_memory_bytes,
+        spec=spec,
+        batches=batches,
+    )
     thread = threading.Thread(target=run.work, name="deepscope-task", daemon=True)
     thread.start()
     try:
@@ -228,8 +256,9 @@ def checkpoint_task(spec: TaskSpec, model_files: dict[str, bytes],
         cancel.set()
 
 
-def merge_task(planned: PlannedMetric, spec: TaskSpec, graph: Any,
-               states: list[tuple[dict[str, Any], list[str], float]]) -> Iterator[tuple[Any, ...]]:
+def merge_task(
+    planned: PlannedMetric, spec: TaskSpec, graph: Any, states: list[tuple[dict[str, Any], list[str], float]]
+) -> Iterator[tuple[Any, ...]]:
     """A Ray task: merge one metric's shard states in shard order, finish it, yield its results."""
     yield ("node", _node())
     layers = [graph.layer(name) for name in planned.layer_names]
@@ -240,8 +269,13 @@ def merge_task(planned: PlannedMetric, spec: TaskSpec, graph: Any,
         metric.ctx, metric.params = ctx, ctx.params
         return metric
 
-    ctx = Context(params=dict(planned.params), layers=layers, graph=graph, seed=int(spec.plan.config.seed),
-                  max_batch_size=spec.plan.batch_size)
+    ctx = Context(
+        params=dict(planned.params),
+        layers=layers,
+        graph=graph,
+        seed=int(spec.plan.config.seed),
+        max_batch_size=spec.plan.batch_size,
+    )
     guard = GuardedMetric(planned, spec.checkpoint, ctx, spec.plan.metric_timeout)
     for _, warnings, seconds in states:
         ctx.warnings.extend(w for w in warnings if w not in ctx.warnings)
@@ -313,23 +347,38 @@ class RayRunExecutor(RunExecutor):
         self._forward_sent = 0
         try:
             for index, ckpt in enumerate(self.plan.checkpoints):
-                spec = TaskSpec(plan, index, ckpt.stored, ckpt.source == "model_dir" and self.options.trust_model_dir,
-                                self.options, self._remaining(), n_samples)
+                spec = TaskSpec(
+                    plan,
+                    index,
+                    ckpt.stored,
+                    ckpt.source == "model_dir" and self.options.trust_model_dir,
+                    self.options,
+                    self._remaining(),
+                    n_samples,
+                )
                 model = model_refs[ckpt.stored.id]
                 if whole:
-                    self._submit(dataclasses.replace(spec, plan=dataclasses.replace(plan, metrics=whole)),
-                                 model, data_ref, whole)
+                    self._submit(
+                        dataclasses.replace(spec, plan=dataclasses.replace(plan, metrics=whole)), model, data_ref, whole
+                    )
                 for shard, part in enumerate(np.array_split(np.arange(len(batches)), shards) if split else []):
                     part_ref = ray.put([batches[i] for i in part])
-                    self._submit(dataclasses.replace(spec, plan=dataclasses.replace(plan, metrics=split), shard=True),
-                                 model, part_ref, split, shard)
+                    self._submit(
+                        dataclasses.replace(spec, plan=dataclasses.replace(plan, metrics=split), shard=True),
+                        model,
+                        part_ref,
+                        split,
+                        shard,
+                    )
             self._drain(plan, n_samples)
         finally:
             for job in self._jobs:
                 ray.cancel(job.generator, force=True)  # a no-op for finished tasks
         if self._jobs and all(job.error for job in self._jobs):
-            raise Unavailable(f"every Ray task of the run failed (each result says why); the first: "
-                              f"{self._jobs[0].error}", reason="RAY_TASKS_FAILED")
+            raise Unavailable(
+                f"every Ray task of the run failed (each result says why); the first: {self._jobs[0].error}",
+                reason="RAY_TASKS_FAILED",
+            )
 
     def _collect(self) -> tuple[list[InputBatch], int]:
         """Every batch of the run, checked and cut as the local executor does (tasks share one copy)."""
@@ -357,13 +406,22 @@ class RayRunExecutor(RunExecutor):
     def _remaining(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
 
-    def _submit(self, spec: TaskSpec, model: Any, data: Any, metrics: list[PlannedMetric],
-                shard: int | None = None) -> None:
+    def _submit(
+        self, spec: TaskSpec, model: Any, data: Any, metrics: list[PlannedMetric], shard: int | None = None
+    ) -> None:
         checkpoint_remote, _ = _remotes()
         gen = checkpoint_remote.options(num_cpus=1, num_gpus=self.options.gpus_per_task).remote(spec, model, data)
         owed = set() if shard is not None else {m.name for m in metrics}
-        self._start_job(_Job(spec.checkpoint, gen, owed, shard=shard, feeds=spec.plan.needs_data,
-                             role="" if shard is None else f"data shard {shard}"))
+        self._start_job(
+            _Job(
+                spec.checkpoint,
+                gen,
+                owed,
+                shard=shard,
+                feeds=spec.plan.needs_data,
+                role="" if shard is None else f"data shard {shard}",
+            )
+        )
 
     def _start_job(self, job: _Job) -> None:
         self._jobs.append(job)
@@ -393,8 +451,12 @@ class RayRunExecutor(RunExecutor):
             where = f"checkpoint {job.checkpoint} on node {job.node}"
             if kind == "node":
                 job.node = item[1]
-                self._progress("loading", job.checkpoint, len(self.plan.checkpoints),
-                               f"checkpoint {job.checkpoint} on node {job.node}" + (f" ({job.role})" * bool(job.role)))
+                self._progress(
+                    "loading",
+                    job.checkpoint,
+                    len(self.plan.checkpoints),
+                    f"checkpoint {job.checkpoint} on node {job.node}" + (f" ({job.role})" * bool(job.role)),
+                )
             elif kind == "event":
                 event = pb.AnalyzeResponse.FromString(item[1])
                 if event.HasField("progress"):
@@ -426,8 +488,12 @@ class RayRunExecutor(RunExecutor):
             index = job.checkpoint * len(names) + names.index(progress.message)
             self._progress("finishing", index, len(names) * len(self.plan.checkpoints), progress.message)
         elif progress.stage == "metric":
-            self._progress("metric", progress.done, progress.total,
-                           f"{progress.message} [checkpoint {job.checkpoint} on node {job.node}]")
+            self._progress(
+                "metric",
+                progress.done,
+                progress.total,
+                f"{progress.message} [checkpoint {job.checkpoint} on node {job.node}]",
+            )
 
     def _samples_through(self, checkpoint: int) -> int:
         jobs = [j for j in self._jobs if j.checkpoint == checkpoint and j.feeds]
@@ -469,10 +535,18 @@ class RayRunExecutor(RunExecutor):
                 self._fail(planned, checkpoint, error or "a data shard was lost", n_samples)
                 continue
             states = [(state, warnings, seconds) for _, (state, _, warnings, seconds) in parts]
-            spec = TaskSpec(plan, checkpoint, self.plan.checkpoints[checkpoint].stored, False, self.options,
-                            self._remaining(), n_samples)
-            gen = merge_remote.options(num_cpus=1).remote(planned, spec, self.plan.checkpoints[checkpoint].graph,
-                                                          states)
+            spec = TaskSpec(
+                plan,
+                checkpoint,
+                self.plan.checkpoints[checkpoint].stored,
+                False,
+                self.options,
+                self._remaining(),
+                n_samples,
+            )
+            gen = merge_remote.options(num_cpus=1).remote(
+                planned, spec, self.plan.checkpoints[checkpoint].graph, states
+            )
             self._start_job(_Job(checkpoint, gen, {planned.name}, role=f"merging {len(parts)} data shards"))
             submitted += 1
         return submitted

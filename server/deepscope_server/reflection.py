@@ -53,9 +53,13 @@ def enable(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
     names = (*service_names, v1alpha.SERVICE_NAME, V1_SERVICE)
     servicer = DocumentedReflection(names)
     method = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo, request_deserializer=pb.ServerReflectionRequest.FromString,
-        response_serializer=pb.ServerReflectionResponse.SerializeToString)
-    server.add_generic_rpc_handlers((
-        grpc.method_handlers_generic_handler(v1alpha.SERVICE_NAME, {"ServerReflectionInfo": method}),
-        grpc.method_handlers_generic_handler(V1_SERVICE, {"ServerReflectionInfo": method}),
-    ))
+        servicer.ServerReflectionInfo,
+        request_deserializer=pb.ServerReflectionRequest.FromString,
+        response_serializer=pb.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(v1alpha.SERVICE_NAME, {"ServerReflectionInfo": method}),
+            grpc.method_handlers_generic_handler(V1_SERVICE, {"ServerReflectionInfo": method}),
+        )
+    )

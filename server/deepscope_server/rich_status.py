@@ -25,9 +25,16 @@ DOMAIN = "deepscope.dev"
 GENERIC_REASONS = {grpc.StatusCode.INVALID_ARGUMENT: "INVALID_INPUT"}
 
 
-def details_trailer(code: grpc.StatusCode, message: str, *, reason: str | None = None,
-                    error: BaseException | None = None, metadata: Mapping[str, str] | None = None,
-                    field: str | None = None, suggestions: Sequence[str] = ()) -> tuple[tuple[str, bytes], ...]:
+def details_trailer(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str | None = None,
+    error: BaseException | None = None,
+    metadata: Mapping[str, str] | None = None,
+    field: str | None = None,
+    suggestions: Sequence[str] = (),
+) -> tuple[tuple[str, bytes], ...]:
     """The trailing metadata that carries ``google.rpc.Status`` for an error with ``code`` and ``message``.
 
     ``message`` must be the status message sent with it (clients check that they agree). Fields of a
@@ -41,18 +48,39 @@ def details_trailer(code: grpc.StatusCode, message: str, *, reason: str | None =
         info_metadata = {**error.metadata, **info_metadata}
     if suggestions:
         info_metadata["suggestions"] = ",".join(suggestions)
-    details: list[Message] = [error_details_pb2.ErrorInfo(
-        reason=reason or GENERIC_REASONS.get(code, code.name), domain=DOMAIN, metadata=info_metadata)]
+    details: list[Message] = [
+        error_details_pb2.ErrorInfo(
+            reason=reason or GENERIC_REASONS.get(code, code.name), domain=DOMAIN, metadata=info_metadata
+        )
+    ]
     if field:
-        details.append(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field, description=message, reason=details[0].reason)]))
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=field, description=message, reason=details[0].reason
+                    )
+                ]
+            )
+        )
     if isinstance(error, LimitExceeded):
-        details.append(error_details_pb2.QuotaFailure(violations=[
-            error_details_pb2.QuotaFailure.Violation(subject=info_metadata.get("limit_name", ""), description=message)]))
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=info_metadata.get("limit_name", ""), description=message
+                    )
+                ]
+            )
+        )
     if isinstance(error, NotFound) and "resource_type" in info_metadata:
-        details.append(error_details_pb2.ResourceInfo(resource_type=info_metadata["resource_type"],
-                                                      resource_name=info_metadata.get("resource_name", ""),
-                                                      description=message))
+        details.append(
+            error_details_pb2.ResourceInfo(
+                resource_type=info_metadata["resource_type"],
+                resource_name=info_metadata.get("resource_name", ""),
+                description=message,
+            )
+        )
     packed = []
     for detail in details:
         holder = any_pb2.Any()

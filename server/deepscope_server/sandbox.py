@@ -28,8 +28,15 @@ import numpy as np
 from . import lifeline, wire_codec
 from .backends import Backend, CaptureRequest, RunOutput
 from .config import Limits
-from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
-                     NotFound)
+from .errors import (
+    DeadlineExceeded,
+    DeepscopeError,
+    InvalidInput,
+    LimitExceeded,
+    ModelCrashed,
+    ModelOutOfMemory,
+    NotFound,
+)
 from .isolation import _MP, RunCancelled, _release_forkserver
 from .isolation import _death as describe_death
 from .model_graph import ModelGraph
@@ -54,9 +61,13 @@ class WorkerBudget:
     max_message_bytes: int
 
     @classmethod
-    def from_limits(cls, limits: Limits) -> "WorkerBudget":
-        return cls(limits.model_memory_bytes, limits.max_load_seconds, limits.max_forward_seconds,
-                   max(limits.max_capture_bytes, limits.max_model_bytes) + (64 << 20))
+    def from_limits(cls, limits: Limits) -> WorkerBudget:
+        return cls(
+            limits.model_memory_bytes,
+            limits.max_load_seconds,
+            limits.max_forward_seconds,
+            max(limits.max_capture_bytes, limits.max_model_bytes) + (64 << 20),
+        )
 
 
 # ---------------------------------------------------------------- the worker side
@@ -77,8 +88,13 @@ def _error_message(exc: BaseException) -> dict[str, Any]:
     message: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:4000], "domain": ""}
     if isinstance(exc, tuple(_DOMAIN_ERRORS.values())):
         assert isinstance(exc, DeepscopeError)
-        message.update(domain=type(exc).__name__, reason=exc.reason, field=exc.field or "",
-                       suggestions=[str(s) for s in exc.suggestions], metadata=dict(exc.metadata))
+        message.update(
+            domain=type(exc).__name__,
+            reason=exc.reason,
+            field=exc.field or "",
+            suggestions=[str(s) for s in exc.suggestions],
+            metadata=dict(exc.metadata),
+        )
     return message
 
 
@@ -92,8 +108,9 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
 
     try:
         backend = load_checked(Path(path), limits, device, trusted)
-        reply: dict[str, Any] = {"ready": {"graph": backend.graph, "format": backend.format,
-                                           "device": getattr(backend, "device", "cpu")}}
+        reply: dict[str, Any] = {
+            "ready": {"graph": backend.graph, "format": backend.format, "device": getattr(backend, "device", "cpu")}
+        }
     except BaseException as exc:  # noqa: BLE001 - reported to the server, which decides
         wire_codec.send(conn, {"error": _error_message(exc), "trace": traceback.format_exc(limit=8)})
         return
@@ -136,23 +153,46 @@ class SandboxedBackend(Backend):
         self.device = "cpu"
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False,  # type: ignore[override]
-             limits: Limits | None = None, cancelled: Callable[[], bool] | None = None) -> "SandboxedBackend":
+    def load(
+        cls,
+        path: Path,
+        *,
+        device: str = "auto",
+        trusted: bool = False,  # type: ignore[override]
+        limits: Limits | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> SandboxedBackend:
         backend = cls(Path(path), limits or Limits(), device, trusted)
         backend._start(cancelled)
         return backend
 
     # -------------------------------------------------------- calls
 
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = (), *,
-            cancelled: Callable[[], bool] | None = None, deadline: float | None = None) -> RunOutput:
+    def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        capture: Sequence[CaptureRequest] = (),
+        *,
+        cancelled: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> RunOutput:
         return self._call({"op": "run", "inputs": dict(inputs), "capture": list(capture)}, cancelled, deadline)
 
-    def run_with_weights(self, inputs: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, np.ndarray]],
-                         capture: Sequence[CaptureRequest] = (), *, cancelled: Callable[[], bool] | None = None,
-                         deadline: float | None = None) -> RunOutput:
-        message = {"op": "run_with_weights", "inputs": dict(inputs), "capture": list(capture),
-                   "weights": {k: dict(v) for k, v in weights.items()}}
+    def run_with_weights(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, Mapping[str, np.ndarray]],
+        capture: Sequence[CaptureRequest] = (),
+        *,
+        cancelled: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> RunOutput:
+        message = {
+            "op": "run_with_weights",
+            "inputs": dict(inputs),
+            "capture": list(capture),
+            "weights": {k: dict(v) for k, v in weights.items()},
+        }
         return self._call(message, cancelled, deadline)
 
     def close(self) -> None:
@@ -175,23 +215,30 @@ class SandboxedBackend(Backend):
     def _start(self, cancelled: Callable[[], bool] | None = None) -> None:
         parent, child = _MP.Pipe(duplex=True)
         life_read, life_write = _MP.Pipe(duplex=False)
-        process = _MP.Process(target=_worker_main, name=f"model-{self.path.name[:40]}", daemon=True,
-                              args=(child, life_read, str(self.path), self.limits, self.requested_device,
-                                    self.trusted))
+        process = _MP.Process(
+            target=_worker_main,
+            name=f"model-{self.path.name[:40]}",
+            daemon=True,
+            args=(child, life_read, str(self.path), self.limits, self.requested_device, self.trusted),
+        )
         process.start()
         child.close()
         life_read.close()
         self._process, self._conn, self._lifeline = process, parent, life_write
-        reply = self._wait(time.monotonic() + self.budget.load_seconds, cancelled, "loading the model",
-                           "--max-load-seconds", self.budget.load_seconds)
+        reply = self._wait(
+            time.monotonic() + self.budget.load_seconds,
+            cancelled,
+            "loading the model",
+            "--max-load-seconds",
+            self.budget.load_seconds,
+        )
         if "error" in reply:
             self._stop()
             raise _rebuild(reply["error"], loading=True, memory_bytes=self.budget.memory_bytes)
         ready = reply["ready"]
         self.graph, self.format, self.device = ready["graph"], str(ready["format"]), str(ready["device"])
 
-    def _call(self, message: dict[str, Any], cancelled: Callable[[], bool] | None,
-              deadline: float | None) -> RunOutput:
+    def _call(self, message: dict[str, Any], cancelled: Callable[[], bool] | None, deadline: float | None) -> RunOutput:
         if self._conn is None:
             self._start(cancelled)  # the last worker was killed (deadline, crash): a fresh one
         assert self._conn is not None
@@ -205,8 +252,7 @@ class SandboxedBackend(Backend):
         except (OSError, ValueError) as exc:
             death = describe_death(self._process)
             self._stop()
-            raise ModelCrashed(f"the model's worker process is gone ({death}); it restarts on the next call") \
-                from exc
+            raise ModelCrashed(f"the model's worker process is gone ({death}); it restarts on the next call") from exc
         reply = self._wait(deadline, cancelled, "the forward pass", flag, budget)
         if "error" in reply:
             error = reply["error"]
@@ -215,8 +261,9 @@ class SandboxedBackend(Backend):
             raise _rebuild(error, loading=False, memory_bytes=self.budget.memory_bytes)
         return reply["ok"]
 
-    def _wait(self, deadline: float, cancelled: Callable[[], bool] | None, what: str, flag: str,
-              budget: float) -> dict[str, Any]:
+    def _wait(
+        self, deadline: float, cancelled: Callable[[], bool] | None, what: str, flag: str, budget: float
+    ) -> dict[str, Any]:
         """The worker's next reply; whatever ends the wait otherwise (cancellation, deadline, death,
         a malformed reply) stops the worker, so the next call starts a fresh one."""
         try:
@@ -225,8 +272,9 @@ class SandboxedBackend(Backend):
             self._stop()
             raise
 
-    def _next_reply(self, deadline: float, cancelled: Callable[[], bool] | None, what: str, flag: str,
-                    budget: float) -> dict[str, Any]:
+    def _next_reply(
+        self, deadline: float, cancelled: Callable[[], bool] | None, what: str, flag: str, budget: float
+    ) -> dict[str, Any]:
         conn, process = self._conn, self._process
         assert conn is not None and process is not None
         peak = 0
@@ -234,8 +282,7 @@ class SandboxedBackend(Backend):
             if cancelled is not None and cancelled():
                 raise RunCancelled(f"{what} was cancelled (worker stopped)")
             if time.monotonic() > deadline:
-                raise DeadlineExceeded(f"{what} took longer than {flag} ({budget:g} s); its worker process "
-                                       "was stopped")
+                raise DeadlineExceeded(f"{what} took longer than {flag} ({budget:g} s); its worker process was stopped")
             peak = max(peak, _address_space_peak(process.pid))
             if not process.is_alive() and not conn.poll(0):
                 raise self._death_error(what, process, peak)
@@ -259,11 +306,15 @@ class SandboxedBackend(Backend):
         # allocate for, which under an address-space cap means the memory ran out.
         loader_failed = process.exitcode == _LOADER_EXIT
         if cap > 0 and (peak >= _NEAR_CAP * cap or loader_failed):
-            return ModelOutOfMemory(f"{what} ran out of memory in its worker process ({death} after reaching "
-                                    f"{peak / (1 << 20):,.0f} MiB of its {limit}); send smaller batches or raise "
-                                    "the limit")
-        return ModelCrashed(f"{what} failed: {death} (its memory limit is {limit}); the server is unaffected "
-                            "and starts a fresh worker on the next call")
+            return ModelOutOfMemory(
+                f"{what} ran out of memory in its worker process ({death} after reaching "
+                f"{peak / (1 << 20):,.0f} MiB of its {limit}); send smaller batches or raise "
+                "the limit"
+            )
+        return ModelCrashed(
+            f"{what} failed: {death} (its memory limit is {limit}); the server is unaffected "
+            "and starts a fresh worker on the next call"
+        )
 
     def _stop(self, grace: float = 0.0) -> None:
         process, conn, life = self._process, self._conn, self._lifeline
@@ -304,16 +355,24 @@ def _rebuild(error: dict[str, Any], loading: bool, memory_bytes: int = 0) -> Exc
         exc = domain.__new__(domain)
         suggestions, metadata = error.get("suggestions", []), error.get("metadata", {})
         DeepscopeError.__init__(
-            exc, message, reason=str(error.get("reason", "")) or None, field=str(error.get("field", "")) or None,
+            exc,
+            message,
+            reason=str(error.get("reason", "")) or None,
+            field=str(error.get("field", "")) or None,
             suggestions=[str(s) for s in suggestions] if isinstance(suggestions, list) else (),
-            metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None)
+            metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None,
+        )
         return exc
     if name == "MemoryError" and loading:
-        return ModelOutOfMemory(f"loading the model needed more memory than its worker process may use (limit "
-                                f"{_memory_limit(memory_bytes)}); {message}".rstrip("; "))
+        return ModelOutOfMemory(
+            f"loading the model needed more memory than its worker process may use (limit "
+            f"{_memory_limit(memory_bytes)}); {message}".rstrip("; ")
+        )
     if name == "MemoryError":
-        return ModelOutOfMemory(f"the model ran out of memory in its worker process (limit "
-                                f"{_memory_limit(memory_bytes)}); send smaller batches or raise the limit")
+        return ModelOutOfMemory(
+            f"the model ran out of memory in its worker process (limit "
+            f"{_memory_limit(memory_bytes)}); send smaller batches or raise the limit"
+        )
     if loading:
         return InvalidInput(f"not a loadable model: {name}: {message}")
     return InvalidInput(f"the model failed on this input: {name}: {message}")

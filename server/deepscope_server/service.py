@@ -28,12 +28,23 @@ from .analysis import RunExecutor, plan_run
 from .backends import CaptureRequest
 from .backends.inputs import format_shape
 from .config import Settings
-from .errors import (DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, ModelCrashed, ModelOutOfMemory,
-                     NotFound, StorageFull, Unavailable, shorten, shorten_list)
+from .errors import (
+    DeadlineExceeded,
+    DeepscopeError,
+    InvalidInput,
+    LimitExceeded,
+    ModelCrashed,
+    ModelOutOfMemory,
+    NotFound,
+    StorageFull,
+    Unavailable,
+    shorten,
+    shorten_list,
+)
 from .isolation import RunCancelled
 from .models import LoadedModel, ModelManager
 from .plugins import Registry
-from .store import StoredModel, Store
+from .store import Store, StoredModel
 from .uploads import SideFile
 
 log = logging.getLogger(__name__)
@@ -74,9 +85,12 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: 
     code = status_for(exc)
     if code is None:
         log.exception("internal error in %s", method)
-        await rich_status.abort(context, grpc.StatusCode.INTERNAL,
-                                _status_message(f"internal error in {method}: {type(exc).__name__}: {exc}"),
-                                metadata={"method": method, "exception": type(exc).__name__})
+        await rich_status.abort(
+            context,
+            grpc.StatusCode.INTERNAL,
+            _status_message(f"internal error in {method}: {type(exc).__name__}: {exc}"),
+            metadata={"method": method, "exception": type(exc).__name__},
+        )
     reason = "INVALID_TENSOR" if isinstance(exc, TensorError) else None
     await rich_status.abort(context, code, _status_message(str(exc)), error=exc, reason=reason)
 
@@ -101,17 +115,20 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     Anything else becomes INTERNAL (logged with its traceback), never gRPC's UNKNOWN.
     """
     if inspect.isasyncgenfunction(fn):
+
         @functools.wraps(fn)
         async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with _status_codes(context, fn.__name__):
                 async for item in fn(self, request, context):
                     yield item
+
         return stream
 
     @functools.wraps(fn)
     async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _status_codes(context, fn.__name__):
             return await fn(self, request, context)
+
     return unary
 
 
@@ -132,15 +149,25 @@ def server_info(settings: Settings) -> pb.GetServerInfoResponse:
     """What a client needs to know before it sends anything: versions, limits, capabilities."""
     limits = settings.limits
     info = pb.GetServerInfoResponse(
-        server_version=__version__, protocol_version=PROTOCOL_VERSION,
+        server_version=__version__,
+        protocol_version=PROTOCOL_VERSION,
         limits=pb.ServerLimits(
-            max_message_bytes=limits.max_message_bytes, max_model_bytes=limits.max_model_bytes,
-            max_tensor_elements=limits.max_tensor_elements, max_batch_size=limits.max_batch_size,
-            max_capture_bytes=limits.max_capture_bytes, max_concurrent_runs=limits.max_concurrent_runs,
-            recommended_chunk_bytes=CHUNK_BYTES),
-        upload_formats=["onnx", "pt2", "torchscript"], executors=["local"],
-        metric_isolation=settings.metric_isolation, model_isolation=settings.model_isolation,
-        auth_required=bool(settings.auth_token), tls=settings.tls_cert is not None, devices=_devices(settings))
+            max_message_bytes=limits.max_message_bytes,
+            max_model_bytes=limits.max_model_bytes,
+            max_tensor_elements=limits.max_tensor_elements,
+            max_batch_size=limits.max_batch_size,
+            max_capture_bytes=limits.max_capture_bytes,
+            max_concurrent_runs=limits.max_concurrent_runs,
+            recommended_chunk_bytes=CHUNK_BYTES,
+        ),
+        upload_formats=["onnx", "pt2", "torchscript"],
+        executors=["local"],
+        metric_isolation=settings.metric_isolation,
+        model_isolation=settings.model_isolation,
+        auth_required=bool(settings.auth_token),
+        tls=settings.tls_cert is not None,
+        devices=_devices(settings),
+    )
     info.limits.max_run_time.FromTimedelta(datetime.timedelta(seconds=limits.max_run_seconds))
     info.limits.metric_timeout.FromTimedelta(datetime.timedelta(seconds=limits.metric_timeout_seconds))
     info.limits.max_forward_time.FromTimedelta(datetime.timedelta(seconds=limits.max_forward_seconds))
@@ -201,9 +228,11 @@ class _Handoff:
 
     def finished(self) -> None:
         """From the consumer thread: it will take no more items."""
+
         def settle() -> None:
             if not self.consumer_done.done():
                 self.consumer_done.set_result(None)
+
         try:
             self.loop.call_soon_threadsafe(settle)
         except RuntimeError:  # the loop is gone (shutdown)
@@ -254,8 +283,9 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
     # ------------------------------------------------------------ models
 
     @rpc
-    async def UploadModel(self, request_iterator: AsyncIterator[pb.UploadModelRequest],
-                          context) -> pb.UploadModelResponse:
+    async def UploadModel(
+        self, request_iterator: AsyncIterator[pb.UploadModelRequest], context
+    ) -> pb.UploadModelResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("UploadModel must start with an UploadHeader (name, total_bytes)")
@@ -267,8 +297,9 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
 
         def write() -> LoadedModel:
             try:
-                return self.models.upload(name, chunks.items(), self.limits.max_model_bytes,
-                                          header.total_bytes or None, header.sha256)
+                return self.models.upload(
+                    name, chunks.items(), self.limits.max_model_bytes, header.total_bytes or None, header.sha256
+                )
             finally:
                 chunks.finished()
 
@@ -277,7 +308,9 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             async for message in request_iterator:
                 part = message.WhichOneof("part")
                 if part not in ("chunk", "file"):
-                    raise InvalidInput("UploadModel: only one header, then chunks (and a FileHeader before each side file)")
+                    raise InvalidInput(
+                        "UploadModel: only one header, then chunks (and a FileHeader before each side file)"
+                    )
                 if task.done():
                     break  # the writer failed (e.g. over the limit): stop reading
                 f = message.file
@@ -309,8 +342,13 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             if loaded is not None:
                 response.models.append(self._model_info(loaded))
             else:
-                info = pb.ModelInfo(id=entry.id, name=entry.name, format=entry.format, size_bytes=entry.size_bytes,
-                                    source=self.models.source(entry))
+                info = pb.ModelInfo(
+                    id=entry.id,
+                    name=entry.name,
+                    format=entry.format,
+                    size_bytes=entry.size_bytes,
+                    source=self.models.source(entry),
+                )
                 times.set_iso(info.created_time, entry.created_at)
                 response.models.append(info)
         return response
@@ -318,8 +356,12 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
     @rpc
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         loaded = await asyncio.to_thread(self.models.get, request.model)
-        return pb.GetModelResponse(info=self._model_info(loaded), layers=[convert.layer_proto(l) for l in loaded.graph.layers],
-                              device=getattr(loaded.backend, "device", "cpu"), notes=loaded.graph.notes)
+        return pb.GetModelResponse(
+            info=self._model_info(loaded),
+            layers=[convert.layer_proto(layer) for layer in loaded.graph.layers],
+            device=getattr(loaded.backend, "device", "cpu"),
+            notes=loaded.graph.notes,
+        )
 
     @rpc
     async def DeleteModel(self, request: pb.DeleteModelRequest, context) -> pb.DeleteModelResponse:
@@ -347,24 +389,35 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         if dims and len(dims) <= MAX_NDIM and all(d >= 0 for d in dims):  # else from_proto says what is wrong
             count = math.prod(dims)
             if count > self.limits.max_tensor_elements:
-                raise LimitExceeded(f"max_tensor_elements (tensor '{shorten(tensor.name)}' of shape "
-                                    f"{shorten_list(dims)})",
-                                    self.limits.max_tensor_elements, count, "elements")
+                raise LimitExceeded(
+                    f"max_tensor_elements (tensor '{shorten(tensor.name)}' of shape {shorten_list(dims)})",
+                    self.limits.max_tensor_elements,
+                    count,
+                    "elements",
+                )
         return from_proto(tensor, self.limits.max_tensor_elements)
 
     def _decode_inputs(self, loaded: LoadedModel, tensors: Any) -> dict[str, np.ndarray]:
         decoded = [(t.name, self._decode(t)) for t in tensors]
         if not decoded:
-            raise InvalidInput(f"no input tensors; the model expects: "
-                               f"{', '.join(f'{s.name} {s.dtype} {format_shape(s.shape)}' for s in loaded.graph.inputs)}")
+            raise InvalidInput(
+                f"no input tensors; the model expects: "
+                f"{', '.join(f'{s.name} {s.dtype} {format_shape(s.shape)}' for s in loaded.graph.inputs)}"
+            )
         bound = loaded.graph.bind_inputs(decoded)
-        for name, array in bound.items():
+        for array in bound.values():
             if array.ndim and array.shape[0] > self.limits.max_batch_size:
                 raise LimitExceeded("max_batch_size", self.limits.max_batch_size, array.shape[0], "samples")
         return bound
 
-    async def _forward(self, context: grpc.aio.ServicerContext, loaded: LoadedModel, inputs: dict[str, np.ndarray],
-                       captures: list[CaptureRequest], then: Callable[[Any], Any] = lambda out: out) -> Any:
+    async def _forward(
+        self,
+        context: grpc.aio.ServicerContext,
+        loaded: LoadedModel,
+        inputs: dict[str, np.ndarray],
+        captures: list[CaptureRequest],
+        then: Callable[[Any], Any] = lambda out: out,
+    ) -> Any:
         """One forward pass bounded by the call: its deadline, its cancellation and server shutdown;
         ``then(output)`` runs in the same worker thread (after the model's lock is released).
 
@@ -377,7 +430,8 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
             return await asyncio.to_thread(
-                lambda: then(loaded.run(inputs, captures, cancelled=cancel.is_set, deadline=deadline)))
+                lambda: then(loaded.run(inputs, captures, cancelled=cancel.is_set, deadline=deadline))
+            )
         except asyncio.CancelledError:
             cancel.set()
             raise
@@ -390,9 +444,16 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         loaded = self.models.loaded_upload(request.model) or await asyncio.to_thread(self.models.get, request.model)
         inputs = self._decode_inputs(loaded, request.inputs)
         graph = loaded.graph
-        captures = [CaptureRequest(l.name, "output") for l in graph.select(list(request.layers))] if request.layers else []
-        captures += [CaptureRequest(l.name, "input") for l in graph.select(list(request.layer_inputs))] \
-            if request.layer_inputs else []
+        captures = (
+            [CaptureRequest(layer.name, "output") for layer in graph.select(list(request.layers))]
+            if request.layers
+            else []
+        )
+        captures += (
+            [CaptureRequest(layer.name, "input") for layer in graph.select(list(request.layer_inputs))]
+            if request.layer_inputs
+            else []
+        )
         skip_outputs, seconds = request.skip_model_outputs, 0.0
         # Same host only: a remote peer could not map the segment, and never gets one made for it.
         share = request.accept_shared_memory and self.segments.enabled and shared_memory.local_peer(context.peer())
@@ -412,15 +473,19 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             shared = self.segments.share(tensors) if share else None
             if shared is not None:  # freed by the client once it maps it; by this timer if it never does
                 with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): close() unlinks it
-                    loop.call_soon_threadsafe(loop.call_later, self.limits.shared_memory_seconds, self.segments.free,
-                                              shared.segment)
+                    loop.call_soon_threadsafe(
+                        loop.call_later, self.limits.shared_memory_seconds, self.segments.free, shared.segment
+                    )
             return tensors, [] if shared is not None else [checksum(a) for _, a in tensors], shared
 
         start = time.perf_counter()
         tensors, crcs, shared = await self._forward(context, loaded, inputs, captures, then=framed)
         total = sum(a.nbytes for _, a in tensors)
-        done = pb.CaptureResponse(done=pb.CaptureDone(num_tensors=len(tensors), total_bytes=total,
-                                                      device=getattr(loaded.backend, "device", "cpu")))
+        done = pb.CaptureResponse(
+            done=pb.CaptureDone(
+                num_tensors=len(tensors), total_bytes=total, device=getattr(loaded.backend, "device", "cpu")
+            )
+        )
         times.set_seconds(done.done.forward_time, seconds)
         if shared is None:
             for (name, array), crc in zip(tensors, crcs):
@@ -443,7 +508,8 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
     async def ListMetrics(self, request: pb.ListMetricsRequest, context) -> pb.ListMetricsResponse:
         return pb.ListMetricsResponse(
             metrics=[convert.metric_info_proto(e) for _, e in sorted(self.registry.metrics.items())],
-            datasets=sorted(self.registry.datasets), plugin_errors=self.registry.errors,
+            datasets=sorted(self.registry.datasets),
+            plugin_errors=self.registry.errors,
         )
 
     @rpc
@@ -455,15 +521,18 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         return pb.ListRunsResponse(runs=await asyncio.to_thread(self.store.list_runs, request.limit or 100))
 
     @rpc
-    async def Analyze(self, request_iterator: AsyncIterator[pb.AnalyzeRequest], context) -> AsyncIterator[pb.AnalyzeResponse]:
+    async def Analyze(
+        self, request_iterator: AsyncIterator[pb.AnalyzeRequest], context
+    ) -> AsyncIterator[pb.AnalyzeResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "config":
             raise InvalidInput("Analyze must start with an AnalyzeConfig message")
         config = first.config
         plan = await asyncio.to_thread(plan_run, config, self.registry, self.models, self.limits)
         if not self._runs.acquire(blocking=False):
-            raise LimitExceeded("max_concurrent_runs", self.limits.max_concurrent_runs,
-                                self.limits.max_concurrent_runs + 1, "runs")
+            raise LimitExceeded(
+                "max_concurrent_runs", self.limits.max_concurrent_runs, self.limits.max_concurrent_runs + 1, "runs"
+            )
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[pb.AnalyzeResponse | BaseException | None] = asyncio.Queue()
         cancel = threading.Event()
@@ -471,11 +540,16 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         client_queue = _Handoff(maxsize=4)
         needs_client_data = plan.needs_data and plan.dataset_batches is None
 
-        executor = RunExecutor(plan, self.store, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-                               cancel, self.limits.max_run_seconds,
-                               client_queue.items() if needs_client_data else None,
-                               isolation=self.settings.metric_isolation,
-                               memory_bytes=self.limits.metric_memory_bytes)
+        executor = RunExecutor(
+            plan,
+            self.store,
+            lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+            cancel,
+            self.limits.max_run_seconds,
+            client_queue.items() if needs_client_data else None,
+            isolation=self.settings.metric_isolation,
+            memory_bytes=self.limits.metric_memory_bytes,
+        )
         if self.ray is not None:  # --executor ray: the same run, its checkpoints as Ray tasks
             executor = ray_executor.on_ray(executor, self.ray)
         first_model = plan.checkpoints[0]

@@ -111,8 +111,13 @@ class SegmentPool:
             os.close(fd)
         message = pb.SharedTensors(segment=name, size_bytes=total)
         for tensor_name, array, offset in layout:
-            message.tensors.add(name=tensor_name, dtype=kserve_dtype(array.dtype), shape=array.shape,
-                                offset=offset, total_bytes=array.nbytes)
+            message.tensors.add(
+                name=tensor_name,
+                dtype=kserve_dtype(array.dtype),
+                shape=array.shape,
+                offset=offset,
+                total_bytes=array.nbytes,
+            )
         return message
 
     def free(self, name: str) -> None:

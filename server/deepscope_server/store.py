@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -39,9 +39,9 @@ from deepscope.results import run_status_name
 from deepscope.v1 import introspection_pb2 as pb
 
 from .errors import StorageFull, shorten, unknown
+from .uploads import SideFile, UploadWriter
 
 log = logging.getLogger(__name__)
-from .uploads import SideFile, UploadWriter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -90,7 +90,7 @@ def _with_times(info: pb.RunInfo, created: str | None, finished: str | None) -> 
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def repair_hint(root: Path) -> str:
@@ -136,8 +136,10 @@ def claim_store(root: Path) -> IO[str]:
     except BlockingIOError:
         owner = lock_record.describe(handle.read())
         handle.close()
-        raise StoreInUse(f"store {path.parent} is in use by another deepscope-server ({owner}); "
-                         "connect to that server (--server HOST:PORT) or pick another --store") from None
+        raise StoreInUse(
+            f"store {path.parent} is in use by another deepscope-server ({owner}); "
+            "connect to that server (--server HOST:PORT) or pick another --store"
+        ) from None
     handle.truncate(0)
     handle.write(lock_record.initial(os.getpid()))
     handle.flush()
@@ -202,8 +204,12 @@ class Store:
         with self._lock:
             self._flush_unrecorded()
             for run_id in self._unrecorded:
-                log.error("run %s: its final state (%s) could not be written to %s; it will show as interrupted",
-                          run_id, run_status_name(self._unrecorded[run_id].status), self.db_path)
+                log.error(
+                    "run %s: its final state (%s) could not be written to %s; it will show as interrupted",
+                    run_id,
+                    run_status_name(self._unrecorded[run_id].status),
+                    self.db_path,
+                )
             self._db.close()
         self._lock_file.close()
 
@@ -215,19 +221,29 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             if is_full(exc):
                 detail = exc.strerror if isinstance(exc, OSError) else str(exc)
-                raise StorageFull(f"the server's disk is full (store {self.root}): {doing} failed: {detail}; "
-                                  "the operator must free space") from exc
+                raise StorageFull(
+                    f"the server's disk is full (store {self.root}): {doing} failed: {detail}; "
+                    "the operator must free space"
+                ) from exc
             if is_damaged(exc):
-                raise StoreUnusable(f"store database {self.db_path} is not a valid SQLite file ({exc}); "
-                                    f"{repair_hint(self.root)}") from None
+                raise StoreUnusable(
+                    f"store database {self.db_path} is not a valid SQLite file ({exc}); {repair_hint(self.root)}"
+                ) from None
             raise
 
     def _skip(self, what: str, key: str, exc: Exception) -> None:
         """Log an unreadable row once (it is skipped, never fails a listing)."""
         if (what, key) not in self._reported:
             self._reported.add((what, key))
-            log.warning("skipping %s %s in %s: unreadable (%s: %s); run deepscope-server --store %s --check-store",
-                        what, key, self.db_path, type(exc).__name__, exc, self.root)
+            log.warning(
+                "skipping %s %s in %s: unreadable (%s: %s); run deepscope-server --store %s --check-store",
+                what,
+                key,
+                self.db_path,
+                type(exc).__name__,
+                exc,
+                self.root,
+            )
 
     def _clean_leftovers(self) -> None:
         """Remove what a killed server left behind: upload temp files, models whose load was cut off."""
@@ -236,25 +252,38 @@ class Store:
             temp.unlink(missing_ok=True)
             log.warning("removed %s: the temp file of an upload cut off by a crash", temp)
         for marker in self.models_dir.glob(PENDING_PREFIX + "*"):
-            model_id = marker.name[len(PENDING_PREFIX):]
+            model_id = marker.name[len(PENDING_PREFIX) :]
             folder = self.models_dir / model_id
             if MODEL_ID.fullmatch(model_id) and model_id not in catalogued and folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
                 log.warning("removed %s: a model whose upload was cut off by a crash while it loaded", folder)
             marker.unlink(missing_ok=True)
-        stray = sorted(p.name for p in self.models_dir.iterdir() if MODEL_ID.fullmatch(p.name) and p.name not in catalogued)
+        stray = sorted(
+            p.name for p in self.models_dir.iterdir() if MODEL_ID.fullmatch(p.name) and p.name not in catalogued
+        )
         if stray:
-            log.warning("%d model folder(s) in %s are not in the catalogue (%s...); to restore them: "
-                        "deepscope-server --store %s --rebuild-catalogue", len(stray), self.models_dir,
-                        stray[0][:12], self.root)
+            log.warning(
+                "%d model folder(s) in %s are not in the catalogue (%s...); to restore them: "
+                "deepscope-server --store %s --rebuild-catalogue",
+                len(stray),
+                self.models_dir,
+                stray[0][:12],
+                self.root,
+            )
 
     # ------------------------------------------------------------ models
 
     def _pending(self, model_id: str) -> Path:
         return self.models_dir / f"{PENDING_PREFIX}{model_id}"
 
-    def write_model(self, name: str, chunks: Iterable[bytes | SideFile], max_bytes: int,
-                    declared_bytes: int | None = None, declared_sha256: str = "") -> tuple[str, Path, int]:
+    def write_model(
+        self,
+        name: str,
+        chunks: Iterable[bytes | SideFile],
+        max_bytes: int,
+        declared_bytes: int | None = None,
+        declared_sha256: str = "",
+    ) -> tuple[str, Path, int]:
         """Stream an upload (the model's chunks, then per side file a SideFile marker and its chunks)
         to temp files, hash them and rename them into ``models/<id>/``.
 
@@ -377,8 +406,13 @@ class Store:
             except sqlite3.Error as exc:
                 if ("unrecorded", run_id) not in self._reported:
                     self._reported.add(("unrecorded", run_id))
-                    log.warning("run %s (%s) cannot be recorded in %s yet: %s; kept in memory until it can",
-                                run_id, run_status_name(info.status), self.db_path, exc)
+                    log.warning(
+                        "run %s (%s) cannot be recorded in %s yet: %s; kept in memory until it can",
+                        run_id,
+                        run_status_name(info.status),
+                        self.db_path,
+                        exc,
+                    )
                 continue
             del self._unrecorded[run_id]
             if ("unrecorded", run_id) in self._reported:
@@ -414,8 +448,9 @@ class Store:
                     info = _with_times(parse_info(row[0]), row[1], row[2])
                 except BAD_ROW as exc:
                     self._skip("run", run_id, exc)
-                    raise StoreUnusable(f"run '{run_id}' has an unreadable record in {self.db_path}; "
-                                        f"{repair_hint(self.root)}") from None
+                    raise StoreUnusable(
+                        f"run '{run_id}' has an unreadable record in {self.db_path}; {repair_hint(self.root)}"
+                    ) from None
             stored = self._db.execute("SELECT COUNT(*) FROM results WHERE run_id=?", (run_id,)).fetchone()[0]
             results = self._results(run_id)
         detail = pb.GetRunResponse(info=info, results=results)
@@ -432,7 +467,9 @@ class Store:
             self._flush_unrecorded()
             rows = self._db.execute(
                 "SELECT id, info, (SELECT COUNT(*) FROM results WHERE results.run_id = runs.id), created_at, "
-                "finished_at FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+                "finished_at FROM runs ORDER BY created_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
             runs = []
             for run_id, blob, count, created, finished in rows:
                 try:

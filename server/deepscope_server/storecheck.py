@@ -16,13 +16,26 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .backends.detect import detect_format
 from .errors import InvalidInput, StorageFull
-from .store import (BAD_ROW, DB_NAME, MODEL_ID, PENDING_PREFIX, UPLOAD_PREFIX, Store, StoreInUse, StoreUnusable,
-                    claim_store, is_damaged, open_db, parse_info, parse_result)
+from .store import (
+    BAD_ROW,
+    DB_NAME,
+    MODEL_ID,
+    PENDING_PREFIX,
+    UPLOAD_PREFIX,
+    Store,
+    StoreInUse,
+    StoreUnusable,
+    claim_store,
+    is_damaged,
+    open_db,
+    parse_info,
+    parse_result,
+)
 
 TABLES = ("models", "runs", "results")
 
@@ -40,8 +53,11 @@ def model_files(models_dir: Path) -> dict[str, Path]:
     """{id: file} of every content-addressed model folder on disk."""
     if not models_dir.is_dir():
         return {}
-    return {p.name: p / "model" for p in sorted(models_dir.iterdir())
-            if MODEL_ID.fullmatch(p.name) and (p / "model").is_file()}
+    return {
+        p.name: p / "model"
+        for p in sorted(models_dir.iterdir())
+        if MODEL_ID.fullmatch(p.name) and (p / "model").is_file()
+    }
 
 
 @contextlib.contextmanager
@@ -128,8 +144,10 @@ def inspect_store(root: Path) -> tuple[list[str], str]:
     if not _server_running(root):
         leftovers = [p.name for p in (root / "models").glob(".*") if p.name.startswith((UPLOAD_PREFIX, PENDING_PREFIX))]
         if leftovers:
-            problems.append(f"{len(leftovers)} leftover(s) of uploads cut off by a crash ({', '.join(sorted(leftovers))}); "
-                            "the next start removes them")
+            problems.append(
+                f"{len(leftovers)} leftover(s) of uploads cut off by a crash ({', '.join(sorted(leftovers))}); "
+                "the next start removes them"
+            )
     return problems, summary
 
 
@@ -176,8 +194,11 @@ def _copy_readable(damaged: Path, db: sqlite3.Connection) -> None:
 def _drop_unreadable(db: sqlite3.Connection) -> None:
     """Runs and results no one can read (and results of no run) only make every listing skip them."""
     runs = [run_id for run_id, blob in db.execute("SELECT id, info FROM runs") if not _readable(parse_info, blob)]
-    results = [(run_id, seq) for run_id, seq, payload in db.execute("SELECT run_id, seq, payload FROM results")
-               if not _readable(parse_result, payload)]
+    results = [
+        (run_id, seq)
+        for run_id, seq, payload in db.execute("SELECT run_id, seq, payload FROM results")
+        if not _readable(parse_result, payload)
+    ]
     db.executemany("DELETE FROM runs WHERE id=?", [(r,) for r in runs])
     db.executemany("DELETE FROM results WHERE run_id=? AND seq=?", results)
     orphans = db.execute("DELETE FROM results WHERE run_id NOT IN (SELECT id FROM runs)").rowcount
@@ -199,7 +220,7 @@ def repair_database(db_path: Path) -> None:
                 raise
             damaged = True
     if damaged:
-        aside = db_path.with_name(f"{DB_NAME}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+        aside = db_path.with_name(f"{DB_NAME}.damaged-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{db_path}{suffix}").exists():
                 os.replace(f"{db_path}{suffix}", f"{aside}{suffix}")

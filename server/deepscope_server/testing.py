@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .model_graph import Layer, ModelGraph, TensorSpec
 from .errors import shorten
+from .model_graph import Layer, ModelGraph, TensorSpec
 from .plugin_api import Batch, Context, Metric, ModelHandle, Needs
 
 

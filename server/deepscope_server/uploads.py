@@ -38,10 +38,16 @@ def side_path(path: str) -> PurePosixPath:
     The same rule the ONNX loader applies to external-data locations: relative, no ``..``.
     """
     parts = path.split("/")
-    if (not path or path.startswith("/") or "\\" in path or PureWindowsPath(path).drive
-            or any(part in ("", ".", "..") for part in parts)):
-        raise InvalidInput(f"side file path '{path}' must be a relative path inside the model's directory "
-                           "('/' separators, no '..')")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or PureWindowsPath(path).drive
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise InvalidInput(
+            f"side file path '{path}' must be a relative path inside the model's directory ('/' separators, no '..')"
+        )
     if path == MODEL_FILE or parts[0].startswith(".upload-"):
         raise InvalidInput(f"side file path '{path}' is reserved by the store; rename the external data file")
     return PurePosixPath(path)
@@ -64,7 +70,7 @@ class _Part:
     declared_bytes: int | None
     declared_sha256: str
     tmp: Path
-    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
     size: int = 0
 
 

@@ -28,9 +28,11 @@ def _decode(deserializer: Deserializer, raw: bytes, method: str) -> Any:
     try:
         return deserializer(raw)
     except DecodeError as exc:
-        raise InvalidInput(f"{method}: the request is not a valid protobuf message ({exc}); "
-                           "send the request message of this method serialised by the generated code",
-                           reason="MALFORMED_REQUEST") from None
+        raise InvalidInput(
+            f"{method}: the request is not a valid protobuf message ({exc}); "
+            "send the request message of this method serialised by the generated code",
+            reason="MALFORMED_REQUEST",
+        ) from None
 
 
 def _unary(behavior: Callable[..., Any], deserializer: Deserializer, method: str) -> Callable[..., Any]:
@@ -43,13 +45,16 @@ def _unary(behavior: Callable[..., Any], deserializer: Deserializer, method: str
             await rich_status.abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason="MALFORMED_REQUEST")
 
     if inspect.isasyncgenfunction(behavior):
+
         async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async for item in behavior(await decoded(raw, context), context):
                 yield item
+
         return stream
 
     async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         return await behavior(await decoded(raw, context), context)
+
     return unary
 
 
@@ -64,19 +69,24 @@ def _streaming(behavior: Callable[..., Any], deserializer: Deserializer, method:
                 except InvalidInput as exc:
                     context.set_code(grpc.StatusCode.INVALID_ARGUMENT)  # for handlers that do not map it
                     context.set_details(str(exc))
-                    context.set_trailing_metadata(rich_status.details_trailer(
-                        grpc.StatusCode.INVALID_ARGUMENT, str(exc), error=exc))
+                    context.set_trailing_metadata(
+                        rich_status.details_trailer(grpc.StatusCode.INVALID_ARGUMENT, str(exc), error=exc)
+                    )
                     raise
+
         return each()
 
     if inspect.isasyncgenfunction(behavior):
+
         async def stream(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async for item in behavior(messages(raws, context), context):
                 yield item
+
         return stream
 
     async def unary(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
         return await behavior(messages(raws, context), context)
+
     return unary
 
 
@@ -87,18 +97,23 @@ def decoding_in_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.Rpc
     if deserializer is None or not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
         return handler  # raw bytes already, or a sync handler grpc runs in its thread pool: left as is
     wrap = _streaming if handler.request_streaming else _unary
-    kind = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    kind = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
     return kind[(handler.request_streaming, handler.response_streaming)](
-        wrap(behavior, deserializer, method), request_deserializer=None,
-        response_serializer=handler.response_serializer)
+        wrap(behavior, deserializer, method), request_deserializer=None, response_serializer=handler.response_serializer
+    )
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):
     """Every call's handler decodes its own request bytes (see the module docstring)."""
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)

@@ -57,8 +57,10 @@ def _encode(value: Any, arrays: list[np.ndarray]) -> Any:
         name = type(value).__name__
         if CLASSES.get(name) is not type(value):
             raise CodecError(f"{name} is not a message class")
-        return {"__dc__": name, "f": {f.name: _encode(getattr(value, f.name), arrays)
-                                      for f in dataclasses.fields(value) if f.init}}
+        return {
+            "__dc__": name,
+            "f": {f.name: _encode(getattr(value, f.name), arrays) for f in dataclasses.fields(value) if f.init},
+        }
     if isinstance(value, tuple):
         return {"__t__": [_encode(v, arrays) for v in value]}
     if isinstance(value, list):

@@ -166,8 +166,14 @@ def export(
             with warnings.catch_warnings(), _quiet("torch.onnx"):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
-                    model, (example_input,), dynamo=True, optimize=False, external_data=False,
-                    dynamic_shapes=({0: batch},), input_names=[input_name], output_names=["output"],
+                    model,
+                    (example_input,),
+                    dynamo=True,
+                    optimize=False,
+                    external_data=False,
+                    dynamic_shapes=({0: batch},),
+                    input_names=[input_name],
+                    output_names=["output"],
                     verbose=False,
                 )
             program.save(str(path), external_data=False)

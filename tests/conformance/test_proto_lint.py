@@ -20,8 +20,9 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_buf_lint_is_clean(node_modules) -> None:
-    done = subprocess.run([str(node_modules / ".bin" / "buf"), "lint"], cwd=PROTO, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [str(node_modules / ".bin" / "buf"), "lint"], cwd=PROTO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -34,7 +35,11 @@ def test_buf_breaking_against_the_previous_commit(node_modules) -> None:
     against = "HEAD" if dirty else "HEAD~1"
     if _git("rev-parse", "--verify", "--quiet", f"{against}^{{commit}}").returncode != 0:
         pytest.skip(f"{against} is not in this clone (shallow?): nothing to compare with")
-    done = subprocess.run([str(node_modules / ".bin" / "buf"), "breaking", "--against",
-                           f"{ROOT / '.git'}#ref={against},subdir=proto"], cwd=PROTO, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [str(node_modules / ".bin" / "buf"), "breaking", "--against", f"{ROOT / '.git'}#ref={against},subdir=proto"],
+        cwd=PROTO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

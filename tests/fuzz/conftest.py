@@ -11,13 +11,17 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-
-from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 from integration.conftest import exported, start_server  # noqa: F401 - re-exported fixture
 
+from deepscope.v1 import introspection_pb2_grpc as pb_grpc
+
 #: Status codes a bad input may get; UNKNOWN and INTERNAL mean a bug (an unmapped exception).
-ACCEPTABLE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND,
-              grpc.StatusCode.FAILED_PRECONDITION}
+ACCEPTABLE = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 def examples(default: int) -> int:

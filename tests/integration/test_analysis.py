@@ -33,8 +33,13 @@ def test_list_metrics_shows_plugin_and_parameters(client):
 
 def test_streaming_metric_on_server_dataset_matches_torch(client, exported, torch_models):
     model = client.upload_model(exported["mlp"]["pt2"])
-    run = client.analyze(model, data="digits", metrics=["example.activation_moments", "example.weight_spectrum"],
-                         layers=["fc1", "fc2"], batch_size=50)
+    run = client.analyze(
+        model,
+        data="digits",
+        metrics=["example.activation_moments", "example.weight_spectrum"],
+        layers=["fc1", "fc2"],
+        batch_size=50,
+    )
     assert run.status == "completed" and not run.failures
     x, _ = digits_test_split()
     assert run.info.num_samples == len(x)
@@ -58,8 +63,9 @@ def test_client_streamed_batches_with_labels_and_sample_limit(client, exported):
     model = client.upload_model(exported["mlp"]["onnx"])
     x = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
     y = np.arange(300) % 10
-    run = client.analyze(model, data=(x, y), metrics=["example.activation_moments"], layers=["fc1"],
-                         batch_size=64, limit=130)
+    run = client.analyze(
+        model, data=(x, y), metrics=["example.activation_moments"], layers=["fc1"], batch_size=64, limit=130
+    )
     assert run.status == "completed" and run.info.num_samples == 130
     assert run.result("example.activation_moments", "fc1")["num_samples"] == 130
 
@@ -73,9 +79,14 @@ def test_weight_only_metrics_run_without_data(client, exported):
 
 def test_misbehaving_metrics_fail_alone(client, exported):
     model = client.upload_model(exported["mlp"]["onnx"])
-    run = client.analyze(model, data="digits", limit=100, layers=["fc1"], metric_timeout=2.0,
-                         metrics=["testing.raises", "testing.hangs", "testing.malformed",
-                                  "example.activation_moments"])
+    run = client.analyze(
+        model,
+        data="digits",
+        limit=100,
+        layers=["fc1"],
+        metric_timeout=2.0,
+        metrics=["testing.raises", "testing.hangs", "testing.malformed", "example.activation_moments"],
+    )
     assert run.status == "completed"
     failures = {metric: error for (metric, _, _), error in run.failures.items()}
     assert "boom from a plugin" in failures["testing.raises"]
@@ -89,18 +100,33 @@ def test_misbehaving_metrics_fail_alone(client, exported):
 def test_invalid_configs_are_refused_before_work(client, exported):
     model = client.upload_model(exported["mlp"]["onnx"])
     cases = [
-        (dict(metrics=["example.activation_moments"], params={"example.activation_moments": {"bogus": 1}}),
-         deepscope.InvalidArgument, "unknown parameter.*bogus.*valid: reduce"),
-        (dict(metrics=["example.activation_moments"], params={"example.activation_moments": {"reduce": "max"}}),
-         deepscope.InvalidArgument, "must be one of mean, flatten"),
-        (dict(metrics=["fractal.box_dimension"], params={"fractal.box_dimension": {"restarts": 10**9}}),
-         deepscope.InvalidArgument, "fractal.box_dimension: parameter 'restarts' must be <= 100, got 1000000000"),
-        (dict(metrics=["example.weight_spectrum"], layers=["act1"]),
-         deepscope.InvalidArgument, "applies to layer kinds conv, linear.*activation"),
+        (
+            dict(metrics=["example.activation_moments"], params={"example.activation_moments": {"bogus": 1}}),
+            deepscope.InvalidArgument,
+            "unknown parameter.*bogus.*valid: reduce",
+        ),
+        (
+            dict(metrics=["example.activation_moments"], params={"example.activation_moments": {"reduce": "max"}}),
+            deepscope.InvalidArgument,
+            "must be one of mean, flatten",
+        ),
+        (
+            dict(metrics=["fractal.box_dimension"], params={"fractal.box_dimension": {"restarts": 10**9}}),
+            deepscope.InvalidArgument,
+            "fractal.box_dimension: parameter 'restarts' must be <= 100, got 1000000000",
+        ),
+        (
+            dict(metrics=["example.weight_spectrum"], layers=["act1"]),
+            deepscope.InvalidArgument,
+            "applies to layer kinds conv, linear.*activation",
+        ),
         (dict(metrics=["example.nope"]), deepscope.NotFound, "matches no metric"),
         (dict(metrics=["example.activation_moments"], data="mnist"), deepscope.NotFound, "available: digits"),
-        (dict(metrics=["example.activation_moments"], batch_size=100_000), deepscope.ResourceExhausted,
-         "max_batch_size"),
+        (
+            dict(metrics=["example.activation_moments"], batch_size=100_000),
+            deepscope.ResourceExhausted,
+            "max_batch_size",
+        ),
     ]
     before = len(client.runs(1000))
     for kwargs, error, message in cases:
@@ -134,8 +160,15 @@ def test_cancel_stops_the_run_and_marks_it(client, exported):
 
     started = time.monotonic()
     with pytest.raises(Stop):
-        client.analyze(model, data="digits", split="all", batch_size=16, metrics=["testing.slow"],
-                       params={"testing.slow": {"seconds": 0.3}}, on_event=on_event)
+        client.analyze(
+            model,
+            data="digits",
+            split="all",
+            batch_size=16,
+            metrics=["testing.slow"],
+            params={"testing.slow": {"seconds": 0.3}},
+            on_event=on_event,
+        )
     deadline = time.monotonic() + 20
     while client.get_run(seen[0]).status == "running" and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -147,8 +180,15 @@ def test_cancel_stops_the_run_and_marks_it(client, exported):
 def test_deadline_cancels_the_run(client, exported):
     model = client.upload_model(exported["mlp"]["onnx"])
     with pytest.raises(deepscope.DeadlineExceeded):
-        client.analyze(model, data="digits", split="all", batch_size=16, metrics=["testing.slow"],
-                       params={"testing.slow": {"seconds": 0.3}}, timeout=2.0)
+        client.analyze(
+            model,
+            data="digits",
+            split="all",
+            batch_size=16,
+            metrics=["testing.slow"],
+            params={"testing.slow": {"seconds": 0.3}},
+            timeout=2.0,
+        )
     deadline = time.monotonic() + 20
     latest = client.runs(1)[0]
     while latest.status == "running" and time.monotonic() < deadline:
@@ -189,9 +229,10 @@ def test_runs_and_models_survive_a_restart(tmp_path, exported):
             assert client.model(model.id).name == "model.onnx"
             again = client.get_run(run.id)
             assert again.status == "completed"
-            np.testing.assert_array_equal(again.result("example.activation_moments", "fc1")["mean"],
-                                          run.result("example.activation_moments", "fc1")["mean"])
+            np.testing.assert_array_equal(
+                again.result("example.activation_moments", "fc1")["mean"],
+                run.result("example.activation_moments", "fc1")["mean"],
+            )
             assert client.capture(model.id, np.ones((1, 64), np.float32), layers=["fc1"])["fc1"].shape == (1, 32)
     finally:
         server.stop()
-

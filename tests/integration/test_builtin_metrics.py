@@ -22,11 +22,18 @@ def test_every_builtin_metric_is_listed_with_its_plugin(client):
 def test_all_builtin_metrics_run_end_to_end(client, exported, name, fmt):
     model = client.upload_model(exported[name][fmt])
     data = "digits" if name == "cnn" else "synthetic"
-    run = client.analyze(model, data=data, limit=64, metrics=[f"{f}*" for f in BUILTIN_FAMILIES],
-                         params={"basins.sample": {"samples": 8, "draws": 8, "steps": 4},
-                                 "basins.weight": {"samples": 8, "draws": 4, "steps": 3},
-                                 # 48 training rows allow ~3 pieces: ask for a 10 % cut, not half (default)
-                                 "complexity.piecewise": {"eps": 0.9}})
+    run = client.analyze(
+        model,
+        data=data,
+        limit=64,
+        metrics=[f"{f}*" for f in BUILTIN_FAMILIES],
+        params={
+            "basins.sample": {"samples": 8, "draws": 8, "steps": 4},
+            "basins.weight": {"samples": 8, "draws": 4, "steps": 3},
+            # 48 training rows allow ~3 pieces: ask for a 10 % cut, not half (default)
+            "complexity.piecewise": {"eps": 0.9},
+        },
+    )
     assert run.status == "completed"
     assert not run.failures, run.failures
     # Every metric says something on a real model (not only skips), and what it calls ok is a number.
@@ -61,8 +68,9 @@ def test_cnt_metrics_agree_between_onnx_and_pt2(client, exported):
     values = {}
     for fmt in ("onnx", "pt2"):
         model = client.upload_model(exported["cnn"][fmt])
-        run = client.analyze(model, metrics=["cnt.node_strength", "cnt.layer_fluctuation", "cnt.link_weights"],
-                             data="digits", limit=8)
+        run = client.analyze(
+            model, metrics=["cnt.node_strength", "cnt.layer_fluctuation", "cnt.link_weights"], data="digits", limit=8
+        )
         assert not run.failures, run.failures
         values[fmt] = {(r.metric, r.layer): run.result(r.metric, r.layer) for r in run.results}
     assert values["onnx"].keys() == values["pt2"].keys()
@@ -75,8 +83,9 @@ def test_cnt_metrics_agree_between_onnx_and_pt2(client, exported):
 
 def test_graphs_come_out_as_networkx(client, exported):
     model = client.upload_model(exported["mlp"]["onnx"])
-    run = client.analyze(model, data="digits", limit=64, layers=["fc2"],
-                         metrics=["cnt.weight_graph", "fractal.box_dimension"])
+    run = client.analyze(
+        model, data="digits", limit=64, layers=["fc2"], metrics=["cnt.weight_graph", "fractal.box_dimension"]
+    )
     assert not run.failures, run.failures
     weights = client.weights(model, ["fc2"])["fc2"]
     g = run.graph("cnt.weight_graph", "fc2")

@@ -30,24 +30,46 @@ def remote(server) -> list[str]:
 def test_analyze_embedded_writes_json_and_report(tmp_path, exported):
     out_json, report = tmp_path / "r.json", tmp_path / "r.html"
     cache = {"DEEPSCOPE_CACHE": str(tmp_path / "cache")}
-    result = run_cli("analyze", str(exported["mlp"]["onnx"]), "--data", "digits", "--limit", "64",
-                     "--metrics", "example.*,fractal.ss_rate", "--layers", "fc*", "--json", str(out_json),
-                     "--report", str(report), "--store", str(tmp_path / "store"), env=cache)
+    result = run_cli(
+        "analyze",
+        str(exported["mlp"]["onnx"]),
+        "--data",
+        "digits",
+        "--limit",
+        "64",
+        "--metrics",
+        "example.*,fractal.ss_rate",
+        "--layers",
+        "fc*",
+        "--json",
+        str(out_json),
+        "--report",
+        str(report),
+        "--store",
+        str(tmp_path / "store"),
+        env=cache,
+    )
     assert result.returncode == 0, result.stderr
     # not a terminal: one progress line per finished metric, no bar
     lines = [line for line in result.stderr.splitlines() if re.match(r"\[\d+:\d\d\] metric \d+/\d+ · ", line)]
     assert [line.split("] ", 1)[1] for line in lines] == [
-        "metric 1/3 · example.activation_moments: 3 ok", "metric 2/3 · example.weight_spectrum: 3 ok",
-        "metric 3/3 · fractal.ss_rate: 3 ok"]
+        "metric 1/3 · example.activation_moments: 3 ok",
+        "metric 2/3 · example.weight_spectrum: 3 ok",
+        "metric 3/3 · fractal.ss_rate: 3 ok",
+    ]
     assert "\r" not in result.stderr and "run completed" in result.stderr
 
     # The catalogue and the model's layers are cached now: typos fail before a server would start.
     for args, message in [
         (["--metrics", "example.nope"], "metric 'example.nope' matches no metric (did you mean: example."),
-        (["--metrics", "cnt.node_strength", "--param", "cnt.node_strength.bogus=1"],
-         "unknown parameter 'bogus' for cnt.node_strength; valid: mode"),
-        (["--metrics", "cnt.node_strength", "--param", "cnt.node_strength.mode=whatever"],
-         "cnt.node_strength.mode must be one of code, graph"),
+        (
+            ["--metrics", "cnt.node_strength", "--param", "cnt.node_strength.bogus=1"],
+            "unknown parameter 'bogus' for cnt.node_strength; valid: mode",
+        ),
+        (
+            ["--metrics", "cnt.node_strength", "--param", "cnt.node_strength.mode=whatever"],
+            "cnt.node_strength.mode must be one of code, graph",
+        ),
         (["--metrics", "cnt.node_strength", "--layers", "kind:conv"], "this model's kinds: activation, linear"),
     ]:
         store = tmp_path / "never-started"
@@ -69,17 +91,36 @@ def test_analyze_embedded_writes_json_and_report(tmp_path, exported):
 def test_series_capture_show_and_runs(tmp_path, remote, exported):
     x = np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    result = run_cli("capture", str(exported["mlp"]["pt2"]), "--layers", "fc1", "act*", "--data",
-                     str(tmp_path / "x.npy"), "--out", str(tmp_path / "acts.npz"), *remote)
+    result = run_cli(
+        "capture",
+        str(exported["mlp"]["pt2"]),
+        "--layers",
+        "fc1",
+        "act*",
+        "--data",
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(tmp_path / "acts.npz"),
+        *remote,
+    )
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "acts.npz") as acts:
         assert acts["fc1"].shape == (10, 32) and acts["act1"].shape == (10, 32)
         assert (acts["act1"] >= 0).all() and np.allclose(acts["act1"], np.maximum(acts["fc1"], 0))
 
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(10))
-    result = run_cli("analyze", str(exported["mlp"]["onnx"]), str(exported["mlp"]["pt2"]), "--data",
-                     str(tmp_path / "d.npz"), "--metrics", "example.weight_spectrum", "--json",
-                     str(tmp_path / "s.json"), *remote)
+    result = run_cli(
+        "analyze",
+        str(exported["mlp"]["onnx"]),
+        str(exported["mlp"]["pt2"]),
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--metrics",
+        "example.weight_spectrum",
+        "--json",
+        str(tmp_path / "s.json"),
+        *remote,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "s.json").read_text())
     assert {r["checkpoint"] for r in data["results"]} == {0, 1}
@@ -94,12 +135,15 @@ def test_series_capture_show_and_runs(tmp_path, remote, exported):
     assert infos["fractal.box_dimension"]["params"]["restarts"] == {"type": "int", "default": 3, "min": 1, "max": 100}
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["analyze", "missing.onnx", "--server", "127.0.0.1:1"], 1, "model file not found: missing.onnx"),
-    (["analyze", "x", "--param", "nonsense", "--server", "127.0.0.1:1"], 2, "expected METRIC.KEY=VALUE"),
-    (["metrics", "--server", "127.0.0.1:1"], 3, "cannot reach the server at 127.0.0.1:1"),
-    (["analyze"], 2, "the following arguments are required"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["analyze", "missing.onnx", "--server", "127.0.0.1:1"], 1, "model file not found: missing.onnx"),
+        (["analyze", "x", "--param", "nonsense", "--server", "127.0.0.1:1"], 2, "expected METRIC.KEY=VALUE"),
+        (["metrics", "--server", "127.0.0.1:1"], 3, "cannot reach the server at 127.0.0.1:1"),
+        (["analyze"], 2, "the following arguments are required"),
+    ],
+)
 def test_bad_usage_is_one_clear_line(args, code, message):
     result = run_cli(*args, timeout=60)
     assert result.returncode == code
@@ -113,8 +157,21 @@ def test_server_errors_become_one_line(remote, exported):
     assert "metric 'example.nope' matches no metric" in result.stderr
     assert "Traceback" not in result.stderr
     # what only the server can know is bad usage too: a dataset that does not fit the model
-    result = run_cli("analyze", str(exported["cnn"]["onnx"]), "--metrics", "example.activation_moments",
-                     "--data", "synthetic", "--limit", "8", "--split", "train", "--layers", "nope*", *remote)
+    result = run_cli(
+        "analyze",
+        str(exported["cnn"]["onnx"]),
+        "--metrics",
+        "example.activation_moments",
+        "--data",
+        "synthetic",
+        "--limit",
+        "8",
+        "--split",
+        "train",
+        "--layers",
+        "nope*",
+        *remote,
+    )
     assert result.returncode == 2 and "matches no layer" in result.stderr, result.stderr
 
 
@@ -122,8 +179,18 @@ def test_large_arrays_go_to_a_sidecar(tmp_path, remote, exported, client):
     from deepscope.export import INLINE_MAX, read_json
 
     out = tmp_path / "g.json"
-    result = run_cli("analyze", str(exported["mlp"]["onnx"]), "--metrics", "cnt.weight_graph,example.weight_spectrum",
-                     "--layers", "fc1", "fc3", "--json", str(out), *remote)
+    result = run_cli(
+        "analyze",
+        str(exported["mlp"]["onnx"]),
+        "--metrics",
+        "cnt.weight_graph,example.weight_spectrum",
+        "--layers",
+        "fc1",
+        "fc3",
+        "--json",
+        str(out),
+        *remote,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "g.npz").is_file() and "g.npz" in result.stderr
     raw = json.loads(out.read_text())
@@ -163,17 +230,37 @@ def test_report_renders_in_a_real_browser(tmp_path, client, exported):
     if browser is None:
         pytest.skip("Debian's chromium is not installed (make test installs it where apt is available)")
     model = client.upload_model(exported["cnn"]["onnx"])
-    run = client.analyze(model, data="digits", limit=64, metrics=["example.*", "fractal.ss_rate", "testing.raises"],
-                         layers=["conv1", "layer1.0.conv1", "fc"])
+    run = client.analyze(
+        model,
+        data="digits",
+        limit=64,
+        metrics=["example.*", "fractal.ss_rate", "testing.raises"],
+        layers=["conv1", "layer1.0.conv1", "fc"],
+    )
     html = Path(run.report(tmp_path / "report.html")).read_text()
     assert "boom from a plugin" in html  # failed metrics are shown with their error
     probe = tmp_path / "probe.html"
     probe.write_text(html.replace("<head>", "<head>" + CHECK_SCRIPT, 1))
     result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert "id=\"check\"" in result.stdout, result.stderr[-2000:]
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 'id="check"' in result.stdout, result.stderr[-2000:]
     check = result.stdout.split('id="check">', 1)[1].split("<", 1)[0]
     assert check == "images=3 broken=0 errors=0"

@@ -12,7 +12,6 @@ import time
 
 import grpc
 import numpy as np
-import pytest
 
 import deepscope
 from deepscope.v1 import introspection_pb2 as pb
@@ -23,8 +22,14 @@ from .conftest import start_server
 
 def test_crashing_and_leaking_metrics_fail_alone(client, exported):
     model = client.upload_model(exported["mlp"]["onnx"])
-    run = client.analyze(model, data="digits", limit=100, batch_size=10, layers=["fc1"],
-                         metrics=["testing.aborts", "testing.segfaults", "testing.leaks", "example.activation_moments"])
+    run = client.analyze(
+        model,
+        data="digits",
+        limit=100,
+        batch_size=10,
+        layers=["fc1"],
+        metrics=["testing.aborts", "testing.segfaults", "testing.leaks", "example.activation_moments"],
+    )
     assert run.status == "completed"
     failures = {metric: error for (metric, _, _), error in run.failures.items()}
     assert "died from signal SIGABRT" in failures["testing.aborts"]
@@ -59,8 +64,9 @@ def test_sigkill_during_analyze_and_during_upload(tmp_path, exported, servers):
     server, address = _start(store, servers)
     with deepscope.connect(address, token=server.token, progress=False) as client:
         model = client.upload_model(exported["mlp"]["onnx"])
-        done = client.analyze(model, data=x, batch_size=8, metrics=["testing.slow"],
-                              params={"testing.slow": {"seconds": 0.0}})
+        done = client.analyze(
+            model, data=x, batch_size=8, metrics=["testing.slow"], params={"testing.slow": {"seconds": 0.0}}
+        )
         assert done.status == "completed"
         started = threading.Event()
         run_ids: list[str] = []
@@ -75,8 +81,14 @@ def test_sigkill_during_analyze_and_during_upload(tmp_path, exported, servers):
 
         def slow() -> None:
             try:
-                client.analyze(model, data=x, batch_size=4, metrics=["testing.slow"],
-                               params={"testing.slow": {"seconds": 1.0}}, on_event=on_event)
+                client.analyze(
+                    model,
+                    data=x,
+                    batch_size=4,
+                    metrics=["testing.slow"],
+                    params={"testing.slow": {"seconds": 1.0}},
+                    on_event=on_event,
+                )
             except BaseException as exc:  # noqa: BLE001 - the server dies under it
                 outcome["error"] = exc
 
@@ -112,7 +124,8 @@ def test_sigkill_during_analyze_and_during_upload(tmp_path, exported, servers):
             with grpc.insecure_channel(address) as channel:
                 try:
                     pb_grpc.IntrospectionServiceStub(channel).UploadModel(
-                        chunks(), metadata=[("authorization", f"Bearer {server.token}")], timeout=60)
+                        chunks(), metadata=[("authorization", f"Bearer {server.token}")], timeout=60
+                    )
                 except grpc.RpcError:
                     pass
 

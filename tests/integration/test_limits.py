@@ -17,8 +17,15 @@ from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
 from .conftest import start_server
 
-LIMITS = dict(max_model_bytes=300_000, max_message_bytes=1 << 20, max_tensor_elements=10_000,
-              max_batch_size=100, max_capture_bytes=20_000, max_concurrent_runs=1, max_run_seconds=4.0)
+LIMITS = dict(
+    max_model_bytes=300_000,
+    max_message_bytes=1 << 20,
+    max_tensor_elements=10_000,
+    max_batch_size=100,
+    max_capture_bytes=20_000,
+    max_concurrent_runs=1,
+    max_run_seconds=4.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,9 @@ def test_max_model_bytes_from_the_header_and_from_the_stream(limited, exported):
     big = exported["cnn"]["onnx"].read_bytes()
     if len(big) <= LIMITS["max_model_bytes"]:  # pad: the limit is on bytes, whatever they are
         big += b"\0" * (LIMITS["max_model_bytes"] + 1 - len(big))
-    with pytest.raises(deepscope.ResourceExhausted, match=f"max_model_bytes exceeded: {len(big):,} bytes > limit 300,000"):
+    with pytest.raises(
+        deepscope.ResourceExhausted, match=f"max_model_bytes exceeded: {len(big):,} bytes > limit 300,000"
+    ):
         client.upload_model(big, name="big.onnx")
     # A header that lies about the size: the stream itself is cut off at the limit.
     server, _, _ = limited
@@ -68,8 +77,9 @@ def test_max_message_bytes(limited, mlp):
 
 def test_max_tensor_elements(limited, mlp):
     _, _, client = limited
-    with pytest.raises(deepscope.ResourceExhausted,
-                       match=r"max_tensor_elements .*exceeded: 12,800 elements > limit 10,000 elements"):
+    with pytest.raises(
+        deepscope.ResourceExhausted, match=r"max_tensor_elements .*exceeded: 12,800 elements > limit 10,000 elements"
+    ):
         client.capture(mlp, np.zeros((200, 64), np.float32), batch_size=200)
     # A tensor that declares an absurd shape (with few bytes) is refused by the limit, before decoding.
     server, address, _ = limited
@@ -78,8 +88,13 @@ def test_max_tensor_elements(limited, mlp):
         bogus = to_proto(np.zeros((1, 64), np.float32))
         bogus.shape[:] = [10**9, 10**9]
         with pytest.raises(grpc.RpcError) as info:
-            list(stub.Capture(pb.CaptureRequest(model=mlp.id, inputs=[bogus]),
-                              metadata=[("authorization", f"Bearer {server.token}")], timeout=30))
+            list(
+                stub.Capture(
+                    pb.CaptureRequest(model=mlp.id, inputs=[bogus]),
+                    metadata=[("authorization", f"Bearer {server.token}")],
+                    timeout=30,
+                )
+            )
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "1,000,000,000,000,000,000 elements > limit 10,000" in info.value.details()
 
@@ -108,9 +123,14 @@ def test_max_concurrent_runs(limited, mlp):
 
     def slow_run() -> None:
         try:
-            outcome["run"] = client.analyze(mlp, data=x, batch_size=2, metrics=["testing.slow"],
-                                            params={"testing.slow": {"seconds": 0.6}},
-                                            on_event=lambda ev: started.set() if ev.HasField("started") else None)
+            outcome["run"] = client.analyze(
+                mlp,
+                data=x,
+                batch_size=2,
+                metrics=["testing.slow"],
+                params={"testing.slow": {"seconds": 0.6}},
+                on_event=lambda ev: started.set() if ev.HasField("started") else None,
+            )
         except Exception as exc:  # noqa: BLE001 - asserted below
             outcome["error"] = exc
 
@@ -122,8 +142,10 @@ def test_max_concurrent_runs(limited, mlp):
     thread.join(60)
     assert "error" not in outcome and outcome["run"].status == "completed"
     # The slot is free again.
-    assert client.analyze(mlp, data=x, metrics=["testing.slow"],
-                          params={"testing.slow": {"seconds": 0.0}}).status == "completed"
+    assert (
+        client.analyze(mlp, data=x, metrics=["testing.slow"], params={"testing.slow": {"seconds": 0.0}}).status
+        == "completed"
+    )
 
 
 def test_max_run_seconds(limited, mlp):
@@ -132,8 +154,14 @@ def test_max_run_seconds(limited, mlp):
     events: list[pb.AnalyzeResponse] = []
     t0 = time.monotonic()
     with pytest.raises(deepscope.ResourceExhausted, match=r"max_run_seconds exceeded: [\d.]+ s > limit 4.0 s"):
-        client.analyze(mlp, data=x, batch_size=4, metrics=["testing.slow"], params={"testing.slow": {"seconds": 1.0}},
-                       on_event=events.append)
+        client.analyze(
+            mlp,
+            data=x,
+            batch_size=4,
+            metrics=["testing.slow"],
+            params={"testing.slow": {"seconds": 1.0}},
+            on_event=events.append,
+        )
     assert time.monotonic() - t0 < 15
     run_id = next(ev.started.id for ev in events if ev.HasField("started"))
     again = client.get_run(run_id)

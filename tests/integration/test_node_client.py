@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "tests" / "conformance" / "node"
 BATCH = 600  # conv1's output is 600*8*8*8*4 bytes = 1.5 MiB: more than one chunk
 
+
 @pytest.fixture(scope="module")
 def node_client(node_modules) -> Path:
     """The Node client, its dependencies installed exactly as locked."""
@@ -46,8 +47,13 @@ def test_node_client_matches_the_python_sdk(node_client, server, zoo_models, tmp
     (tmp_path / "x.bin").write_bytes(x.tobytes())
     embedded, address = server
     env = {**os.environ, "DEEPSCOPE_TOKEN": embedded.token or "", "DEEPSCOPE_PROTO_PATH": _proto_path()}
-    done = subprocess.run(["node", str(node_client), address, str(model_file), str(tmp_path / "x.bin"), str(BATCH)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(
+        ["node", str(node_client), address, str(model_file), str(tmp_path / "x.bin"), str(BATCH)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr + embedded.log()[-3000:]
     node = json.loads(done.stdout)
 
@@ -69,8 +75,13 @@ def test_node_client_matches_the_python_sdk(node_client, server, zoo_models, tmp
             assert np.array_equal(_array(node["weights"]["tensors"][f"conv1/{name}"]), value)
 
         # Analysis over the same rows in the same two batches: identical numbers.
-        run = client.analyze(model, data=x, metrics=["cnt.node_strength", "example.activation_moments"],
-                             layers=["conv1", "fc"], batch_size=BATCH // 2)
+        run = client.analyze(
+            model,
+            data=x,
+            metrics=["cnt.node_strength", "example.activation_moments"],
+            layers=["conv1", "fc"],
+            batch_size=BATCH // 2,
+        )
         assert node["run_status"] == "RUN_STATUS_COMPLETED" and node["run_in_list"]
         assert node["stored_results"] == len(node["results"]) > 0
         for result in node["results"]:

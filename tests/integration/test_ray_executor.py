@@ -43,8 +43,9 @@ def cluster() -> Iterator[tuple[Cluster, object]]:
 def ray_client(cluster, tmp_path_factory) -> Iterator[deepscope.Client]:
     # Metrics in threads inside each task (process isolation is tested with the local executor; here it
     # would only multiply processes on a 2-core box); models load in the sandbox, as by default.
-    server, address = start_server(tmp_path_factory.mktemp("ray-store"), executor="ray",
-                                   ray_address=cluster[0].address, metric_isolation="thread")
+    server, address = start_server(
+        tmp_path_factory.mktemp("ray-store"), executor="ray", ray_address=cluster[0].address, metric_isolation="thread"
+    )
     try:
         with deepscope.connect(address, token=server.token, progress=False) as client:
             yield client
@@ -94,21 +95,35 @@ def _assert_same_runs(local: deepscope.Run, remote: deepscope.Run) -> None:
     assert remote.info.num_samples == local.info.num_samples
     for metric, layer, checkpoint, status in keys:
         if status == "ok":
-            _same(local.result(metric, layer, checkpoint), remote.result(metric, layer, checkpoint),
-                  f"{metric}/{layer}/{checkpoint}")
+            _same(
+                local.result(metric, layer, checkpoint),
+                remote.result(metric, layer, checkpoint),
+                f"{metric}/{layer}/{checkpoint}",
+            )
 
 
 def _nodes(events: list) -> set[str]:
     """Node ids the server named in its per-checkpoint "loading" events."""
     ids = {node["NodeID"][:8] for node in ray.nodes()}
-    return {i for e in events if e.WhichOneof("event") == "progress" and e.progress.stage == "loading"
-            for i in ids if i in e.progress.message}
+    return {
+        i
+        for e in events
+        if e.WhichOneof("event") == "progress" and e.progress.stage == "loading"
+        for i in ids
+        if i in e.progress.message
+    }
 
 
 def test_four_checkpoints_match_the_local_executor_and_use_both_nodes(ray_client, client, checkpoints):
     events: list = []
-    remote = ray_client.analyze(_upload(ray_client, checkpoints), data="digits", limit=96, batch_size=32,
-                                metrics=METRICS, on_event=events.append)
+    remote = ray_client.analyze(
+        _upload(ray_client, checkpoints),
+        data="digits",
+        limit=96,
+        batch_size=32,
+        metrics=METRICS,
+        on_event=events.append,
+    )
     local = client.analyze(_upload(client, checkpoints), data="digits", limit=96, batch_size=32, metrics=METRICS)
     assert remote.status == "completed" and local.status == "completed"
     assert not remote.failures and {r.checkpoint for r in remote.results} == {0, 1, 2, 3}
@@ -122,11 +137,21 @@ def test_one_checkpoint_splits_its_data_for_mergeable_metrics(ray_client, client
     """2 CPUs, 1 checkpoint: dimension.effective runs on two data shards and is merged; the covariance
     merge is exact, so the spectrum equals one pass over all the data."""
     events: list = []
-    remote = ray_client.analyze(_upload(ray_client, checkpoints[:1]), data="digits", limit=128, batch_size=16,
-                                metrics=["dimension.effective", "example.activation_moments"],
-                                on_event=events.append)
-    local = client.analyze(_upload(client, checkpoints[:1]), data="digits", limit=128, batch_size=16,
-                           metrics=["dimension.effective", "example.activation_moments"])
+    remote = ray_client.analyze(
+        _upload(ray_client, checkpoints[:1]),
+        data="digits",
+        limit=128,
+        batch_size=16,
+        metrics=["dimension.effective", "example.activation_moments"],
+        on_event=events.append,
+    )
+    local = client.analyze(
+        _upload(client, checkpoints[:1]),
+        data="digits",
+        limit=128,
+        batch_size=16,
+        metrics=["dimension.effective", "example.activation_moments"],
+    )
     assert any("data shard 1" in e.progress.message for e in events if e.WhichOneof("event") == "progress")
     assert remote.status == "completed" and not remote.failures
     _assert_same_runs(local, remote)
@@ -145,8 +170,15 @@ def test_cancelling_mid_run_leaves_no_ray_task(ray_client, checkpoints):
     models = _upload(ray_client, checkpoints[:2])
     total = ray.cluster_resources()["CPU"]
     with pytest.raises(deepscope.DeadlineExceeded):
-        ray_client.analyze(models, data="digits", split="all", batch_size=16, metrics=["testing.slow"],
-                           params={"testing.slow": {"seconds": 0.5}}, timeout=6.0)
+        ray_client.analyze(
+            models,
+            data="digits",
+            split="all",
+            batch_size=16,
+            metrics=["testing.slow"],
+            params={"testing.slow": {"seconds": 0.5}},
+            timeout=6.0,
+        )
     assert _ray_cpus_free(total), f"Ray tasks still hold CPUs: {ray.available_resources()}"
     deadline = time.monotonic() + 20
     while (latest := ray_client.runs(1)[0]).status == "running" and time.monotonic() < deadline:
@@ -169,13 +201,21 @@ def test_losing_a_worker_node_fails_only_its_checkpoint(cluster, ray_client, che
             killed.set()
             threading.Thread(target=cluster_.remove_node, args=(worker, False), daemon=True).start()
 
-    run = ray_client.analyze(_upload(ray_client, checkpoints[:2]), data="digits", limit=96, batch_size=16,
-                             metrics=["testing.slow", "example.weight_spectrum"],
-                             params={"testing.slow": {"seconds": 0.4}}, on_event=on_event)
+    run = ray_client.analyze(
+        _upload(ray_client, checkpoints[:2]),
+        data="digits",
+        limit=96,
+        batch_size=16,
+        metrics=["testing.slow", "example.weight_spectrum"],
+        params={"testing.slow": {"seconds": 0.4}},
+        on_event=on_event,
+    )
     assert killed.is_set()
-    on_worker = {int(e.progress.message.split()[1]) for e in events
-                 if e.WhichOneof("event") == "progress" and e.progress.stage == "loading"
-                 and worker_id in e.progress.message}
+    on_worker = {
+        int(e.progress.message.split()[1])
+        for e in events
+        if e.WhichOneof("event") == "progress" and e.progress.stage == "loading" and worker_id in e.progress.message
+    }
     assert len(on_worker) == 1
     lost = on_worker.pop()
     assert run.status == "completed"

@@ -43,8 +43,9 @@ def deep_run(tmp_path_factory, server):
     example = torch.zeros(2, 64)
     paths = []
     for step in range(3):
-        program = torch.export.export(deep_mlp(step), (example,),
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        program = torch.export.export(
+            deep_mlp(step), (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+        )
         path = root / f"step{step * 100}.pt2"
         torch.export.save(program, str(path))
         paths.append(path)
@@ -52,8 +53,13 @@ def deep_run(tmp_path_factory, server):
     with deepscope.connect(address, token=embedded.token, progress=False) as client:
         models = [client.upload_model(p) for p in paths]
         seen: list = []
-        run = client.analyze(models, data="digits", limit=64, metrics=[
-            "example.*", "fractal.ss_rate", "testing.raises"], on_progress=seen.append)
+        run = client.analyze(
+            models,
+            data="digits",
+            limit=64,
+            metrics=["example.*", "fractal.ss_rate", "testing.raises"],
+            on_progress=seen.append,
+        )
     html = Path(run.report(root / "report.html")).read_text()
     return run, html, seen
 
@@ -67,10 +73,25 @@ def chromium() -> str:
 
 def headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args],
-        capture_output=True, text=True, timeout=180)
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 PROBE = """<script>

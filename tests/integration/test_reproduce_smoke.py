@@ -55,8 +55,15 @@ def test_common_pipeline_trains_measures_and_writes_a_table(client, tmp_path: Pa
         assert row.epoch == checkpoints[row.checkpoint].epoch
 
     table = common.markdown_table(values[["layer", "epoch", "value"]])
-    report = common.Report(name="smoke", title="Smoke", paper="none", setup="tiny", table=table,
-                           outcomes=[common.Outcome("a claim", "a measurement", None)], keys_read={METRIC: key})
+    report = common.Report(
+        name="smoke",
+        title="Smoke",
+        paper="none",
+        setup="tiny",
+        table=table,
+        outcomes=[common.Outcome("a claim", "a measurement", None)],
+        keys_read={METRIC: key},
+    )
     figure, ax = plt.subplots()
     ax.plot(values["epoch"], values["value"], "o")
     md = common.write_outputs(report, figure, tmp_path / "out")
@@ -75,7 +82,8 @@ def test_common_pipeline_trains_measures_and_writes_a_table(client, tmp_path: Pa
 def test_pick_key_falls_back_to_the_metrics_headline(client, tmp_path: Path) -> None:
     """When a metric's keys are renamed, the scripts use the server's declared headline instead."""
     data = common.digits()
-    checkpoints = common.train_population([common.TrainSpec(seed=1, hidden=(8,), epochs=(0,), tag="key")],
-                                          data, tmp_path, fmt="pt2")
+    checkpoints = common.train_population(
+        [common.TrainSpec(seed=1, hidden=(8,), epochs=(0,), tag="key")], data, tmp_path, fmt="pt2"
+    )
     run, _ = common.measure(checkpoints, data, [METRIC], ["act*"], client=client)
     assert common.pick_key(run, METRIC, ["renamed_away"]) == run.headline_keys(METRIC, limit=1)[0]

@@ -13,8 +13,6 @@ from deepscope.protocol import PROTOCOL_KEY
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-
-
 #: One row more than the server's default max_batch_size (4096) of the MLP's 64 features: 1 MiB.
 TOO_MANY_ROWS = np.zeros((4097, 64), np.float32)
 
@@ -34,8 +32,12 @@ def _details(error: grpc.RpcError) -> dict[str, object]:
     assert status.message == error.details() and status.code == error.code().value[0]
     out: dict[str, object] = {}
     for packed in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.QuotaFailure,
-                     error_details_pb2.ResourceInfo):
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.QuotaFailure,
+            error_details_pb2.ResourceInfo,
+        ):
             if packed.Is(kind.DESCRIPTOR):
                 detail = kind()
                 packed.Unpack(detail)
@@ -72,8 +74,12 @@ def test_limits_and_bad_params_say_which(small) -> None:
     assert limit.value.reason == "LIMIT_MAX_BATCH_SIZE"
     assert limit.value.metadata["limit"] == "4096" and limit.value.metadata["size"] == "4097"
     with pytest.raises(deepscope.InvalidArgument) as param:
-        client.analyze(mlp, data=np.zeros((4, 64), np.float32), metrics=["cnt.node_strength"],
-                       params={"cnt.node_strength": {"no_such_param": 1}})
+        client.analyze(
+            mlp,
+            data=np.zeros((4, 64), np.float32),
+            metrics=["cnt.node_strength"],
+            params={"cnt.node_strength": {"no_such_param": 1}},
+        )
     assert param.value.reason == "INVALID_PARAM"
     assert [v.field for v in param.value.field_violations] == ["metrics[cnt.node_strength].params"]
 
@@ -85,8 +91,13 @@ def test_details_on_the_wire_for_any_client(small) -> None:
         stub = pb_grpc.IntrospectionServiceStub(channel)
         auth = (("authorization", f"Bearer {server.token}"),)
         with pytest.raises(grpc.RpcError) as limit:
-            list(stub.Capture(pb.CaptureRequest(model=mlp.id, inputs=[deepscope.tensors.to_proto(
-                TOO_MANY_ROWS, "")]), metadata=auth, timeout=30))
+            list(
+                stub.Capture(
+                    pb.CaptureRequest(model=mlp.id, inputs=[deepscope.tensors.to_proto(TOO_MANY_ROWS, "")]),
+                    metadata=auth,
+                    timeout=30,
+                )
+            )
         details = _details(limit.value)
         assert details["ErrorInfo"].domain == "deepscope.dev"
         assert details["ErrorInfo"].reason == "LIMIT_MAX_BATCH_SIZE"

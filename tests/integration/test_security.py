@@ -33,9 +33,24 @@ def launch(store: Path, *args: str, env: dict[str, str] | None = None) -> tuple[
     _child_env()
     port_file = store / "port"
     port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "deepscope_server", "--port", "0", "--port-file", str(port_file),
-                             "--store", str(store / "store"), "--no-entry-points", *args],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deepscope_server",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--store",
+            str(store / "store"),
+            "--no-entry-points",
+            *args,
+        ],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -85,11 +100,21 @@ def test_cli_token_flag_and_environment(server):
     env = {k: v for k, v in os.environ.items() if k != "DEEPSCOPE_TOKEN"}
     bad = subprocess.run([*cli, "models", "--server", address], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "token" in (bad.stderr + bad.stdout).lower()
-    ok = subprocess.run([*cli, "models", "--server", address, "--token", embedded.token], env=env,
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [*cli, "models", "--server", address, "--token", embedded.token],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
-    ok = subprocess.run([*cli, "models", "--server", address], env={**env, "DEEPSCOPE_TOKEN": embedded.token},
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [*cli, "models", "--server", address],
+        env={**env, "DEEPSCOPE_TOKEN": embedded.token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
 
 
@@ -117,16 +142,61 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _make_ca(d: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-             "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.crt",
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
 
 
 def _make_cert(d: Path, name: str, ca: str, san: str) -> None:
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
     (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext", cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.crt",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        f"{name}.crt",
+        "-extfile",
+        f"{name}.ext",
+        cwd=d,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +211,14 @@ def certs(tmp_path_factory) -> Path:
 
 
 def test_tls_with_token_from_environment(tmp_path, certs):
-    proc, port = launch(tmp_path, "--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"),
-                        env={"DEEPSCOPE_AUTH_TOKEN": TOKEN})
+    proc, port = launch(
+        tmp_path,
+        "--tls-cert",
+        str(certs / "server.crt"),
+        "--tls-key",
+        str(certs / "server.key"),
+        env={"DEEPSCOPE_AUTH_TOKEN": TOKEN},
+    )
     try:
         assert port > 0, proc.communicate(timeout=10)[0]
         address = f"127.0.0.1:{port}"
@@ -153,8 +229,9 @@ def test_tls_with_token_from_environment(tmp_path, certs):
         with deepscope.connect(address, token=None, root_certificates=root, progress=False) as client:
             with pytest.raises(deepscope.Unauthenticated):
                 client.models()
-        with deepscope.connect(address, token=TOKEN, root_certificates=(certs / "rogue.crt").read_bytes(),
-                               progress=False, timeout=5) as client:
+        with deepscope.connect(
+            address, token=TOKEN, root_certificates=(certs / "rogue.crt").read_bytes(), progress=False, timeout=5
+        ) as client:
             with pytest.raises(deepscope.Unavailable):  # the server's certificate is not trusted
                 client.models()
         with deepscope.connect(address, token=TOKEN, progress=False, timeout=5) as client:  # plaintext to a TLS port
@@ -165,8 +242,16 @@ def test_tls_with_token_from_environment(tmp_path, certs):
 
 
 def test_mutual_tls(tmp_path, certs):
-    proc, port = launch(tmp_path, "--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"),
-                        "--tls-client-ca", str(certs / "ca.crt"), env={"DEEPSCOPE_AUTH_TOKEN": TOKEN})
+    proc, port = launch(
+        tmp_path,
+        "--tls-cert",
+        str(certs / "server.crt"),
+        "--tls-key",
+        str(certs / "server.key"),
+        "--tls-client-ca",
+        str(certs / "ca.crt"),
+        env={"DEEPSCOPE_AUTH_TOKEN": TOKEN},
+    )
     try:
         assert port > 0, proc.communicate(timeout=10)[0]
         address = f"127.0.0.1:{port}"
@@ -175,10 +260,13 @@ def test_mutual_tls(tmp_path, certs):
         def attempt(name: str | None) -> str:
             kwargs = {}
             if name:
-                kwargs = dict(client_certificate=(certs / f"{name}.crt").read_bytes(),
-                              client_key=(certs / f"{name}.key").read_bytes())
-            with deepscope.connect(address, token=TOKEN, root_certificates=root, progress=False, timeout=5,
-                                   **kwargs) as client:
+                kwargs = dict(
+                    client_certificate=(certs / f"{name}.crt").read_bytes(),
+                    client_key=(certs / f"{name}.key").read_bytes(),
+                )
+            with deepscope.connect(
+                address, token=TOKEN, root_certificates=root, progress=False, timeout=5, **kwargs
+            ) as client:
                 try:
                     client.models()
                     return "ok"
@@ -215,8 +303,9 @@ def _onnx_model(initializer: onnx.TensorProto, node: onnx.NodeProto | None = Non
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     node = node or helper.make_node("Add", ["x", initializer.name], ["y"])
     graph = helper.make_graph([node], "g", [x], [y], [initializer])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("evil.ops", 1)]
-                             ).SerializeToString()
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("evil.ops", 1)]
+    ).SerializeToString()
 
 
 def _external(location: str) -> bytes:

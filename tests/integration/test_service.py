@@ -18,8 +18,10 @@ def torch_outputs(model: torch.nn.Module, x: np.ndarray, names: list[str]) -> di
     """Oracle: a plain forward pass with hooks on the original torch module."""
     modules = dict(model.named_modules())
     got: dict[str, np.ndarray] = {}
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o.detach().clone().numpy()))
-               for n in names]
+    handles = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o.detach().clone().numpy()))
+        for n in names
+    ]
     with torch.no_grad():
         model(torch.from_numpy(x))
     for h in handles:
@@ -103,8 +105,7 @@ def test_bad_requests_get_clear_codes_and_the_server_keeps_serving(client, serve
             stub.ListModels(pb.ListModelsRequest(), timeout=10)  # no token
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as info:
-            stub.ListModels(pb.ListModelsRequest(), timeout=10,
-                            metadata=[*metadata, ("x-deepscope-protocol", "9")])
+            stub.ListModels(pb.ListModelsRequest(), timeout=10, metadata=[*metadata, ("x-deepscope-protocol", "9")])
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     # Junk uploads are not catalogued, and the server still answers correctly.
@@ -137,32 +138,51 @@ def test_reflection_alone_is_enough_to_call_every_rpc(server, exported):
         pool = descriptor_pool.DescriptorPool(database)
         service = pool.FindServiceByName("deepscope.v1.IntrospectionService")
         methods = {m.name: m for m in service.methods}
-        assert set(methods) >= {"UploadModel", "ListModels", "GetModel", "DeleteModel", "Capture", "ListMetrics",
-                                "Analyze", "GetRun", "ListRuns", "GetWeights"}
+        assert set(methods) >= {
+            "UploadModel",
+            "ListModels",
+            "GetModel",
+            "DeleteModel",
+            "Capture",
+            "ListMetrics",
+            "Analyze",
+            "GetRun",
+            "ListRuns",
+            "GetWeights",
+        }
 
         def cls(method, which):
             return message_factory.GetMessageClass(getattr(method, which))
 
         def call(name, request):
             m = methods[name]
-            kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
-                    (True, False): channel.stream_unary, (True, True): channel.stream_stream}
+            kind = {
+                (False, False): channel.unary_unary,
+                (False, True): channel.unary_stream,
+                (True, False): channel.stream_unary,
+                (True, True): channel.stream_stream,
+            }
             fn = kind[(m.client_streaming, m.server_streaming)](
-                f"/deepscope.v1.IntrospectionService/{name}", request_serializer=lambda r: r.SerializeToString(),
-                response_deserializer=cls(m, "output_type").FromString)
+                f"/deepscope.v1.IntrospectionService/{name}",
+                request_serializer=lambda r: r.SerializeToString(),
+                response_deserializer=cls(m, "output_type").FromString,
+            )
             return fn(request, metadata=metadata, timeout=60)
 
         Upload = cls(methods["UploadModel"], "input_type")
         data = exported["mlp"]["onnx"].read_bytes()
-        info = call("UploadModel", iter([Upload(header={"name": "reflected.onnx", "total_bytes": len(data)}),
-                                         Upload(chunk=data)])).model
+        info = call(
+            "UploadModel",
+            iter([Upload(header={"name": "reflected.onnx", "total_bytes": len(data)}), Upload(chunk=data)]),
+        ).model
         assert info.format == "onnx"
         assert any(m.id == info.id for m in call("ListModels", cls(methods["ListModels"], "input_type")()).models)
         detail = call("GetModel", cls(methods["GetModel"], "input_type")(model=info.id))
         assert "fc1" in [layer.name for layer in detail.layers]
         x = np.ones((1, 64), np.float32)
-        request = cls(methods["Capture"], "input_type")(model=info.id, layers=["fc1"], inputs=[
-            {"name": "", "dtype": "FP32", "shape": [1, 64], "data": x.tobytes()}])
+        request = cls(methods["Capture"], "input_type")(
+            model=info.id, layers=["fc1"], inputs=[{"name": "", "dtype": "FP32", "shape": [1, 64], "data": x.tobytes()}]
+        )
         parts = list(call("Capture", request))
         assert parts[-1].done.num_tensors == 2
         weights = list(call("GetWeights", cls(methods["GetWeights"], "input_type")(model=info.id, layers=["fc1"])))
@@ -170,8 +190,12 @@ def test_reflection_alone_is_enough_to_call_every_rpc(server, exported):
         metrics = call("ListMetrics", cls(methods["ListMetrics"], "input_type")())
         assert "example.weight_spectrum" in [m.name for m in metrics.metrics]
         Analyze = cls(methods["Analyze"], "input_type")
-        events = list(call("Analyze", iter([Analyze(config={"models": [info.id],
-                                                            "metrics": [{"name": "example.weight_spectrum"}]})])))
+        events = list(
+            call(
+                "Analyze",
+                iter([Analyze(config={"models": [info.id], "metrics": [{"name": "example.weight_spectrum"}]})]),
+            )
+        )
         run_id = events[-1].finished.id
         assert call("GetRun", cls(methods["GetRun"], "input_type")(run_id=run_id)).info.id == run_id
         assert call("ListRuns", cls(methods["ListRuns"], "input_type")()).runs
@@ -194,16 +218,22 @@ def test_reflection_v1_and_v1alpha_serve_the_protocols_comments(server):
     metadata = [("authorization", f"Bearer {embedded.token}")]
     with grpc.insecure_channel(address) as channel:
         for service in ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"):
-            reflect = channel.stream_stream(f"/{service}/ServerReflectionInfo",
-                                            request_serializer=rpb.ServerReflectionRequest.SerializeToString,
-                                            response_deserializer=rpb.ServerReflectionResponse.FromString)
-            requests = [rpb.ServerReflectionRequest(list_services=""),
-                        rpb.ServerReflectionRequest(file_containing_symbol="deepscope.v1.IntrospectionService")]
+            reflect = channel.stream_stream(
+                f"/{service}/ServerReflectionInfo",
+                request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                response_deserializer=rpb.ServerReflectionResponse.FromString,
+            )
+            requests = [
+                rpb.ServerReflectionRequest(list_services=""),
+                rpb.ServerReflectionRequest(file_containing_symbol="deepscope.v1.IntrospectionService"),
+            ]
             listed, found = list(reflect(iter(requests), metadata=metadata, timeout=30))
             names = {s.name for s in listed.list_services_response.service}
             assert {"deepscope.v1.IntrospectionService", "grpc.reflection.v1.ServerReflection"} <= names
-            files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
-                     for raw in found.file_descriptor_response.file_descriptor_proto]
+            files = [
+                descriptor_pb2.FileDescriptorProto.FromString(raw)
+                for raw in found.file_descriptor_response.file_descriptor_proto
+            ]
             ours = next(f for f in files if f.name == "deepscope/v1/introspection.proto")
             comments = [loc.leading_comments + loc.trailing_comments for loc in ours.source_code_info.location]
             assert any("versions, limits and capabilities" in c for c in comments), service

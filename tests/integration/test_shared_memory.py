@@ -29,7 +29,9 @@ def _raw_capture(address: str, token: str, model_id: str, x: np.ndarray, accept:
 
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.IntrospectionServiceStub(channel)
-        request = pb.CaptureRequest(model=model_id, inputs=[to_proto(x, "x")], layers=["*"], accept_shared_memory=accept)
+        request = pb.CaptureRequest(
+            model=model_id, inputs=[to_proto(x, "x")], layers=["*"], accept_shared_memory=accept
+        )
         return list(stub.Capture(request, metadata=[("authorization", f"Bearer {token}")], timeout=60))
 
 
@@ -52,8 +54,11 @@ def test_shared_memory_and_stream_give_identical_arrays(client, exported, fmt, b
     shared = client.capture(model, x, layers=["*"], layer_inputs=["fc", "layer1.0.conv2"], batch_size=batch_size)
     client.shared_memory = False
     streamed = client.capture(model, x, layers=["*"], layer_inputs=["fc", "layer1.0.conv2"], batch_size=batch_size)
-    for mine, theirs in [(shared, streamed), (shared.model_outputs, streamed.model_outputs),
-                         (shared.layer_inputs, streamed.layer_inputs)]:
+    for mine, theirs in [
+        (shared, streamed),
+        (shared.model_outputs, streamed.model_outputs),
+        (shared.layer_inputs, streamed.layer_inputs),
+    ]:
         assert mine.keys() == theirs.keys() and mine
         for name in mine:
             assert mine[name].dtype == theirs[name].dtype and mine[name].shape == theirs[name].shape

@@ -60,8 +60,13 @@ def _copy(populated: dict, tmp_path: Path) -> Path:
 
 
 def _server_command(store: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deepscope_server", "--store", str(store), *flags],
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "deepscope_server", "--store", str(store), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_a_damaged_database_stops_the_server_with_one_line(populated, tmp_path):
@@ -74,7 +79,9 @@ def test_a_damaged_database_stops_the_server_with_one_line(populated, tmp_path):
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in done.stderr, lines
     assert lines[0].startswith(f"store database {db} is not a valid SQLite file (")
-    assert lines[0].endswith(f"move it aside or run deepscope-server --store {store} --check-store / --rebuild-catalogue")
+    assert lines[0].endswith(
+        f"move it aside or run deepscope-server --store {store} --check-store / --rebuild-catalogue"
+    )
 
 
 def test_rebuild_brings_back_models_whose_catalogue_was_deleted(populated, tmp_path, exported, torch_models, servers):
@@ -91,7 +98,8 @@ def test_rebuild_brings_back_models_whose_catalogue_was_deleted(populated, tmp_p
     assert rebuild.returncode == 0, rebuild.stdout + rebuild.stderr
     assert {m.group(1): m.group(2) for m in re.finditer(r"^model (\w{64}) (\w+) ", rebuild.stdout, re.M)} == {
         next(i for i, n in populated["models"].items() if n == "mlp"): "onnx",
-        next(i for i, n in populated["models"].items() if n == "cnn"): "pt2"}
+        next(i for i, n in populated["models"].items() if n == "cnn"): "pt2",
+    }
 
     server, client = _start(store, servers)
     with client:
@@ -103,8 +111,9 @@ def test_rebuild_brings_back_models_whose_catalogue_was_deleted(populated, tmp_p
             np.testing.assert_allclose(next(iter(acts.model_outputs.values())), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_a_restart_removes_a_model_cut_off_while_loading_and_skips_a_bad_run_row(populated, tmp_path, exported,
-                                                                                 servers):
+def test_a_restart_removes_a_model_cut_off_while_loading_and_skips_a_bad_run_row(
+    populated, tmp_path, exported, servers
+):
     store = _copy(populated, tmp_path)
     server, client = _start(store, servers)
     known = set(populated["models"])
@@ -117,7 +126,9 @@ def test_a_restart_removes_a_model_cut_off_while_loading_and_skips_a_bad_run_row
             outcome["error"] = exc
 
     def new_folders() -> list[Path]:
-        return [p for p in (store / "models").iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name) and p.name not in known]
+        return [
+            p for p in (store / "models").iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name) and p.name not in known
+        ]
 
     thread = threading.Thread(target=upload)
     thread.start()
@@ -178,8 +189,11 @@ def test_a_full_disk_fails_uploads_and_runs_with_resource_exhausted(small_disk, 
     with client:
         model = client.upload_model(exported["mlp"]["onnx"])
         filler = _fill(small_disk)
-        with pytest.raises(deepscope.ResourceExhausted, match=rf"the server's disk is full \(store {store}\): saving "
-                                                               r"the upload of '.*' failed: No space left on device"):
+        with pytest.raises(
+            deepscope.ResourceExhausted,
+            match=rf"the server's disk is full \(store {store}\): saving "
+            r"the upload of '.*' failed: No space left on device",
+        ):
             client.upload_model(exported["cnn"]["onnx"])
         filler.unlink()
 
@@ -198,8 +212,11 @@ def test_a_full_disk_fails_uploads_and_runs_with_resource_exhausted(small_disk, 
             _fill(small_disk)
             yield X[4:]
 
-        with pytest.raises(deepscope.ResourceExhausted, match=r"the server's disk is full .*: storing a result of "
-                                                              r"run \w+ failed: database or disk is full"):
+        with pytest.raises(
+            deepscope.ResourceExhausted,
+            match=r"the server's disk is full .*: storing a result of "
+            r"run \w+ failed: database or disk is full",
+        ):
             client.analyze(model, data=batches(), on_event=on_event, **SLOW)
         # Failed at once, from the server's memory while the disk is still full...
         run = client.get_run(run_ids[0])

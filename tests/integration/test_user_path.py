@@ -112,11 +112,14 @@ def test_external_data_outside_the_model_directory_is_never_sent(client, default
         client.upload_model(_with_location(path, "gone.data"))
 
 
-@pytest.mark.parametrize("side_path, message", [
-    ("../escape.data", "relative path inside the model's directory"),
-    ("/etc/escape.data", "relative path inside the model's directory"),
-    ("model", "reserved by the store"),
-])
+@pytest.mark.parametrize(
+    "side_path, message",
+    [
+        ("../escape.data", "relative path inside the model's directory"),
+        ("/etc/escape.data", "relative path inside the model's directory"),
+        ("model", "reserved by the store"),
+    ],
+)
 def test_server_refuses_side_files_that_could_escape(client, default_export, side_path, message):
     """A client that is not the SDK gets the same rules from the server."""
     _, path = default_export
@@ -136,8 +139,22 @@ def test_server_refuses_side_files_that_could_escape(client, default_export, sid
 def test_cli_analyzes_a_default_onnx_export(server, default_export):
     embedded, address = server
     _, path = default_export
-    result = _run([*CLI, "analyze", str(path), "--data", "synthetic", "--metrics", "cnt.link_weights",
-                   "--server", address, "--token", embedded.token, "--quiet"])
+    result = _run(
+        [
+            *CLI,
+            "analyze",
+            str(path),
+            "--data",
+            "synthetic",
+            "--metrics",
+            "cnt.link_weights",
+            "--server",
+            address,
+            "--token",
+            embedded.token,
+            "--quiet",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     assert "cnt.link_weights" in result.stdout and "FAILED" not in result.stdout
 
@@ -150,11 +167,36 @@ def test_metrics_all_skips_what_does_not_apply_and_honours_exclude(tmp_path, ser
     embedded, address = server
     path = _export(_net(3, activation=False), tmp_path / "linear.onnx", dynamic_shapes=({0: "batch"},))
     out = tmp_path / "r.json"
-    result = _run([*CLI, "analyze", str(path), "--data", "synthetic", "--limit", "64", "--metrics", "all",
-                   "--exclude", "basins.*,fractal.*", "--exclude", "complexity.*", "--exclude", "dimension.*",
-                   "--exclude", "modes.fractions,modes.graded,cnt.neuron_*",  # the slow ones: a fast test
-                   "--exclude", "testing.*",  # the test server's misbehaving plugins
-                   "--json", str(out), "--server", address, "--token", embedded.token, "--quiet"])
+    result = _run(
+        [
+            *CLI,
+            "analyze",
+            str(path),
+            "--data",
+            "synthetic",
+            "--limit",
+            "64",
+            "--metrics",
+            "all",
+            "--exclude",
+            "basins.*,fractal.*",
+            "--exclude",
+            "complexity.*",
+            "--exclude",
+            "dimension.*",
+            "--exclude",
+            "modes.fractions,modes.graded,cnt.neuron_*",  # the slow ones: a fast test
+            "--exclude",
+            "testing.*",  # the test server's misbehaving plugins
+            "--json",
+            str(out),
+            "--server",
+            address,
+            "--token",
+            embedded.token,
+            "--quiet",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert data["status"] == "completed"
@@ -191,8 +233,22 @@ def test_wrong_data_is_refused_before_the_run_even_for_weight_metrics(client, se
     assert len(client.runs(1000)) == before  # no run was started
 
     np.save(tmp_path / "wrong.npy", wrong)
-    result = _run([*CLI, "analyze", str(path), "--data", str(tmp_path / "wrong.npy"), "--metrics",
-                   "cnt.link_weights", "--server", address, "--token", embedded.token, "--quiet"])
+    result = _run(
+        [
+            *CLI,
+            "analyze",
+            str(path),
+            "--data",
+            str(tmp_path / "wrong.npy"),
+            "--metrics",
+            "cnt.link_weights",
+            "--server",
+            address,
+            "--token",
+            embedded.token,
+            "--quiet",
+        ]
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "expected FP32 [?, 16], got FP32 [10, 7]" in result.stderr
 
@@ -262,11 +318,22 @@ def test_two_cli_runs_on_one_store_at_once_both_succeed(tmp_path, dynamic_export
     path = dynamic_export
     store = tmp_path / "store"
     np.save(tmp_path / "x.npy", np.ones((8, 16), np.float32))
-    args = [*CLI, "analyze", str(path), "--data", str(tmp_path / "x.npy"), "--metrics", "cnt.link_weights",
-            "--store", str(store), "--quiet"]
+    args = [
+        *CLI,
+        "analyze",
+        str(path),
+        "--data",
+        str(tmp_path / "x.npy"),
+        "--metrics",
+        "cnt.link_weights",
+        "--store",
+        str(store),
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for _ in range(2)]
+    runs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300) for run in runs]
     for run, (out, err) in zip(runs, outputs):
         assert run.returncode == 0, err
@@ -278,16 +345,32 @@ def test_a_store_held_by_a_standalone_server_gets_advice_the_user_can_follow(tmp
     """Its address and token are the user's own: the embedded client says to connect, it does not guess."""
     store, port_file = tmp_path / "store", tmp_path / "port"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    standalone = subprocess.Popen([sys.executable, "-m", "deepscope_server", "--port", "0", "--port-file",
-                                   str(port_file), "--store", str(store), "--no-entry-points"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    standalone = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deepscope_server",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--store",
+            str(store),
+            "--no-entry-points",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (port_file.exists() and port_file.read_text().strip()) and time.monotonic() < deadline:
             assert standalone.poll() is None
             time.sleep(0.1)
-        with pytest.raises(deepscope.embedded.EmbeddedServerError,
-                           match=f"not started embedded \\(pid {standalone.pid}\\); connect to it with --server"):
+        with pytest.raises(
+            deepscope.embedded.EmbeddedServerError,
+            match=f"not started embedded \\(pid {standalone.pid}\\); connect to it with --server",
+        ):
             deepscope.Client.embedded(store=store, progress=False, no_entry_points=True)
         assert standalone.poll() is None  # left alone
     finally:

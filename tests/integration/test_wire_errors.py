@@ -17,10 +17,18 @@ from deepscope.v1 import tensor_pb2 as tpb
 
 SERVICE = "/deepscope.v1.IntrospectionService/"
 #: method -> (request streaming, response streaming)
-METHODS = {"UploadModel": (True, False), "ListModels": (False, False), "GetModel": (False, False),
-           "DeleteModel": (False, False), "GetWeights": (False, True), "Capture": (False, True),
-           "ListMetrics": (False, False), "Analyze": (True, True), "GetRun": (False, False),
-           "ListRuns": (False, False)}
+METHODS = {
+    "UploadModel": (True, False),
+    "ListModels": (False, False),
+    "GetModel": (False, False),
+    "DeleteModel": (False, False),
+    "GetWeights": (False, True),
+    "Capture": (False, True),
+    "ListMetrics": (False, False),
+    "Analyze": (True, True),
+    "GetRun": (False, False),
+    "ListRuns": (False, False),
+}
 GARBAGE = {  # not a valid encoding of any message
     "truncated varint": b"\xff",
     "length past the end": b"\x0a\xff\xff\x03abc",
@@ -50,10 +58,15 @@ def mlp_id(client, exported) -> str:
 def raw_call(channel: grpc.Channel, method: str, payload: bytes, metadata) -> None:
     """Send ``payload`` as the (only) request message, undecoded; consume the whole response."""
     request_streaming, response_streaming = METHODS[method]
-    kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
-            (True, False): channel.stream_unary, (True, True): channel.stream_stream}
-    call = kind[(request_streaming, response_streaming)](SERVICE + method, request_serializer=None,
-                                                        response_deserializer=None)
+    kind = {
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
+        (True, True): channel.stream_stream,
+    }
+    call = kind[(request_streaming, response_streaming)](
+        SERVICE + method, request_serializer=None, response_deserializer=None
+    )
     response = call(iter([payload]) if request_streaming else payload, metadata=metadata, timeout=30)
     if response_streaming:
         list(response)
@@ -84,8 +97,11 @@ def test_invalid_utf8_in_a_string_field_is_invalid_argument(channel, auth):
 
 def test_garbage_to_the_health_service(channel, auth):
     """With the token the request is read and refused; without it health answers unread (for probes)."""
-    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
-                                response_deserializer=health_pb2.HealthCheckResponse.FromString)
+    check = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=None,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
     with pytest.raises(grpc.RpcError) as info:
         check(GARBAGE["truncated varint"], metadata=auth, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -107,8 +123,11 @@ def _capture(channel: grpc.Channel, request: pb.CaptureRequest, metadata) -> grp
     return info.value
 
 
-@pytest.mark.parametrize("shape", [[2**63 - 1, 0], [0, 2**63 - 1], [2**40, 2**40, 0], [2**62, 0, 4]],
-                         ids=["max-int64-then-0", "0-then-max-int64", "2^80-elements-times-0", "2^64-bytes-times-0"])
+@pytest.mark.parametrize(
+    "shape",
+    [[2**63 - 1, 0], [0, 2**63 - 1], [2**40, 2**40, 0], [2**62, 0, 4]],
+    ids=["max-int64-then-0", "0-then-max-int64", "2^80-elements-times-0", "2^64-bytes-times-0"],
+)
 def test_shape_whose_product_overflows_is_invalid_argument(channel, auth, mlp_id, shape):
     tensor = tpb.Tensor(name="x", dtype="FP32", shape=shape, data=b"")
     error = _capture(channel, pb.CaptureRequest(model=mlp_id, inputs=[tensor]), auth)
@@ -132,9 +151,18 @@ def _long_string_requests(model: str) -> dict[str, tuple[str, object]]:
     needs_data = pb.MetricRequest(name="fractal.ss_rate")  # a metric that reads activations: the dataset is used
 
     def analyze(**config) -> list[pb.AnalyzeRequest]:
-        return [pb.AnalyzeRequest(config=pb.AnalyzeConfig(**{"models": [model], "dataset": "digits",
-                                                                 "metrics": [pb.MetricRequest(name="cnt.node_strength")],
-                                                                 **config}))]
+        return [
+            pb.AnalyzeRequest(
+                config=pb.AnalyzeConfig(
+                    **{
+                        "models": [model],
+                        "dataset": "digits",
+                        "metrics": [pb.MetricRequest(name="cnt.node_strength")],
+                        **config,
+                    }
+                )
+            )
+        ]
 
     return {
         "GetModel id": ("GetModel", pb.GetModelRequest(model=LONG)),
@@ -146,22 +174,46 @@ def _long_string_requests(model: str) -> dict[str, tuple[str, object]]:
         "Capture layer": ("Capture", pb.CaptureRequest(model=model, inputs=[ok_input], layers=[LONG])),
         "Capture layer glob": ("Capture", pb.CaptureRequest(model=model, inputs=[ok_input], layers=[LONG + "*"])),
         "Capture layer input": ("Capture", pb.CaptureRequest(model=model, inputs=[ok_input], layer_inputs=[LONG])),
-        "Capture input name": ("Capture", pb.CaptureRequest(model=model, inputs=[
-            tpb.Tensor(name=LONG, dtype="FP32", shape=[1, 64], data=x.tobytes())])),
-        "Capture input dtype": ("Capture", pb.CaptureRequest(model=model, inputs=[
-            tpb.Tensor(name="x", dtype=LONG, shape=[1, 64], data=x.tobytes())])),
-        "Capture bad tensor name": ("Capture", pb.CaptureRequest(model=model, inputs=[
-            tpb.Tensor(name=LONG, dtype="FP32", shape=[1, 64], data=b"short")])),
-        "Capture shape": ("Capture", pb.CaptureRequest(model=model, inputs=[
-            tpb.Tensor(name="x", dtype="FP32", shape=[-1] + [2] * 3000, data=b"")])),
-        "Analyze model": ("Analyze", [pb.AnalyzeRequest(config=pb.AnalyzeConfig(
-            models=[LONG], dataset="digits", metrics=[pb.MetricRequest(name="cnt.node_strength")]))]),
+        "Capture input name": (
+            "Capture",
+            pb.CaptureRequest(
+                model=model, inputs=[tpb.Tensor(name=LONG, dtype="FP32", shape=[1, 64], data=x.tobytes())]
+            ),
+        ),
+        "Capture input dtype": (
+            "Capture",
+            pb.CaptureRequest(model=model, inputs=[tpb.Tensor(name="x", dtype=LONG, shape=[1, 64], data=x.tobytes())]),
+        ),
+        "Capture bad tensor name": (
+            "Capture",
+            pb.CaptureRequest(model=model, inputs=[tpb.Tensor(name=LONG, dtype="FP32", shape=[1, 64], data=b"short")]),
+        ),
+        "Capture shape": (
+            "Capture",
+            pb.CaptureRequest(
+                model=model, inputs=[tpb.Tensor(name="x", dtype="FP32", shape=[-1] + [2] * 3000, data=b"")]
+            ),
+        ),
+        "Analyze model": (
+            "Analyze",
+            [
+                pb.AnalyzeRequest(
+                    config=pb.AnalyzeConfig(
+                        models=[LONG], dataset="digits", metrics=[pb.MetricRequest(name="cnt.node_strength")]
+                    )
+                )
+            ],
+        ),
         "Analyze metric": ("Analyze", analyze(metrics=[pb.MetricRequest(name=LONG)])),
         "Analyze metric glob": ("Analyze", analyze(metrics=[pb.MetricRequest(name=LONG + "*")])),
-        "Analyze param": ("Analyze", analyze(metrics=[pb.MetricRequest(
-            name="cnt.node_strength", params={LONG: pb.Value(number=1.0)})])),
-        "Analyze param text": ("Analyze", analyze(metrics=[pb.MetricRequest(
-            name="cnt.node_strength", params={"mode": pb.Value(text=LONG)})])),
+        "Analyze param": (
+            "Analyze",
+            analyze(metrics=[pb.MetricRequest(name="cnt.node_strength", params={LONG: pb.Value(number=1.0)})]),
+        ),
+        "Analyze param text": (
+            "Analyze",
+            analyze(metrics=[pb.MetricRequest(name="cnt.node_strength", params={"mode": pb.Value(text=LONG)})]),
+        ),
         "Analyze layer": ("Analyze", analyze(layers=[LONG])),
         "Analyze dataset": ("Analyze", analyze(dataset=LONG, metrics=[needs_data])),
         "Analyze split": ("Analyze", analyze(split=LONG, metrics=[needs_data])),
@@ -181,8 +233,9 @@ def test_long_request_strings_are_shortened_in_errors(channel, auth, mlp_id, cas
     method, request = _long_string_requests(mlp_id)[case]
     stub = pb_grpc.IntrospectionServiceStub(channel)
     with pytest.raises(grpc.RpcError) as info:
-        response = getattr(stub, method)(iter(request) if isinstance(request, list) else request,
-                                         metadata=auth, timeout=60)
+        response = getattr(stub, method)(
+            iter(request) if isinstance(request, list) else request, metadata=auth, timeout=60
+        )
         if METHODS[method][1]:
             list(response)
     code, details = info.value.code(), info.value.details()

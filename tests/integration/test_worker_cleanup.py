@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import psutil
-import pytest
 
 import deepscope
 from deepscope.v1 import introspection_pb2 as pb
@@ -59,10 +58,15 @@ def test_sigkill_of_the_server_ends_forkserver_tracker_and_busy_workers(tmp_path
                 with deepscope.connect(address, token=server.token, progress=False) as client:
                     model = client.upload_model(exported["mlp"]["onnx"])
                     # Two workers burning CPU in update() (one never looks at its context).
-                    client.analyze(model, data=x, batch_size=8, metrics=["testing.spins", "testing.slow"],
-                                   params={"testing.spins": {"cooperative": False},
-                                           "testing.slow": {"seconds": 60.0}},
-                                   on_event=on_event, timeout=120)
+                    client.analyze(
+                        model,
+                        data=x,
+                        batch_size=8,
+                        metrics=["testing.spins", "testing.slow"],
+                        params={"testing.spins": {"cooperative": False}, "testing.slow": {"seconds": 60.0}},
+                        on_event=on_event,
+                        timeout=120,
+                    )
             except BaseException as exc:  # noqa: BLE001 - the server dies under it
                 outcome["error"] = exc
 
@@ -110,10 +114,18 @@ def test_thread_isolation_stops_a_metric_past_its_time_limit(tmp_path, exported)
             # A loop that calls ctx.check(), and one that never looks at its context.
             for cooperative in (True, False):
                 marker = tmp_path / f"spins-ended-{cooperative}"
-                run = client.analyze(model, data=x, batch_size=8, layers=["fc1"], metric_timeout=2,
-                                     metrics=["testing.spins", "testing.slow"],
-                                     params={"testing.spins": {"cooperative": cooperative, "marker": str(marker)},
-                                             "testing.slow": {"seconds": 0.0}})
+                run = client.analyze(
+                    model,
+                    data=x,
+                    batch_size=8,
+                    layers=["fc1"],
+                    metric_timeout=2,
+                    metrics=["testing.spins", "testing.slow"],
+                    params={
+                        "testing.spins": {"cooperative": cooperative, "marker": str(marker)},
+                        "testing.slow": {"seconds": 0.0},
+                    },
+                )
                 assert run.status == "completed"
                 failures = {metric: error for (metric, _, _), error in run.failures.items()}
                 assert failures["testing.spins"].startswith("update(batch 0) exceeded the metric time limit of 2 s")

@@ -140,8 +140,14 @@ class Arch:
 
 
 ARCHS = {
-    a.name: a for a in (
-        Arch("resnet_reused_relu", lambda: ResNet(reuse=True), (1, 8, 8), "ResNet BasicBlocks, one ReLU module called twice"),
+    a.name: a
+    for a in (
+        Arch(
+            "resnet_reused_relu",
+            lambda: ResNet(reuse=True),
+            (1, 8, 8),
+            "ResNet BasicBlocks, one ReLU module called twice",
+        ),
         Arch("resnet_separate_relu", lambda: ResNet(reuse=False), (1, 8, 8), "the same with two ReLU modules"),
         Arch("mobilenet_block", MobileNetBlock, (2, 6, 6), "pointwise / depthwise / pointwise conv+BN, ReLU6"),
         Arch("vit", ViT, (1, 8, 8), "patch conv, TransformerEncoder (MHA, GELU, LayerNorm)"),
@@ -190,8 +196,9 @@ def export(model: nn.Module, x: torch.Tensor, how: str, directory: Path) -> Path
             torch.onnx.export(model, (x,), str(path))
         elif how == "onnx_plain":
             path = directory / "model.onnx"
-            torch.onnx.export(model, (x,), str(path), optimize=False, external_data=False,
-                              dynamic_shapes=(batch,), verbose=False)
+            torch.onnx.export(
+                model, (x,), str(path), optimize=False, external_data=False, dynamic_shapes=(batch,), verbose=False
+            )
         elif how == "pt2_dynamic":
             path = directory / "model.pt2"
             torch.export.save(torch.export.export(model, (x,), dynamic_shapes=(batch,)), str(path))
@@ -207,7 +214,9 @@ def export(model: nn.Module, x: torch.Tensor, how: str, directory: Path) -> Path
     return path
 
 
-def module_calls(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, list[tuple[np.ndarray, np.ndarray]]], np.ndarray]:
+def module_calls(
+    model: nn.Module, x: torch.Tensor
+) -> tuple[dict[str, list[tuple[np.ndarray, np.ndarray]]], np.ndarray]:
     """Every call of every module: (first input, output) per call, from forward hooks; and the model output."""
     calls: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     pending: dict[str, list[np.ndarray]] = {}
@@ -246,14 +255,17 @@ def expected_weights(model: nn.Module, layer_name: str, attrs: dict) -> dict[str
     if path not in mods:
         return {}
     m = mods[path]
-    params = {k: v.detach().numpy() for k, v in list(m.named_parameters()) + list(m.named_buffers())
-              if v.is_floating_point()}
+    params = {
+        k: v.detach().numpy() for k, v in list(m.named_parameters()) + list(m.named_buffers()) if v.is_floating_point()
+    }
     if attrs.get("bn_folded"):
         bn = mods[attrs["folded_norm"]]
         s = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy()
         b = params.get("bias", np.zeros(s.shape, np.float32))
-        params = {"weight": params["weight"] * s.reshape(-1, *([1] * (params["weight"].ndim - 1))),
-                  "bias": (b - bn.running_mean.numpy()) * s + bn.bias.detach().numpy()}
+        params = {
+            "weight": params["weight"] * s.reshape(-1, *([1] * (params["weight"].ndim - 1))),
+            "bias": (b - bn.running_mean.numpy()) * s + bn.bias.detach().numpy(),
+        }
     return params
 
 
@@ -371,12 +383,15 @@ def matrix_markdown(results: list[Result]) -> str:
             continue
         acts = sum(kind == "activation" for _, kind in r.layers)
         weights = "ok" if not r.weight_mismatches else f"{len(r.weight_mismatches)} differ"
-        capture = r.capture_note or ("ok" if not r.capture_mismatches and r.captures_checked else
-                                     f"{len(r.capture_mismatches)} differ")
+        capture = r.capture_note or (
+            "ok" if not r.capture_mismatches and r.captures_checked else f"{len(r.capture_mismatches)} differ"
+        )
         folded = sum(1 for layer in r.backend.graph.layers if layer.attrs.get("bn_folded")) if r.backend else 0
         extra = f", {folded} BN folded" if folded else ""
-        lines.append(f"| {r.arch} | {r.export} | {len(r.layers)} ({acts}{extra}) | {weights} | {capture} | "
-                     f"{'ok' if r.odd_batch_ok else 'no'} |")
+        lines.append(
+            f"| {r.arch} | {r.export} | {len(r.layers)} ({acts}{extra}) | {weights} | {capture} | "
+            f"{'ok' if r.odd_batch_ok else 'no'} |"
+        )
     lines += [
         "",
         "Architectures:",

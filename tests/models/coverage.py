@@ -86,15 +86,21 @@ def run(arch: str, path: Path, store_dir: Path, registry: Registry) -> Coverage:
     try:
         models = ModelManager(store, limits=limits, isolation="thread")
         loaded = models.upload(path.name, [path.read_bytes()], limits.max_model_bytes, None)
-        config = pb.AnalyzeConfig(models=[loaded.stored.id], metrics=[_request(n) for n in builtin_metrics(registry)],
-                                  batch_size=8, seed=0, expected_samples=SAMPLES)
+        config = pb.AnalyzeConfig(
+            models=[loaded.stored.id],
+            metrics=[_request(n) for n in builtin_metrics(registry)],
+            batch_size=8,
+            seed=0,
+            expected_samples=SAMPLES,
+        )
         plan = plan_run(config, registry, models, limits)
         name = loaded.graph.inputs[0].name
         xs = x.numpy()
-        batches = iter([({name: xs[i:i + 8]}, labels[i:i + 8]) for i in range(0, SAMPLES, 8)])
+        batches = iter([({name: xs[i : i + 8]}, labels[i : i + 8]) for i in range(0, SAMPLES, 8)])
         events: list[pb.AnalyzeEvent] = []
-        executor = RunExecutor(plan, store, events.append, threading.Event(), limits.max_run_seconds, batches,
-                               isolation="thread")
+        executor = RunExecutor(
+            plan, store, events.append, threading.Event(), limits.max_run_seconds, batches, isolation="thread"
+        )
         executor.create()
         executor.execute()
         return Coverage(arch, [e.result for e in events if e.HasField("result")])
@@ -107,8 +113,10 @@ def run(arch: str, path: Path, store_dir: Path, registry: Registry) -> Coverage:
 def run_all(directory: Path) -> list[Coverage]:
     """Every architecture; ``directory`` is the one ``conformance.run_all`` exported into (its EXPORT is reused)."""
     registry = load_registry()
-    return [run(arch, conf.export_path(directory, arch, EXPORT), directory / arch / "store", registry)
-            for arch in conf.ARCHS]
+    return [
+        run(arch, conf.export_path(directory, arch, EXPORT), directory / arch / "store", registry)
+        for arch in conf.ARCHS
+    ]
 
 
 def status(results: list[pb.MetricResult]) -> str:

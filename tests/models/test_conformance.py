@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from deepscope.results import decode_item
 from deepscope_metrics.plugins import cnt
 from deepscope_metrics.plugins.cnt import NodeStrength
-
 from deepscope_server.backends import CaptureRequest
 from deepscope_server.plugin_api import Curve, Graph, Needs, Table
 from deepscope_server.testing import run_metric
@@ -80,11 +80,16 @@ def test_layer_tables_agree_across_formats(results, arch: str) -> None:
 @pytest.mark.parametrize("arch", list(conf.ARCHS))
 def test_activation_functions_agree_across_formats(results, arch: str) -> None:
     """ReLU6 stays relu6 in [0, 6] in ONNX too (the unoptimised exporter casts Clip's bounds from constants)."""
-    ref = {layer.name: layer.attrs for layer in results[(arch, "pt2_dynamic")].backend.graph.layers
-           if layer.kind == "activation"}
+    ref = {
+        layer.name: layer.attrs
+        for layer in results[(arch, "pt2_dynamic")].backend.graph.layers
+        if layer.kind == "activation"
+    }
     keys = ("function", "min_val", "max_val")
     for how in ("onnx_plain", "onnx_default"):
-        got = {layer.name: layer.attrs for layer in results[(arch, how)].backend.graph.layers if layer.kind == "activation"}
+        got = {
+            layer.name: layer.attrs for layer in results[(arch, how)].backend.graph.layers if layer.kind == "activation"
+        }
         assert set(got) == set(ref), how
         for name, attrs in ref.items():
             assert {k: got[name].get(k) for k in keys} == {k: attrs.get(k) for k in keys}, (how, name)
@@ -160,7 +165,9 @@ def test_cnt_node_strength_agrees_across_formats(results, arch: str) -> None:
         assert set(got) == set(ref), how
         for layer, vals in ref.items():
             for key in ("in_strength", "out_strength"):
-                np.testing.assert_allclose(got[layer][key], vals[key], rtol=1e-4, atol=1e-5, err_msg=f"{how} {layer} {key}")
+                np.testing.assert_allclose(
+                    got[layer][key], vals[key], rtol=1e-4, atol=1e-5, err_msg=f"{how} {layer} {key}"
+                )
 
 
 def test_cnt_reused_and_separate_relu_agree(results) -> None:
@@ -171,7 +178,9 @@ def test_cnt_reused_and_separate_relu_agree(results) -> None:
         assert set(reused) == set(separate)
         for layer in reused:
             for key in ("in_strength", "out_strength"):
-                np.testing.assert_allclose(reused[layer][key], separate[layer][key], rtol=1e-6, err_msg=f"{how} {layer}")
+                np.testing.assert_allclose(
+                    reused[layer][key], separate[layer][key], rtol=1e-6, err_msg=f"{how} {layer}"
+                )
         assert not np.allclose(reused["layer1.0.conv1"]["in_strength"], reused["layer1.0.conv2"]["in_strength"])
 
 
@@ -199,8 +208,11 @@ def test_every_builtin_metric_gives_a_result_or_says_why_not(coverage, arch: str
 @pytest.mark.parametrize("arch", ["lstm", "gru", "vit"])
 def test_weight_metrics_measure_recurrent_gates_and_attention_projections(coverage, arch: str) -> None:
     """cnt.* give the recurrent / attention layer its own result (per-block rows); basins.weight perturbs it."""
-    layer, first_blocks = ("rnn", ["ih.i", "ih.f"] if arch == "lstm" else ["ih.r", "ih.z"]) if arch != "vit" else (
-        "encoder.layers.0.self_attn", ["q", "k"])
+    layer, first_blocks = (
+        ("rnn", ["ih.i", "ih.f"] if arch == "lstm" else ["ih.r", "ih.z"])
+        if arch != "vit"
+        else ("encoder.layers.0.self_attn", ["q", "k"])
+    )
     rows = {(r.metric, r.layer): r for r in coverage[arch].results}
     for metric in ("cnt.node_strength", "cnt.layer_fluctuation", "cnt.link_weights", "cnt.weight_graph"):
         assert rows[(metric, layer)].status == "ok", metric
@@ -214,10 +226,15 @@ def test_weight_metrics_measure_recurrent_gates_and_attention_projections(covera
         rnn = conf.build(arch)[0].rnn
         gates = 4 if arch == "lstm" else 3
         suffixes = sorted({k.split("_", 2)[2] for k, _ in rnn.named_parameters()})  # l0, l0_reverse, l1...
-        want = [w.numpy().astype(np.float64).sum(axis=1) + b.numpy()
-                for part in ("ih", "hh") for sfx in suffixes
-                for w, b in zip(getattr(rnn, f"weight_{part}_{sfx}").detach().chunk(gates),
-                                getattr(rnn, f"bias_{part}_{sfx}").detach().chunk(gates))]
+        want = [
+            w.numpy().astype(np.float64).sum(axis=1) + b.numpy()
+            for part in ("ih", "hh")
+            for sfx in suffixes
+            for w, b in zip(
+                getattr(rnn, f"weight_{part}_{sfx}").detach().chunk(gates),
+                getattr(rnn, f"bias_{part}_{sfx}").detach().chunk(gates),
+            )
+        ]
         np.testing.assert_allclose(strengths["in_strength"], np.concatenate(want), rtol=1e-5)
     divergence = decoded(rows[("cnt.divergence", "")])
     assert layer in divergence["layers"].split(",")
@@ -232,15 +249,22 @@ def _cnt_results(r: conf.Result) -> dict[str, dict]:  # type: ignore[type-arg]
     out: dict[str, dict] = {}  # type: ignore[type-arg]
     for metric in cnt.METRICS:
         if metric.needs == Needs.WEIGHTS:
-            out[metric.name] = run_metric(metric, graph, params={"grid_points": 64} if any(
-                p.name == "grid_points" for p in metric.params) else None)
+            out[metric.name] = run_metric(
+                metric,
+                graph,
+                params={"grid_points": 64} if any(p.name == "grid_points" for p in metric.params) else None,
+            )
             continue
         names = [layer.name for layer in graph.layers if metric.applies_to(layer)]
         reqs = [CaptureRequest(n, w) for n in names for w in ("input", "output")]
         got = r.backend.run({graph.inputs[0].name: x}, reqs).captured
-        out[metric.name] = run_metric(metric, graph, params={"grid_points": 64},
-                                      inputs={n: got[CaptureRequest(n, "input")] for n in names},
-                                      outputs={n: got[CaptureRequest(n, "output")] for n in names})
+        out[metric.name] = run_metric(
+            metric,
+            graph,
+            params={"grid_points": 64},
+            inputs={n: got[CaptureRequest(n, "input")] for n in names},
+            outputs={n: got[CaptureRequest(n, "output")] for n in names},
+        )
     return out
 
 
@@ -251,8 +275,13 @@ def _numbers(value: object) -> dict[str, np.ndarray]:
     if isinstance(value, Curve):
         return {"x": np.asarray(value.x), "y": np.asarray(value.y)}
     if isinstance(value, Graph):
-        return {"n": np.array([value.num_nodes]), "src": value.sources, "dst": value.targets, "w": value.weights,
-                "bias": np.asarray(value.nodes["bias"])}
+        return {
+            "n": np.array([value.num_nodes]),
+            "src": value.sources,
+            "dst": value.targets,
+            "w": value.weights,
+            "bias": np.asarray(value.nodes["bias"]),
+        }
     if isinstance(value, (bool, str)) or value is None:
         return {}
     return {"": np.asarray(value, float)}
@@ -270,12 +299,17 @@ def test_all_cnt_metrics_agree_across_formats(results, arch: str) -> None:
                 if layer == "__warnings__":
                     continue
                 numeric = {k for k, v in items.items() if not isinstance(v, str)}  # notes differ: 'bn1 folded'
-                assert {k for k, v in got[metric][layer].items() if not isinstance(v, str)} == numeric, (how, metric, layer)
+                assert {k for k, v in got[metric][layer].items() if not isinstance(v, str)} == numeric, (
+                    how,
+                    metric,
+                    layer,
+                )
                 for key in numeric:
                     want, have = _numbers(items[key]), _numbers(got[metric][layer][key])
                     for sub, a in want.items():
-                        np.testing.assert_allclose(have[sub], a, rtol=1e-5, atol=1e-6,
-                                                   err_msg=f"{how} {metric} {layer} {key} {sub}")
+                        np.testing.assert_allclose(
+                            have[sub], a, rtol=1e-5, atol=1e-6, err_msg=f"{how} {metric} {layer} {key} {sub}"
+                        )
 
 
 @pytest.mark.parametrize("arch", ["lstm", "gru"])
@@ -283,8 +317,10 @@ def test_recurrent_gate_weights_write_back_in_every_format(results, arch: str) -
     """run_with_weights with new gate matrices (PyTorch layout) gives the torch module's output with them."""
     model, _ = conf.build(arch)
     gen = torch.Generator().manual_seed(6)
-    new = {"weight_hh_l0": torch.randn(model.rnn.weight_hh_l0.shape, generator=gen) * 0.3,
-           "bias_ih_l0": torch.randn(model.rnn.bias_ih_l0.shape, generator=gen)}
+    new = {
+        "weight_hh_l0": torch.randn(model.rnn.weight_hh_l0.shape, generator=gen) * 0.3,
+        "bias_ih_l0": torch.randn(model.rnn.bias_ih_l0.shape, generator=gen),
+    }
     x = torch.randn(3, *conf.ARCHS[arch].input_shape, generator=gen)
     with torch.no_grad():
         for key, value in new.items():
@@ -313,12 +349,17 @@ def test_real_server_static_batch_and_call_sites_end_to_end(results, tmp_path: P
             model = client.upload_model(path)
             assert [n for n in model.notes if "fixes the batch size at 2" in n], model.notes
             acts = client.capture(model, x.numpy(), layers=["layer1.0.relu", "layer1.0.relu@1"])
-            np.testing.assert_allclose(acts["layer1.0.relu"], calls["layer1.0.relu"][0][1], rtol=conf.RTOL, atol=conf.ATOL)
-            np.testing.assert_allclose(acts["layer1.0.relu@1"], calls["layer1.0.relu"][1][1], rtol=conf.RTOL, atol=conf.ATOL)
+            np.testing.assert_allclose(
+                acts["layer1.0.relu"], calls["layer1.0.relu"][0][1], rtol=conf.RTOL, atol=conf.ATOL
+            )
+            np.testing.assert_allclose(
+                acts["layer1.0.relu@1"], calls["layer1.0.relu"][1][1], rtol=conf.RTOL, atol=conf.ATOL
+            )
             run = client.analyze(model, data=x.numpy(), metrics=["cnt.node_strength"], layers=["layer1.0.conv*"])
             local = _strengths(results[("resnet_reused_relu", "pt2_dynamic")].backend.graph)
             for layer in ("layer1.0.conv1", "layer1.0.conv2"):
-                np.testing.assert_allclose(run.result("cnt.node_strength", layer)["in_strength"],
-                                           local[layer]["in_strength"], rtol=1e-6)
+                np.testing.assert_allclose(
+                    run.result("cnt.node_strength", layer)["in_strength"], local[layer]["in_strength"], rtol=1e-6
+                )
     finally:
         server.stop()

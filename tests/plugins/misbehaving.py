@@ -69,12 +69,12 @@ class Rerun(Metric):
     def update(self, batch):  # noqa: ANN001
         if self.diffs:
             return
-        out = self.ctx.model.run(batch.data, [CaptureRequest(l.name) for l in self.ctx.layers])
+        out = self.ctx.model.run(batch.data, [CaptureRequest(layer.name) for layer in self.ctx.layers])
         for layer in self.ctx.layers:
             again = out.captured[CaptureRequest(layer.name)]
             self.diffs[layer.name] = float(np.abs(again - batch.outputs[layer.name]).max())
         # Zeroing the first weighted layer must change the outputs (the handle really re-runs).
-        weighted = next(l for l in self.ctx.graph.layers if "weight" in l.weights)
+        weighted = next(layer for layer in self.ctx.graph.layers if "weight" in layer.weights)
         zeroed = {weighted.name: {k: np.zeros_like(v) for k, v in weighted.weights.items()}}
         plain = self.ctx.model.run(batch.data).outputs
         changed = self.ctx.model.run_with_weights(batch.data, zeroed).outputs
@@ -82,8 +82,10 @@ class Rerun(Metric):
         self.perturbed = float(np.abs(plain[key] - changed[key]).max())
 
     def finish(self):  # noqa: ANN201
-        return {**{name: {"max_abs_diff": d} for name, d in self.diffs.items()},
-                "": {"perturbed_output_change": self.perturbed}}
+        return {
+            **{name: {"max_abs_diff": d} for name, d in self.diffs.items()},
+            "": {"perturbed_output_change": self.perturbed},
+        }
 
 
 class Aborts(Metric):

@@ -20,20 +20,23 @@ import onnx
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from integration.conftest import start_server
+from unit.test_sandbox import loop_bomb
 
 import deepscope
 from deepscope.embedded import EmbeddedServer
-
-from integration.conftest import start_server
-from unit.test_sandbox import loop_bomb
 
 FORWARD_SECONDS = 4.0
 
 
 @pytest.fixture(scope="module")
 def bomb_server(tmp_path_factory) -> Iterator[tuple[EmbeddedServer, str]]:
-    server, address = start_server(tmp_path_factory.mktemp("store"), max_forward_seconds=FORWARD_SECONDS,
-                                   max_concurrent_runs=1, model_memory_bytes=3 << 30)
+    server, address = start_server(
+        tmp_path_factory.mktemp("store"),
+        max_forward_seconds=FORWARD_SECONDS,
+        max_concurrent_runs=1,
+        model_memory_bytes=3 << 30,
+    )
     yield server, address
     server.stop()
 
@@ -56,7 +59,9 @@ def _health(address: str) -> int:
 def _model_workers(server: EmbeddedServer) -> list[psutil.Process]:
     """The server's model worker processes (forkserver children named after their model)."""
     root = psutil.Process(server.process.pid)
-    return [p for p in root.children(recursive=True) if "model" in " ".join(p.cmdline()) or p.name().startswith("model")]
+    return [
+        p for p in root.children(recursive=True) if "model" in " ".join(p.cmdline()) or p.name().startswith("model")
+    ]
 
 
 def test_forward_bomb_gets_deadline_exceeded_while_others_are_served(bomb_server, bomb, exported) -> None:
@@ -121,6 +126,7 @@ def test_cancelled_capture_stops_the_forward_pass(bomb_server, bomb) -> None:
 
 def _busiest_descendant(server: EmbeddedServer, seconds: float) -> psutil.Process | None:
     """The server's descendant that used the most CPU over ``seconds`` (at least a tenth of it)."""
+
     def cpu(proc: psutil.Process) -> float:
         try:
             times = proc.cpu_times()
@@ -139,15 +145,21 @@ def test_analysis_of_a_bomb_fails_and_frees_its_slot(bomb_server, bomb, exported
     with _connect(bomb_server) as client:
         evil = client.upload_model(bomb)
         with pytest.raises(deepscope.DeepscopeError) as failed:
-            client.analyze(evil, data=np.zeros((2, 1), np.float32), metrics=["testing.slow"], batch_size=1,
-                           params={"testing.slow": {"seconds": 0.0}})
+            client.analyze(
+                evil,
+                data=np.zeros((2, 1), np.float32),
+                metrics=["testing.slow"],
+                batch_size=1,
+                params={"testing.slow": {"seconds": 0.0}},
+            )
         assert failed.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "max-forward-seconds" in str(failed.value)
         runs = client.runs()
         assert runs[0].status == "failed" and "max-forward-seconds" in runs[0].info.error
         # max_concurrent_runs is 1: the next run starts, so the bomb's run released its slot.
         mlp = client.upload_model(exported["mlp"]["onnx"])
-        done = client.analyze(mlp, data=np.zeros((4, 64), np.float32), metrics=["testing.slow"],
-                              params={"testing.slow": {"seconds": 0.0}})
+        done = client.analyze(
+            mlp, data=np.zeros((4, 64), np.float32), metrics=["testing.slow"], params={"testing.slow": {"seconds": 0.0}}
+        )
         assert done.status == "completed"
 
 
@@ -180,8 +192,9 @@ def test_protobuf_amplification_is_contained_in_its_worker(tmp_path, exported) -
             rss_before = root.memory_info().rss
             with pytest.raises(deepscope.DeepscopeError) as refused:
                 client.upload_model(payload, name="nodes.onnx", timeout=300)
-            assert refused.value.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT), \
+            assert refused.value.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT), (
                 f"{refused.value}\n{server.log()[-3000:]}"
+            )
             assert "memory" in str(refused.value).lower(), refused.value
             grown = root.memory_info().rss - rss_before
             assert grown < 300 << 20, f"the server itself grew by {grown / 2**20:.0f} MiB"

@@ -94,14 +94,15 @@ def exports(net: ConvBN, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return out
 
 
-def rewrite(src: Path, dst: Path, edit: dict[str, Callable[[bytes], bytes]] | None = None,
-            add: dict[str, bytes] | None = None) -> Path:
+def rewrite(
+    src: Path, dst: Path, edit: dict[str, Callable[[bytes], bytes]] | None = None, add: dict[str, bytes] | None = None
+) -> Path:
     """A copy of a .pt2 with members edited or added (names relative to the archive's root folder)."""
     edit, add = edit or {}, add or {}
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         root = zin.namelist()[0].split("/")[0]
         for info in zin.infolist():
-            rel = info.filename[len(root) + 1:]
+            rel = info.filename[len(root) + 1 :]
             data = zin.read(info)
             zout.writestr(info, edit[rel](data) if rel in edit else data)
         for rel, data in add.items():
@@ -114,6 +115,7 @@ def edit_json(fn: Callable[[dict], None]) -> Callable[[bytes], bytes]:
         doc = json.loads(data)
         fn(doc)
         return json.dumps(doc).encode()
+
     return apply
 
 
@@ -127,6 +129,7 @@ def assert_same_outputs(path: Path, net: torch.nn.Module, batch: int = 2) -> Non
 
 
 # --- .pt2: normal exports still load ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 def test_normal_exports_load_and_match_the_module(exports: dict[str, Path], net: ConvBN, kind: str) -> None:
@@ -171,27 +174,52 @@ def test_dynamic_spatial_dims_with_size_arithmetic_load(tmp_path: Path) -> None:
 
 # --- .pt2: the pickle routes ------------------------------------------------------------------
 
+
 def _use_pickle(fqn: str) -> Callable[[bytes], bytes]:
     def fn(doc: dict) -> None:
         doc["config"][fqn]["use_pickle"] = True
+
     return edit_json(fn)
 
 
 ROUTES = {
     # (b) a weight whose config says "use_pickle": true -> torch.load(weights_only=False)
-    "pickled weight": ("data/weights/weight_0", "use_pickle",
-                       lambda p: dict(edit={"data/weights/model_weights_config.json": _use_pickle("conv.weight"),
-                                            "data/weights/weight_0": lambda _: p})),
+    "pickled weight": (
+        "data/weights/weight_0",
+        "use_pickle",
+        lambda p: dict(
+            edit={
+                "data/weights/model_weights_config.json": _use_pickle("conv.weight"),
+                "data/weights/weight_0": lambda _: p,
+            }
+        ),
+    ),
     # (b) the same for a tensor constant
-    "pickled constant": ("data/constants/tensor_0", "use_pickle",
-                         lambda p: dict(edit={"data/constants/model_constants_config.json": _use_pickle("offset"),
-                                              "data/constants/tensor_0": lambda _: p})),
+    "pickled constant": (
+        "data/constants/tensor_0",
+        "use_pickle",
+        lambda p: dict(
+            edit={
+                "data/constants/model_constants_config.json": _use_pickle("offset"),
+                "data/constants/tensor_0": lambda _: p,
+            }
+        ),
+    ),
     # (c) an opaque object constant -> plain pickle.loads
-    "opaque object": ("data/constants/opaque_obj_0", "pickle",
-                      lambda p: dict(add={"data/constants/opaque_obj_0": p},
-                                     edit={"data/constants/model_constants_config.json": edit_json(
-                                         lambda d: d["config"].update(evil={"path_name": "opaque_obj_0", "is_param": False,
-                                                                            "use_pickle": True, "tensor_meta": None}))})),
+    "opaque object": (
+        "data/constants/opaque_obj_0",
+        "pickle",
+        lambda p: dict(
+            add={"data/constants/opaque_obj_0": p},
+            edit={
+                "data/constants/model_constants_config.json": edit_json(
+                    lambda d: d["config"].update(
+                        evil={"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
+                    )
+                )
+            },
+        ),
+    ),
     # (d) legacy pickled weights -> torch.load(weights_only=True), retried with weights_only=False
     "legacy weights": ("data/weights/model.pt", "legacy", lambda p: dict(add={"data/weights/model.pt": p})),
 }
@@ -223,8 +251,9 @@ def test_control_torch_export_load_runs_each_route(exports: dict[str, Path], tmp
 def test_pickled_sample_inputs_are_never_read(exports: dict[str, Path], net: ConvBN, tmp_path: Path) -> None:
     """(a) sample inputs: torch retries a failed weights_only load with full pickle; deepscope drops them."""
     marker = tmp_path / "pwned"
-    hostile = rewrite(exports["static"], tmp_path / "hostile.pt2",
-                      edit={"data/sample_inputs/model.pt": lambda _: payload(marker)})
+    hostile = rewrite(
+        exports["static"], tmp_path / "hostile.pt2", edit={"data/sample_inputs/model.pt": lambda _: payload(marker)}
+    )
     assert_same_outputs(hostile, net)
     assert not marker.exists()
     with warnings.catch_warnings(), pytest.raises(Exception):  # noqa: B017, PT011
@@ -253,8 +282,11 @@ def test_symbolic_expression_is_not_evaluated(exports: dict[str, Path], tmp_path
 def test_guards_code_is_not_executed(exports: dict[str, Path], net: ConvBN, tmp_path: Path) -> None:
     """ep.module() compiles models/model.json's guards_code with exec when sample inputs were loaded."""
     marker = tmp_path / "pwned"
-    hostile = rewrite(exports["static"], tmp_path / "hostile.pt2",
-                      edit={"models/model.json": edit_json(lambda d: d.update(guards_code=[code(marker)]))})
+    hostile = rewrite(
+        exports["static"],
+        tmp_path / "hostile.pt2",
+        edit={"models/model.json": edit_json(lambda d: d.update(guards_code=[code(marker)]))},
+    )
     assert_same_outputs(hostile, net)
     assert not marker.exists()
     torch.export.load(str(hostile)).module()(torch.randn(2, 1, 6, 6))
@@ -282,13 +314,16 @@ def test_pre_2_8_archive_layout_is_refused(exports: dict[str, Path], tmp_path: P
     assert marker.exists(), "control: torch.export.load unpickles the old layout's members"
 
 
-@pytest.mark.parametrize(("member", "why"), [
-    ("data/aotinductor/model/model.so", "AOTInductor compiled code"),
-    ("data/constants/custom_obj_0", "TorchScript custom object"),
-    ("data/constants/model.pt", "legacy format"),
-    ("models/other.json", "second program"),
-    ("code/__init__.py", "not part of a torch.export archive"),
-])
+@pytest.mark.parametrize(
+    ("member", "why"),
+    [
+        ("data/aotinductor/model/model.so", "AOTInductor compiled code"),
+        ("data/constants/custom_obj_0", "TorchScript custom object"),
+        ("data/constants/model.pt", "legacy format"),
+        ("models/other.json", "second program"),
+        ("code/__init__.py", "not part of a torch.export archive"),
+    ],
+)
 def test_other_members_are_refused(exports: dict[str, Path], tmp_path: Path, member: str, why: str) -> None:
     hostile = rewrite(exports["static"], tmp_path / "hostile.pt2", add={member: b"\x80\x04N."})
     with pytest.raises(InvalidInput, match=why) as info:
@@ -307,24 +342,30 @@ def test_non_operator_call_target_is_refused(exports: dict[str, Path], tmp_path:
 
 def test_empty_weight_member_cannot_declare_a_huge_tensor(exports: dict[str, Path], tmp_path: Path) -> None:
     """An empty record makes torch allocate zeros of the declared size: the declared size must fit the bytes."""
+
     def huge(doc: dict) -> None:
         doc["config"]["conv.weight"]["tensor_meta"]["sizes"][0] = {"as_int": 1 << 40}
 
-    hostile = rewrite(exports["static"], tmp_path / "hostile.pt2",
-                      edit={"data/weights/model_weights_config.json": edit_json(huge),
-                            "data/weights/weight_0": lambda _: b""})
+    hostile = rewrite(
+        exports["static"],
+        tmp_path / "hostile.pt2",
+        edit={"data/weights/model_weights_config.json": edit_json(huge), "data/weights/weight_0": lambda _: b""},
+    )
     with pytest.raises(InvalidInput, match=r"'data/weights/weight_0' holds 0 bytes"):
         load_model(hostile, device="cpu")
 
 
 def test_hostile_uploads_over_grpc_are_refused_and_the_server_keeps_serving(
-        exports: dict[str, Path], net: ConvBN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exports: dict[str, Path], net: ConvBN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real upload RPC: each route is INVALID_ARGUMENT naming its member; a normal upload then works."""
     import deepscope
 
     marker = tmp_path / "pwned"
-    hostile = {route: rewrite(exports["static"], tmp_path / f"{i}.pt2", **build(payload(marker)))
-               for i, (route, (_, _, build)) in enumerate(ROUTES.items())}
+    hostile = {
+        route: rewrite(exports["static"], tmp_path / f"{i}.pt2", **build(payload(marker)))
+        for i, (route, (_, _, build)) in enumerate(ROUTES.items())
+    }
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server child: 2-core CI box
     with deepscope.Client.embedded(store=tmp_path / "store", progress=False) as client:
         for route, path in hostile.items():
@@ -336,12 +377,14 @@ def test_hostile_uploads_over_grpc_are_refused_and_the_server_keeps_serving(
         x = np.random.default_rng(3).standard_normal((2, 1, 6, 6)).astype(np.float32)
         acts = client.capture(model, x, layers=["conv"])
     with torch.no_grad():
-        np.testing.assert_allclose(next(iter(acts.model_outputs.values())), net(torch.from_numpy(x)).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            next(iter(acts.model_outputs.values())), net(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6
+        )
         np.testing.assert_allclose(acts["conv"], net.conv(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 # --- ONNX: what hides below the top-level graph ----------------------------------------------
+
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -354,11 +397,15 @@ def _function_model(op: str, domain: str) -> onnx.ModelProto:
     body = helper.make_node(op, ["a"], ["b"], domain=domain)
     imports = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     fn = helper.make_function("local.fn", "Wrap", ["a"], ["b"], [body], imports)
-    graph = helper.make_graph([helper.make_node("Wrap", ["x"], ["y"], domain="local.fn")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
-    return helper.make_model(graph, functions=[fn], ir_version=8,
-                             opset_imports=imports + [helper.make_opsetid("local.fn", 1)])
+    graph = helper.make_graph(
+        [helper.make_node("Wrap", ["x"], ["y"], domain="local.fn")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+    )
+    return helper.make_model(
+        graph, functions=[fn], ir_version=8, opset_imports=imports + [helper.make_opsetid("local.fn", 1)]
+    )
 
 
 def test_custom_domain_inside_a_function_body_is_refused(tmp_path: Path) -> None:
@@ -380,10 +427,13 @@ def _sparse_model(dense: int, values_location: str | None = None) -> onnx.ModelP
             entry = values.external_data.add()
             entry.key, entry.value = k, v
     sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0], np.int64), "s_idx"), [dense])
-    graph = helper.make_graph([helper.make_node("Add", ["x", "s"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [dense])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dense])],
-                              sparse_initializer=[sparse])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "s"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [dense])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dense])],
+        sparse_initializer=[sparse],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -393,8 +443,11 @@ def test_oversized_sparse_initializer_is_refused_before_loading(tmp_path: Path) 
     out = load_model(small, device="cpu").run({"x": np.zeros(4, np.float32)}).outputs["y"]
     np.testing.assert_array_equal(out, [1, 0, 0, 0])
     huge = _save(_sparse_model(10**12), tmp_path / "huge.onnx")  # 4 TB once onnxruntime densifies it
-    with pytest.raises(LimitExceeded, match=r"max_tensor_elements \(ONNX tensor 's' \(graph sparse initializer\) "
-                                            r"declares shape \[1000000000000\]\)"):
+    with pytest.raises(
+        LimitExceeded,
+        match=r"max_tensor_elements \(ONNX tensor 's' \(graph sparse initializer\) "
+        r"declares shape \[1000000000000\]\)",
+    ):
         preflight(huge, Limits(max_tensor_elements=1000))
 
 
@@ -418,10 +471,17 @@ def _subgraph_model(location: str) -> onnx.ModelProto:
     zeros = numpy_helper.from_array(np.zeros(2, np.float32), "z")
     other = helper.make_graph([helper.make_node("Identity", ["z"], ["t"])], "else", [], out, [zeros])
     cond = numpy_helper.from_array(np.array(True), "c")
-    nodes = [helper.make_node("If", ["c"], ["v"], then_branch=then, else_branch=other, name="branch"),
-             helper.make_node("Add", ["x", "v"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [cond])
+    nodes = [
+        helper.make_node("If", ["c"], ["v"], then_branch=then, else_branch=other, name="branch"),
+        helper.make_node("Add", ["x", "v"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [cond],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 

@@ -45,22 +45,36 @@ def server(tmp_path_factory):
     embedded.stop()
 
 
-@pytest.mark.parametrize("methods, code", [
-    (("CAPTURE", "GET_MODEL"), grpc.StatusCode.UNAUTHENTICATED),  # unary requests, streamed and unary responses
-    (("REFLECTION",), grpc.StatusCode.UNAUTHENTICATED),           # reflection needs the token too
-    (("HEALTH",), grpc.StatusCode.OK),                            # open: answered without reading the request
-], ids=["service", "reflection", "health"])
+@pytest.mark.parametrize(
+    "methods, code",
+    [
+        (("CAPTURE", "GET_MODEL"), grpc.StatusCode.UNAUTHENTICATED),  # unary requests, streamed and unary responses
+        (("REFLECTION",), grpc.StatusCode.UNAUTHENTICATED),  # reflection needs the token too
+        (("HEALTH",), grpc.StatusCode.OK),  # open: answered without reading the request
+    ],
+    ids=["service", "reflection", "health"],
+)
 def test_unauthenticated_flood_is_not_buffered(server, methods, code):
     flood = _flood_module()
     embedded, address = server
-    result = flood.measure(embedded.process.pid, address, embedded.token, REQUESTS, CLIENTS, REQUEST_BYTES,
-                           timeout=120, methods=[getattr(flood, m) for m in methods], settle=1.0)
+    result = flood.measure(
+        embedded.process.pid,
+        address,
+        embedded.token,
+        REQUESTS,
+        CLIENTS,
+        REQUEST_BYTES,
+        timeout=120,
+        methods=[getattr(flood, m) for m in methods],
+        settle=1.0,
+    )
     assert dict(result.codes) == {code: REQUESTS}
     assert result.probe.served >= 1 and result.probe.failures == []  # served within its deadline throughout
     growth = result.peak - result.baseline
     assert growth < GROWTH_BOUND, (
         f"server RSS grew by {growth / MiB:.0f} MiB (from {result.baseline / MiB:.0f} MiB) during a flood of "
-        f"{REQUESTS * REQUEST_BYTES / MiB:.0f} MiB of unauthenticated requests; bound {GROWTH_BOUND / MiB:.0f} MiB")
+        f"{REQUESTS * REQUEST_BYTES / MiB:.0f} MiB of unauthenticated requests; bound {GROWTH_BOUND / MiB:.0f} MiB"
+    )
 
 
 def test_health_without_the_token_answers_for_the_whole_server(server):
@@ -83,8 +97,12 @@ def test_wrong_token_and_wrong_version_are_refused_without_reading(server):
     flood = _flood_module()
     embedded, address = server
     payload = flood.capture_request(MiB)
-    for metadata, code in (((("authorization", "Bearer not-the-token"),), grpc.StatusCode.UNAUTHENTICATED),
-                           ((("authorization", f"Bearer {embedded.token}"), ("x-deepscope-protocol", "99")),
-                            grpc.StatusCode.FAILED_PRECONDITION)):
+    for metadata, code in (
+        ((("authorization", "Bearer not-the-token"),), grpc.StatusCode.UNAUTHENTICATED),
+        (
+            (("authorization", f"Bearer {embedded.token}"), ("x-deepscope-protocol", "99")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+    ):
         codes = flood.flood(address, 2, 2, payload, 60, (flood.CAPTURE, flood.GET_MODEL), metadata)
         assert dict(codes) == {code: 2}

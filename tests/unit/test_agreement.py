@@ -65,13 +65,15 @@ def test_functional_activation_matches_hand_computed_preactivation(zoo_models) -
     expected_pre = ref[("layer1.0.bn2", "output")] + ref[("pool", "output")]
     for fmt in ("onnx", "pt2"):
         b = load_model(zm.paths[fmt], device="cpu")
-        run = b.run({"x": zm.example.numpy()}, [CaptureRequest("layer1.0.relu_1", "input"),
-                                                CaptureRequest("layer1.0.relu_1")])
+        run = b.run(
+            {"x": zm.example.numpy()}, [CaptureRequest("layer1.0.relu_1", "input"), CaptureRequest("layer1.0.relu_1")]
+        )
         pre = run.captured[CaptureRequest("layer1.0.relu_1", "input")]
         np.testing.assert_allclose(pre, expected_pre, rtol=RTOL, atol=ATOL)
         assert (pre < 0).any()  # the pre-activation really is before the ReLU
-        np.testing.assert_allclose(run.captured[CaptureRequest("layer1.0.relu_1")], np.maximum(expected_pre, 0),
-                                   rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(
+            run.captured[CaptureRequest("layer1.0.relu_1")], np.maximum(expected_pre, 0), rtol=RTOL, atol=ATOL
+        )
 
 
 def test_transformer_gelu_functional_layer(zoo_models) -> None:
@@ -79,8 +81,15 @@ def test_transformer_gelu_functional_layer(zoo_models) -> None:
     ref = torch_reference(zm.module, zm.example, ["encoder.linear1", "encoder.linear2"])
     for fmt in ("onnx", "pt2"):
         b = load_model(zm.paths[fmt], device="cpu")
-        run = b.run({"x": zm.example.numpy()}, [CaptureRequest("encoder.gelu", "input"), CaptureRequest("encoder.gelu")])
-        np.testing.assert_allclose(run.captured[CaptureRequest("encoder.gelu", "input")],
-                                   ref[("encoder.linear1", "output")], rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(run.captured[CaptureRequest("encoder.gelu")],
-                                   ref[("encoder.linear2", "input")], rtol=RTOL, atol=ATOL)
+        run = b.run(
+            {"x": zm.example.numpy()}, [CaptureRequest("encoder.gelu", "input"), CaptureRequest("encoder.gelu")]
+        )
+        np.testing.assert_allclose(
+            run.captured[CaptureRequest("encoder.gelu", "input")],
+            ref[("encoder.linear1", "output")],
+            rtol=RTOL,
+            atol=ATOL,
+        )
+        np.testing.assert_allclose(
+            run.captured[CaptureRequest("encoder.gelu")], ref[("encoder.linear2", "input")], rtol=RTOL, atol=ATOL
+        )

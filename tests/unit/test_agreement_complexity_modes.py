@@ -51,21 +51,29 @@ def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int)
 
 def _mlp() -> torch.nn.Sequential:
     torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
-                               torch.nn.Linear(32, 10))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
 
 
 def _cnn() -> torch.nn.Sequential:
     torch.manual_seed(2)
-    return torch.nn.Sequential(torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 6, 3), torch.nn.ReLU(),
-                               torch.nn.Flatten(), torch.nn.Linear(6 * 6 * 6, 10))
+    return torch.nn.Sequential(
+        torch.nn.Unflatten(1, (1, 8, 8)),
+        torch.nn.Conv2d(1, 6, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6 * 6 * 6, 10),
+    )
 
 
 @pytest.fixture(scope="module")
 def nets(digits):
     x, y = digits
-    return {"random": {"mlp": _mlp().eval(), "cnn": _cnn().eval()},
-            "trained": {"mlp": _train(_mlp(), x, y, 30), "cnn": _train(_cnn(), x, y, 30)}}
+    return {
+        "random": {"mlp": _mlp().eval(), "cnn": _cnn().eval()},
+        "trained": {"mlp": _train(_mlp(), x, y, 30), "cnn": _train(_cnn(), x, y, 30)},
+    }
 
 
 def _outputs(model: torch.nn.Sequential, x: torch.Tensor) -> list[np.ndarray]:
@@ -112,10 +120,16 @@ def test_linear_fvu_blocks_agree_with_sklearn_ridge(nets, digits, state):
     outs = _outputs(nets[state]["mlp"], digits[0])
     names = ["fc1", "relu1", "fc2", "relu2", "fc3"]
     kinds = ["linear", "activation", "linear", "activation", "linear"]
-    graph = make_graph([Layer(n, k, "op", attrs={"function": "relu"} if k == "activation" else {})
-                        for n, k in zip(names, kinds)])
-    res = run_metric(LinearFVU, graph, data={"input": x}, outputs=dict(zip(names, outs)),
-                     params={"ridge": 1e-3, "test_fraction": 0.25})
+    graph = make_graph(
+        [Layer(n, k, "op", attrs={"function": "relu"} if k == "activation" else {}) for n, k in zip(names, kinds)]
+    )
+    res = run_metric(
+        LinearFVU,
+        graph,
+        data={"input": x},
+        outputs=dict(zip(names, outs)),
+        params={"ridge": 1e-3, "test_fraction": 0.25},
+    )
     perm = np.random.default_rng(0).permutation(len(x))  # the metric's seeded split (seed 0)
     n_test = round(len(x) * 0.25)
     tr, te = np.sort(perm[n_test:]), np.sort(perm[:n_test])
@@ -126,4 +140,4 @@ def test_linear_fvu_blocks_agree_with_sklearn_ridge(nets, digits, state):
         model = Ridge(alpha=lam).fit(xtr, target[tr])
         resid = target[te] - model.predict(start[te])
         centred = target[te] - target[te].mean(axis=0)
-        assert res[end]["fvu"] == pytest.approx((resid ** 2).sum() / (centred ** 2).sum(), rel=1e-6)
+        assert res[end]["fvu"] == pytest.approx((resid**2).sum() / (centred**2).sum(), rel=1e-6)

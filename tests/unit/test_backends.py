@@ -18,14 +18,23 @@ from deepscope_server.errors import InvalidInput, NotFound
 
 C = CaptureRequest
 CNN_LAYERS = [
-    ("conv1", "conv"), ("bn1", "norm"), ("act1", "activation"), ("pool", "pool"),
-    ("layer1.0.conv1", "conv"), ("layer1.0.bn1", "norm"), ("layer1.0.relu", "activation"),
-    ("layer1.0.conv2", "conv"), ("layer1.0.bn2", "norm"), ("layer1.0.relu_1", "activation"),
-    ("flatten", "other"), ("fc", "linear"),
+    ("conv1", "conv"),
+    ("bn1", "norm"),
+    ("act1", "activation"),
+    ("pool", "pool"),
+    ("layer1.0.conv1", "conv"),
+    ("layer1.0.bn1", "norm"),
+    ("layer1.0.relu", "activation"),
+    ("layer1.0.conv2", "conv"),
+    ("layer1.0.bn2", "norm"),
+    ("layer1.0.relu_1", "activation"),
+    ("flatten", "other"),
+    ("fc", "linear"),
 ]
 
 
 # --- layer tables -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_cnn_layer_table(zoo_models, fmt: str) -> None:
@@ -57,11 +66,13 @@ def test_transformer_layer_table(zoo_models, fmt: str) -> None:
     attn = g.layer("encoder.self_attn")
     assert attn.kind == "attention"
     assert attn.weights["in_proj_weight"].shape == (48, 16)
-    np.testing.assert_array_equal(attn.weights["out_proj.weight"],
-                                  zm.module.encoder.self_attn.out_proj.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        attn.weights["out_proj.weight"], zm.module.encoder.self_attn.out_proj.weight.detach().numpy()
+    )
     # a 3-D Linear exported as MatMul(x, Transpose(W)): still W[out, in]
-    np.testing.assert_array_equal(g.layer("encoder.linear1").weights["weight"],
-                                  zm.module.encoder.linear1.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        g.layer("encoder.linear1").weights["weight"], zm.module.encoder.linear1.weight.detach().numpy()
+    )
     assert g.layer("encoder.linear1").output_shapes == [(None, 5, 32)]
     assert g.layer("encoder.linear1").channel_axis == -1  # tokens [B, T, C]
     assert g.layer("encoder.gelu").kind == "activation" and g.layer("encoder.gelu").attrs["function"] == "gelu"
@@ -70,6 +81,7 @@ def test_transformer_layer_table(zoo_models, fmt: str) -> None:
 
 
 # --- capture ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_capture_output_and_preactivation_under_inplace_relu(zoo_models, fmt: str) -> None:
@@ -144,6 +156,7 @@ def test_run_with_weights_replaces_then_restores(zoo_models, fmt: str) -> None:
 
 # --- generic ONNX (no torch metadata): layout conversion from operator attributes ----------------
 
+
 def _generic_onnx(path: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     arrs = {
@@ -157,7 +170,9 @@ def _generic_onnx(path: Path) -> dict[str, np.ndarray]:
         helper.make_node("MatMul", ["a", "B_mm"], ["y"], name="proj"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
         [numpy_helper.from_array(v, k) for k, v in arrs.items()],
     )
@@ -169,7 +184,11 @@ def test_generic_onnx_weights_in_pytorch_layout(tmp_path: Path) -> None:
     arrs = _generic_onnx(tmp_path / "g.onnx")
     b = load_model(tmp_path / "g.onnx", device="cpu")
     g = b.graph
-    assert [(layer.name, layer.kind) for layer in g.layers] == [("dense", "linear"), ("act", "activation"), ("proj", "linear")]
+    assert [(layer.name, layer.kind) for layer in g.layers] == [
+        ("dense", "linear"),
+        ("act", "activation"),
+        ("proj", "linear"),
+    ]
     W, bias = g.layer("dense").weights["weight"], g.layer("dense").weights["bias"]
     np.testing.assert_allclose(W, 2.0 * arrs["B_gemm"].T)  # alpha folded, [out, in]
     np.testing.assert_allclose(bias, 0.5 * arrs["C_gemm"])  # beta folded
@@ -190,15 +209,23 @@ def test_generic_onnx_weights_in_pytorch_layout(tmp_path: Path) -> None:
 def test_onnx_asymmetric_conv_pads_reported_as_pads(tmp_path: Path) -> None:
     w = np.ones((2, 1, 3, 3), np.float32)
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[0, 1, 1, 0], strides=[2, 1], group=1)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "c.onnx"))
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "c.onnx")
+    )
     layer = load_model(tmp_path / "c.onnx", device="cpu").graph.layer("c")
     assert layer.kind == "conv" and layer.attrs["stride"] == (2, 1) and layer.attrs["pads"] == (0, 1, 1, 0)
     assert "padding" not in layer.attrs and layer.channel_axis == 1
 
 
 # --- refusals ---------------------------------------------------------------------------------
+
 
 def _external_model(tmp_path: Path, location: str) -> Path:
     tensor = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
@@ -208,11 +235,18 @@ def _external_model(tmp_path: Path, location: str) -> Path:
         entry = tensor.external_data.add()
         entry.key, entry.value = k, v
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [tensor])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [tensor],
+    )
     path = tmp_path / "ext" / "m.onnx"
     path.parent.mkdir(exist_ok=True)
-    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    )
     return path
 
 
@@ -233,9 +267,15 @@ def test_external_data_inside_model_directory_loads(tmp_path: Path) -> None:
 
 def test_custom_domain_refused(tmp_path: Path) -> None:
     node = helper.make_node("MySecretOp", ["x"], ["y"], domain="com.example.custom")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.custom", 1)], ir_version=8)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.custom", 1)], ir_version=8
+    )
     onnx.save(model, str(tmp_path / "custom.onnx"))
     with pytest.raises(InvalidInput, match="custom domain 'com.example.custom'"):
         load_model(tmp_path / "custom.onnx", device="cpu")
@@ -268,7 +308,9 @@ def test_state_dict_refused_as_weights_only(zoo_models, tmp_path: Path) -> None:
         load_model(path, device="cpu", trusted=True)
 
 
-@pytest.mark.parametrize("content", [b"\x08\x07garbage-not-protobuf\xff\xff", b"PK\x03\x04broken zip", b"hello world", b""])
+@pytest.mark.parametrize(
+    "content", [b"\x08\x07garbage-not-protobuf\xff\xff", b"PK\x03\x04broken zip", b"hello world", b""]
+)
 def test_corrupt_bytes_are_invalid_input(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(content)
@@ -285,6 +327,7 @@ def test_truncated_onnx_is_invalid_input(zoo_models, tmp_path: Path) -> None:
 
 
 # --- detection and TorchScript ------------------------------------------------------------------
+
 
 def test_detect_format_by_content(zoo_models, tmp_path: Path) -> None:
     expected = {"onnx": "onnx", "pt2": "pt2", "pt": "torchscript"}
@@ -316,12 +359,21 @@ def test_onnx_session_reports_cpu_when_no_gpu(zoo_models) -> None:
 
 # --- the shared layer-table builder, static batches, IR versions ----------------------------------
 
+
 def _rec(id: str, ins: list[str], path: str, cls: str, call: int | None = None, fn: str | None = None):  # type: ignore[no-untyped-def]
     from deepscope_server.backends.layer_table import Frame, OpRecord
 
     stack = (Frame("", "Net", 0),) + ((Frame(path, cls, call),) if path else ())
-    return OpRecord(id=id, op_type=fn or id, stack=stack, inputs=ins, outputs=[id], function=fn, source=id,
-                    op_kind="activation" if fn else None)
+    return OpRecord(
+        id=id,
+        op_type=fn or id,
+        stack=stack,
+        inputs=ins,
+        outputs=[id],
+        function=fn,
+        source=id,
+        op_kind="activation" if fn else None,
+    )
 
 
 def test_layer_table_one_layer_per_call_site_split_by_connectivity() -> None:
@@ -339,7 +391,12 @@ def test_layer_table_one_layer_per_call_site_split_by_connectivity() -> None:
     shapes = {r.outputs[0]: (None, 4) for r in recs} | {"x": (None, 4)}
     table = build_layer_table(recs, ["x"], ["tanh"], shapes)
     assert [(layer.name, layer.kind) for layer in table.layers] == [
-        ("conv", "conv"), ("relu", "activation"), ("conv2", "conv"), ("relu@1", "activation"), ("tanh", "activation")]
+        ("conv", "conv"),
+        ("relu", "activation"),
+        ("conv2", "conv"),
+        ("relu@1", "activation"),
+        ("tanh", "activation"),
+    ]
     by = {layer.name: layer for layer in table.layers}
     assert by["relu"].inputs == ["conv"] and sorted(by["relu@1"].inputs) == ["conv", "conv2"]
     assert table.values["relu@1"].output == "relu_1" and table.values["relu@1"].input == "add"
@@ -357,9 +414,12 @@ def test_layer_table_recorded_call_index_and_bare_root_module() -> None:
 
 
 def _relu_model(path: Path, ir_version: int, batch: int | str) -> Path:
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="act")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="act")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=ir_version), str(path))
     return path
 
@@ -386,12 +446,21 @@ def test_generic_onnx_matmul_add_is_one_linear_layer_and_gemm_trans_b(tmp_path: 
     rng = np.random.default_rng(3)
     B, c = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
     G = rng.standard_normal((2, 3)).astype(np.float32)  # Gemm transB=1: already [out, in]
-    nodes = [helper.make_node("MatMul", ["x", "B"], ["h"], name="mm"), helper.make_node("Add", ["h", "c"], ["a"], name="bias"),
-             helper.make_node("Gemm", ["a", "G"], ["y"], name="gemm", transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-                              [numpy_helper.from_array(B, "B"), numpy_helper.from_array(c, "c"), numpy_helper.from_array(G, "G")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "m.onnx"))
+    nodes = [
+        helper.make_node("MatMul", ["x", "B"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "c"], ["a"], name="bias"),
+        helper.make_node("Gemm", ["a", "G"], ["y"], name="gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(B, "B"), numpy_helper.from_array(c, "c"), numpy_helper.from_array(G, "G")],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "m.onnx")
+    )
     b = load_model(tmp_path / "m.onnx", device="cpu")
     assert [(layer.name, layer.kind) for layer in b.graph.layers] == [("mm", "linear"), ("gemm", "linear")]
     np.testing.assert_array_equal(b.graph.layer("mm").weights["weight"], B.T)

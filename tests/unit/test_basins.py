@@ -67,9 +67,19 @@ def test_sample_basin_matches_closed_form_in_the_margin():
     n, d, p = 40, 5, 0.9
     w, b, x = gaussian_problem(n, d, 0)
     handle = LinearHandle(w, b)
-    params = {"budget_seconds": 0, "samples": n, "draws": 400, "steps": 14, "r_max": 20.0, "keep_prob": p, "curve_points": 0}
+    params = {
+        "budget_seconds": 0,
+        "samples": n,
+        "draws": 400,
+        "steps": 14,
+        "r_max": 20.0,
+        "keep_prob": p,
+        "curve_points": 0,
+    }
     res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params)[WHOLE_MODEL]
-    expected = margins(w, b, x) * math.sqrt(d) / (np.linalg.norm(x, axis=1) * np.linalg.norm(w[1] - w[0]) * stats.norm.ppf(p))
+    expected = (
+        margins(w, b, x) * math.sqrt(d) / (np.linalg.norm(x, axis=1) * np.linalg.norm(w[1] - w[0]) * stats.norm.ppf(p))
+    )
     assert (expected < 20.0).all() and res["n_censored"] == 0 and res["reference_used"] == "prediction"
     ratio = res["radius"] / expected
     # per-sample empirical p-quantile of K=400 normals: ~7% sd; the mean over 40 samples ~1%
@@ -97,7 +107,15 @@ def test_weight_basin_matches_closed_form():
     n, d, p = 12, 4, 0.9
     w, b, x = gaussian_problem(n, d, 2)
     handle = LinearHandle(w, b)
-    params = {"budget_seconds": 0, "samples": n, "draws": 400, "steps": 10, "eta_max": 20.0, "keep_prob": p, "curve_points": 0}
+    params = {
+        "budget_seconds": 0,
+        "samples": n,
+        "draws": 400,
+        "steps": 10,
+        "eta_max": 20.0,
+        "keep_prob": p,
+        "curve_points": 0,
+    }
     res = run_metric(P.WeightBasins, handle.graph, data={"input": x}, model=handle, params=params)[WHOLE_MODEL]
     sw = np.sqrt(np.mean(w**2))
     sb = np.sqrt(np.mean(b**2))
@@ -120,7 +138,9 @@ def test_labels_define_reference_and_misclassified_get_zero():
     labels[:7] = 1 - labels[:7]  # seven samples the model gets wrong
     handle = LinearHandle(w, b)
     params = {"budget_seconds": 0, "samples": n, "draws": 8, "steps": 4, "curve_points": 3}
-    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, labels=labels, model=handle, params=params)[WHOLE_MODEL]
+    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, labels=labels, model=handle, params=params)[
+        WHOLE_MODEL
+    ]
     assert res["reference_used"] == "label" and res["n_misclassified"] == 7
     assert np.all(res["radius"][:7] == 0) and np.all(res["radius"][7:] > 0)
     assert res["clean_accuracy"] == pytest.approx(23 / 30) and res["accuracy_curve"].y[0] == pytest.approx(23 / 30)
@@ -130,8 +150,17 @@ def test_forward_passes_are_batched_and_bounded():
     n, d, k, steps, points = 50, 6, 20, 5, 4
     w, b, x = gaussian_problem(200, d, 4)
     handle = LinearHandle(w, b)
-    params = {"budget_seconds": 0, "samples": n, "draws": k, "steps": steps, "curve_points": points, "reference": "prediction"}
-    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params, batch_size=32)[WHOLE_MODEL]
+    params = {
+        "budget_seconds": 0,
+        "samples": n,
+        "draws": k,
+        "steps": steps,
+        "curve_points": points,
+        "reference": "prediction",
+    }
+    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params, batch_size=32)[
+        WHOLE_MODEL
+    ]
     assert res["n_samples"] == n and np.array_equal(res["sample_indices"], np.arange(n))
     assert handle.largest_batch <= 256  # Context.max_batch_size default
     # clean reference + clean check + (points - 1) curve levels + r_max round + steps rounds
@@ -146,8 +175,11 @@ def test_cancel_and_progress():
     metric = P.SampleBasins
     ctx = Context(
         params=validate_params(metric, {"samples": 20, "draws": 4, "steps": 6, "curve_points": 0}),
-        layers=[], graph=handle.graph, model=handle,
-        progress=lambda f, msg: seen.append(f), cancelled=lambda: len(seen) >= 3,
+        layers=[],
+        graph=handle.graph,
+        model=handle,
+        progress=lambda f, msg: seen.append(f),
+        cancelled=lambda: len(seen) >= 3,
     )
     inst = metric(ctx)
     inst.start()
@@ -168,8 +200,11 @@ def test_bisect_radii_on_a_known_step_function():
     # keep fraction is 1 below a per-sample threshold and 0 above it: bisection recovers it
     thresholds = np.array([0.3, 1.7, 5.0, 0.0])
     radius, censored = B.bisect_radii(
-        lambda idx, level: (level < thresholds[idx]).astype(float), np.array([True, True, True, False]),
-        r_max=2.0, steps=20, keep_prob=0.5,
+        lambda idx, level: (level < thresholds[idx]).astype(float),
+        np.array([True, True, True, False]),
+        r_max=2.0,
+        steps=20,
+        keep_prob=0.5,
     )
     np.testing.assert_allclose(radius[:2], thresholds[:2], atol=2.0 / 2**20)
     assert radius[2] == 2.0 and censored.tolist() == [False, False, True, False] and radius[3] == 0.0

@@ -10,31 +10,43 @@ from deepscope.values import to_value
 
 
 def infos() -> pb.ListMetricsResponse:
-    strength = pb.MetricInfo(name="cnt.node_strength", params=[
-        pb.ParamSpec(name="mode", type="str", default=to_value("code"), choices=[to_value("code"), to_value("graph")]),
-        pb.ParamSpec(name="missing_side_const", type="float", default=to_value(1.0), min=0.0),
-        pb.ParamSpec(name="fold_norm", type="bool", default=to_value(True))])
+    strength = pb.MetricInfo(
+        name="cnt.node_strength",
+        params=[
+            pb.ParamSpec(
+                name="mode", type="str", default=to_value("code"), choices=[to_value("code"), to_value("graph")]
+            ),
+            pb.ParamSpec(name="missing_side_const", type="float", default=to_value(1.0), min=0.0),
+            pb.ParamSpec(name="fold_norm", type="bool", default=to_value(True)),
+        ],
+    )
     return pb.ListMetricsResponse(metrics=[strength, pb.MetricInfo(name="fractal.ss_rate")])
 
 
-@pytest.mark.parametrize("patterns, params, message", [
-    (["cnt.node_strenght"], {}, "did you mean: cnt.node_strength"),
-    (["nope.*"], {}, "'nope.*' matches no metric"),
-    (["all"], {"cnt.nope": {"x": 1}}, "--param for unknown metric 'cnt.nope'"),
-    (["cnt.*"], {"cnt.node_strength": {"modes": "graph"}}, "valid: mode, missing_side_const, fold_norm"),
-    (["cnt.*"], {"cnt.node_strength": {"mode": "walk"}}, "must be one of code, graph"),
-    (["cnt.*"], {"cnt.node_strength": {"missing_side_const": -1}}, "must be >= 0"),
-    (["cnt.*"], {"cnt.node_strength": {"missing_side_const": "high"}}, "expects float"),
-    (["cnt.*"], {"cnt.node_strength": {"fold_norm": "maybe"}}, "expects true or false"),
-])
+@pytest.mark.parametrize(
+    "patterns, params, message",
+    [
+        (["cnt.node_strenght"], {}, "did you mean: cnt.node_strength"),
+        (["nope.*"], {}, "'nope.*' matches no metric"),
+        (["all"], {"cnt.nope": {"x": 1}}, "--param for unknown metric 'cnt.nope'"),
+        (["cnt.*"], {"cnt.node_strength": {"modes": "graph"}}, "valid: mode, missing_side_const, fold_norm"),
+        (["cnt.*"], {"cnt.node_strength": {"mode": "walk"}}, "must be one of code, graph"),
+        (["cnt.*"], {"cnt.node_strength": {"missing_side_const": -1}}, "must be >= 0"),
+        (["cnt.*"], {"cnt.node_strength": {"missing_side_const": "high"}}, "expects float"),
+        (["cnt.*"], {"cnt.node_strength": {"fold_norm": "maybe"}}, "expects true or false"),
+    ],
+)
 def test_bad_requests_are_named(patterns, params, message):
     with pytest.raises(catalogue.UsageError, match=message.replace("(", r"\(").replace(".*", r"\.\*")):
         catalogue.check_metrics(infos(), patterns, params)
 
 
 def test_good_requests_pass():
-    catalogue.check_metrics(infos(), ["all", "cnt.*", "fractal.ss_rate"],
-                            {"cnt.node_strength": {"mode": "graph", "missing_side_const": 0, "fold_norm": "false"}})
+    catalogue.check_metrics(
+        infos(),
+        ["all", "cnt.*", "fractal.ss_rate"],
+        {"cnt.node_strength": {"mode": "graph", "missing_side_const": 0, "fold_norm": "false"}},
+    )
     layers = [("fc1", "linear"), ("act1", "activation"), ("fc2", "linear")]
     catalogue.check_layers(layers, ["fc1", "fc*", "kind:activation", "act[0-9]"])
     with pytest.raises(catalogue.UsageError, match="'conv\\*' matches no layer"):

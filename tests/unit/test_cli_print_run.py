@@ -21,8 +21,11 @@ def test_print_run_marks_statuses_and_shows_model_rows():
         _result("fractal.spectrum_exponent", "fc3", "failed", "'gamma' is nan and the metric gave no reason"),
         _result("fractal.spectrum_exponent", "", sigma_gamma=0.25, n_layers=2),
     ]
-    run = Run(pb.RunInfo(id="r1", num_results=4, num_failed=1), results,
-              summary_keys={"fractal.spectrum_exponent": ["gamma", "ks"]})
+    run = Run(
+        pb.RunInfo(id="r1", num_results=4, num_failed=1),
+        results,
+        summary_keys={"fractal.spectrum_exponent": ["gamma", "ks"]},
+    )
     out = io.StringIO()
     print_run(run, out)
     text = out.getvalue()

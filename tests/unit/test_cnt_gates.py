@@ -26,10 +26,15 @@ def _params(module: nn.Module) -> dict[str, np.ndarray]:
 
 def _graph(module: nn.Module, kind: str, cls: str) -> tuple[object, nn.Linear]:
     head = nn.Linear(5, 3)
-    return make_graph([
-        Layer("rnn", kind, cls, weights=_params(module), input_shapes=[(None, 7, 4)], output_shapes=[(None, 7, 5)]),
-        Layer("head", "linear", "Linear", weights=_params(head), input_shapes=[(None, 5)], output_shapes=[(None, 3)]),
-    ], input_shape=(None, 7, 4)), head
+    return make_graph(
+        [
+            Layer("rnn", kind, cls, weights=_params(module), input_shapes=[(None, 7, 4)], output_shapes=[(None, 7, 5)]),
+            Layer(
+                "head", "linear", "Linear", weights=_params(head), input_shapes=[(None, 5)], output_shapes=[(None, 3)]
+            ),
+        ],
+        input_shape=(None, 7, 4),
+    ), head
 
 
 def _oracle_blocks(module: nn.Module, gates: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -60,8 +65,11 @@ def test_recurrent_node_strength_is_per_gate_row_sums(cell: type[nn.Module], gat
     assert r["has_out"] is False and r["n_nodes"] == 2 * len(gates) * 5
     assert list(r["blocks"].columns["source"]) == ["x"] * len(gates) + ["h"] * len(gates)
     assert list(r["blocks"].columns["n_in"]) == [4] * len(gates) + [5] * len(gates)
-    np.testing.assert_allclose(r["blocks"].columns["in_strength_mean"],
-                               [(oracle[k][0].sum(axis=1) + oracle[k][1]).mean() for k in keys], rtol=1e-12)
+    np.testing.assert_allclose(
+        r["blocks"].columns["in_strength_mean"],
+        [(oracle[k][0].sum(axis=1) + oracle[k][1]).mean() for k in keys],
+        rtol=1e-12,
+    )
 
 
 def test_lstm_hand_computed_single_gate_values() -> None:
@@ -69,8 +77,12 @@ def test_lstm_hand_computed_single_gate_values() -> None:
     w_ih = np.array([[1.0, 2.0], [3.0, 4.0], [-1.0, 0.5], [0.0, -2.0]])  # rows i, f, g, o
     w_hh = np.array([[0.5], [-0.5], [2.0], [1.0]])
     b_ih, b_hh = np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 0.0, -1.0, 0.0])
-    layer = Layer("lstm", "recurrent", "LSTM", weights={"weight_ih_l0": w_ih, "weight_hh_l0": w_hh,
-                                                        "bias_ih_l0": b_ih, "bias_hh_l0": b_hh})
+    layer = Layer(
+        "lstm",
+        "recurrent",
+        "LSTM",
+        weights={"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b_ih, "bias_hh_l0": b_hh},
+    )
     r = run_metric(cnt.NodeStrength, make_graph([layer], input_shape=(None, 3, 2)))["lstm"]
     np.testing.assert_allclose(r["in_strength"], [3.1, 7.2, -0.2, -1.6, 1.5, -0.5, 1.0, 1.0])
     f = run_metric(cnt.LayerFluctuation, make_graph([layer], input_shape=(None, 3, 2)))["lstm"]
@@ -88,7 +100,7 @@ def test_deeper_and_bidirectional_layers_are_their_own_blocks() -> None:
     w = module.weight_ih_l1_reverse.detach().chunk(3)[2].numpy().astype(np.float64)
     b = module.bias_ih_l1_reverse.detach().chunk(3)[2].numpy().astype(np.float64)
     k = keys.index("ih_l1_reverse.n")
-    np.testing.assert_allclose(r["in_strength"][2 * k:2 * k + 2], w.sum(axis=1) + b, rtol=1e-12)
+    np.testing.assert_allclose(r["in_strength"][2 * k : 2 * k + 2], w.sum(axis=1) + b, rtol=1e-12)
     # layer 1 reads layer 0's two directions: 2 * hidden inputs
     assert r["blocks"].columns["n_in"][k] == 4 and r["blocks"].columns["source"][k] == "x_l1"
 
@@ -101,7 +113,9 @@ def test_attention_projections_are_q_k_v_out_blocks() -> None:
     assert list(r["blocks"].columns["block"]) == ["q", "k", "v", "out"]
     ws, bs = mha.in_proj_weight.detach().chunk(3), mha.in_proj_bias.detach().chunk(3)
     want = [w.numpy().astype(np.float64).sum(axis=1) + b.numpy() for w, b in zip(ws, bs)]
-    want.append(mha.out_proj.weight.detach().numpy().astype(np.float64).sum(axis=1) + mha.out_proj.bias.detach().numpy())
+    want.append(
+        mha.out_proj.weight.detach().numpy().astype(np.float64).sum(axis=1) + mha.out_proj.bias.detach().numpy()
+    )
     np.testing.assert_allclose(r["in_strength"], np.concatenate(want), rtol=1e-6)
 
 
@@ -116,7 +130,9 @@ def test_weight_graph_of_lstm_is_the_blocks_bipartite_graphs() -> None:
     G.add_nodes_from(range(g.num_nodes))
     G.add_weighted_edges_from(zip(g.sources.tolist(), g.targets.tolist(), g.weights.tolist()))
     layers = np.asarray(g.nodes["layer"])
-    assert list(dict.fromkeys(layers)) == ["input.x", "input.h"] + [f"rnn.{p}.{c}" for p in ("ih", "hh") for c in "ifgo"]
+    assert list(dict.fromkeys(layers)) == ["input.x", "input.h"] + [
+        f"rnn.{p}.{c}" for p in ("ih", "hh") for c in "ifgo"
+    ]
     outs = np.flatnonzero(~np.char.startswith(layers.astype(str), "input."))
     in_strength = np.array([G.in_degree(int(n), weight="weight") for n in outs]) + np.asarray(g.nodes["bias"])[outs]
     np.testing.assert_allclose(in_strength, run_metric(cnt.NodeStrength, graph)["rnn"]["in_strength"], rtol=1e-9)
@@ -154,7 +170,9 @@ def test_input_dependent_metrics_do_not_take_gated_layers() -> None:
         assert not metric.applies_to(Layer("rnn", "recurrent", "LSTM"))
         assert "recurrent" in metric.description
     for metric in (cnt.NodeStrength, cnt.LayerFluctuation, cnt.LinkWeights, cnt.WeightGraph, cnt.Divergence):
-        assert metric.applies_to(Layer("rnn", "recurrent", "LSTM")) and metric.applies_to(Layer("a", "attention", "MHA"))
+        assert metric.applies_to(Layer("rnn", "recurrent", "LSTM")) and metric.applies_to(
+            Layer("a", "attention", "MHA")
+        )
         assert "ih.<gate>" in metric.description
 
 
@@ -163,11 +181,22 @@ def test_neurons_feeding_a_recurrent_layer_count_its_input_gate_links(bidirectio
     """Out-strength of a Linear feeding an LSTM = column sums of every weight_ih_l0 gate (both directions)."""
     torch.manual_seed(4)
     fc, lstm = nn.Linear(3, 4), nn.LSTM(4, 5, batch_first=True, bidirectional=bidirectional)
-    graph = make_graph([
-        Layer("fc", "linear", "Linear", weights=_params(fc), input_shapes=[(None, 7, 3)], output_shapes=[(None, 7, 4)]),
-        Layer("rnn", "recurrent", "LSTM", weights=_params(lstm), input_shapes=[(None, 7, 4)],
-              output_shapes=[(None, 7, 10 if bidirectional else 5)]),
-    ], input_shape=(None, 7, 3))
+    graph = make_graph(
+        [
+            Layer(
+                "fc", "linear", "Linear", weights=_params(fc), input_shapes=[(None, 7, 3)], output_shapes=[(None, 7, 4)]
+            ),
+            Layer(
+                "rnn",
+                "recurrent",
+                "LSTM",
+                weights=_params(lstm),
+                input_shapes=[(None, 7, 4)],
+                output_shapes=[(None, 7, 10 if bidirectional else 5)],
+            ),
+        ],
+        input_shape=(None, 7, 3),
+    )
     r = run_metric(cnt.NodeStrength, graph)
     cols = lstm.weight_ih_l0.detach().numpy().astype(np.float64).sum(axis=0)
     if bidirectional:
@@ -175,18 +204,32 @@ def test_neurons_feeding_a_recurrent_layer_count_its_input_gate_links(bidirectio
     np.testing.assert_allclose(r["fc"]["out_strength"], np.tile(cols, 7), rtol=1e-9)  # every time step
     assert r["fc"]["next_layers"] == "rnn" and r["fc"]["has_out"] is True
     # the model input feeds fc only: its out-strength is fc's column sums
-    np.testing.assert_allclose(r[WHOLE_MODEL]["input_out_strength"],
-                               np.tile(fc.weight.detach().numpy().astype(np.float64).sum(axis=0), 7), rtol=1e-6)
+    np.testing.assert_allclose(
+        r[WHOLE_MODEL]["input_out_strength"],
+        np.tile(fc.weight.detach().numpy().astype(np.float64).sum(axis=0), 7),
+        rtol=1e-6,
+    )
 
 
 def test_neurons_feeding_self_attention_count_q_k_v_links() -> None:
     torch.manual_seed(5)
     fc, mha = nn.Linear(3, 6), nn.MultiheadAttention(6, 2, batch_first=True)
-    graph = make_graph([
-        Layer("fc", "linear", "Linear", weights=_params(fc), input_shapes=[(None, 4, 3)], output_shapes=[(None, 4, 6)]),
-        Layer("attn", "attention", "MultiheadAttention", weights=_params(mha), input_shapes=[(None, 4, 6)],
-              output_shapes=[(None, 4, 6)]),
-    ], input_shape=(None, 4, 3))
+    graph = make_graph(
+        [
+            Layer(
+                "fc", "linear", "Linear", weights=_params(fc), input_shapes=[(None, 4, 3)], output_shapes=[(None, 4, 6)]
+            ),
+            Layer(
+                "attn",
+                "attention",
+                "MultiheadAttention",
+                weights=_params(mha),
+                input_shapes=[(None, 4, 6)],
+                output_shapes=[(None, 4, 6)],
+            ),
+        ],
+        input_shape=(None, 4, 3),
+    )
     r = run_metric(cnt.NodeStrength, graph)
     cols = mha.in_proj_weight.detach().numpy().astype(np.float64).sum(axis=0)  # q, k and v read the same tokens
     np.testing.assert_allclose(r["fc"]["out_strength"], np.tile(cols, 4), rtol=1e-6)

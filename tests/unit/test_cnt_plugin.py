@@ -20,21 +20,43 @@ B2 = np.array([0.0, 1.0, 2.0])
 
 
 def mlp():
-    return make_graph([
-        Layer("fc1", "linear", "Linear", weights={"weight": W1, "bias": B1}, input_shapes=[(None, 2)],
-              output_shapes=[(None, 2)]),
-        Layer("act", "activation", "ReLU", attrs={"function": "relu"}),
-        Layer("fc2", "linear", "Linear", weights={"weight": W2, "bias": B2}, input_shapes=[(None, 2)],
-              output_shapes=[(None, 3)]),
-    ], input_shape=(None, 2))
+    return make_graph(
+        [
+            Layer(
+                "fc1",
+                "linear",
+                "Linear",
+                weights={"weight": W1, "bias": B1},
+                input_shapes=[(None, 2)],
+                output_shapes=[(None, 2)],
+            ),
+            Layer("act", "activation", "ReLU", attrs={"function": "relu"}),
+            Layer(
+                "fc2",
+                "linear",
+                "Linear",
+                weights={"weight": W2, "bias": B2},
+                input_shapes=[(None, 2)],
+                output_shapes=[(None, 3)],
+            ),
+        ],
+        input_shape=(None, 2),
+    )
 
 
 def test_registration():
     seen = []
     cnt.deepscope_register_metrics(seen.append)
     names = {m.name for m in seen}
-    assert names == {"cnt.weight_graph", "cnt.link_weights", "cnt.node_strength", "cnt.layer_fluctuation", "cnt.divergence",
-                     "cnt.neuron_strength", "cnt.neuron_activation"}
+    assert names == {
+        "cnt.weight_graph",
+        "cnt.link_weights",
+        "cnt.node_strength",
+        "cnt.layer_fluctuation",
+        "cnt.divergence",
+        "cnt.neuron_strength",
+        "cnt.neuron_activation",
+    }
     recon = {m.name for m in seen if m.reconstructed}
     assert recon == {"cnt.neuron_strength", "cnt.neuron_activation"}
     assert all("reconstructed" in m.description for m in seen if m.reconstructed)
@@ -90,7 +112,10 @@ def test_divergence_between_layers():
     # a budget no pair can meet: the matrix is skipped once, naming the parameters to change
     rb = run_metric(cnt.Divergence, make_graph(layers), params={"budget_seconds": 1e-9})
     assert list(rb) == [WHOLE_MODEL] and rb[WHOLE_MODEL]["status"] == "skipped"
-    assert "3 layer pairs" in rb[WHOLE_MODEL]["reason"] and "raise budget_seconds or lower grid_points" in rb[WHOLE_MODEL]["reason"]
+    assert (
+        "3 layer pairs" in rb[WHOLE_MODEL]["reason"]
+        and "raise budget_seconds or lower grid_points" in rb[WHOLE_MODEL]["reason"]
+    )
 
 
 def test_input_dependent_on_real_sequential():
@@ -102,6 +127,7 @@ def test_input_dependent_on_real_sequential():
     def hook(name):
         def f(module, inp, out):
             captured[name] = (inp[0].detach().numpy().copy(), out.detach().numpy().copy())
+
         return f
 
     for i in (0, 1, 2):
@@ -109,11 +135,13 @@ def test_input_dependent_on_real_sequential():
     with torch.no_grad():
         net(x)
     w = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-    g = make_graph([
-        Layer("fc1", "linear", "Linear", weights={"weight": w["0.weight"], "bias": w["0.bias"]}),
-        Layer("t", "activation", "Tanh", attrs={"function": "tanh"}),
-        Layer("fc2", "linear", "Linear", weights={"weight": w["2.weight"], "bias": w["2.bias"]}),
-    ])
+    g = make_graph(
+        [
+            Layer("fc1", "linear", "Linear", weights={"weight": w["0.weight"], "bias": w["0.bias"]}),
+            Layer("t", "activation", "Tanh", attrs={"function": "tanh"}),
+            Layer("fc2", "linear", "Linear", weights={"weight": w["2.weight"], "bias": w["2.bias"]}),
+        ]
+    )
     inputs = {"fc1": captured[0][0], "fc2": captured[2][0]}
     outputs = {"fc1": captured[0][1], "fc2": captured[2][1]}
     r = run_metric(cnt.NeuronStrength, g, inputs=inputs, outputs=outputs, params={"max_samples": 100}, batch_size=32)
@@ -141,13 +169,32 @@ def test_input_dependent_conv_with_bn_fold():
     with torch.no_grad():
         out = conv(x)
         y = torch.relu(bn(out)).numpy()
-    g = make_graph([
-        Layer("c", "conv", "Conv2d", weights={"weight": conv.weight.detach().numpy(), "bias": conv.bias.detach().numpy()},
-              attrs={"stride": 1, "padding": 1}, input_shapes=[(None, 2, 5, 5)], channel_axis=1),
-        Layer("bn", "norm", "BatchNorm2d", weights={"weight": bn.weight.detach().numpy(), "bias": bn.bias.detach().numpy(),
-              "running_mean": bn.running_mean.numpy(), "running_var": bn.running_var.numpy()}, attrs={"eps": bn.eps}),
-        Layer("r", "activation", "ReLU", attrs={"function": "relu"}),
-    ])
+    g = make_graph(
+        [
+            Layer(
+                "c",
+                "conv",
+                "Conv2d",
+                weights={"weight": conv.weight.detach().numpy(), "bias": conv.bias.detach().numpy()},
+                attrs={"stride": 1, "padding": 1},
+                input_shapes=[(None, 2, 5, 5)],
+                channel_axis=1,
+            ),
+            Layer(
+                "bn",
+                "norm",
+                "BatchNorm2d",
+                weights={
+                    "weight": bn.weight.detach().numpy(),
+                    "bias": bn.bias.detach().numpy(),
+                    "running_mean": bn.running_mean.numpy(),
+                    "running_var": bn.running_var.numpy(),
+                },
+                attrs={"eps": bn.eps},
+            ),
+            Layer("r", "activation", "ReLU", attrs={"function": "relu"}),
+        ]
+    )
     r = run_metric(cnt.NeuronActivation, g, outputs={"c": out.numpy()}, select=["c"])
     np.testing.assert_allclose(r["c"]["neuron_mean"], y.reshape(20, -1).mean(0), atol=1e-10)
     s = run_metric(cnt.NeuronStrength, g, outputs={"c": out.numpy()}, select=["c"])  # BN scale x (W a), no shift
@@ -157,10 +204,12 @@ def test_input_dependent_conv_with_bn_fold():
 
 
 def test_embedding_skipped_with_warning_and_nan_weights_reported():
-    g = make_graph([
-        Layer("emb", "embedding", "Embedding", weights={"weight": np.ones((10, 4))}),
-        Layer("fc", "linear", "Linear", weights={"weight": np.array([[np.nan, 1.0]])}, input_shapes=[(None, 2)]),
-    ])
+    g = make_graph(
+        [
+            Layer("emb", "embedding", "Embedding", weights={"weight": np.ones((10, 4))}),
+            Layer("fc", "linear", "Linear", weights={"weight": np.array([[np.nan, 1.0]])}, input_shapes=[(None, 2)]),
+        ]
+    )
     r = run_metric(cnt.LayerFluctuation, g, params={"include_input": False})
     assert "emb" not in r and "embedding 'emb' skipped" in r["__warnings__"]["warnings"]
     assert np.isnan(r["fc"]["fluctuation"]) and "non-finite" in r["fc"]["reason"]
@@ -186,12 +235,22 @@ def test_weight_graph_in_strength_equals_node_strength_for_conv():
     """Weighted in-degree + bias of the conv graph's output nodes = cnt.node_strength's 'graph'-mode in-strength."""
     rng = np.random.default_rng(0)
     K, b = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
-    conv = Layer("conv", "conv", "Conv2d", weights={"weight": K, "bias": b}, input_shapes=[(None, 2, 5, 5)],
-                 output_shapes=[(None, 3, 3, 3)], attrs={"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1),
-                                                         "groups": 1}, channel_axis=1)
+    conv = Layer(
+        "conv",
+        "conv",
+        "Conv2d",
+        weights={"weight": K, "bias": b},
+        input_shapes=[(None, 2, 5, 5)],
+        output_shapes=[(None, 3, 3, 3)],
+        attrs={"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 1},
+        channel_axis=1,
+    )
     g = run_metric(cnt.WeightGraph, make_graph([conv], input_shape=(None, 2, 5, 5)))["conv"]["graph"]
     n_in = 2 * 5 * 5
     indeg = np.bincount(g.targets - n_in, weights=g.weights, minlength=27)
-    strength = run_metric(cnt.NodeStrength, make_graph([conv], input_shape=(None, 2, 5, 5)),
-                          params={"mode": "graph", "missing_side_const": 0.0, "include_input": False})["conv"]
+    strength = run_metric(
+        cnt.NodeStrength,
+        make_graph([conv], input_shape=(None, 2, 5, 5)),
+        params={"mode": "graph", "missing_side_const": 0.0, "include_input": False},
+    )["conv"]
     np.testing.assert_allclose(indeg + g.nodes["bias"][n_in:], strength["in_strength"], rtol=1e-10, atol=1e-12)

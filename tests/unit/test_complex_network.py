@@ -67,13 +67,21 @@ def oracle_conv_graph(K, b, c_in, H, W, stride, pads, dilation, groups, with_pad
 
 
 def oracle_in(G, c_out, ho, wo):
-    return np.array([[[G.in_degree(("out", o, i, j), weight="weight") + G.nodes[("out", o, i, j)]["bias"]
-                       for j in range(wo)] for i in range(ho)] for o in range(c_out)])
+    return np.array(
+        [
+            [
+                [G.in_degree(("out", o, i, j), weight="weight") + G.nodes[("out", o, i, j)]["bias"] for j in range(wo)]
+                for i in range(ho)
+            ]
+            for o in range(c_out)
+        ]
+    )
 
 
 def oracle_out(G, c_in, H, W):
-    return np.array([[[G.out_degree(("in", c, y, x), weight="weight") for x in range(W)] for y in range(H)]
-                     for c in range(c_in)])
+    return np.array(
+        [[[G.out_degree(("in", c, y, x), weight="weight") for x in range(W)] for y in range(H)] for c in range(c_in)]
+    )
 
 
 CONV_CASES = [  # c_in, c_out, k, H, W, stride, pads(t,b,l,r), dilation, groups
@@ -107,7 +115,7 @@ def test_conv_strengths_match_explicit_graph(case):
     M = conv_unrolled_matrix(K, (H, W), stride, onnx, dil, groups).tocsr()
     order_in = [("in", c, y, x) for c in range(c_in) for y in range(H) for x in range(W)]
     order_out = [("out", o, i, j) for o in range(c_out) for i in range(ho) for j in range(wo)]
-    dense = nx.to_numpy_array(G, nodelist=order_in + order_out, weight="weight")[: len(order_in), len(order_in):]
+    dense = nx.to_numpy_array(G, nodelist=order_in + order_out, weight="weight")[: len(order_in), len(order_in) :]
     np.testing.assert_allclose(M.toarray(), dense.T, atol=1e-12)
     assert M.nnz == G.number_of_edges()
     # the link count used to refuse capped graphs is the oracle's, without building anything
@@ -123,8 +131,11 @@ def test_conv1d_kernel_and_torch_same_padding():
     conv(x).sum().backward()  # torch's own VJP of sum(conv(x)) as the oracle
     np.testing.assert_allclose(out[:, 0, :], x.grad[0].numpy(), atol=1e-12)
     ones = torch.ones(1, 2, 11, dtype=torch.float64)
-    np.testing.assert_allclose(conv_in_strength(K, b, 11, padding="same", dilation=2, mode="graph")[:, 0, :],
-                               conv(ones)[0].detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        conv_in_strength(K, b, 11, padding="same", dilation=2, mode="graph")[:, 0, :],
+        conv(ones)[0].detach().numpy(),
+        atol=1e-12,
+    )
 
 
 def test_dense_hand_computed():
@@ -147,8 +158,15 @@ def test_dense_hand_computed():
 def test_weight_graph_dense_and_conv_next():
     rng = np.random.default_rng(3)
     K, b = rng.normal(size=(2, 1, 2, 2)), rng.normal(size=2)
-    conv = Layer("c", "conv", "Conv2d", input_shapes=[(None, 1, 3, 3)], output_shapes=[(None, 2, 2, 2)],
-                 weights={"weight": K, "bias": b}, attrs={"stride": (1, 1), "padding": (0, 0)})
+    conv = Layer(
+        "c",
+        "conv",
+        "Conv2d",
+        input_shapes=[(None, 1, 3, 3)],
+        output_shapes=[(None, 2, 2, 2)],
+        weights={"weight": K, "bias": b},
+        attrs={"stride": (1, 1), "padding": (0, 0)},
+    )
     W2 = rng.normal(size=(3, 8))
     lin = Layer("l", "linear", "Linear", weights={"weight": W2})
     G = weight_graph(conv, lin)
@@ -167,8 +185,15 @@ def test_weight_graph_dense_and_conv_next():
 
 def test_capped_weight_graph_is_refused_with_its_link_count():
     """ResNet-18's layer4 conv (512->512 3x3 on 4x4): 26,214,400 links; refused by count, not by building it."""
-    conv = Layer("c", "conv", "Conv2d", input_shapes=[(None, 512, 4, 4)], output_shapes=[(None, 512, 4, 4)],
-                 weights={"weight": np.zeros((512, 512, 3, 3))}, attrs={"stride": (1, 1), "padding": (1, 1)})
+    conv = Layer(
+        "c",
+        "conv",
+        "Conv2d",
+        input_shapes=[(None, 512, 4, 4)],
+        output_shapes=[(None, 512, 4, 4)],
+        weights={"weight": np.zeros((512, 512, 3, 3))},
+        attrs={"stride": (1, 1), "padding": (1, 1)},
+    )
     with pytest.raises(ValueError, match="26,214,400 links > max_links 2,000,000"):
         weight_graph_coo(conv, max_links=2_000_000)
     # 4x4 map, 3x3 taps, padding 1: 36 (position, tap) pairs fall on padding of the 144
@@ -220,8 +245,15 @@ def test_fold_batchnorm_matches_torch_fusion():
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-2, 2)
         bn.bias.uniform_(-1, 1)
     fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval())
-    W, b = fold_batchnorm(conv.weight.detach().numpy(), conv.bias.detach().numpy(), bn.weight.detach().numpy(),
-                          bn.bias.detach().numpy(), bn.running_mean.numpy(), bn.running_var.numpy(), bn.eps)
+    W, b = fold_batchnorm(
+        conv.weight.detach().numpy(),
+        conv.bias.detach().numpy(),
+        bn.weight.detach().numpy(),
+        bn.bias.detach().numpy(),
+        bn.running_mean.numpy(),
+        bn.running_var.numpy(),
+        bn.eps,
+    )
     np.testing.assert_allclose(W, fused.weight.detach().numpy(), atol=1e-12)
     np.testing.assert_allclose(b, fused.bias.detach().numpy(), atol=1e-12)
 
@@ -233,29 +265,68 @@ def _np(t):
 def test_real_sequential_conv_bn_pool_flatten_dense():
     """conv -> BN -> ReLU -> MaxPool -> Flatten -> Linear -> ReLU -> Linear, layers built by hand."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 5), torch.nn.ReLU(),
-        torch.nn.Linear(5, 3),
-    ).double().eval()
+    net = (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, stride=2, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4 * 2 * 2, 5),
+            torch.nn.ReLU(),
+            torch.nn.Linear(5, 3),
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         net[1].running_mean.uniform_(-1, 1), net[1].running_var.uniform_(0.5, 2)
     conv, bn, lin1, lin2 = net[0], net[1], net[5], net[7]
     layers = [
-        Layer("conv", "conv", "Conv2d", input_shapes=[(None, 3, 8, 8)], output_shapes=[(None, 4, 4, 4)],
-              weights={"weight": _np(conv.weight), "bias": _np(conv.bias)},
-              attrs={"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 1}, channel_axis=1),
-        Layer("bn", "norm", "BatchNorm2d", weights={"weight": _np(bn.weight), "bias": _np(bn.bias),
-              "running_mean": _np(bn.running_mean), "running_var": _np(bn.running_var)}, attrs={"eps": bn.eps},
-              output_shapes=[(None, 4, 4, 4)], channel_axis=1),
+        Layer(
+            "conv",
+            "conv",
+            "Conv2d",
+            input_shapes=[(None, 3, 8, 8)],
+            output_shapes=[(None, 4, 4, 4)],
+            weights={"weight": _np(conv.weight), "bias": _np(conv.bias)},
+            attrs={"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 1},
+            channel_axis=1,
+        ),
+        Layer(
+            "bn",
+            "norm",
+            "BatchNorm2d",
+            weights={
+                "weight": _np(bn.weight),
+                "bias": _np(bn.bias),
+                "running_mean": _np(bn.running_mean),
+                "running_var": _np(bn.running_var),
+            },
+            attrs={"eps": bn.eps},
+            output_shapes=[(None, 4, 4, 4)],
+            channel_axis=1,
+        ),
         Layer("relu", "activation", "ReLU", attrs={"function": "relu"}, output_shapes=[(None, 4, 4, 4)]),
         Layer("pool", "pool", "MaxPool2d", attrs={"kernel_size": 2, "stride": 2}, output_shapes=[(None, 4, 2, 2)]),
         Layer("flat", "other", "Flatten", output_shapes=[(None, 16)]),
-        Layer("fc1", "linear", "Linear", weights={"weight": _np(lin1.weight), "bias": _np(lin1.bias)},
-              input_shapes=[(None, 16)], output_shapes=[(None, 5)]),
+        Layer(
+            "fc1",
+            "linear",
+            "Linear",
+            weights={"weight": _np(lin1.weight), "bias": _np(lin1.bias)},
+            input_shapes=[(None, 16)],
+            output_shapes=[(None, 5)],
+        ),
         Layer("relu2", "activation", "ReLU", attrs={"function": "relu"}),
-        Layer("fc2", "linear", "Linear", weights={"weight": _np(lin2.weight), "bias": _np(lin2.bias)},
-              input_shapes=[(None, 5)], output_shapes=[(None, 3)]),
+        Layer(
+            "fc2",
+            "linear",
+            "Linear",
+            weights={"weight": _np(lin2.weight), "bias": _np(lin2.bias)},
+            input_shapes=[(None, 5)],
+            output_shapes=[(None, 3)],
+        ),
     ]
     graph = make_graph(layers, input_shape=(None, 3, 8, 8))
     nl = neuron_layer_strengths(graph, layers[0], mode="code")
@@ -286,11 +357,27 @@ def test_residual_identity_links():
     attrs = {"stride": 1, "padding": 1}
     shp = (None, 2, 4, 4)
     layers = [
-        Layer("a", "conv", "Conv2d", inputs=["input"], input_shapes=[shp], output_shapes=[shp],
-              weights={"weight": Ka, "bias": ba}, attrs=attrs),
+        Layer(
+            "a",
+            "conv",
+            "Conv2d",
+            inputs=["input"],
+            input_shapes=[shp],
+            output_shapes=[shp],
+            weights={"weight": Ka, "bias": ba},
+            attrs=attrs,
+        ),
         Layer("ra", "activation", "ReLU", inputs=["a"], output_shapes=[shp]),
-        Layer("b", "conv", "Conv2d", inputs=["ra"], input_shapes=[shp], output_shapes=[shp],
-              weights={"weight": Kb, "bias": bb}, attrs=attrs),
+        Layer(
+            "b",
+            "conv",
+            "Conv2d",
+            inputs=["ra"],
+            input_shapes=[shp],
+            output_shapes=[shp],
+            weights={"weight": Kb, "bias": bb},
+            attrs=attrs,
+        ),
         Layer("add", "other", "Add", inputs=["b", "ra"], output_shapes=[shp]),
         Layer("r", "activation", "ReLU", inputs=["add"], output_shapes=[shp]),
         Layer("fc", "linear", "Linear", inputs=["r"], input_shapes=[(None, 32)], weights={"weight": Wfc}),
@@ -352,7 +439,9 @@ def test_layer_table_from_the_torch_backend_residual_block():
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     graph = ExportedProgramBackend(torch.export.export(net, (x,)), "cpu").graph
     by_op = {layer.name: layer for layer in graph.layers}
-    conv0, conv1, conv2 = (next(layer for layer in graph.layers if layer.name.endswith(n)) for n in ("conv0", "conv1", "conv2"))
+    conv0, conv1, conv2 = (
+        next(layer for layer in graph.layers if layer.name.endswith(n)) for n in ("conv0", "conv1", "conv2")
+    )
     assert set(by_op) >= {conv0.name, conv1.name, conv2.name}
 
     def fused_grad(conv, bn):  # torch's fusion + autograd: out-strength of the conv's inputs
@@ -370,7 +459,9 @@ def test_layer_table_from_the_torch_backend_residual_block():
     n2 = neuron_layer_strengths(graph, conv2, mode="code")
     want_in = _np(f2.weight).reshape(4, -1).sum(1) + _np(f2.bias) + 1.0
     np.testing.assert_allclose(n2.strengths.s_in, want_in[:, None, None] * np.ones((4, 6, 6)), atol=1e-10)
-    np.testing.assert_allclose(n2.strengths.s_out, np.broadcast_to((_np(net.fc.weight).sum(0) / 36)[:, None, None], (4, 6, 6)), atol=1e-12)
+    np.testing.assert_allclose(
+        n2.strengths.s_out, np.broadcast_to((_np(net.fc.weight).sum(0) / 36)[:, None, None], (4, 6, 6)), atol=1e-12
+    )
     # conv1 neurons feed conv2 only
     n1 = neuron_layer_strengths(graph, conv1, mode="code")
     np.testing.assert_allclose(n1.strengths.s_out, g2, atol=1e-10)

@@ -7,8 +7,6 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from deepscope_server.model_graph import Layer
-from deepscope_server.testing import make_graph, run_metric
 from deepscope_metrics.complexity import (
     binary_entropy,
     complexity_at,
@@ -19,6 +17,8 @@ from deepscope_metrics.complexity import (
     piecewise_fvu_curve,
 )
 from deepscope_metrics.plugins.complexity import LinearFVU, PatternEntropyMetric, PiecewiseFVU
+from deepscope_server.model_graph import Layer
+from deepscope_server.testing import make_graph, run_metric
 
 torch.set_num_threads(1)
 
@@ -41,10 +41,12 @@ def _entropy(counts):
 
 
 def test_small_helpers_hand_computed():
-    np.testing.assert_allclose(binary_entropy([0.0, 0.5, 1.0, 0.25]),
-                               [0.0, np.log(2), 0.0, -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))])
+    np.testing.assert_allclose(
+        binary_entropy([0.0, 0.5, 1.0, 0.25]), [0.0, np.log(2), 0.0, -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))]
+    )
     assert occupancy_entropy(np.array([0, 0, 1, 1, 2, 2, 2, 2])) == pytest.approx(
-        -(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5)))
+        -(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5))
+    )
     y = np.array([[1.0], [2.0], [3.0]])
     assert fvu(y, np.array([[2.0], [2.0], [2.0]])) == pytest.approx(1.0)  # predicting the mean
     assert fvu(y, y) == 0.0
@@ -70,7 +72,9 @@ def test_relu_active_everywhere_is_linear_and_has_zero_pattern_entropy():
     rng = np.random.default_rng(1)
     h = rng.standard_normal((500, 9)) + 10.0  # every pre-activation positive
     out = np.maximum(h, 0)
-    res = run_metric(LinearFVU, [RELU], inputs={"relu": h}, outputs={"relu": out}, params={"ridge": 0.0, **LAYERS})["relu"]
+    res = run_metric(LinearFVU, [RELU], inputs={"relu": h}, outputs={"relu": out}, params={"ridge": 0.0, **LAYERS})[
+        "relu"
+    ]
     assert res["fvu"] < 1e-10
     pat = run_metric(PatternEntropyMetric, [RELU], outputs={"relu": out})["relu"]
     assert pat["unit_entropy_sum"] == 0.0 and pat["joint_entropy"] == 0.0
@@ -99,8 +103,9 @@ def test_reservoir_cap_and_pca_reduction_are_reported():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((500, 30))
     y = np.tanh(x @ rng.standard_normal((30, 40)))
-    res = run_metric(LinearFVU, [FC], inputs={"fc": x}, outputs={"fc": y},
-                     params={"max_samples": 100, "pca_dim": 10, **LAYERS})["fc"]
+    res = run_metric(
+        LinearFVU, [FC], inputs={"fc": x}, outputs={"fc": y}, params={"max_samples": 100, "pca_dim": 10, **LAYERS}
+    )["fc"]
     assert res["n_samples_seen"] == 500 and res["reservoir_size"] == 100 and res["n_samples"] == 100
     assert res["input_dim"] == 10 and res["output_dim"] == 10
     assert 0 < res["input_pca_variance"] < 1 and 0 < res["output_pca_variance"] < 1
@@ -121,8 +126,9 @@ def test_regression_degenerate_cases_give_nan_and_reason():
     conv = Layer("conv", "conv", "Conv", channel_axis=1)
     xin, yout = rng.standard_normal((10, 2, 8, 8)), rng.standard_normal((10, 3, 4, 4))
     for metric in (LinearFVU, PiecewiseFVU):
-        res = run_metric(metric, [conv], inputs={"conv": xin}, outputs={"conv": yout},
-                         params={"reduce": "positions", **LAYERS})["conv"]
+        res = run_metric(
+            metric, [conv], inputs={"conv": xin}, outputs={"conv": yout}, params={"reduce": "positions", **LAYERS}
+        )["conv"]
         assert "reason" in res and "row counts" in res["reason"]
     # with the default mean reduction the same layer is measured
     res = run_metric(LinearFVU, [conv], inputs={"conv": xin}, outputs={"conv": yout}, params=LAYERS)["conv"]
@@ -158,7 +164,7 @@ def _blobs_piecewise(k, n_per=150, dim=3, seed=0):
     x = np.concatenate([c + rng.standard_normal((n_per, dim)) for c in centres])
     maps = rng.standard_normal((k, dim, 2)) * 3
     shifts = rng.standard_normal((k, 2)) * 3
-    y = np.concatenate([x[i * n_per:(i + 1) * n_per] @ maps[i] + shifts[i] for i in range(k)])
+    y = np.concatenate([x[i * n_per : (i + 1) * n_per] @ maps[i] + shifts[i] for i in range(k)])
     return x, y
 
 
@@ -166,8 +172,13 @@ def _blobs_piecewise(k, n_per=150, dim=3, seed=0):
 def test_exactly_k_piecewise_linear_map_gives_k(k):
     """With eps below what any K-1 pieces leave (here 1e-6 of the linear FVU), K* is exactly K."""
     x, y = _blobs_piecewise(k, seed=k)
-    res = run_metric(PiecewiseFVU, make_graph([Layer("out", "linear", "Gemm")]), data={"input": x},
-                     outputs={"out": y}, params={"k_max": 8, "eps": 1e-6})["out"]
+    res = run_metric(
+        PiecewiseFVU,
+        make_graph([Layer("out", "linear", "Gemm")]),
+        data={"input": x},
+        outputs={"out": y},
+        params={"k_max": 8, "eps": 1e-6},
+    )["out"]
     assert res["block_start"] == "input" and res["block_end"] == "out"
     assert res["k_star"] == k and res["complexity"] == pytest.approx(np.log(k))
     curve = res["fvu_k"].y
@@ -187,8 +198,13 @@ def test_relative_and_absolute_eps():
 def test_one_dimensional_relu_needs_two_pieces():
     """2-means on symmetric 1-D data splits near 0, where relu is affine on each side."""
     h = np.random.default_rng(7).standard_normal((4000, 1))
-    res = run_metric(PiecewiseFVU, [RELU], inputs={"relu": h}, outputs={"relu": np.maximum(h, 0)},
-                     params={"eps": 0.1, "k_max": 8, **LAYERS})["relu"]
+    res = run_metric(
+        PiecewiseFVU,
+        [RELU],
+        inputs={"relu": h},
+        outputs={"relu": np.maximum(h, 0)},
+        params={"eps": 0.1, "k_max": 8, **LAYERS},
+    )["relu"]
     assert res["fvu_linear"] == pytest.approx(RELU_GAUSS_FVU, abs=0.03)
     assert res["fvu_k"].y[1] < 0.2 * res["fvu_linear"]
     assert res["k_star"] == 2 and res["complexity"] == pytest.approx(np.log(2))
@@ -209,8 +225,12 @@ def test_affine_layer_has_zero_piecewise_complexity_and_unreachable_eps_is_repor
 
 
 def _mlp_graph():
-    layers = [Layer("fc1", "linear", "Gemm"), Layer("relu1", "activation", "Relu", attrs={"function": "relu"}),
-              Layer("fc2", "linear", "Gemm"), Layer("relu2", "activation", "Relu", attrs={"function": "relu"})]
+    layers = [
+        Layer("fc1", "linear", "Gemm"),
+        Layer("relu1", "activation", "Relu", attrs={"function": "relu"}),
+        Layer("fc2", "linear", "Gemm"),
+        Layer("relu2", "activation", "Relu", attrs={"function": "relu"}),
+    ]
     return make_graph(layers)
 
 
@@ -222,8 +242,11 @@ def test_default_blocks_map_one_representation_to_the_next():
     r1 = np.maximum(h1, 0)
     h2 = r1 @ w2
     r2 = np.maximum(h2, 0)
-    acts = dict(outputs={"fc1": h1, "relu1": r1, "fc2": h2, "relu2": r2},
-                inputs={"fc1": x, "relu1": h1, "fc2": r1, "relu2": h2}, data={"input": x})
+    acts = dict(
+        outputs={"fc1": h1, "relu1": r1, "fc2": h2, "relu2": r2},
+        inputs={"fc1": x, "relu1": h1, "fc2": r1, "relu2": h2},
+        data={"input": x},
+    )
     res = run_metric(LinearFVU, _mlp_graph(), params={"ridge": 0.0}, **acts)
     assert set(res) - {"__warnings__"} == {"relu1", "relu2"}  # blocks end at the activations' outputs
     assert res["relu1"]["block_start"] == "input" and res["relu2"]["block_start"] == "relu1"
@@ -250,8 +273,13 @@ def test_conv_blocks_use_the_flattened_model_input():
     images = rng.standard_normal((300, 1, 4, 4))
     conv = Layer("conv", "conv", "Conv", channel_axis=1)
     feats = np.maximum(images * 2.0 - 0.5, 0).repeat(2, axis=1)  # 2 channels, a ReLU of each pixel
-    res = run_metric(PiecewiseFVU, make_graph([conv]), data={"input": images}, outputs={"conv": feats},
-                     params={"reduce": "flatten", "k_max": 4})["conv"]
+    res = run_metric(
+        PiecewiseFVU,
+        make_graph([conv]),
+        data={"input": images},
+        outputs={"conv": feats},
+        params={"reduce": "flatten", "k_max": 4},
+    )["conv"]
     assert res["input_units"] == 16 and res["output_units"] == 32 and res["block_start"] == "input"
     assert 0 < res["fvu_linear"] < 1 and np.all(np.diff(res["fvu_k"].y) <= 1e-12)
 
@@ -272,8 +300,7 @@ def test_unit_active_on_half_the_samples_contributes_ln2():
 def test_pattern_entropy_matches_direct_count_over_batches_and_scales():
     rng = np.random.default_rng(10)
     h = rng.standard_normal((700, 7)) + np.linspace(-1, 1, 7)
-    res = run_metric(PatternEntropyMetric, [FC], outputs={"fc": h}, params={"unit_order": "index"},
-                     batch_size=33)["fc"]
+    res = run_metric(PatternEntropyMetric, [FC], outputs={"fc": h}, params={"unit_order": "index"}, batch_size=33)["fc"]
     rows = [tuple(r) for r in (h > 0).astype(int)]
     assert res["joint_entropy"] == pytest.approx(_entropy(Counter(rows).values()), abs=1e-12)
     assert res["n_distinct_patterns"] == len(set(rows))

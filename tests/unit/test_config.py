@@ -57,8 +57,9 @@ SETTINGS = declared()
 
 def test_every_field_is_declared_with_unique_flag_and_variable():
     names = {(d.owner, d.name) for d in SETTINGS}
-    assert names == {(Settings, f.name) for f in fields(Settings) if f.name != "limits"} | \
-        {(Limits, f.name) for f in fields(Limits)}
+    assert names == {(Settings, f.name) for f in fields(Settings) if f.name != "limits"} | {
+        (Limits, f.name) for f in fields(Limits)
+    }
     flags = [d.flag for d in SETTINGS if d.flag]
     envs = [d.env for d in SETTINGS if d.env]
     assert len(set(flags)) == len(flags) and len(set(envs)) == len(envs)
@@ -81,15 +82,28 @@ def test_variable_overrides_default_and_flag_overrides_variable(d, tmp_path):
 
 
 def test_flag_wins_over_a_valid_variable():
-    s = settings_from_args(["--port", "4321", "--max-run-seconds", "5", "--device", "cpu"],
-                           environ={"DEEPSCOPE_PORT": "1234", "DEEPSCOPE_MAX_RUN_SECONDS": "7",
-                                    "DEEPSCOPE_DEVICE": "cuda", "DEEPSCOPE_WORKERS": "9"})
+    s = settings_from_args(
+        ["--port", "4321", "--max-run-seconds", "5", "--device", "cpu"],
+        environ={
+            "DEEPSCOPE_PORT": "1234",
+            "DEEPSCOPE_MAX_RUN_SECONDS": "7",
+            "DEEPSCOPE_DEVICE": "cuda",
+            "DEEPSCOPE_WORKERS": "9",
+        },
+    )
     assert (s.port, s.limits.max_run_seconds, s.device, s.workers) == (4321, 5.0, "cpu", 9)
 
 
 def test_negated_booleans_and_lists():
-    s = settings_from_args([], environ={"DEEPSCOPE_NO_REFLECTION": "yes", "DEEPSCOPE_NO_ENTRY_POINTS": "0",
-                                        "DEEPSCOPE_PLUGINS": "modes,", "DEEPSCOPE_PLUGIN_MODULES": "a.b, c"})
+    s = settings_from_args(
+        [],
+        environ={
+            "DEEPSCOPE_NO_REFLECTION": "yes",
+            "DEEPSCOPE_NO_ENTRY_POINTS": "0",
+            "DEEPSCOPE_PLUGINS": "modes,",
+            "DEEPSCOPE_PLUGIN_MODULES": "a.b, c",
+        },
+    )
     assert (s.reflection, s.entry_points, s.plugins, s.plugin_modules) == (False, True, {"modes"}, ["a.b", "c"])
     s = settings_from_args(["--no-entry-points", "--plugin-module", "x", "--plugin-module", "y"], environ={})
     assert (s.reflection, s.entry_points, s.plugin_modules) == (True, False, ["x", "y"])
@@ -102,18 +116,27 @@ def test_the_token_variable_leaves_the_environment(monkeypatch):
     assert "DEEPSCOPE_AUTH_TOKEN" not in os.environ  # no worker process inherits it
 
 
-@pytest.mark.parametrize("argv, env, expected", [
-    ([], {"DEEPSCOPE_MAX_RUN_SECONDS": "abc"}, "DEEPSCOPE_MAX_RUN_SECONDS='abc': expected a number >= 0"),
-    (["--max-model-bytes", "-5"], {}, "argument --max-model-bytes: expected an integer >= 0, got '-5'"),
-    ([], {"DEEPSCOPE_DEVICE": "gpu"}, "DEEPSCOPE_DEVICE='gpu': expected one of auto, cpu, cuda"),
-    ([], {"DEEPSCOPE_TRUST_MODEL_DIR": "maybe"}, "DEEPSCOPE_TRUST_MODEL_DIR='maybe': expected one of 1, true"),
-    (["--port", "70000"], {}, "argument --port: expected an integer >= 0 and <= 65535, got '70000'"),
-    (["--auth-token-file", "/nonexistent/token"], {}, "--auth-token-file /nonexistent/token: No such file"),
-])
+@pytest.mark.parametrize(
+    "argv, env, expected",
+    [
+        ([], {"DEEPSCOPE_MAX_RUN_SECONDS": "abc"}, "DEEPSCOPE_MAX_RUN_SECONDS='abc': expected a number >= 0"),
+        (["--max-model-bytes", "-5"], {}, "argument --max-model-bytes: expected an integer >= 0, got '-5'"),
+        ([], {"DEEPSCOPE_DEVICE": "gpu"}, "DEEPSCOPE_DEVICE='gpu': expected one of auto, cpu, cuda"),
+        ([], {"DEEPSCOPE_TRUST_MODEL_DIR": "maybe"}, "DEEPSCOPE_TRUST_MODEL_DIR='maybe': expected one of 1, true"),
+        (["--port", "70000"], {}, "argument --port: expected an integer >= 0 and <= 65535, got '70000'"),
+        (["--auth-token-file", "/nonexistent/token"], {}, "--auth-token-file /nonexistent/token: No such file"),
+    ],
+)
 def test_bad_values_are_one_line_with_exit_code_2(argv, env, expected, tmp_path):
     """The real console script: what an operator sees (no traceback, no usage block)."""
-    result = subprocess.run([SERVER, "--store", str(tmp_path / "store"), *argv], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=120, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [SERVER, "--store", str(tmp_path / "store"), *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deepscope-server: error: ") and expected in lines[0], lines

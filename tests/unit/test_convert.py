@@ -37,15 +37,18 @@ def test_graph_round_trip_to_networkx():
     assert not undirected.is_directed() and undirected.has_edge(1, 0)
 
 
-@pytest.mark.parametrize("value, message", [
-    (object(), "unsupported type"),
-    (np.array(["a", "b"]), "expected numbers"),
-    (Curve(np.arange(3), np.arange(4)), "equal length"),
-    (Table({"a": [1, 2], "b": [1]}), "has 1 rows, expected 2"),
-    (Graph(2, np.array([0]), np.array([2])), r"node ids must lie in \[0, 2\)"),
-    (Graph(2, np.array([0]), np.array([1]), np.array([1.0, 2.0])), "2 weights for 1 edges"),
-    (Graph(2, np.array([0]), np.array([1]), nodes={"x": [1, 2, 3]}), "num_nodes = 2 rows"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (object(), "unsupported type"),
+        (np.array(["a", "b"]), "expected numbers"),
+        (Curve(np.arange(3), np.arange(4)), "equal length"),
+        (Table({"a": [1, 2], "b": [1]}), "has 1 rows, expected 2"),
+        (Graph(2, np.array([0]), np.array([2])), r"node ids must lie in \[0, 2\)"),
+        (Graph(2, np.array([0]), np.array([1]), np.array([1.0, 2.0])), "2 weights for 1 edges"),
+        (Graph(2, np.array([0]), np.array([1]), nodes={"x": [1, 2, 3]}), "num_nodes = 2 rows"),
+    ],
+)
 def test_malformed_values_are_named(value, message):
     with pytest.raises(MalformedResult, match=message):
         item_proto("k", value)

@@ -5,8 +5,6 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from deepscope_server.model_graph import Layer
-from deepscope_server.testing import run_metric
 from deepscope_metrics.dimension import (
     components_for_variance,
     covariance_eigenvalues,
@@ -15,9 +13,10 @@ from deepscope_metrics.dimension import (
     participation_ratio,
     spectrum_dimensions,
 )
-from deepscope_metrics.plugins.complexity import EffectiveDimension
 from deepscope_metrics.fits import fit_power_law
-
+from deepscope_metrics.plugins.complexity import EffectiveDimension
+from deepscope_server.model_graph import Layer
+from deepscope_server.testing import run_metric
 
 # ------------------------------------------------------------------ hand-computed spectra
 
@@ -29,8 +28,9 @@ def test_hand_computed_spectra():
     assert entropy_dimension([3, 1]) == pytest.approx(np.exp(0.5623351446188083))
     assert participation_ratio([3, 1]) == pytest.approx(16 / 10)
     # cumulative fractions 0.4, 0.7, 0.9, 1.0
-    np.testing.assert_array_equal(components_for_variance([1, 4, 2, 3], [0.3, 0.4, 0.5, 0.7, 0.9, 0.99, 1.0]),
-                                  [1, 1, 2, 2, 3, 4, 4])
+    np.testing.assert_array_equal(
+        components_for_variance([1, 4, 2, 3], [0.3, 0.4, 0.5, 0.7, 0.9, 0.99, 1.0]), [1, 1, 2, 2, 3, 4, 4]
+    )
 
 
 def test_zero_spectrum_is_nan_with_reason():
@@ -95,14 +95,14 @@ def test_spectrum_exponent_recovers_power_law():
 
 def test_power_law_fit_recovers_exponent_and_range():
     x = np.geomspace(1, 1e4, 40)
-    fit = fit_power_law(x, 3.0 * x ** -0.7)
+    fit = fit_power_law(x, 3.0 * x**-0.7)
     assert fit.slope == pytest.approx(-0.7, abs=1e-12) and fit.r2 == pytest.approx(1.0)
     assert np.exp(fit.intercept) == pytest.approx(3.0)
-    np.testing.assert_allclose(fit.predict(x), 3.0 * x ** -0.7)
-    noisy = 2.0 * x ** 1.3 * np.exp(np.random.default_rng(4).normal(0, 0.05, x.size))
+    np.testing.assert_allclose(fit.predict(x), 3.0 * x**-0.7)
+    noisy = 2.0 * x**1.3 * np.exp(np.random.default_rng(4).normal(0, 0.05, x.size))
     fit = fit_power_law(x, noisy)
     assert fit.slope == pytest.approx(1.3, abs=0.03) and fit.r2 > 0.99
-    part = fit_power_law(x, np.where(x < 100, x ** 2.0, x ** 0.5), x_min=1, x_max=99)
+    part = fit_power_law(x, np.where(x < 100, x**2.0, x**0.5), x_min=1, x_max=99)
     assert part.slope == pytest.approx(2.0) and part.x_range[1] < 100
 
 
@@ -130,7 +130,7 @@ def test_adapter_on_digits_matches_sklearn_pca():
     res = run_metric(EffectiveDimension, [Layer("fc", "linear", "Gemm")], outputs={"fc": x}, batch_size=100)["fc"]
     assert res["d_eff"] == pytest.approx(_entropy_dim_sklearn(x), rel=1e-8)
     p = PCA().fit(x).explained_variance_ratio_
-    assert res["participation_ratio"] == pytest.approx(1 / (p ** 2).sum(), rel=1e-8)
+    assert res["participation_ratio"] == pytest.approx(1 / (p**2).sum(), rel=1e-8)
     want_n = np.searchsorted(np.cumsum(p), [0.5, 0.9, 0.99]) + 1
     table = dict(zip(res["n_components"].columns["tau"], res["n_components"].columns["n_components"]))
     assert [table[0.5], table[0.9], table[0.99]] == list(want_n)
@@ -146,8 +146,7 @@ def test_adapter_reduces_conv_maps_by_mean_and_projects_wide_layers():
     assert res["n_features"] == 8 and res["reduce"] == "mean"
     # a wide rank-6 layer, PCA-projected to 16 dims, keeps its spectrum
     wide = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 100))
-    out = run_metric(EffectiveDimension, [Layer("fc", "linear", "Gemm")], outputs={"fc": wide},
-                     params={"max_dim": 16})
+    out = run_metric(EffectiveDimension, [Layer("fc", "linear", "Gemm")], outputs={"fc": wide}, params={"max_dim": 16})
     res = out["fc"]
     assert res["projection"] == "pca" and res["dim"] == 16
     assert res["d_eff"] == pytest.approx(_entropy_dim_sklearn(wide), rel=1e-6)
@@ -160,5 +159,9 @@ def test_adapter_degenerate_layer_gives_nan_and_reason():
     res = run_metric(EffectiveDimension, [Layer("fc", "linear", "Gemm")], outputs={"fc": np.ones((1, 4))})["fc"]
     assert np.isnan(res["d_eff"]) and res["reason"]
     with pytest.raises(ValueError):
-        run_metric(EffectiveDimension, [Layer("fc", "linear", "Gemm")], outputs={"fc": np.ones((5, 4))},
-                   params={"taus": "0.5, 2"})
+        run_metric(
+            EffectiveDimension,
+            [Layer("fc", "linear", "Gemm")],
+            outputs={"fc": np.ones((5, 4))},
+            params={"taus": "0.5, 2"},
+        )

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from deepscope_metrics.fits import fit_power_law, linear_fit
 
 
@@ -21,13 +22,13 @@ def test_power_law_fit_is_the_hand_case_on_log_axes():
     fit = fit_power_law(np.exp([1.0, 2.0, 3.0]), np.exp([1.0, 2.0, 2.0]))
     assert (fit.slope, fit.intercept, fit.r2) == pytest.approx((0.5, 2 / 3, 0.75), abs=1e-12)
     assert fit.stderr == pytest.approx(math.sqrt(1 / 12), abs=1e-12)
-    assert fit.x_range == pytest.approx((math.e, math.e ** 3)) and fit.n_points == 3 and not fit.reason
+    assert fit.x_range == pytest.approx((math.e, math.e**3)) and fit.n_points == 3 and not fit.reason
 
 
 def test_power_law_fit_matches_polyfit_on_the_usable_points():
     rng = np.random.default_rng(0)
     x = np.geomspace(1, 1e4, 40)
-    y = 2.5 * x ** -1.2 * np.exp(rng.normal(scale=1.0, size=x.size))
+    y = 2.5 * x**-1.2 * np.exp(rng.normal(scale=1.0, size=x.size))
     x_bad = np.r_[x, 0.0, -3.0, np.nan, 5.0, 1e5]  # skipped: x <= 0, NaN, y <= 0, beyond x_max
     y_bad = np.r_[y, 1.0, 1.0, 1.0, -1.0, 1.0]
     fit = fit_power_law(x_bad, y_bad, x_min=1.0, x_max=1e4)
@@ -39,7 +40,7 @@ def test_power_law_fit_matches_polyfit_on_the_usable_points():
     assert fit.r2 == pytest.approx(r2, rel=1e-10) and fit.r2 < 0.99
     assert fit.stderr == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-8)
     assert fit.n_points == x.size and fit.x_range == pytest.approx((1.0, 1e4))
-    np.testing.assert_allclose(fit.predict(x), np.exp(intercept) * x ** slope, rtol=1e-10)
+    np.testing.assert_allclose(fit.predict(x), np.exp(intercept) * x**slope, rtol=1e-10)
 
 
 def test_constant_y_is_a_perfect_flat_fit_and_degenerate_input_is_nan_with_a_reason():

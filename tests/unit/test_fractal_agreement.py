@@ -42,14 +42,21 @@ def one_blas_thread():
 
 
 def _mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                         nn.Linear(64, 10))
+    return nn.Sequential(
+        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
 
 
 def _cnn() -> nn.Sequential:
     # 16 x 8 x 8 = 1024 flattened features: wider than the authors' 1000, so their PCA step runs
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 64, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 64, 10),
+    )
 
 
 def _hidden(model: nn.Sequential, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -94,8 +101,10 @@ def activations() -> dict[str, dict[str, np.ndarray]]:
 
 
 def _layers(acts: dict[str, np.ndarray]) -> list[Layer]:
-    return [Layer(n, "conv", "Conv2d", channel_axis=1) if a.ndim == 4 else Layer(n, "linear", "Linear")
-            for n, a in acts.items()]
+    return [
+        Layer(n, "conv", "Conv2d", channel_axis=1) if a.ndim == 4 else Layer(n, "linear", "Linear")
+        for n, a in acts.items()
+    ]
 
 
 CASES = ["gaussian", "mlp-random", "mlp-trained", "cnn-random", "cnn-trained"]
@@ -119,8 +128,8 @@ def authors_ss_rate(x: torch.Tensor, sample_num: int = 256) -> tuple[float, torc
     TV = torch.max(dist).item()
     TZ = torch.min(dist).item()
     a, b = np.log(1 + TZ), np.log(1 + TV)
-    sample = torch.linspace(start=0., end=1., steps=sample_num, dtype=torch.float64)
-    l = (1 + TZ) * torch.pow((1 + TV) / (1 + TZ), sample) - 1
+    sample = torch.linspace(start=0.0, end=1.0, steps=sample_num, dtype=torch.float64)
+    l = (1 + TZ) * torch.pow((1 + TV) / (1 + TZ), sample) - 1  # noqa: E741 - the authors' name, transcribed
     link = torch.sigmoid((l.unsqueeze(1) - dist.unsqueeze(0)) * 1)
     Nl = torch.mean((link > 0.5).double(), dim=1)
     NlNl = n - (n - 1) * torch.log(1 + (n - 1) * Nl) / np.log(n)
@@ -224,8 +233,9 @@ def authors_fluctuation(dimensions: list[float]) -> float:
 @pytest.mark.parametrize("case", CASES)
 def test_correlation_dimension_agrees_with_the_authors_code(activations, case):
     acts = activations[case]
-    res = run_metric(P.CorrelationDimensionMetric, _layers(acts), outputs=acts, params={"reduction": "pca"},
-                     batch_size=128)
+    res = run_metric(
+        P.CorrelationDimensionMetric, _layers(acts), outputs=acts, params={"reduction": "pca"}, batch_size=128
+    )
     dims = []
     for name, a in acts.items():
         f = authors_process(torch.from_numpy(a)).numpy()
@@ -325,6 +335,7 @@ def test_spectrum_channel_mean_variant_is_the_old_estimator_and_equal_on_dense_l
     for name in acts:
         assert a[name]["gamma"] == b[name]["gamma"]  # dense: flatten == one unit per neuron
     conv = activations["cnn-trained"]
-    c = run_metric(P.SpectrumExponentMetric, _layers(conv), outputs=conv, params={"variant": "channel_mean",
-                                                                                    "min_values": 5})
+    c = run_metric(
+        P.SpectrumExponentMetric, _layers(conv), outputs=conv, params={"variant": "channel_mean", "min_values": 5}
+    )
     assert all(c[n]["n_units"] == conv[n].shape[1] for n in conv)  # one unit per channel

@@ -71,8 +71,13 @@ def test_greedy_matches_networkx_greedy_color_exactly():
 def test_public_counts_never_exceed_networkx_greedy_color(restarts):
     """Run 0 uses networkx's order and later runs only lower the per-size minimum, so box_covering()
     never needs more boxes than nx.greedy_color(dual, "largest_first") (the reference, per size)."""
-    cases = (graphs.lattice(13, 11), graphs.sierpinski_gasket(3), graphs.uv_flower(2, 2, 3),
-             nx.gnp_random_graph(70, 0.05, seed=4), nx.barabasi_albert_graph(80, 2, seed=1))
+    cases = (
+        graphs.lattice(13, 11),
+        graphs.sierpinski_gasket(3),
+        graphs.uv_flower(2, 2, 3),
+        nx.gnp_random_graph(70, 0.05, seed=4),
+        nx.barabasi_albert_graph(80, 2, seed=1),
+    )
     for G in cases:
         sizes = np.array([2, 3, 4, 5, 7, 9])
         r = box_covering(G, sizes=sizes, seed=2, restarts=restarts)
@@ -116,6 +121,7 @@ def test_restarts_never_increase_counts():
 # than a decade, and the boxes at the largest sizes feel the graph's boundary (N_B flattens), so
 # estimates are biased low; greedy colouring over-counts at small l_B (biasing towards higher
 # values). The tolerances below are the measured bias at these sizes plus margin.
+
 
 def test_sierpinski_gasket():
     # gen 6 (1,095 nodes): measured 1.62 (greedy), 1.59 (MEMB) vs ln3/ln2 = 1.585: the gasket's
@@ -181,6 +187,7 @@ def test_flower_generators_match_closed_forms():
 
 
 # --- degenerate inputs and speed -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("G", [nx.empty_graph(0), nx.empty_graph(1), nx.path_graph(2)])
 def test_tiny_graphs_give_nan_with_reason(G):

@@ -72,7 +72,11 @@ def test_box_dimension_of_a_path_and_a_lattice_feature_network():
 
 
 def test_box_dimension_degenerate():
-    outputs = {"same": np.ones((30, 5)), "nan": np.full((30, 5), np.nan), "two": np.random.default_rng(4).normal(size=(30, 2))}
+    outputs = {
+        "same": np.ones((30, 5)),
+        "nan": np.full((30, 5), np.nan),
+        "two": np.random.default_rng(4).normal(size=(30, 2)),
+    }
     res = run_metric(P.BoxDimensionMetric, [dense(n) for n in outputs], outputs=outputs)
     assert "identical" in res["same"]["reason"]
     assert "NaN/inf" in res["nan"]["reason"]
@@ -124,8 +128,13 @@ def test_gp_correlation_dimension_of_known_sets_and_delta():
     line[:, 0] = rng.random(n)
     plane = np.zeros((n, 10))
     plane[:, :2] = rng.random((n, 2))
-    res = run_metric(P.CorrelationDimensionGPMetric, [dense("line"), dense("plane")],
-                     outputs={"line": line, "plane": plane}, params={"normalise": "none"}, batch_size=256)
+    res = run_metric(
+        P.CorrelationDimensionGPMetric,
+        [dense("line"), dense("plane")],
+        outputs={"line": line, "plane": plane},
+        params={"normalise": "none"},
+        batch_size=256,
+    )
     assert res["line"]["n_samples_used"] == 1000 and res["line"]["n_samples"] == 1500  # capped
     # small radii (<= 5 % of pairs) keep edge effects small: measured 1.00 and 1.93
     assert res["line"]["dimension"] == pytest.approx(1.0, abs=0.1)
@@ -145,8 +154,13 @@ def test_correlation_dimension_flattens_reports_its_reduction_and_caps_memory():
     conv_maps = rng.normal(size=(200, 3, 4, 4))
     tokens = rng.normal(size=(200, 5, 6))
     layers = [conv("c"), Layer("t", "linear", "Linear", channel_axis=-1)]
-    res = run_metric(P.CorrelationDimensionMetric, layers, outputs={"c": conv_maps, "t": tokens},
-                     params={"reduction": "pca", "max_values": 4800}, batch_size=64)
+    res = run_metric(
+        P.CorrelationDimensionMetric,
+        layers,
+        outputs={"c": conv_maps, "t": tokens},
+        params={"reduction": "pca", "max_values": 4800},
+        batch_size=64,
+    )
     assert res["c"]["n_features"] == 48 and res["t"]["n_features"] == 30  # every element, not channel means
     assert res["c"]["reduction"] == "pca" and res["c"]["n_components"] == 50
     assert res["c"]["n_samples_used"] == 100 and res["c"]["n_samples"] == 200  # 4800 values / 48 per sample
@@ -162,16 +176,22 @@ def test_correlation_dimension_umap_without_umap_learn_is_a_clear_error():
     if umap_available():
         pytest.skip("umap-learn is installed here")
     with pytest.raises(ValueError, match=r"deepscope-metrics\[umap\]"):
-        run_metric(P.CorrelationDimensionMetric, [dense("h")], outputs={"h": np.ones((10, 3))},
-                   params={"reduction": "umap"})
+        run_metric(
+            P.CorrelationDimensionMetric, [dense("h")], outputs={"h": np.ones((10, 3))}, params={"reduction": "umap"}
+        )
 
 
 def test_registered_through_the_entry_point():
     from deepscope_server.plugins import load_registry
 
     reg = load_registry(allow={"fractal"})
-    names = {"fractal.ss_rate", "fractal.box_dimension", "fractal.spectrum_exponent", "fractal.correlation_dimension",
-             "fractal.correlation_dimension_gp"}
+    names = {
+        "fractal.ss_rate",
+        "fractal.box_dimension",
+        "fractal.spectrum_exponent",
+        "fractal.correlation_dimension",
+        "fractal.correlation_dimension_gp",
+    }
     assert names <= set(reg.metrics), reg.errors
     assert reg.metrics["fractal.box_dimension"].cls.extension
     assert reg.metrics["fractal.correlation_dimension_gp"].cls.extension
@@ -187,11 +207,11 @@ def test_ss_rate_mean_and_std_over_many_batches_with_constant_state():
     a = rng.normal(size=(8 * 200, 10)) * rng.uniform(0.1, 3.0, size=10)
     params = {"batch_size": 8, "n_thresholds": 16}
     res = run_metric(P.SSRateMetric, [dense("h")], outputs={"h": a}, params=params, batch_size=50)["h"]
-    direct = np.array([ss_rate(a[lo:lo + 8].T, 16).value for lo in range(0, len(a), 8)])
+    direct = np.array([ss_rate(a[lo : lo + 8].T, 16).value for lo in range(0, len(a), 8)])
     assert res["n_batches"] == 200
     assert res["ss_rate"] == pytest.approx(direct.mean(), abs=1e-12)
     assert res["ss_rate_std"] == pytest.approx(direct.std(), abs=1e-9)
     tally = P._SSRateTally()
     for lo in range(0, len(a), 8):
-        tally.add(ss_rate(a[lo:lo + 8].T, 16))
+        tally.add(ss_rate(a[lo : lo + 8].T, 16))
     assert all(np.size(v) in (1, 16) for v in tally.sums.values())  # no per-batch storage

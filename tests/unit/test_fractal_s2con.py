@@ -29,7 +29,7 @@ def transcription(x: torch.Tensor, S: int = 256) -> torch.Tensor:
     dist = torch.norm(x[i1] - x[i2], dim=1) / math.sqrt(d)
     tz, tv = dist.min().item(), dist.max().item()
     s = torch.linspace(0, 1, S, dtype=x.dtype)
-    l = (1 + tz) * torch.pow((1 + tv) / (1 + tz), s) - 1
+    l = (1 + tz) * torch.pow((1 + tv) / (1 + tz), s) - 1  # noqa: E741 - the authors' name, transcribed
     link = torch.sigmoid(l[:, None] - dist[None, :])
     hard = (link > 0.5).to(x.dtype).mean(dim=1)
     soft = (link - 0.5).mean(dim=1)

@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_code_is_fresh(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--out", str(tmp_path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "proto" / "generate.py"), "--out", str(tmp_path)], check=True, capture_output=True
+    )
     fresh = sorted((tmp_path / "deepscope").rglob("*_pb2*.py*")) + [tmp_path / "deepscope" / "v1" / "descriptors.binpb"]
     assert len(fresh) > 1, "protoc generated nothing"
     for path in fresh:
@@ -27,5 +28,6 @@ def test_metrics_doc_is_fresh():
         import generate_metrics_doc
     finally:
         sys.path.pop(0)
-    assert (ROOT / "docs" / "metrics.md").read_text() == generate_metrics_doc.render(), \
+    assert (ROOT / "docs" / "metrics.md").read_text() == generate_metrics_doc.render(), (
         "docs/metrics.md is stale: run `python docs/generate_metrics_doc.py`"
+    )

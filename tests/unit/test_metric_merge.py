@@ -14,7 +14,7 @@ def _fed(layers: list[Layer], x: np.ndarray, batches: range, params: dict) -> Ef
     metric = EffectiveDimension(ctx)
     metric.start()
     for i in batches:
-        metric.update(Batch(index=i, outputs={"fc": x[16 * i:16 * (i + 1)]}))
+        metric.update(Batch(index=i, outputs={"fc": x[16 * i : 16 * (i + 1)]}))
     return metric
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -19,7 +18,8 @@ from deepscope_server.store import Store
 def scale_model(factor: float) -> bytes:
     """``y = x * factor`` as ONNX bytes (a different factor: different bytes, different id)."""
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"], name="scale")], "scale",
+        [helper.make_node("Mul", ["x", "k"], ["y"], name="scale")],
+        "scale",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
         [helper.make_tensor("k", TensorProto.FLOAT, [1], [factor])],

@@ -70,9 +70,15 @@ def test_activations_match_torch():
     h = np.linspace(-8, 8, 801)
     t = torch.tensor(h)
     pairs = {
-        "relu": torch.relu(t), "relu6": torch.nn.functional.relu6(t), "hardtanh": torch.nn.functional.hardtanh(t),
-        "gelu": torch.nn.functional.gelu(t), "silu": torch.nn.functional.silu(t), "tanh": torch.tanh(t),
-        "sigmoid": torch.sigmoid(t), "leaky_relu": torch.nn.functional.leaky_relu(t), "elu": torch.nn.functional.elu(t),
+        "relu": torch.relu(t),
+        "relu6": torch.nn.functional.relu6(t),
+        "hardtanh": torch.nn.functional.hardtanh(t),
+        "gelu": torch.nn.functional.gelu(t),
+        "silu": torch.nn.functional.silu(t),
+        "tanh": torch.tanh(t),
+        "sigmoid": torch.sigmoid(t),
+        "leaky_relu": torch.nn.functional.leaky_relu(t),
+        "elu": torch.nn.functional.elu(t),
         "softplus": torch.nn.functional.softplus(t),
     }
     for f, ref in pairs.items():
@@ -111,7 +117,8 @@ def test_graded_and_rank_rule_match_brute_force_with_ties():
             np.testing.assert_equal(r[j], brute_force_r(h[:, j], y[:, j]))
             order_kept = all(
                 (y[a, j] < y[b, j]) if h[a, j] < h[b, j] else (y[a, j] > y[b, j])
-                for a, b in itertools.combinations(range(p), 2) if h[a, j] != h[b, j]
+                for a, b in itertools.combinations(range(p), 2)
+                if h[a, j] != h[b, j]
             )
             assert M.rank_rule_opt(h, y)[j] == order_kept
 
@@ -193,8 +200,10 @@ def test_invariance_to_positive_rescaling_of_weights_and_bias():
     rng = np.random.default_rng(6)
     x, w, b = rng.normal(size=(150, 6)), rng.normal(size=(6, 10)), rng.normal(size=10)
     for metric, key, params in (
-        (P.ModeFractions, "modes", {}), (P.ModeFractions, "modes", {"rule": "rank"}),
-        (P.GradedScore, "r", {}), (P.ActivationRates, "rates", {}),
+        (P.ModeFractions, "modes", {}),
+        (P.ModeFractions, "modes", {"rule": "rank"}),
+        (P.GradedScore, "r", {}),
+        (P.ActivationRates, "rates", {}),
     ):
         base = run_metric(metric, [act_layer()], **relu_data(x @ w + b), params=params)["act"][key]
         for c in (0.01, 3.7, 1000.0):
@@ -207,7 +216,9 @@ def test_opt_fraction_never_increases_with_more_samples(rule):
     rng = np.random.default_rng(7)
     h = rng.normal(loc=1.5, size=(400, 64))
     fracs = [
-        run_metric(P.ModeFractions, [act_layer()], **relu_data(h[:m]), params={"rule": rule, "max_rank_samples": 400})["act"]["frac_opt"]
+        run_metric(P.ModeFractions, [act_layer()], **relu_data(h[:m]), params={"rule": rule, "max_rank_samples": 400})[
+            "act"
+        ]["frac_opt"]
         for m in (5, 20, 50, 100, 200, 400)
     ]
     assert all(a >= b for a, b in zip(fracs, fracs[1:])) and fracs[0] > fracs[-1]
@@ -272,8 +283,13 @@ def test_metadata_and_registration():
     registered = []
     P.deepscope_register_metrics(registered.append)
     assert {m.name for m in registered} == {
-        "modes.fractions", "modes.graded", "modes.activation_rates", "modes.rank_probability",
-        "modes.linear_substitution", "basins.sample", "basins.weight",
+        "modes.fractions",
+        "modes.graded",
+        "modes.activation_rates",
+        "modes.rank_probability",
+        "modes.linear_substitution",
+        "basins.sample",
+        "basins.weight",
     }
     for m in registered:
         assert m.reconstructed and "(reconstructed" in m.description
@@ -286,8 +302,13 @@ def test_metadata_and_registration():
 def test_small_torch_model_with_hooks():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10), torch.nn.GELU(), torch.nn.Linear(10, 3),
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 10),
+        torch.nn.GELU(),
+        torch.nn.Linear(10, 3),
     )
     with torch.no_grad():
         model[1].running_mean.copy_(torch.tensor([0.0, 5.0, -5.0, 0.0]))  # channel 1 mostly off, 2 mostly on
@@ -298,6 +319,7 @@ def test_small_torch_model_with_hooks():
         def fn(module, args, output):
             captured[f"{prefix}_in"].append(args[0].detach().clone())
             captured[f"{prefix}_out"].append(output.detach().clone())
+
         return fn
 
     model[2].register_forward_hook(hook("relu"))

@@ -31,8 +31,9 @@ def relu(h: np.ndarray, name: str = "act") -> dict:
 
 def test_order_preserving_neurons_keep_every_rank():
     h = np.random.default_rng(0).standard_normal((300, 5))
-    res = run_metric(P.RankProbability, [act(function="tanh")], inputs={"act": h}, outputs={"act": np.tanh(h)},
-                     params={"bins": 10})["act"]
+    res = run_metric(
+        P.RankProbability, [act(function="tanh")], inputs={"act": h}, outputs={"act": np.tanh(h)}, params={"bins": 10}
+    )["act"]
     assert res["rank_displacement_mean"] == 0.0 and res["spearman_mean"] == pytest.approx(1.0)
     assert res["diagonal_mass"] == pytest.approx(1.0)
     np.testing.assert_allclose(res["rank_probability"], np.eye(10))
@@ -82,8 +83,7 @@ def test_streamed_substitution_equals_direct_least_squares_per_neuron():
     rng = np.random.default_rng(3)
     h = rng.standard_normal((777, 6)) * 3 + 5 * rng.standard_normal(6)  # offsets test the streamed merge
     y = np.tanh(h / 4)
-    res = run_metric(P.LinearSubstitution, [act(function="tanh")], inputs={"act": h}, outputs={"act": y},
-                     batch_size=50)
+    res = run_metric(P.LinearSubstitution, [act(function="tanh")], inputs={"act": h}, outputs={"act": y}, batch_size=50)
     lay = res["act"]
     sse_total = sst_total = 0.0
     for j in range(6):
@@ -111,8 +111,10 @@ def test_substitution_map_over_depth_and_dead_layers():
     rng = np.random.default_rng(5)
     h1, h2 = rng.standard_normal((300, 3)) + 3, rng.standard_normal((300, 3))
     layers = [act("a1"), act("a2"), act("a3")]
-    data = {"inputs": {"a1": h1, "a2": h2, "a3": -np.ones((300, 3))},
-            "outputs": {"a1": np.maximum(h1, 0), "a2": np.maximum(h2, 0), "a3": np.zeros((300, 3))}}
+    data = {
+        "inputs": {"a1": h1, "a2": h2, "a3": -np.ones((300, 3))},
+        "outputs": {"a1": np.maximum(h1, 0), "a2": np.maximum(h2, 0), "a3": np.zeros((300, 3))},
+    }
     res = run_metric(P.LinearSubstitution, layers, **data)
     curve = res[WHOLE_MODEL]["map"]
     assert list(curve.x) == [1, 2, 3] and res[WHOLE_MODEL]["layers"] == "a1,a2,a3"

@@ -23,8 +23,12 @@ def test_basins_weight_perturbs_every_gate_matrix_and_no_norm_statistics() -> No
     attn = Layer("attn", "attention", "MultiheadAttention", weights=mha)
     assert P.WeightBasins.applies_to(attn)
     assert set(P._perturbed(attn, bias=False)) == {"in_proj_weight", "out_proj.weight"}
-    bn = Layer("bn", "norm", "BatchNorm2d", weights={"weight": np.ones(2), "bias": np.zeros(2),
-                                                      "running_mean": np.zeros(2), "running_var": np.ones(2)})
+    bn = Layer(
+        "bn",
+        "norm",
+        "BatchNorm2d",
+        weights={"weight": np.ones(2), "bias": np.zeros(2), "running_mean": np.zeros(2), "running_var": np.ones(2)},
+    )
     assert not P.WeightBasins.applies_to(bn)
 
 

@@ -43,8 +43,9 @@ def test_the_message_names_metric_parameter_bound_and_value():
     assert str(info.value) == "fractal.box_dimension: parameter 'restarts' must be <= 100, got 1000000000"
 
 
-@pytest.mark.parametrize("name", ["fractal.box_dimension", "fractal.ss_rate", "fractal.correlation_dimension",
-                                  "cnt.weight_graph"])
+@pytest.mark.parametrize(
+    "name", ["fractal.box_dimension", "fractal.ss_rate", "fractal.correlation_dimension", "cnt.weight_graph"]
+)
 def test_list_metrics_carries_the_bounds(name):
     info = convert.metric_info_proto(REGISTRY.metric(name))
     specs = {spec.name: spec for spec in info.params}

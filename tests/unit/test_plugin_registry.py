@@ -9,7 +9,7 @@ import pytest
 
 from deepscope_server.errors import NotFound
 from deepscope_server.model_graph import Layer
-from deepscope_server.plugin_api import Metric, Needs, Param, hookimpl
+from deepscope_server.plugin_api import Metric, Param, hookimpl
 from deepscope_server.plugins import load_registry
 from deepscope_server.testing import run_metric, validate_params
 

@@ -17,12 +17,18 @@ def stream(checkpoints: int, metrics: list[str], layers: list[str], failed: str 
     for k in range(total):
         metric = metrics[k % len(metrics)]
         events.append(pb.AnalyzeResponse(progress=pb.Progress(stage="finishing", done=k, total=total, message=metric)))
-        events.append(pb.AnalyzeResponse(progress=pb.Progress(stage="metric", done=50, total=100,
-                                                           message=f"{metric}: layer {layers[0]}")))
+        events.append(
+            pb.AnalyzeResponse(
+                progress=pb.Progress(stage="metric", done=50, total=100, message=f"{metric}: layer {layers[0]}")
+            )
+        )
         for layer in layers:
             status = "failed" if metric == failed else "ok"
-            events.append(pb.AnalyzeResponse(result=pb.MetricResult(metric=metric, layer=layer, checkpoint=k // len(metrics),
-                                                                 status=status)))
+            events.append(
+                pb.AnalyzeResponse(
+                    result=pb.MetricResult(metric=metric, layer=layer, checkpoint=k // len(metrics), status=status)
+                )
+            )
     events.append(pb.AnalyzeResponse(progress=pb.Progress(stage="done", done=1, total=1, message="completed")))
     events.append(pb.AnalyzeResponse(finished=pb.RunInfo(id="r")))
     return events
@@ -38,7 +44,8 @@ def test_one_milestone_per_metric_and_checkpoint_in_order():
     updates = feed(tracker, stream(3, ["cnt.a", "fractal.b"], ["fc1", "fc2"], failed="fractal.b"))
     finished = [u for u in updates if u.stage == "metric"]
     assert [(u.checkpoint, u.num_checkpoints, u.metric_index, u.num_metrics, u.metric) for u in finished] == [
-        (c, 3, k, 2, m) for c in (1, 2, 3) for k, m in ((1, "cnt.a"), (2, "fractal.b"))]
+        (c, 3, k, 2, m) for c in (1, 2, 3) for k, m in ((1, "cnt.a"), (2, "fractal.b"))
+    ]
     assert finished[0].counts == {"ok": 2} and finished[1].counts == {"failed": 2}
     assert str(finished[1]).endswith("] checkpoint 1/3 · metric 2/2 · fractal.b: 2 failed")
     notes = [u for u in updates if u.stage == "note"]
@@ -56,5 +63,9 @@ def test_log_display_writes_one_line_per_finished_metric():
         display(update)
     lines = out.getvalue().splitlines()
     assert [line.split("] ", 1)[1] for line in lines] == [
-        "forward pass: 128/128 samples", "metric 1/3 · cnt.a: 1 ok", "metric 2/3 · cnt.b: 1 ok",
-        "metric 3/3 · cnt.c: 1 ok", "run completed"]
+        "forward pass: 128/128 samples",
+        "metric 1/3 · cnt.a: 1 ok",
+        "metric 2/3 · cnt.b: 1 ok",
+        "metric 3/3 · cnt.c: 1 ok",
+        "run completed",
+    ]

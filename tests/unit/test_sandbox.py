@@ -26,20 +26,29 @@ def loop_bomb(path: Path) -> Path:
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["N", 1])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["N", 1])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["N", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["N", 1]),
+        ],
         [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])],
     )
     graph = helper.make_graph(
-        [helper.make_node("Loop", ["trips", "cond", "x"], ["looped"], body=body),
-         helper.make_node("Relu", ["looped"], ["y"], name="relu")], "bomb",
+        [
+            helper.make_node("Loop", ["trips", "cond", "x"], ["looped"], body=body),
+            helper.make_node("Relu", ["looped"], ["y"], name="relu"),
+        ],
+        "bomb",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-        [helper.make_tensor("trips", TensorProto.INT64, [], [2 ** 62]),
-         helper.make_tensor("cond", TensorProto.BOOL, [], [True])],
+        [
+            helper.make_tensor("trips", TensorProto.INT64, [], [2**62]),
+            helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -48,10 +57,23 @@ def loop_bomb(path: Path) -> Path:
 
 
 def test_codec_round_trip_without_pickle() -> None:
-    graph = ModelGraph("onnx", [TensorSpec("x", "FP32", (None, 4))], [TensorSpec("y", "FP32", (None, 2))],
-                       [Layer("fc", "linear", "Gemm", ["x"], [(None, 4)], [(None, 2)],
-                              {"weight": np.arange(8, dtype=np.float32).reshape(2, 4), "bias": np.zeros(0)},
-                              {"stride": (1, 1), "flag": True, "__nd__": "a user key"})])
+    graph = ModelGraph(
+        "onnx",
+        [TensorSpec("x", "FP32", (None, 4))],
+        [TensorSpec("y", "FP32", (None, 2))],
+        [
+            Layer(
+                "fc",
+                "linear",
+                "Gemm",
+                ["x"],
+                [(None, 4)],
+                [(None, 2)],
+                {"weight": np.arange(8, dtype=np.float32).reshape(2, 4), "bias": np.zeros(0)},
+                {"stride": (1, 1), "flag": True, "__nd__": "a user key"},
+            )
+        ],
+    )
     parent, child = _MP.Pipe(duplex=True)
     big = np.random.default_rng(0).standard_normal((600, 512))  # 2.4 MB: through a shared-memory segment
     message = {"graph": graph, "captured": {CaptureRequest("fc"): np.ones((3, 2), np.float16)}, "big": big[:, ::2]}
@@ -88,23 +110,26 @@ def test_sandboxed_backend_matches_in_process(zoo_models, name: str, fmt: str) -
     direct = load_model(zoo.paths[fmt])
     sandboxed = SandboxedBackend.load(zoo.paths[fmt])
     try:
-        assert [l.name for l in sandboxed.graph.layers] == [l.name for l in direct.graph.layers]
+        assert [layer.name for layer in sandboxed.graph.layers] == [layer.name for layer in direct.graph.layers]
         for a, b in zip(sandboxed.graph.layers, direct.graph.layers):
             assert a.kind == b.kind and a.weights.keys() == b.weights.keys()
             for key in a.weights:
                 np.testing.assert_array_equal(a.weights[key], b.weights[key])
         x = {direct.graph.inputs[0].name: zoo.example.numpy()}
-        requests = [CaptureRequest(l.name) for l in direct.graph.layers[:4]]
+        requests = [CaptureRequest(layer.name) for layer in direct.graph.layers[:4]]
         want, got = direct.run(x, requests), sandboxed.run(x, requests)
         for key in want.outputs:
             np.testing.assert_array_equal(got.outputs[key], want.outputs[key])
         for request in requests:
             np.testing.assert_array_equal(got.captured[request], want.captured[request])
         # Weight swaps reach the worker and change the outputs exactly as in process.
-        first = next(l for l in direct.graph.layers if "weight" in l.weights)
+        first = next(layer for layer in direct.graph.layers if "weight" in layer.weights)
         swapped = {first.name: {"weight": first.weights["weight"] * 0}}
-        np.testing.assert_allclose(sandboxed.run_with_weights(x, swapped).outputs[key],
-                                   direct.run_with_weights(x, swapped).outputs[key], rtol=1e-6)
+        np.testing.assert_allclose(
+            sandboxed.run_with_weights(x, swapped).outputs[key],
+            direct.run_with_weights(x, swapped).outputs[key],
+            rtol=1e-6,
+        )
         # A bad input is the client's error, and the worker survives it.
         with pytest.raises(InvalidInput):
             sandboxed.run({direct.graph.inputs[0].name: np.zeros((2, 3, 1, 1), np.int8)})
@@ -137,9 +162,12 @@ def test_forward_past_its_deadline_is_stopped_and_the_next_call_gets_a_fresh_wor
 def test_a_model_over_its_memory_cap_fails_alone(tmp_path) -> None:
     """A MatMul whose output needs ~4 GiB in a worker capped at 1.5 GiB."""
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["y"])], "big",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, 1]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, None])],
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        "big",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, None]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -161,9 +189,12 @@ def test_worker_holds_none_of_the_servers_files(tmp_path) -> None:
     """Only stdio, pipes, sockets to the server and anonymous handles: no store file, no TCP socket."""
     listening = __import__("socket").create_server(("127.0.0.1", 0))
     secret = open(tmp_path / "server-secret.txt", "w")  # noqa: SIM115 - held open on purpose
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "id",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "id.onnx")

@@ -11,9 +11,9 @@ from sklearn.cluster import KMeans
 
 from deepscope_metrics import basins as B
 from deepscope_metrics.complexity import affine_fit, linear_fvu, piecewise_fvu_curve, two_means
+from deepscope_metrics.plugins import modes as P
 from deepscope_server.plugin_api import WHOLE_MODEL
 from deepscope_server.testing import run_metric
-from deepscope_metrics.plugins import modes as P
 
 from .test_basins import LinearHandle, gaussian_problem
 
@@ -95,16 +95,25 @@ def test_budgeted_basins_keep_their_semantics_and_say_what_was_sampled():
     budget = small.rows()
     plan = B.fit_budget(want, lambda q: float(q.rows()), budget)
     assert plan is not None and plan.rows() <= budget
-    fast = B.sample_basins(predict, {"input": x[: plan.samples]}, ref[: plan.samples], key="input",
-                           draws=plan.draws, steps=plan.steps, curve_points=plan.curve_points)
+    fast = B.sample_basins(
+        predict,
+        {"input": x[: plan.samples]},
+        ref[: plan.samples],
+        key="input",
+        draws=plan.draws,
+        steps=plan.steps,
+        curve_points=plan.curve_points,
+    )
     if plan == small:
         np.testing.assert_array_equal(fast.radius, slow.radius)
     # over budget (any measured time exceeds 1e-12 s): nothing searched, one reason naming the parameter
-    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle,
-                     params={"samples": n, "budget_seconds": 1e-12})[WHOLE_MODEL]
+    res = run_metric(
+        P.SampleBasins, handle.graph, data={"input": x}, model=handle, params={"samples": n, "budget_seconds": 1e-12}
+    )[WHOLE_MODEL]
     assert math.isnan(res["radius_mean"]) and "budget_seconds" in res["reason"]
-    res = run_metric(P.WeightBasins, handle.graph, data={"input": x}, model=handle,
-                     params={"samples": n, "budget_seconds": 1e-12})[WHOLE_MODEL]
+    res = run_metric(
+        P.WeightBasins, handle.graph, data={"input": x}, model=handle, params={"samples": n, "budget_seconds": 1e-12}
+    )[WHOLE_MODEL]
     assert math.isnan(res["radius_mean"]) and "budget_seconds" in res["reason"]
 
 

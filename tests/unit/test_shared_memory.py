@@ -23,11 +23,13 @@ BIG = 1 << 20  # over MIN_BYTES: a capture that goes through shared memory
 
 def _tensors(seed: int = 0) -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    return [("layer/a", rng.standard_normal((64, 1000)).astype(np.float32)),
-            ("layer/b", rng.integers(0, 100, (3, 7)).astype(np.int64)),  # odd size: the next offset is aligned
-            ("output/c", rng.standard_normal((64, 500)).astype(">f8")),  # big-endian arrives little-endian
-            ("layer/empty", np.zeros((0, 5), np.float32)),
-            ("layer/mask", rng.integers(0, 2, (10,)).astype(bool))]
+    return [
+        ("layer/a", rng.standard_normal((64, 1000)).astype(np.float32)),
+        ("layer/b", rng.integers(0, 100, (3, 7)).astype(np.int64)),  # odd size: the next offset is aligned
+        ("output/c", rng.standard_normal((64, 500)).astype(">f8")),  # big-endian arrives little-endian
+        ("layer/empty", np.zeros((0, 5), np.float32)),
+        ("layer/mask", rng.integers(0, 2, (10,)).astype(bool)),
+    ]
 
 
 def _path(message: pb.SharedTensors) -> str:
@@ -87,8 +89,10 @@ def test_segments_past_their_time_are_unlinked():
         client_shm.attach(message)
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "psm_0123456789", "deepscope_" + "0" * 31, "deepscope_" + "G" * 32,
-                                  "/deepscope_" + "0" * 32])
+@pytest.mark.parametrize(
+    "name",
+    ["../../etc/passwd", "psm_0123456789", "deepscope_" + "0" * 31, "deepscope_" + "G" * 32, "/deepscope_" + "0" * 32],
+)
 def test_client_refuses_names_a_server_does_not_make(name):
     with pytest.raises(TensorError, match="not one a deepscope server makes"):
         client_shm.attach(pb.SharedTensors(segment=name, size_bytes=8))
@@ -114,17 +118,36 @@ def test_a_size_larger_than_the_segment_is_refused():
     assert not os.path.exists(_path(message))
 
 
-@pytest.mark.parametrize(("address", "local"), [
-    ("127.0.0.1:50051", True), ("localhost:1", True), ("[::1]:5", True), ("ipv4:127.0.0.2:9", True),
-    ("unix:/tmp/ds.sock", True), ("10.0.0.2:50051", False), ("example.org:443", False), ("[2001:db8::1]:5", False),
-    ("dns:///example.org:443", False)])
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        ("127.0.0.1:50051", True),
+        ("localhost:1", True),
+        ("[::1]:5", True),
+        ("ipv4:127.0.0.2:9", True),
+        ("unix:/tmp/ds.sock", True),
+        ("10.0.0.2:50051", False),
+        ("example.org:443", False),
+        ("[2001:db8::1]:5", False),
+        ("dns:///example.org:443", False),
+    ],
+)
 def test_client_asks_for_shared_memory_only_for_this_host(address, local):
     assert client_shm.local_address(address) is local
 
 
-@pytest.mark.parametrize(("peer", "local"), [
-    ("ipv4:127.0.0.1:40000", True), ("ipv6:[::1]:40000", True), ("unix:", True), ("ipv6:[::ffff:127.0.0.1]:1", True),
-    ("ipv4:10.1.2.3:40000", False), ("ipv6:[2001:db8::1]:40000", False), ("ipv4:128.0.0.1:1", False)])
+@pytest.mark.parametrize(
+    ("peer", "local"),
+    [
+        ("ipv4:127.0.0.1:40000", True),
+        ("ipv6:[::1]:40000", True),
+        ("unix:", True),
+        ("ipv6:[::ffff:127.0.0.1]:1", True),
+        ("ipv4:10.1.2.3:40000", False),
+        ("ipv6:[2001:db8::1]:40000", False),
+        ("ipv4:128.0.0.1:1", False),
+    ],
+)
 def test_server_grants_shared_memory_only_to_peers_on_this_host(peer, local):
     assert server_shm.local_peer(peer) is local
 

@@ -48,8 +48,9 @@ def test_runs_and_results_persist_and_running_becomes_interrupted(tmp_path):
     store = Store(tmp_path)
     done = pb.RunInfo(config=pb.AnalyzeConfig(models=["m"]))
     store.create_run(done)
-    store.add_result(done.id, 1, pb.MetricResult(metric="a.b", layer="fc1", status="ok",
-                                                 items=[pb.ResultItem(key="x", scalar=2.0)]))
+    store.add_result(
+        done.id, 1, pb.MetricResult(metric="a.b", layer="fc1", status="ok", items=[pb.ResultItem(key="x", scalar=2.0)])
+    )
     done.status = pb.RUN_STATUS_COMPLETED
     store.update_run(done)
     crashed = pb.RunInfo()
@@ -89,8 +90,13 @@ def _onnx_bytes(scale: float) -> bytes:
     """A small real ONNX model (y = scale * x); ``scale`` makes distinct files."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"])], "g", [x], [y],
-                              [helper.make_tensor("s", TensorProto.FLOAT, [1], [scale])])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["y"])],
+        "g",
+        [x],
+        [y],
+        [helper.make_tensor("s", TensorProto.FLOAT, [1], [scale])],
+    )
     return helper.make_model(graph).SerializeToString()
 
 
@@ -226,8 +232,11 @@ def _fill(disk):  # noqa: ANN001, ANN202
 
 def test_a_full_disk_fails_uploads_and_run_writes_with_storage_full(tiny_disk):
     store = Store(tiny_disk)
-    with pytest.raises(StorageFull, match=rf"^the server's disk is full \(store {tiny_disk}\): saving the upload "
-                                          r"of 'big.onnx' failed: No space left on device"):
+    with pytest.raises(
+        StorageFull,
+        match=rf"^the server's disk is full \(store {tiny_disk}\): saving the upload "
+        r"of 'big.onnx' failed: No space left on device",
+    ):
         store.write_model("big.onnx", [b"\x08" * 4096] * 512, max_bytes=1 << 30)  # 2 MiB onto 1 MiB
     assert not [p for p in store.models_dir.iterdir()]  # the partial upload is gone
 
@@ -284,8 +293,9 @@ def test_check_store_passes_a_clean_store_and_names_each_problem(tmp_path, capsy
     assert f"model {second[:12]} ('second.onnx'): file {tmp_path / 'models' / second / 'model'} is damaged" in out
     assert f"model file {tmp_path / 'models' / first / 'model'} is not in the catalogue" in out
     assert f"run {run.id} has an unreadable record" in out
-    assert out.splitlines()[-1] == (f"store {tmp_path}: 3 problem(s); repair: deepscope-server --store {tmp_path} "
-                                    "--rebuild-catalogue")
+    assert out.splitlines()[-1] == (
+        f"store {tmp_path}: 3 problem(s); repair: deepscope-server --store {tmp_path} --rebuild-catalogue"
+    )
 
 
 def test_check_store_reports_a_database_that_is_not_sqlite(tmp_path, capsys):
@@ -320,7 +330,9 @@ def test_rebuild_keeps_readable_runs_and_names_and_recovers_lost_models(tmp_path
     assert _report(capsys, check_store, tmp_path)[0] == 0
     store = Store(tmp_path)
     assert {m.id: (m.name, m.format) for m in store.models()} == {
-        named: ("named.onnx", "onnx"), lost: (f"recovered-{lost[:12]}", "onnx")}
+        named: ("named.onnx", "onnx"),
+        lost: (f"recovered-{lost[:12]}", "onnx"),
+    }
     assert store.find_model(lost).path.read_bytes() == _onnx_bytes(2.0)
     assert [r.id for r in store.list_runs()] == [run.id]
     assert store.get_run(run.id).results[0].metric == "a.b"

@@ -10,7 +10,7 @@ from deepscope_metrics.streaming import ReservoirSampler, StreamingCovariance, r
 def _feed(acc, x, sizes):
     lo = 0
     for s in sizes:
-        acc.update(x[lo:lo + s])
+        acc.update(x[lo : lo + s])
         lo += s
     assert lo == x.shape[0]
 
@@ -26,8 +26,9 @@ def test_streamed_covariance_equals_np_cov(sizes):
     np.testing.assert_allclose(acc.covariance(), np.cov(x, rowvar=False), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(acc.covariance(ddof=0), np.cov(x, rowvar=False, ddof=0), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(acc.mean, x.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(acc.eigenvalues(), np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1],
-                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        acc.eigenvalues(), np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1], rtol=1e-6, atol=1e-8
+    )
     assert acc.info()["method"] == "covariance" and acc.info()["projection"] == "none"
 
 
@@ -101,7 +102,7 @@ def test_reservoir_keeps_everything_below_capacity_in_order_and_aligned():
     s = ReservoirSampler(capacity=50, seed=0)
     idx = np.arange(30)
     for lo in range(0, 30, 7):
-        s.update(idx[lo:lo + 7, None] * 1.0, np.stack([idx[lo:lo + 7]] * 3, axis=1) * 2.0)
+        s.update(idx[lo : lo + 7, None] * 1.0, np.stack([idx[lo : lo + 7]] * 3, axis=1) * 2.0)
     a, b = s.sample()
     np.testing.assert_array_equal(a[:, 0], idx)
     np.testing.assert_array_equal(b, np.stack([idx] * 3, axis=1) * 2.0)
@@ -112,7 +113,7 @@ def test_reservoir_capped_rows_stay_aligned():
     s = ReservoirSampler(capacity=40, seed=3)
     idx = np.arange(1000)
     for lo in range(0, 1000, 64):
-        s.update(idx[lo:lo + 64, None] * 1.0, -idx[lo:lo + 64, None] * 1.0)
+        s.update(idx[lo : lo + 64, None] * 1.0, -idx[lo : lo + 64, None] * 1.0)
     a, b = s.sample()
     assert a.shape == (40, 1) and s.n_seen == 1000
     np.testing.assert_array_equal(a, -b)
@@ -128,7 +129,7 @@ def test_reservoir_is_uniform():
     for seed in range(runs):
         s = ReservoirSampler(cap, seed=seed)
         for lo in range(0, n, 3):
-            s.update(items[lo:lo + 3])
+            s.update(items[lo : lo + 3])
         hits[s.sample()[0][:, 0].astype(int)] += 1
     freq = hits / runs
     # std of each frequency: sqrt(0.25 * 0.75 / 4000) ~ 0.0068

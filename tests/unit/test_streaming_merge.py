@@ -10,7 +10,7 @@ from deepscope_metrics.streaming import ReservoirSampler, StreamingCovariance
 def _fed(x: np.ndarray, batch: int, **kw) -> StreamingCovariance:
     acc = StreamingCovariance(**kw)
     for lo in range(0, x.shape[0], batch):
-        acc.update(x[lo:lo + batch])
+        acc.update(x[lo : lo + batch])
     return acc
 
 
@@ -41,8 +41,9 @@ def test_random_projections_merge_exactly_and_pca_ones_refuse():
     x = rng.standard_normal((200, 40))
     merged = _fed(x[:5], 5, max_dim=8, projection="random")  # still buffered: folded through the other's matrix
     merged.merge(_fed(x[5:], 5, max_dim=8, projection="random"))
-    np.testing.assert_allclose(merged.covariance(), _fed(x, 5, max_dim=8, projection="random").covariance(),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        merged.covariance(), _fed(x, 5, max_dim=8, projection="random").covariance(), rtol=1e-9, atol=1e-12
+    )
     pca = _fed(x[:100], 10, max_dim=8)
     with pytest.raises(ValueError, match="PCA"):
         pca.merge(_fed(x[100:], 10, max_dim=8))

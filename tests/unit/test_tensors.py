@@ -152,11 +152,14 @@ def test_arbitrary_part_sequences_never_crash(ops):
     try:
         for kind, number, data in ops:
             if kind == "h":
-                asm.add(tpb.TensorHeader(name="t", dtype="UINT8", shape=[number], total_bytes=number,
-                                         crc32=zlib.crc32(data[:number])))
+                asm.add(
+                    tpb.TensorHeader(
+                        name="t", dtype="UINT8", shape=[number], total_bytes=number, crc32=zlib.crc32(data[:number])
+                    )
+                )
             else:
                 asm.add(tpb.TensorChunk(name="t", offset=number, data=data))
-        for name, array in asm.close().items():
+        for array in asm.close().values():
             assert array.dtype == np.uint8
     except TensorError:
         pass

@@ -28,27 +28,37 @@ def _stream(model: bytes, sides: dict[str, bytes]) -> list:
 
 def test_side_files_are_stored_beside_the_model_and_counted_in_its_id(tmp_path):
     store = Store(tmp_path)
-    model_id, path, size = store.write_model("net.onnx", _stream(b"model-bytes", {"net.onnx.data": b"w" * 10,
-                                                                                 "sub/more.bin": b"m"}), 1000)
+    model_id, path, size = store.write_model(
+        "net.onnx", _stream(b"model-bytes", {"net.onnx.data": b"w" * 10, "sub/more.bin": b"m"}), 1000
+    )
     assert path.read_bytes() == b"model-bytes" and size == 11 + 10 + 1
-    assert (path.parent / "net.onnx.data").read_bytes() == b"w" * 10 and (path.parent / "sub/more.bin").read_bytes() == b"m"
+    assert (path.parent / "net.onnx.data").read_bytes() == b"w" * 10 and (
+        path.parent / "sub/more.bin"
+    ).read_bytes() == b"m"
     assert model_id != hashlib.sha256(b"model-bytes").hexdigest()
-    again, _, _ = store.write_model("x", _stream(b"model-bytes", {"sub/more.bin": b"m", "net.onnx.data": b"w" * 10}), 1000)
-    other, _, _ = store.write_model("x", _stream(b"model-bytes", {"net.onnx.data": b"v" * 10, "sub/more.bin": b"m"}), 1000)
+    again, _, _ = store.write_model(
+        "x", _stream(b"model-bytes", {"sub/more.bin": b"m", "net.onnx.data": b"w" * 10}), 1000
+    )
+    other, _, _ = store.write_model(
+        "x", _stream(b"model-bytes", {"net.onnx.data": b"v" * 10, "sub/more.bin": b"m"}), 1000
+    )
     assert again == model_id and other != model_id
     alone, alone_path, _ = store.write_model("m", [b"model-bytes"], 1000)
     assert alone == hashlib.sha256(b"model-bytes").hexdigest() and sorted(os.listdir(alone_path.parent)) == ["model"]
     store.close()
 
 
-@pytest.mark.parametrize("sides, max_bytes, error, message", [
-    ({"../up.data": b"x"}, 1000, InvalidInput, "relative path inside"),
-    ({"a/../../up.data": b"x"}, 1000, InvalidInput, "relative path inside"),
-    ({"/abs.data": b"x"}, 1000, InvalidInput, "relative path inside"),
-    ({"C:evil": b"x"}, 1000, InvalidInput, "relative path inside"),
-    ({"model": b"x"}, 1000, InvalidInput, "reserved"),
-    ({"w.data": b"x" * 100}, 50, LimitExceeded, "max_model_bytes"),
-])
+@pytest.mark.parametrize(
+    "sides, max_bytes, error, message",
+    [
+        ({"../up.data": b"x"}, 1000, InvalidInput, "relative path inside"),
+        ({"a/../../up.data": b"x"}, 1000, InvalidInput, "relative path inside"),
+        ({"/abs.data": b"x"}, 1000, InvalidInput, "relative path inside"),
+        ({"C:evil": b"x"}, 1000, InvalidInput, "relative path inside"),
+        ({"model": b"x"}, 1000, InvalidInput, "reserved"),
+        ({"w.data": b"x" * 100}, 50, LimitExceeded, "max_model_bytes"),
+    ],
+)
 def test_bad_side_files_leave_nothing_behind(tmp_path, sides, max_bytes, error, message):
     store = Store(tmp_path)
     with pytest.raises(error, match=message):
@@ -75,12 +85,17 @@ def _model_with_external_data(tmp_path, locations: list[str]) -> str:
     for tensor, location in zip(tensors, locations):
         external_data_helper.set_external_data(tensor, location=location)
         tensor.ClearField("raw_data")
-    body = helper.make_graph([helper.make_node("Identity", ["w_last"], ["y"])], "body", [], [],
-                             initializer=tensors[-1:])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["w_last"], ["y"])], "body", [], [], initializer=tensors[-1:]
+    )
     node = helper.make_node("If", ["c"], ["out"], then_branch=body, else_branch=body)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [4])],
-                              initializer=tensors[:-1])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [4])],
+        initializer=tensors[:-1],
+    )
     path = tmp_path / "net.onnx"
     path.write_bytes(helper.make_model(graph).SerializeToString())
     return str(path)
@@ -94,8 +109,11 @@ def test_external_data_files_agree_with_onnx(tmp_path):
     path = _model_with_external_data(tmp_path, locations)
     found = external_data_files(path)
     model = onnx.load(path, load_external_data=False)
-    oracle = {external_data_helper.ExternalDataInfo(t).location
-              for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)}
+    oracle = {
+        external_data_helper.ExternalDataInfo(t).location
+        for t in external_data_helper._get_all_tensors(model)
+        if external_data_helper.uses_external_data(t)
+    }
     assert set(found) == oracle == set(locations) and len(found) == len(oracle)
 
 
@@ -120,8 +138,12 @@ def test_lock_record_is_private_and_describes_without_the_token(tmp_path, monkey
     assert stat.S_IMODE((tmp_path / "server.lock").stat().st_mode) == 0o600
     lock_record.publish(tmp_path, address="127.0.0.1:5", token="secret-token")
     record = lock_record.read_live(tmp_path)
-    assert record == {"pid": os.getpid(), "lifeline": "/tmp/x/lifeline", "address": "127.0.0.1:5",
-                      "token": "secret-token"}
+    assert record == {
+        "pid": os.getpid(),
+        "lifeline": "/tmp/x/lifeline",
+        "address": "127.0.0.1:5",
+        "token": "secret-token",
+    }
     with pytest.raises(StoreInUse) as refused:
         Store(tmp_path)
     assert "secret-token" not in str(refused.value) and f"pid {os.getpid()}" in str(refused.value)

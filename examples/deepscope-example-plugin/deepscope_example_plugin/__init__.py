@@ -11,7 +11,7 @@ class ActivationMoments(Metric):
     """Per-unit mean and variance of a layer's output, streamed (memory independent of sample count)."""
 
     name = "example.activation_moments"
-    summary_keys = ('mean_variance',)
+    summary_keys = ("mean_variance",)
     description = "Per-unit mean and variance of each layer's output, accumulated over batches in float64."
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "vector")
@@ -42,7 +42,7 @@ class WeightSpectrum(Metric):
     """Singular values of each weight matrix (no forward pass)."""
 
     name = "example.weight_spectrum"
-    summary_keys = ('spectral_norm',)
+    summary_keys = ("spectral_norm",)
     description = "Singular values of each linear/conv weight (conv kernels reshaped to [C_out, -1])."
     needs = Needs.WEIGHTS
     layer_kinds = frozenset({"linear", "conv"})
@@ -53,8 +53,10 @@ class WeightSpectrum(Metric):
         for layer in self.ctx.layers:
             w = layer.weights["weight"].reshape(layer.weights["weight"].shape[0], -1).astype(np.float64)
             s = np.linalg.svd(w, compute_uv=False)
-            results[layer.name] = {"spectral_norm": float(s[0]),
-                                   "singular_values": Curve(np.arange(1, len(s) + 1), s, "index", "singular value")}
+            results[layer.name] = {
+                "spectral_norm": float(s[0]),
+                "singular_values": Curve(np.arange(1, len(s) + 1), s, "index", "singular value"),
+            }
         return results
 
 

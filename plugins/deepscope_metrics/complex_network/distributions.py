@@ -140,8 +140,15 @@ def js_divergence(
     return _js(a, b, _kde(a), _kde(b), grid_points, base, pad_bandwidths)
 
 
-def _js(a: np.ndarray, b: np.ndarray, P_kde: BinnedKDE, Q_kde: BinnedKDE, grid_points: int, base: float = 2.0,
-        pad_bandwidths: float = 3.0) -> float:
+def _js(
+    a: np.ndarray,
+    b: np.ndarray,
+    P_kde: BinnedKDE,
+    Q_kde: BinnedKDE,
+    grid_points: int,
+    base: float = 2.0,
+    pad_bandwidths: float = 3.0,
+) -> float:
     bw = max(float(np.sqrt(P_kde.covariance[0, 0])), float(np.sqrt(Q_kde.covariance[0, 0])))
     lo = min(a.min(), b.min()) - pad_bandwidths * bw
     hi = max(a.max(), b.max()) + pad_bandwidths * bw
@@ -163,7 +170,10 @@ def divergence(d1: np.ndarray, d2: np.ndarray, method: str = "js", grid_points: 
 
 
 def divergence_matrix(
-    samples: Sequence[np.ndarray], method: str = "js", grid_points: int = 1000, replace_inf: bool = True,
+    samples: Sequence[np.ndarray],
+    method: str = "js",
+    grid_points: int = 1000,
+    replace_inf: bool = True,
     budget_seconds: float = math.inf,
 ) -> np.ndarray:
     """Symmetric matrix of pairwise divergences (zero diagonal); degenerate samples give NaN rows.
@@ -196,8 +206,10 @@ def divergence_matrix(
         if count == 0 and math.isfinite(budget_seconds):
             need = t_pair - t0 + (time.perf_counter() - t_pair) * len(todo)
             if need > budget_seconds:
-                raise OverBudget(f"{len(todo)} layer pairs at grid_points {grid_points} need ~{need:.0f} s > "
-                                 f"budget_seconds {budget_seconds:g}; raise budget_seconds or lower grid_points")
+                raise OverBudget(
+                    f"{len(todo)} layer pairs at grid_points {grid_points} need ~{need:.0f} s > "
+                    f"budget_seconds {budget_seconds:g}; raise budget_seconds or lower grid_points"
+                )
     inf = np.isinf(out)
     if replace_inf and inf.any():
         finite = out[np.isfinite(out)]

@@ -54,8 +54,10 @@ def _recurrent_blocks(layer: Any) -> list[Block]:
     w = layer.weights
     found = [(m.group(1), m.group(2), k) for k in w if (m := _RECURRENT_KEY.match(k))]
     if not found:
-        raise ValueError(f"recurrent layer '{layer.name}' has no weight_ih_l*/weight_hh_l* weights "
-                         f"(weights: {', '.join(w) or 'none'})")
+        raise ValueError(
+            f"recurrent layer '{layer.name}' has no weight_ih_l*/weight_hh_l* weights "
+            f"(weights: {', '.join(w) or 'none'})"
+        )
     parts = {"ih": 0, "hh": 1}
     found.sort(key=lambda t: (parts[t[0]], t[1]))  # all ih blocks, then all hh blocks, each by layer
     blocks: list[Block] = []
@@ -64,8 +66,9 @@ def _recurrent_blocks(layer: Any) -> list[Block]:
         hh = w.get(f"weight_hh{sfx}")
         hidden = int(np.shape(hh)[1]) if hh is not None else None
         if not hidden or W.shape[0] % hidden or W.shape[0] // hidden not in _GATE_NAMES:
-            raise ValueError(f"recurrent layer '{layer.name}': cannot split {key} {list(W.shape)} into gates "
-                             f"(hidden size {hidden})")
+            raise ValueError(
+                f"recurrent layer '{layer.name}': cannot split {key} {list(W.shape)} into gates (hidden size {hidden})"
+            )
         names = _GATE_NAMES[W.shape[0] // hidden]
         bias = w.get(f"bias_{part}{sfx}")
         tag = f"{part}{'' if sfx == '_l0' else sfx}"
@@ -84,15 +87,17 @@ def _attention_blocks(layer: Any) -> list[Block]:
     if w.get("in_proj_weight") is not None:
         W = _f64(w["in_proj_weight"])
         e = W.shape[0] // 3
-        mats = [W[i * e:(i + 1) * e] for i in range(3)]
+        mats = [W[i * e : (i + 1) * e] for i in range(3)]
     elif all(w.get(f"{p}_proj_weight") is not None for p in "qkv"):
         mats = [_f64(w[f"{p}_proj_weight"]) for p in "qkv"]
     else:
-        raise ValueError(f"attention layer '{layer.name}' has neither in_proj_weight nor q/k/v_proj_weight "
-                         f"(weights: {', '.join(w) or 'none'})")
+        raise ValueError(
+            f"attention layer '{layer.name}' has neither in_proj_weight nor q/k/v_proj_weight "
+            f"(weights: {', '.join(w) or 'none'})"
+        )
     offset = 0
     for name, source, W in zip("qkv", ("query", "key", "value"), mats):
-        b = None if bias is None else _f64(bias)[offset:offset + W.shape[0]]
+        b = None if bias is None else _f64(bias)[offset : offset + W.shape[0]]
         blocks.append(Block(name, W, b, source))
         offset += W.shape[0]
     if w.get("out_proj.weight") is not None:
@@ -136,7 +141,8 @@ def block_strengths(blocks: list[Block]) -> BlockStrengths:
     s_in = [b.W.sum(axis=1) + (0.0 if b.b is None else b.b) for b in blocks]
     s_inputs = [b.W.sum(axis=0) for b in blocks]
     return BlockStrengths(
-        np.concatenate(s_in), np.concatenate(s_inputs),
+        np.concatenate(s_in),
+        np.concatenate(s_inputs),
         np.concatenate([[0], np.cumsum([s.size for s in s_in])]).astype(np.int64),
         np.concatenate([[0], np.cumsum([s.size for s in s_inputs])]).astype(np.int64),
     )
@@ -164,20 +170,32 @@ def gated_neurons(layer: Any, missing_side_const: float = 1.0) -> GatedNeurons:
 
 def block_table(g: GatedNeurons) -> dict[str, Any]:
     """Per-block columns: size, strength means, fluctuation (population std) and cv of the block's neurons."""
-    cols: dict[str, list[Any]] = {k: [] for k in ("block", "source", "n_in", "n_out", "in_strength_mean",
-                                                  "strength_mean", "fluctuation", "cv", "input_out_strength_mean")}
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "block",
+            "source",
+            "n_in",
+            "n_out",
+            "in_strength_mean",
+            "strength_mean",
+            "fluctuation",
+            "cv",
+            "input_out_strength_mean",
+        )
+    }
     o, i = g.block.out_offsets, g.block.in_offsets
     for k, b in enumerate(g.blocks):
-        f = layer_fluctuation(g.strengths.total[o[k]:o[k + 1]])
+        f = layer_fluctuation(g.strengths.total[o[k] : o[k + 1]])
         cols["block"].append(b.key)
         cols["source"].append(b.source)
         cols["n_in"].append(int(b.W.shape[1]))
         cols["n_out"].append(int(b.W.shape[0]))
-        cols["in_strength_mean"].append(float(g.block.s_in[o[k]:o[k + 1]].mean()))
+        cols["in_strength_mean"].append(float(g.block.s_in[o[k] : o[k + 1]].mean()))
         cols["strength_mean"].append(f["mean"])
         cols["fluctuation"].append(f["fluctuation"])
         cols["cv"].append(f["cv"])
-        cols["input_out_strength_mean"].append(float(g.block.s_in_inputs[i[k]:i[k + 1]].mean()))
+        cols["input_out_strength_mean"].append(float(g.block.s_in_inputs[i[k] : i[k + 1]].mean()))
     return cols
 
 
@@ -206,13 +224,27 @@ def blocks_graph_coo(layer_name: str, blocks: list[Block], max_links: int) -> We
     labels = [f"input.{s}" for s in sources] + [f"{layer_name}.{b.key}" for b in blocks]
     bias = [np.zeros(n) for n in sources.values()] + [np.zeros(b.W.shape[0]) if b.b is None else b.b for b in blocks]
     return WeightGraphCOO(
-        num_nodes=int(offsets[-1]), sources=np.concatenate(src).astype(np.int64),
-        targets=np.concatenate(dst).astype(np.int64), weights=np.concatenate(wts), tier_sizes=tuple(sizes),
+        num_nodes=int(offsets[-1]),
+        sources=np.concatenate(src).astype(np.int64),
+        targets=np.concatenate(dst).astype(np.int64),
+        weights=np.concatenate(wts),
+        tier_sizes=tuple(sizes),
         node_layer=[name for name, n in zip(labels, sizes) for _ in range(n)],
         node_index=np.concatenate([np.arange(n) for n in sizes]).astype(np.int64),
         node_bias=np.concatenate(bias).astype(np.float64),
     )
 
 
-__all__ = ["GATED", "Block", "BlockStrengths", "GatedNeurons", "block_sample", "block_strengths", "block_table",
-           "block_weights", "blocks_graph_coo", "dense_blocks", "gated_neurons"]
+__all__ = [
+    "GATED",
+    "Block",
+    "BlockStrengths",
+    "GatedNeurons",
+    "block_sample",
+    "block_strengths",
+    "block_table",
+    "block_weights",
+    "blocks_graph_coo",
+    "dense_blocks",
+    "gated_neurons",
+]

@@ -53,8 +53,13 @@ def neuron_strength_conv(K: np.ndarray, a_prev: np.ndarray, geo: ConvGeometry) -
     if one_d:
         x = x[:, :, None, :]
     pt, pb, pl, pr = geo.pads
-    out = F.conv2d(F.pad(x, (pl, pr, pt, pb)), torch.as_tensor(kernel_as_2d(np.asarray(K, dtype=np.float64))),
-                   stride=geo.stride, dilation=geo.dilation, groups=geo.groups)
+    out = F.conv2d(
+        F.pad(x, (pl, pr, pt, pb)),
+        torch.as_tensor(kernel_as_2d(np.asarray(K, dtype=np.float64))),
+        stride=geo.stride,
+        dilation=geo.dilation,
+        groups=geo.groups,
+    )
     return (out[:, :, 0, :] if one_d else out).numpy()
 
 
@@ -83,11 +88,19 @@ class StreamingDistribution:
             return
         n0, nb = self.n, v.shape[0]
         self.n = n0 + nb
-        _, self.mean, self.m2 = merge_moments(n0, self.mean, self.m2, nb, v.mean(axis=0),
-                                              np.square(v - v.mean(axis=0)).sum(axis=0), np.square)
+        _, self.mean, self.m2 = merge_moments(
+            n0, self.mean, self.m2, nb, v.mean(axis=0), np.square(v - v.mean(axis=0)).sum(axis=0), np.square
+        )
         y = v.std(axis=1)  # input-dependent fluctuation of each sample
-        _, fm, fm2 = merge_moments(n0, np.array(self.fl_mean), np.array(self.fl_m2), nb, np.array(y.mean()),
-                                   np.array(np.square(y - y.mean()).sum()), np.square)
+        _, fm, fm2 = merge_moments(
+            n0,
+            np.array(self.fl_mean),
+            np.array(self.fl_m2),
+            nb,
+            np.array(y.mean()),
+            np.array(np.square(y - y.mean()).sum()),
+            np.square,
+        )
         self.fl_mean, self.fl_m2 = float(fm), float(fm2)
         self.vmin, self.vmax = min(self.vmin, float(v.min())), max(self.vmax, float(v.max()))
         self._sample(v.ravel())

@@ -151,7 +151,11 @@ def conv_out_strength(
     else:
         g, weight, groups = _t(cotangent).reshape(1, K2.shape[0], ho, wo), np.asarray(K2), geo.groups
     full = F.conv_transpose2d(
-        g, _t(weight), stride=geo.stride, dilation=geo.dilation, groups=groups,
+        g,
+        _t(weight),
+        stride=geo.stride,
+        dilation=geo.dilation,
+        groups=groups,
         output_padding=(hp - used_h, wp - used_w),
     )
     return full[0, :, pt : pt + hw[0], pl : pl + hw[1]].numpy()

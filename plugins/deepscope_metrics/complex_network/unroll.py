@@ -15,7 +15,16 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from .geometry import ConvGeometry, IntOrSeq, conv_geometry, conv_output_hw, geometry_from_attrs, hw_as_2d, kernel_as_2d, onnx_pads
+from .geometry import (
+    ConvGeometry,
+    IntOrSeq,
+    conv_geometry,
+    conv_output_hw,
+    geometry_from_attrs,
+    hw_as_2d,
+    kernel_as_2d,
+    onnx_pads,
+)
 
 #: Refuse to build networkx graphs larger than this many links unless told otherwise.
 MAX_GRAPH_LINKS = 2_000_000
@@ -65,7 +74,11 @@ def conv_link_count(kernel_shape: tuple[int, ...], input_hw: IntOrSeq, geo: Conv
     inside = 1
     for axis, (n, k) in enumerate(zip(hw_as_2d(input_hw), (kh, kw))):
         n_out = conv_output_hw((kh, kw), hw_as_2d(input_hw), geo)[axis]
-        pos = np.arange(n_out)[:, None] * geo.stride[axis] - geo.pads[2 * axis] + np.arange(k)[None, :] * geo.dilation[axis]
+        pos = (
+            np.arange(n_out)[:, None] * geo.stride[axis]
+            - geo.pads[2 * axis]
+            + np.arange(k)[None, :] * geo.dilation[axis]
+        )
         inside *= int(np.count_nonzero((pos >= 0) & (pos < n)))
     return c_out * cg * inside
 

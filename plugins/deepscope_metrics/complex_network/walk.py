@@ -105,12 +105,16 @@ def bn_scale_shift(bn: Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``(s, t)`` with ``BN(x) = s·x + t`` in eval mode."""
     w = bn.weights
     var, mean = _np(w["running_var"]), _np(w["running_mean"])
-    s = (_np(w["weight"]) if w.get("weight") is not None else np.ones_like(var)) / np.sqrt(var + bn.attrs.get("eps", 1e-5))
+    s = (_np(w["weight"]) if w.get("weight") is not None else np.ones_like(var)) / np.sqrt(
+        var + bn.attrs.get("eps", 1e-5)
+    )
     t = (_np(w["bias"]) if w.get("bias") is not None else np.zeros_like(var)) - s * mean
     return s, t
 
 
-def folded_weights(graph: Any, layer: Any, fold_norm: bool = True) -> tuple[np.ndarray, np.ndarray | None, str, list[str]]:
+def folded_weights(
+    graph: Any, layer: Any, fold_norm: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, str, list[str]]:
     """``(W, b, end, folded)``: the layer's weights with a directly following BatchNorm folded in.
 
     Folding happens only when the layer's sole consumer is an eval-mode BatchNorm.
@@ -122,7 +126,9 @@ def folded_weights(graph: Any, layer: Any, fold_norm: bool = True) -> tuple[np.n
     if fold_norm and len(succ) == 1 and op_class(succ[0]) == "bn":
         bn = succ[0]
         w = bn.weights
-        W, b = fold_batchnorm(W, b, w.get("weight"), w.get("bias"), w["running_mean"], w["running_var"], bn.attrs.get("eps", 1e-5))
+        W, b = fold_batchnorm(
+            W, b, w.get("weight"), w.get("bias"), w["running_mean"], w["running_var"], bn.attrs.get("eps", 1e-5)
+        )
         return W, b, bn.name, [bn.name]
     return W, b, layer.name, []
 
@@ -140,7 +146,9 @@ def _layer_in_strength(layer: Any, W: np.ndarray, b: np.ndarray | None, mode: st
         raise ValueError(f"conv layer '{layer.name}' needs a known input shape, got {layer.input_shapes}")
     geo = layer_geometry(layer, W)
     pt, pb, pl, pr = geo.pads
-    s = conv_in_strength(kernel_as_2d(W), b, hw_as_2d(shape[1:]), geo.stride, (pt, pl, pb, pr), geo.dilation, geo.groups, mode)
+    s = conv_in_strength(
+        kernel_as_2d(W), b, hw_as_2d(shape[1:]), geo.stride, (pt, pl, pb, pr), geo.dilation, geo.groups, mode
+    )
     return s[:, 0, :] if W.ndim == 3 else s
 
 
@@ -168,7 +176,9 @@ def _forward_op(layer: Any, v: torch.Tensor, warnings: list[str], extensions: li
         return v.reshape((1, *out_shape)) if out_shape is not None else v.flatten(1)
     if cls == "bn":
         s, _ = bn_scale_shift(layer)
-        extensions.append(f"batchnorm '{layer.name}' after a nonlinearity: scale gamma/sigma on the path (shift ignored)")
+        extensions.append(
+            f"batchnorm '{layer.name}' after a nonlinearity: scale gamma/sigma on the path (shift ignored)"
+        )
         return v * torch.as_tensor(s).reshape((1, -1) + (1,) * (v.ndim - 2))
     if cls == "norm":
         warnings.append(f"norm layer '{layer.name}' ({layer.op_type}) is not foldable: treated as identity")
@@ -186,8 +196,13 @@ def _forward_op(layer: Any, v: torch.Tensor, warnings: list[str], extensions: li
             return (F.adaptive_avg_pool1d if spatial == 1 else F.adaptive_avg_pool2d)(v, tuple(size))
         k = a["kernel_size"]
         stride = a.get("stride") or k
-        kw = dict(kernel_size=k, stride=stride, padding=a.get("padding", 0), ceil_mode=bool(a.get("ceil_mode", False)),
-                  count_include_pad=bool(a.get("count_include_pad", "max" not in op)))
+        kw = dict(
+            kernel_size=k,
+            stride=stride,
+            padding=a.get("padding", 0),
+            ceil_mode=bool(a.get("ceil_mode", False)),
+            count_include_pad=bool(a.get("count_include_pad", "max" not in op)),
+        )
         return F.avg_pool1d(v, **kw) if spatial == 1 else F.avg_pool2d(v, **kw)
     if cls == "embedding":
         warnings.append(f"embedding '{layer.name}' skipped: its out-links are not counted")
@@ -231,15 +246,22 @@ def _gated_terminal_sum(layer: Any, v: torch.Tensor, n_inputs: int, warnings: li
     except ValueError as exc:
         warnings.append(f"{exc}: out-links into it are not counted")
         return None
-    reading = [b for b in blocks if b.source == "x"] if layer.kind == "recurrent" else \
-        [b for b in blocks if b.source in ("query", "key", "value")]
+    reading = (
+        [b for b in blocks if b.source == "x"]
+        if layer.kind == "recurrent"
+        else [b for b in blocks if b.source in ("query", "key", "value")]
+    )
     if layer.kind == "attention" and n_inputs > 1:
-        warnings.append(f"attention '{layer.name}' takes separate query/key/value inputs: out-links into it are not counted")
+        warnings.append(
+            f"attention '{layer.name}' takes separate query/key/value inputs: out-links into it are not counted"
+        )
         return None
     width = reading[0].W.shape[1] if reading else None
     if width is None or v.shape[-1] != width:
-        warnings.append(f"{layer.kind} layer '{layer.name}' reads {width} features per step, the neuron layer has "
-                        f"shape {tuple(v.shape[1:])}: out-links into it are not counted")
+        warnings.append(
+            f"{layer.kind} layer '{layer.name}' reads {width} features per step, the neuron layer has "
+            f"shape {tuple(v.shape[1:])}: out-links into it are not counted"
+        )
         return None
     return sum((v @ torch.as_tensor(b.W).T).sum() for b in reading)
 
@@ -279,7 +301,9 @@ def out_strength(
         else:
             v = feeding[0]
             if len(feeding) > 1:
-                warnings.append(f"layer '{layer.name}' takes the neuron layer more than once: only its first input is followed")
+                warnings.append(
+                    f"layer '{layer.name}' takes the neuron layer more than once: only its first input is followed"
+                )
             out = _forward_op(layer, v, warnings, extensions)
             if out is not None:
                 values[layer.name] = out
@@ -313,9 +337,15 @@ def neuron_layer_strengths(
                 s_in = s_in + 1.0  # identity (skip) link
     s_out, reached, ext, warn = out_strength(graph, end, s_in.shape, fold_norm)
     return NeuronLayer(
-        layer=layer.name, end=end, shape=tuple(s_in.shape),
-        strengths=combine(s_in, s_out, missing_side_const), has_in=True, has_out=s_out is not None,
-        reached=reached, extensions=extensions + ext, warnings=warnings + warn,
+        layer=layer.name,
+        end=end,
+        shape=tuple(s_in.shape),
+        strengths=combine(s_in, s_out, missing_side_const),
+        has_in=True,
+        has_out=s_out is not None,
+        reached=reached,
+        extensions=extensions + ext,
+        warnings=warnings + warn,
     )
 
 
@@ -336,6 +366,13 @@ def input_neuron_strengths(graph: Any, missing_side_const: float = 1.0, fold_nor
     if s_out is None:
         return None
     return NeuronLayer(
-        layer="", end=spec.name, shape=shape, strengths=combine(None, s_out, missing_side_const),
-        has_in=False, has_out=True, reached=reached, extensions=ext, warnings=warn,
+        layer="",
+        end=spec.name,
+        shape=shape,
+        strengths=combine(None, s_out, missing_side_const),
+        has_in=False,
+        has_out=True,
+        reached=reached,
+        extensions=ext,
+        warnings=warn,
     )

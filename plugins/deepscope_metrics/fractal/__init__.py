@@ -15,8 +15,12 @@ from .box_covering import (
     distance_matrix,
 )
 from .correlation import (
-    CorrelationDimension, KnnCorrelationDimension, authors_correlation_dimension, correlation_dimension,
-    dimension_fluctuation, reduce_dimension,
+    CorrelationDimension,
+    KnnCorrelationDimension,
+    authors_correlation_dimension,
+    correlation_dimension,
+    dimension_fluctuation,
+    reduce_dimension,
 )
 from .feature_graph import FeatureGraph, PairDistanceAccumulator, feature_graph
 from .graphs import lattice, path, sierpinski_gasket, uv_flower, uv_flower_dimension
@@ -25,11 +29,37 @@ from .spectrum import PowerLawDensityFit, power_law_mle, spectrum_exponent, top_
 from .ss_rate import SSRate, ss_rate, ss_rate_batches, ss_rate_from_distances
 
 __all__ = [
-    "BoxCovering", "CorrelationDimension", "KnnCorrelationDimension", "FeatureGraph", "PairDistanceAccumulator",
-    "PowerLawDensityFit", "S2ConLoss", "SSRate", "ScalingFit", "box_covering", "box_covering_networkx_baseline",
-    "authors_correlation_dimension", "check_cover", "correlation_dimension", "dimension_fluctuation", "distance_matrix", "feature_graph", "fit_box_counts", "lattice",
-    "path", "power_law_mle", "reduce_dimension", "sierpinski_gasket", "spectrum_exponent", "ss_rate", "ss_rate_batches", "top_eigenvalues",
-    "ss_rate_from_distances", "ss_rate_torch", "uv_flower", "uv_flower_dimension",
+    "BoxCovering",
+    "CorrelationDimension",
+    "KnnCorrelationDimension",
+    "FeatureGraph",
+    "PairDistanceAccumulator",
+    "PowerLawDensityFit",
+    "S2ConLoss",
+    "SSRate",
+    "ScalingFit",
+    "box_covering",
+    "box_covering_networkx_baseline",
+    "authors_correlation_dimension",
+    "check_cover",
+    "correlation_dimension",
+    "dimension_fluctuation",
+    "distance_matrix",
+    "feature_graph",
+    "fit_box_counts",
+    "lattice",
+    "path",
+    "power_law_mle",
+    "reduce_dimension",
+    "sierpinski_gasket",
+    "spectrum_exponent",
+    "ss_rate",
+    "ss_rate_batches",
+    "top_eigenvalues",
+    "ss_rate_from_distances",
+    "ss_rate_torch",
+    "uv_flower",
+    "uv_flower_dimension",
 ]
 
 

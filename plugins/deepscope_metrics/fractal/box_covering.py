@@ -67,6 +67,7 @@ class BoxCovering:
 # input -> distance matrix
 # ---------------------------------------------------------------------------------------------
 
+
 def distance_matrix(graph: Any) -> tuple[np.ndarray, list[Any]]:
     """Hop-distance matrix (float64, ``inf`` between components) and the node list.
 
@@ -107,13 +108,15 @@ def default_sizes(diameter: float, n_sizes: int = 12, odd_only: bool = False) ->
 # algorithms: each returns labels [n_sizes, n]
 # ---------------------------------------------------------------------------------------------
 
+
 def dual_degrees(dist: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Per size, every node's degree in the dual graph (``d_ij >= l_B``): ``[L, n]``."""
-    return np.stack([(dist >= l).sum(axis=1) for l in sizes]) if len(sizes) else np.zeros((0, dist.shape[0]), int)
+    return np.stack([(dist >= size).sum(axis=1) for size in sizes]) if len(sizes) else np.zeros((0, dist.shape[0]), int)
 
 
-def largest_first_orders(dist: np.ndarray, sizes: np.ndarray, rng: np.random.Generator | None,
-                         degrees: np.ndarray | None = None) -> np.ndarray:
+def largest_first_orders(
+    dist: np.ndarray, sizes: np.ndarray, rng: np.random.Generator | None, degrees: np.ndarray | None = None
+) -> np.ndarray:
     """Per size, nodes by decreasing degree in the dual graph (``d_ij >= l_B``).
 
     Ties are broken at random (``rng``) or, with ``rng=None``, by node index, which is exactly
@@ -151,7 +154,7 @@ def greedy_colouring(dist: np.ndarray, sizes: np.ndarray, orders: np.ndarray) ->
     if n_rows == 0 or n == 0:
         return colour
     uniq, row_size = np.unique(sizes, return_inverse=True)
-    near = np.stack([np.packbits(dist < l, axis=1) for l in uniq])  # [U, n, nbytes]: bit u of row v = d_vu < l
+    near = np.stack([np.packbits(dist < l, axis=1) for l in uniq])  # noqa: E741 - l = l_B; [U, n, nbytes]: bit u of row v = d_vu < l
     nbytes = near.shape[2]
     near_flat = near.reshape(-1, nbytes)
     cap = 64
@@ -184,7 +187,7 @@ def compact_box_burning(dist: np.ndarray, sizes: np.ndarray, rng: np.random.Gene
     """
     n = dist.shape[0]
     labels = np.empty((len(sizes), n), np.int64)
-    for k, l in enumerate(sizes):
+    for k, l in enumerate(sizes):  # noqa: E741 - l = l_B, Song's box size
         uncovered = np.ones(n, bool)
         box = 0
         while uncovered.any():
@@ -207,7 +210,7 @@ def maximum_excluded_mass_burning(dist: np.ndarray, sizes: np.ndarray, rng: np.r
     """
     n = dist.shape[0]
     labels = np.empty((len(sizes), n), np.int64)
-    for k, l in enumerate(sizes):
+    for k, l in enumerate(sizes):  # noqa: E741 - l = l_B, Song's box size
         r = (int(l) - 1) // 2
         ball = dist <= r
         mass = ball.sum(axis=1).astype(np.int64)
@@ -257,6 +260,7 @@ def check_cover(dist: np.ndarray, l_B: float, labels: np.ndarray) -> str:
 # public entry points
 # ---------------------------------------------------------------------------------------------
 
+
 def box_covering(
     graph: Any,
     method: str = "greedy",
@@ -286,9 +290,25 @@ def box_covering(
     empty = np.zeros(0, np.int64)
 
     def degenerate(reason: str, sizes_=empty, counts_=empty, labels_=(), diam=nan, ncomp=0) -> BoxCovering:
-        return BoxCovering(np.asarray(sizes_), np.asarray(counts_), list(labels_), method, nan, nan, nan, False,
-                           np.zeros(0), np.zeros(len(sizes_), bool), n, diam, ncomp, restarts, seed,
-                           reason=reason, nodes=nodes)
+        return BoxCovering(
+            np.asarray(sizes_),
+            np.asarray(counts_),
+            list(labels_),
+            method,
+            nan,
+            nan,
+            nan,
+            False,
+            np.zeros(0),
+            np.zeros(len(sizes_), bool),
+            n,
+            diam,
+            ncomp,
+            restarts,
+            seed,
+            reason=reason,
+            nodes=nodes,
+        )
 
     if n < 3:
         return degenerate(f"graph has {n} nodes; a box-counting dimension needs at least 3")
@@ -313,8 +333,7 @@ def box_covering(
     n_runs = max(1, restarts)
     if method == "greedy":  # all restarts in one pass; restart 0 = networkx's order, so never worse than it
         degrees = dual_degrees(dist, sizes)
-        orders = np.concatenate([largest_first_orders(dist, sizes, rng if r else None, degrees)
-                                 for r in range(n_runs)])
+        orders = np.concatenate([largest_first_orders(dist, sizes, rng if r else None, degrees) for r in range(n_runs)])
         runs = greedy_colouring(dist, np.tile(sizes, n_runs), orders).reshape(n_runs, len(sizes), n)
     else:
         sampler = compact_box_burning if method == "cbb" else maximum_excluded_mass_burning
@@ -331,9 +350,26 @@ def box_covering(
         reason = (reason + "; " if reason else "") + f"graph has {ncomp} components: boxes never span components"
     if np.isnan(fit.dimension):
         reason = reason or "fit failed"
-    return BoxCovering(sizes, best_counts, list(best_labels), method, fit.dimension, fit.r2, fit.r2_semilog,
-                       fit.fractal, fit.local_slopes, fit.used, n, diameter, ncomp, restarts, seed,
-                       fit_on=fit_on, reason=reason, nodes=nodes)
+    return BoxCovering(
+        sizes,
+        best_counts,
+        list(best_labels),
+        method,
+        fit.dimension,
+        fit.r2,
+        fit.r2_semilog,
+        fit.fractal,
+        fit.local_slopes,
+        fit.used,
+        n,
+        diameter,
+        ncomp,
+        restarts,
+        seed,
+        fit_on=fit_on,
+        reason=reason,
+        nodes=nodes,
+    )
 
 
 def box_covering_networkx_baseline(G: Any, l_B: int) -> tuple[int, dict[Any, int]]:

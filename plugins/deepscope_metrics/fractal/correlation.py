@@ -71,8 +71,15 @@ def correlation_dimension(
     d = np.sort(pdist(normalise(x, how)))
     lo, hi = np.quantile(d, quantiles)
     if not lo > 0 or hi <= lo:
-        return CorrelationDimension(nan, nan, empty, empty, n, p,
-                                    "distances at the chosen quantiles are zero or equal (duplicate/constant samples)")
+        return CorrelationDimension(
+            nan,
+            nan,
+            empty,
+            empty,
+            n,
+            p,
+            "distances at the chosen quantiles are zero or equal (duplicate/constant samples)",
+        )
     radii = np.geomspace(lo, hi, n_radii)
     c = np.searchsorted(d, radii, side="left") / d.size
     ok = c > 0
@@ -106,8 +113,12 @@ def umap_available() -> bool:
 
 
 def reduce_dimension(
-    x: np.ndarray, n_components: int = 50, method: str = "auto", seed: int = 42,
-    umap_neighbors: int = 20, umap_min_dist: float = 0.1,
+    x: np.ndarray,
+    n_components: int = 50,
+    method: str = "auto",
+    seed: int = 42,
+    umap_neighbors: int = 20,
+    umap_min_dist: float = 0.1,
 ) -> tuple[np.ndarray, str]:
     """Rows of ``x`` in ``n_components`` dimensions, and the method used (``umap``, ``pca`` or ``none``).
 
@@ -124,8 +135,13 @@ def reduce_dimension(
     if method == "umap":
         import umap  # optional extra
 
-        reducer = umap.UMAP(n_components=n_components, n_neighbors=umap_neighbors, min_dist=umap_min_dist,
-                            metric="euclidean", random_state=seed)
+        reducer = umap.UMAP(
+            n_components=n_components,
+            n_neighbors=umap_neighbors,
+            min_dist=umap_min_dist,
+            metric="euclidean",
+            random_state=seed,
+        )
         return np.asarray(reducer.fit_transform(x), np.float64), "umap"
     from sklearn.decomposition import PCA
 

@@ -57,12 +57,20 @@ def fit_box_counts(
     used = ok & (sizes >= l_min) & (counts >= min_boxes)
     nan = float("nan")
     if used.sum() < min_points:
-        return ScalingFit(nan, nan, nan, False, slopes, used,
-                          reason=f"only {int(used.sum())} sizes with l_B >= {l_min} and N_B >= {min_boxes} "
-                                 f"(need {min_points}): graph too small for a scaling fit")
+        return ScalingFit(
+            nan,
+            nan,
+            nan,
+            False,
+            slopes,
+            used,
+            reason=f"only {int(used.sum())} sizes with l_B >= {l_min} and N_B >= {min_boxes} "
+            f"(need {min_points}): graph too small for a scaling fit",
+        )
     fit = linear_fit(logx[used], logc[used])
     shape = ok & (counts >= min_boxes)  # classification range: all unsaturated sizes
     r2_log = linear_fit(logx[shape], logc[shape]).r2
     r2_semi = linear_fit(x[shape], logc[shape]).r2
-    return ScalingFit(-fit.slope, fit.r2, r2_semi, bool(r2_log >= r2_semi), slopes, used,
-                      extras={"r2_loglog_all": r2_log})
+    return ScalingFit(
+        -fit.slope, fit.r2, r2_semi, bool(r2_log >= r2_semi), slopes, used, extras={"r2_loglog_all": r2_log}
+    )

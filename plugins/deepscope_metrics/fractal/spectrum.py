@@ -33,8 +33,9 @@ class PowerLawDensityFit:
     reason: str = ""
 
 
-def power_law_mle(values: np.ndarray, min_tail: int = 2, min_value: float = 1e-10,
-                  min_values: int = 50) -> PowerLawDensityFit:
+def power_law_mle(
+    values: np.ndarray, min_tail: int = 2, min_value: float = 1e-10, min_values: int = 50
+) -> PowerLawDensityFit:
     """Continuous power-law MLE with automatic ``xmin``, as ``powerlaw.Fit(|values|)`` (v1.x) finds it.
 
     ``|values| <= min_value`` are dropped; fewer than ``min_values`` left gives NaN with a reason

@@ -40,8 +40,20 @@ class SSRate:
 
 def _empty(D: int, B: int, S: int, zero_var: float, reason: str) -> SSRate:
     nan = np.full(S, np.nan)
-    return SSRate(float("nan"), D, B, S, np.linspace(0.0, 1.0, S), nan, nan, nan.copy(), float("nan"),
-                  float("nan"), zero_var, reason)
+    return SSRate(
+        float("nan"),
+        D,
+        B,
+        S,
+        np.linspace(0.0, 1.0, S),
+        nan,
+        nan,
+        nan.copy(),
+        float("nan"),
+        float("nan"),
+        zero_var,
+        reason,
+    )
 
 
 def linspace_like_torch(n: int) -> np.ndarray:
@@ -122,12 +134,24 @@ def ss_rate(features: np.ndarray, n_thresholds: int = 256, variant: str = "code"
     if d.max() == d.min():
         return _empty(D, B, S, zero_var, "all node distances are equal (e.g. identical nodes): no scale to count")
     value, curves = ss_rate_from_distances(d, D, S)
-    return SSRate(value, D, B, S, curves["s"], curves["thresholds"], curves["n_theta"], curves["y"],
-                  curves["tz"], curves["tv"], zero_var)
+    return SSRate(
+        value,
+        D,
+        B,
+        S,
+        curves["s"],
+        curves["thresholds"],
+        curves["n_theta"],
+        curves["y"],
+        curves["tz"],
+        curves["tv"],
+        zero_var,
+    )
 
 
 def ss_rate_batches(activations: np.ndarray, batch_size: int = 64, n_thresholds: int = 256) -> list[SSRate]:
     """SS_rate on consecutive batches of ``batch_size`` samples of ``activations[N, D]`` (remainder dropped)."""
     A = np.asarray(activations)
-    return [ss_rate(A[lo : lo + batch_size].T, n_thresholds)
-            for lo in range(0, A.shape[0] - batch_size + 1, batch_size)]
+    return [
+        ss_rate(A[lo : lo + batch_size].T, n_thresholds) for lo in range(0, A.shape[0] - batch_size + 1, batch_size)
+    ]

@@ -22,6 +22,7 @@ import math
 from typing import Any
 
 import numpy as np
+
 from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Curve, Graph, Metric, Needs, Param, Table, hookimpl
 
 from ..complex_network import (
@@ -37,7 +38,14 @@ from ..complex_network import (
     neuron_layer_strengths,
 )
 from ..complex_network.gates import (
-    GATED, GatedNeurons, block_sample, block_table, block_weights, blocks_graph_coo, dense_blocks, gated_neurons,
+    GATED,
+    GatedNeurons,
+    block_sample,
+    block_table,
+    block_weights,
+    blocks_graph_coo,
+    dense_blocks,
+    gated_neurons,
 )
 from ..complex_network.unroll import weight_graph_coo
 from ..complex_network.walk import bn_scale_shift, folded_weights
@@ -49,11 +57,13 @@ CITATION = (
 WEIGHTED = frozenset({"linear", "conv"})
 DENSE_KINDS = WEIGHTED | {"embedding"}  # embeddings are accepted only to be skipped with a warning
 KINDS = DENSE_KINDS | GATED
-GATES_DOC = (" Recurrent (LSTM, GRU, RNN) and attention layers are split into their dense blocks, each a "
-             "bipartite layer of its own (PyTorch layout whatever the format): ih.<gate> (input x -> gate) and "
-             "hh.<gate> (hidden h -> gate) with LSTM gates i,f,g,o, GRU r,z,n, RNN h (ih_l1.i, hh_l0_reverse.f "
-             "for deeper layers and reverse directions); attention q, k, v (in_proj rows) and out (out_proj). "
-             "One result per layer, per-block rows in its 'blocks' table.")
+GATES_DOC = (
+    " Recurrent (LSTM, GRU, RNN) and attention layers are split into their dense blocks, each a "
+    "bipartite layer of its own (PyTorch layout whatever the format): ih.<gate> (input x -> gate) and "
+    "hh.<gate> (hidden h -> gate) with LSTM gates i,f,g,o, GRU r,z,n, RNN h (ih_l1.i, hh_l0_reverse.f "
+    "for deeper layers and reverse directions); attention q, k, v (in_proj rows) and out (out_proj). "
+    "One result per layer, per-block rows in its 'blocks' table."
+)
 
 
 def _weighted(metric: Metric, gated: bool = False) -> list[Any]:
@@ -75,13 +85,26 @@ def _link_sample(graph: Any, layer: Any, fold_norm: bool) -> tuple[np.ndarray, n
     W, b, _, folded = folded_weights(graph, layer, fold_norm)
     return W, b, folded
 
+
 P_GRID = Param("grid_points", int, 1000, "KDE grid points over [min, max]", min=10, max=100_000)
-P_MODE = Param("mode", str, "code", "conv in-strength: 'code' = K.sum()+b everywhere (authors); 'graph' = "
-               "only taps inside the image", choices=("code", "graph"))
-P_CONST = Param("missing_side_const", float, 1.0, "added for the side input/output neurons lack (authors: 1; "
-                "0 = pure graph definition)", min=-1_000_000, max=1_000_000)
-P_FOLD = Param("fold_norm", bool, True, "fold a directly following eval-mode BatchNorm into the layer "
-               "(extension beyond the paper)")
+P_MODE = Param(
+    "mode",
+    str,
+    "code",
+    "conv in-strength: 'code' = K.sum()+b everywhere (authors); 'graph' = only taps inside the image",
+    choices=("code", "graph"),
+)
+P_CONST = Param(
+    "missing_side_const",
+    float,
+    1.0,
+    "added for the side input/output neurons lack (authors: 1; 0 = pure graph definition)",
+    min=-1_000_000,
+    max=1_000_000,
+)
+P_FOLD = Param(
+    "fold_norm", bool, True, "fold a directly following eval-mode BatchNorm into the layer (extension beyond the paper)"
+)
 
 
 def _reason(exc: Exception) -> str:
@@ -115,13 +138,24 @@ class _StrengthBase(Metric):
     def _echo(self, nl: Any) -> dict[str, Any]:
         p = self.params
         if isinstance(nl, GatedNeurons):
-            return {"missing_side_const": p["missing_side_const"], "n_nodes": int(nl.strengths.total.size),
-                    "has_in": True, "has_out": False, "blocks": Table(block_table(nl)),
-                    "input_out_strength": nl.block.s_in_inputs}
+            return {
+                "missing_side_const": p["missing_side_const"],
+                "n_nodes": int(nl.strengths.total.size),
+                "has_in": True,
+                "has_out": False,
+                "blocks": Table(block_table(nl)),
+                "input_out_strength": nl.block.s_in_inputs,
+            }
         return {
-            "mode": p["mode"], "missing_side_const": p["missing_side_const"], "fold_norm": p["fold_norm"],
-            "n_nodes": int(nl.strengths.total.size), "shape": [int(d) for d in nl.shape], "has_in": nl.has_in,
-            "has_out": nl.has_out, "neuron_layer_end": nl.end, "next_layers": ",".join(nl.reached),
+            "mode": p["mode"],
+            "missing_side_const": p["missing_side_const"],
+            "fold_norm": p["fold_norm"],
+            "n_nodes": int(nl.strengths.total.size),
+            "shape": [int(d) for d in nl.shape],
+            "has_in": nl.has_in,
+            "has_out": nl.has_out,
+            "neuron_layer_end": nl.end,
+            "next_layers": ",".join(nl.reached),
             "extensions": "; ".join(nl.extensions),
         }
 
@@ -130,23 +164,30 @@ class WeightGraph(Metric):
     """The layer's weight graph itself, for the user's own network science (``run.graph(...)`` in the SDK)."""
 
     name = "cnt.weight_graph"
-    description = ("The weight graph of each linear/conv layer as an edge list (conv maps unrolled, PyTorch's "
-                   "C,H,W neuron order): nodes are the layer's input then output neurons (then, with "
-                   "include_next, the next weighted layer's outputs), edges carry the weights, output nodes "
-                   "their bias. The SDK returns it as a networkx DiGraph." + GATES_DOC + " A gated layer's "
-                   "graph has one input tier per block source (node layer 'input.x', 'input.h', 'input.query'...) "
-                   "and one output tier per block ('<layer>.ih.i'...); include_next does not apply to it. With "
-                   "fold_norm, a directly following eval-mode BatchNorm is folded in, as the ONNX exporter's "
-                   "optimiser does, so every format gives the same graph. Cost: linear in links (conv: C_out x "
-                   "C_in/groups x taps inside the map); a layer over max_links is counted, never built, and "
-                   "skipped naming max_links.")
+    description = (
+        "The weight graph of each linear/conv layer as an edge list (conv maps unrolled, PyTorch's "
+        "C,H,W neuron order): nodes are the layer's input then output neurons (then, with "
+        "include_next, the next weighted layer's outputs), edges carry the weights, output nodes "
+        "their bias. The SDK returns it as a networkx DiGraph." + GATES_DOC + " A gated layer's "
+        "graph has one input tier per block source (node layer 'input.x', 'input.h', 'input.query'...) "
+        "and one output tier per block ('<layer>.ih.i'...); include_next does not apply to it. With "
+        "fold_norm, a directly following eval-mode BatchNorm is folded in, as the ONNX exporter's "
+        "optimiser does, so every format gives the same graph. Cost: linear in links (conv: C_out x "
+        "C_in/groups x taps inside the map); a layer over max_links is counted, never built, and "
+        "skipped naming max_links."
+    )
     citation = CITATION
     needs = Needs.WEIGHTS
     layer_kinds = KINDS
     result_kinds = ("graph", "scalar")
     params = (
-        Param("include_next", bool, False, "append the next linear/conv layer when only activations, norms or a "
-              "flatten lie between (their own transforms are not links)"),
+        Param(
+            "include_next",
+            bool,
+            False,
+            "append the next linear/conv layer when only activations, norms or a "
+            "flatten lie between (their own transforms are not links)",
+        ),
         Param("max_links", int, 2_000_000, "refuse layers with more links than this", min=1, max=20_000_000),
         P_FOLD,
     )
@@ -160,20 +201,30 @@ class WeightGraph(Metric):
                     if self.params["include_next"]:
                         self.ctx.warn(f"{self.name}: include_next does not apply to {layer.kind} '{layer.name}'")
                     blocks = dense_blocks(layer)
-                    results[layer.name] = {**_graph_result(blocks_graph_coo(layer.name, blocks, self.params["max_links"])),
-                                           "blocks": ",".join(b.key for b in blocks)}
+                    results[layer.name] = {
+                        **_graph_result(blocks_graph_coo(layer.name, blocks, self.params["max_links"])),
+                        "blocks": ",".join(b.key for b in blocks),
+                    }
                     continue
                 nxt = _next_weighted(self.ctx.graph, layer) if self.params["include_next"] else None
                 if self.params["include_next"] and nxt is None:
                     self.ctx.warn(f"{self.name}: no single next linear/conv layer after '{layer.name}'")
                 fold = self.params["fold_norm"]
-                results[layer.name] = _graph_result(weight_graph_coo(
-                    _folded_layer(self.ctx.graph, layer, fold), None if nxt is None else _folded_layer(self.ctx.graph, nxt, fold),
-                    self.params["max_links"]))
+                results[layer.name] = _graph_result(
+                    weight_graph_coo(
+                        _folded_layer(self.ctx.graph, layer, fold),
+                        None if nxt is None else _folded_layer(self.ctx.graph, nxt, fold),
+                        self.params["max_links"],
+                    )
+                )
             except Exception as exc:  # unsupported layer or too many links: report, never crash the run
                 capped = "max_links" in str(exc)  # the graph exists, it is just over the cap: say so and how
-                results[layer.name] = {"status": "skipped", "reason": f"capped: {exc}; raise the max_links parameter "
-                                       "(at most 20,000,000) to get it" if capped else _reason(exc)}
+                results[layer.name] = {
+                    "status": "skipped",
+                    "reason": f"capped: {exc}; raise the max_links parameter (at most 20,000,000) to get it"
+                    if capped
+                    else _reason(exc),
+                }
         return results
 
 
@@ -200,18 +251,29 @@ def _folded_layer(graph: Any, layer: Any, fold_norm: bool) -> Any:
 
 
 def _graph_result(coo: Any) -> dict[str, Any]:
-    return {"graph": Graph(coo.num_nodes, coo.sources, coo.targets, coo.weights, True,
-                           {"layer": coo.node_layer, "index": coo.node_index, "bias": coo.node_bias}),
-            "n_nodes": coo.num_nodes, "n_links": int(coo.sources.size)}
+    return {
+        "graph": Graph(
+            coo.num_nodes,
+            coo.sources,
+            coo.targets,
+            coo.weights,
+            True,
+            {"layer": coo.node_layer, "index": coo.node_index, "bias": coo.node_bias},
+        ),
+        "n_nodes": coo.num_nodes,
+        "n_links": int(coo.sources.size),
+    }
 
 
 class LinkWeights(Metric):
     name = "cnt.link_weights"
-    description = ("Distribution of a layer's link weights (all weights and biases): summary statistics, "
-                   "histogram and Gaussian KDE (Scott bandwidth)." + GATES_DOC + " A gated layer's distribution "
-                   "pools all its blocks; 'blocks' gives each block's n, mean and std. Cost: linear in weights; "
-                   "the KDE is scipy's, evaluated by bins of 0.1 bandwidth (equal to the direct sum to ~1e-12), "
-                   "so grid_points adds O(grid_points), not O(weights x grid_points).")
+    description = (
+        "Distribution of a layer's link weights (all weights and biases): summary statistics, "
+        "histogram and Gaussian KDE (Scott bandwidth)." + GATES_DOC + " A gated layer's distribution "
+        "pools all its blocks; 'blocks' gives each block's n, mean and std. Cost: linear in weights; "
+        "the KDE is scipy's, evaluated by bins of 0.1 bandwidth (equal to the direct sum to ~1e-12), "
+        "so grid_points adds O(grid_points), not O(weights x grid_points)."
+    )
     citation = CITATION
     needs = Needs.WEIGHTS
     layer_kinds = KINDS
@@ -233,14 +295,20 @@ class LinkWeights(Metric):
                 continue
             s = link_weight_summary(W, b, bins=self.params["bins"])
             counts, edges = s.pop("hist_counts"), s.pop("hist_edges")
-            r: dict[str, Any] = {**s, "histogram": Table({"bin_left": edges[:-1], "bin_right": edges[1:], "count": counts}),
-                                 "bins": self.params["bins"], "grid_points": self.params["grid_points"]}
+            r: dict[str, Any] = {
+                **s,
+                "histogram": Table({"bin_left": edges[:-1], "bin_right": edges[1:], "count": counts}),
+                "bins": self.params["bins"],
+                "grid_points": self.params["grid_points"],
+            }
             if folded:
                 r["extensions"] = f"batchnorm {', '.join(folded)} folded (extension beyond the paper)"
             if layer.kind in GATED:
                 r["blocks"] = _block_link_table(dense_blocks(layer))
             try:
-                x, y = kde_curve(np.concatenate([W.ravel(), [] if b is None else b.ravel()]), self.params["grid_points"])
+                x, y = kde_curve(
+                    np.concatenate([W.ravel(), [] if b is None else b.ravel()]), self.params["grid_points"]
+                )
                 r["kde"] = Curve(x, y, "link weight", "density")
             except DegenerateDistribution as exc:
                 r["reason"] = str(exc)
@@ -250,25 +318,35 @@ class LinkWeights(Metric):
 
 def _block_link_table(blocks: list[Any]) -> Table:
     samples = [block_sample(b) for b in blocks]
-    return Table({"block": [b.key for b in blocks], "n": np.array([v.size for v in samples]),
-                  "mean": np.array([v.mean() for v in samples]), "std": np.array([v.std() for v in samples])})
+    return Table(
+        {
+            "block": [b.key for b in blocks],
+            "n": np.array([v.size for v in samples]),
+            "mean": np.array([v.mean() for v in samples]),
+            "std": np.array([v.std() for v in samples]),
+        }
+    )
 
 
-_STRENGTH_COST = (" Cost: per layer one single-channel conv of a ones map (in-strength) and one backward pass "
-                  "of the linear surrogate network (out-strength), linear in neurons; no edge list is built.")
+_STRENGTH_COST = (
+    " Cost: per layer one single-channel conv of a ones map (in-strength) and one backward pass "
+    "of the linear surrogate network (out-strength), linear in neurons; no edge list is built."
+)
 
 
 class NodeStrength(_StrengthBase):
     name = "cnt.node_strength"
-    description = ("Node strength of each layer's output neurons in the weight graph: signed in-strength "
-                   "(incoming weights + bias) and out-strength (weights to the next layer; into a recurrent layer "
-                   "its input gates ih.*, into self-attention its q, k, v), per neuron "
-                   "(conv maps unrolled, C*H*W neurons). BatchNorm folding, pooling and residual links are "
-                   "extensions beyond the paper, listed under 'extensions'." + GATES_DOC + " For a gated layer the "
-                   "neurons are all blocks' output (gate) neurons, concatenated in 'blocks' order: in_strength = "
-                   "row sums + bias; gates combine nonlinearly, so there are no out-links (out_strength = "
-                   "missing_side_const); input_out_strength = each block's column sums (its input neurons' "
-                   "out-strengths), concatenated." + _STRENGTH_COST)
+    description = (
+        "Node strength of each layer's output neurons in the weight graph: signed in-strength "
+        "(incoming weights + bias) and out-strength (weights to the next layer; into a recurrent layer "
+        "its input gates ih.*, into self-attention its q, k, v), per neuron "
+        "(conv maps unrolled, C*H*W neurons). BatchNorm folding, pooling and residual links are "
+        "extensions beyond the paper, listed under 'extensions'." + GATES_DOC + " For a gated layer the "
+        "neurons are all blocks' output (gate) neurons, concatenated in 'blocks' order: in_strength = "
+        "row sums + bias; gates combine nonlinearly, so there are no out-links (out_strength = "
+        "missing_side_const); input_out_strength = each block's column sums (its input neurons' "
+        "out-strengths), concatenated." + _STRENGTH_COST
+    )
     params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
     summary_keys = ("strength_mean", "in_strength_mean", "out_strength_mean", "n_nodes")
 
@@ -279,25 +357,37 @@ class NodeStrength(_StrengthBase):
                 results[name] = {"strength": np.array([np.nan]), "reason": _reason(nl)}
                 continue
             st = nl.strengths
-            results[name] = {"strength": st.total.ravel(), "in_strength": st.s_in.ravel(),
-                             "out_strength": st.s_out.ravel(), "strength_mean": float(st.total.mean()),
-                             "in_strength_mean": float(st.s_in.mean()), "out_strength_mean": float(st.s_out.mean()),
-                             **self._echo(nl)}
+            results[name] = {
+                "strength": st.total.ravel(),
+                "in_strength": st.s_in.ravel(),
+                "out_strength": st.s_out.ravel(),
+                "strength_mean": float(st.total.mean()),
+                "in_strength_mean": float(st.s_in.mean()),
+                "out_strength_mean": float(st.s_out.mean()),
+                **self._echo(nl),
+            }
         if self.params["include_input"]:
             inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"], self.params["fold_norm"])
             if inp is not None:
-                results[WHOLE_MODEL] = {"input_strength": inp.strengths.total.ravel(),
-                                        "input_out_strength": inp.strengths.s_out.ravel(),
-                                        "input_shape": [int(d) for d in inp.shape], "input_n_nodes": int(inp.strengths.total.size),
-                                        "missing_side_const": self.params["missing_side_const"]}
+                results[WHOLE_MODEL] = {
+                    "input_strength": inp.strengths.total.ravel(),
+                    "input_out_strength": inp.strengths.s_out.ravel(),
+                    "input_shape": [int(d) for d in inp.shape],
+                    "input_n_nodes": int(inp.strengths.total.size),
+                    "missing_side_const": self.params["missing_side_const"],
+                }
         return results
 
 
 class LayerFluctuation(_StrengthBase):
     name = "cnt.layer_fluctuation"
-    description = ("Layer fluctuation Y_l: population std (ddof=0) of the node strengths of each neuron layer; "
-                   "also the mean and the coefficient of variation (cv, an extension beyond the paper)." + GATES_DOC
-                   + " A gated layer's Y_l is over all its gate neurons; 'blocks' gives each block's own." + _STRENGTH_COST)
+    description = (
+        "Layer fluctuation Y_l: population std (ddof=0) of the node strengths of each neuron layer; "
+        "also the mean and the coefficient of variation (cv, an extension beyond the paper)."
+        + GATES_DOC
+        + " A gated layer's Y_l is over all its gate neurons; 'blocks' gives each block's own."
+        + _STRENGTH_COST
+    )
     params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
     result_kinds = ("scalar", "table", "curve")
     summary_keys = ("fluctuation", "cv", "n_nodes")
@@ -322,8 +412,9 @@ class LayerFluctuation(_StrengthBase):
         if rows:
             names, fl, cv, n = zip(*rows)
             results[WHOLE_MODEL] = {
-                "fluctuations": Table({"layer": list(names), "fluctuation": np.array(fl), "cv": np.array(cv),
-                                       "n_nodes": np.array(n)}),
+                "fluctuations": Table(
+                    {"layer": list(names), "fluctuation": np.array(fl), "cv": np.array(cv), "n_nodes": np.array(n)}
+                ),
                 "fluctuation_curve": Curve(np.arange(len(fl), dtype=float), np.array(fl), "neuron layer", "Y_l"),
             }
         return results
@@ -331,19 +422,31 @@ class LayerFluctuation(_StrengthBase):
 
 class Divergence(_StrengthBase):
     name = "cnt.divergence"
-    description = ("Divergence between the layers' distributions of link weights or node strengths: "
-                   "Jensen-Shannon (default, base 2, in [0, 1]) or the authors' Jeffreys (symmetric KL on a "
-                   "shared KDE grid, no dx, inf -> max finite + 1)." + GATES_DOC + " A gated layer is one "
-                   "distribution: all its blocks' link weights, or all its gate neurons' strengths. Cost: one KDE "
-                   "per layer (linear in its weights), then layers^2/2 pairs of KDE evaluations on grid_points "
-                   "points; the first pair is timed and, if all pairs would pass budget_seconds, the matrix is "
-                   "skipped with a reason naming budget_seconds and grid_points.")
+    description = (
+        "Divergence between the layers' distributions of link weights or node strengths: "
+        "Jensen-Shannon (default, base 2, in [0, 1]) or the authors' Jeffreys (symmetric KL on a "
+        "shared KDE grid, no dx, inf -> max finite + 1)." + GATES_DOC + " A gated layer is one "
+        "distribution: all its blocks' link weights, or all its gate neurons' strengths. Cost: one KDE "
+        "per layer (linear in its weights), then layers^2/2 pairs of KDE evaluations on grid_points "
+        "points; the first pair is timed and, if all pairs would pass budget_seconds, the matrix is "
+        "skipped with a reason naming budget_seconds and grid_points."
+    )
     params = (
         Param("of", str, "link_weights", "which distribution", choices=("link_weights", "node_strength")),
         Param("method", str, "js", "js or jeffreys", choices=("js", "jeffreys")),
-        P_GRID, P_MODE, P_CONST, P_FOLD,
-        Param("budget_seconds", float, 120.0, "time budget for the pairs, extrapolated from the first; over it the "
-              "matrix is skipped with a reason; 0 = no budget", min=0.0, max=86_400.0),
+        P_GRID,
+        P_MODE,
+        P_CONST,
+        P_FOLD,
+        Param(
+            "budget_seconds",
+            float,
+            120.0,
+            "time budget for the pairs, extrapolated from the first; over it the "
+            "matrix is skipped with a reason; 0 = no budget",
+            min=0.0,
+            max=86_400.0,
+        ),
     )
     result_kinds = ("matrix", "table", "scalar")
     summary_keys = ("divergence_to_next",)
@@ -368,15 +471,23 @@ class Divergence(_StrengthBase):
         if len(names) < 2:
             return {WHOLE_MODEL: {"divergence": float("nan"), "reason": f"need at least 2 layers, got {len(names)}"}}
         try:
-            M = divergence_matrix(samples, p["method"], p["grid_points"], budget_seconds=p["budget_seconds"] or math.inf)
+            M = divergence_matrix(
+                samples, p["method"], p["grid_points"], budget_seconds=p["budget_seconds"] or math.inf
+            )
         except OverBudget as exc:
             return {WHOLE_MODEL: {"status": "skipped", "reason": f"over budget: {exc}"}}
         i, j = np.triu_indices(len(names), 1)
         results: dict[str, dict[str, Any]] = {
-            WHOLE_MODEL: {"matrix": M, "layers": ",".join(names), "of": p["of"], "method": p["method"],
-                          "grid_points": p["grid_points"],
-                          "pairs": Table({"layer_a": [names[k] for k in i], "layer_b": [names[k] for k in j],
-                                          "divergence": M[i, j]})}
+            WHOLE_MODEL: {
+                "matrix": M,
+                "layers": ",".join(names),
+                "of": p["of"],
+                "method": p["method"],
+                "grid_points": p["grid_points"],
+                "pairs": Table(
+                    {"layer_a": [names[k] for k in i], "layer_b": [names[k] for k in j], "divergence": M[i, j]}
+                ),
+            }
         }
         for k in range(len(names) - 1):
             results[names[k]] = {"divergence_to_next": float(M[k, k + 1]), "next_layer": names[k + 1]}
@@ -399,7 +510,8 @@ class _InputDependent(Metric):
     params = (
         Param("max_samples", int, 1000, "inputs used (the first ones of the run, in order)", min=1, max=100_000),
         Param("reservoir", int, 100_000, "values kept (uniform, seeded) for the KDE", min=100, max=10_000_000),
-        P_GRID, P_FOLD,
+        P_GRID,
+        P_FOLD,
     )
     summary_keys = ("mean", "std", "fluctuation_mean", "n_samples")
     activated: bool = False
@@ -413,12 +525,17 @@ class _InputDependent(Metric):
             act = succ[0] if len(succ) == 1 and succ[0].kind == "activation" else None
             fn = act.attrs.get("function") if act is not None else None
             if self.activated and act is not None and len(act.inputs) > 1:
-                self.ctx.warn(f"{self.name} {layer.name}: '{act.name}' also adds a residual input; "
-                              "phi(NS + b) leaves that skip term out")
+                self.ctx.warn(
+                    f"{self.name} {layer.name}: '{act.name}' also adds a residual input; "
+                    "phi(NS + b) leaves that skip term out"
+                )
             self.state[layer.name] = {
-                "b": b, "act": fn, "phi": activation_function(fn, act.attrs if act is not None else None),
+                "b": b,
+                "act": fn,
+                "phi": activation_function(fn, act.attrs if act is not None else None),
                 "scale": None if end == layer.name else _bn_scale(self.ctx.graph, end),
-                "acc": StreamingDistribution(self.params["reservoir"], self.ctx.seed + k), "seen": 0,
+                "acc": StreamingDistribution(self.params["reservoir"], self.ctx.seed + k),
+                "seen": 0,
             }
 
     def update(self, batch: Batch) -> None:
@@ -443,9 +560,13 @@ class _InputDependent(Metric):
         for name, st in self.state.items():
             r = st["acc"].result()
             sample = r.pop("sample", None)
-            r.update(max_samples=self.params["max_samples"], seed=self.ctx.seed, grid_points=self.params["grid_points"],
-                     sample_indices=f"0..{r['n_samples'] - 1} (run order)" if r["n_samples"] else "",
-                     fold_norm=self.params["fold_norm"])
+            r.update(
+                max_samples=self.params["max_samples"],
+                seed=self.ctx.seed,
+                grid_points=self.params["grid_points"],
+                sample_indices=f"0..{r['n_samples'] - 1} (run order)" if r["n_samples"] else "",
+                fold_norm=self.params["fold_norm"],
+            )
             if self.activated:
                 r["activation"] = st["act"] or "identity (no activation layer follows)"
             if r["n_samples"] == 0:
@@ -471,24 +592,30 @@ def _bn_scale(graph: Any, name: str) -> np.ndarray:
     return bn_scale_shift(graph.layer(name))[0]
 
 
-_DENSE_ONLY = (" Linear and conv layers only: a recurrent gate also reads h_{t-1} and an attention output "
-               "projection the heads, which are not captured, so those layers are not measured. NS is the "
-               "layer's captured output minus its bias (times a folded BatchNorm's scale). Cost: linear in "
-               "samples (up to max_samples) x output neurons, plus one KDE of the reservoir values.")
+_DENSE_ONLY = (
+    " Linear and conv layers only: a recurrent gate also reads h_{t-1} and an attention output "
+    "projection the heads, which are not captured, so those layers are not measured. NS is the "
+    "layer's captured output minus its bias (times a folded BatchNorm's scale). Cost: linear in "
+    "samples (up to max_samples) x output neurons, plus one KDE of the reservoir values."
+)
 
 
 class NeuronStrength(_InputDependent):
     name = "cnt.neuron_strength"
-    description = ("(reconstructed from the abstract) Input-dependent neuron strength NS_i(x) = sum_j W[i,j] "
-                   "a_j(x) (pre-activation without bias) over sampled inputs: KDE, mean, std, per-neuron "
-                   "moments and the input-dependent fluctuation (std over neurons per input)." + _DENSE_ONLY)
+    description = (
+        "(reconstructed from the abstract) Input-dependent neuron strength NS_i(x) = sum_j W[i,j] "
+        "a_j(x) (pre-activation without bias) over sampled inputs: KDE, mean, std, per-neuron "
+        "moments and the input-dependent fluctuation (std over neurons per input)." + _DENSE_ONLY
+    )
 
 
 class NeuronActivation(_InputDependent):
     name = "cnt.neuron_activation"
-    description = ("(reconstructed from the abstract) Input-dependent neuron activation phi(NS_i(x) + b_i) "
-                   "over sampled inputs, phi = the activation layer following the layer: KDE, mean, std, "
-                   "per-neuron moments and the input-dependent fluctuation." + _DENSE_ONLY)
+    description = (
+        "(reconstructed from the abstract) Input-dependent neuron activation phi(NS_i(x) + b_i) "
+        "over sampled inputs, phi = the activation layer following the layer: KDE, mean, std, "
+        "per-neuron moments and the input-dependent fluctuation." + _DENSE_ONLY
+    )
     activated = True
 
 

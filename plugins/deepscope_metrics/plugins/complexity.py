@@ -33,7 +33,9 @@ CITATION = "R. A. Janik, P. Witaszczyk, Complexity for deep neural networks and 
 NAN = float("nan")
 
 REDUCE = Param(
-    "reduce", str, "mean",
+    "reduce",
+    str,
+    "mean",
     "conv/token maps -> [rows, units]: mean over positions, positions as rows, or flatten (element = unit)",
     choices=("mean", "positions", "flatten"),
 )
@@ -55,7 +57,9 @@ def _floats(text: str, name: str) -> list[float]:
 MODEL_INPUT = "input"
 
 BLOCKS = Param(
-    "blocks", str, "representations",
+    "blocks",
+    str,
+    "representations",
     "which maps are measured: 'representations' = model input -> output of the first selected activation "
     "layer -> the next one ... (one Linear/Conv+activation or residual block each; all selected layers when "
     "none is an activation); 'consecutive' = model input -> every selected layer's output in turn; 'layers' = "
@@ -81,8 +85,10 @@ def block_boundaries(spec: str, layers: list[Layer]) -> list[tuple[str, str]] | 
         unknown = [b for b in chain if b != MODEL_INPUT and b not in names]
         if unknown or len(chain) < 2:
             what = f"{', '.join(unknown)} are not selected layers" if unknown else f"{spec!r} needs two boundaries"
-            raise ValueError(f"parameter 'blocks': {what}; give 'representations', 'layers' or boundaries "
-                             f"from: {MODEL_INPUT}, {', '.join(names)}")
+            raise ValueError(
+                f"parameter 'blocks': {what}; give 'representations', 'layers' or boundaries "
+                f"from: {MODEL_INPUT}, {', '.join(names)}"
+            )
     return list(zip(chain[:-1], chain[1:]))
 
 
@@ -95,12 +101,30 @@ class _PairedSample(Metric):
     params = (
         BLOCKS,
         REDUCE,
-        Param("max_samples", int, 4000, "reservoir capacity: rows kept for the regression (uniform sample)", min=8,
-              max=100_000),
-        Param("max_width", int, 4096, "wider inputs/outputs are randomly projected to this many dims before sampling", min=1,
-              max=16_384),
-        Param("pca_dim", int, 256, "input and output are PCA-reduced (fitted on the training split) to at most this", min=1,
-              max=4096),
+        Param(
+            "max_samples",
+            int,
+            4000,
+            "reservoir capacity: rows kept for the regression (uniform sample)",
+            min=8,
+            max=100_000,
+        ),
+        Param(
+            "max_width",
+            int,
+            4096,
+            "wider inputs/outputs are randomly projected to this many dims before sampling",
+            min=1,
+            max=16_384,
+        ),
+        Param(
+            "pca_dim",
+            int,
+            256,
+            "input and output are PCA-reduced (fitted on the training split) to at most this",
+            min=1,
+            max=4096,
+        ),
         Param("test_fraction", float, 0.25, "held-out fraction of the sample for scoring", min=0.05, max=0.95),
     )
 
@@ -108,8 +132,10 @@ class _PairedSample(Metric):
         pairs = block_boundaries(self.params["blocks"], self.ctx.layers)
         #: end layer -> (source name, "input" = that layer's own input / "output" / "data" = the model input)
         self.sources: dict[str, tuple[str, str]] = (
-            {layer.name: (layer.name, "input") for layer in self.ctx.layers} if pairs is None else
-            {end: (start, "data" if start == MODEL_INPUT else "output") for start, end in pairs})
+            {layer.name: (layer.name, "input") for layer in self.ctx.layers}
+            if pairs is None
+            else {end: (start, "data" if start == MODEL_INPUT else "output") for start, end in pairs}
+        )
         self.by_name = {layer.name: layer for layer in self.ctx.layers}
         self.samplers = {end: ReservoirSampler(self.params["max_samples"], self.ctx.seed) for end in self.sources}
         self.projections: dict[tuple[str, str], Any] = {}
@@ -123,8 +149,10 @@ class _PairedSample(Metric):
             if a.shape[1] > self.params["max_width"]:
                 seed = self.ctx.seed + (1 if side == "input" else 2)
                 self.projections[key] = random_projection(a.shape[1], self.params["max_width"], seed)
-                self.ctx.warn(f"{self.name}: {layer} {side} has {a.shape[1]} units, randomly projected "
-                              f"to {self.params['max_width']} (max_width)")
+                self.ctx.warn(
+                    f"{self.name}: {layer} {side} has {a.shape[1]} units, randomly projected "
+                    f"to {self.params['max_width']} (max_width)"
+                )
         proj = self.projections.get(key)
         return a if proj is None else np.asarray(a.astype(np.float64) @ proj)
 
@@ -146,8 +174,10 @@ class _PairedSample(Metric):
                 continue
             y = unit_view(batch.outputs[end], self.by_name[end], self.params["reduce"])
             if x.shape[0] != y.shape[0]:
-                self.reasons[end] = (f"block input and output give different row counts ({x.shape[0]} vs "
-                                     f"{y.shape[0]}) with reduce='{self.params['reduce']}'; use mean or flatten")
+                self.reasons[end] = (
+                    f"block input and output give different row counts ({x.shape[0]} vs "
+                    f"{y.shape[0]}) with reduce='{self.params['reduce']}'; use mean or flatten"
+                )
                 continue
             self.samplers[end].update(self._project(end, "input", x), self._project(end, "output", y))
 
@@ -155,8 +185,10 @@ class _PairedSample(Metric):
         p, s = self.params, self.samplers[name]
         start, side = self.sources[name]
         return {
-            "block_start": f"{start} (input)" if side == "input" else start, "block_end": name,
-            "n_samples_seen": int(s.n_seen), "reservoir_size": int(s.n_kept),
+            "block_start": f"{start} (input)" if side == "input" else start,
+            "block_end": name,
+            "n_samples_seen": int(s.n_seen),
+            "reservoir_size": int(s.n_kept),
             "input_projection": "random" if (name, "input") in self.projections else "none",
             "output_projection": "random" if (name, "output") in self.projections else "none",
             "input_units_raw": int(self.widths.get((name, "input"), 0)),
@@ -167,8 +199,11 @@ class _PairedSample(Metric):
 
     @classmethod
     def params_echoed(cls) -> tuple[Param, ...]:
-        return tuple(q for q in cls.params if q.name in ("blocks", "reduce", "max_samples", "max_width", "pca_dim",
-                                                          "test_fraction", "ridge"))
+        return tuple(
+            q
+            for q in cls.params
+            if q.name in ("blocks", "reduce", "max_samples", "max_width", "pca_dim", "test_fraction", "ridge")
+        )
 
     def _data(self, name: str) -> tuple[np.ndarray, np.ndarray] | str:
         if name in self.reasons:
@@ -176,8 +211,11 @@ class _PairedSample(Metric):
         sample = self.samplers[name].sample()
         if not sample:
             start, side = self.sources[name]
-            return (f"no input/output captured for this layer" if side == "input" else
-                    f"nothing captured for the block {start} -> {name}")
+            return (
+                "no input/output captured for this layer"
+                if side == "input"
+                else f"nothing captured for the block {start} -> {name}"
+            )
         return sample[0], sample[1]
 
     def finish(self) -> dict[str, dict[str, Any]]:
@@ -199,7 +237,6 @@ class _PairedSample(Metric):
 
     def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         raise NotImplementedError
-
 
 
 _BLOCK_METHOD = """\
@@ -226,22 +263,32 @@ _BLOCK_DOC = (
 
 class LinearFVU(_PairedSample):
     name = "complexity.linear_fvu"
-    summary_keys = ('fvu', 'fvu_train')
+    summary_keys = ("fvu", "fvu_train")
     description = (
         "Fraction of variance of a block's output unexplained by the best affine (ridge) map of its "
         "input, on a held-out split; input/output PCA-reduced to <= pca_dim. 0 = linear on this data."
-        + _BLOCK_DOC + " (reconstructed from the abstract)"
+        + _BLOCK_DOC
+        + " (reconstructed from the abstract)"
     )
     result_kinds = ("scalar",)
-    method = _BLOCK_METHOD + """
+    method = (
+        _BLOCK_METHOD
+        + """
 **Reconstruction.** Fit the block's output from its input with one ridge affine map (penalty
 `ridge` x n x mean input variance, intercept free) on a random `1 - test_fraction` split; `fvu` is
 the held-out `sum |y - y_hat|^2 / sum |y - mean y|^2` pooled over output dimensions, `fvu_train` the
 same on the fitted rows. Assumed, not read: the ridge penalty, the split and the PCA reduction.
 """
+    )
     params = _PairedSample.params + (
-        Param("ridge", float, 1e-3, "ridge penalty relative to n x mean input variance (0 = least squares)", min=0.0,
-              max=1_000_000),
+        Param(
+            "ridge",
+            float,
+            1e-3,
+            "ridge penalty relative to n x mean input variance (0 = least squares)",
+            min=0.0,
+            max=1_000_000,
+        ),
     )
 
     def _nan(self, reason: str) -> dict[str, Any]:
@@ -249,13 +296,14 @@ same on the fitted rows. Assumed, not read: the ridge penalty, the split and the
 
     def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = self.params
-        return linear_fvu(x, y, test_fraction=p["test_fraction"], alpha=p["ridge"], max_dim=p["pca_dim"],
-                          seed=self.ctx.seed)
+        return linear_fvu(
+            x, y, test_fraction=p["test_fraction"], alpha=p["ridge"], max_dim=p["pca_dim"], seed=self.ctx.seed
+        )
 
 
 class PiecewiseFVU(_PairedSample):
     name = "complexity.piecewise"
-    summary_keys = ('complexity', 'k_star', 'fvu_linear')
+    summary_keys = ("complexity", "k_star", "fvu_linear")
     description = (
         "Piecewise-linear complexity of a block: FVU(K) of K = 1, 2, 3, ... affine maps on nested clusters of "
         "the block's input (greedy 2-means splits of the worst-fitted cluster, least squares, every map "
@@ -265,7 +313,9 @@ class PiecewiseFVU(_PairedSample):
         "generalisation check." + _BLOCK_DOC + " (reconstructed from the abstract)"
     )
     result_kinds = ("scalar", "vector", "curve")
-    method = _BLOCK_METHOD + """
+    method = (
+        _BLOCK_METHOD
+        + """
 **Reconstruction** (the abstract says "complexity quantifies the nonlinearity of the computation",
 "entropic", "as a function of scale"; the procedure below is ours). On the training split:
 
@@ -297,18 +347,43 @@ of 192 layer x checkpoint cases (C = 0) and eps = 0.02 by no K in 49 (NaN); rela
 FVU the same eps means the same thing in every block. Why the training curve: the held-out FVU(K)
 was U-shaped (overfitting pieces), so a K* read from it was unstable.
 """
+    )
     params = _PairedSample.params + (
         Param("k_max", int, 64, "largest number of pieces", min=1, max=4096),
         Param("min_cluster_size", int, 10, "a piece keeps at least this many training rows", min=1, max=100_000),
-        Param("rows_per_dim", float, 3.0, "and at least rows_per_dim x (input dims + 1) training rows, so its "
-              "affine map is overdetermined (pure noise keeps a training FVU of ~1 - 1/rows_per_dim)", min=1.0,
-              max=1000.0),
-        Param("min_pieces", int, 4, "with few samples, PCA-reduce the block input further so that this many "
-              "pieces fit (1 = never)", min=1, max=4096),
-        Param("eps", float, 0.5, "threshold for the headline C(eps) = ln K*: a fraction of the linear FVU "
-              "(eps_mode=relative) or an FVU (absolute)", min=0.0, max=1.0),
-        Param("eps_mode", str, "relative", "relative: K* reaches FVU <= eps x FVU(1); absolute: FVU <= eps",
-              choices=("relative", "absolute")),
+        Param(
+            "rows_per_dim",
+            float,
+            3.0,
+            "and at least rows_per_dim x (input dims + 1) training rows, so its "
+            "affine map is overdetermined (pure noise keeps a training FVU of ~1 - 1/rows_per_dim)",
+            min=1.0,
+            max=1000.0,
+        ),
+        Param(
+            "min_pieces",
+            int,
+            4,
+            "with few samples, PCA-reduce the block input further so that this many pieces fit (1 = never)",
+            min=1,
+            max=4096,
+        ),
+        Param(
+            "eps",
+            float,
+            0.5,
+            "threshold for the headline C(eps) = ln K*: a fraction of the linear FVU "
+            "(eps_mode=relative) or an FVU (absolute)",
+            min=0.0,
+            max=1.0,
+        ),
+        Param(
+            "eps_mode",
+            str,
+            "relative",
+            "relative: K* reaches FVU <= eps x FVU(1); absolute: FVU <= eps",
+            choices=("relative", "absolute"),
+        ),
         Param("eps_grid", str, "0.9,0.75,0.5,0.25,0.1", "thresholds for the C(eps) curve (same eps_mode)"),
     )
 
@@ -322,10 +397,17 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
     def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = self.params
         relative = p["eps_mode"] == "relative"
-        c = piecewise_fvu_curve(x, y, k_max=p["k_max"], min_cluster_size=p["min_cluster_size"],
-                                rows_per_dim=p["rows_per_dim"], min_pieces=p["min_pieces"],
-                                test_fraction=p["test_fraction"],
-                                max_dim=p["pca_dim"], seed=self.ctx.seed)
+        c = piecewise_fvu_curve(
+            x,
+            y,
+            k_max=p["k_max"],
+            min_cluster_size=p["min_cluster_size"],
+            rows_per_dim=p["rows_per_dim"],
+            min_pieces=p["min_pieces"],
+            test_fraction=p["test_fraction"],
+            max_dim=p["pca_dim"],
+            seed=self.ctx.seed,
+        )
         if "reason" in c:
             return self._nan(c["reason"])
         k, f_tr, f_te = c["k"], c["fvu_train"], c["fvu_test"]
@@ -339,7 +421,8 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
             "fvu_linear": float(f_tr[0]),
             "fvu_linear_test": float(f_te[0]),
             "occupancy_entropy": float(c["occupancy_entropy"][np.flatnonzero(k == k_star)[0]]) if k_star else NAN,
-            "eps": p["eps"], "eps_mode": p["eps_mode"],
+            "eps": p["eps"],
+            "eps_mode": p["eps_mode"],
             "fvu_k": Curve(k.astype(np.float64), f_tr, "K (pieces)", "FVU train (monotone)"),
             "fvu_k_test": Curve(k.astype(np.float64), f_te, "K (pieces)", "FVU held-out"),
             "k_best_test": int(k[best]),
@@ -348,18 +431,35 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
             "occupancy_entropy_k": c["occupancy_entropy"],
             "complexity_eps": Curve(self.eps_grid, grid, f"eps ({p['eps_mode']})", "ln K*(eps)"),
             **fit.as_dict("fvu_k_powerlaw_"),
-            **{key: c[key] for key in ("n_samples", "n_train", "n_test", "input_units", "output_units", "input_dim",
-                                       "output_dim", "input_pca_variance", "output_pca_variance", "min_cluster_rows",
-                                       "smallest_piece_rows")},
-            "k_max": p["k_max"], "min_cluster_size": p["min_cluster_size"], "rows_per_dim": p["rows_per_dim"],
+            **{
+                key: c[key]
+                for key in (
+                    "n_samples",
+                    "n_train",
+                    "n_test",
+                    "input_units",
+                    "output_units",
+                    "input_dim",
+                    "output_dim",
+                    "input_pca_variance",
+                    "output_pca_variance",
+                    "min_cluster_rows",
+                    "smallest_piece_rows",
+                )
+            },
+            "k_max": p["k_max"],
+            "min_cluster_size": p["min_cluster_size"],
+            "rows_per_dim": p["rows_per_dim"],
             "min_pieces": p["min_pieces"],
             **{key: c[key] for key in ("warning", "underdetermined_from_k") if key in c},
         }
         if not k_star:
             what = f"{p['eps']} x FVU(1)" if relative else str(p["eps"])
-            out["reason"] = (f"no K <= {int(k.max())} reaches training FVU <= {what} (complexity > ln {int(k.max())}); "
-                             f"K stopped at {int(k.max())} (k_max {p['k_max']}, pieces of >= {c['min_cluster_rows']} "
-                             f"rows from {c['n_train']}): give more samples, or raise eps or k_max")
+            out["reason"] = (
+                f"no K <= {int(k.max())} reaches training FVU <= {what} (complexity > ln {int(k.max())}); "
+                f"K stopped at {int(k.max())} (k_max {p['k_max']}, pieces of >= {c['min_cluster_rows']} "
+                f"rows from {c['n_train']}): give more samples, or raise eps or k_max"
+            )
         return out
 
 
@@ -368,7 +468,7 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
 
 class PatternEntropyMetric(Metric):
     name = "complexity.pattern_entropy"
-    summary_keys = ('joint_entropy', 'unit_entropy_sum', 'n_distinct_patterns')
+    summary_keys = ("joint_entropy", "unit_entropy_sum", "n_distinct_patterns")
     description = (
         "Entropy (nats) of binary activation patterns (output > threshold; for ReLU-like layers the "
         "pattern of pre-activations > 0): sum over units of H(P(h_i > 0)), joint Shannon entropy of whole "
@@ -381,20 +481,35 @@ class PatternEntropyMetric(Metric):
     result_kinds = ("scalar", "vector", "curve")
     params = (
         REDUCE,
-        Param("threshold", float, 0.0, "a unit is active when its output exceeds this", min=-1_000_000_000, max=1_000_000_000),
-        Param("unit_order", str, "random", "which units form the subsets of the scale curve: a seeded random "
-              "order or index order", choices=("random", "index")),
+        Param(
+            "threshold",
+            float,
+            0.0,
+            "a unit is active when its output exceeds this",
+            min=-1_000_000_000,
+            max=1_000_000_000,
+        ),
+        Param(
+            "unit_order",
+            str,
+            "random",
+            "which units form the subsets of the scale curve: a seeded random order or index order",
+            choices=("random", "index"),
+        ),
     )
 
     def start(self) -> None:
         p = self.params
-        self.acc = {layer.name: PatternEntropy(p["threshold"], p["unit_order"], self.ctx.seed)
-                    for layer in self.ctx.layers}
+        self.acc = {
+            layer.name: PatternEntropy(p["threshold"], p["unit_order"], self.ctx.seed) for layer in self.ctx.layers
+        }
         self.positional: set[str] = set()  #: layers whose outputs have positions (conv maps, tokens)
         for layer in self.ctx.layers:
             if layer.kind == "activation" and layer.attrs.get("function") in ("sigmoid", "softplus"):
-                self.ctx.warn(f"{self.name}: {layer.name} ({layer.attrs['function']}) is positive everywhere; "
-                              "patterns at threshold 0 are constant")
+                self.ctx.warn(
+                    f"{self.name}: {layer.name} ({layer.attrs['function']}) is positive everywhere; "
+                    "patterns at threshold 0 are constant"
+                )
 
     def update(self, batch: Batch) -> None:
         for layer in self.ctx.layers:
@@ -408,18 +523,32 @@ class PatternEntropyMetric(Metric):
         results = {}
         for name, acc in self.acc.items():
             r = acc.result()
-            constant = "n_units" in r and r["n_samples"] > 1 and r["dead_units"] + r["always_active_units"] == r["n_units"]
+            constant = (
+                "n_units" in r and r["n_samples"] > 1 and r["dead_units"] + r["always_active_units"] == r["n_units"]
+            )
             if constant and self.params["reduce"] == "mean" and name in self.positional:
                 # A conv ReLU averaged over positions is > 0 almost surely: entropy 0 says nothing.
-                r.update(status="skipped", reason="the pattern is the same for every sample: with reduce='mean' "
-                         "each unit's position-averaged output is always on or always off; use reduce='positions'")
+                r.update(
+                    status="skipped",
+                    reason="the pattern is the same for every sample: with reduce='mean' "
+                    "each unit's position-averaged output is always on or always off; use reduce='positions'",
+                )
             elif constant:
                 r["warning"] = "every unit is always on or always off over these samples: one pattern, entropy 0"
             if "scale_units" in r:
-                r["entropy_vs_units"] = Curve(r["scale_units"].astype(np.float64), r["scale_joint_entropy"],
-                                              "units considered", "joint pattern entropy (nats)")
-            results[name] = {**r, "reduce": self.params["reduce"], "threshold": self.params["threshold"],
-                             "unit_order": self.params["unit_order"], "seed": int(self.ctx.seed)}
+                r["entropy_vs_units"] = Curve(
+                    r["scale_units"].astype(np.float64),
+                    r["scale_joint_entropy"],
+                    "units considered",
+                    "joint pattern entropy (nats)",
+                )
+            results[name] = {
+                **r,
+                "reduce": self.params["reduce"],
+                "threshold": self.params["threshold"],
+                "unit_order": self.params["unit_order"],
+                "seed": int(self.ctx.seed),
+            }
         return results
 
 
@@ -428,7 +557,7 @@ class PatternEntropyMetric(Metric):
 
 class EffectiveDimension(Metric):
     name = "dimension.effective"
-    summary_keys = ('d_eff', 'participation_ratio', 'spectrum_exponent')
+    summary_keys = ("d_eff", "participation_ratio", "spectrum_exponent")
     description = (
         "Effective dimension d_eff = exp(-sum p_i ln p_i) over the PCA explained-variance ratios of the "
         "layer's representation (streamed float64 covariance; Gram matrix when units outnumber samples), "
@@ -450,12 +579,16 @@ that recipe on random and trained, dense and conv representations
     params = (
         REDUCE,
         Param("max_dim", int, 1024, "wider layers are projected to this many dims (reported)", min=1, max=8192),
-        Param("projection", str, "pca", "projection for wider layers: top principal directions of the first "
-              "rows seen, or random", choices=("pca", "random")),
+        Param(
+            "projection",
+            str,
+            "pca",
+            "projection for wider layers: top principal directions of the first rows seen, or random",
+            choices=("pca", "random"),
+        ),
         Param("taus", str, ",".join(map(str, DEFAULT_TAUS)), "variance fractions for the component counts"),
         Param("fit_start", int, 1, "first component index of the spectrum power-law fit", min=1, max=8192),
-        Param("fit_stop", int, 0, "last component index of the fit (0 = last non-zero eigenvalue)", min=0,
-              max=8192),
+        Param("fit_stop", int, 0, "last component index of the fit (0 = last non-zero eigenvalue)", min=0, max=8192),
     )
 
     def start(self) -> None:
@@ -464,8 +597,9 @@ that recipe on random and trained, dense and conv representations
             raise ValueError(f"parameter 'taus' values must lie in (0, 1], got {taus}")
         self.taus = np.asarray(taus)
         p = self.params
-        self.cov = {layer.name: StreamingCovariance(p["max_dim"], p["projection"], self.ctx.seed)
-                    for layer in self.ctx.layers}
+        self.cov = {
+            layer.name: StreamingCovariance(p["max_dim"], p["projection"], self.ctx.seed) for layer in self.ctx.layers
+        }
 
     def update(self, batch: Batch) -> None:
         for layer in self.ctx.layers:
@@ -475,15 +609,17 @@ that recipe on random and trained, dense and conv representations
     @classmethod
     def mergeable(cls, params, layers) -> bool:  # noqa: ANN001
         """Exact unless a layer wider than max_dim is PCA-projected (each part would pick its own directions)."""
+
         def units(layer) -> float:  # noqa: ANN001 - the width unit_view gives, inf when unknown
             shape = layer.output_shapes[0][1:] if layer.output_shapes else ()
             if not shape or None in shape:
                 return 1 if not shape else float("inf")
             axis = layer.channel_axis - (layer.channel_axis > 0)
             return int(np.prod(shape)) if params["reduce"] == "flatten" else shape[axis]
+
         return params["projection"] == "random" or all(units(layer) <= params["max_dim"] for layer in layers)
 
-    def merge(self, other: "EffectiveDimension") -> None:
+    def merge(self, other: EffectiveDimension) -> None:
         """The streamed covariances merge exactly (StreamingCovariance.merge)."""
         for name, cov in self.cov.items():
             cov.merge(other.cov[name])
@@ -494,16 +630,23 @@ that recipe on random and trained, dense and conv representations
         for name, cov in self.cov.items():
             info = cov.info()
             if info["projection"] != "none":
-                self.ctx.warn(f"{self.name}: {name} has {info['n_features']} units, {info['projection']}-projected "
-                              f"to {info['dim']} (max_dim); retained variance {info['retained_variance_fraction']:.3f}")
+                self.ctx.warn(
+                    f"{self.name}: {name} has {info['n_features']} units, {info['projection']}-projected "
+                    f"to {info['dim']} (max_dim); retained variance {info['retained_variance_fraction']:.3f}"
+                )
             if cov.n < 2 or not np.isfinite(cov.total_variance()):
-                res = {"d_eff": NAN, "participation_ratio": NAN, "reason": f"need at least 2 finite samples, got {cov.n}"}
+                res = {
+                    "d_eff": NAN,
+                    "participation_ratio": NAN,
+                    "reason": f"need at least 2 finite samples, got {cov.n}",
+                }
             else:
                 lam = cov.eigenvalues()
                 res = spectrum_dimensions(lam, self.taus, p["fit_start"], p["fit_stop"] or None)
                 res["n_components"] = Table({"tau": self.taus, "n_components": res["n_components"]})
-                res["spectrum"] = Curve(np.arange(1, lam.size + 1, dtype=np.float64), lam,
-                                        "component", "covariance eigenvalue")
+                res["spectrum"] = Curve(
+                    np.arange(1, lam.size + 1, dtype=np.float64), lam, "component", "covariance eigenvalue"
+                )
             results[name] = {**res, **info, "reduce": p["reduce"], "max_dim": p["max_dim"], "seed": int(self.ctx.seed)}
         return results
 

@@ -9,14 +9,31 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
 from deepscope_server.plugin_api import (
-    WHOLE_MODEL, Batch, Curve, Graph, Metric, Needs, Param, Table, hookimpl, unit_view,
+    WHOLE_MODEL,
+    Batch,
+    Curve,
+    Graph,
+    Metric,
+    Needs,
+    Param,
+    Table,
+    hookimpl,
+    unit_view,
 )
 
 from ..fractal.box_covering import METHODS, box_covering
 from ..fractal.correlation import (
-    DELTA_FLOOR, NORMALISATIONS, REDUCTIONS, authors_correlation_dimension, correlation_dimension,
-    dimension_fluctuation, l2_rows, reduce_dimension, umap_available,
+    DELTA_FLOOR,
+    NORMALISATIONS,
+    REDUCTIONS,
+    authors_correlation_dimension,
+    correlation_dimension,
+    dimension_fluctuation,
+    l2_rows,
+    reduce_dimension,
+    umap_available,
 )
 from ..fractal.feature_graph import EPSILON_MODES, PairDistanceAccumulator, feature_graph
 from ..fractal.spectrum import power_law_mle, top_eigenvalues
@@ -85,9 +102,15 @@ class _SSRateTally:
             return
         self.n_good += 1
         self.s = r.s if self.s is None else self.s
-        for key, value in (("value", r.value), ("value2", r.value**2), ("zv", r.zero_variance_fraction),
-                           ("tz", r.tz), ("tv", r.tv), ("n_theta", np.asarray(r.n_theta, np.float64)),
-                           ("y", np.asarray(r.y, np.float64))):
+        for key, value in (
+            ("value", r.value),
+            ("value2", r.value**2),
+            ("zv", r.zero_variance_fraction),
+            ("tz", r.tz),
+            ("tv", r.tv),
+            ("n_theta", np.asarray(r.n_theta, np.float64)),
+            ("y", np.asarray(r.y, np.float64)),
+        ):
             self.sums[key] = self.sums.get(key, 0.0) + value
 
     def mean(self, key: str) -> Any:
@@ -96,7 +119,7 @@ class _SSRateTally:
 
 class SSRateMetric(_PerLayer):
     name = "fractal.ss_rate"
-    summary_keys = ('ss_rate', 'ss_rate_std', 'zero_variance_fraction')
+    summary_keys = ("ss_rate", "ss_rate_std", "zero_variance_fraction")
     description = (
         "SS_rate of each layer's feature network (one node per unit, node feature = unit output on a "
         "batch of B inputs, spatial/token axes averaged), computed as the authors' sfm_loss_d_v2.py does, in "
@@ -110,8 +133,13 @@ class SSRateMetric(_PerLayer):
     params = (
         Param("batch_size", int, 64, "B: samples per feature network (paper default 64)", min=2, max=4096),
         Param("n_thresholds", int, 256, "S: thresholds on the geometric grid", min=2, max=65_536),
-        Param("variant", str, "code", "N_theta formula ('code' = sfm_loss_d_v2.py, the one that reproduces the "
-              "paper's tables)", choices=VARIANTS),
+        Param(
+            "variant",
+            str,
+            "code",
+            "N_theta formula ('code' = sfm_loss_d_v2.py, the one that reproduces the paper's tables)",
+            choices=VARIANTS,
+        ),
     )
 
     def start(self) -> None:
@@ -149,33 +177,45 @@ class SSRateMetric(_PerLayer):
                 tally.add(ss_rate(rows.T, S))
                 self.buffered[name] = 0
             res: dict[str, Any] = {
-                "n_samples": self.seen[name], "batch_size": B, "n_thresholds": S, "variant": self.params["variant"],
-                "n_batches": tally.n_batches, "n_batches_valid": tally.n_good,
-                "n_samples_dropped": self.buffered[name], "n_nodes": tally.n_nodes,
+                "n_samples": self.seen[name],
+                "batch_size": B,
+                "n_thresholds": S,
+                "variant": self.params["variant"],
+                "n_batches": tally.n_batches,
+                "n_batches_valid": tally.n_good,
+                "n_samples_dropped": self.buffered[name],
+                "n_nodes": tally.n_nodes,
             }
             if tally.n_good:
                 mean = tally.mean("value")
                 res.update(
-                    ss_rate=float(mean), ss_rate_std=float(np.sqrt(max(tally.mean("value2") - mean**2, 0.0))),
+                    ss_rate=float(mean),
+                    ss_rate_std=float(np.sqrt(max(tally.mean("value2") - mean**2, 0.0))),
                     zero_variance_fraction=float(tally.mean("zv")),
-                    tz_mean=float(tally.mean("tz")), tv_mean=float(tally.mean("tv")),
+                    tz_mean=float(tally.mean("tz")),
+                    tv_mean=float(tally.mean("tv")),
                     n_theta=Curve(tally.s, tally.mean("n_theta"), "s_k", "N_theta (mean over batches)"),
                     y=Curve(tally.s, tally.mean("y"), "s_k", "ln N_theta / ln D"),
                 )
                 if tally.reasons:
-                    res["reason"] = (f"{tally.n_batches - tally.n_good} batches skipped: "
-                                     + "; ".join(sorted(tally.reasons)))
+                    res["reason"] = f"{tally.n_batches - tally.n_good} batches skipped: " + "; ".join(
+                        sorted(tally.reasons)
+                    )
             else:
                 zv_sum, zv_count = tally.bad_zv
-                res.update(ss_rate=NAN, ss_rate_std=NAN, zero_variance_fraction=zv_sum / zv_count if zv_count else NAN,
-                           reason="; ".join(sorted(tally.reasons) or ["no samples"]))
+                res.update(
+                    ss_rate=NAN,
+                    ss_rate_std=NAN,
+                    zero_variance_fraction=zv_sum / zv_count if zv_count else NAN,
+                    reason="; ".join(sorted(tally.reasons) or ["no samples"]),
+                )
             out[name] = res
         return out
 
 
 class BoxDimensionMetric(_Accumulating):
     name = "fractal.box_dimension"
-    summary_keys = ('d_B', 'r2', 'fractal')
+    summary_keys = ("d_B", "r2", "fractal")
     description = (
         "(extension beyond the paper) Box-counting fractal dimension d_B of each layer's explicit feature "
         "network G_M: nodes = units, d_ij = ||F_i - F_j||/sqrt(n) over all samples, edges d_ij <= eps "
@@ -203,12 +243,21 @@ class BoxDimensionMetric(_Accumulating):
         out: dict[str, dict[str, Any]] = {}
         p = self.params
         for name, acc in self.acc.items():
-            res: dict[str, Any] = {"n_samples": acc.n, "method": p["method"], "epsilon_mode": p["epsilon"],
-                                   "fit_on": p["fit_on"], "seed": self.ctx.seed}
+            res: dict[str, Any] = {
+                "n_samples": acc.n,
+                "method": p["method"],
+                "epsilon_mode": p["epsilon"],
+                "fit_on": p["fit_on"],
+                "seed": self.ctx.seed,
+            }
             nan_res = dict(d_B=NAN, r2=NAN, fractal=False)
             if acc.nonfinite or acc.gram is None:
-                out[name] = {**res, **nan_res, "n_nodes": 0 if acc.gram is None else acc.gram.shape[0],
-                             "reason": "NaN/inf activations" if acc.nonfinite else "no samples"}
+                out[name] = {
+                    **res,
+                    **nan_res,
+                    "n_nodes": 0 if acc.gram is None else acc.gram.shape[0],
+                    "reason": "NaN/inf activations" if acc.nonfinite else "no samples",
+                }
                 continue
             res["n_nodes"] = acc.gram.shape[0]
             dist = acc.distances()
@@ -219,17 +268,35 @@ class BoxDimensionMetric(_Accumulating):
                 continue
             if p["include_graph"]:
                 edges = sp.triu(fg.adjacency, k=1).tocoo()
-                res["graph"] = Graph(dist.shape[0], edges.row.astype(np.int64), edges.col.astype(np.int64),
-                                     dist[edges.row, edges.col], directed=False,
-                                     nodes={"unit": np.arange(dist.shape[0])})
-            bc = box_covering(fg.adjacency, method=p["method"], seed=self.ctx.seed, restarts=p["restarts"],
-                              n_sizes=p["n_sizes"], l_min=p["l_min"], fit_on=p["fit_on"])
-            res.update(
-                d_B=bc.dimension, r2=bc.r2, r2_semilog=bc.r2_semilog, fractal=bc.fractal,
-                local_slopes=np.asarray(bc.local_slopes), diameter=bc.diameter, n_components=bc.n_components,
+                res["graph"] = Graph(
+                    dist.shape[0],
+                    edges.row.astype(np.int64),
+                    edges.col.astype(np.int64),
+                    dist[edges.row, edges.col],
+                    directed=False,
+                    nodes={"unit": np.arange(dist.shape[0])},
+                )
+            bc = box_covering(
+                fg.adjacency,
+                method=p["method"],
+                seed=self.ctx.seed,
                 restarts=p["restarts"],
-                boxes=Table({"l_B": bc.sizes, "l_B_minus_1": bc.sizes_minus_one, "N_B": bc.counts,
-                             "in_fit": bc.fit_mask}),
+                n_sizes=p["n_sizes"],
+                l_min=p["l_min"],
+                fit_on=p["fit_on"],
+            )
+            res.update(
+                d_B=bc.dimension,
+                r2=bc.r2,
+                r2_semilog=bc.r2_semilog,
+                fractal=bc.fractal,
+                local_slopes=np.asarray(bc.local_slopes),
+                diameter=bc.diameter,
+                n_components=bc.n_components,
+                restarts=p["restarts"],
+                boxes=Table(
+                    {"l_B": bc.sizes, "l_B_minus_1": bc.sizes_minus_one, "N_B": bc.counts, "in_fit": bc.fit_mask}
+                ),
                 n_boxes=Curve(bc.sizes.astype(float), bc.counts.astype(float), "l_B", "N_B"),
             )
             if bc.reason:
@@ -279,7 +346,7 @@ class _SpectrumSamples:
 
 class SpectrumExponentMetric(_PerLayer):
     name = "fractal.spectrum_exponent"
-    summary_keys = ('gamma', 'ks')
+    summary_keys = ("gamma", "ks")
     description = (
         "Eigenvalue-density exponent gamma (p(lambda) ~ lambda^-gamma; not the rank-plot slope alpha of "
         "lambda_i ~ i^-alpha) of each layer's feature covariance, as the authors' analyze_feature_distribution.py: "
@@ -292,15 +359,38 @@ class SpectrumExponentMetric(_PerLayer):
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "table")
     params = (
-        Param("variant", str, "authors", "authors = flatten every element (faithful); channel_mean = one unit "
-              "per channel, spatial/token axes averaged, covariance streamed over all samples (extension)",
-              choices=SPECTRUM_VARIANTS),
-        Param("max_dim", int, 1000, "wider layers are PCA-reduced to min(max_dim, samples/2) components",
-              min=2, max=100_000),
-        Param("max_samples", int, 2000, "samples kept per layer when wider than max_dim (the first ones)",
-              min=4, max=100_000),
-        Param("max_values", int, 32_000_000, "cap on samples x features kept per wide layer (memory)",
-              min=1000, max=1_000_000_000),
+        Param(
+            "variant",
+            str,
+            "authors",
+            "authors = flatten every element (faithful); channel_mean = one unit "
+            "per channel, spatial/token axes averaged, covariance streamed over all samples (extension)",
+            choices=SPECTRUM_VARIANTS,
+        ),
+        Param(
+            "max_dim",
+            int,
+            1000,
+            "wider layers are PCA-reduced to min(max_dim, samples/2) components",
+            min=2,
+            max=100_000,
+        ),
+        Param(
+            "max_samples",
+            int,
+            2000,
+            "samples kept per layer when wider than max_dim (the first ones)",
+            min=4,
+            max=100_000,
+        ),
+        Param(
+            "max_values",
+            int,
+            32_000_000,
+            "cap on samples x features kept per wide layer (memory)",
+            min=1000,
+            max=1_000_000_000,
+        ),
         Param("min_values", int, 50, "fewest eigenvalues above 1e-10 to fit (the authors' guard)", min=2, max=100_000),
         Param("min_tail", int, 2, "fewest eigenvalues in the fitted tail", min=2, max=100_000),
     )
@@ -321,12 +411,20 @@ class SpectrumExponentMetric(_PerLayer):
         p = self.params
         out: dict[str, dict[str, Any]] = {}
         for name, acc in self.acc.items():
-            res: dict[str, Any] = {"n_samples": acc.n_seen, "n_samples_used": acc.n_used, "n_units": acc.width,
-                                   "variant": p["variant"], "min_tail": p["min_tail"],
-                                   "pca_reduced": acc.width > p["max_dim"]}
+            res: dict[str, Any] = {
+                "n_samples": acc.n_seen,
+                "n_samples_used": acc.n_used,
+                "n_units": acc.width,
+                "variant": p["variant"],
+                "min_tail": p["min_tail"],
+                "pca_reduced": acc.width > p["max_dim"],
+            }
             if acc.nonfinite or acc.n_used < 2:
-                out[name] = {**res, "gamma": NAN, "reason": "NaN/inf activations" if acc.nonfinite
-                             else f"{acc.n_used} samples: need at least 2"}
+                out[name] = {
+                    **res,
+                    "gamma": NAN,
+                    "reason": "NaN/inf activations" if acc.nonfinite else f"{acc.n_used} samples: need at least 2",
+                }
                 continue
             fit = power_law_mle(acc.eigenvalues(), min_tail=p["min_tail"], min_values=p["min_values"])
             res.update(gamma=fit.gamma, lambda_min=fit.xmin, n_tail=fit.n_tail, ks=fit.ks, n_eigenvalues=fit.n_values)
@@ -373,8 +471,9 @@ class _FirstSamples(_PerLayer):
                     u = u[: max(limit // width - self.count[name], 0)]
                     if name not in self.capped:
                         self.capped.add(name)
-                        self.ctx.warn(f"{name}: {width} values per sample; max_values={limit} keeps "
-                                      f"{limit // width} samples")
+                        self.ctx.warn(
+                            f"{name}: {width} values per sample; max_values={limit} keeps {limit // width} samples"
+                        )
                 self.kept[name].append(u)
                 self.count[name] += u.shape[0]
 
@@ -385,7 +484,7 @@ class _FirstSamples(_PerLayer):
 
 class CorrelationDimensionMetric(_FirstSamples):
     name = "fractal.correlation_dimension"
-    summary_keys = ('dimension', 'slope')
+    summary_keys = ("dimension", "slope")
     description = (
         "Correlation dimension of each layer's sample representations as the authors' "
         "analyze_fractal_dimension.py computes it: conv/token maps flattened to (B, H*W*C), each sample "
@@ -399,23 +498,43 @@ class CorrelationDimensionMetric(_FirstSamples):
     needs = Needs.OUTPUTS
     result_kinds = ("scalar", "curve")
     params = (
-        Param("max_samples", int, 3000, "cap on samples per layer (the first ones are kept; authors: 3000)",
-              min=3, max=100_000),
-        Param("max_values", int, 32_000_000, "cap on samples x flattened features kept per layer (memory)",
-              min=1000, max=1_000_000_000),
+        Param(
+            "max_samples",
+            int,
+            3000,
+            "cap on samples per layer (the first ones are kept; authors: 3000)",
+            min=3,
+            max=100_000,
+        ),
+        Param(
+            "max_values",
+            int,
+            32_000_000,
+            "cap on samples x flattened features kept per layer (memory)",
+            min=1000,
+            max=1_000_000_000,
+        ),
         Param("reduction", str, "auto", "dimension reduction: auto = umap if installed, else pca", choices=REDUCTIONS),
         Param("n_components", int, 50, "dimensions after the reduction", min=1, max=10_000),
         Param("umap_neighbors", int, 20, "UMAP n_neighbors", min=2, max=1000),
         Param("umap_min_dist", float, 0.1, "UMAP min_dist", min=0.0, max=10.0),
-        Param("n_neighbors", int, 30, "nearest neighbours per sample for C(r), the sample itself included",
-              min=2, max=1000),
+        Param(
+            "n_neighbors",
+            int,
+            30,
+            "nearest neighbours per sample for C(r), the sample itself included",
+            min=2,
+            max=1000,
+        ),
     )
 
     def start(self) -> None:
         super().start()
         if self.params["reduction"] == "umap" and not umap_available():
-            raise ValueError("reduction='umap' needs the optional umap-learn: pip install 'deepscope-metrics[umap]' "
-                             "(or use reduction=auto or pca)")
+            raise ValueError(
+                "reduction='umap' needs the optional umap-learn: pip install 'deepscope-metrics[umap]' "
+                "(or use reduction=auto or pca)"
+            )
 
     def rows(self, name: str, a: np.ndarray) -> np.ndarray:
         return _flatten_channel_last(self, name, a)
@@ -425,11 +544,21 @@ class CorrelationDimensionMetric(_FirstSamples):
         out: dict[str, dict[str, Any]] = {}
         for name in self.kept:
             x = self.stacked(name)
-            res: dict[str, Any] = {"n_samples": self.seen[name], "n_samples_used": x.shape[0],
-                                   "n_features": x.shape[1], "n_components": p["n_components"]}
+            res: dict[str, Any] = {
+                "n_samples": self.seen[name],
+                "n_samples_used": x.shape[0],
+                "n_features": x.shape[1],
+                "n_components": p["n_components"],
+            }
             if x.shape[0] >= 3 and np.isfinite(x).all():
-                reduced, used = reduce_dimension(l2_rows(x), p["n_components"], p["reduction"], self.ctx.seed,
-                                                 p["umap_neighbors"], p["umap_min_dist"])
+                reduced, used = reduce_dimension(
+                    l2_rows(x),
+                    p["n_components"],
+                    p["reduction"],
+                    self.ctx.seed,
+                    p["umap_neighbors"],
+                    p["umap_min_dist"],
+                )
             else:
                 reduced, used = x, "none"
             cd = authors_correlation_dimension(reduced, p["n_neighbors"])
@@ -445,8 +574,12 @@ class CorrelationDimensionMetric(_FirstSamples):
         names = list(out)
         dims = np.array([out[n]["dimension"] for n in names], float)
         delta, used_layers, reason = dimension_fluctuation(dims)
-        whole: dict[str, Any] = {"delta": delta, "n_layers": used_layers, "delta_floor": DELTA_FLOOR,
-                                 "layers": Table({"layer": names, "dimension": dims})}
+        whole: dict[str, Any] = {
+            "delta": delta,
+            "n_layers": used_layers,
+            "delta_floor": DELTA_FLOOR,
+            "layers": Table({"layer": names, "dimension": dims}),
+        }
         if reason:
             whole["reason"] = reason
         out[WHOLE_MODEL] = whole
@@ -455,7 +588,7 @@ class CorrelationDimensionMetric(_FirstSamples):
 
 class CorrelationDimensionGPMetric(_FirstSamples):
     name = "fractal.correlation_dimension_gp"
-    summary_keys = ('dimension', 'r2')
+    summary_keys = ("dimension", "r2")
     description = (
         "(extension beyond the paper: deepscope's estimator before it followed the authors' code) "
         "Grassberger-Procaccia correlation dimension over all sample pairs of each layer's representations "
@@ -483,9 +616,14 @@ class CorrelationDimensionGPMetric(_FirstSamples):
         for name in self.kept:
             x = self.stacked(name)
             cd = correlation_dimension(x, p["n_radii"], (p["quantile_low"], p["quantile_high"]), p["normalise"])
-            res: dict[str, Any] = {"dimension": cd.dimension, "r2": cd.r2, "n_samples": self.seen[name],
-                                   "n_samples_used": cd.n_samples, "n_units": cd.n_features,
-                                   "normalise": p["normalise"]}
+            res: dict[str, Any] = {
+                "dimension": cd.dimension,
+                "r2": cd.r2,
+                "n_samples": self.seen[name],
+                "n_samples_used": cd.n_samples,
+                "n_units": cd.n_features,
+                "normalise": p["normalise"],
+            }
             if cd.radii.size:
                 res["correlation_sum"] = Curve(cd.radii, cd.c, "r", "C(r)")
             if cd.reason:
@@ -504,6 +642,11 @@ class CorrelationDimensionGPMetric(_FirstSamples):
 
 @hookimpl
 def deepscope_register_metrics(register) -> None:
-    for metric in (SSRateMetric, BoxDimensionMetric, SpectrumExponentMetric, CorrelationDimensionMetric,
-                   CorrelationDimensionGPMetric):
+    for metric in (
+        SSRateMetric,
+        BoxDimensionMetric,
+        SpectrumExponentMetric,
+        CorrelationDimensionMetric,
+        CorrelationDimensionGPMetric,
+    ):
         register(metric)

@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 
 from deepscope_server.plugin_api import (
-    WHOLE_MODEL, Batch, Curve, Layer, Metric, Needs, Param, hookimpl, unit_view,
+    WHOLE_MODEL,
+    Batch,
+    Curve,
+    Layer,
+    Metric,
+    Needs,
+    Param,
+    hookimpl,
+    unit_view,
 )
 
 from .. import basins as B
@@ -23,13 +31,19 @@ CITATION = "Lin, Zhang, Feng, Zhao 2025, arXiv:2501.02436 (abstracts v1-v4; full
 _RECON = " (reconstructed from the abstract)"
 
 _PER_POSITION = Param(
-    "per_position", bool, False,
+    "per_position",
+    bool,
+    False,
     "conv/token maps: every (channel, position) is a neuron and images are the samples; "
     "default: a channel is one neuron over all (image, position) pairs",
 )
 _SATURATION = Param(
-    "saturation_tol", float, 0.0,
-    "count sigma'(h) <= tol * max sigma' as flat (saturated tails of tanh, sigmoid, ...)", min=0.0, max=0.999,
+    "saturation_tol",
+    float,
+    0.0,
+    "count sigma'(h) <= tol * max sigma' as flat (saturated tails of tanh, sigmoid, ...)",
+    min=0.0,
+    max=0.999,
 )
 #: Reservoir elements per tensor (rows x units) above which the row cap is lowered (~128 MB float32).
 _RESERVOIR_BUDGET = 1 << 25
@@ -60,8 +74,10 @@ class _ModesBase(Metric):
         self.reasons: dict[str, str] = {}
         for layer in self.ctx.graph.layers:  # say so rather than leave them out silently
             if layer.kind == "recurrent":
-                self.ctx.warn(f"{self.name}: the gate activations inside recurrent layer '{layer.name}' "
-                              f"({layer.op_type}) are not measured: they are internal to the layer, not captured")
+                self.ctx.warn(
+                    f"{self.name}: the gate activations inside recurrent layer '{layer.name}' "
+                    f"({layer.op_type}) are not measured: they are internal to the layer, not captured"
+                )
         for layer in self.ctx.layers:
             self.regions[layer.name] = None
             self.images[layer.name] = 0
@@ -91,7 +107,9 @@ class _ModesBase(Metric):
                 continue
             h, y = self._view(batch.inputs[name], layer), self._view(batch.outputs[name], layer)
             if h.shape != y.shape:
-                self.reasons[name] = f"input {h.shape} and output {y.shape} shapes differ: not an elementwise activation"
+                self.reasons[name] = (
+                    f"input {h.shape} and output {y.shape} shapes differ: not an elementwise activation"
+                )
                 continue
             if name not in self.stats:
                 cap = int(self.params[self.reservoir_param]) if self.reservoir_param else 0
@@ -147,7 +165,7 @@ class _ModesBase(Metric):
 
 class ModeFractions(_ModesBase):
     name = "modes.fractions"
-    summary_keys = ('r_mean', 'frac_opt', 'frac_npt_alive', 'frac_dead')
+    summary_keys = ("r_mean", "frac_opt", "frac_npt_alive", "frac_dead")
     description = (
         "Per activation layer, the graded order-preservation score r_mean (headline: mean over neurons of "
         "r_j = 1 - #pairs tied or inverted / #pairs with distinct h, on a capped sample) and the binary "
@@ -156,14 +174,32 @@ class ModeFractions(_ModesBase):
         "P is large (one silent sample makes a neuron NPT); r_mean keeps grading them" + _RECON
     )
     params = (
-        Param("rule", str, "region", "region: all h where sigma strictly increases; rank: outputs "
-              "strictly increase along h (activation-agnostic)", choices=("region", "rank")),
+        Param(
+            "rule",
+            str,
+            "region",
+            "region: all h where sigma strictly increases; rank: outputs "
+            "strictly increase along h (activation-agnostic)",
+            choices=("region", "rank"),
+        ),
         _PER_POSITION,
         _SATURATION,
-        Param("dead_tol", float, 0.0, "dead = output range (max - min) over the samples <= this", min=0.0,
-              max=1_000_000_000),
-        Param("max_rank_samples", int, 1000, "reservoir of sample rows kept per layer (rank rule and r_mean)",
-              min=2, max=100_000),
+        Param(
+            "dead_tol",
+            float,
+            0.0,
+            "dead = output range (max - min) over the samples <= this",
+            min=0.0,
+            max=1_000_000_000,
+        ),
+        Param(
+            "max_rank_samples",
+            int,
+            1000,
+            "reservoir of sample rows kept per layer (rank rule and r_mean)",
+            min=2,
+            max=100_000,
+        ),
     )
     result_kinds = ("scalar", "vector")
     method = """\
@@ -199,7 +235,7 @@ reservoir).
 
 class GradedScore(_ModesBase):
     name = "modes.graded"
-    summary_keys = ('r_mean', 'r_median', 'frac_r_one')
+    summary_keys = ("r_mean", "r_median", "frac_r_one")
     description = (
         "Distribution over neurons of the graded order-preservation score r_j = 1 - (#sample "
         "pairs tied or inverted by sigma) / (#pairs with distinct pre-activation), on a capped sample" + _RECON
@@ -231,7 +267,7 @@ class GradedScore(_ModesBase):
 
 class ActivationRates(_ModesBase):
     name = "modes.activation_rates"
-    summary_keys = ('rate_mean', 'frac_always', 'frac_never')
+    summary_keys = ("rate_mean", "frac_always", "frac_never")
     description = (
         "Per neuron, the fraction of samples whose pre-activation lies where sigma is strictly "
         "increasing (ReLU: h > 0), and its distribution over the layer (streams)" + _RECON
@@ -263,7 +299,7 @@ _LATER = " (reconstructed: named in the later version of the paper, definition a
 
 class RankProbability(_ModesBase):
     name = "modes.rank_probability"
-    summary_keys = ('rank_displacement_mean', 'spearman_mean', 'diagonal_mass')
+    summary_keys = ("rank_displacement_mean", "spearman_mean", "diagonal_mass")
     description = (
         "Rank Probability Distribution: each sample's normalised rank among the samples by pre-activation (u) "
         "and by output (v), pooled over the layer's neurons as P(v | u) on a bins x bins grid (the identity "
@@ -306,7 +342,7 @@ position) pairs unless `per_position`.
 
 class LinearSubstitution(_ModesBase):
     name = "modes.linear_substitution"
-    summary_keys = ('fvu_pooled', 'frac_linear', 'fvu_median')
+    summary_keys = ("fvu_pooled", "frac_linear", "fvu_median")
     description = (
         "Linear Substitution Map: every neuron's activation replaced by its best affine map of its "
         "pre-activation (least squares over all samples, streamed): per neuron the substitution error "
@@ -315,8 +351,14 @@ class LinearSubstitution(_ModesBase):
     )
     params = (
         _PER_POSITION,
-        Param("linear_tol", float, 1e-9, "a neuron counts as linear when its substitution error is <= this",
-              min=0.0, max=1.0),
+        Param(
+            "linear_tol",
+            float,
+            1e-9,
+            "a neuron counts as linear when its substitution error is <= this",
+            min=0.0,
+            max=1.0,
+        ),
         _BINS,
     )
     result_kinds = ("scalar", "vector", "curve")
@@ -355,8 +397,9 @@ pooled error over the activation layers in depth order, which is the "map" acros
         values = np.array([results[n].get("fvu_pooled", math.nan) for n in names], dtype=np.float64)
         if np.isfinite(values).any():  # the map over depth: which layers can be linearised
             results[WHOLE_MODEL] = {
-                "map": Curve(np.arange(1, len(names) + 1, dtype=np.float64), values, "activation layer (depth)",
-                             "fvu_pooled"),
+                "map": Curve(
+                    np.arange(1, len(names) + 1, dtype=np.float64), values, "activation layer (depth)", "fvu_pooled"
+                ),
                 "layers": ",".join(names),
                 "fvu_pooled_mean": float(np.nanmean(values)),
             }
@@ -369,10 +412,22 @@ _BASIN_COMMON = (
     Param("samples", int, 64, "number of the run's data samples (the first ones) to measure", min=1, max=100_000),
     Param("keep_prob", float, 0.5, "a sample is inside its basin while P(label kept) >= this", min=0.0, max=1.0),
     Param("curve_points", int, 8, "noise levels of the accuracy-vs-noise curve on [0, max] (0 = none)", min=0, max=200),
-    Param("reference", str, "label", "label: the data's labels (prediction if none); prediction: "
-          "the model's clean prediction", choices=("label", "prediction")),
-    Param("budget_seconds", float, 60.0, "time budget: samples, then draws, steps, curve points are reduced (and "
-          "reported as 'sampled') until the timed plan fits; 0 = no budget", min=0.0, max=86_400.0),
+    Param(
+        "reference",
+        str,
+        "label",
+        "label: the data's labels (prediction if none); prediction: the model's clean prediction",
+        choices=("label", "prediction"),
+    ),
+    Param(
+        "budget_seconds",
+        float,
+        60.0,
+        "time budget: samples, then draws, steps, curve points are reduced (and "
+        "reported as 'sampled') until the timed plan fits; 0 = no budget",
+        min=0.0,
+        max=86_400.0,
+    ),
 )
 
 
@@ -425,7 +480,11 @@ class _BasinsBase(Metric):
         key = names[0] if names and names[0] in inputs else next(iter(inputs))
         if p["reference"] == "label" and self.has_labels and self.labels:
             ref = np.concatenate(self.labels)
-            ref = np.argmax(ref, axis=-1) if ref.ndim == 2 and ref.shape[1] > 1 else ref.reshape(self.kept, *ref.shape[1:])
+            ref = (
+                np.argmax(ref, axis=-1)
+                if ref.ndim == 2 and ref.shape[1] > 1
+                else ref.reshape(self.kept, *ref.shape[1:])
+            )
             out["reference_used"] = "label"
         else:
             if p["reference"] == "label":
@@ -434,20 +493,26 @@ class _BasinsBase(Metric):
             out["reference_used"] = "prediction"
         result = self._search(inputs, key, ref)
         out.update(B.summarize(result))
-        out.update({
-            "radius": result.radius,
-            "censored": result.censored,
-            "resolution": result.resolution,
-            "forward_rows": result.forward_rows,
-            "forward_calls": result.forward_calls,
-            "perturbed_input": key,
-            "accuracy_curve": Curve(result.curve_levels, result.curve_accuracy, self.level_label, "accuracy"),
-        })
+        out.update(
+            {
+                "radius": result.radius,
+                "censored": result.censored,
+                "resolution": result.resolution,
+                "forward_rows": result.forward_rows,
+                "forward_calls": result.forward_calls,
+                "perturbed_input": key,
+                "accuracy_curve": Curve(result.curve_levels, result.curve_accuracy, self.level_label, "accuracy"),
+            }
+        )
         r = result.radius
         if np.isfinite(r).any():
             grid = np.linspace(0.0, p[self.max_param], 51)
-            out["radius_survival"] = Curve(grid, (r[None, :] >= grid[:, None]).mean(axis=1), self.level_label,
-                                           "fraction of samples with radius >= level")
+            out["radius_survival"] = Curve(
+                grid,
+                (r[None, :] >= grid[:, None]).mean(axis=1),
+                self.level_label,
+                "fraction of samples with radius >= level",
+            )
         if result.cancelled:
             out["reason"] = "cancelled"
         return {WHOLE_MODEL: out}
@@ -455,7 +520,7 @@ class _BasinsBase(Metric):
 
 class SampleBasins(_BasinsBase):
     name = "basins.sample"
-    summary_keys = ('radius_mean', 'radius_median', 'clean_accuracy')
+    summary_keys = ("radius_mean", "radius_median", "clean_accuracy")
     description = (
         "Attraction basins in input space: per sample, the largest Gaussian noise level r (relative "
         "to the input's norm) at which it keeps its label with probability >= keep_prob over K draws, "
@@ -466,10 +531,14 @@ class SampleBasins(_BasinsBase):
         *_BASIN_COMMON,
         Param("draws", int, 32, "K noise draws per sample (fixed across levels)", min=1, max=10_000),
         Param("steps", int, 10, "bisection steps", min=1, max=40),
-        Param("r_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12,
-              max=1_000_000),
-        Param("noise", str, "relative", "relative: sigma = r*||x||/sqrt(d); absolute: sigma = r",
-              choices=("relative", "absolute")),
+        Param("r_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12, max=1_000_000),
+        Param(
+            "noise",
+            str,
+            "relative",
+            "relative: sigma = r*||x||/sqrt(d); absolute: sigma = r",
+            choices=("relative", "absolute"),
+        ),
     )
     level_label = "noise level r"
     max_param = "r_max"
@@ -477,16 +546,27 @@ class SampleBasins(_BasinsBase):
     def _search(self, inputs, key, ref) -> B.BasinResult:
         p = self.params
         return B.sample_basins(
-            self.predict, inputs, ref, key=key, draws=p["draws"], steps=p["steps"], r_max=p["r_max"],
-            keep_prob=p["keep_prob"], relative=p["noise"] == "relative", curve_points=p["curve_points"],
-            seed=self.ctx.seed, max_batch_size=self.ctx.max_batch_size, budget_seconds=p["budget_seconds"] or math.inf,
-            progress=self.ctx.progress, cancelled=self.ctx.cancelled,
+            self.predict,
+            inputs,
+            ref,
+            key=key,
+            draws=p["draws"],
+            steps=p["steps"],
+            r_max=p["r_max"],
+            keep_prob=p["keep_prob"],
+            relative=p["noise"] == "relative",
+            curve_points=p["curve_points"],
+            seed=self.ctx.seed,
+            max_batch_size=self.ctx.max_batch_size,
+            budget_seconds=p["budget_seconds"] or math.inf,
+            progress=self.ctx.progress,
+            cancelled=self.ctx.cancelled,
         )
 
 
 class WeightBasins(_BasinsBase):
     name = "basins.weight"
-    summary_keys = ('radius_mean', 'radius_median', 'clean_accuracy')
+    summary_keys = ("radius_mean", "radius_median", "clean_accuracy")
     description = (
         "Attraction basins in weight space: per sample, the largest relative layer-normalised weight "
         "noise eta (W + eta*rms(W)*G on the selected linear/conv layers, and the gate matrices "
@@ -499,9 +579,10 @@ class WeightBasins(_BasinsBase):
     params = (
         *_BASIN_COMMON,
         Param("draws", int, 16, "K weight-noise draws (perturbed networks, fixed across levels)", min=1, max=10_000),
-        Param("steps", int, 8, "bisection steps (forward calls per round <= draws * min(samples, 2^round))", min=1, max=30),
-        Param("eta_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12,
-              max=1_000_000),
+        Param(
+            "steps", int, 8, "bisection steps (forward calls per round <= draws * min(samples, 2^round))", min=1, max=30
+        ),
+        Param("eta_max", float, 2.0, "upper end of the bisection bracket (censoring level)", min=1e-12, max=1_000_000),
         Param("perturb_bias", bool, True, "also perturb biases (scaled by the bias's own rms)"),
     )
     level_label = "weight noise eta"
@@ -514,10 +595,21 @@ class WeightBasins(_BasinsBase):
         if not weights:
             self.ctx.warn(f"{self.name}: no selected layer has weights; nothing is perturbed")
         return B.weight_basins(
-            self.predict_with_weights, self.predict, inputs, ref, weights, draws=p["draws"], steps=p["steps"],
-            r_max=p["eta_max"], keep_prob=p["keep_prob"], curve_points=p["curve_points"], seed=self.ctx.seed,
-            max_batch_size=self.ctx.max_batch_size, budget_seconds=p["budget_seconds"] or math.inf,
-            progress=self.ctx.progress, cancelled=self.ctx.cancelled,
+            self.predict_with_weights,
+            self.predict,
+            inputs,
+            ref,
+            weights,
+            draws=p["draws"],
+            steps=p["steps"],
+            r_max=p["eta_max"],
+            keep_prob=p["keep_prob"],
+            curve_points=p["curve_points"],
+            seed=self.ctx.seed,
+            max_batch_size=self.ctx.max_batch_size,
+            budget_seconds=p["budget_seconds"] or math.inf,
+            progress=self.ctx.progress,
+            cancelled=self.ctx.cancelled,
         )
 
     def finish(self) -> dict[str, dict[str, Any]]:
@@ -532,8 +624,7 @@ def _perturbed(layer: Layer, bias: bool) -> dict[str, np.ndarray]:
     return {k: v for k, v in layer.weights.items() if "weight" in k or (bias and "bias" in k)}
 
 
-METRICS = (ModeFractions, GradedScore, ActivationRates, RankProbability, LinearSubstitution, SampleBasins,
-           WeightBasins)
+METRICS = (ModeFractions, GradedScore, ActivationRates, RankProbability, LinearSubstitution, SampleBasins, WeightBasins)
 
 
 @hookimpl

@@ -47,7 +47,7 @@ class Backend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> "Backend":
+    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> Backend:
         """Load the model at ``path``. ``trusted`` allows formats that can execute code (server-side files only)."""
 
     @abc.abstractmethod
@@ -113,7 +113,7 @@ def static_batch(method: _Run) -> _Run:
         for lo in range(0, n, batch):
             part = {}
             for k, a in arrays.items():
-                rows = a[lo:lo + batch]
+                rows = a[lo : lo + batch]
                 if len(rows) < batch:
                     rows = np.concatenate([rows, np.repeat(rows[-1:], batch - len(rows), axis=0)])
                 part[k] = np.ascontiguousarray(rows)
@@ -121,8 +121,7 @@ def static_batch(method: _Run) -> _Run:
         first = chunks[0][1]
         return RunOutput(
             {k: _trim(k, [(m, c.outputs[k]) for m, c in chunks], batch) for k in first.outputs},
-            {r: _trim(f"{r.layer} ({r.what})", [(m, c.captured[r]) for m, c in chunks], batch)
-             for r in first.captured},
+            {r: _trim(f"{r.layer} ({r.what})", [(m, c.captured[r]) for m, c in chunks], batch) for r in first.captured},
         )
 
     return run  # type: ignore[return-value]

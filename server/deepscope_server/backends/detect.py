@@ -42,9 +42,7 @@ def detect_format(path: str | Path) -> str:
         return "torch_pickle"
     if head[:1] == b"\x08":  # ONNX ModelProto starts with field 1 (ir_version, varint)
         return "onnx"
-    raise InvalidInput(
-        f"unrecognised model format in '{path.name}'; supported: ONNX, torch.export (.pt2), TorchScript"
-    )
+    raise InvalidInput(f"unrecognised model format in '{path.name}'; supported: ONNX, torch.export (.pt2), TorchScript")
 
 
 def _is_state_dict(path: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
 from deepscope.dtypes import kserve_dtype
 
 from ..errors import InvalidInput
@@ -36,13 +37,13 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.name not in inputs:
-            raise InvalidInput(
-                f"missing input '{spec.name}': expected {spec.dtype} {format_shape(spec.shape)}"
-            )
+            raise InvalidInput(f"missing input '{spec.name}': expected {spec.dtype} {format_shape(spec.shape)}")
         arr = np.asarray(inputs[spec.name])
-        shape_ok = len(arr.shape) == len(spec.shape) and all(
-            d is None or d == a for d, a in zip(spec.shape, arr.shape)
-        ) if spec.shape is not None else True
+        shape_ok = (
+            len(arr.shape) == len(spec.shape) and all(d is None or d == a for d, a in zip(spec.shape, arr.shape))
+            if spec.shape is not None
+            else True
+        )
         if _dtype_name(arr) != spec.dtype or not shape_ok:
             raise InvalidInput(
                 f"input '{spec.name}': expected {spec.dtype} {format_shape(spec.shape)}, "

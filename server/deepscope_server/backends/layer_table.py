@@ -162,8 +162,9 @@ def _group(records: Sequence[OpRecord]) -> list[_Group]:
         parts.sort(key=lambda ops: position[id(ops[0])])
         base = root_name if path == "" else path
         for k, ops in enumerate(parts):
-            g = _Group(base if k == 0 else f"{base}@{k}", path, class_of[path],
-                       ln.ACTIVATION_BY_CLASS.get(class_of[path]))
+            g = _Group(
+                base if k == 0 else f"{base}@{k}", path, class_of[path], ln.ACTIVATION_BY_CLASS.get(class_of[path])
+            )
             g.ops = ops
             groups.append(g)
     return sorted(groups, key=lambda g: position[id(g.ops[0])])
@@ -214,8 +215,12 @@ def build_layer_table(
     ext_tensors: dict[str, list[str]] = {}
     for g in groups:
         members = {id(r) for r in g.ops}
-        outs = [v for r in g.ops for v in r.outputs
-                if v in graph_outputs or any(id(c) not in members for c in consumers.get(v, []))]
+        outs = [
+            v
+            for r in g.ops
+            for v in r.outputs
+            if v in graph_outputs or any(id(c) not in members for c in consumers.get(v, []))
+        ]
         ext: list[str] = []
         for r in g.ops:
             ext += [v for v in r.inputs if v not in ext and (v not in producer or id(producer[v]) not in members)]
@@ -266,7 +271,7 @@ def build_layer_table(
         if kind != "activation" or g.cls:  # functional activations own no parameters
             for r in g.ops:
                 for key, w in r.weights.items():
-                    local = key[len(prefix):] if prefix and key.startswith(prefix) else key
+                    local = key[len(prefix) :] if prefix and key.startswith(prefix) else key
                     if local not in weights:
                         weights[local], wrefs[local] = w.array, w.ref
         refs[g.name] = wrefs
@@ -276,12 +281,19 @@ def build_layer_table(
         if g.cls and g.cls != main.op_type and not class_op_type:
             attrs.setdefault("torch_class", g.cls)
         op_type = g.cls if g.cls and (class_op_type or kind in ("attention", "recurrent")) else main.op_type
-        layers.append(Layer(
-            name=g.name, kind=kind, op_type=op_type, inputs=inputs,
-            input_shapes=[shapes[v] for v in ext_tensors[g.name]],
-            output_shapes=[out_shape if out_shape is not None else ()],
-            weights=weights, attrs=attrs, channel_axis=axis,
-        ))
+        layers.append(
+            Layer(
+                name=g.name,
+                kind=kind,
+                op_type=op_type,
+                inputs=inputs,
+                input_shapes=[shapes[v] for v in ext_tensors[g.name]],
+                output_shapes=[out_shape if out_shape is not None else ()],
+                weights=weights,
+                attrs=attrs,
+                channel_axis=axis,
+            )
+        )
     return LayerTable(layers, values, refs)
 
 

@@ -30,11 +30,12 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 import onnxruntime as ort
-from deepscope.dtypes import kserve_dtype
 from onnx import helper, numpy_helper
 
+from deepscope.dtypes import kserve_dtype
+
 from ..errors import InvalidInput, near_matches
-from ..model_graph import Layer, ModelGraph, TensorSpec
+from ..model_graph import ModelGraph, TensorSpec
 from . import layer_naming as ln
 from . import layer_table as lt
 from .base import Backend, CaptureRequest, RunOutput, static_batch
@@ -104,7 +105,9 @@ def _gate_rows(op: str, hidden: int) -> np.ndarray:
     return np.concatenate([np.arange(g * hidden, (g + 1) * hidden) for g in order])
 
 
-def _recurrent_weights(node: onnx.NodeProto, inits: Mapping[str, np.ndarray], layer: int) -> dict[str, tuple[np.ndarray, _WeightRef]]:
+def _recurrent_weights(
+    node: onnx.NodeProto, inits: Mapping[str, np.ndarray], layer: int
+) -> dict[str, tuple[np.ndarray, _WeightRef]]:
     """PyTorch ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``_reverse``) of an LSTM/GRU/RNN node."""
     ins = list(node.input) + [""] * 4
     out: dict[str, tuple[np.ndarray, _WeightRef]] = {}
@@ -121,6 +124,7 @@ def _recurrent_weights(node: onnx.NodeProto, inits: Mapping[str, np.ndarray], la
                 new = current.copy()
                 new[index] = np.asarray(W)[np.argsort(rows)]
                 return new
+
             out[key] = (np.asarray(inits[name][index])[rows].copy(), _WeightRef(name, write))
 
         put("weight_ih" + sfx, ins[1], (d,))
@@ -150,8 +154,12 @@ def _op_weights(
     op = node.op_type
     if op == "Gemm" and not a.get("transA", 0) and ins[1] in inits:
         alpha, beta, trans_b = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0)), int(a.get("transB", 0))
-        take("weight", ins[1], (lambda b: alpha * b) if trans_b else (lambda b: alpha * b.T),
-             (lambda W: W / alpha) if trans_b else (lambda W: (W / alpha).T))
+        take(
+            "weight",
+            ins[1],
+            (lambda b: alpha * b) if trans_b else (lambda b: alpha * b.T),
+            (lambda W: W / alpha) if trans_b else (lambda W: (W / alpha).T),
+        )
         c = inits.get(ins[2])
         if c is not None and c.ndim >= 1 and c.size == c.shape[-1]:
             c_shape = c.shape
@@ -184,7 +192,7 @@ def _op_attrs(kind: str, node: onnx.NodeProto, function: str | None, inits: Mapp
     if kind == "conv":
         k = len(a.get("kernel_shape", [])) or max(len(a.get("strides", [])), 2)
         pads = list(a.get("pads", [0] * (2 * k)))
-        begin, end = pads[: len(pads) // 2], pads[len(pads) // 2:]
+        begin, end = pads[: len(pads) // 2], pads[len(pads) // 2 :]
         out["stride"] = tuple(int(s) for s in a.get("strides", [1] * k))
         if begin == end:
             out["padding"] = tuple(int(p) for p in begin)
@@ -233,7 +241,7 @@ def _torch_param_keys(node: onnx.NodeProto, path: str) -> list[str]:
     for token in _PARAM_TOKEN.findall(text):
         rest = token[2:]
         if rest.startswith(mangled):
-            rest = rest[len(mangled):]
+            rest = rest[len(mangled) :]
             keys.append("out_proj." + rest[9:] if rest.startswith("out_proj_") else rest)
     return keys
 
@@ -241,8 +249,12 @@ def _torch_param_keys(node: onnx.NodeProto, path: str) -> list[str]:
 def _transposed_initializers(model: onnx.ModelProto, inits: Mapping[str, np.ndarray]) -> dict[str, str]:
     """Outputs of ``Transpose`` nodes that swap the axes of a 2-D initializer -> that initializer."""
     return {
-        n.output[0]: n.input[0] for n in model.graph.node
-        if n.op_type == "Transpose" and n.input and n.input[0] in inits and inits[n.input[0]].ndim == 2
+        n.output[0]: n.input[0]
+        for n in model.graph.node
+        if n.op_type == "Transpose"
+        and n.input
+        and n.input[0] in inits
+        and inits[n.input[0]].ndim == 2
         and list(_attrs(n).get("perm", [1, 0])) == [1, 0]
     }
 
@@ -252,8 +264,9 @@ def _onnx_op_kind(node: onnx.NodeProto, inits: Mapping[str, np.ndarray], transpo
     op = node.op_type
     if op in ln.ACTIVATION_BY_ONNX_OP:
         return "activation"
-    const_b = len(node.input) > 1 and (node.input[1] in transposed or (
-        node.input[1] in inits and inits[node.input[1]].ndim == 2))
+    const_b = len(node.input) > 1 and (
+        node.input[1] in transposed or (node.input[1] in inits and inits[node.input[1]].ndim == 2)
+    )
     if op == "MatMul" and not const_b:
         return None
     if op == "Gather" and (not node.input or node.input[0] not in inits):
@@ -265,7 +278,9 @@ def _onnx_op_kind(node: onnx.NodeProto, inits: Mapping[str, np.ndarray], transpo
 _IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 
 
-def _ort_session(model: onnx.ModelProto, opts: ort.SessionOptions, providers: list[str]) -> tuple[ort.InferenceSession, int | None]:
+def _ort_session(
+    model: onnx.ModelProto, opts: ort.SessionOptions, providers: list[str]
+) -> tuple[ort.InferenceSession, int | None]:
     """An onnxruntime session; a model stamped with a newer IR version than onnxruntime reads is lowered.
 
     IR versions add container features (new types, metadata), not operator semantics: the
@@ -300,8 +315,9 @@ class OnnxBackend(Backend):
         for node in model.graph.node:  # graph order: a cast's constant input is seen before the cast
             if node.op_type == "Constant" and node.attribute:
                 value = onnx.helper.get_attribute_value(node.attribute[0])  # value (a tensor), value_float, ...
-                self._consts[node.output[0]] = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) \
-                    else np.asarray(value)
+                self._consts[node.output[0]] = (
+                    numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+                )
             elif node.op_type in ("Cast", "CastLike") and node.input and node.input[0] in self._consts:
                 # the unoptimised exporter wraps Clip bounds as CastLike(Constant(value_float), x)
                 self._consts[node.output[0]] = self._consts[node.input[0]]
@@ -312,8 +328,10 @@ class OnnxBackend(Backend):
         ir_version = model.ir_version
         session = self._session(())
         if model.ir_version != ir_version:
-            self.graph.notes.append(f"ONNX IR version {ir_version} lowered to {model.ir_version}, the newest "
-                                    "onnxruntime reads (the operator set is unchanged)")
+            self.graph.notes.append(
+                f"ONNX IR version {ir_version} lowered to {model.ir_version}, the newest "
+                "onnxruntime reads (the operator set is unchanged)"
+            )
         actual = session.get_providers()
         self.device = "cuda" if "CUDAExecutionProvider" in actual else "cpu"
         if device.startswith("cuda") and self.device != "cuda" and device != "cuda?":
@@ -339,7 +357,11 @@ class OnnxBackend(Backend):
         if device == "auto":
             import torch  # the server depends on torch; it is the one authority on CUDA presence
 
-            want = "cuda?" if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+            want = (
+                "cuda?"
+                if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+                else "cpu"
+            )
         elif device == "cpu" or device.startswith("cuda"):
             want = device
         else:
@@ -406,8 +428,11 @@ class OnnxBackend(Backend):
                 stack = (lt.Frame(name, "", 0),)
                 if op_kind == "linear" and n.op_type == "MatMul":
                     matmul_frame[n.output[0]] = stack
-            elif n.op_type == "Add" and any(v in matmul_frame for v in n.input) and any(
-                    v in self._inits and self._inits[v].ndim == 1 for v in n.input):
+            elif (
+                n.op_type == "Add"
+                and any(v in matmul_frame for v in n.input)
+                and any(v in self._inits and self._inits[v].ndim == 1 for v in n.input)
+            ):
                 stack = matmul_frame[next(v for v in n.input if v in matmul_frame)]  # MatMul + bias: one Linear
             path = stack[-1].path if stack else ""
             attrs: dict[str, Any] = {}
@@ -420,18 +445,32 @@ class OnnxBackend(Backend):
                 attrs.update(bn_folded=True, folded_norm=path)
             weights = self._record_weights(n, path, op_kind, folded, consumers, recurrent_seen, source)
             attrs.update(_op_attrs(op_kind, n, function, {**self._inits, **self._consts}) if op_kind else {})
-            records.append(lt.OpRecord(
-                id=n.name or f"{n.op_type}_{i}", op_type=n.op_type, stack=stack,
-                inputs=[v for v in n.input if self._is_data(v)],
-                reads=[v for v in n.input if v and not self._is_data(v) and v not in self._inits],
-                outputs=[v for v in n.output if v], op_kind=op_kind, function=function, source=source,
-                weights=weights, attrs=attrs,
-            ))
+            records.append(
+                lt.OpRecord(
+                    id=n.name or f"{n.op_type}_{i}",
+                    op_type=n.op_type,
+                    stack=stack,
+                    inputs=[v for v in n.input if self._is_data(v)],
+                    reads=[v for v in n.input if v and not self._is_data(v) and v not in self._inits],
+                    outputs=[v for v in n.output if v],
+                    op_kind=op_kind,
+                    function=function,
+                    source=source,
+                    weights=weights,
+                    attrs=attrs,
+                )
+            )
         return records
 
     def _record_weights(
-        self, n: onnx.NodeProto, path: str, op_kind: str | None, folded: bool,
-        consumers: Mapping[str, list[onnx.NodeProto]], recurrent_seen: dict[tuple[str, str], int], source: str,
+        self,
+        n: onnx.NodeProto,
+        path: str,
+        op_kind: str | None,
+        folded: bool,
+        consumers: Mapping[str, list[onnx.NodeProto]],
+        recurrent_seen: dict[tuple[str, str], int],
+        source: str,
     ) -> dict[str, lt.Weight]:
         """A node's weights in PyTorch layout, keyed by torch parameter name where the exporter left it."""
         if n.op_type in _GATES:
@@ -455,25 +494,41 @@ class OnnxBackend(Backend):
         # A zero bias the optimiser dropped: report the torch parameter (zeros), not writable.
         bias_key = next((k for k in torch_keys if k.endswith("bias")), None)
         weight = next((w for k, w in out.items() if k.endswith("weight")), None)
-        feeds_bias_add = any(c.op_type == "Add" and any(i in self._inits for i in c.input)
-                             for o in n.output for c in consumers.get(o, []))
-        if (op_kind in ("linear", "conv") and bias_key and weight is not None and not feeds_bias_add
-                and not any(k.endswith("bias") for k in out)):
+        feeds_bias_add = any(
+            c.op_type == "Add" and any(i in self._inits for i in c.input)
+            for o in n.output
+            for c in consumers.get(o, [])
+        )
+        if (
+            op_kind in ("linear", "conv")
+            and bias_key
+            and weight is not None
+            and not feeds_bias_add
+            and not any(k.endswith("bias") for k in out)
+        ):
             out[bias_key] = lt.Weight(np.zeros(weight.array.shape[0], weight.array.dtype), None)
         return out
 
-    def _describe(self, model: onnx.ModelProto) -> tuple[ModelGraph, dict[str, tuple[str, str | None]], dict[str, dict[str, _WeightRef]]]:
+    def _describe(
+        self, model: onnx.ModelProto
+    ) -> tuple[ModelGraph, dict[str, tuple[str, str | None]], dict[str, dict[str, _WeightRef]]]:
         g = model.graph
         init_names = set(self._inits)
         graph_inputs = [vi for vi in g.input if vi.name not in init_names]
         input_names = {vi.name for vi in graph_inputs}
         values = {v for n in g.node for v in n.output} | input_names
         shapes = {v: self._shape(v) for v in values if v in input_names or self._is_float(v)}
-        table = lt.build_layer_table(self._records(model), [vi.name for vi in graph_inputs],
-                                     [vi.name for vi in g.output], shapes, class_op_type=False)
+        table = lt.build_layer_table(
+            self._records(model),
+            [vi.name for vi in graph_inputs],
+            [vi.name for vi in g.output],
+            shapes,
+            class_op_type=False,
+        )
         in_specs = [TensorSpec(vi.name, _elem_dtype(vi.type), _dims(vi.type) or ()) for vi in graph_inputs]
-        out_specs = [TensorSpec(vi.name, _elem_dtype(vi.type), _dims(self._types.get(vi.name, vi.type)) or ())
-                     for vi in g.output]
+        out_specs = [
+            TensorSpec(vi.name, _elem_dtype(vi.type), _dims(self._types.get(vi.name, vi.type)) or ()) for vi in g.output
+        ]
         layer_values = {name: (v.output, v.input) for name, v in table.values.items()}
         return ModelGraph(self.format, in_specs, out_specs, table.layers), layer_values, table.refs
 
@@ -522,8 +577,9 @@ class OnnxBackend(Backend):
             wanted[req] = value
         return wanted
 
-    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest],
-             model: onnx.ModelProto | None = None) -> RunOutput:
+    def _run(
+        self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest], model: onnx.ModelProto | None = None
+    ) -> RunOutput:
         arrays = validate_inputs(self.graph.inputs, inputs)
         wanted = self._resolve(capture)
         out_names = [s.name for s in self.graph.outputs]
@@ -573,8 +629,10 @@ class OnnxBackend(Backend):
                     )
                 ref = self._refs[lname].get(key)
                 if ref is None:
-                    raise InvalidInput(f"weight '{lname}.{key}' was removed from the ONNX graph by the exporter "
-                                       "(a constant zero) and cannot be replaced")
+                    raise InvalidInput(
+                        f"weight '{lname}.{key}' was removed from the ONNX graph by the exporter "
+                        "(a constant zero) and cannot be replaced"
+                    )
                 current = replaced.get(ref.initializer, self._inits[ref.initializer])
                 new = ref.write(np.asarray(arr, dtype=current.dtype), current)
                 replaced[ref.initializer] = np.ascontiguousarray(new).astype(current.dtype)

@@ -60,8 +60,10 @@ def walk(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.GraphProto | onnx.F
     stack: list[tuple[str, onnx.GraphProto | onnx.FunctionProto]] = [("graph", model.graph)]
     stack += [(f"function '{f.domain}.{f.name}'", f) for f in model.functions]
     for i, info in enumerate(model.training_info):
-        stack += [(f"training_info[{i}].initialization", info.initialization),
-                  (f"training_info[{i}].algorithm", info.algorithm)]
+        stack += [
+            (f"training_info[{i}].initialization", info.initialization),
+            (f"training_info[{i}].algorithm", info.algorithm),
+        ]
     while stack:
         where, g = stack.pop()
         yield where, g
@@ -114,8 +116,12 @@ def check_sizes(model: onnx.ModelProto, max_elements: int) -> None:
                 raise InvalidInput(f"ONNX tensor {_name(f)} declares a negative dimension: {dims}")
             count = math.prod(dims)
             if count > max_elements:
-                raise LimitExceeded(f"max_tensor_elements (ONNX tensor {_name(f)} declares shape {dims})",
-                                    max_elements, count, "elements")
+                raise LimitExceeded(
+                    f"max_tensor_elements (ONNX tensor {_name(f)} declares shape {dims})",
+                    max_elements,
+                    count,
+                    "elements",
+                )
 
 
 def _is_unsafe_location(location: str) -> bool:
@@ -185,5 +191,14 @@ def parse(path: Path) -> onnx.ModelProto:
         raise InvalidInput(f"'{path.name}' is not a valid ONNX model: {type(exc).__name__}: {exc}") from None
 
 
-__all__ = ["DEFAULT_DOMAINS", "check_domains", "check_external_data", "check_sizes", "load_external_data",
-           "nodes", "parse", "tensors", "walk"]
+__all__ = [
+    "DEFAULT_DOMAINS",
+    "check_domains",
+    "check_external_data",
+    "check_sizes",
+    "load_external_data",
+    "nodes",
+    "parse",
+    "tensors",
+    "walk",
+]

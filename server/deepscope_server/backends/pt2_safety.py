@@ -53,29 +53,82 @@ _ALLOWED = re.compile(
 )
 
 #: Members refused with a reason (first match wins); anything else not allowed is "unknown".
-_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), why) for p, why in (
-    (r"data/(weights|constants)/[^/]+\.pt", "holds pickled weights or constants in the legacy format "
-     "(unpickling runs code)"),
-    (r"data/constants/opaque_obj_\d+", "is an opaque Python object stored with pickle (unpickling runs code)"),
-    (r"data/constants/custom_obj_\d+", "is a TorchScript custom object (its pickle can run code)"),
-    (r"data/aotinductor/.*", "is AOTInductor compiled code (a native library)"),
-    (r"data/(executorch|mtia).*|xl_model_weights/.*", "is a runtime payload deepscope does not load"),
-    (r"models/[^/]+\.json", f"is a second program; deepscope loads only '{PROGRAM}'"),
-))
+_REFUSED: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p), why)
+    for p, why in (
+        (
+            r"data/(weights|constants)/[^/]+\.pt",
+            "holds pickled weights or constants in the legacy format (unpickling runs code)",
+        ),
+        (r"data/constants/opaque_obj_\d+", "is an opaque Python object stored with pickle (unpickling runs code)"),
+        (r"data/constants/custom_obj_\d+", "is a TorchScript custom object (its pickle can run code)"),
+        (r"data/aotinductor/.*", "is AOTInductor compiled code (a native library)"),
+        (r"data/(executorch|mtia).*|xl_model_weights/.*", "is a runtime payload deepscope does not load"),
+        (r"models/[^/]+\.json", f"is a second program; deepscope loads only '{PROGRAM}'"),
+    )
+)
 
 #: Names ``sympy.srepr`` writes for the expressions torch.export serialises (sympify evals the
 #: string, so nothing outside these calls and literals may reach it).
-_SYMPY_CALLS = frozenset({
-    "Symbol", "Dummy", "Integer", "Float", "Rational", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs",
-    "floor", "ceiling", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Equality", "Unequality", "StrictLessThan",
-    "StrictGreaterThan", "LessThan", "GreaterThan", "And", "Or", "Not", "Xor", "ITE", "Piecewise",
-    "ExprCondPair",
-    # torch.utils._sympy.functions, as the deserializer's own table names them
-    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
-    "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
-    "ToFloat", "Identity",
-})
+_SYMPY_CALLS = frozenset(
+    {
+        "Symbol",
+        "Dummy",
+        "Integer",
+        "Float",
+        "Rational",
+        "Add",
+        "Mul",
+        "Pow",
+        "Mod",
+        "Max",
+        "Min",
+        "Abs",
+        "floor",
+        "ceiling",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "Equality",
+        "Unequality",
+        "StrictLessThan",
+        "StrictGreaterThan",
+        "LessThan",
+        "GreaterThan",
+        "And",
+        "Or",
+        "Not",
+        "Xor",
+        "ITE",
+        "Piecewise",
+        "ExprCondPair",
+        # torch.utils._sympy.functions, as the deserializer's own table names them
+        "FloorDiv",
+        "ModularIndexing",
+        "Where",
+        "PythonMod",
+        "CleanDiv",
+        "CeilToInt",
+        "FloorToInt",
+        "CeilDiv",
+        "LShift",
+        "RShift",
+        "PowByNatural",
+        "FloatPow",
+        "FloatTrueDiv",
+        "IntTrueDiv",
+        "IsNonOverlappingAndDenseIndicator",
+        "TruncToFloat",
+        "TruncToInt",
+        "RoundToInt",
+        "RoundDecimal",
+        "ToFloat",
+        "Identity",
+    }
+)
 _SYMPY_NAMES = frozenset({"true", "false", "oo", "zoo", "nan"})
 _STRING_ARG_CALLS = frozenset({"Symbol", "Dummy", "Float"})
 _STRING_ARG = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
@@ -137,8 +190,9 @@ def _check_payload(meta: dict[str, Any], member: str, size: int, file: str) -> N
         raise _refuse(file, member, f"holds {size:,} bytes but its tensor (shape {sizes}) needs {need:,}")
 
 
-def _check_config(reader: pkg.PT2ArchiveReader, names: set[str], config: str, directory: str,
-                  prefix: str, file: str) -> None:
+def _check_config(
+    reader: pkg.PT2ArchiveReader, names: set[str], config: str, directory: str, prefix: str, file: str
+) -> None:
     """Every weight/constant must be raw tensor bytes in an existing member: no pickles, no objects."""
     if config not in names:
         raise InvalidInput(f"'{file}': torch.export archive without '{config}'; save it with torch.export.save")
@@ -155,8 +209,11 @@ def _check_config(reader: pkg.PT2ArchiveReader, names: set[str], config: str, di
             why = next((w for p, w in _REFUSED if p.fullmatch(member)), f"is not a raw {prefix}* tensor")
             raise _refuse(file, member, f"(entry '{fqn}' of {config}) {why}")
         if meta.get("use_pickle") is not False:
-            raise _refuse(file, member, f"(entry '{fqn}') is a pickle (\"use_pickle\": true in {config}), "
-                          "and unpickling runs code")
+            raise _refuse(
+                file,
+                member,
+                f"(entry '{fqn}') is a pickle (\"use_pickle\": true in {config}), and unpickling runs code",
+            )
         if member not in names:
             raise _refuse(file, config, f"names a missing member '{member}' for '{fqn}'")
         _check_payload(meta, member, reader.archive_file.get_record_size(member), file)
@@ -173,13 +230,16 @@ def _sympy_ok(node: ast.AST) -> bool:
     if isinstance(node, ast.Tuple):
         return all(_sympy_ok(e) for e in node.elts)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _SYMPY_CALLS:
+
         def arg_ok(a: ast.AST) -> bool:
             if isinstance(a, ast.Constant) and isinstance(a.value, str):
                 return node.func.id in _STRING_ARG_CALLS and bool(_STRING_ARG.fullmatch(a.value))
             return _sympy_ok(a)
+
         return all(arg_ok(a) for a in node.args) and all(
             k.arg is not None and isinstance(k.value, ast.Constant) and type(k.value.value) in (bool, int)
-            for k in node.keywords)
+            for k in node.keywords
+        )
     return False
 
 
@@ -204,11 +264,16 @@ def check_program(doc: Any, file: str, path: str = "") -> None:
         for key, value in doc.items():
             where = f"{path}.{key}" if path else key
             if key == "expr_str" and (not isinstance(value, str) or not check_sym_expr(value)):
-                raise _refuse(file, PROGRAM, f"holds a symbolic expression that is not plain sympy at "
-                              f"{where} ({str(value)[:80]!r}); torch would eval it")
+                raise _refuse(
+                    file,
+                    PROGRAM,
+                    f"holds a symbolic expression that is not plain sympy at "
+                    f"{where} ({str(value)[:80]!r}); torch would eval it",
+                )
             if key == "target" and "inputs" in doc and (not isinstance(value, str) or not _check_target(value)):
-                raise _refuse(file, PROGRAM, f"calls '{str(value)[:80]}' at {where}, which is not a torch "
-                              "operator (torch.ops.*)")
+                raise _refuse(
+                    file, PROGRAM, f"calls '{str(value)[:80]}' at {where}, which is not a torch operator (torch.ops.*)"
+                )
             check_program(value, file, where)
     elif isinstance(doc, list):
         for i, value in enumerate(doc):
@@ -240,8 +305,7 @@ def _checked_load(reader: pkg.PT2ArchiveReader, names: list[str], file: str) -> 
     check_members(names, file)
     version = reader.read_string("archive_version") if "archive_version" in names else "?"
     if version != pkg.ARCHIVE_VERSION_VALUE:
-        raise _refuse(file, "archive_version", f"says {version!r}; this server reads "
-                      f"{pkg.ARCHIVE_VERSION_VALUE!r}")
+        raise _refuse(file, "archive_version", f"says {version!r}; this server reads {pkg.ARCHIVE_VERSION_VALUE!r}")
     members = set(names)
     _check_config(reader, members, WEIGHTS_CONFIG, "data/weights/", "weight_", file)
     _check_config(reader, members, CONSTANTS_CONFIG, "data/constants/", "tensor_", file)

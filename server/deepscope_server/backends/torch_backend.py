@@ -17,7 +17,6 @@ through forward hooks (views, cloned only when the model has in-place modules).
 from __future__ import annotations
 
 import abc
-
 import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.fx as fx
+
 from deepscope.dtypes import kserve_dtype
 
 from ..errors import InvalidInput, near_matches
@@ -175,7 +175,8 @@ def _carries_tensors(n: fx.Node) -> bool:
     """A tensor or a tuple of tensors (an LSTM's results), not a symbolic size."""
     val = n.meta.get("val")
     return isinstance(val, torch.Tensor) or (
-        isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val))
+        isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val)
+    )
 
 
 def _op_record(n: fx.Node, state: Mapping[str, torch.Tensor]) -> lt.OpRecord:
@@ -189,9 +190,15 @@ def _op_record(n: fx.Node, state: Mapping[str, torch.Tensor]) -> lt.OpRecord:
         if a.op == "get_attr" and a.target in state and state[a.target].is_floating_point()
     }
     return lt.OpRecord(
-        id=n.name, op_type=base, stack=_frames(n),
-        inputs=[a.name for a in args if a.op != "get_attr" and _carries_tensors(a)], outputs=[n.name],
-        op_kind=op_kind, function=fn, source=n.name, weights=weights,
+        id=n.name,
+        op_type=base,
+        stack=_frames(n),
+        inputs=[a.name for a in args if a.op != "get_attr" and _carries_tensors(a)],
+        outputs=[n.name],
+        op_kind=op_kind,
+        function=fn,
+        source=n.name,
+        weights=weights,
         attrs=_attrs_from_node(op_kind, n, fn) if op_kind else {},
     )
 
@@ -207,18 +214,25 @@ def describe_fx_graph(
     by_name = {n.name: n for n in graph.nodes}
     shapes = {n.name: _shape(n.meta["val"]) for n in placeholders + compute if _is_tensor_node(n)}
     table = lt.build_layer_table(
-        [_op_record(n, state) for n in compute], [p.name for p in placeholders],
-        [n.name for n in flat_outputs], shapes,
+        [_op_record(n, state) for n in compute],
+        [p.name for p in placeholders],
+        [n.name for n in flat_outputs],
+        shapes,
     )
     layer_nodes = {
-        name: _LayerNodes(by_name[v.output], by_name[v.input] if v.input else None)
-        for name, v in table.values.items()
+        name: _LayerNodes(by_name[v.output], by_name[v.input] if v.input else None) for name, v in table.values.items()
     }
-    in_specs = [TensorSpec(p.name, _kserve(p.meta["val"].dtype), _shape(p.meta["val"]))
-                for p in placeholders if isinstance(p.meta.get("val"), torch.Tensor)]
+    in_specs = [
+        TensorSpec(p.name, _kserve(p.meta["val"].dtype), _shape(p.meta["val"]))
+        for p in placeholders
+        if isinstance(p.meta.get("val"), torch.Tensor)
+    ]
     out_names = ["output"] if len(flat_outputs) == 1 else [f"output_{i}" for i in range(len(flat_outputs))]
-    out_specs = [TensorSpec(nm, _kserve(n.meta["val"].dtype), _shape(n.meta["val"]))
-                 for nm, n in zip(out_names, flat_outputs) if isinstance(n.meta.get("val"), torch.Tensor)]
+    out_specs = [
+        TensorSpec(nm, _kserve(n.meta["val"].dtype), _shape(n.meta["val"]))
+        for nm, n in zip(out_names, flat_outputs)
+        if isinstance(n.meta.get("val"), torch.Tensor)
+    ]
     return ModelGraph(fmt, in_specs, out_specs, table.layers), layer_nodes, placeholders, flat_outputs
 
 
@@ -302,7 +316,8 @@ class ExportedProgramBackend(_TorchModuleBackend):
         self._graph_src = self._module.graph
         state = dict(self._module.state_dict())
         self.graph, self._layer_nodes, self._placeholders, self._flat_outputs = describe_fx_graph(
-            self._graph_src, state, self.format)
+            self._graph_src, state, self.format
+        )
         self._cache: dict[tuple[tuple[str, str], ...], tuple[fx.GraphModule, list[CaptureRequest]]] = {}
 
     @classmethod
@@ -360,15 +375,16 @@ class ExportedProgramBackend(_TorchModuleBackend):
         given = list(arrays.values())
         outputs = {spec.name: _to_numpy(t, given) for spec, t in zip(self.graph.outputs, result[:n_out])}
         captured = {req: _to_numpy(t, given) for req, t in zip(reqs, result[n_out:])}
-        return RunOutput(outputs, {CaptureRequest(r.layer, r.what): captured[CaptureRequest(r.layer, r.what)]
-                                   for r in capture})
-
+        return RunOutput(
+            outputs, {CaptureRequest(r.layer, r.what): captured[CaptureRequest(r.layer, r.what)] for r in capture}
+        )
 
     def close(self) -> None:
         self._cache.clear()
 
 
 # --- TorchScript and pickled modules: layer table from named_modules -------------------------
+
 
 def _module_attrs(kind: str, cls: str, m: torch.nn.Module) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
@@ -406,18 +422,25 @@ def describe_modules(root: torch.nn.Module, fmt: str) -> tuple[ModelGraph, dict[
             atomic.append(name)
         elif any(True for _ in m.children()):
             continue
-        weights = {k: v.detach().cpu().numpy().copy()
-                   for k, v in list(m.named_parameters(recurse=whole)) + list(m.named_buffers(recurse=whole))
-                   if v.is_floating_point()}
+        weights = {
+            k: v.detach().cpu().numpy().copy()
+            for k, v in list(m.named_parameters(recurse=whole)) + list(m.named_buffers(recurse=whole))
+            if v.is_floating_point()
+        }
         if first_weight is None and "weight" in weights:
             first_weight = weights["weight"]
             dtype = _kserve(next(m.parameters()).dtype)
-        layers.append(Layer(
-            name=name, kind=kind, op_type=cls,
-            inputs=[layers[-1].name] if layers else ["input"],
-            weights=weights, attrs=_module_attrs(kind, cls, m),
-            channel_axis=1 if kind == "conv" else -1,
-        ))
+        layers.append(
+            Layer(
+                name=name,
+                kind=kind,
+                op_type=cls,
+                inputs=[layers[-1].name] if layers else ["input"],
+                weights=weights,
+                attrs=_module_attrs(kind, cls, m),
+                channel_axis=1 if kind == "conv" else -1,
+            )
+        )
         modules[name] = m
     # The input shape is unknowable without tracing: shape () means "not checked" (dtype still is).
     return ModelGraph(fmt, [TensorSpec("input", dtype, ())], [TensorSpec("output", dtype, ())], layers), modules
@@ -436,7 +459,7 @@ def _validate_loose(graph: ModelGraph, inputs: Mapping[str, np.ndarray]) -> dict
     """One positional input of the declared dtype (the name is not recorded in these formats)."""
     if len(inputs) != 1:
         raise InvalidInput(f"this model takes exactly one input, got {len(inputs)}: {', '.join(inputs)}")
-    (name, arr), = inputs.items()
+    ((name, arr),) = inputs.items()
     spec = graph.inputs[0]
     return validate_inputs([TensorSpec(name, spec.dtype, tuple([None] * np.ndim(arr)))], {name: arr})
 
@@ -476,7 +499,6 @@ class TorchScriptBackend(_TorchModuleBackend):
             )
         arrays = _validate_loose(self.graph, inputs)
         return RunOutput(_single_output(_run_module(self._module, arrays, self.device)))
-
 
 
 class PickledModuleBackend(_TorchModuleBackend):
@@ -521,6 +543,7 @@ class PickledModuleBackend(_TorchModuleBackend):
                         t = t[0]
                     if isinstance(t, torch.Tensor):
                         store[req] = t.detach().clone() if self._copy else t.detach()
+
             return hook
 
         def pre_hook_for(reqs: list[CaptureRequest]):  # type: ignore[no-untyped-def]
@@ -528,6 +551,7 @@ class PickledModuleBackend(_TorchModuleBackend):
                 for req in reqs:
                     if args and isinstance(args[0], torch.Tensor):
                         store[req] = args[0].detach().clone() if self._copy else args[0].detach()
+
             return hook
 
         by_layer: dict[str, list[CaptureRequest]] = {}
@@ -553,7 +577,10 @@ class PickledModuleBackend(_TorchModuleBackend):
         return RunOutput(_single_output(result), {r: _to_numpy(store[r], given) for r in capture})
 
 
-
 __all__ = [
-    "ExportedProgramBackend", "PickledModuleBackend", "TorchScriptBackend", "describe_fx_graph", "resolve_device",
+    "ExportedProgramBackend",
+    "PickledModuleBackend",
+    "TorchScriptBackend",
+    "describe_fx_graph",
+    "resolve_device",
 ]
