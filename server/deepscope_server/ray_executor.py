@@ -189,14 +189,17 @@ def _main_module() -> list[str]:
     if path is None or getattr(main, "__spec__", None) is not None:  # ``-m``: children do not re-run it
         return []
     path = Path(path).resolve().with_suffix("")
+    names = []
     for root in sys.path:
         try:
             parts = path.relative_to(Path(root or ".").resolve()).parts
         except (OSError, ValueError):
             continue
         if parts and all(part.isidentifier() for part in parts):
-            return [".".join(parts)]
-    return []
+            names.append(".".join(parts))
+    # The longest name is the package path (ray._private.workers.default_worker): the forkserver's
+    # sys.path lacks the script's own directory, which Python put first in this process's.
+    return [max(names, key=len)] if names else []
 
 
 #: Backends this Ray worker loaded, most recent last: a worker that runs the next run's task for the
