@@ -6,9 +6,11 @@ removes the worker node. Results are compared with the local executor's on the s
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +157,18 @@ def test_cancelling_mid_run_leaves_no_ray_task(ray_client, checkpoints):
     while (latest := ray_client.runs(1)[0]).status == "running" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert latest.status == "cancelled"
+
+
+def test_a_tasks_forkserver_preloads_the_ray_worker_script():
+    """multiprocessing re-runs a script ``__main__`` in every metric process; the Ray worker's script
+    imports Ray (0.6-0.9 s a process), so the forkserver must preload it under a name its own
+    sys.path resolves (it lacks the script's directory, as this process does)."""
+    from deepscope_server.ray_executor import _main_module
+
+    names = ray.get(ray.remote(_main_module).remote())
+    assert len(names) == 1
+    spec = importlib.util.find_spec(names[0])
+    assert spec is not None and Path(spec.origin).name == "default_worker.py", names
 
 
 def test_losing_a_worker_node_fails_only_its_checkpoint(cluster, ray_client, checkpoints):
