@@ -6,9 +6,11 @@ removes the worker node. Results are compared with the local executor's on the s
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,24 +30,25 @@ OBJECT_STORE = 80 << 20  # Ray's minimum is 75 MiB; the runs here move kilobytes
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[Cluster, object]]:
     _child_env()  # the nodes' workers import the test plugins too
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE})
-    worker = cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)  # to look at the cluster from the test
-    try:
-        yield cluster, worker
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    # Only what the tests use: no dashboard (a heavy process per cluster), no usage-stats reporter.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        node = {"num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False}
+        cluster = Cluster(initialize_head=True, head_node_args=node)
+        worker = cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)  # to look at the cluster from the test
+        try:
+            yield cluster, worker
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
 def ray_client(cluster, tmp_path_factory) -> Iterator[deepscope.Client]:
-    # Metrics in threads inside each task (process isolation is tested with the local executor; here it
-    # would only multiply processes on a 2-core box); models load in the sandbox, as by default.
-    server, address = start_server(
-        tmp_path_factory.mktemp("ray-store"), executor="ray", ray_address=cluster[0].address, metric_isolation="thread"
-    )
+    # The defaults users run: models load in the sandbox, metrics run in worker processes in each task.
+    server, address = start_server(tmp_path_factory.mktemp("ray-store"), executor="ray", ray_address=cluster[0].address)
     try:
         with deepscope.connect(address, token=server.token, progress=False) as client:
             yield client
@@ -177,13 +180,25 @@ def test_cancelling_mid_run_leaves_no_ray_task(ray_client, checkpoints):
             batch_size=16,
             metrics=["testing.slow"],
             params={"testing.slow": {"seconds": 0.5}},
-            timeout=6.0,
+            timeout=4.0,
         )
     assert _ray_cpus_free(total), f"Ray tasks still hold CPUs: {ray.available_resources()}"
     deadline = time.monotonic() + 20
     while (latest := ray_client.runs(1)[0]).status == "running" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert latest.status == "cancelled"
+
+
+def test_a_tasks_forkserver_preloads_the_ray_worker_script():
+    """multiprocessing re-runs a script ``__main__`` in every metric process; the Ray worker's script
+    imports Ray (0.6-0.9 s a process), so the forkserver must preload it under a name its own
+    sys.path resolves (it lacks the script's directory, as this process does)."""
+    from deepscope_server.ray_executor import _main_module
+
+    names = ray.get(ray.remote(_main_module).remote())
+    assert len(names) == 1
+    spec = importlib.util.find_spec(names[0])
+    assert spec is not None and Path(spec.origin).name == "default_worker.py", names
 
 
 def test_losing_a_worker_node_fails_only_its_checkpoint(cluster, ray_client, checkpoints):
