@@ -14,12 +14,14 @@ import multiprocessing.process
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -157,9 +159,38 @@ _set_async_exc.restype = ctypes.c_int
 _MP = multiprocessing.get_context("forkserver")
 
 
+def main_module() -> list[str]:
+    """The importable name of this process's ``__main__`` (else nothing), for the forkserver to preload.
+
+    multiprocessing re-runs ``__main__`` in every child it starts (as ``__mp_main__``): a ``-m pkg.mod``
+    module by name (unless it is a ``__main__.py``), a script (``deepscope-server``, Ray's
+    ``default_worker.py``) by path. Re-running costs what its imports cost unless the forkserver,
+    which every child is forked from, has imported them already.
+    """
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if spec_name is not None:
+        return [] if spec_name == "__main__" or spec_name.endswith(".__main__") else [spec_name]
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return []
+    path = Path(path).resolve().with_suffix("")
+    names = []
+    for root in sys.path:
+        try:
+            parts = path.relative_to(Path(root or ".").resolve()).parts
+        except (OSError, ValueError):
+            continue
+        if parts and all(part.isidentifier() for part in parts):
+            names.append(".".join(parts))
+    # The longest name is the package path (ray._private.workers.default_worker): the forkserver's
+    # sys.path lacks the script's own directory, which Python put first in this process's.
+    return [max(names, key=len)] if names else []
+
+
 def configure_workers(modules: Sequence[str]) -> None:
-    """Modules the forkserver imports once (plugin modules); start it in the background."""
-    _MP.set_forkserver_preload(["deepscope_server.isolation", *dict.fromkeys(modules)])
+    """Modules the forkserver imports once (plugin modules, and what ``__main__`` imports); start it."""
+    _MP.set_forkserver_preload(["deepscope_server.isolation", *dict.fromkeys([*modules, *main_module()])])
     threading.Thread(target=_ensure_forkserver, name="forkserver-start", daemon=True).start()
 
 

@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import logging
 import queue
-import sys
 import tempfile
 import threading
 import time
@@ -197,27 +196,7 @@ def _prepare_worker(metric_modules: tuple[str, ...], model_isolation: str) -> No
     Ray, which took 0.6-0.9 s of CPU per metric process (profiled: docs/scale.md). With its imports
     already loaded in the forkserver, the re-run costs milliseconds.
     """
-    configure_workers([*metric_modules, *(_SANDBOX_MODULES if model_isolation == "process" else ()), *_main_module()])
-
-
-def _main_module() -> list[str]:
-    """The importable name of this process's ``__main__`` script, if it has one (else nothing)."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path is None or getattr(main, "__spec__", None) is not None:  # ``-m``: children do not re-run it
-        return []
-    path = Path(path).resolve().with_suffix("")
-    names = []
-    for root in sys.path:
-        try:
-            parts = path.relative_to(Path(root or ".").resolve()).parts
-        except (OSError, ValueError):
-            continue
-        if parts and all(part.isidentifier() for part in parts):
-            names.append(".".join(parts))
-    # The longest name is the package path (ray._private.workers.default_worker): the forkserver's
-    # sys.path lacks the script's own directory, which Python put first in this process's.
-    return [max(names, key=len)] if names else []
+    configure_workers([*metric_modules, *(_SANDBOX_MODULES if model_isolation == "process" else ())])
 
 
 #: Backends this Ray worker loaded, most recent last: a worker that runs the next run's task for the

@@ -193,9 +193,9 @@ def test_a_tasks_forkserver_preloads_the_ray_worker_script():
     """multiprocessing re-runs a script ``__main__`` in every metric process; the Ray worker's script
     imports Ray (0.6-0.9 s a process), so the forkserver must preload it under a name its own
     sys.path resolves (it lacks the script's directory, as this process does)."""
-    from deepscope_server.ray_executor import _main_module
+    from deepscope_server.isolation import main_module
 
-    names = ray.get(ray.remote(_main_module).remote())
+    names = ray.get(ray.remote(main_module).remote())
     assert len(names) == 1
     spec = importlib.util.find_spec(names[0])
     assert spec is not None and Path(spec.origin).name == "default_worker.py", names
