@@ -331,8 +331,13 @@ class PerLayerMetric(Metric):
     unit_reduce: ClassVar[str] = "mean"  #: how ``rows`` reduces an output (see ``unit_view``)
 
     def start(self) -> None:
-        self.layer_by_name = {layer.name: layer for layer in self.ctx.layers}
-        self.acc: dict[str, Any] = {layer.name: self.accumulator(layer) for layer in self.ctx.layers}
+        self.measured = self.measured_layers()
+        self.layer_by_name = {layer.name: layer for layer in self.measured}
+        self.acc: dict[str, Any] = {layer.name: self.accumulator(layer) for layer in self.measured}
+
+    def measured_layers(self) -> list[Layer]:
+        """The layers that get an accumulator and a result (default: every selected layer), in order."""
+        return list(self.ctx.layers)
 
     def accumulator(self, layer: Layer) -> LayerAccumulator:
         """A fresh accumulator for ``layer``."""
@@ -356,7 +361,7 @@ class PerLayerMetric(Metric):
         return None
 
     def finish(self) -> dict[str, dict[str, Any]]:
-        out = {layer.name: self.measure(layer, self.acc[layer.name]) for layer in self.ctx.layers}
+        out = {layer.name: self.measure(layer, self.acc[layer.name]) for layer in self.measured}
         whole = self.summarise(out)
         if whole is not None:
             out[WHOLE_MODEL] = whole
