@@ -31,7 +31,7 @@ Arrays are ``[samples, units]`` (use ``plugin_api.unit_view`` for conv/token map
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -355,6 +355,46 @@ def _pair_products(d: np.ndarray) -> np.ndarray:
     """``[hh, yy, hy]`` products of stacked ``[h, y]`` deviations: the co-moments PairMoments keeps."""
     h, y = d[0], d[1]
     return np.stack([h * h, y * y, h * y])
+
+
+#: Reservoir elements per tensor (rows x units) above which the row cap is lowered (~128 MB float32).
+RESERVOIR_BUDGET = 1 << 25
+
+
+class LayerModeStream:
+    """One activation layer's stream of (pre, post) ``[rows, units]`` pairs: its ``ModeStats``, made at the
+    first batch (the width is known then), the images seen, and why the layer cannot be measured, if so.
+
+    ``reservoir`` rows are sampled (fewer when rows x units would pass ``RESERVOIR_BUDGET``; ``warn``
+    is told).
+    """
+
+    def __init__(
+        self,
+        region: tuple[float, float] | None,
+        reservoir: int = 0,
+        seed: int = 0,
+        reason: str | None = None,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.region, self.reservoir, self.seed, self.reason, self.warn = region, reservoir, seed, reason, warn
+        self.stats: ModeStats | None = None
+        self.images = 0
+
+    def update(self, h: np.ndarray, y: np.ndarray, n_images: int) -> None:
+        if self.reason is not None:
+            return
+        if h.shape != y.shape:
+            self.reason = f"input {h.shape} and output {y.shape} shapes differ: not an elementwise activation"
+            return
+        if self.stats is None:
+            cap = self.reservoir
+            if cap * h.shape[1] > RESERVOIR_BUDGET:
+                cap = max(2, RESERVOIR_BUDGET // h.shape[1])
+                self.warn(f"{h.shape[1]} units; sample capped at {cap} rows for memory")
+            self.stats = ModeStats(h.shape[1], self.region, cap, seed=self.seed)
+        self.stats.update(h, y)
+        self.images += n_images
 
 
 class PairMoments:

@@ -367,3 +367,40 @@ class ReservoirSampler:
     def indices(self) -> np.ndarray:
         """Arrival indices (0-based over the whole stream) of the kept rows, ascending."""
         return np.sort(self._order[: self.n_kept])
+
+
+class FirstRows:
+    """The first ``max_samples`` rows of a stream, at most ``max_values`` numbers in all (None = no cap).
+
+    For statistics the authors compute on the first samples (not a random sample): exact and
+    deterministic under any batching. ``warn`` is told once when ``max_values`` cuts the rows.
+    """
+
+    def __init__(
+        self, max_samples: int, max_values: int | None = None, warn: Callable[[str], None] = lambda message: None
+    ) -> None:
+        self.max_samples, self.max_values, self.warn = max_samples, max_values, warn
+        self.kept: list[np.ndarray] = []
+        self.n_kept = 0
+        self.n_seen = 0
+        self.capped = False
+
+    def update(self, rows: np.ndarray) -> None:
+        self.n_seen += rows.shape[0]
+        room = self.max_samples - self.n_kept
+        if room <= 0 or rows.shape[0] == 0:
+            return
+        u = rows[:room]
+        width = max(u.shape[1], 1)
+        limit = self.max_values
+        if limit is not None and (self.n_kept + u.shape[0]) * width > limit:
+            u = u[: max(limit // width - self.n_kept, 0)]
+            if not self.capped:
+                self.capped = True
+                self.warn(f"{width} values per sample; max_values={limit} keeps {limit // width} samples")
+        self.kept.append(u)
+        self.n_kept += u.shape[0]
+
+    def stacked(self) -> np.ndarray:
+        """The kept rows as one array (``0 x 0`` when none were kept)."""
+        return np.concatenate(self.kept) if self.kept else np.zeros((0, 0))

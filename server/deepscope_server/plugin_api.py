@@ -77,13 +77,16 @@ __all__ = [
     "ModelHandle",
     "Needs",
     "Param",
+    "PerLayerMetric",
     "RunCancelled",
     "RunOutput",
     "Table",
     "TensorSpec",
     "WHOLE_MODEL",
     "hookimpl",
+    "cross_layer",
     "hookspec",
+    "nan_result",
     "unit_view",
 ]
 
@@ -307,6 +310,75 @@ class Metric:
     def mergeable(cls, params: Mapping[str, Any], layers: Sequence[Layer]) -> bool:
         """Whether ``merge`` is exact for these parameters and layers (default: whether the class defines it)."""
         return callable(cls.merge)
+
+
+class LayerAccumulator(Protocol):
+    """One layer's streaming state: folds each batch's rows in, holding statistics, not samples."""
+
+    def update(self, rows: np.ndarray) -> None: ...
+
+
+class PerLayerMetric(Metric):
+    """A metric measured layer by layer: one accumulator per selected layer, fed every batch's outputs.
+
+    Why: the streaming loop, the ``{layer: result}`` dict and the whole-model block are written once
+    here, so a metric declares only what differs: ``accumulator(layer)`` (its streaming state, an
+    object with ``update(rows)``), ``measure(layer, acc)`` (the layer's result), optionally
+    ``rows(layer, a)`` (what the accumulator is fed; default ``unit_view(a, layer, unit_reduce)`` in
+    float64) and ``summarise(results)`` (the block under ``WHOLE_MODEL``; default none).
+    """
+
+    unit_reduce: ClassVar[str] = "mean"  #: how ``rows`` reduces an output (see ``unit_view``)
+
+    def start(self) -> None:
+        self.measured = self.measured_layers()
+        self.layer_by_name = {layer.name: layer for layer in self.measured}
+        self.acc: dict[str, Any] = {layer.name: self.accumulator(layer) for layer in self.measured}
+
+    def measured_layers(self) -> list[Layer]:
+        """The layers that get an accumulator and a result (default: every selected layer), in order."""
+        return list(self.ctx.layers)
+
+    def accumulator(self, layer: Layer) -> LayerAccumulator:
+        """A fresh accumulator for ``layer``."""
+        raise NotImplementedError
+
+    def rows(self, layer: Layer, a: np.ndarray) -> np.ndarray:
+        """The 2-D rows of one batch's output ``a`` that the layer's accumulator gets."""
+        return np.asarray(unit_view(a, layer, self.unit_reduce), np.float64)
+
+    def update(self, batch: Batch) -> None:
+        for name, a in batch.outputs.items():
+            if name in self.acc:
+                self.acc[name].update(self.rows(self.layer_by_name[name], a))
+
+    def measure(self, layer: Layer, acc: Any) -> dict[str, Any]:
+        """The result of one layer from its accumulator."""
+        raise NotImplementedError
+
+    def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The whole-model result from the per-layer ones (e.g. a spread across layers), or None."""
+        return None
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        out = {layer.name: self.measure(layer, self.acc[layer.name]) for layer in self.measured}
+        whole = self.summarise(out)
+        if whole is not None:
+            out[WHOLE_MODEL] = whole
+        return out
+
+
+def nan_result(reason: str, *nan_keys: str, **values: Any) -> dict[str, Any]:
+    """A result that could not be measured: ``values``, NaN under each of ``nan_keys``, and the reason why."""
+    return {**values, **dict.fromkeys(nan_keys, math.nan), "reason": reason}
+
+
+def cross_layer(results: Mapping[str, Mapping[str, Any]], key: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """``key`` of every layer's result (floats, NaN kept) and the start of a whole-model block:
+    ``n_layers`` (how many are finite) and a ``layers`` table of the values by layer."""
+    names = [name for name in results if name != WHOLE_MODEL]
+    values = np.array([results[name][key] for name in names], float)
+    return values, {"n_layers": int(np.isfinite(values).sum()), "layers": Table({"layer": names, key: values})}
 
 
 class Dataset(Protocol):

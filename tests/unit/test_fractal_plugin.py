@@ -201,7 +201,7 @@ def test_registered_through_the_entry_point():
 
 def test_ss_rate_mean_and_std_over_many_batches_with_constant_state():
     """Oracle: ss_rate() on each batch of B, then numpy mean/std; the metric keeps only O(S) sums."""
-    from deepscope_metrics.fractal.ss_rate import ss_rate
+    from deepscope_metrics.fractal.ss_rate import SSRateTally, ss_rate
 
     rng = np.random.default_rng(7)
     a = rng.normal(size=(8 * 200, 10)) * rng.uniform(0.1, 3.0, size=10)
@@ -211,7 +211,7 @@ def test_ss_rate_mean_and_std_over_many_batches_with_constant_state():
     assert res["n_batches"] == 200
     assert res["ss_rate"] == pytest.approx(direct.mean(), abs=1e-12)
     assert res["ss_rate_std"] == pytest.approx(direct.std(), abs=1e-9)
-    tally = P._SSRateTally()
+    tally = SSRateTally()
     for lo in range(0, len(a), 8):
         tally.add(ss_rate(a[lo : lo + 8].T, 16))
     assert all(np.size(v) in (1, 16) for v in tally.sums.values())  # no per-batch storage

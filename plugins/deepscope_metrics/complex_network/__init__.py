@@ -22,7 +22,13 @@ from .distributions import (
     summary,
 )
 from .geometry import ConvGeometry, conv_geometry, conv_output_hw
-from .input_dependent import StreamingDistribution, activation_function, neuron_strength_conv, neuron_strength_dense
+from .input_dependent import (
+    NeuronStrengthStream,
+    StreamingDistribution,
+    activation_function,
+    neuron_strength_conv,
+    neuron_strength_dense,
+)
 from .strength import (
     Strengths,
     combine,
@@ -42,6 +48,7 @@ __all__ = [
     "ConvGeometry",
     "DegenerateDistribution",
     "NeuronLayer",
+    "NeuronStrengthStream",
     "OverBudget",
     "StreamingDistribution",
     "Strengths",

@@ -148,3 +148,46 @@ class StreamingDistribution:
             "fluctuation_std": float(np.sqrt(self.fl_m2 / self.n)),
             "sample": self.res_vals,
         }
+
+
+def per_channel(v: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Broadcast a per-channel vector onto ``[B, C, ...]`` maps or ``[B, ..., C]`` dense outputs."""
+    if like.ndim > 2 and like.shape[1] == v.size and (like.ndim == 4 or like.shape[-1] != v.size):
+        return v.reshape((1, -1) + (1,) * (like.ndim - 2))
+    return v
+
+
+class NeuronStrengthStream:
+    """One layer's NS(x) = W a(x), or phi(NS + b) when ``phi`` is given, over its first ``max_samples``
+    inputs, read off the layer's captured outputs, into a ``StreamingDistribution``.
+
+    NS is the output minus the layer's own bias ``bias``, times a folded BatchNorm's ``scale``; ``b`` is
+    the folded bias added before ``phi``.
+    """
+
+    def __init__(
+        self,
+        max_samples: int,
+        acc: StreamingDistribution,
+        bias: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        phi: Callable[[np.ndarray], np.ndarray] | None = None,
+        b: np.ndarray | None = None,
+    ) -> None:
+        self.max_samples, self.acc = max_samples, acc
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float64)
+        self.scale, self.phi, self.b = scale, phi, b
+        self.seen = 0
+
+    def update(self, out: np.ndarray) -> None:
+        room = self.max_samples - self.seen
+        if room <= 0:
+            return
+        out = np.asarray(out[:room], dtype=np.float64)
+        ns = out - (0.0 if self.bias is None else per_channel(self.bias, out))  # = W a
+        if self.scale is not None:
+            ns = ns * per_channel(self.scale, ns)  # = W_folded a
+        if self.phi is not None:
+            ns = self.phi(ns + (0.0 if self.b is None else per_channel(self.b, ns)))
+        self.acc.update(ns)
+        self.seen += len(ns)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..streaming import StreamingCovariance
+
 
 @dataclass
 class PowerLawDensityFit:
@@ -93,3 +95,44 @@ def spectrum_exponent(cov: np.ndarray, min_tail: int = 2, min_values: int = 50) 
     """Power-law exponent gamma of the eigenvalue distribution of a covariance matrix."""
     eig = np.linalg.eigvalsh(np.asarray(cov, np.float64))
     return power_law_mle(eig, min_tail=min_tail, min_values=min_values)
+
+
+class EigenvalueSource:
+    """One layer's eigenvalue source: a streamed covariance up to ``max_dim`` features, else the first
+    rows (for the top eigenvalues from their Gram matrix), at most ``max_samples`` x ``max_values``."""
+
+    def __init__(self, max_dim: int, max_samples: int, max_values: int) -> None:
+        self.max_dim, self.max_samples, self.max_values = max_dim, max_samples, max_values
+        self.cov = StreamingCovariance()
+        self.rows: list[np.ndarray] = []
+        self.n_rows = 0
+        self.n_seen = 0
+        self.width = 0
+        self.nonfinite = False
+
+    def update(self, u: np.ndarray) -> None:
+        if u.shape[0] == 0:
+            return
+        self.n_seen += u.shape[0]
+        self.width = u.shape[1]
+        if self.width <= self.max_dim:
+            if np.isfinite(u).all():
+                self.cov.update(u)
+            else:  # the result is NaN; the bad rows are not counted as used
+                self.nonfinite = True
+            return
+        room = min(self.max_samples, self.max_values // self.width) - self.n_rows
+        if room > 0:
+            kept = np.asarray(u[:room])
+            self.nonfinite |= not np.isfinite(kept).all()
+            self.rows.append(kept)
+            self.n_rows += kept.shape[0]
+
+    @property
+    def n_used(self) -> int:
+        return self.cov.n if self.width <= self.max_dim else self.n_rows
+
+    def eigenvalues(self) -> np.ndarray:
+        if self.width <= self.max_dim:
+            return np.linalg.eigvalsh(self.cov.covariance())
+        return top_eigenvalues(np.concatenate(self.rows), self.max_dim)

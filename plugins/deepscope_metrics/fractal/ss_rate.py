@@ -13,6 +13,7 @@ Cost: one ``pdist`` (P = D(D-1)/2 distances, never a P x B array), one sort, one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.spatial.distance import pdist
@@ -155,3 +156,102 @@ def ss_rate_batches(activations: np.ndarray, batch_size: int = 64, n_thresholds:
     return [
         ss_rate(A[lo : lo + batch_size].T, n_thresholds) for lo in range(0, A.shape[0] - batch_size + 1, batch_size)
     ]
+
+
+class SSRateTally:
+    """Running sums over per-batch SS_rate results: memory O(S), whatever the number of batches."""
+
+    def __init__(self) -> None:
+        self.n_batches = 0
+        self.n_good = 0
+        self.n_nodes = 0
+        self.reasons: set[str] = set()
+        self.sums: dict[str, Any] = {}  # value, value^2, zero_variance_fraction, tz, tv, n_theta, y
+        self.s: np.ndarray | None = None
+        self.bad_zv = [0.0, 0]  # sum and count of zero-variance fractions of invalid batches
+
+    def add(self, r: SSRate) -> None:
+        self.n_batches += 1
+        self.n_nodes = self.n_nodes or r.n_nodes
+        if r.reason:
+            self.reasons.add(r.reason)
+        if not np.isfinite(r.value):
+            if np.isfinite(r.zero_variance_fraction):
+                self.bad_zv = [self.bad_zv[0] + r.zero_variance_fraction, self.bad_zv[1] + 1]
+            return
+        self.n_good += 1
+        self.s = r.s if self.s is None else self.s
+        for key, value in (
+            ("value", r.value),
+            ("value2", r.value**2),
+            ("zv", r.zero_variance_fraction),
+            ("tz", r.tz),
+            ("tv", r.tv),
+            ("n_theta", np.asarray(r.n_theta, np.float64)),
+            ("y", np.asarray(r.y, np.float64)),
+        ):
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def mean(self, key: str) -> Any:
+        return self.sums[key] / self.n_good
+
+    def summary(self) -> dict[str, Any]:
+        """Mean and std of SS_rate over the valid batches (and mean curves ``s``, ``n_theta``, ``y``);
+        NaN with a reason when no batch was valid."""
+        if not self.n_good:
+            zv_sum, zv_count = self.bad_zv
+            return {
+                "ss_rate": float("nan"),
+                "ss_rate_std": float("nan"),
+                "zero_variance_fraction": zv_sum / zv_count if zv_count else float("nan"),
+                "reason": "; ".join(sorted(self.reasons) or ["no samples"]),
+            }
+        mean = self.mean("value")
+        out = {
+            "ss_rate": float(mean),
+            "ss_rate_std": float(np.sqrt(max(self.mean("value2") - mean**2, 0.0))),
+            "zero_variance_fraction": float(self.mean("zv")),
+            "tz_mean": float(self.mean("tz")),
+            "tv_mean": float(self.mean("tv")),
+            "s": self.s,
+            "n_theta": self.mean("n_theta"),
+            "y": self.mean("y"),
+        }
+        if self.reasons:
+            skipped = self.n_batches - self.n_good
+            out["reason"] = f"{skipped} batches skipped: " + "; ".join(sorted(self.reasons))
+        return out
+
+
+class SSRateStream:
+    """SS_rate on consecutive batches of ``batch_size`` rows of a stream of ``[n, D]`` unit outputs,
+    however the stream is batched: a remainder waits for the next rows, results go into a tally."""
+
+    def __init__(self, batch_size: int = 64, n_thresholds: int = 256) -> None:
+        self.batch_size, self.n_thresholds = batch_size, n_thresholds
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+        self.n_seen = 0
+        self.tally = SSRateTally()
+
+    def update(self, rows: np.ndarray) -> None:
+        B = self.batch_size
+        self.n_seen += rows.shape[0]
+        self.pending.append(rows)
+        self.n_pending += rows.shape[0]
+        if self.n_pending >= B:
+            stacked = np.concatenate(self.pending)
+            full = (stacked.shape[0] // B) * B
+            for lo in range(0, full, B):
+                self.tally.add(ss_rate(stacked[lo : lo + B].T, self.n_thresholds))
+            self.pending = [stacked[full:]]
+            self.n_pending = stacked.shape[0] - full
+
+    def use_short_batch(self) -> int:
+        """With fewer rows than one batch in all, measure them as one smaller batch; return how many."""
+        if self.tally.n_batches or not self.n_pending:
+            return 0
+        rows = np.concatenate(self.pending)
+        self.tally.add(ss_rate(rows.T, self.n_thresholds))
+        self.pending, self.n_pending = [], 0
+        return rows.shape[0]

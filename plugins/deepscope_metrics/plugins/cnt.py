@@ -23,10 +23,23 @@ from typing import Any
 
 import numpy as np
 
-from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Curve, Graph, Metric, Needs, Param, Table, hookimpl
+from deepscope_server.plugin_api import (
+    WHOLE_MODEL,
+    Curve,
+    Graph,
+    Layer,
+    Metric,
+    Needs,
+    Param,
+    PerLayerMetric,
+    Table,
+    hookimpl,
+    nan_result,
+)
 
 from ..complex_network import (
     DegenerateDistribution,
+    NeuronStrengthStream,
     OverBudget,
     StreamingDistribution,
     activation_function,
@@ -494,7 +507,7 @@ class Divergence(_StrengthBase):
         return results
 
 
-class _InputDependent(Metric):
+class _InputDependent(PerLayerMetric):
     """Streams NS(x) = W a^(l-1)(x) (or φ(NS + b)) of each selected layer over sampled inputs.
 
     NS is read off the layer's own output (minus its bias, times a folded BatchNorm's scale), which
@@ -516,80 +529,56 @@ class _InputDependent(Metric):
     summary_keys = ("mean", "std", "fluctuation_mean", "n_samples")
     activated: bool = False
 
-    def start(self) -> None:
-        self.state: dict[str, dict[str, Any]] = {}
-        self.layers = _weighted(self)
-        for k, layer in enumerate(self.layers):
-            _, b, end, _ = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
-            succ = self.ctx.graph.successors(end)
-            act = succ[0] if len(succ) == 1 and succ[0].kind == "activation" else None
-            fn = act.attrs.get("function") if act is not None else None
-            if self.activated and act is not None and len(act.inputs) > 1:
-                self.ctx.warn(
-                    f"{self.name} {layer.name}: '{act.name}' also adds a residual input; "
-                    "phi(NS + b) leaves that skip term out"
-                )
-            self.state[layer.name] = {
-                "b": b,
-                "act": fn,
-                "phi": activation_function(fn, act.attrs if act is not None else None),
-                "scale": None if end == layer.name else _bn_scale(self.ctx.graph, end),
-                "acc": StreamingDistribution(self.params["reservoir"], self.ctx.seed + k),
-                "seen": 0,
-            }
+    def measured_layers(self) -> list[Any]:
+        return _weighted(self)
 
-    def update(self, batch: Batch) -> None:
-        for layer in self.layers:
-            st = self.state[layer.name]
-            room = self.params["max_samples"] - st["seen"]
-            if room <= 0 or layer.name not in batch.outputs:
-                continue
-            out = np.asarray(batch.outputs[layer.name][:room], dtype=np.float64)
-            b0 = layer.weights.get("bias")
-            ns = out - (0.0 if b0 is None else _channel(np.asarray(b0, dtype=np.float64), out))  # = W a
-            if st["scale"] is not None:
-                ns = ns * _channel(st["scale"], ns)  # = W_folded a
-            if self.activated:
-                b = st["b"]
-                ns = st["phi"](ns + (0.0 if b is None else _channel(b, ns)))
-            st["acc"].update(ns)
-            st["seen"] += len(ns)
-
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results: dict[str, dict[str, Any]] = {}
-        for name, st in self.state.items():
-            r = st["acc"].result()
-            sample = r.pop("sample", None)
-            r.update(
-                max_samples=self.params["max_samples"],
-                seed=self.ctx.seed,
-                grid_points=self.params["grid_points"],
-                sample_indices=f"0..{r['n_samples'] - 1} (run order)" if r["n_samples"] else "",
-                fold_norm=self.params["fold_norm"],
+    def accumulator(self, layer: Layer) -> NeuronStrengthStream:
+        _, b, end, _ = folded_weights(self.ctx.graph, layer, self.params["fold_norm"])
+        succ = self.ctx.graph.successors(end)
+        act = succ[0] if len(succ) == 1 and succ[0].kind == "activation" else None
+        if self.activated and act is not None and len(act.inputs) > 1:
+            self.ctx.warn(
+                f"{self.name} {layer.name}: '{act.name}' also adds a residual input; phi(NS + b) leaves that skip term out"
             )
-            if self.activated:
-                r["activation"] = st["act"] or "identity (no activation layer follows)"
-            if r["n_samples"] == 0:
-                r.update(mean=float("nan"), reason="no layer outputs were received")
-            else:
-                try:
-                    x, y = kde_curve(sample, self.params["grid_points"])
-                    r["kde"] = Curve(x, y, "value", "density")
-                except DegenerateDistribution as exc:
-                    r["reason"] = str(exc)
-            results[name] = r
-        return results
+        fn = self.functions[layer.name] = act.attrs.get("function") if act is not None else None
+        phi = activation_function(fn, act.attrs if act is not None else None)
+        k = [m.name for m in self.measured].index(layer.name)
+        return NeuronStrengthStream(
+            self.params["max_samples"],
+            StreamingDistribution(self.params["reservoir"], self.ctx.seed + k),
+            bias=layer.weights.get("bias"),
+            scale=None if end == layer.name else bn_scale_shift(self.ctx.graph.layer(end))[0],
+            phi=phi if self.activated else None,
+            b=b,
+        )
 
+    def start(self) -> None:
+        self.functions: dict[str, str | None] = {}
+        super().start()
 
-def _channel(v: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Broadcast a per-channel vector onto ``[B, C, ...]`` maps or ``[B, ..., C]`` dense outputs."""
-    if like.ndim > 2 and like.shape[1] == v.size and (like.ndim == 4 or like.shape[-1] != v.size):
-        return v.reshape((1, -1) + (1,) * (like.ndim - 2))
-    return v
+    def rows(self, layer: Layer, a: np.ndarray) -> np.ndarray:
+        return a  # the whole output: NS is per neuron, per position
 
-
-def _bn_scale(graph: Any, name: str) -> np.ndarray:
-    return bn_scale_shift(graph.layer(name))[0]
+    def measure(self, layer: Layer, stream: NeuronStrengthStream) -> dict[str, Any]:
+        r = stream.acc.result()
+        sample = r.pop("sample", None)
+        r.update(
+            max_samples=self.params["max_samples"],
+            seed=self.ctx.seed,
+            grid_points=self.params["grid_points"],
+            sample_indices=f"0..{r['n_samples'] - 1} (run order)" if r["n_samples"] else "",
+            fold_norm=self.params["fold_norm"],
+        )
+        if self.activated:
+            r["activation"] = self.functions[layer.name] or "identity (no activation layer follows)"
+        if r["n_samples"] == 0:
+            return nan_result("no layer outputs were received", "mean", **r)
+        try:
+            x, y = kde_curve(sample, self.params["grid_points"])
+            r["kde"] = Curve(x, y, "value", "density")
+        except DegenerateDistribution as exc:
+            r["reason"] = str(exc)
+        return r
 
 
 _DENSE_ONLY = (

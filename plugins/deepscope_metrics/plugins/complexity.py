@@ -22,7 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from deepscope_server.plugin_api import Batch, Curve, Layer, Metric, Needs, Param, Table, hookimpl, unit_view
+from deepscope_server.plugin_api import (
+    Batch,
+    Curve,
+    Layer,
+    Metric,
+    Needs,
+    Param,
+    PerLayerMetric,
+    Table,
+    hookimpl,
+    nan_result,
+    unit_view,
+)
 
 from ..complexity import PatternEntropy, complexity_at, linear_fvu, piecewise_fvu_curve
 from ..dimension import DEFAULT_TAUS, spectrum_dimensions
@@ -292,7 +304,7 @@ same on the fitted rows. Assumed, not read: the ridge penalty, the split and the
     )
 
     def _nan(self, reason: str) -> dict[str, Any]:
-        return {"fvu": NAN, "fvu_train": NAN, "reason": reason}
+        return nan_result(reason, "fvu", "fvu_train")
 
     def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = self.params
@@ -392,7 +404,7 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
         super().start()
 
     def _nan(self, reason: str) -> dict[str, Any]:
-        return {"complexity": NAN, "k_star": 0, "fvu_linear": NAN, "occupancy_entropy": NAN, "reason": reason}
+        return nan_result(reason, "complexity", "fvu_linear", "occupancy_entropy", k_star=0)
 
     def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = self.params
@@ -466,7 +478,7 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
 # ------------------------------------------------------------------------ pattern entropy
 
 
-class PatternEntropyMetric(Metric):
+class PatternEntropyMetric(PerLayerMetric):
     name = "complexity.pattern_entropy"
     summary_keys = ("joint_entropy", "unit_entropy_sum", "n_distinct_patterns")
     description = (
@@ -499,10 +511,7 @@ class PatternEntropyMetric(Metric):
     )
 
     def start(self) -> None:
-        p = self.params
-        self.acc = {
-            layer.name: PatternEntropy(p["threshold"], p["unit_order"], self.ctx.seed) for layer in self.ctx.layers
-        }
+        super().start()
         self.positional: set[str] = set()  #: layers whose outputs have positions (conv maps, tokens)
         for layer in self.ctx.layers:
             if layer.kind == "activation" and layer.attrs.get("function") in ("sigmoid", "softplus"):
@@ -511,51 +520,46 @@ class PatternEntropyMetric(Metric):
                     "patterns at threshold 0 are constant"
                 )
 
-    def update(self, batch: Batch) -> None:
-        for layer in self.ctx.layers:
-            if layer.name in batch.outputs:
-                a = batch.outputs[layer.name]
-                if a.ndim > 2:
-                    self.positional.add(layer.name)
-                self.acc[layer.name].update(unit_view(a, layer, self.params["reduce"]))
+    def accumulator(self, layer: Layer) -> PatternEntropy:
+        return PatternEntropy(self.params["threshold"], self.params["unit_order"], self.ctx.seed)
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results = {}
-        for name, acc in self.acc.items():
-            r = acc.result()
-            constant = (
-                "n_units" in r and r["n_samples"] > 1 and r["dead_units"] + r["always_active_units"] == r["n_units"]
+    def rows(self, layer: Layer, a: np.ndarray) -> np.ndarray:
+        if a.ndim > 2:
+            self.positional.add(layer.name)
+        return unit_view(a, layer, self.params["reduce"])  # dtype kept: the threshold compares as the model does
+
+    def measure(self, layer: Layer, acc: PatternEntropy) -> dict[str, Any]:
+        r = acc.result()
+        constant = "n_units" in r and r["n_samples"] > 1 and r["dead_units"] + r["always_active_units"] == r["n_units"]
+        if constant and self.params["reduce"] == "mean" and layer.name in self.positional:
+            # A conv ReLU averaged over positions is > 0 almost surely: entropy 0 says nothing.
+            r.update(
+                status="skipped",
+                reason="the pattern is the same for every sample: with reduce='mean' "
+                "each unit's position-averaged output is always on or always off; use reduce='positions'",
             )
-            if constant and self.params["reduce"] == "mean" and name in self.positional:
-                # A conv ReLU averaged over positions is > 0 almost surely: entropy 0 says nothing.
-                r.update(
-                    status="skipped",
-                    reason="the pattern is the same for every sample: with reduce='mean' "
-                    "each unit's position-averaged output is always on or always off; use reduce='positions'",
-                )
-            elif constant:
-                r["warning"] = "every unit is always on or always off over these samples: one pattern, entropy 0"
-            if "scale_units" in r:
-                r["entropy_vs_units"] = Curve(
-                    r["scale_units"].astype(np.float64),
-                    r["scale_joint_entropy"],
-                    "units considered",
-                    "joint pattern entropy (nats)",
-                )
-            results[name] = {
-                **r,
-                "reduce": self.params["reduce"],
-                "threshold": self.params["threshold"],
-                "unit_order": self.params["unit_order"],
-                "seed": int(self.ctx.seed),
-            }
-        return results
+        elif constant:
+            r["warning"] = "every unit is always on or always off over these samples: one pattern, entropy 0"
+        if "scale_units" in r:
+            r["entropy_vs_units"] = Curve(
+                r["scale_units"].astype(np.float64),
+                r["scale_joint_entropy"],
+                "units considered",
+                "joint pattern entropy (nats)",
+            )
+        return {
+            **r,
+            "reduce": self.params["reduce"],
+            "threshold": self.params["threshold"],
+            "unit_order": self.params["unit_order"],
+            "seed": int(self.ctx.seed),
+        }
 
 
 # ------------------------------------------------------------------------------ dimension
 
 
-class EffectiveDimension(Metric):
+class EffectiveDimension(PerLayerMetric):
     name = "dimension.effective"
     summary_keys = ("d_eff", "participation_ratio", "spectrum_exponent")
     description = (
@@ -596,15 +600,13 @@ that recipe on random and trained, dense and conv representations
         if not all(0 < t <= 1 for t in taus):
             raise ValueError(f"parameter 'taus' values must lie in (0, 1], got {taus}")
         self.taus = np.asarray(taus)
-        p = self.params
-        self.cov = {
-            layer.name: StreamingCovariance(p["max_dim"], p["projection"], self.ctx.seed) for layer in self.ctx.layers
-        }
+        super().start()
 
-    def update(self, batch: Batch) -> None:
-        for layer in self.ctx.layers:
-            if layer.name in batch.outputs:
-                self.cov[layer.name].update(unit_view(batch.outputs[layer.name], layer, self.params["reduce"]))
+    def accumulator(self, layer: Layer) -> StreamingCovariance:
+        return StreamingCovariance(self.params["max_dim"], self.params["projection"], self.ctx.seed)
+
+    def rows(self, layer: Layer, a: np.ndarray) -> np.ndarray:
+        return unit_view(a, layer, self.params["reduce"])
 
     @classmethod
     def mergeable(cls, params, layers) -> bool:  # noqa: ANN001
@@ -621,34 +623,27 @@ that recipe on random and trained, dense and conv representations
 
     def merge(self, other: EffectiveDimension) -> None:
         """The streamed covariances merge exactly (StreamingCovariance.merge)."""
-        for name, cov in self.cov.items():
-            cov.merge(other.cov[name])
+        for name, cov in self.acc.items():
+            cov.merge(other.acc[name])
 
-    def finish(self) -> dict[str, dict[str, Any]]:
+    def measure(self, layer: Layer, cov: StreamingCovariance) -> dict[str, Any]:
         p = self.params
-        results = {}
-        for name, cov in self.cov.items():
-            info = cov.info()
-            if info["projection"] != "none":
-                self.ctx.warn(
-                    f"{self.name}: {name} has {info['n_features']} units, {info['projection']}-projected "
-                    f"to {info['dim']} (max_dim); retained variance {info['retained_variance_fraction']:.3f}"
-                )
-            if cov.n < 2 or not np.isfinite(cov.total_variance()):
-                res = {
-                    "d_eff": NAN,
-                    "participation_ratio": NAN,
-                    "reason": f"need at least 2 finite samples, got {cov.n}",
-                }
-            else:
-                lam = cov.eigenvalues()
-                res = spectrum_dimensions(lam, self.taus, p["fit_start"], p["fit_stop"] or None)
-                res["n_components"] = Table({"tau": self.taus, "n_components": res["n_components"]})
-                res["spectrum"] = Curve(
-                    np.arange(1, lam.size + 1, dtype=np.float64), lam, "component", "covariance eigenvalue"
-                )
-            results[name] = {**res, **info, "reduce": p["reduce"], "max_dim": p["max_dim"], "seed": int(self.ctx.seed)}
-        return results
+        info = cov.info()
+        if info["projection"] != "none":
+            self.ctx.warn(
+                f"{self.name}: {layer.name} has {info['n_features']} units, {info['projection']}-projected "
+                f"to {info['dim']} (max_dim); retained variance {info['retained_variance_fraction']:.3f}"
+            )
+        if cov.n < 2 or not np.isfinite(cov.total_variance()):
+            res = nan_result(f"need at least 2 finite samples, got {cov.n}", "d_eff", "participation_ratio")
+        else:
+            lam = cov.eigenvalues()
+            res = spectrum_dimensions(lam, self.taus, p["fit_start"], p["fit_stop"] or None)
+            res["n_components"] = Table({"tau": self.taus, "n_components": res["n_components"]})
+            res["spectrum"] = Curve(
+                np.arange(1, lam.size + 1, dtype=np.float64), lam, "component", "covariance eigenvalue"
+            )
+        return {**res, **info, "reduce": p["reduce"], "max_dim": p["max_dim"], "seed": int(self.ctx.seed)}
 
 
 @hookimpl

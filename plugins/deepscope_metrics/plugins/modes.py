@@ -20,7 +20,9 @@ from deepscope_server.plugin_api import (
     Metric,
     Needs,
     Param,
+    PerLayerMetric,
     hookimpl,
+    nan_result,
     unit_view,
 )
 
@@ -45,8 +47,6 @@ _SATURATION = Param(
     min=0.0,
     max=0.999,
 )
-#: Reservoir elements per tensor (rows x units) above which the row cap is lowered (~128 MB float32).
-_RESERVOIR_BUDGET = 1 << 25
 _BINS = Param("bins", int, 20, "histogram bins of the per-neuron distribution", min=2, max=1000)
 
 
@@ -57,8 +57,9 @@ def _histogram(values: np.ndarray, bins: int, label: str) -> Curve:
     return Curve(0.5 * (edges[1:] + edges[:-1]), frac, label, "fraction of neurons")
 
 
-class _ModesBase(Metric):
-    """Streams each activation layer's (pre, post) pairs into a ModeStats accumulator."""
+class _ModesBase(PerLayerMetric):
+    """Streams each activation layer's (pre, post) pairs into a LayerModeStream; subclasses declare
+    ``nan_keys`` and ``_measure(layer, stats)``."""
 
     citation = CITATION
     needs = Needs.INPUTS | Needs.OUTPUTS
@@ -66,29 +67,31 @@ class _ModesBase(Metric):
     reconstructed = True
     uses_region = True  #: needs the function's increasing region
     reservoir_param: str | None = None  #: name of the cap parameter when a row sample is kept
+    nan_keys: tuple[str, ...] = ()
 
     def start(self) -> None:
-        self.stats: dict[str, M.ModeStats] = {}
-        self.images: dict[str, int] = {}
-        self.regions: dict[str, tuple[float, float] | None] = {}
-        self.reasons: dict[str, str] = {}
         for layer in self.ctx.graph.layers:  # say so rather than leave them out silently
             if layer.kind == "recurrent":
                 self.ctx.warn(
                     f"{self.name}: the gate activations inside recurrent layer '{layer.name}' "
                     f"({layer.op_type}) are not measured: they are internal to the layer, not captured"
                 )
-        for layer in self.ctx.layers:
-            self.regions[layer.name] = None
-            self.images[layer.name] = 0
-            function = layer.attrs.get("function")
-            if self._needs_region():
-                try:
-                    self.regions[layer.name] = M.increasing_region(
-                        str(function), layer.attrs, float(self.params.get("saturation_tol", 0.0))
-                    )
-                except ValueError as exc:
-                    self.reasons[layer.name] = str(exc)
+        super().start()
+
+    def accumulator(self, layer: Layer) -> M.LayerModeStream:
+        region, reason = None, None
+        if self._needs_region():
+            try:
+                region = M.increasing_region(
+                    str(layer.attrs.get("function")), layer.attrs, float(self.params.get("saturation_tol", 0.0))
+                )
+            except ValueError as exc:
+                reason = str(exc)
+        cap = int(self.params[self.reservoir_param]) if self.reservoir_param else 0
+        warn = self.ctx.warn
+        return M.LayerModeStream(
+            region, cap, self.ctx.seed, reason, lambda message: warn(f"{self.name}: {layer.name} has {message}")
+        )
 
     def _needs_region(self) -> bool:
         return self.uses_region
@@ -98,66 +101,45 @@ class _ModesBase(Metric):
         return unit_view(np.asarray(a), layer, mode)
 
     def update(self, batch: Batch) -> None:
-        for layer in self.ctx.layers:
-            name = layer.name
-            if name in self.reasons:
+        for layer in self.measured:
+            acc = self.acc[layer.name]
+            if acc.reason is not None:
                 continue
-            if name not in batch.inputs or name not in batch.outputs:
-                self.reasons[name] = "pre-activation (layer input) or output not captured for this layer"
+            if layer.name not in batch.inputs or layer.name not in batch.outputs:
+                acc.reason = "pre-activation (layer input) or output not captured for this layer"
                 continue
-            h, y = self._view(batch.inputs[name], layer), self._view(batch.outputs[name], layer)
-            if h.shape != y.shape:
-                self.reasons[name] = (
-                    f"input {h.shape} and output {y.shape} shapes differ: not an elementwise activation"
-                )
-                continue
-            if name not in self.stats:
-                cap = int(self.params[self.reservoir_param]) if self.reservoir_param else 0
-                if cap * h.shape[1] > _RESERVOIR_BUDGET:
-                    cap = max(2, _RESERVOIR_BUDGET // h.shape[1])
-                    self.ctx.warn(f"{self.name}: {name} has {h.shape[1]} units; sample capped at {cap} rows for memory")
-                self.stats[name] = M.ModeStats(h.shape[1], self.regions[name], cap, seed=self.ctx.seed)
-            self.stats[name].update(h, y)
-            self.images[name] += int(batch.inputs[name].shape[0])
+            h, y = batch.inputs[layer.name], batch.outputs[layer.name]
+            acc.update(self._view(h, layer), self._view(y, layer), int(h.shape[0]))
 
-    def _common(self, layer: Layer) -> dict[str, Any]:
-        st = self.stats.get(layer.name)
+    def _common(self, layer: Layer, acc: M.LayerModeStream) -> dict[str, Any]:
+        st = acc.stats
         out: dict[str, Any] = {
             "function": str(layer.attrs.get("function", "")),
             "n_samples": st.n if st else 0,
-            "n_images": self.images.get(layer.name, 0),
+            "n_images": acc.images,
             "n_units": st.n_units if st else 0,
             "per_position": bool(self.params["per_position"]),
         }
-        region = self.regions.get(layer.name)
-        if region is not None:
-            out["region_lo"], out["region_hi"] = float(region[0]), float(region[1])
+        if acc.region is not None:
+            out["region_lo"], out["region_hi"] = float(acc.region[0]), float(acc.region[1])
         for p in self.__class__.params:
             out[f"param_{p.name}"] = self.params[p.name]
         return out
 
-    def _degenerate(self, layer: Layer) -> str | None:
-        st = self.stats.get(layer.name)
-        if layer.name in self.reasons:
-            return self.reasons[layer.name]
-        if st is None or st.n < 2:
-            return f"need at least 2 samples to compare orders, got {0 if st is None else st.n}"
+    def _degenerate(self, acc: M.LayerModeStream) -> str | None:
+        if acc.reason is not None:
+            return acc.reason
+        if acc.stats is None or acc.stats.n < 2:
+            return f"need at least 2 samples to compare orders, got {0 if acc.stats is None else acc.stats.n}"
         return None
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results = {}
-        for layer in self.ctx.layers:
-            out = self._common(layer)
-            reason = self._degenerate(layer)
-            if reason is not None:
-                out.update({k: math.nan for k in self.nan_keys})
-                out["reason"] = reason
-            else:
-                out.update(self._measure(layer, self.stats[layer.name]))
-            results[layer.name] = out
-        return results
-
-    nan_keys: tuple[str, ...] = ()
+    def measure(self, layer: Layer, acc: M.LayerModeStream) -> dict[str, Any]:
+        out = self._common(layer, acc)
+        reason = self._degenerate(acc)
+        if reason is not None:
+            return nan_result(reason, *self.nan_keys, **out)
+        assert acc.stats is not None  # not degenerate
+        return {**out, **self._measure(layer, acc.stats)}
 
     def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
         raise NotImplementedError
@@ -276,11 +258,10 @@ class ActivationRates(_ModesBase):
     result_kinds = ("scalar", "vector", "curve")
     nan_keys = ("rate_mean",)
 
-    def _degenerate(self, layer: Layer) -> str | None:
-        st = self.stats.get(layer.name)
-        if layer.name in self.reasons:
-            return self.reasons[layer.name]
-        return "no samples" if st is None or st.n == 0 else None
+    def _degenerate(self, acc: M.LayerModeStream) -> str | None:
+        if acc.reason is not None:
+            return acc.reason
+        return "no samples" if acc.stats is None or acc.stats.n == 0 else None
 
     def _measure(self, layer: Layer, st: M.ModeStats) -> dict[str, Any]:
         rates = st.activation_rates()
@@ -391,19 +372,18 @@ pooled error over the activation layers in depth order, which is the "map" acros
             res["reason"] = "every neuron is dead or has a constant pre-activation over the samples"
         return res
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results = super().finish()
-        names = [layer.name for layer in self.ctx.layers]
+    def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        names = list(results)
         values = np.array([results[n].get("fvu_pooled", math.nan) for n in names], dtype=np.float64)
-        if np.isfinite(values).any():  # the map over depth: which layers can be linearised
-            results[WHOLE_MODEL] = {
-                "map": Curve(
-                    np.arange(1, len(names) + 1, dtype=np.float64), values, "activation layer (depth)", "fvu_pooled"
-                ),
-                "layers": ",".join(names),
-                "fvu_pooled_mean": float(np.nanmean(values)),
-            }
-        return results
+        if not np.isfinite(values).any():
+            return None
+        return {  # the map over depth: which layers can be linearised
+            "map": Curve(
+                np.arange(1, len(names) + 1, dtype=np.float64), values, "activation layer (depth)", "fvu_pooled"
+            ),
+            "layers": ",".join(names),
+            "fvu_pooled_mean": float(np.nanmean(values)),
+        }
 
 
 # ----------------------------------------------------------------------------- basins

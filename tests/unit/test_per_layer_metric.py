@@ -1,0 +1,66 @@
+"""PerLayerMetric and the streaming cores the built-in adapters declare on it, against numpy oracles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepscope_metrics.fractal.ss_rate import SSRateStream, ss_rate_batches
+from deepscope_metrics.streaming import FirstRows
+from deepscope_server.plugin_api import WHOLE_MODEL, Layer, cross_layer, nan_result
+from deepscope_server.testing import run_metric
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "writing-a-plugin.md"
+
+
+def _doc_example() -> dict:
+    """The PerLayerMetric example of docs/writing-a-plugin.md, executed as written."""
+    section = DOC.read_text().split("### Per-layer metrics")[1]
+    namespace: dict = {}
+    exec(section.split("```python")[1].split("```")[0], namespace)
+    return namespace
+
+
+def test_doc_example_streams_per_layer_and_summarises_across_layers():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(100, 3)) * [1.0, 2.0, 3.0], rng.normal(size=(1, 3))
+    layers = [Layer("a", "linear", "Linear"), Layer("b", "linear", "Linear")]
+    res = run_metric(_doc_example()["UnitVariance"], layers, outputs={"a": a, "b": b}, batch_size=16)
+    assert res["a"]["variance"] == pytest.approx(a.var(axis=0).mean(), rel=1e-12)
+    assert np.isnan(res["b"]["variance"]) and res["b"]["reason"] == "1 samples: need 2"
+    assert res[WHOLE_MODEL]["n_layers"] == 1 and res[WHOLE_MODEL]["spread"] == 0.0
+    assert list(res[WHOLE_MODEL]["layers"].columns["layer"]) == ["a", "b"]
+
+
+def test_nan_result_and_cross_layer():
+    r = nan_result("why", "x", "y", n=3)
+    assert r["n"] == 3 and np.isnan(r["x"]) and np.isnan(r["y"]) and r["reason"] == "why"
+    values, whole = cross_layer({"a": {"x": 1.0}, "b": {"x": float("nan")}, WHOLE_MODEL: {"x": 9.0}}, "x")
+    assert values.shape == (2,) and values[0] == 1.0 and whole["n_layers"] == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 13, 64])
+def test_ss_rate_stream_is_independent_of_the_batching(chunk):
+    """Oracle: ss_rate_batches on the whole array (consecutive batches of B, remainder dropped)."""
+    x = np.random.default_rng(1).normal(size=(101, 6))
+    stream = SSRateStream(batch_size=8, n_thresholds=16)
+    for lo in range(0, len(x), chunk):
+        stream.update(x[lo : lo + chunk])
+    direct = np.array([r.value for r in ss_rate_batches(x, 8, 16)])
+    summary = stream.tally.summary()
+    assert stream.tally.n_batches == 12 and stream.n_pending == 101 - 96 and stream.use_short_batch() == 0
+    assert summary["ss_rate"] == pytest.approx(direct.mean(), abs=1e-12)
+    assert summary["ss_rate_std"] == pytest.approx(direct.std(), abs=1e-9)
+
+
+def test_first_rows_keeps_the_first_rows_within_both_caps():
+    x = np.arange(60.0).reshape(20, 3)
+    warnings: list[str] = []
+    rows = FirstRows(max_samples=10, max_values=21, warn=warnings.append)
+    for lo in range(0, 20, 4):
+        rows.update(x[lo : lo + 4])
+    np.testing.assert_array_equal(rows.stacked(), x[:7])  # 21 values // 3 per row
+    assert rows.n_seen == 20 and warnings == ["3 values per sample; max_values=21 keeps 7 samples"]
+    assert FirstRows(5).stacked().shape == (0, 0)
