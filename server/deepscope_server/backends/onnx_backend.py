@@ -22,8 +22,9 @@ operators from custom domains (which would need custom-op libraries).
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,12 +35,12 @@ from onnx import helper, numpy_helper
 
 from deepscope.dtypes import kserve_dtype
 
-from ..errors import InvalidInput, near_matches
+from ..errors import InvalidInput
 from ..model_graph import ModelGraph, TensorSpec
 from . import layer_naming as ln
 from . import layer_table as lt
-from .base import Backend, CaptureRequest, RunOutput, static_batch
-from .inputs import validate_inputs
+from .base import Backend, CaptureRequest, RunOutput
+from .inputs import no_tensor_input
 from .onnx_safety import DEFAULT_DOMAINS, check_domains, check_external_data, load_external_data, parse
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
@@ -533,11 +534,11 @@ class OnnxBackend(Backend):
         return ModelGraph(self.format, in_specs, out_specs, table.layers), layer_values, table.refs
 
     # --- running ---------------------------------------------------------------------------
-    def _session(self, extra: tuple[str, ...], model: onnx.ModelProto | None = None) -> ort.InferenceSession:
-        cacheable = model is None
-        if cacheable and extra in self._cache:
+    def _session(self, extra: tuple[str, ...]) -> ort.InferenceSession:
+        """A session returning the graph outputs and ``extra`` values; cached per ``extra``."""
+        if extra in self._cache:
             return self._cache[extra]
-        model = model if model is not None else self._model
+        model = self._model
         if extra:
             m = onnx.ModelProto()
             m.CopyFrom(model)
@@ -560,73 +561,47 @@ class OnnxBackend(Backend):
             raise InvalidInput(f"onnxruntime cannot load this model: {exc}") from None
         if lowered_from is not None and model is not self._model:
             self._model.ir_version = model.ir_version  # later sessions (captures, replaced weights) start lowered
-        if cacheable:
-            self._cache[extra] = session
+        self._cache[extra] = session
         return session
 
     def _resolve(self, capture: Sequence[CaptureRequest]) -> dict[CaptureRequest, str]:
+        """The graph value behind each (checked) request."""
         wanted: dict[CaptureRequest, str] = {}
         for req in capture:
-            self.graph.layer(req.layer)  # NotFound with near matches
-            if req.what not in ("output", "input"):
-                raise InvalidInput(f"capture of '{req.layer}': what must be 'output' or 'input', got '{req.what}'")
             out_v, in_v = self._values[req.layer]
             value = out_v if req.what == "output" else in_v
             if value is None:
-                raise InvalidInput(f"layer '{req.layer}' has no tensor input to capture")
+                raise no_tensor_input(req.layer)
             wanted[req] = value
         return wanted
 
-    def _run(
-        self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest], model: onnx.ModelProto | None = None
-    ) -> RunOutput:
-        arrays = validate_inputs(self.graph.inputs, inputs)
+    def _run(self, inputs: dict[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
         wanted = self._resolve(capture)
         out_names = [s.name for s in self.graph.outputs]
-        extra = tuple(sorted({v for v in wanted.values() if v not in arrays and v not in out_names}))
-        session = self._session(extra, model)
+        extra = tuple(sorted({v for v in wanted.values() if v not in inputs and v not in out_names}))
+        session = self._session(extra)
         names = out_names + list(extra)
         try:
-            results = session.run(names, arrays)
+            results = session.run(names, inputs)
         except Exception as exc:  # noqa: BLE001
             raise InvalidInput(f"model failed on this input: {exc}") from None
         by_name = dict(zip(names, results))
         captured: dict[CaptureRequest, np.ndarray] = {}
         for req, value in wanted.items():
-            if value in arrays:
-                captured[req] = arrays[value].copy()
+            if value in inputs:
+                captured[req] = inputs[value].copy()
             elif value in by_name and by_name[value] is not None:
                 captured[req] = by_name[value]
             else:
                 raise InvalidInput(f"capture of layer '{req.layer}' ({req.what}, value '{value}') returned nothing")
         return RunOutput({n: by_name[n] for n in out_names}, captured)
 
-    @static_batch
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
-        return self._run(inputs, capture)
-
-    @static_batch
-    def run_with_weights(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        weights: Mapping[str, Mapping[str, np.ndarray]],
-        capture: Sequence[CaptureRequest] = (),
-    ) -> RunOutput:
-        """Rebuild a session with replaced initializers (converted back to ONNX layout); nothing is cached."""
+    @contextlib.contextmanager
+    def _replaced_weights(self, weights: Mapping[str, Mapping[str, np.ndarray]]) -> Iterator[None]:
+        """Run a copy of the model with replaced initializers (back in ONNX layout); its sessions are dropped after."""
         replaced: dict[str, np.ndarray] = {}
         for lname, tensors in weights.items():
-            layer = self.graph.layer(lname)
             for key, arr in tensors.items():
-                if key not in layer.weights:
-                    raise InvalidInput(
-                        f"layer '{lname}' has no weight '{key}'{near_matches(key, layer.weights)}; "
-                        f"weights: {', '.join(layer.weights) or 'none'}"
-                    )
-                if tuple(np.shape(arr)) != layer.weights[key].shape:
-                    raise InvalidInput(
-                        f"weight '{lname}.{key}': expected shape {list(layer.weights[key].shape)} "
-                        f"(PyTorch layout), got {list(np.shape(arr))}"
-                    )
                 ref = self._refs[lname].get(key)
                 if ref is None:
                     raise InvalidInput(
@@ -641,7 +616,12 @@ class OnnxBackend(Backend):
         for i, t in enumerate(m.graph.initializer):
             if t.name in replaced:
                 m.graph.initializer[i].CopyFrom(numpy_helper.from_array(replaced[t.name], t.name))
-        return self._run(inputs, capture, model=m)
+        original, cache = self._model, self._cache
+        self._model, self._cache = m, {}
+        try:
+            yield
+        finally:
+            self._model, self._cache = original, cache
 
     def close(self) -> None:
         self._cache.clear()

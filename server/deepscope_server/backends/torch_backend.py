@@ -16,7 +16,6 @@ through forward hooks (views, cloned only when the model has in-place modules).
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,12 +28,12 @@ import torch.fx as fx
 
 from deepscope.dtypes import kserve_dtype
 
-from ..errors import InvalidInput, near_matches
+from ..errors import InvalidInput
 from ..model_graph import Layer, ModelGraph, TensorSpec
 from . import layer_naming as ln
 from . import layer_table as lt
-from .base import Backend, CaptureRequest, RunOutput, static_batch
-from .inputs import validate_inputs
+from .base import Backend, CaptureRequest, RunOutput
+from .inputs import no_tensor_input, validate_one_input
 from .pt2_safety import load_exported_program
 
 _EMPTY_STACK = "_empty_nn_module_stack_from_metadata_hook"
@@ -236,23 +235,6 @@ def describe_fx_graph(
     return ModelGraph(fmt, in_specs, out_specs, table.layers), layer_nodes, placeholders, flat_outputs
 
 
-def _check_weights(graph: ModelGraph, weights: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-    """Every replaced tensor must name an existing layer weight and keep its shape."""
-    for lname, tensors in weights.items():
-        layer = graph.layer(lname)
-        for key, arr in tensors.items():
-            if key not in layer.weights:
-                raise InvalidInput(
-                    f"layer '{lname}' has no weight '{key}'{near_matches(key, layer.weights)}; "
-                    f"weights: {', '.join(layer.weights) or 'none'}"
-                )
-            if tuple(np.shape(arr)) != layer.weights[key].shape:
-                raise InvalidInput(
-                    f"weight '{lname}.{key}': expected shape {list(layer.weights[key].shape)} "
-                    f"(PyTorch layout), got {list(np.shape(arr))}"
-                )
-
-
 @contextlib.contextmanager
 def _replaced_parameters(module: torch.nn.Module, weights: Mapping[str, Mapping[str, np.ndarray]]) -> Iterator[None]:
     """Copy new values into the parameters/buffers in place; restore the originals afterwards."""
@@ -273,36 +255,15 @@ def _replaced_parameters(module: torch.nn.Module, weights: Mapping[str, Mapping[
                 target.copy_(original)
 
 
-def _requests_or_fail(graph: ModelGraph, capture: Sequence[CaptureRequest]) -> None:
-    for req in capture:
-        graph.layer(req.layer)  # NotFound with near matches
-        if req.what not in ("output", "input"):
-            raise InvalidInput(f"capture of '{req.layer}': what must be 'output' or 'input', got '{req.what}'")
-
-
 class _TorchModuleBackend(Backend):
     """What every torch format shares: ``_run`` on ``self._module``, and weights swapped in place for a run."""
 
     _module: torch.nn.Module
 
-    @abc.abstractmethod
-    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
-        """Validate, run one batch and collect the captures."""
-
-    @static_batch
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
-        return self._run(inputs, capture)
-
-    @static_batch
-    def run_with_weights(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        weights: Mapping[str, Mapping[str, np.ndarray]],
-        capture: Sequence[CaptureRequest] = (),
-    ) -> RunOutput:
-        _check_weights(self.graph, weights)
-        with _replaced_parameters(self._module, weights):
-            return self._run(inputs, capture)
+    def _replaced_weights(
+        self, weights: Mapping[str, Mapping[str, np.ndarray]]
+    ) -> contextlib.AbstractContextManager[None]:
+        return _replaced_parameters(self._module, weights)
 
 
 class ExportedProgramBackend(_TorchModuleBackend):
@@ -348,7 +309,7 @@ class ExportedProgramBackend(_TorchModuleBackend):
             nodes = self._layer_nodes[req.layer]
             src = nodes.output if req.what == "output" else nodes.input
             if src is None:
-                raise InvalidInput(f"layer '{req.layer}' has no tensor input to capture")
+                raise no_tensor_input(req.layer)
             if src not in cloned:
                 target = val_map[src]
                 if any(_mutates(u, src) for u in src.users):
@@ -361,18 +322,16 @@ class ExportedProgramBackend(_TorchModuleBackend):
         self._cache[key] = (gm, reqs)
         return gm, reqs
 
-    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
-        arrays = validate_inputs(self.graph.inputs, inputs)
-        _requests_or_fail(self.graph, capture)
+    def _run(self, inputs: dict[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
         gm, reqs = self._capture_module(capture)
-        tensors = [torch.from_numpy(arrays[p.name]).to(self.device) for p in self._placeholders]
+        tensors = [torch.from_numpy(inputs[p.name]).to(self.device) for p in self._placeholders]
         try:
             with torch.inference_mode():
                 result = gm(*tensors)
         except RuntimeError as exc:
             raise InvalidInput(f"model failed on this input: {exc}") from None
         n_out = len(self._flat_outputs)
-        given = list(arrays.values())
+        given = list(inputs.values())
         outputs = {spec.name: _to_numpy(t, given) for spec, t in zip(self.graph.outputs, result[:n_out])}
         captured = {req: _to_numpy(t, given) for req, t in zip(reqs, result[n_out:])}
         return RunOutput(
@@ -455,15 +414,6 @@ def _run_module(module: Any, arrays: Mapping[str, np.ndarray], device: str) -> t
         raise InvalidInput(f"model failed on this input: {exc}") from None
 
 
-def _validate_loose(graph: ModelGraph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One positional input of the declared dtype (the name is not recorded in these formats)."""
-    if len(inputs) != 1:
-        raise InvalidInput(f"this model takes exactly one input, got {len(inputs)}: {', '.join(inputs)}")
-    ((name, arr),) = inputs.items()
-    spec = graph.inputs[0]
-    return validate_inputs([TensorSpec(name, spec.dtype, tuple([None] * np.ndim(arr)))], {name: arr})
-
-
 def _single_output(result: Any) -> dict[str, np.ndarray]:
     if isinstance(result, torch.Tensor):
         return {"output": result.detach().cpu().numpy()}
@@ -471,10 +421,21 @@ def _single_output(result: Any) -> dict[str, np.ndarray]:
     return {f"output_{i}": t.detach().cpu().numpy() for i, t in enumerate(flat)}
 
 
-class TorchScriptBackend(_TorchModuleBackend):
+class _DescribedModuleBackend(_TorchModuleBackend):
+    """Formats described from ``named_modules``: one input, whose name and shape were never recorded."""
+
+    def _validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return validate_one_input(self.graph.inputs[0], inputs)
+
+
+class TorchScriptBackend(_DescribedModuleBackend):
     """TorchScript (.pt): runs and describes modules; intermediate capture is refused."""
 
     format: ClassVar[str] = "torchscript"
+    capture_refused: ClassVar[str] = (
+        "TorchScript models cannot capture intermediate activations (the compiled graph bypasses "
+        "hooks); export the model with torch.export (torch.export.save -> .pt2) or to ONNX instead"
+    )
 
     def __init__(self, module: torch.jit.ScriptModule, device: str) -> None:
         self.device = device
@@ -490,18 +451,11 @@ class TorchScriptBackend(_TorchModuleBackend):
             raise InvalidInput(f"cannot load TorchScript model '{Path(path).name}': {exc}") from None
         return cls(module, dev)
 
-    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
-        if capture:
-            _requests_or_fail(self.graph, capture)
-            raise InvalidInput(
-                "TorchScript models cannot capture intermediate activations (the compiled graph bypasses "
-                "hooks); export the model with torch.export (torch.export.save -> .pt2) or to ONNX instead"
-            )
-        arrays = _validate_loose(self.graph, inputs)
-        return RunOutput(_single_output(_run_module(self._module, arrays, self.device)))
+    def _run(self, inputs: dict[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
+        return RunOutput(_single_output(_run_module(self._module, inputs, self.device)))
 
 
-class PickledModuleBackend(_TorchModuleBackend):
+class PickledModuleBackend(_DescribedModuleBackend):
     """A full ``torch.save(model)`` pickle, loaded only when trusted; capture through forward hooks."""
 
     format: ClassVar[str] = "torch_pickle"
@@ -529,9 +483,7 @@ class PickledModuleBackend(_TorchModuleBackend):
             raise InvalidInput(f"pickle holds a {type(module).__name__}, not a torch.nn.Module")
         return cls(module, dev)
 
-    def _run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
-        arrays = _validate_loose(self.graph, inputs)
-        _requests_or_fail(self.graph, capture)
+    def _run(self, inputs: dict[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
         store: dict[CaptureRequest, torch.Tensor] = {}
         handles = []
 
@@ -566,14 +518,14 @@ class PickledModuleBackend(_TorchModuleBackend):
                     handles.append(m.register_forward_hook(hook_for(outs)))
                 if ins:  # before the module runs: an in-place module would overwrite its input
                     handles.append(m.register_forward_pre_hook(pre_hook_for(ins)))
-            result = _run_module(self._module, arrays, self.device)
+            result = _run_module(self._module, inputs, self.device)
         finally:
             for h in handles:
                 h.remove()
         missing = [r for r in capture if r not in store]
         if missing:
             raise InvalidInput(f"layer '{missing[0].layer}' did not run or produced no tensor {missing[0].what}")
-        given = list(arrays.values())
+        given = list(inputs.values())
         return RunOutput(_single_output(result), {r: _to_numpy(store[r], given) for r in capture})
 
 
