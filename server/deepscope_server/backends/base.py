@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..errors import InvalidInput
 from ..model_graph import ModelGraph, TensorSpec
+from .inputs import check_capture, check_weights, validate_inputs
 
 CaptureWhat = Literal["output", "input"]
 
@@ -31,40 +33,6 @@ class RunOutput:
 
     outputs: dict[str, np.ndarray]
     captured: dict[CaptureRequest, np.ndarray] = field(default_factory=dict)
-
-
-class Backend(abc.ABC):
-    """A loaded model that can describe itself and run batches with capture.
-
-    Implementations must: validate inputs against ``graph.inputs`` (raise InvalidInput with
-    expected vs got), return every requested capture or raise naming the missing one, and be
-    safe to call from one thread at a time (the service serialises calls per model).
-    """
-
-    format: ClassVar[str]
-    graph: ModelGraph
-    device: str
-
-    @classmethod
-    @abc.abstractmethod
-    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> Backend:
-        """Load the model at ``path``. ``trusted`` allows formats that can execute code (server-side files only)."""
-
-    @abc.abstractmethod
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
-        """Run one batch; the model is in eval mode."""
-
-    @abc.abstractmethod
-    def run_with_weights(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        weights: Mapping[str, Mapping[str, np.ndarray]],
-        capture: Sequence[CaptureRequest] = (),
-    ) -> RunOutput:
-        """Run with some layers' weights temporarily replaced ({layer: {"weight": W, ...}}, PyTorch layout)."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources."""
 
 
 _Run = TypeVar("_Run", bound=Callable[..., RunOutput])
@@ -125,3 +93,65 @@ def static_batch(method: _Run) -> _Run:
         )
 
     return run  # type: ignore[return-value]
+
+
+class Backend(abc.ABC):
+    """A loaded model that can describe itself and run batches with capture.
+
+    ``run`` and ``run_with_weights`` are templates (after Polygraphy's ``infer``/``infer_impl``):
+    they check inputs, capture requests and replaced weights once, for every format, and each
+    format writes only ``_run`` (validated arrays, checked requests) and ``_replaced_weights``.
+    ``_run`` returns every requested capture or raises naming the missing one. A proxy whose
+    model runs elsewhere (the sandbox) overrides ``run`` itself; the backend behind it checks.
+    Safe to call from one thread at a time (the service serialises calls per model).
+    """
+
+    format: ClassVar[str]
+    graph: ModelGraph
+    device: str
+    #: Why this format cannot capture intermediate values ('' when it can); refused before anything runs.
+    capture_refused: ClassVar[str] = ""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path: Path, *, device: str = "auto", trusted: bool = False) -> Backend:
+        """Load the model at ``path``. ``trusted`` allows formats that can execute code (server-side files only)."""
+
+    @static_batch
+    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+        """Run one batch; the model is in eval mode."""
+        if capture and self.capture_refused:
+            check_capture(self.graph, capture)
+            raise InvalidInput(self.capture_refused)
+        arrays = self._validate_inputs(inputs)
+        check_capture(self.graph, capture)
+        return self._run(arrays, capture)
+
+    def run_with_weights(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, Mapping[str, np.ndarray]],
+        capture: Sequence[CaptureRequest] = (),
+    ) -> RunOutput:
+        """Run with some layers' weights temporarily replaced ({layer: {"weight": W, ...}}, PyTorch layout)."""
+        check_weights(self.graph, weights)
+        with self._replaced_weights(weights):
+            return self.run(inputs, capture)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    # --- what each format writes ------------------------------------------------------------
+    def _validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """C-contiguous arrays by input name, checked against ``graph.inputs``."""
+        return validate_inputs(self.graph.inputs, inputs)
+
+    def _run(self, inputs: dict[str, np.ndarray], capture: Sequence[CaptureRequest]) -> RunOutput:
+        """Run one batch of validated inputs, capturing checked requests."""
+        raise NotImplementedError(f"{type(self).__name__} runs through its own run()")
+
+    def _replaced_weights(
+        self, weights: Mapping[str, Mapping[str, np.ndarray]]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Make ``_run`` use these (checked) weights until the context exits."""
+        raise NotImplementedError(f"{type(self).__name__} runs through its own run_with_weights()")

@@ -1,16 +1,24 @@
-"""Input validation shared by every backend: names, dtype and static dims against ``graph.inputs``."""
+"""What a run is given, checked once for every backend (``Backend.run``): inputs, capture requests, weights.
+
+Inputs against ``graph.inputs`` (names, dtype, static dims); capture requests against the layer
+table; replaced weights against each layer's weights (name and PyTorch-layout shape).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deepscope.dtypes import kserve_dtype
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, near_matches
 from ..errors import unknown as unknown_name
-from ..model_graph import TensorSpec
+from ..model_graph import ModelGraph, TensorSpec
+
+if TYPE_CHECKING:
+    from .base import CaptureRequest
 
 
 def format_shape(shape: Sequence[int | None]) -> str:
@@ -51,3 +59,41 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray
             )
         out[spec.name] = np.ascontiguousarray(arr)
     return out
+
+
+def validate_one_input(spec: TensorSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One input of ``spec``'s dtype, any name and shape: for formats that record neither (TorchScript, pickles)."""
+    if len(inputs) != 1:
+        raise InvalidInput(f"this model takes exactly one input, got {len(inputs)}: {', '.join(inputs)}")
+    ((name, arr),) = inputs.items()
+    return validate_inputs([TensorSpec(name, spec.dtype, tuple([None] * np.ndim(arr)))], {name: arr})
+
+
+def check_capture(graph: ModelGraph, capture: Sequence[CaptureRequest]) -> None:
+    """Every request names a layer of the table (NotFound with near matches) and asks for its output or input."""
+    for req in capture:
+        graph.layer(req.layer)
+        if req.what not in ("output", "input"):
+            raise InvalidInput(f"capture of '{req.layer}': what must be 'output' or 'input', got '{req.what}'")
+
+
+def no_tensor_input(layer: str) -> InvalidInput:
+    """The error for capturing the input of a layer that reads no tensor (an embedding's indices...)."""
+    return InvalidInput(f"layer '{layer}' has no tensor input to capture")
+
+
+def check_weights(graph: ModelGraph, weights: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Every replaced tensor names an existing layer weight and keeps its (PyTorch-layout) shape."""
+    for lname, tensors in weights.items():
+        layer = graph.layer(lname)
+        for key, arr in tensors.items():
+            if key not in layer.weights:
+                raise InvalidInput(
+                    f"layer '{lname}' has no weight '{key}'{near_matches(key, layer.weights)}; "
+                    f"weights: {', '.join(layer.weights) or 'none'}"
+                )
+            if tuple(np.shape(arr)) != layer.weights[key].shape:
+                raise InvalidInput(
+                    f"weight '{lname}.{key}': expected shape {list(layer.weights[key].shape)} "
+                    f"(PyTorch layout), got {list(np.shape(arr))}"
+                )
