@@ -38,7 +38,7 @@ from common import Table, script_main, set_threads  # noqa: E402
 MB = 1e6
 
 
-def resnet18(width: int = 64, n_classes: int = 1000):  # noqa: ANN201 - torch.nn.Module
+def resnet18(width: int = 64, n_classes: int = 1000):  # torch.nn.Module
     """torchvision's ResNet-18: 7x7/2 stem, max-pool, 4 stages of 2 BasicBlocks (1x1 downsample), fc."""
     import torch
     from torch import nn

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, script_main, set_threads  # noqa: E402
+from common import Table, interleaved, median, script_main, set_threads
 
 
 def run(smoke: bool = False) -> list[Table]:

@@ -19,14 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, ms, script_main, set_threads  # noqa: E402
+from common import Table, interleaved, median, ms, script_main, set_threads
 
-from deepscope_server.sandbox import SandboxedBackend  # noqa: E402
+from deepscope_server.sandbox import SandboxedBackend
 
 CASES = {"mlp": 256, "cnn": 64}  # model -> batch size (the targets' sizes)
 
 
-def _capture_requests(backend):  # noqa: ANN001, ANN202
+def _capture_requests(backend):
     from deepscope_server.backends import CaptureRequest
 
     return [CaptureRequest(layer.name, "output") for layer in backend.graph.layers if layer.kind in ("linear", "conv")]

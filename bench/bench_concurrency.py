@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, median, script_main, set_threads  # noqa: E402
+from common import Table, median, script_main, set_threads
 
 MB = 1e6
 
@@ -28,7 +28,7 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def _round(srv, model_id: str, x, n_clients: int, per_client: int) -> tuple[float, list[float], int, int]:  # noqa: ANN001
+def _round(srv, model_id: str, x, n_clients: int, per_client: int) -> tuple[float, list[float], int, int]:
     """(wall seconds, latencies, errors, bytes) for n_clients threads each sending per_client captures."""
     clients = [srv.connect() for _ in range(n_clients)]
     lat: list[float] = []
@@ -37,7 +37,7 @@ def _round(srv, model_id: str, x, n_clients: int, per_client: int) -> tuple[floa
     lock = threading.Lock()
     start = threading.Barrier(n_clients + 1)
 
-    def work(c) -> None:  # noqa: ANN001
+    def work(c) -> None:
         model = c.model(model_id)
         start.wait()
         for _ in range(per_client):
@@ -45,7 +45,7 @@ def _round(srv, model_id: str, x, n_clients: int, per_client: int) -> tuple[floa
             try:
                 acts = c.capture(model, x, layers=["kind:linear"])
                 size = sum(a.nbytes for a in acts.values())
-            except Exception as exc:  # noqa: BLE001 - counted and reported
+            except Exception as exc:  # counted and reported
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -69,7 +69,7 @@ def _round(srv, model_id: str, x, n_clients: int, per_client: int) -> tuple[floa
     return wall, lat, len(errors), nbytes[0]
 
 
-def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
+def run(smoke: bool = False, server=None) -> list[Table]:
     set_threads()
     import models
     from common import THREADS

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-from common import Table, interleaved, median, script_main, set_threads  # noqa: E402
+import numpy as np
+from common import Table, interleaved, median, script_main, set_threads
 
 
 def loop_in_strength(K: np.ndarray, b: np.ndarray, h: int, w: int, pad: int) -> np.ndarray:

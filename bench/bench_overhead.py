@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, cpu_per_call, interleaved, median, ms, script_main, set_threads, spread  # noqa: E402
+from common import Table, cpu_per_call, interleaved, median, ms, script_main, set_threads, spread
 
 
-def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
+def run(smoke: bool = False, server=None) -> list[Table]:
     set_threads()
     import numpy as np
     import torch

@@ -66,7 +66,7 @@ def _measure(flags: tuple[str, ...], paths: list[Path], metrics: list[str], limi
         return seconds, sampler.memory.peak_rss, run
 
 
-def _values(run) -> dict:  # noqa: ANN001 - deepscope.Run
+def _values(run) -> dict:  # deepscope.Run
     out = {}
     for r in run.results:
         for item in r.items:
@@ -75,7 +75,7 @@ def _values(run) -> dict:  # noqa: ANN001 - deepscope.Run
     return out
 
 
-def _same(a, b) -> bool:  # noqa: ANN001
+def _same(a, b) -> bool:
     va, vb = _values(a), _values(b)
     return va.keys() == vb.keys() and all(np.isclose(va[k], vb[k], rtol=1e-6, atol=1e-9, equal_nan=True) for k in va)
 

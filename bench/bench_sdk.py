@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, interleaved, median, ms, ratio_cell, script_main, set_threads  # noqa: E402
+from common import Table, interleaved, median, ms, ratio_cell, script_main, set_threads
 
 #: model -> (batch, target ratio for the embedded SDK row)
 CASES = {"mlp": (256, 1.5), "cnn": (64, 1.15), "resnet18": (32, 1.15)}
@@ -125,7 +125,7 @@ def _polygraphy(onnx_path: Path, threads: int) -> Callable[[dict[str, Any]], Any
     return lambda feed: runner.infer(feed)
 
 
-def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
+def run(smoke: bool = False, server=None) -> list[Table]:
     set_threads()
     import models
     import numpy as np
@@ -209,7 +209,7 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                 for peer, make in peers:
                     try:
                         fn = make()
-                    except Exception as exc:  # noqa: BLE001 - a peer that breaks is reported, not fatal
+                    except Exception as exc:  # a peer that breaks is reported, not fatal
                         fn = f"failed to set up: {type(exc).__name__}: {str(exc)[:120]}"
                     if isinstance(fn, str):
                         skipped[peer] = fn
@@ -218,7 +218,7 @@ def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
                     fns[peer] = lambda fn=fn, feed=feed: fn(feed)
                     try:
                         fns[peer]()
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         skipped[peer] = f"failed on {name}: {type(exc).__name__}: {str(exc)[:120]}"
                         del fns[peer]
                 times = interleaved(fns, repeats, warmup=2)

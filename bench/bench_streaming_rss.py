@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, median, script_main, set_threads  # noqa: E402
+from common import Table, median, script_main, set_threads
 
 MB = 1e6
 
@@ -136,7 +136,7 @@ class Measurement:
     seconds: float
 
 
-def _measure(servers, path: Path, metrics: list[str], limits: tuple[int, ...]) -> list[Measurement]:  # noqa: ANN001
+def _measure(servers, path: Path, metrics: list[str], limits: tuple[int, ...]) -> list[Measurement]:
     """One Measurement per server, the analyses run concurrently in threads."""
     out: list = [None] * len(limits)
 
@@ -180,7 +180,7 @@ def _measure(servers, path: Path, metrics: list[str], limits: tuple[int, ...]) -
     return out
 
 
-def run(smoke: bool = False, servers=None) -> list[Table]:  # noqa: ANN001
+def run(smoke: bool = False, servers=None) -> list[Table]:
     set_threads()
     from common import THREADS
 

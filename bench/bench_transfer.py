@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, cpu_per_call, interleaved, median, memcpy_rate, script_main, set_threads  # noqa: E402
+from common import Table, cpu_per_call, interleaved, median, memcpy_rate, script_main, set_threads
 
 MB = 1e6
 
@@ -45,7 +45,7 @@ def _wide_model(directory: Path) -> Path:
         return zoo.export(Wide().eval(), torch.randn(4, 64), directory, formats=("pt2",), stem="wide")["pt2"]
 
 
-def run(smoke: bool = False, server=None) -> list[Table]:  # noqa: ANN001
+def run(smoke: bool = False, server=None) -> list[Table]:
     set_threads()
     import grpc
     import numpy as np

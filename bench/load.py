@@ -106,7 +106,7 @@ class Recorder:
         start = time.perf_counter()
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001 - every error is counted and reported
+        except Exception as exc:  # every error is counted and reported
             with self.lock:
                 self.errors.append(f"{kind}: {type(exc).__name__}: {exc}")
             return
@@ -119,7 +119,7 @@ def client_loop(
 ) -> None:
     try:
         _client_loop(address, token, files, stop_at, rec, seed)
-    except Exception as exc:  # noqa: BLE001 - e.g. the setup uploads: counted like any error
+    except Exception as exc:  # e.g. the setup uploads: counted like any error
         with rec.lock:
             rec.errors.append(f"client {seed} setup: {type(exc).__name__}: {exc}")
 

@@ -243,7 +243,7 @@ def started_server() -> Iterator[tuple[int, str, str]]:
             server.stop()
 
 
-def run(smoke: bool = False) -> list:  # noqa: ANN201 - [common.Table]; for bench/run_all.py
+def run(smoke: bool = False) -> list:  # [common.Table]; for bench/run_all.py
     """The flood against this checkout as a bench table (smoke: 8 calls of 4 MiB, 4 at a time)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import Table

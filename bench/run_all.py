@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "bench_streaming_rss" and "servers" in shared:
                     kwargs["servers"] = shared["servers"]
                 tables = module.run(args.smoke, **kwargs)
-            except Exception:  # noqa: BLE001 - report and go on with the other scripts
+            except Exception:  # report and go on with the other scripts
                 crashed.append(name)
                 print(f"### {name} FAILED\n\n```\n{traceback.format_exc()}```\n", flush=True)
                 continue

@@ -57,7 +57,7 @@ def _main(argv: list[str]) -> None:
     global _PAYLOAD
     _PAYLOAD = os.urandom(64 << 20)
 
-    def server_with_raw(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def server_with_raw(*args, **kwargs):
         server = original(*args, **kwargs)
         server.add_generic_rpc_handlers((_raw_handler(),))
         return server
@@ -135,7 +135,7 @@ class BenchServer:
                     return int(line.split()[1]) * 1024
         raise KeyError(key)
 
-    def connect(self):  # noqa: ANN201 - deepscope.Client
+    def connect(self):  # deepscope.Client
         import deepscope
 
         return deepscope.connect(self.address, token=self.token, progress=False, timeout=600)

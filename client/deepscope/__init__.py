@@ -8,8 +8,8 @@ acts = client.capture(model, x, layers=["fc1", "conv*"])
 
 __version__ = "0.1.0"
 
-from .client import Activations, Client, Model, ServerInfo, connect  # noqa: E402
-from .errors import (  # noqa: E402
+from .client import Activations, Client, Model, ServerInfo, connect
+from .errors import (
     Cancelled,
     DeadlineExceeded,
     DeepscopeError,
@@ -23,8 +23,8 @@ from .errors import (  # noqa: E402
     Unauthenticated,
     Unavailable,
 )
-from .results import GraphData, Run  # noqa: E402
-from .values import Curve  # noqa: E402
+from .results import GraphData, Run
+from .values import Curve
 
 __all__ = [
     "Activations",

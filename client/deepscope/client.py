@@ -22,7 +22,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from . import times
 from .dtypes import kserve_dtype, numpy_dtype
-from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # noqa: F401 - re-exported
+from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # re-exported
 from .onnx_files import external_data_files
 from .progress import ProgressEvent, ProgressTracker, display_for, interactive
 from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION

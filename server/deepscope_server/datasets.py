@@ -83,6 +83,6 @@ class Synthetic:
 
 
 @hookimpl
-def deepscope_register_datasets(register) -> None:  # noqa: ANN001 - the hookspec types it
+def deepscope_register_datasets(register) -> None:  # the hookspec types it
     register(Digits())
     register(Synthetic())

@@ -123,7 +123,7 @@ class _MetricThread(threading.Thread):
         try:
             try:
                 self.value = self._fn()
-            except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+            except BaseException as exc:  # plugin code may raise anything
                 self.error, self.trace = exc, traceback.format_exc(limit=6)
             finally:
                 with self._lock:
@@ -197,7 +197,7 @@ def configure_workers(modules: Sequence[str]) -> None:
 def _ensure_forkserver() -> None:
     try:
         forkserver.ensure_running()
-    except Exception:  # noqa: BLE001 - the first run will start it (and report any problem)
+    except Exception:  # the first run will start it (and report any problem)
         pass
 
 
@@ -270,11 +270,11 @@ def _worker_main(conn: Connection, lifeline_end: Connection, memory_bytes: int) 
             seconds = time.perf_counter() - started
             try:
                 conn.send(("ok", value, warnings, seconds))
-            except Exception as exc:  # noqa: BLE001 - pickling fails before anything is written
+            except Exception as exc:  # pickling fails before anything is written
                 conn.send(
                     ("malformed", f"the value cannot be sent back: {type(exc).__name__}: {exc}", warnings, seconds)
                 )
-        except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+        except BaseException as exc:  # plugin code may raise anything
             conn.send(
                 (
                     "error",
@@ -382,7 +382,7 @@ class ProcessGuard(GuardedMetric):
             self._waiting = True
         except (BrokenPipeError, ConnectionError, EOFError, OSError) as exc:
             self._fail(f"{what} failed: " + (_death(self._process) if self._process else str(exc)))
-        except Exception as exc:  # noqa: BLE001 - e.g. a class that cannot be pickled by reference
+        except Exception as exc:  # e.g. a class that cannot be pickled by reference
             self._fail(f"{what} could not be handed to a worker process: {type(exc).__name__}: {exc}")
 
     def end(self) -> Any:
@@ -452,7 +452,7 @@ class ProcessGuard(GuardedMetric):
             conn.send(("model_ok", out))
         except RunCancelled as exc:
             conn.send(("model_error", "RunCancelled", str(exc)))
-        except Exception as exc:  # noqa: BLE001 - reported to the metric, which decides
+        except Exception as exc:  # reported to the metric, which decides
             conn.send(("model_error", type(exc).__name__, str(exc)))
 
     def _fail(self, message: str) -> None:

@@ -97,7 +97,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def graph(self):  # noqa: ANN201 - ModelGraph
+    def graph(self):  # ModelGraph
         return self.backend.graph
 
     def run(

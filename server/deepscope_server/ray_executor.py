@@ -98,7 +98,7 @@ def connect(settings: Settings) -> RayOptions:
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
-    except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError: all mean "no cluster"
+    except Exception as exc:  # ConnectionError, ValueError, RuntimeError: all mean "no cluster"
         raise SystemExit(
             f"--executor ray: cannot join the Ray cluster at '{options.address}': "
             f"{type(exc).__name__}: {exc} (start one with `ray start --head`)"
@@ -163,7 +163,7 @@ class _TaskRun(RunExecutor):
         self._deadline = time.monotonic() + self.max_seconds
         try:
             self._run()
-        except BaseException as exc:  # noqa: BLE001 - the head fails this task's results with the reason
+        except BaseException as exc:  # the head fails this task's results with the reason
             self.emit(("error", f"{type(exc).__name__}: {exc}" if not isinstance(exc, RunCancelled) else str(exc)))
         finally:
             for guard in self._guards:
@@ -440,7 +440,7 @@ class RayRunExecutor(RunExecutor):
         try:
             for ref in job.generator:
                 self._events.put((job, ray.get(ref)))
-        except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, NodeDiedError, OOM...
+        except Exception as exc:  # RayTaskError, WorkerCrashedError, NodeDiedError, OOM...
             self._events.put((job, ("died", _reason(exc))))
         self._events.put((job, _DONE))
 

@@ -41,10 +41,10 @@ class DocumentedReflection(v1alpha.ReflectionServicer):
                 files[index] = self._documented.get(name, serialised)
         return response
 
-    def _file_by_filename(self, request, filename):  # noqa: ANN001, ANN202 - grpcio-reflection's signature
+    def _file_by_filename(self, request, filename):  # grpcio-reflection's signature
         return self._documenting(super()._file_by_filename(request, filename))
 
-    def _file_containing_symbol(self, request, fully_qualified_name):  # noqa: ANN001, ANN202
+    def _file_containing_symbol(self, request, fully_qualified_name):
         return self._documenting(super()._file_containing_symbol(request, fully_qualified_name))
 
 

@@ -111,7 +111,7 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
         reply: dict[str, Any] = {
             "ready": {"graph": backend.graph, "format": backend.format, "device": getattr(backend, "device", "cpu")}
         }
-    except BaseException as exc:  # noqa: BLE001 - reported to the server, which decides
+    except BaseException as exc:  # reported to the server, which decides
         wire_codec.send(conn, {"error": _error_message(exc), "trace": traceback.format_exc(limit=8)})
         return
     wire_codec.send(conn, reply)
@@ -131,7 +131,7 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
         except MemoryError as exc:
             wire_codec.send(conn, {"error": _error_message(exc)})
             return  # the heap may be in a bad state: the server starts a fresh worker next time
-        except BaseException as exc:  # noqa: BLE001 - the model's own failure, reported
+        except BaseException as exc:  # the model's own failure, reported
             wire_codec.send(conn, {"error": _error_message(exc)})
 
 

@@ -141,7 +141,7 @@ async def _status_codes(context: grpc.aio.ServicerContext, method: str) -> Async
         await _abort_for(exc, context, method)
     except grpc.aio.AbortError:
         raise
-    except Exception as exc:  # noqa: BLE001 - mapped to a status code
+    except Exception as exc:  # mapped to a status code
         await _abort_unexpected(exc, context, method)
 
 
@@ -251,7 +251,7 @@ def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
     def target() -> None:
         try:
             value, ok = fn(), True
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+        except BaseException as exc:  # handed to the awaiting coroutine
             value, ok = exc, False
         try:
             loop.call_soon_threadsafe(settle, ok, value)
@@ -323,7 +323,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             if not isinstance(exc, DeepscopeError):
                 try:
                     await task
-                except BaseException:  # noqa: BLE001 - the original exception is what matters
+                except BaseException:  # the original exception is what matters
                     pass
             raise
         loaded = await task
@@ -558,7 +558,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             try:
                 executor.create()
                 executor.execute()
-            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+            except BaseException as exc:  # handed to the event loop
                 loop.call_soon_threadsafe(events.put_nowait, exc)
             finally:
                 client_queue.finished()
@@ -574,7 +574,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
                     labels = self._decode(message.batch.labels) if message.batch.HasField("labels") else None
                     await client_queue.put((inputs, labels))
                 await client_queue.put(None)
-            except BaseException as exc:  # noqa: BLE001 - the run reports it
+            except BaseException as exc:  # the run reports it
                 cancel.set() if isinstance(exc, asyncio.CancelledError) else None
                 client_queue.force(exc if isinstance(exc, Exception) else RuntimeError("stream closed"))
 

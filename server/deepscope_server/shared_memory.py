@@ -152,7 +152,7 @@ class SegmentPool:
         if known and registered:
             try:
                 resource_tracker.unregister("/" + name, "shared_memory")
-            except Exception:  # noqa: BLE001 - the tracker is a safety net, not a requirement
+            except Exception:  # the tracker is a safety net, not a requirement
                 pass
 
 

@@ -131,12 +131,12 @@ class UploadWriter:
         for part in self.parts:
             part.tmp.unlink(missing_ok=True)
 
-    def _open(self, path: PurePosixPath | None, declared_bytes: int | None, declared_sha256: str):  # noqa: ANN202
+    def _open(self, path: PurePosixPath | None, declared_bytes: int | None, declared_sha256: str):
         fd, tmp_name = tempfile.mkstemp(prefix=".upload-", dir=self.directory)
         self.parts.append(_Part(path, declared_bytes, declared_sha256, Path(tmp_name)))
         return os.fdopen(fd, "wb")
 
-    def _close(self, handle) -> None:  # noqa: ANN001 - the open temp file of the last part
+    def _close(self, handle) -> None:  # the open temp file of the last part
         """Flush the current file to disk and check it against what its header declared."""
         handle.flush()
         os.fsync(handle.fileno())

@@ -184,7 +184,7 @@ def export(
             with torch.no_grad():
                 try:
                     scripted = torch.jit.trace(model, (example_input,), check_trace=False)
-                except Exception:  # noqa: BLE001 - fall back to scripting for data-dependent control flow
+                except Exception:  # fall back to scripting for data-dependent control flow
                     scripted = torch.jit.script(model)
             torch.jit.save(scripted, str(path))
         paths[fmt] = path

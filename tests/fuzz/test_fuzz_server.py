@@ -21,7 +21,7 @@ FUZZ = dict(deadline=None, suppress_health_check=list(HealthCheck), print_blob=T
 DTYPES = ["FP32", "FP64", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL", "BF16", "BYTES", "fp32", "", "FP128"]
 
 
-def _code(call) -> grpc.StatusCode:  # noqa: ANN001
+def _code(call) -> grpc.StatusCode:
     try:
         call()
         event("OK")
@@ -42,7 +42,7 @@ def models(fuzz_server, raw, exported) -> dict[str, str]:
         return {fmt: client.upload_model(exported["mlp"][fmt]).id for fmt in ("onnx", "pt2", "pt")}
 
 
-def _healthy(fuzz_server, models) -> None:  # noqa: ANN001
+def _healthy(fuzz_server, models) -> None:
     server, address = fuzz_server
     assert server.process.poll() is None, server.log()
     with deepscope.connect(address, token=server.token, progress=False) as client:

@@ -50,7 +50,7 @@ def _kill(server) -> None:
     server.process = None
 
 
-def _start(store, servers):  # noqa: ANN001, ANN202
+def _start(store, servers):
     server, address = start_server(store, no_entry_points=True)
     servers.append(server)
     return server, address
@@ -89,7 +89,7 @@ def test_sigkill_during_analyze_and_during_upload(tmp_path, exported, servers):
                     params={"testing.slow": {"seconds": 1.0}},
                     on_event=on_event,
                 )
-            except BaseException as exc:  # noqa: BLE001 - the server dies under it
+            except BaseException as exc:  # the server dies under it
                 outcome["error"] = exc
 
         thread = threading.Thread(target=slow)

@@ -131,7 +131,7 @@ def test_max_concurrent_runs(limited, mlp):
                 params={"testing.slow": {"seconds": 0.6}},
                 on_event=lambda ev: started.set() if ev.HasField("started") else None,
             )
-        except Exception as exc:  # noqa: BLE001 - asserted below
+        except Exception as exc:  # asserted below
             outcome["error"] = exc
 
     thread = threading.Thread(target=slow_run)

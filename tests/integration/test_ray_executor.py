@@ -208,7 +208,7 @@ def test_losing_a_worker_node_fails_only_its_checkpoint(cluster, ray_client, che
     events: list = []
     killed = threading.Event()
 
-    def on_event(event) -> None:  # noqa: ANN001 - kill the node once both checkpoints are running
+    def on_event(event) -> None:  # kill the node once both checkpoints are running
         events.append(event)
         loading = [e for e in events if e.WhichOneof("event") == "progress" and e.progress.stage == "loading"]
         forward = [e for e in events if e.WhichOneof("event") == "progress" and e.progress.stage == "forward"]

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_common():  # noqa: ANN202 - a module
+def _load_common():  # a module
     """examples/reproduce/common.py under a name that cannot clash with another ``common``."""
     spec = importlib.util.spec_from_file_location("reproduce_common", ROOT / "examples" / "reproduce" / "common.py")
     module = importlib.util.module_from_spec(spec)

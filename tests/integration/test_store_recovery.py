@@ -32,7 +32,7 @@ X = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
 SLOW = {"metrics": ["testing.slow"], "params": {"testing.slow": {"seconds": 0.0}}}
 
 
-def _start(store: Path, servers: list):  # noqa: ANN202
+def _start(store: Path, servers: list):
     server, address = start_server(store, no_entry_points=True, metric_isolation="thread")
     servers.append(server)
     return server, deepscope.connect(address, token=server.token, progress=False)
@@ -122,7 +122,7 @@ def test_a_restart_removes_a_model_cut_off_while_loading_and_skips_a_bad_run_row
     def upload() -> None:
         try:
             client.upload_model(exported["transformer"]["pt2"])
-        except BaseException as exc:  # noqa: BLE001 - the server dies under it
+        except BaseException as exc:  # the server dies under it
             outcome["error"] = exc
 
     def new_folders() -> list[Path]:
@@ -161,7 +161,7 @@ def test_a_restart_removes_a_model_cut_off_while_loading_and_skips_a_bad_run_row
 
 
 @pytest.fixture()
-def small_disk(tmp_path):  # noqa: ANN201
+def small_disk(tmp_path):
     """A real 2 MiB file system (tmpfs) for the store: writes past it fail with ENOSPC."""
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -206,7 +206,7 @@ def test_a_full_disk_fails_uploads_and_runs_with_resource_exhausted(small_disk, 
                 run_ids.append(event.started.id)
                 started.set()
 
-        def batches():  # noqa: ANN202
+        def batches():
             yield X[:4]
             assert started.wait(60)
             _fill(small_disk)

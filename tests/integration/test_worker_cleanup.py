@@ -67,7 +67,7 @@ def test_sigkill_of_the_server_ends_forkserver_tracker_and_busy_workers(tmp_path
                         on_event=on_event,
                         timeout=120,
                     )
-            except BaseException as exc:  # noqa: BLE001 - the server dies under it
+            except BaseException as exc:  # the server dies under it
                 outcome["error"] = exc
 
         thread = threading.Thread(target=busy_run)
@@ -98,7 +98,7 @@ def test_sigkill_of_the_server_ends_forkserver_tracker_and_busy_workers(tmp_path
         server.stop()
 
 
-def _read_when_written(path, seconds: float = 30.0) -> str:  # noqa: ANN001
+def _read_when_written(path, seconds: float = 30.0) -> str:
     deadline = time.monotonic() + seconds
     while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)

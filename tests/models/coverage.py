@@ -104,7 +104,7 @@ def run(arch: str, path: Path, store_dir: Path, registry: Registry) -> Coverage:
         executor.create()
         executor.execute()
         return Coverage(arch, [e.result for e in events if e.HasField("result")])
-    except Exception as exc:  # noqa: BLE001 - reported per architecture, asserted in the tests
+    except Exception as exc:  # reported per architecture, asserted in the tests
         return Coverage(arch, error=f"{type(exc).__name__}: {exc}")
     finally:
         store.close()

@@ -21,7 +21,7 @@ class Raises(Metric):
     description = "Raises in update()."
     needs = Needs.OUTPUTS
 
-    def update(self, batch):  # noqa: ANN001
+    def update(self, batch):
         raise RuntimeError("boom from a plugin")
 
 
@@ -30,7 +30,7 @@ class Hangs(Metric):
     description = "Sleeps in finish() far past any time limit."
     needs = Needs.WEIGHTS
 
-    def finish(self):  # noqa: ANN201
+    def finish(self):
         time.sleep(3600)
 
 
@@ -39,7 +39,7 @@ class Malformed(Metric):
     description = "Returns a value of an unsupported type."
     needs = Needs.WEIGHTS
 
-    def finish(self):  # noqa: ANN201
+    def finish(self):
         return {layer.name: {"value": object()} for layer in self.ctx.layers}
 
 
@@ -49,10 +49,10 @@ class Slow(Metric):
     needs = Needs.OUTPUTS
     params = (Param("seconds", float, 0.5, "sleep per batch", min=0.0, max=60.0),)
 
-    def update(self, batch):  # noqa: ANN001
+    def update(self, batch):
         time.sleep(self.params["seconds"])
 
-    def finish(self):  # noqa: ANN201
+    def finish(self):
         return {"": {"done": True}}
 
 
@@ -66,7 +66,7 @@ class Rerun(Metric):
     def start(self) -> None:
         self.diffs: dict[str, float] = {}
 
-    def update(self, batch):  # noqa: ANN001
+    def update(self, batch):
         if self.diffs:
             return
         out = self.ctx.model.run(batch.data, [CaptureRequest(layer.name) for layer in self.ctx.layers])
@@ -81,7 +81,7 @@ class Rerun(Metric):
         key = next(iter(plain))
         self.perturbed = float(np.abs(plain[key] - changed[key]).max())
 
-    def finish(self):  # noqa: ANN201
+    def finish(self):
         return {
             **{name: {"max_abs_diff": d} for name, d in self.diffs.items()},
             "": {"perturbed_output_change": self.perturbed},
@@ -93,7 +93,7 @@ class Aborts(Metric):
     description = "Calls os.abort() in update(): kills whatever process hosts it."
     needs = Needs.OUTPUTS
 
-    def update(self, batch):  # noqa: ANN001
+    def update(self, batch):
         os.abort()
 
 
@@ -102,7 +102,7 @@ class Segfaults(Metric):
     description = "Dereferences a null pointer through ctypes in finish()."
     needs = Needs.WEIGHTS
 
-    def finish(self):  # noqa: ANN201
+    def finish(self):
         ctypes.string_at(0)
 
 
@@ -117,10 +117,10 @@ class Leaks(Metric):
     def start(self) -> None:
         self.kept: list[np.ndarray] = []
 
-    def update(self, batch):  # noqa: ANN001
+    def update(self, batch):
         self.kept.append(np.empty(self.params["mib"] << 20, dtype=np.uint8))
 
-    def finish(self):  # noqa: ANN201
+    def finish(self):
         return {"": {"kept_mib": len(self.kept) * self.params["mib"]}}
 
 
@@ -135,7 +135,7 @@ class Spins(Metric):
         Param("marker", str, "", "file that receives the name of the exception that ended the loop"),
     )
 
-    def update(self, batch):  # noqa: ANN001
+    def update(self, batch):
         self.ctx.progress(0.0, "spinning")
         try:
             while True:
@@ -148,6 +148,6 @@ class Spins(Metric):
 
 
 @hookimpl
-def deepscope_register_metrics(register) -> None:  # noqa: ANN001
+def deepscope_register_metrics(register) -> None:
     for cls in (Raises, Hangs, Malformed, Slow, Rerun, Aborts, Segfaults, Leaks, Spins):
         register(cls)

@@ -28,13 +28,13 @@ def scale_model(factor: float) -> bytes:
 
 
 @pytest.fixture()
-def manager(tmp_path: Path):  # noqa: ANN201
+def manager(tmp_path: Path):
     models = ModelManager(Store(tmp_path / "store"), isolation="thread")
     yield models
     models.close()
 
 
-def _upload(models: ModelManager, name: str, factor: float):  # noqa: ANN202
+def _upload(models: ModelManager, name: str, factor: float):
     data = scale_model(factor)
     return models.upload(name, [data], 1 << 20, len(data))
 

@@ -188,7 +188,7 @@ def test_a_model_over_its_memory_cap_fails_alone(tmp_path) -> None:
 def test_worker_holds_none_of_the_servers_files(tmp_path) -> None:
     """Only stdio, pipes, sockets to the server and anonymous handles: no store file, no TCP socket."""
     listening = __import__("socket").create_server(("127.0.0.1", 0))
-    secret = open(tmp_path / "server-secret.txt", "w")  # noqa: SIM115 - held open on purpose
+    secret = open(tmp_path / "server-secret.txt", "w")  # held open on purpose
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "id",

@@ -82,7 +82,7 @@ def test_one_server_per_store(tmp_path):
 # ------------------------------------------------------------ damage, crashes and a full disk
 
 
-def _db(store_dir):  # noqa: ANN001, ANN202 - a second connection, as a damaged disk or another tool would act
+def _db(store_dir):  # a second connection, as a damaged disk or another tool would act
     return sqlite3.connect(store_dir / "deepscope.db", isolation_level=None)
 
 
@@ -207,7 +207,7 @@ def test_an_uncatalogued_model_folder_is_kept_and_pointed_at_rebuild(tmp_path, c
 
 
 @pytest.fixture()
-def tiny_disk(tmp_path):  # noqa: ANN201
+def tiny_disk(tmp_path):
     """A real 1 MiB file system (tmpfs) for the store: writes past it fail with ENOSPC."""
     mount = shutil.which("mount")
     disk = tmp_path / "disk"
@@ -221,7 +221,7 @@ def tiny_disk(tmp_path):  # noqa: ANN201
     subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
-def _fill(disk):  # noqa: ANN001, ANN202
+def _fill(disk):
     """Take every free byte of ``disk`` (the test's own file, as another process would)."""
     filler = disk / "filler"
     with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
@@ -266,7 +266,7 @@ def test_a_full_disk_fails_uploads_and_run_writes_with_storage_full(tiny_disk):
 # ------------------------------------------------------------ --check-store / --rebuild-catalogue
 
 
-def _report(capsys, command, root):  # noqa: ANN001, ANN202
+def _report(capsys, command, root):
     code = command(root)
     return code, capsys.readouterr().out
 

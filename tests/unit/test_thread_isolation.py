@@ -42,7 +42,7 @@ class Loops(Metric):
         return {"fc": {"done": True}}
 
 
-def _guard(cooperative: bool, timeout: float, cancelled=lambda: False) -> GuardedMetric:  # noqa: ANN001
+def _guard(cooperative: bool, timeout: float, cancelled=lambda: False) -> GuardedMetric:
     layer = Layer("fc", "linear", "Gemm", weights={"weight": np.ones((2, 2), np.float32)})
     ctx = Context(params={"cooperative": cooperative}, layers=[layer], graph=make_graph([layer]), cancelled=cancelled)
     planned = PlannedMetric("t.loops", MetricEntry(Loops, "tests", "0"), ctx.params, ["fc"])

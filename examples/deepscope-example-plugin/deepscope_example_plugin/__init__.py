@@ -22,14 +22,14 @@ class ActivationMoments(Metric):
         self.sum: dict[str, np.ndarray] = {}
         self.sumsq: dict[str, np.ndarray] = {}
 
-    def update(self, batch) -> None:  # noqa: ANN001 - plugin_api.Batch
+    def update(self, batch) -> None:  # plugin_api.Batch
         for layer in self.ctx.layers:
             a = unit_view(batch.outputs[layer.name], layer, self.params["reduce"]).astype(np.float64)
             self.count[layer.name] += a.shape[0]
             self.sum[layer.name] = self.sum.get(layer.name, 0.0) + a.sum(axis=0)
             self.sumsq[layer.name] = self.sumsq.get(layer.name, 0.0) + (a * a).sum(axis=0)
 
-    def finish(self):  # noqa: ANN201
+    def finish(self):
         results = {}
         for name, n in self.count.items():
             mean = self.sum[name] / n
@@ -48,7 +48,7 @@ class WeightSpectrum(Metric):
     layer_kinds = frozenset({"linear", "conv"})
     result_kinds = ("curve", "scalar")
 
-    def finish(self):  # noqa: ANN201
+    def finish(self):
         results = {}
         for layer in self.ctx.layers:
             w = layer.weights["weight"].reshape(layer.weights["weight"].shape[0], -1).astype(np.float64)
@@ -61,6 +61,6 @@ class WeightSpectrum(Metric):
 
 
 @hookimpl
-def deepscope_register_metrics(register) -> None:  # noqa: ANN001
+def deepscope_register_metrics(register) -> None:
     register(ActivationMoments)
     register(WeightSpectrum)

@@ -609,10 +609,10 @@ that recipe on random and trained, dense and conv representations
         return unit_view(a, layer, self.params["reduce"])
 
     @classmethod
-    def mergeable(cls, params, layers) -> bool:  # noqa: ANN001
+    def mergeable(cls, params, layers) -> bool:
         """Exact unless a layer wider than max_dim is PCA-projected (each part would pick its own directions)."""
 
-        def units(layer) -> float:  # noqa: ANN001 - the width unit_view gives, inf when unknown
+        def units(layer) -> float:  # the width unit_view gives, inf when unknown
             shape = layer.output_shapes[0][1:] if layer.output_shapes else ()
             if not shape or None in shape:
                 return 1 if not shape else float("inf")

@@ -51,7 +51,7 @@ def _is_state_dict(path: Path) -> bool:
 
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - refused globals (a module class) or corrupt data
+    except Exception:  # refused globals (a module class) or corrupt data
         return False
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

@@ -43,7 +43,7 @@ def _ort_session(
     """
     try:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=providers), None
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+    except Exception as exc:  # ORT raises its own exception types
         found = _IR_TOO_NEW.search(str(exc))
         if not found or model.ir_version <= int(found.group(2)):
             raise
@@ -131,7 +131,7 @@ class OnnxBackend(Backend):
             opts.intra_op_num_threads = self._threads
         try:
             session, lowered_from = _ort_session(model, opts, self._providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        except Exception as exc:  # ORT raises its own exception types
             if "bad_alloc" in str(exc):  # onnxruntime's allocation failed: out of memory, not a bad model
                 raise MemoryError(f"onnxruntime ran out of memory loading this model: {exc}") from None
             raise InvalidInput(f"onnxruntime cannot load this model: {exc}") from None
@@ -159,7 +159,7 @@ class OnnxBackend(Backend):
         names = out_names + list(extra)
         try:
             results = session.run(names, inputs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InvalidInput(f"model failed on this input: {exc}") from None
         by_name = dict(zip(names, results))
         captured: dict[CaptureRequest, np.ndarray] = {}

@@ -285,7 +285,7 @@ class OnnxDescription:
     def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
-        except Exception:  # noqa: BLE001 - inference is best effort (e.g. > 2 GiB models)
+        except Exception:  # inference is best effort (e.g. > 2 GiB models)
             inferred = model
         g = inferred.graph
         return {vi.name: vi.type for vi in list(g.input) + list(g.value_info) + list(g.output)}

@@ -185,7 +185,7 @@ def parse(path: Path) -> onnx.ModelProto:
         return onnx.load(str(path), load_external_data=False)
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the protobuf parser's own errors have many types
+    except Exception as exc:  # the protobuf parser's own errors have many types
         if "alloc failed" in str(exc):  # upb's arena hit the worker's memory limit mid-parse
             raise MemoryError(f"parsing '{path.name}' needed more memory than allowed") from None
         raise InvalidInput(f"'{path.name}' is not a valid ONNX model: {type(exc).__name__}: {exc}") from None

@@ -286,7 +286,7 @@ def load_exported_program(path: str | Path) -> torch.export.ExportedProgram:
     try:
         reader = pkg.PT2ArchiveReader(str(path))
         names = reader.get_file_names()
-    except Exception as exc:  # noqa: BLE001 - torch's zip reader raises RuntimeError/AssertionError
+    except Exception as exc:  # torch's zip reader raises RuntimeError/AssertionError
         raise InvalidInput(
             f"'{file}' is not a torch.export archive this server can read (older torch.export formats are "
             f"not accepted: re-save it with torch.export.save from torch {torch.__version__.split('+')[0]}): {exc}"
@@ -295,7 +295,7 @@ def load_exported_program(path: str | Path) -> torch.export.ExportedProgram:
         ep = _checked_load(reader, names, file)
     except InvalidInput:
         raise
-    except Exception as exc:  # noqa: BLE001 - damaged members and bad programs raise many types
+    except Exception as exc:  # damaged members and bad programs raise many types
         raise InvalidInput(f"cannot load torch.export program '{file}': {type(exc).__name__}: {exc}") from None
     ep._guards_code = []  # never exec'd (no sample inputs, see below); cleared so no later call compiles it
     return ep

@@ -116,7 +116,7 @@ class ExportedProgramBackend(_TorchModuleBackend):
             return cls(load_exported_program(path), dev)
         try:
             ep = torch.export.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable archive
+        except Exception as exc:  # any failure here means an unreadable archive
             raise InvalidInput(f"cannot load torch.export program '{Path(path).name}': {exc}") from None
         return cls(ep, dev)
 
@@ -211,7 +211,7 @@ class TorchScriptBackend(_DescribedModuleBackend):
         dev = resolve_device(device)
         try:
             module = torch.jit.load(str(path), map_location=dev)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InvalidInput(f"cannot load TorchScript model '{Path(path).name}': {exc}") from None
         return cls(module, dev)
 
@@ -241,7 +241,7 @@ class PickledModuleBackend(_DescribedModuleBackend):
         dev = resolve_device(device)
         try:
             module = torch.load(str(path), map_location=dev, weights_only=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InvalidInput(f"cannot load pickled model '{Path(path).name}': {exc}") from None
         if not isinstance(module, torch.nn.Module):
             raise InvalidInput(f"pickle holds a {type(module).__name__}, not a torch.nn.Module")
