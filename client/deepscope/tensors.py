@@ -99,18 +99,6 @@ def checksum(array: np.ndarray) -> int:
     return crc32(_raw_bytes(array)[1])
 
 
-def iter_parts(
-    name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES
-) -> Iterator[tpb.TensorHeader | tpb.TensorChunk]:
-    """A header then chunks of at most ``chunk_bytes`` for one tensor."""
-    array, raw = _raw_bytes(array)
-    yield tpb.TensorHeader(
-        name=name, dtype=kserve_dtype(array.dtype), shape=array.shape, total_bytes=len(raw), crc32=crc32(raw)
-    )
-    for offset in range(0, len(raw), chunk_bytes):
-        yield tpb.TensorChunk(name=name, offset=offset, data=raw[offset : offset + chunk_bytes].tobytes())
-
-
 def tensor_parts(
     name: str,
     array: np.ndarray,
@@ -118,8 +106,8 @@ def tensor_parts(
     message: type[StreamPart] = pb.CaptureResponse,
     crc: int | None = None,
 ) -> Iterator[StreamPart]:
-    """``iter_parts`` as ``message``s (CaptureResponse or GetWeightsResponse: the same header and chunk
-    parts); ``crc``: the array's ``checksum`` when the caller computed it already (e.g. in a worker thread).
+    """A header then chunks of at most ``chunk_bytes`` for one tensor, as ``message``s (CaptureResponse
+    or GetWeightsResponse: the same header and chunk parts); ``crc``: the array's ``checksum`` when the caller computed it already (e.g. in a worker thread).
 
     Fields are set in place on the outer message: wrapping a finished TensorChunk
     (``CaptureResponse(chunk=c)``) would copy every payload once more.

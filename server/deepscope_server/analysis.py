@@ -30,11 +30,10 @@ from .errors import DeepscopeError, InvalidInput, LimitExceeded, shorten
 from .isolation import GuardedMetric, ProcessGuard, RunCancelled
 from .model_graph import Layer, ModelGraph
 from .models import LoadedModel, ModelManager
-from .plugin_api import Batch, Context, Needs
+from .plugin_api import Batch, Context, Needs, validate_params
 from .plugins import MetricEntry, Registry
 from .result_status import judge
 from .store import Store
-from .testing import validate_params
 
 DEFAULT_BATCH_SIZE = 64
 #: Inputs of one batch from the data source: (model inputs by name, labels or None).

@@ -42,7 +42,7 @@ def load_checked(path: Path, limits: Limits, device: str, trusted: bool) -> Back
         return load_model(path, device=device, trusted=trusted, threads=limits.ort_threads)  # ONNX only
 
 
-def _load(path: Path, limits: Limits, device: str, trusted: bool, isolation: str) -> Backend:
+def load_backend(path: Path, limits: Limits, device: str, trusted: bool, isolation: str) -> Backend:
     """A backend for ``path``: in a sandboxed worker process, or in this process (``thread``)."""
     if isolation == "process":
         return SandboxedBackend.load(path, device=device, trusted=trusted, limits=limits)
@@ -183,7 +183,7 @@ class ModelManager:
             self._forget_references()  # the name may now mean this model
             return loaded
         try:
-            backend = _load(path, self.limits, self.device, False, self.isolation)
+            backend = load_backend(path, self.limits, self.device, False, self.isolation)
         except DeepscopeError:
             self.store.discard_file(path)
             raise
@@ -218,7 +218,7 @@ class ModelManager:
                     self._resolved[ref] = stored.id
                 return self._cache[stored.id]
         try:
-            backend = _load(stored.path, self.limits, self.device, trusted, self.isolation)
+            backend = load_backend(stored.path, self.limits, self.device, trusted, self.isolation)
         except DeepscopeError:
             raise
         except Exception as exc:

@@ -88,6 +88,7 @@ __all__ = [
     "hookspec",
     "nan_result",
     "unit_view",
+    "validate_params",
 ]
 
 
@@ -402,6 +403,20 @@ class HookSpecs:
     @hookspec
     def deepscope_register_datasets(self, register: Callable[[Dataset], None]) -> None:
         """Register server-side datasets: ``register(dataset)``."""
+
+
+def validate_params(metric: type[Metric], given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Fill defaults and validate; raise ValueError naming unknown or invalid parameters."""
+    given = dict(given or {})
+    known = {p.name: p for p in metric.params}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        valid = ", ".join(known) or "none"
+        raise ValueError(f"unknown parameter(s) {shorten(', '.join(unknown))} for {metric.name}; valid: {valid}")
+    try:
+        return {name: p.validate(given[name]) if name in given else p.default for name, p in known.items()}
+    except ValueError as exc:  # say which metric: one request may configure several
+        raise ValueError(f"{metric.name}: {exc}") from None
 
 
 def unit_view(a: np.ndarray, layer: Layer, reduce: str = "mean") -> np.ndarray:

@@ -43,8 +43,10 @@ from .backends import Backend
 from .config import Limits, Settings
 from .errors import InvalidInput, Unavailable
 from .isolation import GuardedMetric, RunCancelled, configure_workers
-from .models import LoadedModel
-from .models import _load as load_backend  # the server's own loader: preflight checks, then the sandbox
+from .models import (
+    LoadedModel,
+    load_backend,  # the server's own loader: preflight checks, then the sandbox
+)
 from .plugin_api import Context, Metric
 from .store import StoredModel
 

@@ -11,23 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import shorten
 from .model_graph import Layer, ModelGraph, TensorSpec
-from .plugin_api import Batch, Context, Metric, ModelHandle, Needs
+from .plugin_api import Batch, Context, Metric, ModelHandle, Needs, validate_params
 
-
-def validate_params(metric: type[Metric], given: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Fill defaults and validate; raise ValueError naming unknown or invalid parameters."""
-    given = dict(given or {})
-    known = {p.name: p for p in metric.params}
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        valid = ", ".join(known) or "none"
-        raise ValueError(f"unknown parameter(s) {shorten(', '.join(unknown))} for {metric.name}; valid: {valid}")
-    try:
-        return {name: p.validate(given[name]) if name in given else p.default for name, p in known.items()}
-    except ValueError as exc:  # say which metric: one request may configure several
-        raise ValueError(f"{metric.name}: {exc}") from None
+__all__ = ["make_graph", "run_metric", "validate_params"]
 
 
 def make_graph(layers: Sequence[Layer], input_shape: tuple[int | None, ...] = (None,)) -> ModelGraph:

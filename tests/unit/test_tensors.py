@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepscope.dtypes import NUMPY_BY_KSERVE, kserve_dtype, numpy_dtype
-from deepscope.tensors import Assembler, TensorError, checksum, from_proto, iter_parts, tensor_parts, to_proto
+from deepscope.tensors import Assembler, TensorError, checksum, from_proto, tensor_parts, to_proto
 from deepscope.v1 import tensor_pb2 as tpb
 
 
@@ -54,7 +54,8 @@ def test_bytes_that_do_not_match_the_shape_are_refused():
 
 
 def _parts(array, chunk=7):
-    return list(iter_parts("t", array, chunk_bytes=chunk))
+    """The server's stream (``tensor_parts``) unwrapped to the header and chunk messages the client assembles."""
+    return [getattr(p, p.WhichOneof("part")) for p in tensor_parts("t", array, chunk_bytes=chunk)]
 
 
 def test_chunked_round_trip_without_concatenation():
@@ -170,7 +171,7 @@ def test_assembling_into_a_caller_supplied_slice():
     result = np.full((6, 4), -1.0, np.float32)
     batch = np.arange(8, dtype=np.float32).reshape(2, 4)
     asm = Assembler(out=lambda header, dtype, shape: result[2:4])
-    for part in iter_parts("t", batch, chunk_bytes=5):
+    for part in _parts(batch, chunk=5):
         asm.add(part)
     assembled = asm.close()["t"]
     np.testing.assert_array_equal(result[2:4], batch)
