@@ -17,7 +17,8 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.linear_model import Ridge
 
-from deepscope_metrics.plugins.complexity import EffectiveDimension, LinearFVU
+from deepscope_metrics.plugins.complexity import LinearFVU
+from deepscope_metrics.plugins.dimension import EffectiveDimension
 from deepscope_server.model_graph import Layer
 from deepscope_server.testing import make_graph, run_metric
 

@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 from deepscope_metrics import basins as B
-from deepscope_metrics.plugins import modes as P
+from deepscope_metrics.plugins import basins as P
 from deepscope_server.backends.base import RunOutput
 from deepscope_server.plugin_api import WHOLE_MODEL, Batch, Context, Layer
 from deepscope_server.testing import make_graph, run_metric, validate_params

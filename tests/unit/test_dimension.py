@@ -14,7 +14,7 @@ from deepscope_metrics.dimension import (
     spectrum_dimensions,
 )
 from deepscope_metrics.fits import fit_power_law
-from deepscope_metrics.plugins.complexity import EffectiveDimension
+from deepscope_metrics.plugins.dimension import EffectiveDimension
 from deepscope_server.model_graph import Layer
 from deepscope_server.testing import run_metric
 

@@ -3,7 +3,7 @@ instance fed everything; mergeable() refuses PCA-projected layers, whose merge w
 
 import numpy as np
 
-from deepscope_metrics.plugins.complexity import EffectiveDimension
+from deepscope_metrics.plugins.dimension import EffectiveDimension
 from deepscope_server.model_graph import Layer
 from deepscope_server.plugin_api import Batch, Context, Metric
 from deepscope_server.testing import make_graph, validate_params

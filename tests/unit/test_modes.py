@@ -280,20 +280,27 @@ def test_degenerate_inputs_give_nan_and_reason():
 
 
 def test_metadata_and_registration():
-    registered = []
-    P.deepscope_register_metrics(registered.append)
-    assert {m.name for m in registered} == {
-        "modes.fractions",
-        "modes.graded",
-        "modes.activation_rates",
-        "modes.rank_probability",
-        "modes.linear_substitution",
-        "basins.sample",
-        "basins.weight",
-    }
-    for m in registered:
-        assert m.reconstructed and "(reconstructed" in m.description
+    from deepscope_metrics.plugins import basins
+
+    for module, family in ((P, "modes"), (basins, "basins")):
+        registered = []
+        module.deepscope_register_metrics(registered.append)
+        assert registered and {m.name.split(".")[0] for m in registered} == {family}
+        for m in registered:
+            assert m.reconstructed and "(reconstructed" in m.description
     assert P.ModeFractions.summary_keys[0] == "r_mean"  # the graded score is the family's headline
+
+
+def test_each_builtin_entry_point_registers_exactly_its_family():
+    """``DEEPSCOPE_PLUGINS=modes`` means the modes and nothing else (basins.* ships apart)."""
+    from importlib import metadata
+
+    points = [ep for ep in metadata.entry_points(group="deepscope") if ep.dist and ep.dist.name == "deepscope-metrics"]
+    assert {"modes", "basins", "complexity", "dimension"} <= {ep.name for ep in points}
+    for ep in points:
+        registered = []
+        ep.load().deepscope_register_metrics(registered.append)
+        assert registered and {m.name.split(".")[0] for m in registered} == {ep.name}, ep.name
 
 
 # ------------------------------------------------------------------ a real torch model

@@ -11,7 +11,7 @@ from sklearn.cluster import KMeans
 
 from deepscope_metrics import basins as B
 from deepscope_metrics.complexity import affine_fit, linear_fvu, piecewise_fvu_curve, two_means
-from deepscope_metrics.plugins import modes as P
+from deepscope_metrics.plugins import basins as PB
 from deepscope_server.plugin_api import WHOLE_MODEL
 from deepscope_server.testing import run_metric
 
@@ -108,11 +108,11 @@ def test_budgeted_basins_keep_their_semantics_and_say_what_was_sampled():
         np.testing.assert_array_equal(fast.radius, slow.radius)
     # over budget (any measured time exceeds 1e-12 s): nothing searched, one reason naming the parameter
     res = run_metric(
-        P.SampleBasins, handle.graph, data={"input": x}, model=handle, params={"samples": n, "budget_seconds": 1e-12}
+        PB.SampleBasins, handle.graph, data={"input": x}, model=handle, params={"samples": n, "budget_seconds": 1e-12}
     )[WHOLE_MODEL]
     assert math.isnan(res["radius_mean"]) and "budget_seconds" in res["reason"]
     res = run_metric(
-        P.WeightBasins, handle.graph, data={"input": x}, model=handle, params={"samples": n, "budget_seconds": 1e-12}
+        PB.WeightBasins, handle.graph, data={"input": x}, model=handle, params={"samples": n, "budget_seconds": 1e-12}
     )[WHOLE_MODEL]
     assert math.isnan(res["radius_mean"]) and "budget_seconds" in res["reason"]
 
