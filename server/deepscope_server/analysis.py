@@ -27,7 +27,7 @@ from .backends import CaptureRequest, RunOutput
 from .backends.inputs import format_shape
 from .config import Limits
 from .errors import DeepscopeError, InvalidInput, LimitExceeded, shorten
-from .isolation import GuardedMetric, ProcessGuard, RunCancelled
+from .isolation import Finish, GuardedMetric, RunCancelled, Start, Update, make_guard
 from .model_graph import Layer, ModelGraph
 from .models import LoadedModel, ModelManager
 from .plugin_api import Batch, Context, Needs, validate_params
@@ -320,15 +320,12 @@ class RunExecutor:
                         "metric", int(f * 100), 100, f"{_n}: {msg}"
                     ),
                 )
-                if self.isolation == "process":
-                    guard: GuardedMetric = ProcessGuard(
-                        planned, index, ctx, self.plan.metric_timeout, self.memory_bytes, self._check
-                    )
-                else:
-                    guard = GuardedMetric(planned, index, ctx, self.plan.metric_timeout)
+                guard = make_guard(
+                    self.isolation, planned, index, ctx, self.plan.metric_timeout, self.memory_bytes, self._check
+                )
                 guards.append(guard)
                 self._guards.append(guard)  # closed even if a later start() is cut off
-                guard.begin("start()", "start")
+                guard.begin(Start())
         for guard in guards:
             guard.end()
         return guards
@@ -377,7 +374,7 @@ class RunExecutor:
                     if guard.checkpoint != ckpt_index or guard.error:
                         continue
                     self._check()
-                    guard.begin(f"update(batch {index})", "update", self._batch_for(guard, index, out, inputs, labels))
+                    guard.begin(Update(self._batch_for(guard, index, out, inputs, labels)))
                     busy.append(guard)
                 for guard in busy:  # process workers compute in parallel; threads one at a time
                     guard.end()
@@ -403,14 +400,14 @@ class RunExecutor:
         return batch
 
     def _finish(self, guards: list[GuardedMetric], n_samples: int) -> None:
-        if self.isolation == "process":
-            for guard in guards:
-                guard.begin("finish()", "finish")
+        for guard in guards:
+            if guard.parallel:  # worker processes finish at once; threads one at a time below
+                guard.begin(Finish())
         for done, guard in enumerate(guards):
             self._check()
             self._progress("finishing", done, len(guards), guard.planned.name)
-            if self.isolation != "process":
-                guard.begin("finish()", "finish")
+            if not guard.parallel:
+                guard.begin(Finish())
             values = guard.end()
             guard.close()
             for result in self._to_results(guard, values, n_samples):

@@ -19,10 +19,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -30,18 +31,59 @@ from . import lifeline
 from .backends import CaptureRequest, RunOutput
 from .errors import InvalidInput
 from .model_graph import ModelGraph
-from .plugin_api import Context, Metric, MetricTimeout, RunCancelled
+from .plugin_api import Batch, Context, Metric, MetricTimeout, RunCancelled
 
-__all__ = ["GuardedMetric", "ProcessGuard", "RunCancelled", "configure_workers"]
+__all__ = [
+    "Call",
+    "Finish",
+    "GuardedMetric",
+    "ProcessGuard",
+    "RunCancelled",
+    "Start",
+    "Update",
+    "configure_workers",
+    "make_guard",
+]
 
 if TYPE_CHECKING:
     from .analysis import PlannedMetric
 
 
+@dataclass(frozen=True)
+class Start:
+    """Instantiate the metric and call its ``start()``."""
+
+    what: ClassVar[str] = "start()"
+
+
+@dataclass(frozen=True)
+class Update:
+    """Feed one batch to ``update()``."""
+
+    batch: Batch
+
+    @property
+    def what(self) -> str:
+        return f"update(batch {self.batch.index})"
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Call ``finish()`` and return its values."""
+
+    what: ClassVar[str] = "finish()"
+
+
+#: The calls a guard hands to its metric.
+Call = Start | Update | Finish
+
+
 class GuardedMetric:
     """One metric instance for one checkpoint, hosted in a server thread (``--metric-isolation thread``).
 
-    Plugin calls go through ``begin(op)`` / ``end()``: ``start``, ``update`` (a Batch), ``finish``.
+    Plugin calls go through ``begin(call)`` / ``end()`` with a ``Start``, ``Update`` or ``Finish``.
+    ``parallel`` says whether calls begun on several guards run at once (worker processes) or one at
+    a time in ``end()`` (threads), so a caller begins every guard's call before ending any.
     A failure is recorded (not raised) and the guard ignores later calls. A call past the time
     limit is failed and stopped cooperatively: ``ctx.check()`` raises MetricTimeout from then on,
     and MetricTimeout is also raised in its thread at the next Python instruction. A call stuck
@@ -56,28 +98,29 @@ class GuardedMetric:
         self.error = ""
         self.seconds = 0.0
         self.instance: Metric | None = None
-        self._pending: tuple[str, str, Any] | None = None
+        self._pending: Call | None = None
 
-    def begin(self, what: str, op: str, payload: Any = None) -> None:
+    parallel: ClassVar[bool] = False
+
+    def begin(self, call: Call) -> None:
         """Hand the call over (threads: remembered until ``end``)."""
-        self._pending = (what, op, payload)
+        self._pending = call
 
     def end(self) -> Any:
         """The call's value, or None when it failed (``error`` says why)."""
-        if self._pending is None:
+        call, self._pending = self._pending, None
+        if call is None:
             return None
-        what, op, payload = self._pending
-        self._pending = None
-        if op == "start":
+        if isinstance(call, Start):
 
             def start() -> None:
                 self.instance = self.planned.entry.cls(self.ctx)
                 self.instance.start()
 
-            return self.call(what, start)
-        if op == "update":
-            return self.call(what, lambda: self.instance.update(payload))
-        return self.call(what, lambda: self.instance.finish())
+            return self.call(call.what, start)
+        if isinstance(call, Update):
+            return self.call(call.what, lambda: self.instance.update(call.batch))
+        return self.call(call.what, lambda: self.instance.finish())
 
     def close(self) -> None:
         """Release the guard's resources (nothing for threads)."""
@@ -342,13 +385,15 @@ class ProcessGuard(GuardedMetric):
         self._sent_at = 0.0
         self._waiting = False
 
-    def begin(self, what: str, op: str, payload: Any = None) -> None:
+    parallel: ClassVar[bool] = True
+
+    def begin(self, call: Call) -> None:
         if self.error:
             return
-        self._what = what
+        what = self._what = call.what
         self._sent_at = time.perf_counter()
         try:
-            if op == "start":
+            if isinstance(call, Start):
                 parent, child = _MP.Pipe(duplex=True)
                 # The worker watches the read end; only this process holds the write end.
                 lifeline_end, self._lifeline = _MP.Pipe(duplex=False)
@@ -373,8 +418,8 @@ class ProcessGuard(GuardedMetric):
                     ctx.max_batch_size,
                     ctx.model is not None,
                 )
-            elif op == "update":
-                message = ("update", payload)
+            elif isinstance(call, Update):
+                message = ("update", call.batch)
             else:
                 message = ("finish",)
             assert self._conn is not None
@@ -479,3 +524,18 @@ class ProcessGuard(GuardedMetric):
             process.close() if process.exitcode is not None else None
         if lifeline_end is not None:
             lifeline_end.close()
+
+
+def make_guard(
+    isolation: str,
+    planned: PlannedMetric,
+    checkpoint: int,
+    ctx: Context,
+    timeout: float,
+    memory_bytes: int,
+    check: Callable[[], None],
+) -> GuardedMetric:
+    """The guard ``--metric-isolation`` asks for: a worker process (``process``) or a server thread."""
+    if isolation == "process":
+        return ProcessGuard(planned, checkpoint, ctx, timeout, memory_bytes, check)
+    return GuardedMetric(planned, checkpoint, ctx, timeout)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deepscope_server.analysis import PlannedMetric
-from deepscope_server.isolation import GuardedMetric
+from deepscope_server.isolation import Finish, GuardedMetric, Start, Update
 from deepscope_server.model_graph import Layer
 from deepscope_server.plugin_api import Batch, Context, Metric, MetricTimeout, Needs, RunCancelled
 from deepscope_server.plugins import MetricEntry
@@ -58,23 +58,23 @@ def _reset() -> None:
 @pytest.mark.parametrize("cooperative", [True, False])
 def test_a_call_past_its_limit_fails_and_its_loop_stops(cooperative):
     guard = _guard(cooperative, timeout=0.3)
-    guard.begin("start()", "start")
+    guard.begin(Start())
     guard.end()
-    guard.begin("update(batch 0)", "update", Batch(index=0, outputs={"fc": np.zeros((1, 2))}))
+    guard.begin(Update(Batch(index=0, outputs={"fc": np.zeros((1, 2))})))
     assert guard.end() is None
     assert guard.error == "update(batch 0) exceeded the metric time limit of 0.3 s"
     assert Loops.ended_event.wait(10) and Loops.ended == ["MetricTimeout"]
-    guard.begin("finish()", "finish")
+    guard.begin(Finish())
     assert guard.end() is None  # a failed guard ignores later calls
 
 
 def test_check_raises_run_cancelled_once_the_run_is_cancelled():
     cancel = threading.Event()
     guard = _guard(True, timeout=60, cancelled=cancel.is_set)
-    guard.begin("start()", "start")
+    guard.begin(Start())
     guard.end()
     threading.Timer(0.2, cancel.set).start()
-    guard.begin("update(batch 0)", "update", Batch(index=0, outputs={"fc": np.zeros((1, 2))}))
+    guard.begin(Update(Batch(index=0, outputs={"fc": np.zeros((1, 2))})))
     with pytest.raises(RunCancelled):
         guard.end()
     assert Loops.ended == ["RunCancelled"]
