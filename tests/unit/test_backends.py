@@ -351,6 +351,36 @@ def test_torchscript_runs_and_refuses_capture_pointing_to_torch_export(zoo_model
         b.run({"x": zm.example.numpy().astype(np.float64)})
 
 
+def test_module_formats_share_the_layer_table_builder(zoo_models, tmp_path: Path) -> None:
+    """TorchScript and pickled modules: names, kinds and weights as in .pt2 (bar call sites), channels of NCHW maps."""
+    for name in ("mlp", "cnn"):
+        zm = zoo_models[name]
+        pt2 = load_model(zm.paths["pt2"], device="cpu").graph
+        torch.save(zm.module, tmp_path / f"{name}.pkl")
+        for g in (
+            load_model(zm.paths["pt"], device="cpu").graph,
+            load_model(tmp_path / f"{name}.pkl", trusted=True).graph,
+        ):
+            # modules only: no functional ReLU (layer1.0.relu_1), and inputs chain in definition order
+            want = [layer for layer in pt2.layers if not layer.name.endswith("relu_1")]
+            assert [(x.name, x.kind, x.op_type) for x in g.layers] == [(x.name, x.kind, x.op_type) for x in want]
+            for mine, ref in zip(g.layers, want):
+                # traced modules keep no hyperparameters (stride, eps...); pooling sizes are .pt2 only
+                assert set(mine.weights) == set(ref.weights) and mine.attrs.items() <= ref.attrs.items(), mine.name
+                if mine.kind in ("conv", "norm", "activation") and g.format == "torch_pickle":
+                    assert mine.attrs == ref.attrs, mine.name
+                for key, w in mine.weights.items():
+                    np.testing.assert_array_equal(w, ref.weights[key])
+                if mine.kind in ("conv", "norm", "pool"):  # NCHW: the class fixes the rank, so the channel axis
+                    assert mine.channel_axis == ref.channel_axis == 1 and len(mine.output_shapes[0]) == 4
+            assert [x.inputs for x in g.layers][:2] == [["input"], [g.layers[0].name]]
+    bare = torch.jit.trace(torch.nn.Linear(3, 2).eval(), torch.randn(1, 3))  # a module exported on its own
+    torch.jit.save(bare, tmp_path / "bare.pt")
+    g = load_model(tmp_path / "bare.pt", device="cpu").graph
+    assert [(x.name, x.kind) for x in g.layers] == [("linear", "linear")]
+    np.testing.assert_array_equal(g.layer("linear").weights["weight"], bare.weight.detach().numpy())
+
+
 def test_onnx_session_reports_cpu_when_no_gpu(zoo_models) -> None:
     b = load_model(zoo_models["mlp"].paths["onnx"], device="auto")
     assert isinstance(b, OnnxBackend)

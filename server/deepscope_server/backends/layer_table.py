@@ -4,7 +4,7 @@ Each backend describes its graph as a topologically ordered list of ``OpRecord``
 operation is, which module calls it ran inside, which values it reads and writes, and the
 weights it uses (already in PyTorch layout). ``build_layer_table`` turns that into the
 ``ModelGraph`` layers, so grouping, naming, ``inputs`` wiring and channel axes are decided in
-one place for .pt2 and ONNX alike.
+one place for .pt2, ONNX, TorchScript and pickled modules alike.
 
 Layers are *call sites*, not modules (see layer_naming for the naming rules):
 

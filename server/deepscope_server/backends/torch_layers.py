@@ -2,9 +2,10 @@
 
 .pt2: every fx node becomes a neutral record (module calls from ``nn_module_stack``, parameters
 from its ``get_attr`` arguments) for the builder shared with ONNX (layer_table: one layer per call
-site, ``layer1.0.relu@1`` for a module's second call). TorchScript and pickled modules: leaf modules
-in definition order (nothing was traced, so no call sites and no shapes); attention and recurrent
-modules are one layer each with all their weights.
+site, ``layer1.0.relu@1`` for a module's second call). TorchScript and pickled modules: one record
+per leaf module in definition order, for the same builder (nothing was traced, so no call sites and
+no shapes beyond the rank a module class fixes); attention and recurrent modules are one record
+each with all their weights.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx as fx
 
 from deepscope.dtypes import kserve_dtype
 
-from ..model_graph import Layer, ModelGraph, TensorSpec
+from ..model_graph import ModelGraph, TensorSpec
 from . import layer_naming as ln
 from . import layer_table as lt
 
@@ -191,7 +191,7 @@ def describe_fx_graph(
     return ModelGraph(fmt, in_specs, out_specs, table.layers), layer_nodes, placeholders, flat_outputs
 
 
-# --- TorchScript and pickled modules: layer table from named_modules -------------------------
+# --- TorchScript and pickled modules: records from named_modules -------------------------------
 
 
 def _module_attrs(kind: str, cls: str, m: torch.nn.Module) -> dict[str, Any]:
@@ -213,42 +213,83 @@ def _module_attrs(kind: str, cls: str, m: torch.nn.Module) -> dict[str, Any]:
     return attrs
 
 
-def describe_modules(root: torch.nn.Module, fmt: str) -> tuple[ModelGraph, dict[str, torch.nn.Module]]:
-    """A layer table from leaf modules (no shapes: nothing was traced). Inputs chain in definition order."""
-    layers: list[Layer] = []
+#: Module classes whose output rank the class fixes (ConvNd, 2d/3d norms and pools): N + 2.
+_RANK_OF_CLASS = re.compile(r"^(?:Conv(?:Transpose)?([123])d|(?:BatchNorm|InstanceNorm|\w*Pool)([23])d)$")
+
+
+def _rank_hint(cls: str) -> tuple[None, ...] | None:
+    """An output shape of unknown dims whose rank the module class fixes (nothing was traced)."""
+    m = _RANK_OF_CLASS.match(cls)
+    return (None,) * (int(m.group(1) or m.group(2)) + 2) if m else None
+
+
+def _ancestry(path: str) -> list[str]:
+    """``a.b.c`` -> ``['', 'a', 'a.b', 'a.b.c']``: the module calls around a leaf, outermost first."""
+    parts = path.split(".") if path else []
+    return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _module_records(root: torch.nn.Module) -> tuple[list[lt.OpRecord], dict[str, torch.nn.Module]]:
+    """One record per leaf module (an attention or recurrent module whole), chained in definition order.
+
+    Between two modules an opaque ``forward`` record stands for the untraced code of ``forward()``:
+    it wires the layers together without claiming the next module's input shape. Also returns
+    the module behind each layer's output value, for forward hooks.
+    """
+    records: list[lt.OpRecord] = []
     modules: dict[str, torch.nn.Module] = {}
-    first_weight: np.ndarray | None = None
-    dtype = "FP32"
-    atomic: list[str] = []  # attention modules own their projections (out_proj is a child module)
-    for name, m in root.named_modules():
-        cls = getattr(m, "original_name", None) or type(m).__name__
-        kind = ln.kind_of_class(cls)
-        whole = kind in ("attention", "recurrent")
-        if not name or any(name.startswith(a + ".") for a in atomic) or cls in ln.SKIPPED_CLASSES:
+    classes: dict[str, str] = {}
+    whole: list[str] = []  # attention and recurrent modules own their children (out_proj is a module)
+    for path, m in root.named_modules():
+        cls = ln.short_class(getattr(m, "original_name", None) or type(m).__name__)
+        classes[path] = cls
+        if any(path != w and (not w or path.startswith(w + ".")) for w in whole):
             continue
-        if whole:
-            atomic.append(name)
+        kind = ln.kind_of_class(cls)
+        atomic = kind in ("attention", "recurrent")
+        if atomic:
+            whole.append(path)
         elif any(True for _ in m.children()):
             continue
-        weights = {
-            k: v.detach().cpu().numpy().copy()
-            for k, v in list(m.named_parameters(recurse=whole)) + list(m.named_buffers(recurse=whole))
-            if v.is_floating_point()
-        }
-        if first_weight is None and "weight" in weights:
-            first_weight = weights["weight"]
-            dtype = _kserve(next(m.parameters()).dtype)
-        layers.append(
-            Layer(
-                name=name,
-                kind=kind,
-                op_type=cls,
-                inputs=[layers[-1].name] if layers else ["input"],
-                weights=weights,
-                attrs=_module_attrs(kind, cls, m),
-                channel_axis=1 if kind == "conv" else -1,
-            )
+        prefix = path + "." if path else ""
+        named = list(m.named_parameters(recurse=atomic)) + list(m.named_buffers(recurse=atomic))
+        output = f"{path}:output"
+        # what forward() does between two module calls was not traced: an opaque step, not a layer
+        glue = lt.OpRecord(
+            f"{path}:forward", "forward", (), [records[-1].outputs[0] if records else "input"], [f"{path}:input"]
         )
-        modules[name] = m
+        records += [
+            glue,
+            lt.OpRecord(
+                id=path,
+                op_type=cls,
+                stack=tuple(lt.Frame(p, classes[p]) for p in _ancestry(path)),
+                inputs=glue.outputs,
+                outputs=[output],
+                op_kind=None if kind == "other" else kind,
+                function=ln.ACTIVATION_BY_CLASS.get(cls),
+                source=path,
+                weights={
+                    prefix + k: lt.Weight(v.detach().cpu().numpy().copy()) for k, v in named if v.is_floating_point()
+                },
+                attrs=_module_attrs(kind, cls, m),
+            ),
+        ]
+        modules[output] = m
+    return records, modules
+
+
+def describe_modules(root: torch.nn.Module, fmt: str) -> tuple[ModelGraph, dict[str, torch.nn.Module]]:
+    """A layer table from leaf modules, through the shared builder; also the module behind each layer.
+
+    Nothing was traced: no call sites (a reused module is one layer), no shapes beyond the rank a
+    module class fixes, and inputs chained in definition order.
+    """
+    records, by_output = _module_records(root)
+    shapes = {r.outputs[0]: hint for r in records if r.stack and (hint := _rank_hint(r.stack[-1].cls))}
+    table = lt.build_layer_table(records, ["input"], [records[-1].outputs[0]] if records else [], shapes)
+    modules = {name: by_output[v.output] for name, v in table.values.items()}
+    params = [p for p in root.parameters() if p.is_floating_point()]
+    dtype = _kserve(params[0].dtype) if params else "FP32"
     # The input shape is unknowable without tracing: shape () means "not checked" (dtype still is).
-    return ModelGraph(fmt, [TensorSpec("input", dtype, ())], [TensorSpec("output", dtype, ())], layers), modules
+    return ModelGraph(fmt, [TensorSpec("input", dtype, ())], [TensorSpec("output", dtype, ())], table.layers), modules
