@@ -194,9 +194,12 @@ _set_async_exc.restype = ctypes.c_int
 # strictly call/reply: ("start", class, params, layers, graph, ...) / ("update", Batch) /
 # ("finish",) -> ("ok", value, warnings) | ("error", type, message, traceback, warnings) |
 # ("malformed", message, warnings); while a call runs the worker may also send ("progress", f,
-# message) and ("model", method, args) (a Needs.MODEL metric re-running the model: served by the
-# parent, which owns the model). A worker that dies (abort, segfault, OOM kill), exceeds its
-# time limit or its address-space limit (RLIMIT_AS -> MemoryError) fails only its own results.
+# message), ("model", method, args) (a Needs.MODEL metric re-running the model: served by the
+# parent, which owns the model) and ("weights", layer). The graph a worker gets carries the
+# weights of the metric's own layers only (ModelGraph.restricted); another layer's are sent on
+# the metric's first read of them (a BatchNorm to fold, the next layer). A worker that dies
+# (abort, segfault, OOM kill), exceeds its time limit or its address-space limit (RLIMIT_AS ->
+# MemoryError) fails only its own results.
 # Updates are sent to every worker before the replies are collected, so metrics run in parallel.
 
 _MP = multiprocessing.get_context("forkserver")
@@ -244,6 +247,20 @@ def _ensure_forkserver() -> None:
         pass
 
 
+def _ask(conn: Connection, request: tuple[Any, ...]) -> Any:
+    """A request to the parent from inside a call ("model" or "weights"): the answer, or its error raised."""
+    conn.send(request)
+    reply = conn.recv()
+    if reply[0] == "answer":
+        return reply[1]
+    name, message = reply[1], reply[2]
+    if name == "RunCancelled":
+        raise RunCancelled(message)
+    if request[0] == "weights":
+        raise LookupError(f"the weights of layer '{request[1]}' could not be fetched: {name}: {message}")
+    raise InvalidInput(f"model run failed: {name}: {message}")
+
+
 class _RemoteModel:
     """The worker-side model handle: asks the parent (which owns the model) to run it."""
 
@@ -252,13 +269,7 @@ class _RemoteModel:
         self.graph = graph
 
     def _ask(self, method: str, *args: Any) -> RunOutput:
-        self._conn.send(("model", method, args))
-        reply = self._conn.recv()
-        if reply[0] == "model_ok":
-            return reply[1]
-        if reply[1] == "RunCancelled":
-            raise RunCancelled(reply[2])
-        raise InvalidInput(f"model run failed: {reply[1]}: {reply[2]}")
+        return _ask(self._conn, ("model", method, args))  # type: ignore[no-any-return]
 
     def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         return self._ask("run", dict(inputs), list(capture))
@@ -294,6 +305,7 @@ def _worker_main(conn: Connection, lifeline_end: Connection, memory_bytes: int) 
             value = None
             if op == "start":
                 cls, params, layers, graph, seed, max_batch_size, has_model = message[1:]
+                graph.bind_withheld(lambda layer: _ask(conn, ("weights", layer)))
                 ctx = Context(
                     params=params,
                     layers=layers,
@@ -408,12 +420,13 @@ class ProcessGuard(GuardedMetric):
                 lifeline_end.close()
                 self._conn = parent
                 ctx = self.ctx
+                graph = ctx.graph.restricted([layer.name for layer in ctx.layers])  # other weights on demand
                 message: tuple[Any, ...] = (
                     "start",
                     self.planned.entry.cls,
                     ctx.params,
-                    ctx.layers,
-                    ctx.graph,
+                    [graph.layer(layer.name) for layer in ctx.layers],
+                    graph,
                     ctx.seed,
                     ctx.max_batch_size,
                     ctx.model is not None,
@@ -464,7 +477,9 @@ class ProcessGuard(GuardedMetric):
                 if kind == "progress":
                     self.ctx.progress(reply[1], reply[2])
                 elif kind == "model":
-                    self._serve_model(conn, reply[1], reply[2])
+                    self._answer(conn, lambda method, args: getattr(self.ctx.model, method)(*args), *reply[1:])
+                elif kind == "weights":
+                    self._answer(conn, lambda layer: dict(self.ctx.graph.layer(layer).weights), reply[1])
                 elif kind == "ok":
                     self.ctx.warnings[:] = reply[2]
                     spent = reply[3]
@@ -490,15 +505,13 @@ class ProcessGuard(GuardedMetric):
             # The worker's own timing; without a reply (crash, time limit), the wall time it was given.
             self.seconds += spent if spent is not None else time.perf_counter() - self._sent_at
 
-    def _serve_model(self, conn: Connection, method: str, args: tuple[Any, ...]) -> None:
+    @staticmethod
+    def _answer(conn: Connection, serve: Callable[..., Any], *args: Any) -> None:
+        """Answer a worker's request (a model run, a layer's weights) with its value or its error."""
         try:
-            assert self.ctx.model is not None
-            out = getattr(self.ctx.model, method)(*args)
-            conn.send(("model_ok", out))
-        except RunCancelled as exc:
-            conn.send(("model_error", "RunCancelled", str(exc)))
-        except Exception as exc:  # reported to the metric, which decides
-            conn.send(("model_error", type(exc).__name__, str(exc)))
+            conn.send(("answer", serve(*args)))
+        except Exception as exc:  # RunCancelled too: reported to the metric, which decides
+            conn.send(("error", type(exc).__name__, str(exc)))
 
     def _fail(self, message: str) -> None:
         if not self.error:

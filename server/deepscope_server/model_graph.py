@@ -7,8 +7,9 @@ Weights are always in PyTorch layout (Linear ``W[out, in]``, Conv ``K[C_out, C_i
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,40 @@ class TensorSpec:
     shape: tuple[int | None, ...]
 
 
+class WithheldWeights(Mapping[str, np.ndarray]):
+    """The weights of a layer that a restricted graph was sent without (``ModelGraph.restricted``).
+
+    Why: a metric worker is sent the weights of the layers it measures only. A metric that also
+    reads another layer's (a BatchNorm to fold, the next layer) gets them on first use through
+    ``fetch``, which the worker binds to a request to the server. Unbound, reading them raises
+    LookupError naming the layer: never an empty mapping a metric could take for "no weights".
+    """
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        self.fetch: Callable[[str], dict[str, np.ndarray]] | None = None
+        self._weights: dict[str, np.ndarray] | None = None
+
+    def _loaded(self) -> dict[str, np.ndarray]:
+        if self._weights is None:
+            if self.fetch is None:
+                raise LookupError(f"the weights of layer '{self.layer}' were not sent with this restricted graph")
+            self._weights = self.fetch(self.layer)
+        return self._weights
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._loaded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**vars(self), "fetch": None}  # a fetch function is bound where the graph is used
+
+
 @dataclass
 class Layer:
     """One row of the layer table.
@@ -51,7 +86,8 @@ class Layer:
     (tuples / int); for activations ``function`` (one of ACTIVATION_FUNCTIONS) and its arguments
     (``negative_slope``, ``min_val``, ``max_val``, ``alpha``, ``beta``); for norm ``eps``.
     ``channel_axis`` says where the unit ("neuron") axis of the output is: 1 for NCHW/NCL
-    maps, -1 for dense and token ([B, T, C]) outputs.
+    maps, -1 for dense and token ([B, T, C]) outputs. In a metric worker, ``weights`` of a layer
+    the metric does not measure is a read-only mapping fetched on first use (``WithheldWeights``).
     """
 
     name: str
@@ -133,6 +169,27 @@ class ModelGraph:
         if missing:
             raise InvalidInput(f"missing model input(s): {', '.join(missing)}")
         return bound
+
+    def restricted(self, names: Collection[str]) -> ModelGraph:
+        """The same layer table with the weights of ``names`` only; other layers' are ``WithheldWeights``.
+
+        What a metric worker is sent: the topology (names, kinds, wiring, shapes, attrs) is small,
+        the weights of a large model are not, and most metrics read only their own layers'.
+        """
+        keep = set(names)
+        layers = [
+            layer
+            if layer.name in keep or (isinstance(layer.weights, dict) and not layer.weights)
+            else dataclasses.replace(layer, weights=WithheldWeights(layer.name))
+            for layer in self.layers
+        ]
+        return dataclasses.replace(self, layers=layers, notes=list(self.notes))
+
+    def bind_withheld(self, fetch: Callable[[str], dict[str, np.ndarray]]) -> None:
+        """Where this restricted graph is used: withheld weights are fetched on first use with ``fetch(layer)``."""
+        for layer in self.layers:
+            if isinstance(layer.weights, WithheldWeights):
+                layer.weights.fetch = fetch
 
     def select(self, patterns: Sequence[str]) -> list[Layer]:
         """Resolve layer names, glob patterns (``conv*``) and kinds (``kind:conv``), in graph order.

@@ -552,9 +552,9 @@ class RayRunExecutor(RunExecutor):
                 self._remaining(),
                 n_samples,
             )
-            gen = merge_remote.options(num_cpus=1).remote(
-                planned, spec, self.plan.checkpoints[checkpoint].graph, states
-            )
+            # the metric's own layers' weights travel; a merge reads no other (a read would fail loudly)
+            graph = self.plan.checkpoints[checkpoint].graph.restricted(planned.layer_names)
+            gen = merge_remote.options(num_cpus=1).remote(planned, spec, graph, states)
             self._start_job(_Job(checkpoint, gen, {planned.name}, role=f"merging {len(parts)} data shards"))
             submitted += 1
         return submitted

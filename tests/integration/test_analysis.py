@@ -11,6 +11,9 @@ from sklearn.model_selection import train_test_split
 
 import deepscope
 from deepscope import times
+from deepscope_metrics.plugins.cnt import NodeStrength
+from deepscope_server.backends import load_model
+from deepscope_server.testing import run_metric
 
 from .conftest import start_server
 from .test_service import torch_outputs
@@ -143,6 +146,37 @@ def test_model_handle_reruns_the_model(client, exported):
     for layer in ("conv1", "fc"):
         assert run.result("testing.rerun", layer)["max_abs_diff"] < 1e-5
     assert run.result("testing.rerun", "")["perturbed_output_change"] > 1e-3
+
+
+def test_metric_worker_is_sent_only_its_layers_weights(client, exported, torch_models):
+    """A worker measuring fc1 holds fc1's weights only; fc3's, read anyway, arrive on demand and are the module's."""
+    model = client.upload_model(exported["mlp"]["pt2"])
+    run = client.analyze(
+        model,
+        data=np.zeros((0, 64), np.float32),
+        metrics=["testing.sees_weights"],
+        layers=["fc1"],
+        params={"testing.sees_weights": {"read": "fc3"}},
+    )
+    assert run.status == "completed", run.failures
+    assert run.result("testing.sees_weights", "fc1")["held"] == "fc1"  # not fc2's, not fc3's
+    w = torch_models["mlp"][0].fc3.weight.detach().numpy().astype(np.float64)
+    assert run.result("testing.sees_weights", "")["read_sum"] == pytest.approx(w.sum(), rel=1e-6)
+
+
+def test_cross_layer_weight_metric_gets_the_weights_it_reads(client, exported):
+    """cnt.node_strength on conv1 folds bn1, whose weights its worker fetches: the result is the whole graph's."""
+    model = client.upload_model(exported["cnn"]["pt2"])
+    run = client.analyze(
+        model, data=np.zeros((0, 1, 8, 8), np.float32), metrics=["cnt.node_strength"], layers=["conv1"]
+    )
+    assert run.status == "completed", run.failures
+    local = run_metric(NodeStrength, load_model(exported["cnn"]["pt2"], device="cpu").graph, select=["conv1"])
+    got = run.result("cnt.node_strength", "conv1")
+    assert got["neuron_layer_end"] == local["conv1"]["neuron_layer_end"] == "bn1"  # bn1 folded in
+    assert got["next_layers"] == local["conv1"]["next_layers"] and got["next_layers"]  # read the next conv
+    for key in ("in_strength", "out_strength"):
+        np.testing.assert_allclose(got[key], local["conv1"][key], rtol=1e-6)
 
 
 def test_cancel_stops_the_run_and_marks_it(client, exported):

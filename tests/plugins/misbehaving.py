@@ -1,5 +1,5 @@
 """Plugins that misbehave on purpose (raise, hang, return garbage, abort or segfault their process,
-leak memory) plus one that re-runs the model.
+leak memory) plus one that re-runs the model and one that reports which weights its process holds.
 
 Loaded into test servers with ``--plugin-module misbehaving`` (tests/plugins on PYTHONPATH).
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepscope_server.model_graph import WithheldWeights
 from deepscope_server.plugin_api import CaptureRequest, Metric, Needs, Param, hookimpl
 
 
@@ -88,6 +89,27 @@ class Rerun(Metric):
         }
 
 
+class SeesWeights(Metric):
+    """Which layers' weights came with the graph its process was sent; and a withheld one, read anyway."""
+
+    name = "testing.sees_weights"
+    description = "Reports the layers whose weights its process holds, and the sum of layer `read`'s weight."
+    needs = Needs.WEIGHTS
+    params = (Param("read", str, "", "a layer whose weight to read anyway (fetched on first use)"),)
+
+    def finish(self):
+        held = [
+            layer.name
+            for layer in self.ctx.graph.layers
+            if not isinstance(layer.weights, WithheldWeights) and layer.weights  # inspecting it fetches nothing
+        ]
+        out = {layer.name: {"held": ",".join(held)} for layer in self.ctx.layers}
+        if self.params["read"]:
+            weight = self.ctx.graph.layer(self.params["read"]).weights["weight"]
+            out[""] = {"read_sum": float(np.asarray(weight, np.float64).sum())}
+        return out
+
+
 class Aborts(Metric):
     name = "testing.aborts"
     description = "Calls os.abort() in update(): kills whatever process hosts it."
@@ -149,5 +171,5 @@ class Spins(Metric):
 
 @hookimpl
 def deepscope_register_metrics(register) -> None:
-    for cls in (Raises, Hangs, Malformed, Slow, Rerun, Aborts, Segfaults, Leaks, Spins):
+    for cls in (Raises, Hangs, Malformed, Slow, Rerun, SeesWeights, Aborts, Segfaults, Leaks, Spins):
         register(cls)
