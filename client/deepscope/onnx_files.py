@@ -7,11 +7,12 @@ onnx package: only the tensors' ``external_data`` entries are decoded, everythin
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 from google.protobuf.message import DecodeError, Message
 
 from .onnx_refs import onnx_refs_pb2 as onnx_refs
+from .paths import side_file
 
 EXTERNAL = 1  # onnx.TensorProto.EXTERNAL
 
@@ -51,16 +52,6 @@ def external_data_files(model_path: Path) -> list[str]:
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         if location in found:
             continue
-        parts = PurePosixPath(location.replace("\\", "/")).parts
-        if not location or location.startswith(("/", "\\")) or PureWindowsPath(location).drive or ".." in parts:
-            raise ValueError(
-                f"{model_path.name}: tensor '{tensor.name}' keeps its data at '{location}', outside "
-                "the model's directory; only files next to the model are uploaded"
-            )
-        resolved = (root / location).resolve()
-        if root not in resolved.parents:
-            raise ValueError(f"{model_path.name}: external data '{location}' resolves outside the model's directory")
-        if not resolved.is_file():
-            raise FileNotFoundError(f"{model_path.name}: external data file '{location}' not found in {root}")
+        side_file(root, location, f"{model_path.name}: tensor '{tensor.name}'")  # only files next to the model
         found[location] = None
     return list(found)

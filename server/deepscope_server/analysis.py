@@ -23,11 +23,11 @@ from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
 
 from . import convert
-from .backends import CaptureRequest, RunOutput
+from .backends import CaptureRequest, Inputs, LayerWeights, RunOutput
 from .backends.inputs import format_shape
 from .config import Limits
 from .errors import DeepscopeError, InvalidInput, LimitExceeded, shorten
-from .isolation import Finish, GuardedMetric, RunCancelled, Start, Update, make_guard
+from .isolation import Finish, GuardedMetric, Hosting, RunCancelled, Start, Update
 from .model_graph import Layer, ModelGraph
 from .models import LoadedModel, ModelManager
 from .plugin_api import Batch, Context, Needs, validate_params
@@ -200,15 +200,12 @@ class _ModelHandle:
         if self._cancelled():
             raise RunCancelled("run cancelled")
 
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+    def run(self, inputs: Inputs, capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         self._check()
         return self._loaded.run(inputs, capture, cancelled=self._cancelled)
 
     def run_with_weights(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        weights: Mapping[str, Mapping[str, np.ndarray]],
-        capture: Sequence[CaptureRequest] = (),
+        self, inputs: Inputs, weights: LayerWeights, capture: Sequence[CaptureRequest] = ()
     ) -> RunOutput:
         self._check()
         return self._loaded.run_with_weights(inputs, weights, capture, cancelled=self._cancelled)
@@ -304,6 +301,7 @@ class RunExecutor:
         self._finish(guards, n_samples)
 
     def _instantiate(self) -> list[GuardedMetric]:
+        hosting = Hosting(self.isolation, self.plan.metric_timeout, self.memory_bytes, self._check)
         guards = []
         for index, ckpt in enumerate(self.plan.checkpoints):
             for planned in self.plan.metrics:
@@ -320,9 +318,7 @@ class RunExecutor:
                         "metric", int(f * 100), 100, f"{_n}: {msg}"
                     ),
                 )
-                guard = make_guard(
-                    self.isolation, planned, index, ctx, self.plan.metric_timeout, self.memory_bytes, self._check
-                )
+                guard = hosting.guard(planned, index, ctx)
                 guards.append(guard)
                 self._guards.append(guard)  # closed even if a later start() is cut off
                 guard.begin(Start())

@@ -51,6 +51,11 @@ SIZE = {"minimum": 0}  # bytes and counts: 0 or more
 TIME = {"minimum": 0}  # seconds
 
 
+def isolation_option(help: str) -> Any:
+    """Where untrusted code runs: ``process`` (the default: worker processes) or ``thread`` (in the server)."""
+    return option("process", help, choices=("process", "thread"))
+
+
 @dataclass
 class Limits:
     """Every limit fails with RESOURCE_EXHAUSTED naming the limit and the size."""
@@ -119,17 +124,13 @@ class Settings:
     tls_key: Path | None = option(None, "private key of --tls-cert (PEM)")
     tls_client_ca: Path | None = option(None, "require client certificates signed by this CA (mutual TLS)")
     workers: int = option(4, "gRPC worker threads", minimum=1)
-    metric_isolation: str = option(
-        "process",
+    metric_isolation: str = isolation_option(
         "run each metric in a worker process (default; a crash or a memory blow-up fails only that "
-        "metric) or in a server thread (trusted, fast metrics)",
-        choices=("process", "thread"),
+        "metric) or in a server thread (trusted, fast metrics)"
     )
-    model_isolation: str = option(
-        "process",
+    model_isolation: str = isolation_option(
         "load and run client models in sandboxed worker processes (default: memory cap, real "
-        "deadlines, crashes contained) or in the server process (trusted models only)",
-        choices=("process", "thread"),
+        "deadlines, crashes contained) or in the server process (trusted models only)"
     )
     executor: str = option(
         "local",

@@ -1,9 +1,10 @@
 """Where plugin code runs: in a worker process per metric instance (default) or in a server thread.
 
-Both guards expose ``begin(op)`` / ``end()`` for the ops ``start``, ``update`` (a Batch) and
-``finish``; a failure (exception, malformed value, time limit, crash, memory limit) is recorded
-in ``error`` and fails only that metric's results. ``seconds`` is the time spent in the metric's
-own code (measured in the worker, so parallel metrics do not inflate each other's figures).
+Both guards (``Hosting.guard`` picks one) expose ``begin(call)`` / ``end()`` for the calls
+``Start``, ``Update`` (a Batch) and ``Finish``; a failure (exception, malformed value, time limit,
+crash, memory limit) is recorded in ``error`` and fails only that metric's results. ``seconds`` is
+the time spent in the metric's own code (measured in the worker, so parallel metrics do not
+inflate each other's figures).
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from . import lifeline
-from .backends import CaptureRequest, RunOutput
+from .backends import CaptureRequest, Inputs, LayerWeights, RunOutput
 from .errors import InvalidInput
 from .model_graph import ModelGraph
 from .plugin_api import Batch, Context, Metric, MetricTimeout, RunCancelled
@@ -37,12 +36,12 @@ __all__ = [
     "Call",
     "Finish",
     "GuardedMetric",
+    "Hosting",
     "ProcessGuard",
     "RunCancelled",
     "Start",
     "Update",
     "configure_workers",
-    "make_guard",
 ]
 
 if TYPE_CHECKING:
@@ -84,6 +83,7 @@ class GuardedMetric:
     Plugin calls go through ``begin(call)`` / ``end()`` with a ``Start``, ``Update`` or ``Finish``.
     ``parallel`` says whether calls begun on several guards run at once (worker processes) or one at
     a time in ``end()`` (threads), so a caller begins every guard's call before ending any.
+    ``Hosting.guard`` makes the kind ``--metric-isolation`` asks for.
     A failure is recorded (not raised) and the guard ignores later calls. A call past the time
     limit is failed and stopped cooperatively: ``ctx.check()`` raises MetricTimeout from then on,
     and MetricTimeout is also raised in its thread at the next Python instruction. A call stuck
@@ -271,14 +271,11 @@ class _RemoteModel:
     def _ask(self, method: str, *args: Any) -> RunOutput:
         return _ask(self._conn, ("model", method, args))  # type: ignore[no-any-return]
 
-    def run(self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest] = ()) -> RunOutput:
+    def run(self, inputs: Inputs, capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         return self._ask("run", dict(inputs), list(capture))
 
     def run_with_weights(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        weights: Mapping[str, Mapping[str, np.ndarray]],
-        capture: Sequence[CaptureRequest] = (),
+        self, inputs: Inputs, weights: LayerWeights, capture: Sequence[CaptureRequest] = ()
     ) -> RunOutput:
         return self._ask("run_with_weights", dict(inputs), {k: dict(v) for k, v in weights.items()}, list(capture))
 
@@ -539,16 +536,19 @@ class ProcessGuard(GuardedMetric):
             lifeline_end.close()
 
 
-def make_guard(
-    isolation: str,
-    planned: PlannedMetric,
-    checkpoint: int,
-    ctx: Context,
-    timeout: float,
-    memory_bytes: int,
-    check: Callable[[], None],
-) -> GuardedMetric:
-    """The guard ``--metric-isolation`` asks for: a worker process (``process``) or a server thread."""
-    if isolation == "process":
-        return ProcessGuard(planned, checkpoint, ctx, timeout, memory_bytes, check)
-    return GuardedMetric(planned, checkpoint, ctx, timeout)
+@dataclass(frozen=True)
+class Hosting:
+    """How a run hosts its metrics, the same for all its guards: ``--metric-isolation``, the metric time
+    limit, a worker process's memory cap (0: none) and the run's stop check (raises RunCancelled or
+    LimitExceeded)."""
+
+    isolation: str
+    timeout: float
+    memory_bytes: int = 0
+    check: Callable[[], None] = lambda: None
+
+    def guard(self, planned: PlannedMetric, checkpoint: int, ctx: Context) -> GuardedMetric:
+        """A worker process (``process``) or a server thread for one metric instance."""
+        if self.isolation == "process":
+            return ProcessGuard(planned, checkpoint, ctx, self.timeout, self.memory_bytes, self.check)
+        return GuardedMetric(planned, checkpoint, ctx, self.timeout)

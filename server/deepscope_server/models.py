@@ -15,19 +15,19 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from .backends import Backend, CaptureRequest, RunOutput
+from .backends import Backend, CaptureRequest, Inputs, LayerWeights, RunOutput
 from .backends.detect import detect_format, load_model
 from .config import Limits
 from .errors import DeadlineExceeded, DeepscopeError, InvalidInput, LimitExceeded, NotFound, shorten, unknown
 from .isolation import RunCancelled
 from .sandbox import SandboxedBackend
 from .store import Store, StoredModel, utc_now
+
+Cancel = Callable[[], bool] | None  #: asked between steps: True stops the call
 
 #: Loaders are not all thread-safe (torch.export.load keeps a global deserializer: two at once fail
 #: with "_CURRENT_DESERIALIZER is already set"); in-process loading is one file at a time. Sandboxed
@@ -102,36 +102,37 @@ class LoadedModel:
 
     def run(
         self,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Inputs,
         capture: Sequence[CaptureRequest] = (),
         *,
-        cancelled: Callable[[], bool] | None = None,
+        cancelled: Cancel = None,
         deadline: float | None = None,
     ) -> RunOutput:
         """Run one batch. ``cancelled`` / ``deadline`` (time.monotonic) stop a sandboxed forward pass."""
-        with self.lock:
-            if isinstance(self.backend, SandboxedBackend):
-                return self.backend.run(inputs, capture, cancelled=cancelled, deadline=deadline)
-            _check_before(cancelled, deadline)
-            return self.backend.run(inputs, capture)
+        return self._call("run", (inputs, capture), cancelled, deadline)
 
     def run_with_weights(
         self,
-        inputs: Mapping[str, np.ndarray],
-        weights: Mapping[str, Mapping[str, np.ndarray]],
+        inputs: Inputs,
+        weights: LayerWeights,
         capture: Sequence[CaptureRequest] = (),
         *,
-        cancelled: Callable[[], bool] | None = None,
+        cancelled: Cancel = None,
         deadline: float | None = None,
     ) -> RunOutput:
+        """``run`` with some layers' weights replaced (``Backend.run_with_weights``)."""
+        return self._call("run_with_weights", (inputs, weights, capture), cancelled, deadline)
+
+    def _call(self, method: str, args: tuple[object, ...], cancelled: Cancel, deadline: float | None) -> RunOutput:
+        """One call at a time: a sandbox stops it on ``cancelled`` / ``deadline``; in process it is only not started."""
         with self.lock:
             if isinstance(self.backend, SandboxedBackend):
-                return self.backend.run_with_weights(inputs, weights, capture, cancelled=cancelled, deadline=deadline)
+                return getattr(self.backend, method)(*args, cancelled=cancelled, deadline=deadline)
             _check_before(cancelled, deadline)
-            return self.backend.run_with_weights(inputs, weights, capture)
+            return getattr(self.backend, method)(*args)
 
 
-def _check_before(cancelled: Callable[[], bool] | None, deadline: float | None) -> None:
+def _check_before(cancelled: Cancel, deadline: float | None) -> None:
     """In-process models cannot be interrupted: at least do not start a call that is already over."""
     if cancelled is not None and cancelled():
         raise RunCancelled("cancelled before the forward pass")

@@ -60,9 +60,9 @@ _DONE = ("done",)
 class RayOptions:
     """What the head needs to place tasks and what each task needs to load its model like the server."""
 
-    address: str = "auto"
-    gpus_per_task: float = 0.0
-    data_shards: int = 0  #: 0: from the cluster's CPUs
+    ray_address: str = "auto"
+    ray_gpus_per_task: float = 0.0
+    ray_data_shards: int = 0  #: 0: from the cluster's CPUs
     limits: Limits = field(default_factory=Limits)
     device: str = "auto"
     model_isolation: str = "process"
@@ -71,16 +71,8 @@ class RayOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RayOptions:
-        return cls(
-            settings.ray_address,
-            settings.ray_gpus_per_task,
-            settings.ray_data_shards,
-            settings.limits,
-            settings.device,
-            settings.model_isolation,
-            settings.metric_isolation,
-            settings.trust_model_dir,
-        )
+        """Each option is the server setting of the same name."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 def connect(settings: Settings) -> RayOptions:
@@ -94,7 +86,7 @@ def connect(settings: Settings) -> RayOptions:
         ) from None
     try:
         ray.init(
-            address=options.address,
+            address=options.ray_address,
             namespace="deepscope",
             ignore_reinit_error=True,
             log_to_driver=False,
@@ -102,10 +94,10 @@ def connect(settings: Settings) -> RayOptions:
         )
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError: all mean "no cluster"
         raise SystemExit(
-            f"--executor ray: cannot join the Ray cluster at '{options.address}': "
+            f"--executor ray: cannot join the Ray cluster at '{options.ray_address}': "
             f"{type(exc).__name__}: {exc} (start one with `ray start --head`)"
         ) from None
-    log.info("joined the Ray cluster at %s: %s", options.address, ray.cluster_resources())
+    log.info("joined the Ray cluster at %s: %s", options.ray_address, ray.cluster_resources())
     return options
 
 
@@ -405,7 +397,7 @@ class RayRunExecutor(RunExecutor):
         """Data shards per checkpoint for mergeable metrics: the option, else the CPUs left per checkpoint."""
         import ray
 
-        wanted = self.options.data_shards
+        wanted = self.options.ray_data_shards
         if wanted == 0:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             wanted = max(1, cpus // max(1, len(self.plan.checkpoints)))
@@ -418,7 +410,7 @@ class RayRunExecutor(RunExecutor):
         self, spec: TaskSpec, model: Any, data: Any, metrics: list[PlannedMetric], shard: int | None = None
     ) -> None:
         checkpoint_remote, _ = _remotes()
-        gen = checkpoint_remote.options(num_cpus=1, num_gpus=self.options.gpus_per_task).remote(spec, model, data)
+        gen = checkpoint_remote.options(num_cpus=1, num_gpus=self.options.ray_gpus_per_task).remote(spec, model, data)
         owed = set() if shard is not None else {m.name for m in metrics}
         self._start_job(
             _Job(

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepscope_server import zoo
 from deepscope_server.backends import CaptureRequest, load_model
 from deepscope_server.backends.base import Backend
 
@@ -28,16 +29,11 @@ RTOL, ATOL = 1e-4, 1e-4
 BATCH = 2  #: the example's batch (what a static export fixes)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(zoo.BasicBlock):
     """torchvision's ResNet BasicBlock: one ReLU module called twice (``reuse``) or two ReLU modules."""
 
     def __init__(self, c: int, reuse: bool) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
+        super().__init__(c)  # conv1, bn1, relu (inplace), conv2, bn2, as the zoo's
         self.reuse = reuse
         if not reuse:
             self.relu2 = nn.ReLU(inplace=True)

@@ -17,6 +17,10 @@ from ..model_graph import ModelGraph, TensorSpec
 from .inputs import check_capture, check_weights, validate_inputs
 
 CaptureWhat = Literal["output", "input"]
+#: Model inputs by input name.
+Inputs = Mapping[str, np.ndarray]
+#: Replacement weights by layer, then by key (``{"fc1": {"weight": W}}``), in PyTorch layout.
+LayerWeights = Mapping[str, Mapping[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,7 @@ class Backend(abc.ABC):
         return self._run(arrays, capture)
 
     def run_with_weights(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        weights: Mapping[str, Mapping[str, np.ndarray]],
-        capture: Sequence[CaptureRequest] = (),
+        self, inputs: Inputs, weights: LayerWeights, capture: Sequence[CaptureRequest] = ()
     ) -> RunOutput:
         """Run with some layers' weights temporarily replaced ({layer: {"weight": W, ...}}, PyTorch layout)."""
         check_weights(self.graph, weights)

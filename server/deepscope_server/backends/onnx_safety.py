@@ -18,13 +18,14 @@ and the checks below use it:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import onnx
 from onnx.external_data_helper import load_external_data_for_tensor
+
+from deepscope.paths import side_file
 
 from ..errors import InvalidInput, LimitExceeded
 
@@ -124,15 +125,6 @@ def check_sizes(model: onnx.ModelProto, max_elements: int) -> None:
                 )
 
 
-def _is_unsafe_location(location: str) -> bool:
-    """Absolute paths, drive letters and any ``..`` component escape the model directory."""
-    if not location or os.path.isabs(location) or PureWindowsPath(location).is_absolute():
-        return True
-    if location.startswith(("/", "\\")) or PureWindowsPath(location).drive:
-        return True
-    return ".." in PurePosixPath(location.replace("\\", "/")).parts
-
-
 def check_external_data(model: onnx.ModelProto, directory: Path) -> list[onnx.TensorProto]:
     """Refuse external-data locations outside ``directory``; returns the tensors that use external data."""
     external = []
@@ -141,16 +133,10 @@ def check_external_data(model: onnx.ModelProto, directory: Path) -> list[onnx.Te
         if f.tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in f.tensor.external_data if e.key == "location"), "")
-        if _is_unsafe_location(location):
-            raise InvalidInput(
-                f"tensor {_name(f)} stores its data at '{location}', outside the model's directory; "
-                "external data must be a relative path inside the directory of the .onnx file"
-            )
-        resolved = (root / location).resolve()
-        if root not in resolved.parents:
-            raise InvalidInput(f"tensor {_name(f)}: external data '{location}' resolves outside the model directory")
-        if not resolved.is_file():
-            raise InvalidInput(f"tensor {_name(f)}: external data file '{location}' not found next to the model")
+        try:
+            side_file(root, location, f"tensor {_name(f)}")  # the SDK's rule for which files it uploads, too
+        except (ValueError, OSError) as exc:
+            raise InvalidInput(str(exc)) from None
         external.append(f.tensor)
     return external
 
