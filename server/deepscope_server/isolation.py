@@ -269,7 +269,7 @@ class _RemoteModel:
         self.graph = graph
 
     def _ask(self, method: str, *args: Any) -> RunOutput:
-        return _ask(self._conn, ("model", method, args))  # type: ignore[no-any-return]
+        return _ask(self._conn, ("model", method, args))
 
     def run(self, inputs: Inputs, capture: Sequence[CaptureRequest] = ()) -> RunOutput:
         return self._ask("run", dict(inputs), list(capture))
