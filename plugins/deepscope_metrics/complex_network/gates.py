@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .distributions import flat_links
 from .strength import Strengths, combine, layer_fluctuation
 from .unroll import WeightGraphCOO
 
@@ -123,7 +124,7 @@ def block_weights(blocks: list[Block]) -> tuple[np.ndarray, np.ndarray | None]:
 
 def block_sample(block: Block) -> np.ndarray:
     """One block's link weights: its weights and bias as one flat sample."""
-    return np.concatenate([block.W.ravel(), [] if block.b is None else block.b.ravel()])
+    return flat_links(block.W, block.b)
 
 
 @dataclass(frozen=True)
