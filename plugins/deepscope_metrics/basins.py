@@ -215,19 +215,12 @@ class _Runner:
 
 
 def _search(
-    keep_fraction: KeepFraction,
-    clean_kept: np.ndarray,
-    runner: _Runner,
-    *,
-    r_max: float,
-    steps: int,
-    keep_prob: float,
-    curve_points: int,
-    progress: Callable[[float, str], None],
-    cancelled: Callable[[], bool],
-    label: str,
+    keep_fraction: KeepFraction, clean_kept: np.ndarray, runner: _Runner, search: Search, plan: SearchPlan, label: str
 ) -> BasinResult:
-    """Shared driver: noise-accuracy curve, then per-sample bisection, with progress/cancel checks."""
+    """Shared driver: noise-accuracy curve, then per-sample bisection, with progress/cancel checks
+    (``plan`` says how many steps and curve points, ``search`` the rest)."""
+    r_max, keep_prob, steps, curve_points = search.r_max, search.keep_prob, plan.steps, plan.curve_points
+    progress, cancelled = search.progress, search.cancelled
     n = clean_kept.shape[0]
     levels = np.linspace(0.0, r_max, curve_points) if curve_points >= 2 else np.zeros(0)
     total = max(1, (levels.size - 1 if levels.size else 0) + steps + 1)
@@ -328,18 +321,7 @@ def _basins(
     plan, early = _plan(want, cost, search.budget_seconds, search.seed, clean, runner)
     if early is not None:
         return early
-    result = _search(
-        keep_fraction_for(plan),
-        clean[: plan.samples],
-        runner,
-        r_max=search.r_max,
-        steps=plan.steps,
-        keep_prob=search.keep_prob,
-        curve_points=plan.curve_points,
-        progress=search.progress,
-        cancelled=search.cancelled,
-        label=label,
-    )
+    result = _search(keep_fraction_for(plan), clean[: plan.samples], runner, search, plan, label)
     result.sample_indices = np.arange(plan.samples)
     result.sampled = describe_plan(plan, want, search.seed)
     return result

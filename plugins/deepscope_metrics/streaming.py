@@ -1,6 +1,6 @@
 """Bounded-memory accumulators over batches of rows, reusable by any metric family.
 
-Two tools, both fed one ``[rows, features]`` batch at a time:
+The tools, each fed one ``[rows, features]`` batch at a time:
 
 ``StreamingCovariance``
     Mean, covariance and its eigenvalues in float64 with memory independent of the number of
@@ -17,7 +17,12 @@ Two tools, both fed one ``[rows, features]`` batch at a time:
     A uniform random sample without replacement of at most ``capacity`` rows of a stream
     (Vitter's algorithm R, vectorised per batch), keeping several arrays aligned row by row
     (e.g. a layer's input and output for the same samples). For statistics that cannot be
-    streamed exactly (regressions, clustering).
+    streamed exactly (regressions, clustering). ``PairedRows`` keeps such a sample of a map's
+    (input, output) rows, wide sides randomly projected first (the complexity regressions).
+
+``FirstRows``
+    The first rows of a stream under a sample and a value cap, for statistics defined on the
+    first samples (deterministic under any batching).
 
 Example::
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepscope_metrics.basins import FirstData
 from deepscope_metrics.fractal.ss_rate import SSRateStream, ss_rate_batches
-from deepscope_metrics.streaming import FirstRows
+from deepscope_metrics.streaming import FirstRows, PairedRows, random_projection
 from deepscope_server.plugin_api import WHOLE_MODEL, Layer, Needs, PerLayerMetric, cross_layer, nan_result
 from deepscope_server.testing import run_metric
 
@@ -152,3 +153,37 @@ def test_whole_model_metric_has_one_result_under_the_whole_model_key():
     x = np.zeros((37, 2))
     res = run_metric(_LabelBalance, [Layer("fc", "linear", "Linear")], data={"input": x}, labels=labels, batch_size=8)
     assert set(res) == {WHOLE_MODEL} and res[WHOLE_MODEL]["positive"] == pytest.approx(labels.mean(), rel=1e-12)
+
+
+def test_paired_rows_keeps_aligned_rows_and_projects_wide_sides():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(30, 10)), rng.normal(size=(30, 3))
+    warnings: list[str] = []
+    pairs = PairedRows(capacity=100, max_width=4, seed=7, warn=warnings.append)
+    for lo in range(0, 30, 8):
+        pairs.update(x[lo : lo + 8], y[lo : lo + 8])
+    xs, ys = pairs.sampler.sample()
+    np.testing.assert_allclose(xs, x @ random_projection(10, 4, 8), rtol=1e-12)  # input side: seed + 1
+    np.testing.assert_array_equal(ys, y)  # narrow enough: untouched
+    assert warnings == ["input has 10 units, randomly projected to 4 (max_width)"]
+    info = pairs.info()
+    assert info["input_units_raw"] == 10 and info["output_units_raw"] == 3 and info["reservoir_size"] == 30
+    assert (info["input_projection"], info["output_projection"]) == ("random", "none")
+    pairs.update(x[:5], y[:4])  # sides disagree: the block cannot be sampled any more
+    pairs.update(x[:5], y[:5])
+    assert "different row counts (5 vs 4)" in pairs.reason and pairs.sampler.n_seen == 30
+
+
+def test_first_data_keeps_the_first_samples_and_their_labels():
+    x = np.arange(20.0).reshape(10, 2)
+    onehot = np.eye(3)[[0, 2, 1, 1, 0, 2, 2, 0, 1, 0]]
+    first = FirstData(samples=7)
+    for lo in range(0, 10, 3):
+        first.update({"x": x[lo : lo + 3]}, onehot[lo : lo + 3])
+    assert first.kept == 7
+    np.testing.assert_array_equal(first.inputs()["x"], x[:7])
+    np.testing.assert_array_equal(first.reference_labels(), [0, 2, 1, 1, 0, 2, 2])
+    unlabelled = FirstData(samples=4)
+    unlabelled.update({"x": x[:2]}, onehot[:2])
+    unlabelled.update({"x": x[2:4]}, None)
+    assert unlabelled.kept == 4 and unlabelled.reference_labels() is None
