@@ -127,6 +127,17 @@ def block_sample(block: Block) -> np.ndarray:
     return flat_links(block.W, block.b)
 
 
+def block_link_columns(blocks: list[Block]) -> dict[str, Any]:
+    """Per-block columns of the link weights: block key, count, mean and std (population)."""
+    samples = [block_sample(b) for b in blocks]
+    return {
+        "block": [b.key for b in blocks],
+        "n": np.array([v.size for v in samples]),
+        "mean": np.array([v.mean() for v in samples]),
+        "std": np.array([v.std() for v in samples]),
+    }
+
+
 @dataclass(frozen=True)
 class BlockStrengths:
     """Strengths of every block, concatenated in block order; ``offsets`` delimit the blocks."""
@@ -241,6 +252,7 @@ __all__ = [
     "Block",
     "BlockStrengths",
     "GatedNeurons",
+    "block_link_columns",
     "block_sample",
     "block_strengths",
     "block_table",

@@ -17,7 +17,6 @@ Cost (each metric's description ends with its own "Cost:" line; figures for ResN
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -53,21 +52,19 @@ from ..complex_network import (
 from ..complex_network.gates import (
     GATED,
     GatedNeurons,
-    block_sample,
+    block_link_columns,
     block_table,
-    block_weights,
     blocks_graph_coo,
     dense_blocks,
     gated_neurons,
 )
 from ..complex_network.unroll import weight_graph_coo
-from ..complex_network.walk import bn_scale_shift, folded_weights
+from ..complex_network.walk import WEIGHTED, bn_scale_shift, folded_layer, folded_weights, link_sample, next_weighted
 
 CITATION = (
     "La Malfa, Hu, Kuhnert, Nicosia et al., Characterizing Learning Dynamics of Deep Neural Networks via "
     "Complex Networks, ICTAI 2021 (arXiv 2110.02628); arXiv 2209.05488; arXiv 2404.11172"
 )
-WEIGHTED = frozenset({"linear", "conv"})
 DENSE_KINDS = WEIGHTED | {"embedding"}  # embeddings are accepted only to be skipped with a warning
 KINDS = DENSE_KINDS | GATED
 GATES_DOC = (
@@ -89,14 +86,6 @@ def _weighted(metric: PerLayerMetric, gated: bool = False) -> list[Any]:
             metric.ctx.warn(f"{metric.name}: embedding '{layer.name}' skipped (a lookup table, not a weight graph)")
     kinds = (WEIGHTED | GATED) if gated else WEIGHTED
     return [layer for layer in metric.ctx.layers if layer.kind in kinds]
-
-
-def _link_sample(graph: Any, layer: Any, fold_norm: bool) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """A layer's link weights and biases (a gated layer's: all its blocks'), and the BatchNorms folded in."""
-    if layer.kind in GATED:
-        return (*block_weights(dense_blocks(layer)), [])
-    W, b, _, folded = folded_weights(graph, layer, fold_norm)
-    return W, b, folded
 
 
 P_GRID = Param("grid_points", int, 1000, "KDE grid points over [min, max]", min=10, max=100_000)
@@ -232,34 +221,12 @@ class WeightGraph(_WeightMetric):
             blocks = dense_blocks(layer)
             coo = blocks_graph_coo(layer.name, blocks, p["max_links"])
             return {**_graph_result(coo), "blocks": ",".join(b.key for b in blocks)}
-        nxt = _next_weighted(graph, layer) if p["include_next"] else None
+        nxt = next_weighted(graph, layer) if p["include_next"] else None
         if p["include_next"] and nxt is None:
             self.ctx.warn(f"{self.name}: no single next linear/conv layer after '{layer.name}'")
         fold = p["fold_norm"]
-        following = None if nxt is None else _folded_layer(graph, nxt, fold)
-        return _graph_result(weight_graph_coo(_folded_layer(graph, layer, fold), following, p["max_links"]))
-
-
-def _next_weighted(graph: Any, layer: Any) -> Any | None:
-    """The next linear/conv layer along a single chain of elementwise layers (activation, norm, flatten)."""
-    current = layer
-    while True:
-        succ = graph.successors(current.name)
-        if len(succ) != 1:
-            return None
-        current = succ[0]
-        if current.kind in WEIGHTED:
-            return current
-        if current.kind not in ("activation", "norm") and current.op_type not in ("Flatten", "Dropout", "Identity"):
-            return None
-
-
-def _folded_layer(graph: Any, layer: Any, fold_norm: bool) -> Any:
-    """The layer with a directly following eval-mode BatchNorm folded into its weight and bias."""
-    W, b, _, folded = folded_weights(graph, layer, fold_norm)
-    if not folded:
-        return layer
-    return dataclasses.replace(layer, weights={**layer.weights, "weight": W, "bias": b})
+        following = None if nxt is None else folded_layer(graph, nxt, fold)
+        return _graph_result(weight_graph_coo(folded_layer(graph, layer, fold), following, p["max_links"]))
 
 
 def _graph_result(coo: Any) -> dict[str, Any]:
@@ -297,7 +264,7 @@ class LinkWeights(_WeightMetric):
     def measure(self, layer: Layer, acc: None) -> dict[str, Any]:
         p = self.params
         try:
-            W, b, folded = _link_sample(self.ctx.graph, layer, p["fold_norm"])
+            W, b, folded = link_sample(self.ctx.graph, layer, p["fold_norm"])
         except ValueError as exc:  # a gated layer whose blocks cannot be split: report, never crash the run
             return nan_result(_reason(exc), "mean")
         s = link_weight_summary(W, b, bins=p["bins"])
@@ -311,25 +278,13 @@ class LinkWeights(_WeightMetric):
         if folded:
             r["extensions"] = f"batchnorm {', '.join(folded)} folded (extension beyond the paper)"
         if layer.kind in GATED:
-            r["blocks"] = _block_link_table(dense_blocks(layer))
+            r["blocks"] = Table(block_link_columns(dense_blocks(layer)))
         try:
             x, y = kde_curve(flat_links(W, b), p["grid_points"])
             r["kde"] = Curve(x, y, "link weight", "density")
         except DegenerateDistribution as exc:
             r["reason"] = str(exc)
         return r
-
-
-def _block_link_table(blocks: list[Any]) -> Table:
-    samples = [block_sample(b) for b in blocks]
-    return Table(
-        {
-            "block": [b.key for b in blocks],
-            "n": np.array([v.size for v in samples]),
-            "mean": np.array([v.mean() for v in samples]),
-            "std": np.array([v.std() for v in samples]),
-        }
-    )
 
 
 _STRENGTH_COST = (
@@ -468,7 +423,7 @@ class Divergence(_StrengthBase):
             except Exception:  # as in cnt.node_strength, which reports why
                 return {}
         try:
-            W, b, _ = _link_sample(self.ctx.graph, layer, self.params["fold_norm"])
+            W, b, _ = link_sample(self.ctx.graph, layer, self.params["fold_norm"])
         except ValueError as exc:
             self.ctx.warn(f"{self.name}: '{layer.name}' left out: {exc}")
             return {}
