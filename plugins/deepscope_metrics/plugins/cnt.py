@@ -109,6 +109,15 @@ P_FOLD = Param(
 )
 
 
+def _kde(sample: np.ndarray, grid_points: int, x_label: str) -> dict[str, Any]:
+    """``{"kde": the sample's Gaussian KDE curve}``, or ``{"reason": why there is none}`` (a degenerate sample)."""
+    try:
+        x, y = kde_curve(sample, grid_points)
+    except DegenerateDistribution as exc:
+        return {"reason": str(exc)}
+    return {"kde": Curve(x, y, x_label, "density")}
+
+
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -279,12 +288,7 @@ class LinkWeights(_WeightMetric):
             r["extensions"] = f"batchnorm {', '.join(folded)} folded (extension beyond the paper)"
         if layer.kind in GATED:
             r["blocks"] = Table(block_link_columns(dense_blocks(layer)))
-        try:
-            x, y = kde_curve(flat_links(W, b), p["grid_points"])
-            r["kde"] = Curve(x, y, "link weight", "density")
-        except DegenerateDistribution as exc:
-            r["reason"] = str(exc)
-        return r
+        return {**r, **_kde(flat_links(W, b), p["grid_points"], "link weight")}
 
 
 _STRENGTH_COST = (
@@ -526,12 +530,7 @@ class _InputDependent(PerLayerMetric):
             r["activation"] = self.functions[layer.name] or "identity (no activation layer follows)"
         if r["n_samples"] == 0:
             return nan_result("no layer outputs were received", "mean", **r)
-        try:
-            x, y = kde_curve(sample, self.params["grid_points"])
-            r["kde"] = Curve(x, y, "value", "density")
-        except DegenerateDistribution as exc:
-            r["reason"] = str(exc)
-        return r
+        return {**r, **_kde(sample, self.params["grid_points"], "value")}
 
 
 _DENSE_ONLY = (
