@@ -179,6 +179,23 @@ def _over_budget(want: SearchPlan, cost: Callable[[SearchPlan], float], budget: 
     )
 
 
+@dataclass(frozen=True)
+class Search:
+    """What every basin search is told: K draws, bisection steps and curve points on [0, r_max], the
+    keep threshold, the seed, the forward batch and time budget, and the run's progress/cancel hooks."""
+
+    draws: int
+    steps: int
+    r_max: float = 2.0
+    keep_prob: float = 0.5
+    curve_points: int = 8
+    seed: int = 0
+    max_batch_size: int = 256
+    budget_seconds: float = math.inf
+    progress: Callable[[float, str], None] = lambda f, m: None
+    cancelled: Callable[[], bool] = lambda: False
+
+
 class _Runner:
     """Feeds rows to ``predict`` in batches of at most ``max_batch_size`` and counts the work."""
 
@@ -198,19 +215,12 @@ class _Runner:
 
 
 def _search(
-    keep_fraction: KeepFraction,
-    clean_kept: np.ndarray,
-    runner: _Runner,
-    *,
-    r_max: float,
-    steps: int,
-    keep_prob: float,
-    curve_points: int,
-    progress: Callable[[float, str], None],
-    cancelled: Callable[[], bool],
-    label: str,
+    keep_fraction: KeepFraction, clean_kept: np.ndarray, runner: _Runner, search: Search, plan: SearchPlan, label: str
 ) -> BasinResult:
-    """Shared driver: noise-accuracy curve, then per-sample bisection, with progress/cancel checks."""
+    """Shared driver: noise-accuracy curve, then per-sample bisection, with progress/cancel checks
+    (``plan`` says how many steps and curve points, ``search`` the rest)."""
+    r_max, keep_prob, steps, curve_points = search.r_max, search.keep_prob, plan.steps, plan.curve_points
+    progress, cancelled = search.progress, search.cancelled
     n = clean_kept.shape[0]
     levels = np.linspace(0.0, r_max, curve_points) if curve_points >= 2 else np.zeros(0)
     total = max(1, (levels.size - 1 if levels.size else 0) + steps + 1)
@@ -256,22 +266,7 @@ def _search(
 
 
 def sample_basins(
-    predict: Predict,
-    inputs: Inputs,
-    reference: np.ndarray,
-    *,
-    key: str,
-    draws: int = 32,
-    steps: int = 10,
-    r_max: float = 2.0,
-    keep_prob: float = 0.5,
-    relative: bool = True,
-    curve_points: int = 8,
-    seed: int = 0,
-    max_batch_size: int = 256,
-    budget_seconds: float = math.inf,
-    progress: Callable[[float, str], None] = lambda f, m: None,
-    cancelled: Callable[[], bool] = lambda: False,
+    predict: Predict, inputs: Inputs, reference: np.ndarray, search: Search, *, key: str, relative: bool = True
 ) -> BasinResult:
     """Sample-space attraction basins of the n samples in ``inputs`` (``inputs[key]`` is perturbed).
 
@@ -279,55 +274,57 @@ def sample_basins(
     stays at one batch of rows while the draws stay fixed across levels. ``budget_seconds``:
     see the module docstring (the timed probe is the clean forward pass over the n samples).
     """
-    runner = _Runner(max_batch_size)
+    runner = _Runner(search.max_batch_size)
     t0 = time.perf_counter()
     clean = _same(runner.predict(predict, inputs), reference)
     per_row = (time.perf_counter() - t0) / max(clean.size, 1)
-    want = SearchPlan(clean.size, draws, steps, curve_points)
-    plan, early = _plan(want, lambda q: q.rows() * per_row, budget_seconds, seed, clean, runner)
+
+    def keep_fraction_for(plan: SearchPlan) -> KeepFraction:
+        sub, ref = _take(inputs, np.arange(plan.samples)), np.asarray(reference)[: plan.samples]
+        draws, seed = plan.draws, search.seed
+        x = np.asarray(sub[key])
+        n = x.shape[0]
+        flat = x.reshape(n, -1).astype(np.float64)
+        scale = np.linalg.norm(flat, axis=1) / math.sqrt(max(flat.shape[1], 1)) if relative else np.ones(n)
+
+        def keep_fraction(idx: np.ndarray, level: np.ndarray) -> np.ndarray:
+            kept = np.zeros(idx.size)
+            per_call = max(1, runner.max_batch_size // draws)  # samples per forward batch
+            for lo in range(0, idx.size, per_call):
+                chunk = idx[lo : lo + per_call]
+                noise = np.stack(
+                    [np.random.default_rng([seed, int(i)]).standard_normal((draws, *x.shape[1:])) for i in chunk]
+                )
+                sigma = (level[lo : lo + per_call] * scale[chunk]).reshape(-1, 1, *([1] * (x.ndim - 1)))
+                rows = {k: np.repeat(np.asarray(v)[chunk], draws, axis=0) for k, v in sub.items()}
+                rows[key] = (x[chunk][:, None] + sigma * noise).reshape(-1, *x.shape[1:]).astype(x.dtype, copy=False)
+                pred = runner.predict(predict, rows)
+                same = _same(pred, np.repeat(ref[chunk], draws, axis=0)).reshape(chunk.size, draws)
+                kept[lo : lo + per_call] = same.mean(axis=1)
+            return kept
+
+        return keep_fraction
+
+    return _basins("sample basins", search, runner, clean, lambda q: q.rows() * per_row, keep_fraction_for)
+
+
+def _basins(
+    label: str,
+    search: Search,
+    runner: _Runner,
+    clean: np.ndarray,
+    cost: Callable[[SearchPlan], float],
+    keep_fraction_for: Callable[[SearchPlan], KeepFraction],
+) -> BasinResult:
+    """Shared by both spaces: the plan that fits the budget, then the search of its samples."""
+    want = SearchPlan(clean.size, search.draws, search.steps, search.curve_points)
+    plan, early = _plan(want, cost, search.budget_seconds, search.seed, clean, runner)
     if early is not None:
         return early
-    inputs, reference = _take(inputs, np.arange(plan.samples)), np.asarray(reference)[: plan.samples]
-    draws, steps, curve_points = plan.draws, plan.steps, plan.curve_points
-    x = np.asarray(inputs[key])
-    n = x.shape[0]
-    flat = x.reshape(n, -1).astype(np.float64)
-    scale = np.linalg.norm(flat, axis=1) / math.sqrt(max(flat.shape[1], 1)) if relative else np.ones(n)
-    clean_kept = clean[:n]
-
-    def keep_fraction(idx: np.ndarray, level: np.ndarray) -> np.ndarray:
-        kept = np.zeros(idx.size)
-        per_call = max(1, runner.max_batch_size // draws)  # samples per forward batch
-        for lo in range(0, idx.size, per_call):
-            chunk = idx[lo : lo + per_call]
-            noise = np.stack(
-                [np.random.default_rng([seed, int(i)]).standard_normal((draws, *x.shape[1:])) for i in chunk]
-            )
-            sigma = (level[lo : lo + per_call] * scale[chunk]).reshape(-1, 1, *([1] * (x.ndim - 1)))
-            rows = {k: np.repeat(np.asarray(v)[chunk], draws, axis=0) for k, v in inputs.items()}
-            rows[key] = (x[chunk][:, None] + sigma * noise).reshape(-1, *x.shape[1:]).astype(x.dtype, copy=False)
-            pred = runner.predict(predict, rows)
-            same = _same(pred, np.repeat(reference[chunk], draws, axis=0)).reshape(chunk.size, draws)
-            kept[lo : lo + per_call] = same.mean(axis=1)
-        return kept
-
-    return _planned(
-        _search(
-            keep_fraction,
-            clean_kept,
-            runner,
-            r_max=r_max,
-            steps=steps,
-            keep_prob=keep_prob,
-            curve_points=curve_points,
-            progress=progress,
-            cancelled=cancelled,
-            label="sample basins",
-        ),
-        plan,
-        want,
-        seed,
-    )
+    result = _search(keep_fraction_for(plan), clean[: plan.samples], runner, search, plan, label)
+    result.sample_indices = np.arange(plan.samples)
+    result.sampled = describe_plan(plan, want, search.seed)
+    return result
 
 
 def _plan(
@@ -353,10 +350,43 @@ def _plan(
     return want, result
 
 
-def _planned(result: BasinResult, plan: SearchPlan, want: SearchPlan, seed: int) -> BasinResult:
-    result.sample_indices = np.arange(plan.samples)
-    result.sampled = describe_plan(plan, want, seed)
-    return result
+class FirstData:
+    """The first ``samples`` rows of a run's data (every model input) and their labels, batch by batch.
+
+    The basin search needs whole samples to perturb, so it keeps the first ones (deterministic
+    under any batching); labels count only if every batch had them.
+    """
+
+    def __init__(self, samples: int) -> None:
+        self.samples = samples
+        self.data: dict[str, list[np.ndarray]] = {}
+        self.labels: list[np.ndarray] = []
+        self.has_labels = True
+        self.kept = 0
+
+    def update(self, data: Mapping[str, np.ndarray], labels: np.ndarray | None) -> None:
+        if not data:
+            return
+        take = min(self.samples - self.kept, next(iter(data.values())).shape[0])
+        if take <= 0:
+            return
+        for key, value in data.items():
+            self.data.setdefault(key, []).append(np.array(value[:take]))
+        if labels is None:
+            self.has_labels = False
+        else:
+            self.labels.append(np.asarray(labels[:take]))
+        self.kept += take
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) for k, v in self.data.items()}
+
+    def reference_labels(self) -> np.ndarray | None:
+        """The kept samples' labels as class indices (one-hot rows argmax-ed); None without labels."""
+        if not (self.has_labels and self.labels):
+            return None
+        ref = np.concatenate(self.labels)
+        return np.argmax(ref, axis=-1) if ref.ndim == 2 and ref.shape[1] > 1 else ref.reshape(self.kept, *ref.shape[1:])
 
 
 def predict_batched(predict: Predict, inputs: Inputs, max_batch_size: int = 256) -> np.ndarray:
@@ -376,17 +406,7 @@ def weight_basins(
     inputs: Inputs,
     reference: np.ndarray,
     weights: Mapping[str, Mapping[str, np.ndarray]],
-    *,
-    draws: int = 16,
-    steps: int = 8,
-    r_max: float = 2.0,
-    keep_prob: float = 0.5,
-    curve_points: int = 8,
-    seed: int = 0,
-    max_batch_size: int = 256,
-    budget_seconds: float = math.inf,
-    progress: Callable[[float, str], None] = lambda f, m: None,
-    cancelled: Callable[[], bool] = lambda: False,
+    search: Search,
 ) -> BasinResult:
     """Weight-space attraction basins: ``weights`` ({layer: {"weight": W, "bias": b}}) are perturbed.
 
@@ -397,63 +417,47 @@ def weight_basins(
     from the seed ``(seed, k, tensor index)``. ``budget_seconds``: see the module docstring
     (probes: the clean pass times a row, one unperturbed-weights call on one row times a call).
     """
-    runner = _Runner(max_batch_size)
+    runner = _Runner(search.max_batch_size)
     tensors = [(layer, name, np.asarray(w)) for layer, ws in weights.items() for name, w in ws.items()]
     scales = [rms(w) for _, _, w in tensors]
     t0 = time.perf_counter()
     clean = _same(runner.predict(predict, inputs), reference)
     per_row = (time.perf_counter() - t0) / max(clean.size, 1)
-    want = SearchPlan(clean.size, draws, steps, curve_points)
     per_call = 0.0
-    if math.isfinite(budget_seconds) and clean.size:
+    if math.isfinite(search.budget_seconds) and clean.size:
         t0 = time.perf_counter()
         runner.predict(lambda b: predict_with_weights(b, weights), _take(inputs, np.arange(1)))
         per_call = time.perf_counter() - t0
-    plan, early = _plan(
-        want, lambda q: q.weight_calls() * per_call + q.rows() * per_row, budget_seconds, seed, clean, runner
-    )
-    if early is not None:
-        return early
-    inputs, reference = _take(inputs, np.arange(plan.samples)), np.asarray(reference)[: plan.samples]
-    draws, steps, curve_points = plan.draws, plan.steps, plan.curve_points
-    clean_kept = clean[: plan.samples]
 
-    def perturbed(draw: int, level: float, noise: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    def perturbed(level: float, noise: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         out: dict[str, dict[str, np.ndarray]] = {}
         for (layer, name, w), s, g in zip(tensors, scales, noise, strict=True):
             out.setdefault(layer, {})[name] = (w + (level * s) * g).astype(w.dtype, copy=False)
         return out
 
-    def keep_fraction(idx: np.ndarray, level: np.ndarray) -> np.ndarray:
-        kept = np.zeros(idx.size)
-        groups = [(lv, np.flatnonzero(level == lv)) for lv in np.unique(level)]
-        for k in range(draws):
-            noise = [
-                np.random.default_rng([seed, k, t]).standard_normal(w.shape) for t, (_, _, w) in enumerate(tensors)
-            ]
-            for lv, members in groups:
-                wts = perturbed(k, float(lv), noise)
-                pred = runner.predict(lambda b, wts=wts: predict_with_weights(b, wts), _take(inputs, idx[members]))
-                kept[members] += _same(pred, reference[idx[members]])
-        return kept / draws
+    def keep_fraction_for(plan: SearchPlan) -> KeepFraction:
+        sub, ref = _take(inputs, np.arange(plan.samples)), np.asarray(reference)[: plan.samples]
 
-    return _planned(
-        _search(
-            keep_fraction,
-            clean_kept,
-            runner,
-            r_max=r_max,
-            steps=steps,
-            keep_prob=keep_prob,
-            curve_points=curve_points,
-            progress=progress,
-            cancelled=cancelled,
-            label="weight basins",
-        ),
-        plan,
-        want,
-        seed,
-    )
+        def keep_fraction(idx: np.ndarray, level: np.ndarray) -> np.ndarray:
+            kept = np.zeros(idx.size)
+            groups = [(lv, np.flatnonzero(level == lv)) for lv in np.unique(level)]
+            for k in range(plan.draws):
+                noise = [
+                    np.random.default_rng([search.seed, k, t]).standard_normal(w.shape)
+                    for t, (_, _, w) in enumerate(tensors)
+                ]
+                for lv, members in groups:
+                    wts = perturbed(float(lv), noise)
+                    pred = runner.predict(lambda b, wts=wts: predict_with_weights(b, wts), _take(sub, idx[members]))
+                    kept[members] += _same(pred, ref[idx[members]])
+            return kept / plan.draws
+
+        return keep_fraction
+
+    def cost(q: SearchPlan) -> float:
+        return q.weight_calls() * per_call + q.rows() * per_row
+
+    return _basins("weight basins", search, runner, clean, cost, keep_fraction_for)
 
 
 def summarize(result: BasinResult) -> dict[str, Any]:

@@ -36,6 +36,8 @@ import numpy as np
 import scipy.linalg
 from threadpoolctl import threadpool_limits
 
+from .fits import fit_power_law
+
 __all__ = [
     "PatternEntropy",
     "affine_fit",
@@ -46,6 +48,7 @@ __all__ = [
     "occupancy_entropy",
     "pattern_entropy",
     "pca_basis",
+    "piecewise_complexity",
     "piecewise_fvu_curve",
     "split_indices",
     "two_means",
@@ -424,6 +427,33 @@ def complexity_at(k: np.ndarray, fvu_curve: np.ndarray, eps: float, relative: bo
         return 0, _NAN
     k_star = int(k[ok].min())
     return k_star, float(np.log(k_star))
+
+
+def piecewise_complexity(
+    x: np.ndarray, y: np.ndarray, *, eps: float, relative: bool, eps_grid: np.ndarray, **curve: Any
+) -> dict[str, Any]:
+    """``C(eps) = ln K*(eps)`` of the map ``x -> y`` read from its training FVU(K) curve
+    (``piecewise_fvu_curve(x, y, **curve)``, whose keys it keeps): ``k_star``, ``complexity``, C over
+    ``eps_grid`` (``complexity_eps``), the occupancy entropy at K* (``occupancy_entropy_at_k_star``),
+    the held-out best K (``k_best_test``, ``fvu_best_test``) and the fit FVU(K) ~ K^slope (``fit``).
+    Only the curve's ``reason`` when no curve could be fitted."""
+    c = piecewise_fvu_curve(x, y, **curve)
+    if "reason" in c:
+        return c
+    k, f_tr, f_te = c["k"], c["fvu_train"], c["fvu_test"]
+    k_star, comp = complexity_at(k, f_tr, eps, relative)
+    best = int(np.argmin(f_te))
+    at_k_star = float(c["occupancy_entropy"][np.flatnonzero(k == k_star)[0]]) if k_star else _NAN
+    return {
+        **c,
+        "k_star": k_star,
+        "complexity": comp,
+        "complexity_eps": np.array([complexity_at(k, f_tr, e, relative)[1] for e in eps_grid]),
+        "occupancy_entropy_at_k_star": at_k_star,
+        "k_best_test": int(k[best]),
+        "fvu_best_test": float(f_te[best]),
+        "fit": fit_power_law(k, f_tr),
+    }
 
 
 # ----------------------------------------------------------------------- pattern entropy

@@ -1,6 +1,6 @@
 """Bounded-memory accumulators over batches of rows, reusable by any metric family.
 
-Two tools, both fed one ``[rows, features]`` batch at a time:
+The tools, each fed one ``[rows, features]`` batch at a time:
 
 ``StreamingCovariance``
     Mean, covariance and its eigenvalues in float64 with memory independent of the number of
@@ -17,7 +17,12 @@ Two tools, both fed one ``[rows, features]`` batch at a time:
     A uniform random sample without replacement of at most ``capacity`` rows of a stream
     (Vitter's algorithm R, vectorised per batch), keeping several arrays aligned row by row
     (e.g. a layer's input and output for the same samples). For statistics that cannot be
-    streamed exactly (regressions, clustering).
+    streamed exactly (regressions, clustering). ``PairedRows`` keeps such a sample of a map's
+    (input, output) rows, wide sides randomly projected first (the complexity regressions).
+
+``FirstRows``
+    The first rows of a stream under a sample and a value cap, for statistics defined on the
+    first samples (deterministic under any batching).
 
 Example::
 
@@ -36,7 +41,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ReservoirSampler", "StreamingCovariance", "merge_moments", "random_projection"]
+__all__ = ["FirstRows", "PairedRows", "ReservoirSampler", "StreamingCovariance", "merge_moments", "random_projection"]
 
 #: Above this many dense entries (d · k) random projections are sparse (Li et al. 2006).
 _DENSE_PROJECTION_LIMIT = 1 << 22
@@ -367,6 +372,51 @@ class ReservoirSampler:
     def indices(self) -> np.ndarray:
         """Arrival indices (0-based over the whole stream) of the kept rows, ascending."""
         return np.sort(self._order[: self.n_kept])
+
+
+class PairedRows:
+    """A uniform sample (``ReservoirSampler``) of a map's aligned (input, output) rows, for regressions of the map.
+
+    A side wider than ``max_width`` is randomly projected to ``max_width`` dims first (seeds
+    ``seed + 1`` input, ``seed + 2`` output; ``warn`` is told once per side). Once a batch's two
+    sides disagree in row count, ``reason`` says so and further rows are ignored.
+    """
+
+    def __init__(
+        self, capacity: int, max_width: int, seed: int = 0, warn: Callable[[str], None] = lambda message: None
+    ) -> None:
+        self.sampler = ReservoirSampler(capacity, seed)
+        self.max_width, self.seed, self.warn = max_width, seed, warn
+        self.widths: dict[str, int] = {}
+        self.projections: dict[str, Any] = {}
+        self.reason: str | None = None
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        if self.reason is not None:
+            return
+        if x.shape[0] != y.shape[0]:
+            self.reason = f"input and output give different row counts ({x.shape[0]} vs {y.shape[0]})"
+            return
+        self.sampler.update(self._project("input", x), self._project("output", y))
+
+    def _project(self, side: str, a: np.ndarray) -> np.ndarray:
+        if side not in self.widths:
+            self.widths[side] = a.shape[1]
+            if a.shape[1] > self.max_width:
+                seed = self.seed + (1 if side == "input" else 2)
+                self.projections[side] = random_projection(a.shape[1], self.max_width, seed)
+                self.warn(f"{side} has {a.shape[1]} units, randomly projected to {self.max_width} (max_width)")
+        proj = self.projections.get(side)
+        return a if proj is None else np.asarray(a.astype(np.float64) @ proj)
+
+    def info(self) -> dict[str, Any]:
+        """How many rows were seen and kept, and each side's width and projection."""
+        return {
+            "n_samples_seen": int(self.sampler.n_seen),
+            "reservoir_size": int(self.sampler.n_kept),
+            **{f"{side}_projection": "random" if side in self.projections else "none" for side in ("input", "output")},
+            **{f"{side}_units_raw": int(self.widths.get(side, 0)) for side in ("input", "output")},
+        }
 
 
 class FirstRows:

@@ -320,16 +320,22 @@ class LayerAccumulator(Protocol):
 
 
 class PerLayerMetric(Metric):
-    """A metric measured layer by layer: one accumulator per selected layer, fed every batch's outputs.
+    """A metric measured layer by layer: one accumulator per measured layer, fed every batch.
 
     Why: the streaming loop, the ``{layer: result}`` dict and the whole-model block are written once
-    here, so a metric declares only what differs: ``accumulator(layer)`` (its streaming state, an
-    object with ``update(rows)``), ``measure(layer, acc)`` (the layer's result), optionally
-    ``rows(layer, a)`` (what the accumulator is fed; default ``unit_view(a, layer, unit_reduce)`` in
-    float64) and ``summarise(results)`` (the block under ``WHOLE_MODEL``; default none).
+    here, so a metric declares only what differs: ``measure(layer, acc)`` (the layer's result) and,
+    as needed, ``accumulator(layer)`` (its streaming state, an object with ``update(rows)``; none for
+    a metric of the weights alone), ``rows(layer, a)`` (what the accumulator is fed; default
+    ``unit_view(a, layer, unit_reduce)`` in float64), ``feed(layer, acc, batch)`` (for state fed from
+    more than the layer's output: its input, another layer, the model's data), ``measured_layers()``
+    and ``summarise(results)`` (the block under ``WHOLE_MODEL``; default none) or ``combine(results)``
+    (the whole result, for layer values that depend on other layers). A metric of the whole model
+    (``whole_model = True``) measures one part, the model, whose result lands under ``WHOLE_MODEL``.
     """
 
     unit_reduce: ClassVar[str] = "mean"  #: how ``rows`` reduces an output (see ``unit_view``)
+    #: True: the metric measures the model as a whole: one part, a pseudo-layer named WHOLE_MODEL (kind "model").
+    whole_model: ClassVar[bool] = False
 
     def start(self) -> None:
         self.measured = self.measured_layers()
@@ -337,36 +343,45 @@ class PerLayerMetric(Metric):
         self.acc: dict[str, Any] = {layer.name: self.accumulator(layer) for layer in self.measured}
 
     def measured_layers(self) -> list[Layer]:
-        """The layers that get an accumulator and a result (default: every selected layer), in order."""
-        return list(self.ctx.layers)
+        """The layers that get an accumulator and a result, in order (default: every selected layer;
+        the model itself when ``whole_model``)."""
+        return [Layer(WHOLE_MODEL, "model", "")] if self.whole_model else list(self.ctx.layers)
 
-    def accumulator(self, layer: Layer) -> LayerAccumulator:
-        """A fresh accumulator for ``layer``."""
-        raise NotImplementedError
+    def accumulator(self, layer: Layer) -> LayerAccumulator | None:
+        """A fresh accumulator for ``layer``; None (default) when its result needs no batches (weights only)."""
+        return None
 
     def rows(self, layer: Layer, a: np.ndarray) -> np.ndarray:
         """The 2-D rows of one batch's output ``a`` that the layer's accumulator gets."""
         return np.asarray(unit_view(a, layer, self.unit_reduce), np.float64)
 
+    def feed(self, layer: Layer, acc: Any, batch: Batch) -> None:
+        """Fold one batch into the layer's accumulator (default: ``rows`` of the layer's output, when captured)."""
+        if layer.name in batch.outputs:
+            acc.update(self.rows(layer, batch.outputs[layer.name]))
+
     def update(self, batch: Batch) -> None:
-        for name, a in batch.outputs.items():
-            if name in self.acc:
-                self.acc[name].update(self.rows(self.layer_by_name[name], a))
+        for layer in self.measured:
+            acc = self.acc[layer.name]
+            if acc is not None:
+                self.feed(layer, acc, batch)
 
     def measure(self, layer: Layer, acc: Any) -> dict[str, Any]:
-        """The result of one layer from its accumulator."""
+        """The result of one layer from its accumulator (None for a metric of the weights alone)."""
         raise NotImplementedError
 
     def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         """The whole-model result from the per-layer ones (e.g. a spread across layers), or None."""
         return None
 
+    def combine(self, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The metric's ``{layer: result}`` from the measured layers' results: by default those, and
+        ``summarise``'s block under ``WHOLE_MODEL`` unless None."""
+        whole = self.summarise(results)
+        return results if whole is None else {**results, WHOLE_MODEL: whole}
+
     def finish(self) -> dict[str, dict[str, Any]]:
-        out = {layer.name: self.measure(layer, self.acc[layer.name]) for layer in self.measured}
-        whole = self.summarise(out)
-        if whole is not None:
-            out[WHOLE_MODEL] = whole
-        return out
+        return self.combine({layer.name: self.measure(layer, self.acc[layer.name]) for layer in self.measured})
 
 
 def nan_result(reason: str, *nan_keys: str, **values: Any) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def test_budgeted_basins_keep_their_semantics_and_say_what_was_sampled():
     def predict(inputs):
         return B.logits_to_labels(handle.run(inputs).outputs["output"])
 
-    slow = B.sample_basins(predict, {"input": x[:8]}, ref[:8], key="input", draws=4, steps=6, curve_points=2)
+    slow = B.sample_basins(predict, {"input": x[:8]}, ref[:8], B.Search(draws=4, steps=6, curve_points=2), key="input")
     # a cost function in "rows" makes the planner deterministic: the small plan is what fits
     budget = small.rows()
     plan = B.fit_budget(want, lambda q: float(q.rows()), budget)
@@ -99,10 +99,8 @@ def test_budgeted_basins_keep_their_semantics_and_say_what_was_sampled():
         predict,
         {"input": x[: plan.samples]},
         ref[: plan.samples],
+        B.Search(draws=plan.draws, steps=plan.steps, curve_points=plan.curve_points),
         key="input",
-        draws=plan.draws,
-        steps=plan.steps,
-        curve_points=plan.curve_points,
     )
     if plan == small:
         np.testing.assert_array_equal(fast.radius, slow.radius)

@@ -61,6 +61,11 @@ def link_weights(W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def flat_links(W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """A layer's weights and biases as one flat sample in their own dtype (``link_weights`` casts to float64)."""
+    return np.concatenate([W.ravel(), [] if b is None else b.ravel()])
+
+
 def summary(values: np.ndarray, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, float]:
     """Count, mean, std (ddof=0), min, max and quantiles (``q0.05`` ...) of a sample; NaN when empty."""
     v = _values(values)

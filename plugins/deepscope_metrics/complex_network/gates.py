@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .distributions import flat_links
 from .strength import Strengths, combine, layer_fluctuation
 from .unroll import WeightGraphCOO
 
@@ -123,7 +124,18 @@ def block_weights(blocks: list[Block]) -> tuple[np.ndarray, np.ndarray | None]:
 
 def block_sample(block: Block) -> np.ndarray:
     """One block's link weights: its weights and bias as one flat sample."""
-    return np.concatenate([block.W.ravel(), [] if block.b is None else block.b.ravel()])
+    return flat_links(block.W, block.b)
+
+
+def block_link_columns(blocks: list[Block]) -> dict[str, Any]:
+    """Per-block columns of the link weights: block key, count, mean and std (population)."""
+    samples = [block_sample(b) for b in blocks]
+    return {
+        "block": [b.key for b in blocks],
+        "n": np.array([v.size for v in samples]),
+        "mean": np.array([v.mean() for v in samples]),
+        "std": np.array([v.std() for v in samples]),
+    }
 
 
 @dataclass(frozen=True)
@@ -240,6 +252,7 @@ __all__ = [
     "Block",
     "BlockStrengths",
     "GatedNeurons",
+    "block_link_columns",
     "block_sample",
     "block_strengths",
     "block_table",

@@ -161,23 +161,6 @@ def conv_out_strength(
     return full[0, :, pt : pt + hw[0], pl : pl + hw[1]].numpy()
 
 
-def conv_strengths(
-    K: np.ndarray,
-    b: np.ndarray | None,
-    input_hw: IntOrSeq,
-    stride: IntOrSeq = 1,
-    padding: IntOrSeq | str = 0,
-    dilation: IntOrSeq = 1,
-    groups: int = 1,
-    mode: str = "code",
-    s_out: np.ndarray | None = None,
-    missing_side_const: float = 1.0,
-) -> Strengths:
-    """Strengths of a conv's output neurons given their out-strength (None: output layer)."""
-    s_in = conv_in_strength(K, b, input_hw, stride, padding, dilation, groups, mode)
-    return combine(s_in, None if s_out is None else np.reshape(s_out, s_in.shape), missing_side_const)
-
-
 def _torch_pads(geo: ConvGeometry) -> tuple[int, int, int, int]:
     pt, pb, pl, pr = geo.pads
     return pl, pr, pt, pb  # F.pad order: last dim first

@@ -19,6 +19,7 @@ duck-typed (``deepscope_server`` Layer / ModelGraph).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .gates import GATED, dense_blocks
+from .gates import GATED, block_weights, dense_blocks
 from .geometry import ConvGeometry, geometry_from_attrs, hw_as_2d, kernel_as_2d
 from .strength import Strengths, combine, conv_in_strength, dense_in_strength, fold_batchnorm
 
@@ -131,6 +132,36 @@ def folded_weights(
         )
         return W, b, bn.name, [bn.name]
     return W, b, layer.name, []
+
+
+def folded_layer(graph: Any, layer: Any, fold_norm: bool) -> Any:
+    """The layer with a directly following eval-mode BatchNorm folded into its weight and bias (a copy)."""
+    W, b, _, folded = folded_weights(graph, layer, fold_norm)
+    if not folded:
+        return layer
+    return dataclasses.replace(layer, weights={**layer.weights, "weight": W, "bias": b})
+
+
+def link_sample(graph: Any, layer: Any, fold_norm: bool) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """A layer's link weights and biases (a gated layer's: all its blocks'), and the BatchNorms folded in."""
+    if layer.kind in GATED:
+        return (*block_weights(dense_blocks(layer)), [])
+    W, b, _, folded = folded_weights(graph, layer, fold_norm)
+    return W, b, folded
+
+
+def next_weighted(graph: Any, layer: Any) -> Any | None:
+    """The next linear/conv layer along a single chain of elementwise layers (activation, norm, flatten)."""
+    current = layer
+    while True:
+        succ = graph.successors(current.name)
+        if len(succ) != 1:
+            return None
+        current = succ[0]
+        if current.kind in WEIGHTED:
+            return current
+        if current.kind not in ("activation", "norm") and current.op_type not in ("Flatten", "Dropout", "Identity"):
+            return None
 
 
 def _layer_in_strength(layer: Any, W: np.ndarray, b: np.ndarray | None, mode: str) -> np.ndarray:

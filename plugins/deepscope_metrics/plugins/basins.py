@@ -12,16 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from deepscope_server.plugin_api import (
-    WHOLE_MODEL,
-    Batch,
-    Curve,
-    Layer,
-    Metric,
-    Needs,
-    Param,
-    hookimpl,
-)
+from deepscope_server.plugin_api import Batch, Curve, Layer, Needs, Param, PerLayerMetric, hookimpl, nan_result
 
 from .. import basins as B
 from .modes import CITATION, RECONSTRUCTED_NOTE
@@ -49,30 +40,22 @@ _BASIN_COMMON = (
 )
 
 
-class _BasinsBase(Metric):
-    """Keeps the first ``samples`` data rows, then searches the basins in ``finish``."""
+class _BasinsBase(PerLayerMetric):
+    """A metric of the whole model: keeps the first ``samples`` data rows (``basins.FirstData``), then
+    searches their basins; a metric declares ``search(inputs, key, reference)``, the core call."""
 
     citation = CITATION
     reconstructed = True
     result_kinds = ("scalar", "vector", "curve")
+    whole_model = True
+    level_label: str  #: the noise level's axis label
+    max_param: str  #: the parameter that bounds the level
 
-    def start(self) -> None:
-        self.data: dict[str, list[np.ndarray]] = {}
-        self.labels: list[np.ndarray] = []
-        self.has_labels = True
-        self.kept = 0
+    def accumulator(self, layer: Layer) -> B.FirstData:
+        return B.FirstData(self.params["samples"])
 
-    def update(self, batch: Batch) -> None:
-        take = min(self.params["samples"] - self.kept, batch.size)
-        if take <= 0 or not batch.data:
-            return
-        for key, value in batch.data.items():
-            self.data.setdefault(key, []).append(np.array(value[:take]))
-        if batch.labels is None:
-            self.has_labels = False
-        else:
-            self.labels.append(np.asarray(batch.labels[:take]))
-        self.kept += take
+    def feed(self, layer: Layer, acc: B.FirstData, batch: Batch) -> None:
+        acc.update(batch.data, batch.labels)
 
     def _predict(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         wanted = self.ctx.graph.outputs[0].name if self.ctx.graph.outputs else None
@@ -85,31 +68,45 @@ class _BasinsBase(Metric):
     def predict_with_weights(self, inputs: B.Inputs, weights: Mapping[str, Mapping[str, np.ndarray]]) -> np.ndarray:
         return self._predict(self.ctx.model.run_with_weights(dict(inputs), weights, capture=()).outputs)
 
-    def finish(self) -> dict[str, dict[str, Any]]:
+    def options(self) -> B.Search:
+        """The search options from the parameters and the run (progress, cancellation, batch size)."""
         p = self.params
-        out: dict[str, Any] = {f"param_{q.name}": p[q.name] for q in self.__class__.params}
-        out.update({"n_samples": self.kept, "seed": self.ctx.seed, "sample_indices": np.arange(self.kept)})
+        return B.Search(
+            draws=p["draws"],
+            steps=p["steps"],
+            r_max=p[self.max_param],
+            keep_prob=p["keep_prob"],
+            curve_points=p["curve_points"],
+            seed=self.ctx.seed,
+            max_batch_size=self.ctx.max_batch_size,
+            budget_seconds=p["budget_seconds"] or math.inf,
+            progress=self.ctx.progress,
+            cancelled=self.ctx.cancelled,
+        )
+
+    def search(self, inputs: B.Inputs, key: str, reference: np.ndarray) -> B.BasinResult:
+        raise NotImplementedError
+
+    def measure(self, layer: Layer, acc: B.FirstData) -> dict[str, Any]:
+        p = self.params
+        out: dict[str, Any] = {f"param_{q.name}": p[q.name] for q in type(self).params}
+        out.update({"n_samples": acc.kept, "seed": self.ctx.seed, "sample_indices": np.arange(acc.kept)})
         if self.ctx.model is None:
-            return {WHOLE_MODEL: {**out, "radius_mean": math.nan, "reason": "no model handle (Needs.MODEL)"}}
-        if self.kept == 0:
-            return {WHOLE_MODEL: {**out, "radius_mean": math.nan, "reason": "no data samples in the run"}}
-        inputs = {k: np.concatenate(v) for k, v in self.data.items()}
+            return nan_result("no model handle (Needs.MODEL)", "radius_mean", **out)
+        if acc.kept == 0:
+            return nan_result("no data samples in the run", "radius_mean", **out)
+        inputs = acc.inputs()
         names = [s.name for s in self.ctx.graph.inputs]
         key = names[0] if names and names[0] in inputs else next(iter(inputs))
-        if p["reference"] == "label" and self.has_labels and self.labels:
-            ref = np.concatenate(self.labels)
-            ref = (
-                np.argmax(ref, axis=-1)
-                if ref.ndim == 2 and ref.shape[1] > 1
-                else ref.reshape(self.kept, *ref.shape[1:])
-            )
+        ref = acc.reference_labels() if p["reference"] == "label" else None
+        if ref is not None:
             out["reference_used"] = "label"
         else:
             if p["reference"] == "label":
                 self.ctx.warn(f"{self.name}: no labels in the data; using the model's clean predictions")
             ref = B.predict_batched(self.predict, inputs, self.ctx.max_batch_size)
             out["reference_used"] = "prediction"
-        result = self._search(inputs, key, ref)
+        result = self.search(inputs, key, ref)
         out.update(B.summarize(result))
         out.update(
             {
@@ -133,7 +130,7 @@ class _BasinsBase(Metric):
             )
         if result.cancelled:
             out["reason"] = "cancelled"
-        return {WHOLE_MODEL: out}
+        return out
 
 
 class SampleBasins(_BasinsBase):
@@ -161,25 +158,9 @@ class SampleBasins(_BasinsBase):
     level_label = "noise level r"
     max_param = "r_max"
 
-    def _search(self, inputs, key, ref) -> B.BasinResult:
-        p = self.params
-        return B.sample_basins(
-            self.predict,
-            inputs,
-            ref,
-            key=key,
-            draws=p["draws"],
-            steps=p["steps"],
-            r_max=p["r_max"],
-            keep_prob=p["keep_prob"],
-            relative=p["noise"] == "relative",
-            curve_points=p["curve_points"],
-            seed=self.ctx.seed,
-            max_batch_size=self.ctx.max_batch_size,
-            budget_seconds=p["budget_seconds"] or math.inf,
-            progress=self.ctx.progress,
-            cancelled=self.ctx.cancelled,
-        )
+    def search(self, inputs: B.Inputs, key: str, reference: np.ndarray) -> B.BasinResult:
+        relative = self.params["noise"] == "relative"
+        return B.sample_basins(self.predict, inputs, reference, self.options(), key=key, relative=relative)
 
 
 class WeightBasins(_BasinsBase):
@@ -206,34 +187,16 @@ class WeightBasins(_BasinsBase):
     level_label = "weight noise eta"
     max_param = "eta_max"
 
-    def _search(self, inputs, key, ref) -> B.BasinResult:
+    def search(self, inputs: B.Inputs, key: str, reference: np.ndarray) -> B.BasinResult:
         p = self.params
         weights = {layer.name: _perturbed(layer, p["perturb_bias"]) for layer in self.ctx.layers}
         weights = {name: w for name, w in weights.items() if w}
         if not weights:
             self.ctx.warn(f"{self.name}: no selected layer has weights; nothing is perturbed")
-        return B.weight_basins(
-            self.predict_with_weights,
-            self.predict,
-            inputs,
-            ref,
-            weights,
-            draws=p["draws"],
-            steps=p["steps"],
-            r_max=p["eta_max"],
-            keep_prob=p["keep_prob"],
-            curve_points=p["curve_points"],
-            seed=self.ctx.seed,
-            max_batch_size=self.ctx.max_batch_size,
-            budget_seconds=p["budget_seconds"] or math.inf,
-            progress=self.ctx.progress,
-            cancelled=self.ctx.cancelled,
-        )
+        return B.weight_basins(self.predict_with_weights, self.predict, inputs, reference, weights, self.options())
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results = super().finish()
-        results[WHOLE_MODEL]["perturbed_layers"] = ",".join(layer.name for layer in self.ctx.layers)
-        return results
+    def measure(self, layer: Layer, acc: B.FirstData) -> dict[str, Any]:
+        return {**super().measure(layer, acc), "perturbed_layers": ",".join(x.name for x in self.ctx.layers)}
 
 
 def _perturbed(layer: Layer, bias: bool) -> dict[str, np.ndarray]:

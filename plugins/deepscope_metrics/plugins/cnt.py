@@ -17,7 +17,6 @@ Cost (each metric's description ends with its own "Cost:" line; figures for ResN
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -28,7 +27,6 @@ from deepscope_server.plugin_api import (
     Curve,
     Graph,
     Layer,
-    Metric,
     Needs,
     Param,
     PerLayerMetric,
@@ -44,6 +42,7 @@ from ..complex_network import (
     StreamingDistribution,
     activation_function,
     divergence_matrix,
+    flat_links,
     input_neuron_strengths,
     kde_curve,
     layer_fluctuation,
@@ -53,21 +52,19 @@ from ..complex_network import (
 from ..complex_network.gates import (
     GATED,
     GatedNeurons,
-    block_sample,
+    block_link_columns,
     block_table,
-    block_weights,
     blocks_graph_coo,
     dense_blocks,
     gated_neurons,
 )
 from ..complex_network.unroll import weight_graph_coo
-from ..complex_network.walk import bn_scale_shift, folded_weights
+from ..complex_network.walk import WEIGHTED, bn_scale_shift, folded_layer, folded_weights, link_sample, next_weighted
 
 CITATION = (
     "La Malfa, Hu, Kuhnert, Nicosia et al., Characterizing Learning Dynamics of Deep Neural Networks via "
     "Complex Networks, ICTAI 2021 (arXiv 2110.02628); arXiv 2209.05488; arXiv 2404.11172"
 )
-WEIGHTED = frozenset({"linear", "conv"})
 DENSE_KINDS = WEIGHTED | {"embedding"}  # embeddings are accepted only to be skipped with a warning
 KINDS = DENSE_KINDS | GATED
 GATES_DOC = (
@@ -79,7 +76,7 @@ GATES_DOC = (
 )
 
 
-def _weighted(metric: Metric, gated: bool = False) -> list[Any]:
+def _weighted(metric: PerLayerMetric, gated: bool = False) -> list[Any]:
     """The selected linear/conv (and, if ``gated``, recurrent/attention) layers in graph order.
 
     Selected embeddings are skipped with a warning.
@@ -89,14 +86,6 @@ def _weighted(metric: Metric, gated: bool = False) -> list[Any]:
             metric.ctx.warn(f"{metric.name}: embedding '{layer.name}' skipped (a lookup table, not a weight graph)")
     kinds = (WEIGHTED | GATED) if gated else WEIGHTED
     return [layer for layer in metric.ctx.layers if layer.kind in kinds]
-
-
-def _link_sample(graph: Any, layer: Any, fold_norm: bool) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """A layer's link weights and biases (a gated layer's: all its blocks'), and the BatchNorms folded in."""
-    if layer.kind in GATED:
-        return (*block_weights(dense_blocks(layer)), [])
-    W, b, _, folded = folded_weights(graph, layer, fold_norm)
-    return W, b, folded
 
 
 P_GRID = Param("grid_points", int, 1000, "KDE grid points over [min, max]", min=10, max=100_000)
@@ -120,33 +109,51 @@ P_FOLD = Param(
 )
 
 
+def _kde(sample: np.ndarray, grid_points: int, x_label: str) -> dict[str, Any]:
+    """``{"kde": the sample's Gaussian KDE curve}``, or ``{"reason": why there is none}`` (a degenerate sample)."""
+    try:
+        x, y = kde_curve(sample, grid_points)
+    except DegenerateDistribution as exc:
+        return {"reason": str(exc)}
+    return {"kde": Curve(x, y, x_label, "density")}
+
+
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class _StrengthBase(Metric):
-    """Shared: strengths of each selected layer's output neurons within the model graph."""
+class _WeightMetric(PerLayerMetric):
+    """A metric of the weight graph: each selected linear/conv/recurrent/attention layer measured from
+    its weights alone (no accumulator, no forward pass)."""
 
     citation = CITATION
     needs = Needs.WEIGHTS
     layer_kinds = KINDS
+
+    def measured_layers(self) -> list[Any]:
+        return _weighted(self, gated=True)
+
+
+class _StrengthBase(_WeightMetric):
+    """Shared: strengths of each selected layer's output neurons within the model graph."""
+
     result_kinds = ("vector", "scalar", "string")
 
-    def _neuron_layers(self) -> dict[str, Any]:
+    def _neuron_layer(self, layer: Layer) -> Any:
+        """The layer's neuron layer (``NeuronLayer`` or, for a gated layer, ``GatedNeurons``); raises when unsupported."""
         p = self.params
-        out: dict[str, Any] = {}
-        for layer in _weighted(self, gated=True):
-            try:
-                if layer.kind in GATED:
-                    out[layer.name] = gated_neurons(layer, p["missing_side_const"])
-                    continue
-                nl = neuron_layer_strengths(self.ctx.graph, layer, p["mode"], p["missing_side_const"], p["fold_norm"])
-                for w in nl.warnings:
-                    self.ctx.warn(f"{self.name} {layer.name}: {w}")
-                out[layer.name] = nl
-            except Exception as exc:  # degenerate/unsupported layer: report, never crash the run
-                out[layer.name] = exc
-        return out
+        if layer.kind in GATED:
+            return gated_neurons(layer, p["missing_side_const"])
+        nl = neuron_layer_strengths(self.ctx.graph, layer, p["mode"], p["missing_side_const"], p["fold_norm"])
+        for w in nl.warnings:
+            self.ctx.warn(f"{self.name} {layer.name}: {w}")
+        return nl
+
+    def _input(self) -> Any | None:
+        """The model input's neurons, when ``include_input`` and the input shape is known."""
+        if not self.params["include_input"]:
+            return None
+        return input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"], self.params["fold_norm"])
 
     def _echo(self, nl: Any) -> dict[str, Any]:
         p = self.params
@@ -173,7 +180,7 @@ class _StrengthBase(Metric):
         }
 
 
-class WeightGraph(Metric):
+class WeightGraph(_WeightMetric):
     """The layer's weight graph itself, for the user's own network science (``run.graph(...)`` in the SDK)."""
 
     name = "cnt.weight_graph"
@@ -189,9 +196,6 @@ class WeightGraph(Metric):
         "C_in/groups x taps inside the map); a layer over max_links is counted, never built, and "
         "skipped naming max_links."
     )
-    citation = CITATION
-    needs = Needs.WEIGHTS
-    layer_kinds = KINDS
     result_kinds = ("graph", "scalar")
     params = (
         Param(
@@ -206,61 +210,32 @@ class WeightGraph(Metric):
     )
     summary_keys = ("n_nodes", "n_links")
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results: dict[str, dict[str, Any]] = {}
-        for layer in _weighted(self, gated=True):
-            try:
-                if layer.kind in GATED:
-                    if self.params["include_next"]:
-                        self.ctx.warn(f"{self.name}: include_next does not apply to {layer.kind} '{layer.name}'")
-                    blocks = dense_blocks(layer)
-                    results[layer.name] = {
-                        **_graph_result(blocks_graph_coo(layer.name, blocks, self.params["max_links"])),
-                        "blocks": ",".join(b.key for b in blocks),
-                    }
-                    continue
-                nxt = _next_weighted(self.ctx.graph, layer) if self.params["include_next"] else None
-                if self.params["include_next"] and nxt is None:
-                    self.ctx.warn(f"{self.name}: no single next linear/conv layer after '{layer.name}'")
-                fold = self.params["fold_norm"]
-                results[layer.name] = _graph_result(
-                    weight_graph_coo(
-                        _folded_layer(self.ctx.graph, layer, fold),
-                        None if nxt is None else _folded_layer(self.ctx.graph, nxt, fold),
-                        self.params["max_links"],
-                    )
-                )
-            except Exception as exc:  # unsupported layer or too many links: report, never crash the run
-                capped = "max_links" in str(exc)  # the graph exists, it is just over the cap: say so and how
-                results[layer.name] = {
-                    "status": "skipped",
-                    "reason": f"capped: {exc}; raise the max_links parameter (at most 20,000,000) to get it"
-                    if capped
-                    else _reason(exc),
-                }
-        return results
+    def measure(self, layer: Layer, acc: None) -> dict[str, Any]:
+        try:
+            return self._graph(layer)
+        except Exception as exc:  # unsupported layer or too many links: report, never crash the run
+            capped = "max_links" in str(exc)  # the graph exists, it is just over the cap: say so and how
+            return {
+                "status": "skipped",
+                "reason": f"capped: {exc}; raise the max_links parameter (at most 20,000,000) to get it"
+                if capped
+                else _reason(exc),
+            }
 
-
-def _next_weighted(graph: Any, layer: Any) -> Any | None:
-    """The next linear/conv layer along a single chain of elementwise layers (activation, norm, flatten)."""
-    current = layer
-    while True:
-        succ = graph.successors(current.name)
-        if len(succ) != 1:
-            return None
-        current = succ[0]
-        if current.kind in WEIGHTED:
-            return current
-        if current.kind not in ("activation", "norm") and current.op_type not in ("Flatten", "Dropout", "Identity"):
-            return None
-
-
-def _folded_layer(graph: Any, layer: Any, fold_norm: bool) -> Any:
-    """The layer with a directly following eval-mode BatchNorm folded into its weight and bias."""
-    W, b, _, folded = folded_weights(graph, layer, fold_norm)
-    if not folded:
-        return layer
-    return dataclasses.replace(layer, weights={**layer.weights, "weight": W, "bias": b})
+    def _graph(self, layer: Layer) -> dict[str, Any]:
+        p, graph = self.params, self.ctx.graph
+        if layer.kind in GATED:
+            if p["include_next"]:
+                self.ctx.warn(f"{self.name}: include_next does not apply to {layer.kind} '{layer.name}'")
+            blocks = dense_blocks(layer)
+            coo = blocks_graph_coo(layer.name, blocks, p["max_links"])
+            return {**_graph_result(coo), "blocks": ",".join(b.key for b in blocks)}
+        nxt = next_weighted(graph, layer) if p["include_next"] else None
+        if p["include_next"] and nxt is None:
+            self.ctx.warn(f"{self.name}: no single next linear/conv layer after '{layer.name}'")
+        fold = p["fold_norm"]
+        following = None if nxt is None else folded_layer(graph, nxt, fold)
+        return _graph_result(weight_graph_coo(folded_layer(graph, layer, fold), following, p["max_links"]))
 
 
 def _graph_result(coo: Any) -> dict[str, Any]:
@@ -278,7 +253,7 @@ def _graph_result(coo: Any) -> dict[str, Any]:
     }
 
 
-class LinkWeights(Metric):
+class LinkWeights(_WeightMetric):
     name = "cnt.link_weights"
     description = (
         "Distribution of a layer's link weights (all weights and biases): summary statistics, "
@@ -287,9 +262,6 @@ class LinkWeights(Metric):
         "the KDE is scipy's, evaluated by bins of 0.1 bandwidth (equal to the direct sum to ~1e-12), "
         "so grid_points adds O(grid_points), not O(weights x grid_points)."
     )
-    citation = CITATION
-    needs = Needs.WEIGHTS
-    layer_kinds = KINDS
     result_kinds = ("scalar", "table", "curve")
     params = (
         Param("bins", int, 50, "histogram bins", min=1, max=10_000),
@@ -298,53 +270,32 @@ class LinkWeights(Metric):
     )
     summary_keys = ("mean", "std", "n")
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results: dict[str, dict[str, Any]] = {}
-        for layer in _weighted(self, gated=True):
-            try:
-                W, b, folded = _link_sample(self.ctx.graph, layer, self.params["fold_norm"])
-            except ValueError as exc:  # a gated layer whose blocks cannot be split: report, never crash the run
-                results[layer.name] = {"mean": float("nan"), "reason": _reason(exc)}
-                continue
-            s = link_weight_summary(W, b, bins=self.params["bins"])
-            counts, edges = s.pop("hist_counts"), s.pop("hist_edges")
-            r: dict[str, Any] = {
-                **s,
-                "histogram": Table({"bin_left": edges[:-1], "bin_right": edges[1:], "count": counts}),
-                "bins": self.params["bins"],
-                "grid_points": self.params["grid_points"],
-            }
-            if folded:
-                r["extensions"] = f"batchnorm {', '.join(folded)} folded (extension beyond the paper)"
-            if layer.kind in GATED:
-                r["blocks"] = _block_link_table(dense_blocks(layer))
-            try:
-                x, y = kde_curve(
-                    np.concatenate([W.ravel(), [] if b is None else b.ravel()]), self.params["grid_points"]
-                )
-                r["kde"] = Curve(x, y, "link weight", "density")
-            except DegenerateDistribution as exc:
-                r["reason"] = str(exc)
-            results[layer.name] = r
-        return results
-
-
-def _block_link_table(blocks: list[Any]) -> Table:
-    samples = [block_sample(b) for b in blocks]
-    return Table(
-        {
-            "block": [b.key for b in blocks],
-            "n": np.array([v.size for v in samples]),
-            "mean": np.array([v.mean() for v in samples]),
-            "std": np.array([v.std() for v in samples]),
+    def measure(self, layer: Layer, acc: None) -> dict[str, Any]:
+        p = self.params
+        try:
+            W, b, folded = link_sample(self.ctx.graph, layer, p["fold_norm"])
+        except ValueError as exc:  # a gated layer whose blocks cannot be split: report, never crash the run
+            return nan_result(_reason(exc), "mean")
+        s = link_weight_summary(W, b, bins=p["bins"])
+        counts, edges = s.pop("hist_counts"), s.pop("hist_edges")
+        r: dict[str, Any] = {
+            **s,
+            "histogram": Table({"bin_left": edges[:-1], "bin_right": edges[1:], "count": counts}),
+            "bins": p["bins"],
+            "grid_points": p["grid_points"],
         }
-    )
+        if folded:
+            r["extensions"] = f"batchnorm {', '.join(folded)} folded (extension beyond the paper)"
+        if layer.kind in GATED:
+            r["blocks"] = Table(block_link_columns(dense_blocks(layer)))
+        return {**r, **_kde(flat_links(W, b), p["grid_points"], "link weight")}
 
 
 _STRENGTH_COST = (
     " Cost: per layer one single-channel conv of a ones map (in-strength) and one backward pass "
     "of the linear surrogate network (out-strength), linear in neurons; no edge list is built."
 )
+_INCLUDE_INPUT = Param("include_input", bool, True, "also report the model input neurons")
 
 
 class NodeStrength(_StrengthBase):
@@ -360,36 +311,36 @@ class NodeStrength(_StrengthBase):
         "missing_side_const); input_out_strength = each block's column sums (its input neurons' "
         "out-strengths), concatenated." + _STRENGTH_COST
     )
-    params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
+    params = (P_MODE, P_CONST, P_FOLD, _INCLUDE_INPUT)
     summary_keys = ("strength_mean", "in_strength_mean", "out_strength_mean", "n_nodes")
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results: dict[str, dict[str, Any]] = {}
-        for name, nl in self._neuron_layers().items():
-            if isinstance(nl, Exception):
-                results[name] = {"strength": np.array([np.nan]), "reason": _reason(nl)}
-                continue
-            st = nl.strengths
-            results[name] = {
-                "strength": st.total.ravel(),
-                "in_strength": st.s_in.ravel(),
-                "out_strength": st.s_out.ravel(),
-                "strength_mean": float(st.total.mean()),
-                "in_strength_mean": float(st.s_in.mean()),
-                "out_strength_mean": float(st.s_out.mean()),
-                **self._echo(nl),
-            }
-        if self.params["include_input"]:
-            inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"], self.params["fold_norm"])
-            if inp is not None:
-                results[WHOLE_MODEL] = {
-                    "input_strength": inp.strengths.total.ravel(),
-                    "input_out_strength": inp.strengths.s_out.ravel(),
-                    "input_shape": [int(d) for d in inp.shape],
-                    "input_n_nodes": int(inp.strengths.total.size),
-                    "missing_side_const": self.params["missing_side_const"],
-                }
-        return results
+    def measure(self, layer: Layer, acc: None) -> dict[str, Any]:
+        try:
+            nl = self._neuron_layer(layer)
+        except Exception as exc:  # degenerate/unsupported layer: report, never crash the run
+            return {"strength": np.array([np.nan]), "reason": _reason(exc)}
+        st = nl.strengths
+        return {
+            "strength": st.total.ravel(),
+            "in_strength": st.s_in.ravel(),
+            "out_strength": st.s_out.ravel(),
+            "strength_mean": float(st.total.mean()),
+            "in_strength_mean": float(st.s_in.mean()),
+            "out_strength_mean": float(st.s_out.mean()),
+            **self._echo(nl),
+        }
+
+    def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        inp = self._input()
+        if inp is None:
+            return None
+        return {
+            "input_strength": inp.strengths.total.ravel(),
+            "input_out_strength": inp.strengths.s_out.ravel(),
+            "input_shape": [int(d) for d in inp.shape],
+            "input_n_nodes": int(inp.strengths.total.size),
+            "missing_side_const": self.params["missing_side_const"],
+        }
 
 
 class LayerFluctuation(_StrengthBase):
@@ -401,36 +352,40 @@ class LayerFluctuation(_StrengthBase):
         + " A gated layer's Y_l is over all its gate neurons; 'blocks' gives each block's own."
         + _STRENGTH_COST
     )
-    params = (P_MODE, P_CONST, P_FOLD, Param("include_input", bool, True, "also report the model input neurons"))
+    params = (P_MODE, P_CONST, P_FOLD, _INCLUDE_INPUT)
     result_kinds = ("scalar", "table", "curve")
     summary_keys = ("fluctuation", "cv", "n_nodes")
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results: dict[str, dict[str, Any]] = {}
-        rows: list[tuple[str, float, float, int]] = []
-        if self.params["include_input"]:
-            inp = input_neuron_strengths(self.ctx.graph, self.params["missing_side_const"], self.params["fold_norm"])
-            if inp is not None:
-                f = layer_fluctuation(inp.strengths.total)
-                rows.append(("<input>", f["fluctuation"], f["cv"], f["n_nodes"]))
-        for name, nl in self._neuron_layers().items():
-            if isinstance(nl, Exception):
-                results[name] = {"fluctuation": float("nan"), "reason": _reason(nl)}
-                continue
-            f = layer_fluctuation(nl.strengths.total)
-            results[name] = {**f, **self._echo(nl)}
-            if not np.isfinite(f["fluctuation"]):
-                results[name]["reason"] = "non-finite or empty strengths"
-            rows.append((name, f["fluctuation"], f["cv"], f["n_nodes"]))
-        if rows:
-            names, fl, cv, n = zip(*rows)
-            results[WHOLE_MODEL] = {
-                "fluctuations": Table(
-                    {"layer": list(names), "fluctuation": np.array(fl), "cv": np.array(cv), "n_nodes": np.array(n)}
-                ),
-                "fluctuation_curve": Curve(np.arange(len(fl), dtype=float), np.array(fl), "neuron layer", "Y_l"),
-            }
-        return results
+    def measure(self, layer: Layer, acc: None) -> dict[str, Any]:
+        try:
+            nl = self._neuron_layer(layer)
+        except Exception as exc:  # degenerate/unsupported layer: report, never crash the run
+            return nan_result(_reason(exc), "fluctuation")
+        f = layer_fluctuation(nl.strengths.total)
+        res = {**f, **self._echo(nl)}
+        if not np.isfinite(f["fluctuation"]):
+            res["reason"] = "non-finite or empty strengths"
+        return res
+
+    def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """Y_l over depth, the model input first (when included); layers that failed are left out."""
+        inp = self._input()
+        rows = {} if inp is None else {"<input>": layer_fluctuation(inp.strengths.total)}
+        rows.update((name, r) for name, r in results.items() if "cv" in r)
+        if not rows:
+            return None
+        fl = np.array([r["fluctuation"] for r in rows.values()])
+        return {
+            "fluctuations": Table(
+                {
+                    "layer": list(rows),
+                    "fluctuation": fl,
+                    "cv": np.array([r["cv"] for r in rows.values()]),
+                    "n_nodes": np.array([r["n_nodes"] for r in rows.values()]),
+                }
+            ),
+            "fluctuation_curve": Curve(np.arange(len(fl), dtype=float), fl, "neuron layer", "Y_l"),
+        }
 
 
 class Divergence(_StrengthBase):
@@ -464,25 +419,27 @@ class Divergence(_StrengthBase):
     result_kinds = ("matrix", "table", "scalar")
     summary_keys = ("divergence_to_next",)
 
-    def finish(self) -> dict[str, dict[str, Any]]:
+    def measure(self, layer: Layer, acc: None) -> dict[str, Any]:
+        """The layer's distribution as ``{"sample": values}``; ``{}`` when it cannot be had (left out)."""
+        if self.params["of"] == "node_strength":
+            try:
+                return {"sample": self._neuron_layer(layer).strengths.total.ravel()}
+            except Exception:  # as in cnt.node_strength, which reports why
+                return {}
+        try:
+            W, b, _ = link_sample(self.ctx.graph, layer, self.params["fold_norm"])
+        except ValueError as exc:
+            self.ctx.warn(f"{self.name}: '{layer.name}' left out: {exc}")
+            return {}
+        return {"sample": flat_links(W, b)}
+
+    def combine(self, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Every pair of layers compared: the matrix under WHOLE_MODEL, each layer's divergence to the next."""
         p = self.params
-        names, samples = [], []
-        if p["of"] == "link_weights":
-            for layer in _weighted(self, gated=True):
-                try:
-                    W, b, _ = _link_sample(self.ctx.graph, layer, p["fold_norm"])
-                except ValueError as exc:
-                    self.ctx.warn(f"{self.name}: '{layer.name}' left out: {exc}")
-                    continue
-                names.append(layer.name)
-                samples.append(np.concatenate([W.ravel(), [] if b is None else b.ravel()]))
-        else:
-            for name, nl in self._neuron_layers().items():
-                if not isinstance(nl, Exception):
-                    names.append(name)
-                    samples.append(nl.strengths.total.ravel())
+        names = [name for name, r in results.items() if "sample" in r]
         if len(names) < 2:
-            return {WHOLE_MODEL: {"divergence": float("nan"), "reason": f"need at least 2 layers, got {len(names)}"}}
+            return {WHOLE_MODEL: nan_result(f"need at least 2 layers, got {len(names)}", "divergence")}
+        samples = [results[name]["sample"] for name in names]
         try:
             M = divergence_matrix(
                 samples, p["method"], p["grid_points"], budget_seconds=p["budget_seconds"] or math.inf
@@ -490,7 +447,7 @@ class Divergence(_StrengthBase):
         except OverBudget as exc:
             return {WHOLE_MODEL: {"status": "skipped", "reason": f"over budget: {exc}"}}
         i, j = np.triu_indices(len(names), 1)
-        results: dict[str, dict[str, Any]] = {
+        out: dict[str, dict[str, Any]] = {
             WHOLE_MODEL: {
                 "matrix": M,
                 "layers": ",".join(names),
@@ -503,8 +460,8 @@ class Divergence(_StrengthBase):
             }
         }
         for k in range(len(names) - 1):
-            results[names[k]] = {"divergence_to_next": float(M[k, k + 1]), "next_layer": names[k + 1]}
-        return results
+            out[names[k]] = {"divergence_to_next": float(M[k, k + 1]), "next_layer": names[k + 1]}
+        return out
 
 
 class _InputDependent(PerLayerMetric):
@@ -573,12 +530,7 @@ class _InputDependent(PerLayerMetric):
             r["activation"] = self.functions[layer.name] or "identity (no activation layer follows)"
         if r["n_samples"] == 0:
             return nan_result("no layer outputs were received", "mean", **r)
-        try:
-            x, y = kde_curve(sample, self.params["grid_points"])
-            r["kde"] = Curve(x, y, "value", "density")
-        except DegenerateDistribution as exc:
-            r["reason"] = str(exc)
-        return r
+        return {**r, **_kde(sample, self.params["grid_points"], "value")}
 
 
 _DENSE_ONLY = (

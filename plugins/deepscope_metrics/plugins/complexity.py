@@ -26,7 +26,6 @@ from deepscope_server.plugin_api import (
     Batch,
     Curve,
     Layer,
-    Metric,
     Needs,
     Param,
     PerLayerMetric,
@@ -35,12 +34,10 @@ from deepscope_server.plugin_api import (
     unit_view,
 )
 
-from ..complexity import PatternEntropy, complexity_at, linear_fvu, piecewise_fvu_curve
-from ..fits import fit_power_law
-from ..streaming import ReservoirSampler, random_projection
+from ..complexity import PatternEntropy, linear_fvu, piecewise_complexity
+from ..streaming import PairedRows
 
 CITATION = "R. A. Janik, P. Witaszczyk, Complexity for deep neural networks and other characteristics of deep feature representations, arXiv:2006.04791 (2020)"
-NAN = float("nan")
 
 REDUCE = Param(
     "reduce",
@@ -102,8 +99,10 @@ def block_boundaries(spec: str, layers: list[Layer]) -> list[tuple[str, str]] | 
     return list(zip(chain[:-1], chain[1:]))
 
 
-class _PairedSample(Metric):
-    """Shared part of the regression metrics: a capped reservoir of (block input, block output) rows."""
+class _BlockRegression(PerLayerMetric):
+    """The regression metrics: each block (a map from one representation to the next, keyed by its
+    end layer) streams a capped uniform sample of aligned (input, output) rows (``PairedRows``);
+    a metric declares ``regress(x, y)`` on that sample and the keys a block without one gets NaN."""
 
     needs = Needs.INPUTS | Needs.OUTPUTS | Needs.DATA
     reconstructed = True
@@ -137,6 +136,8 @@ class _PairedSample(Metric):
         ),
         Param("test_fraction", float, 0.25, "held-out fraction of the sample for scoring", min=0.05, max=0.95),
     )
+    nan_keys: tuple[str, ...] = ()  #: the headline keys, NaN when a block cannot be measured
+    nan_values: dict[str, Any] = {}  #: other values of such a block
 
     def start(self) -> None:
         pairs = block_boundaries(self.params["blocks"], self.ctx.layers)
@@ -147,106 +148,74 @@ class _PairedSample(Metric):
             else {end: (start, "data" if start == MODEL_INPUT else "output") for start, end in pairs}
         )
         self.by_name = {layer.name: layer for layer in self.ctx.layers}
-        self.samplers = {end: ReservoirSampler(self.params["max_samples"], self.ctx.seed) for end in self.sources}
-        self.projections: dict[tuple[str, str], Any] = {}
-        self.widths: dict[tuple[str, str], int] = {}
-        self.reasons: dict[str, str] = {}
+        super().start()
 
-    def _project(self, layer: str, side: str, a: np.ndarray) -> np.ndarray:
-        key = (layer, side)
-        if key not in self.widths:
-            self.widths[key] = a.shape[1]
-            if a.shape[1] > self.params["max_width"]:
-                seed = self.ctx.seed + (1 if side == "input" else 2)
-                self.projections[key] = random_projection(a.shape[1], self.params["max_width"], seed)
-                self.ctx.warn(
-                    f"{self.name}: {layer} {side} has {a.shape[1]} units, randomly projected "
-                    f"to {self.params['max_width']} (max_width)"
-                )
-        proj = self.projections.get(key)
-        return a if proj is None else np.asarray(a.astype(np.float64) @ proj)
+    def measured_layers(self) -> list[Layer]:
+        return [self.by_name[end] for end in self.sources]
 
-    def _source(self, batch: Batch, name: str, side: str) -> np.ndarray | None:
+    def accumulator(self, layer: Layer) -> PairedRows:
+        warn = self.ctx.warn
+        return PairedRows(
+            self.params["max_samples"],
+            self.params["max_width"],
+            self.ctx.seed,
+            lambda message: warn(f"{self.name}: {layer.name} {message}"),
+        )
+
+    def _view(self, layer: Layer, a: np.ndarray) -> np.ndarray:
+        return unit_view(a, layer, self.params["reduce"])
+
+    def feed(self, layer: Layer, acc: PairedRows, batch: Batch) -> None:
+        """The block's input (the start layer's output, its own input, or the model input) and its output."""
+        start, side = self.sources[layer.name]
+        if layer.name not in batch.outputs:
+            return
         if side == "data":
             model_input = self.ctx.graph.inputs[0].name if self.ctx.graph.inputs else MODEL_INPUT
             a = batch.data.get(model_input)
             # flattened whatever 'reduce' says: averaging an image over its positions would leave ~nothing
-            return None if a is None else np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-        group = batch.inputs if side == "input" else batch.outputs
-        return unit_view(group[name], self.by_name[name], self.params["reduce"]) if name in group else None
+            x = None if a is None else np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+        else:
+            group = batch.inputs if side == "input" else batch.outputs
+            x = self._view(self.by_name[start], group[start]) if start in group else None
+        if x is not None:
+            acc.update(x, self._view(layer, batch.outputs[layer.name]))
 
-    def update(self, batch: Batch) -> None:
-        for end, (start, side) in self.sources.items():
-            if end in self.reasons or end not in batch.outputs:
-                continue
-            x = self._source(batch, start, side)
-            if x is None:
-                continue
-            y = unit_view(batch.outputs[end], self.by_name[end], self.params["reduce"])
-            if x.shape[0] != y.shape[0]:
-                self.reasons[end] = (
-                    f"block input and output give different row counts ({x.shape[0]} vs "
-                    f"{y.shape[0]}) with reduce='{self.params['reduce']}'; use mean or flatten"
-                )
-                continue
-            self.samplers[end].update(self._project(end, "input", x), self._project(end, "output", y))
-
-    def _echo(self, name: str) -> dict[str, Any]:
-        p, s = self.params, self.samplers[name]
-        start, side = self.sources[name]
+    def measure(self, layer: Layer, acc: PairedRows) -> dict[str, Any]:
+        p = self.params
+        start, side = self.sources[layer.name]
+        sample = acc.sampler.sample()
+        if acc.reason is not None:
+            res = self._nan(f"block {acc.reason} with reduce='{p['reduce']}'; use mean or flatten")
+        elif not sample:
+            res = self._nan(
+                "no input/output captured for this layer"
+                if side == "input"
+                else f"nothing captured for the block {start} -> {layer.name}"
+            )
+        else:
+            try:
+                res = self.regress(*sample)
+            except (np.linalg.LinAlgError, ValueError) as exc:
+                res = {**self._nan(f"numerical failure: {exc}"), "status": "failed"}
         return {
+            **res,
             "block_start": f"{start} (input)" if side == "input" else start,
-            "block_end": name,
-            "n_samples_seen": int(s.n_seen),
-            "reservoir_size": int(s.n_kept),
-            "input_projection": "random" if (name, "input") in self.projections else "none",
-            "output_projection": "random" if (name, "output") in self.projections else "none",
-            "input_units_raw": int(self.widths.get((name, "input"), 0)),
-            "output_units_raw": int(self.widths.get((name, "output"), 0)),
-            **{q.name: p[q.name] for q in self.params_echoed()},
+            "block_end": layer.name,
+            **acc.info(),
+            **{name: value for name, value in p.items() if name in _ECHOED},
             "seed": int(self.ctx.seed),
         }
 
-    @classmethod
-    def params_echoed(cls) -> tuple[Param, ...]:
-        return tuple(
-            q
-            for q in cls.params
-            if q.name in ("blocks", "reduce", "max_samples", "max_width", "pca_dim", "test_fraction", "ridge")
-        )
-
-    def _data(self, name: str) -> tuple[np.ndarray, np.ndarray] | str:
-        if name in self.reasons:
-            return self.reasons[name]
-        sample = self.samplers[name].sample()
-        if not sample:
-            start, side = self.sources[name]
-            return (
-                "no input/output captured for this layer"
-                if side == "input"
-                else f"nothing captured for the block {start} -> {name}"
-            )
-        return sample[0], sample[1]
-
-    def finish(self) -> dict[str, dict[str, Any]]:
-        results = {}
-        for name in self.sources:
-            data = self._data(name)
-            if isinstance(data, str):
-                res = self._nan(data)
-            else:
-                try:
-                    res = self._compute(*data)
-                except (np.linalg.LinAlgError, ValueError) as exc:
-                    res = {**self._nan(f"numerical failure: {exc}"), "status": "failed"}
-            results[name] = {**res, **self._echo(name)}
-        return results
-
     def _nan(self, reason: str) -> dict[str, Any]:
+        return nan_result(reason, *self.nan_keys, **self.nan_values)
+
+    def regress(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """The block's result from its sampled input rows ``x`` and output rows ``y``."""
         raise NotImplementedError
 
-    def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-        raise NotImplementedError
+
+_ECHOED = frozenset({"blocks", "reduce", "max_samples", "max_width", "pca_dim", "test_fraction", "ridge"})
 
 
 _BLOCK_METHOD = """\
@@ -271,7 +240,7 @@ _BLOCK_DOC = (
 )
 
 
-class LinearFVU(_PairedSample):
+class LinearFVU(_BlockRegression):
     name = "complexity.linear_fvu"
     summary_keys = ("fvu", "fvu_train")
     description = (
@@ -290,7 +259,7 @@ the held-out `sum |y - y_hat|^2 / sum |y - mean y|^2` pooled over output dimensi
 same on the fitted rows. Assumed, not read: the ridge penalty, the split and the PCA reduction.
 """
     )
-    params = _PairedSample.params + (
+    params = _BlockRegression.params + (
         Param(
             "ridge",
             float,
@@ -301,17 +270,16 @@ same on the fitted rows. Assumed, not read: the ridge penalty, the split and the
         ),
     )
 
-    def _nan(self, reason: str) -> dict[str, Any]:
-        return nan_result(reason, "fvu", "fvu_train")
+    nan_keys = ("fvu", "fvu_train")
 
-    def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    def regress(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = self.params
         return linear_fvu(
             x, y, test_fraction=p["test_fraction"], alpha=p["ridge"], max_dim=p["pca_dim"], seed=self.ctx.seed
         )
 
 
-class PiecewiseFVU(_PairedSample):
+class PiecewiseFVU(_BlockRegression):
     name = "complexity.piecewise"
     summary_keys = ("complexity", "k_star", "fvu_linear")
     description = (
@@ -358,7 +326,7 @@ FVU the same eps means the same thing in every block. Why the training curve: th
 was U-shaped (overfitting pieces), so a K* read from it was unstable.
 """
     )
-    params = _PairedSample.params + (
+    params = _BlockRegression.params + (
         Param("k_max", int, 64, "largest number of pieces", min=1, max=4096),
         Param("min_cluster_size", int, 10, "a piece keeps at least this many training rows", min=1, max=100_000),
         Param(
@@ -401,15 +369,17 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
         self.eps_grid = np.asarray(sorted(parse_floats(self.params["eps_grid"], "eps_grid"), reverse=True))
         super().start()
 
-    def _nan(self, reason: str) -> dict[str, Any]:
-        return nan_result(reason, "complexity", "fvu_linear", "occupancy_entropy", k_star=0)
+    nan_keys = ("complexity", "fvu_linear", "occupancy_entropy")
+    nan_values = {"k_star": 0}
 
-    def _compute(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    def regress(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = self.params
-        relative = p["eps_mode"] == "relative"
-        c = piecewise_fvu_curve(
+        c = piecewise_complexity(
             x,
             y,
+            eps=p["eps"],
+            relative=p["eps_mode"] == "relative",
+            eps_grid=self.eps_grid,
             k_max=p["k_max"],
             min_cluster_size=p["min_cluster_size"],
             rows_per_dim=p["rows_per_dim"],
@@ -421,56 +391,50 @@ was U-shaped (overfitting pieces), so a K* read from it was unstable.
         if "reason" in c:
             return self._nan(c["reason"])
         k, f_tr, f_te = c["k"], c["fvu_train"], c["fvu_test"]
-        k_star, comp = complexity_at(k, f_tr, p["eps"], relative)
-        grid = np.array([complexity_at(k, f_tr, e, relative)[1] for e in self.eps_grid])
-        fit = fit_power_law(k, f_tr)
-        best = int(np.argmin(f_te))
         out = {
-            "complexity": comp,
-            "k_star": k_star,
+            "complexity": c["complexity"],
+            "k_star": c["k_star"],
             "fvu_linear": float(f_tr[0]),
             "fvu_linear_test": float(f_te[0]),
-            "occupancy_entropy": float(c["occupancy_entropy"][np.flatnonzero(k == k_star)[0]]) if k_star else NAN,
+            "occupancy_entropy": c["occupancy_entropy_at_k_star"],
             "eps": p["eps"],
             "eps_mode": p["eps_mode"],
             "fvu_k": Curve(k.astype(np.float64), f_tr, "K (pieces)", "FVU train (monotone)"),
             "fvu_k_test": Curve(k.astype(np.float64), f_te, "K (pieces)", "FVU held-out"),
-            "k_best_test": int(k[best]),
-            "fvu_best_test": float(f_te[best]),
+            "k_best_test": c["k_best_test"],
+            "fvu_best_test": c["fvu_best_test"],
             "k": k,
             "occupancy_entropy_k": c["occupancy_entropy"],
-            "complexity_eps": Curve(self.eps_grid, grid, f"eps ({p['eps_mode']})", "ln K*(eps)"),
-            **fit.as_dict("fvu_k_powerlaw_"),
-            **{
-                key: c[key]
-                for key in (
-                    "n_samples",
-                    "n_train",
-                    "n_test",
-                    "input_units",
-                    "output_units",
-                    "input_dim",
-                    "output_dim",
-                    "input_pca_variance",
-                    "output_pca_variance",
-                    "min_cluster_rows",
-                    "smallest_piece_rows",
-                )
-            },
-            "k_max": p["k_max"],
-            "min_cluster_size": p["min_cluster_size"],
-            "rows_per_dim": p["rows_per_dim"],
-            "min_pieces": p["min_pieces"],
+            "complexity_eps": Curve(self.eps_grid, c["complexity_eps"], f"eps ({p['eps_mode']})", "ln K*(eps)"),
+            **c["fit"].as_dict("fvu_k_powerlaw_"),
+            **{key: c[key] for key in _CURVE_ECHOED},
+            **{key: p[key] for key in ("k_max", "min_cluster_size", "rows_per_dim", "min_pieces")},
             **{key: c[key] for key in ("warning", "underdetermined_from_k") if key in c},
         }
-        if not k_star:
-            what = f"{p['eps']} x FVU(1)" if relative else str(p["eps"])
+        if not c["k_star"]:
+            what = f"{p['eps']} x FVU(1)" if p["eps_mode"] == "relative" else str(p["eps"])
             out["reason"] = (
                 f"no K <= {int(k.max())} reaches training FVU <= {what} (complexity > ln {int(k.max())}); "
                 f"K stopped at {int(k.max())} (k_max {p['k_max']}, pieces of >= {c['min_cluster_rows']} "
                 f"rows from {c['n_train']}): give more samples, or raise eps or k_max"
             )
         return out
+
+
+#: What the piecewise curve reports about the sample and its reduction, echoed in the result.
+_CURVE_ECHOED = (
+    "n_samples",
+    "n_train",
+    "n_test",
+    "input_units",
+    "output_units",
+    "input_dim",
+    "output_dim",
+    "input_pca_variance",
+    "output_pca_variance",
+    "min_cluster_rows",
+    "smallest_piece_rows",
+)
 
 
 # ------------------------------------------------------------------------ pattern entropy

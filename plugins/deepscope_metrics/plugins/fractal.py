@@ -6,6 +6,7 @@ streaming state and computations live in deepscope_metrics.fractal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,35 @@ def _channels_last(layer: Layer, a: np.ndarray) -> np.ndarray:
     if a.ndim <= 2:
         return a.reshape(a.shape[0], -1)
     return np.moveaxis(a, layer.channel_axis % a.ndim, -1).reshape(a.shape[0], -1)
+
+
+def _across_layers(
+    results: dict[str, dict[str, Any]],
+    key: str,
+    what: str,
+    nan_key: str,
+    stat: Callable[[np.ndarray], dict[str, float]],
+) -> dict[str, Any]:
+    """The whole-model block: ``stat`` of ``key`` over the layers where it is finite (at least 2; ``stat``
+    returns {} when it is undefined), else NaN under ``nan_key`` saying why."""
+    values, whole = cross_layer(results, key)
+    ok = values[np.isfinite(values)]
+    out = stat(ok) if ok.size >= 2 else {}
+    return (
+        {**whole, **out}
+        if out
+        else nan_result(f"{ok.size} layers with a finite {key}: {what} needs 2", nan_key, **whole)
+    )
+
+
+def _spread(gammas: np.ndarray) -> dict[str, float]:
+    """sigma_gamma: the population std of the layers' exponents (the authors' fluctuation)."""
+    return {"sigma_gamma": float(gammas.std()), "gamma_mean": float(gammas.mean())}
+
+
+def _relative_range(dims: np.ndarray) -> dict[str, float]:
+    """Delta = (max - min) / mean of the layers' dimensions; undefined at mean 0."""
+    return {"delta": float((dims.max() - dims.min()) / dims.mean())} if dims.mean() != 0 else {}
 
 
 class SSRateMetric(PerLayerMetric):
@@ -269,11 +299,7 @@ class SpectrumExponentMetric(PerLayerMetric):
         return res
 
     def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        gammas, whole = cross_layer(results, "gamma")
-        ok = gammas[np.isfinite(gammas)]
-        if ok.size >= 2:
-            return {**whole, "sigma_gamma": float(ok.std()), "gamma_mean": float(ok.mean())}
-        return nan_result(f"{ok.size} layers with a finite gamma: sigma needs 2", "sigma_gamma", **whole)
+        return _across_layers(results, "gamma", "sigma", "sigma_gamma", _spread)
 
 
 class _FirstSamples(PerLayerMetric):
@@ -422,11 +448,7 @@ class CorrelationDimensionGPMetric(_FirstSamples):
         return res
 
     def summarise(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        dims, whole = cross_layer(results, "dimension")
-        ok = dims[np.isfinite(dims)]
-        if ok.size >= 2 and ok.mean() != 0:
-            return {**whole, "delta": float((ok.max() - ok.min()) / ok.mean())}
-        return nan_result(f"{ok.size} layers with a finite dimension: Delta needs 2", "delta", **whole)
+        return _across_layers(results, "dimension", "Delta", "delta", _relative_range)
 
 
 @hookimpl

@@ -97,16 +97,15 @@ class _ModesBase(PerLayerMetric):
         mode = "flatten" if self.params["per_position"] else "positions"
         return unit_view(np.asarray(a), layer, mode)
 
-    def update(self, batch: Batch) -> None:
-        for layer in self.measured:
-            acc = self.acc[layer.name]
-            if acc.reason is not None:
-                continue
-            if layer.name not in batch.inputs or layer.name not in batch.outputs:
-                acc.reason = "pre-activation (layer input) or output not captured for this layer"
-                continue
-            h, y = batch.inputs[layer.name], batch.outputs[layer.name]
-            acc.update(self._view(h, layer), self._view(y, layer), int(h.shape[0]))
+    def feed(self, layer: Layer, acc: M.LayerModeStream, batch: Batch) -> None:
+        """The layer's (pre-activation, output) pairs."""
+        if acc.reason is not None:
+            return
+        if layer.name not in batch.inputs or layer.name not in batch.outputs:
+            acc.reason = "pre-activation (layer input) or output not captured for this layer"
+            return
+        h, y = batch.inputs[layer.name], batch.outputs[layer.name]
+        acc.update(self._view(h, layer), self._view(y, layer), int(h.shape[0]))
 
     def _common(self, layer: Layer, acc: M.LayerModeStream) -> dict[str, Any]:
         st = acc.stats
