@@ -16,30 +16,45 @@ import numpy as np
 from deepscope_server.plugin_api import CaptureRequest, Metric, Needs, Param, hookimpl
 
 
-class Raises(Metric):
-    name = "testing.raises"
-    description = "Raises in update()."
+class _InUpdate(Metric):
+    """Misbehaves in every update(): it reads the layers' outputs, so only runs over data reach it."""
+
     needs = Needs.OUTPUTS
 
     def update(self, batch):
+        self.misbehave()
+
+
+class _InFinish(Metric):
+    """Misbehaves in finish(): it needs only the weights, so every run reaches it."""
+
+    needs = Needs.WEIGHTS
+
+    def finish(self):
+        return self.misbehave()
+
+
+class Raises(_InUpdate):
+    name = "testing.raises"
+    description = "Raises in update()."
+
+    def misbehave(self):
         raise RuntimeError("boom from a plugin")
 
 
-class Hangs(Metric):
+class Hangs(_InFinish):
     name = "testing.hangs"
     description = "Sleeps in finish() far past any time limit."
-    needs = Needs.WEIGHTS
 
-    def finish(self):
+    def misbehave(self):
         time.sleep(3600)
 
 
-class Malformed(Metric):
+class Malformed(_InFinish):
     name = "testing.malformed"
     description = "Returns a value of an unsupported type."
-    needs = Needs.WEIGHTS
 
-    def finish(self):
+    def misbehave(self):
         return {layer.name: {"value": object()} for layer in self.ctx.layers}
 
 
@@ -88,21 +103,19 @@ class Rerun(Metric):
         }
 
 
-class Aborts(Metric):
+class Aborts(_InUpdate):
     name = "testing.aborts"
     description = "Calls os.abort() in update(): kills whatever process hosts it."
-    needs = Needs.OUTPUTS
 
-    def update(self, batch):
+    def misbehave(self):
         os.abort()
 
 
-class Segfaults(Metric):
+class Segfaults(_InFinish):
     name = "testing.segfaults"
     description = "Dereferences a null pointer through ctypes in finish()."
-    needs = Needs.WEIGHTS
 
-    def finish(self):
+    def misbehave(self):
         ctypes.string_at(0)
 
 
