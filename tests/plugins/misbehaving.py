@@ -25,15 +25,6 @@ class _InUpdate(Metric):
         self.misbehave()
 
 
-class _InFinish(Metric):
-    """Misbehaves in finish(): it needs only the weights, so every run reaches it."""
-
-    needs = Needs.WEIGHTS
-
-    def finish(self):
-        return self.misbehave()
-
-
 class Raises(_InUpdate):
     name = "testing.raises"
     description = "Raises in update()."
@@ -42,20 +33,12 @@ class Raises(_InUpdate):
         raise RuntimeError("boom from a plugin")
 
 
-class Hangs(_InFinish):
-    name = "testing.hangs"
-    description = "Sleeps in finish() far past any time limit."
+class Aborts(_InUpdate):
+    name = "testing.aborts"
+    description = "Calls os.abort() in update(): kills whatever process hosts it."
 
     def misbehave(self):
-        time.sleep(3600)
-
-
-class Malformed(_InFinish):
-    name = "testing.malformed"
-    description = "Returns a value of an unsupported type."
-
-    def misbehave(self):
-        return {layer.name: {"value": object()} for layer in self.ctx.layers}
+        os.abort()
 
 
 class Slow(Metric):
@@ -103,22 +86,6 @@ class Rerun(Metric):
         }
 
 
-class Aborts(_InUpdate):
-    name = "testing.aborts"
-    description = "Calls os.abort() in update(): kills whatever process hosts it."
-
-    def misbehave(self):
-        os.abort()
-
-
-class Segfaults(_InFinish):
-    name = "testing.segfaults"
-    description = "Dereferences a null pointer through ctypes in finish()."
-
-    def misbehave(self):
-        ctypes.string_at(0)
-
-
 class Leaks(Metric):
     """Keeps a fresh allocation from every batch: address space grows without bound."""
 
@@ -158,6 +125,39 @@ class Spins(Metric):
             if self.params["marker"]:
                 Path(self.params["marker"]).write_text(type(exc).__name__)
             raise
+
+
+class _InFinish(Metric):
+    """Misbehaves in finish(): it needs only the weights, so every run reaches it."""
+
+    needs = Needs.WEIGHTS
+
+    def finish(self):
+        return self.misbehave()
+
+
+class Hangs(_InFinish):
+    name = "testing.hangs"
+    description = "Sleeps in finish() far past any time limit."
+
+    def misbehave(self):
+        time.sleep(3600)
+
+
+class Malformed(_InFinish):
+    name = "testing.malformed"
+    description = "Returns a value of an unsupported type."
+
+    def misbehave(self):
+        return {layer.name: {"value": object()} for layer in self.ctx.layers}
+
+
+class Segfaults(_InFinish):
+    name = "testing.segfaults"
+    description = "Dereferences a null pointer through ctypes in finish()."
+
+    def misbehave(self):
+        ctypes.string_at(0)
 
 
 @hookimpl
