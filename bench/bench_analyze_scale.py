@@ -179,19 +179,8 @@ def _mlp_case(tmp: Path, smoke: bool) -> tuple[str, dict]:
     paths = demo.train_with_checkpoints("mlp", [3], tmp / "mlp", "onnx")
     out = tmp / "mlp_run"
     out.mkdir()
-    extra = [
-        "--limit",
-        "128" if smoke else "300",
-        "--param",
-        "basins.sample.samples=32",
-        "--param",
-        "basins.sample.draws=16",
-        "--param",
-        "basins.weight.samples=32",
-        "--param",
-        "basins.weight.draws=8",
-    ]
-    return "bundled MLP demo (epoch 3, digits, 300 samples)", _analyze(paths[0], "digits", out, extra)
+    case = "bundled MLP demo (epoch 3, digits, 300 samples)"
+    return case, _analyze(paths[0], "digits", out, demo.analyze_args(smoke))
 
 
 def run(smoke: bool = False) -> list[Table]:

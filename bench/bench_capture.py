@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -26,10 +27,36 @@ from deepscope_server.sandbox import SandboxedBackend
 CASES = {"mlp": 256, "cnn": 64}  # model -> batch size (the targets' sizes)
 
 
-def _capture_requests(backend):
-    from deepscope_server.backends import CaptureRequest
+class _Captures:
+    """One model file loaded in this process and in a sandboxed model worker; each captures every
+    Linear/Conv output of ``x`` (the timed calls are ``in_process`` and ``in_sandbox``)."""
 
-    return [CaptureRequest(layer.name, "output") for layer in backend.graph.layers if layer.kind in ("linear", "conv")]
+    def __init__(self, path: Path, x: Any) -> None:
+        from deepscope_server.backends import CaptureRequest
+        from deepscope_server.backends.detect import load_model
+
+        self.backend = load_model(path, device="cpu")
+        self.sandboxed = SandboxedBackend.load(path, device="cpu")
+        layers = self.backend.graph.layers
+        self.requests = [CaptureRequest(layer.name, "output") for layer in layers if layer.kind in ("linear", "conv")]
+        self.feed = {self.backend.graph.inputs[0].name: x}
+
+    def in_process(self) -> None:
+        out = self.backend.run(self.feed, self.requests)
+        assert len(out.captured) == len(self.requests)
+
+    def in_sandbox(self) -> None:
+        out = self.sandboxed.run(self.feed, self.requests)
+        assert len(out.captured) == len(self.requests)
+
+    def output_and_megabytes(self) -> tuple[Any, float]:
+        """The model's output of one in-process capture (to check against a reference) and the MB it captured."""
+        out = self.backend.run(self.feed, self.requests)
+        return out.outputs["output"], sum(a.nbytes for a in out.captured.values()) / 1e6
+
+    def close(self) -> None:
+        self.backend.close()
+        self.sandboxed.close()
 
 
 def run(smoke: bool = False) -> list[Table]:
@@ -40,45 +67,16 @@ def run(smoke: bool = False) -> list[Table]:
     import torch
     from common import THREADS
 
-    from deepscope_server.backends.detect import load_model
-
     repeats = 5 if smoke else 31
+    # Both tables: the case, its baseline column(s), then the in-process capture and the sandboxed one.
+    case, capture = ["model", "batch", "layers", "captured MB"], ["capture ms", "ratio", "target", "met"]
     t_pt = Table(
         "1. PyTorch capture of every Linear/Conv output (.pt2 backend) vs bare forward",
-        [
-            "model",
-            "batch",
-            "layers",
-            "captured MB",
-            "bare export ms",
-            "eager ms",
-            "capture ms",
-            "ratio",
-            "target",
-            "met",
-            "sandboxed ms",
-            "sandbox/in-process",
-            "target",
-            "met",
-        ],
+        [*case, "bare export ms", "eager ms", *capture, *SANDBOX_COLUMNS],
     )
     t_ox = Table(
         "2. ONNX capture of every Linear/Conv output vs plain onnxruntime",
-        [
-            "model",
-            "batch",
-            "layers",
-            "captured MB",
-            "plain ort ms",
-            "capture ms",
-            "ratio",
-            "target",
-            "met",
-            "sandboxed ms",
-            "sandbox/in-process",
-            "target",
-            "met",
-        ],
+        [*case, "plain ort ms", *capture, *SANDBOX_COLUMNS],
     )
     with tempfile.TemporaryDirectory(prefix="deepscope-bench-") as tmp:
         for name, batch in CASES.items():
@@ -89,10 +87,8 @@ def run(smoke: bool = False) -> list[Table]:
             module, x_t, paths = models.export(name, batch, Path(tmp))
             x = x_t.numpy()
             # --- PyTorch
-            backend = load_model(paths["pt2"], device="cpu")
-            reqs = _capture_requests(backend)
+            pt = _Captures(paths["pt2"], x)
             bare = torch.export.load(str(paths["pt2"])).module()
-            in_name = backend.graph.inputs[0].name
 
             def bare_fwd() -> None:
                 with torch.inference_mode():
@@ -102,30 +98,19 @@ def run(smoke: bool = False) -> list[Table]:
                 with torch.inference_mode():
                     module(torch.from_numpy(x)).numpy()
 
-            def pt_capture() -> None:
-                out = backend.run({in_name: x}, reqs)
-                assert len(out.captured) == len(reqs)
-
-            sandboxed = SandboxedBackend.load(paths["pt2"], device="cpu")
-
-            def pt_sandboxed() -> None:
-                out = sandboxed.run({in_name: x}, reqs)
-                assert len(out.captured) == len(reqs)
-
-            out = backend.run({in_name: x}, reqs)
-            mb = sum(a.nbytes for a in out.captured.values()) / 1e6
+            output, mb = pt.output_and_megabytes()
             with torch.inference_mode():
                 ref = module(torch.from_numpy(x)).numpy()
-            np.testing.assert_allclose(out.outputs["output"], ref, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(output, ref, rtol=1e-4, atol=1e-4)
             times = interleaved(
-                {"bare": bare_fwd, "eager": eager_fwd, "capture": pt_capture, "sandboxed": pt_sandboxed}, repeats
+                {"bare": bare_fwd, "eager": eager_fwd, "capture": pt.in_process, "sandboxed": pt.in_sandbox}, repeats
             )
             b, e, c, s = (median(times[k]) for k in ("bare", "eager", "capture", "sandboxed"))
             ratio = c / b
             t_pt.add(
                 name,
                 batch,
-                len(reqs),
+                len(pt.requests),
                 mb,
                 ms(b),
                 ms(e),
@@ -135,40 +120,26 @@ def run(smoke: bool = False) -> list[Table]:
                 t_pt.check(ratio <= 1.10, f"torch capture {name}: {ratio:.3f}x > 1.10x"),
                 *_sandbox_cells(t_pt, f"torch {name}", times, s),
             )
-            backend.close()
-            sandboxed.close()
+            pt.close()
             # --- ONNX
-            backend = load_model(paths["onnx"], device="cpu")
-            reqs = _capture_requests(backend)
+            ox = _Captures(paths["onnx"], x)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = THREADS
             opts.log_severity_level = 3
             plain = ort.InferenceSession(str(paths["onnx"]), opts, providers=["CPUExecutionProvider"])
-            in_name = backend.graph.inputs[0].name
 
             def ort_plain() -> None:
-                plain.run(None, {in_name: x})
+                plain.run(None, ox.feed)
 
-            def ort_capture() -> None:
-                out = backend.run({in_name: x}, reqs)
-                assert len(out.captured) == len(reqs)
-
-            sandboxed = SandboxedBackend.load(paths["onnx"], device="cpu")
-
-            def ort_sandboxed() -> None:
-                out = sandboxed.run({in_name: x}, reqs)
-                assert len(out.captured) == len(reqs)
-
-            out = backend.run({in_name: x}, reqs)
-            mb = sum(a.nbytes for a in out.captured.values()) / 1e6
-            np.testing.assert_allclose(out.outputs["output"], ref, rtol=1e-3, atol=1e-3)
-            times = interleaved({"plain": ort_plain, "capture": ort_capture, "sandboxed": ort_sandboxed}, repeats)
+            output, mb = ox.output_and_megabytes()
+            np.testing.assert_allclose(output, ref, rtol=1e-3, atol=1e-3)
+            times = interleaved({"plain": ort_plain, "capture": ox.in_process, "sandboxed": ox.in_sandbox}, repeats)
             p, c, s = median(times["plain"]), median(times["capture"]), median(times["sandboxed"])
             ratio = c / p
             t_ox.add(
                 name,
                 batch,
-                len(reqs),
+                len(ox.requests),
                 mb,
                 ms(p),
                 ms(c),
@@ -177,8 +148,7 @@ def run(smoke: bool = False) -> list[Table]:
                 t_ox.check(ratio <= 1.30, f"onnx capture {name}: {ratio:.3f}x > 1.30x"),
                 *_sandbox_cells(t_ox, f"onnx {name}", times, s),
             )
-            backend.close()
-            sandboxed.close()
+            ox.close()
     note = f"median of {repeats} interleaved runs after 2 warm-up rounds; torch and onnxruntime at {THREADS} thread(s)"
     t_pt.notes.append(note + "; capture = `backend.run` incl. input validation and numpy conversion")
     t_ox.notes.append(note + "; plain = `InferenceSession` of the same file, default graph optimisations")
@@ -187,6 +157,10 @@ def run(smoke: bool = False) -> list[Table]:
         "with their interquartile range"
     )
     return [t_pt, t_ox]
+
+
+#: The columns ``_sandbox_cells`` fills.
+SANDBOX_COLUMNS = ["sandboxed ms", "sandbox/in-process", "target", "met"]
 
 
 def _sandbox_cells(table: Table, what: str, times: dict[str, list[float]], sandboxed: float) -> list[str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Table, median, script_main, set_threads
+from common import Poller, Table, median, script_main, set_threads
 
 MB = 1e6
 
@@ -57,7 +57,7 @@ class TreeMemory:
     polls: int = 0
 
 
-class TreeSampler:
+class TreeSampler(Poller):
     """Poll the summed RSS/PSS of a process and all its descendants in a thread (``with`` block).
 
     Why polling: worker processes exit at the end of the run, and no kernel counter gives the
@@ -69,13 +69,11 @@ class TreeSampler:
     def __init__(self, pid: int, interval: float = 0.05, pss_every: int = 20) -> None:
         import psutil
 
+        super().__init__(interval, name=f"rss-sampler-{pid}")
         self._root = psutil.Process(pid)
         self.pid = pid
-        self.interval = interval
         self.pss_every = pss_every  # smaps_rollup costs ~9 ms per torch-sized process: PSS only every Nth poll
         self.memory = TreeMemory()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"rss-sampler-{pid}", daemon=True)
 
     def sample(self, pss: bool | None = None) -> tuple[int, int]:
         """One poll: (summed RSS, summed PSS or 0 when not read) of the tree now; updates the peaks."""
@@ -108,19 +106,9 @@ class TreeSampler:
         m.polls += 1
         return rss, total_pss
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeSampler:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample(pss=True)
+        super().__exit__(*exc)
+        self.sample(pss=True)  # the last figures, PSS included
 
 
 @dataclass

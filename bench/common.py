@@ -14,10 +14,11 @@ import platform
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 #: Threads for torch and onnxruntime (explicit: default thread pools collapse under contention).
 THREADS = int(os.environ.get("DEEPSCOPE_BENCH_THREADS", "1"))
@@ -168,6 +169,35 @@ def machine() -> str:
         f"{cpu}; {os.cpu_count()} cores (load {load}); Python {sys.version.split()[0]}; torch {torch.__version__}; "
         f"onnxruntime {ort}; grpcio {grpc_v}; numpy {numpy.__version__}; threads={THREADS}"
     )
+
+
+class Poller:
+    """Calls ``sample()`` every ``interval`` seconds in a daemon thread for the length of a ``with`` block.
+
+    For peaks no kernel counter keeps (the summed RSS of a process tree, a server's RSS during a
+    flood); a peak shorter than the interval can be missed.
+    """
+
+    def __init__(self, interval: float, name: str = "poller") -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def sample(self) -> object:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -31,6 +31,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Poller
+
 from deepscope.embedded import EmbeddedServer
 from deepscope.tensors import to_proto
 from deepscope.v1 import introspection_pb2 as pb
@@ -98,27 +102,16 @@ def rss(pid: int) -> int:
     raise KeyError("VmRSS")
 
 
-class RssSampler:
+class RssSampler(Poller):
     """Samples a process's RSS every ``interval`` seconds in a thread; ``peak`` is the largest seen."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid, self.interval, self.peak = pid, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval, name=f"rss-{pid}")
+        self.pid, self.peak = pid, 0
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError, KeyError):
-                self.peak = max(self.peak, rss(self.pid))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        with contextlib.suppress(OSError, KeyError):
+            self.peak = max(self.peak, rss(self.pid))
 
 
 @dataclass

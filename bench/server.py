@@ -81,21 +81,10 @@ class BenchServer:
         self.token = secrets.token_urlsafe(16)
         (root / "token").write_text(self.token)
         port_file = root / "port"
+        from deepscope.embedded import loopback_flags  # here, not at the top: the server child never imports the SDK
+
         cmd = [sys.executable, str(Path(__file__).resolve())] if raw else [sys.executable, "-m", "deepscope_server"]
-        cmd += [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--store",
-            str(root / "store"),
-            "--auth-token-file",
-            str(root / "token"),
-            "--no-reflection",
-            *flags,
-        ]
+        cmd += [*loopback_flags(port_file, root / "store", root / "token"), "--no-reflection", *flags]
         env = dict(
             os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), DEEPSCOPE_ORT_THREADS=str(threads)
         )

@@ -85,6 +85,14 @@ def analyze(paths: list[Path], report: Path, extra: list[str]) -> int:
     return subprocess.call(command)
 
 
+def analyze_args(quick: bool) -> list[str]:
+    """The demo's ``deepscope analyze`` options besides models, data and outputs (bench/bench_analyze_scale.py
+    times the same): basins re-run the model many times per sample, so a smaller sample keeps the demo
+    to a few minutes."""
+    basins = ["basins.sample.samples=32", "basins.sample.draws=16", "basins.weight.samples=32", "basins.weight.draws=8"]
+    return ["--limit", "128" if quick else "300", *(arg for param in basins for arg in ("--param", param))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
@@ -97,19 +105,7 @@ def main() -> int:
     print("training on scikit-learn digits (1,347 train / 450 test images)")
     mlp = train_with_checkpoints("mlp", [1, 3, 10], out, "onnx")
     cnn = train_with_checkpoints("cnn", [1, 3, 10], out, "pt2")
-    # Basins re-run the model many times per sample: a smaller sample keeps the demo to a few minutes.
-    extra = [
-        "--limit",
-        "128" if args.quick else "300",
-        "--param",
-        "basins.sample.samples=32",
-        "--param",
-        "basins.sample.draws=16",
-        "--param",
-        "basins.weight.samples=32",
-        "--param",
-        "basins.weight.draws=8",
-    ]
+    extra = analyze_args(args.quick)
     status = analyze(mlp, out / "mlp_report.html", extra) or analyze(cnn, out / "cnn_report.html", extra)
     print(
         f"\ndemo finished in {time.perf_counter() - start:.0f} s; reports: {out}/mlp_report.html, {out}/cnn_report.html"

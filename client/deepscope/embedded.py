@@ -34,6 +34,13 @@ RECORD_GRACE_SECONDS = 3.0
 STORE_IN_USE = "is in use by another deepscope-server"
 
 
+def loopback_flags(port_file: Path, store: Path, token_file: Path) -> list[str]:
+    """Server flags for a child on a free loopback port, which it writes to ``port_file`` once it
+    serves; its store and token file (bench/server.py starts its servers with these too)."""
+    listen = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
+    return [*listen, "--store", str(store), "--auth-token-file", str(token_file)]
+
+
 class EmbeddedServerError(RuntimeError):
     """The embedded server did not start (the message includes its log)."""
 
@@ -108,22 +115,8 @@ class EmbeddedServer:
         token_file.write_text(self.token)
         token_file.chmod(0o600)
         lifeline = Path(tempfile.mkdtemp(prefix="deepscope-")) / "lifeline"  # short: AF_UNIX paths are limited
-        args = [
-            sys.executable,
-            "-m",
-            "deepscope_server.embedded",
-            str(lifeline),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--store",
-            str(self.store),
-            "--auth-token-file",
-            str(token_file),
-        ]
+        args = [sys.executable, "-m", "deepscope_server.embedded", str(lifeline)]
+        args += loopback_flags(port_file, self.store, token_file)
         for key, value in self.flags.items():
             flag = "--" + key.replace("_", "-")
             if value is True:

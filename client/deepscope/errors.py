@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -17,6 +18,10 @@ class FieldViolation:
 
     field: str
     description: str
+
+
+#: The exception class for each status code the server sends (filled in as the classes below are defined).
+_BY_CODE: dict[grpc.StatusCode, type[DeepscopeError]] = {}
 
 
 class DeepscopeError(Exception):
@@ -34,6 +39,13 @@ class DeepscopeError(Exception):
     field_violations: tuple[FieldViolation, ...] = ()
     suggestions: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, code: grpc.StatusCode | None = None, **kwargs: Any) -> None:
+        """``class NotFound(DeepscopeError, code=grpc.StatusCode.NOT_FOUND)``: the class for that code."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+            _BY_CODE[code] = cls
+
     def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(details)
         self.details = details
@@ -41,61 +53,44 @@ class DeepscopeError(Exception):
             self.code = code
 
 
-class NotFound(DeepscopeError):
-    code = grpc.StatusCode.NOT_FOUND
+class NotFound(DeepscopeError, code=grpc.StatusCode.NOT_FOUND):
+    """The request names a model, run, layer, metric or dataset the server does not have."""
 
 
-class InvalidArgument(DeepscopeError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+class InvalidArgument(DeepscopeError, code=grpc.StatusCode.INVALID_ARGUMENT):
+    """A malformed value: a parameter out of its bounds, data of the wrong dtype or shape, bytes that do not decode."""
 
 
-class ResourceExhausted(DeepscopeError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class ResourceExhausted(DeepscopeError, code=grpc.StatusCode.RESOURCE_EXHAUSTED):
+    """Over one of the server's limits (``reason`` names it: ``LIMIT_MAX_BATCH_SIZE``, ...) or out of memory or disk."""
 
 
-class Unauthenticated(DeepscopeError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+class Unauthenticated(DeepscopeError, code=grpc.StatusCode.UNAUTHENTICATED):
+    """No token, or the wrong one, for a server that requires one."""
 
 
-class PermissionDenied(DeepscopeError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+class PermissionDenied(DeepscopeError, code=grpc.StatusCode.PERMISSION_DENIED):
+    """The caller may not do this: deepscope's server does not send it; a proxy or gateway in front of it may."""
 
 
-class FailedPrecondition(DeepscopeError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+class FailedPrecondition(DeepscopeError, code=grpc.StatusCode.FAILED_PRECONDITION):
+    """The server cannot serve this client as it is, e.g. it speaks another protocol version."""
 
 
-class Unavailable(DeepscopeError):
-    code = grpc.StatusCode.UNAVAILABLE
+class Unavailable(DeepscopeError, code=grpc.StatusCode.UNAVAILABLE):
+    """The server cannot be reached, refused the connection (e.g. TLS) or cannot serve the call right now."""
 
 
-class DeadlineExceeded(DeepscopeError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+class DeadlineExceeded(DeepscopeError, code=grpc.StatusCode.DEADLINE_EXCEEDED):
+    """The call's ``timeout`` (or a server time limit such as ``--max-forward-seconds``) ran out."""
 
 
-class Cancelled(DeepscopeError):
-    code = grpc.StatusCode.CANCELLED
+class Cancelled(DeepscopeError, code=grpc.StatusCode.CANCELLED):
+    """The call or its run was cancelled."""
 
 
-class Internal(DeepscopeError):
-    code = grpc.StatusCode.INTERNAL
-
-
-_BY_CODE = {
-    cls.code: cls
-    for cls in (
-        NotFound,
-        InvalidArgument,
-        ResourceExhausted,
-        Unauthenticated,
-        PermissionDenied,
-        FailedPrecondition,
-        Unavailable,
-        DeadlineExceeded,
-        Cancelled,
-        Internal,
-    )
-}
+class Internal(DeepscopeError, code=grpc.StatusCode.INTERNAL):
+    """A bug or a crash on the server's side (e.g. a model worker died); the message says where."""
 
 
 def from_rpc_error(error: grpc.RpcError) -> DeepscopeError:

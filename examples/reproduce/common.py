@@ -290,6 +290,27 @@ def mean_sd(values: pd.Series) -> str:
     return f"{fmt(float(values.mean()))} ± {float(values.std(ddof=1)):.3f}"
 
 
+def epoch_series_setup(specs: Sequence[TrainSpec], measured: str) -> str:
+    """The setup paragraph of a reproduction over training time: the population, its checkpoints and
+    ``measured`` (what the server computed, on which digits)."""
+    optimiser = {"adam": "Adam", "sgd": "SGD with momentum"}[specs[0].optimiser]
+    return (
+        f"{len(specs)} seeds of a {'-'.join(map(str, specs[0].hidden))} ReLU MLP, checkpoints after epochs "
+        f"{', '.join(map(str, specs[0].epochs))} ({optimiser}), exported with `torch.export`; {measured}"
+    )
+
+
+def plot_over_epochs(ax: Any, frame: pd.DataFrame, layers: Sequence[str]) -> None:
+    """Each layer's mean ± sd over seeds of ``frame``'s values against epoch, on a log axis (epoch 0 drawn at 0.5)."""
+    for layer in layers:
+        per_layer = frame[frame["layer"] == layer].groupby("epoch")["value"]
+        epochs = np.maximum(per_layer.mean().index.to_numpy(dtype=float), 0.5)
+        yerr = per_layer.std(ddof=1).fillna(0)
+        ax.errorbar(epochs, per_layer.mean(), yerr=yerr, marker="o", ms=3, capsize=2, label=layer)
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch (0 at 0.5)")
+
+
 @dataclass
 class Outcome:
     """One checked claim: what the paper says, what we measured, and whether it held here."""

@@ -126,16 +126,9 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
 
     figure, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.2), constrained_layout=True)
     for ax, (name, s) in zip(axes, series.items()):
-        for layer in layers:
-            per_layer = s[s["layer"] == layer].groupby("epoch")["value"]
-            x = np.maximum(per_layer.mean().index.to_numpy(dtype=float), 0.5)
-            ax.errorbar(
-                x, per_layer.mean(), yerr=per_layer.std(ddof=1).fillna(0), marker="o", ms=3, capsize=2, label=layer
-            )
-        ax.set_xscale("log")
+        common.plot_over_epochs(ax, s, layers)
         if name == "d_eff":
             ax.set_yscale("log")
-        ax.set_xlabel("epoch (0 at 0.5)")
         ax.set_title(f"{keys[name][0]} · {keys[name][1]}", fontsize=9)
     axes[0].legend(fontsize=7)
 
@@ -143,10 +136,9 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
         name="janik",
         title="Janik & Witaszczyk: complexity and effective dimension over training",
         paper="Complexity for deep neural networks and other characteristics of deep feature representations (arXiv 2006.04791)",
-        setup=(
-            f"{len(population(quick))} seeds of a 64-64-64 ReLU MLP, checkpoints after epochs "
-            f"{', '.join(map(str, population(quick)[0].epochs))} (Adam), exported with `torch.export`; metrics of "
-            f"each hidden layer on all 1,797 digits (the piecewise fits need the rows) with server defaults."
+        setup=common.epoch_series_setup(
+            population(quick),
+            "metrics of each hidden layer on all 1,797 digits (the piecewise fits need the rows) with server defaults.",
         ),
         table=table,
         outcomes=outcomes,

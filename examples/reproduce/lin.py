@@ -121,20 +121,11 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
     )
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    common.plot_over_epochs(axes[0], graded, layers)
     for layer in layers:
-        per_layer = graded[graded["layer"] == layer].groupby("epoch")["value"]
-        epochs = np.maximum(per_layer.mean().index.to_numpy(), 0.5)  # epoch 0 drawn at 0.5 on the log axis
-        axes[0].errorbar(
-            epochs, per_layer.mean(), yerr=per_layer.std(ddof=1).fillna(0), marker="o", ms=3, capsize=2, label=layer
-        )
         dead = series["dead"][series["dead"]["layer"] == layer].groupby("epoch")["value"].mean()
         axes[1].plot(np.maximum(dead.index.to_numpy(), 0.5), dead, marker="o", ms=3, label=f"{layer} dead")
-    axes[0].set(
-        xscale="log",
-        xlabel="epoch (0 at 0.5)",
-        ylabel="graded order preservation r",
-        title=f"{keys['graded'][0]} · {keys['graded'][1]}",
-    )
+    axes[0].set(ylabel="graded order preservation r", title=f"{keys['graded'][0]} · {keys['graded'][1]}")
     axes[1].set(xscale="log", xlabel="epoch (0 at 0.5)", ylabel="fraction of units", title="modes.fractions · dead")
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
@@ -145,11 +136,10 @@ def reproduce(work: Path, quick: bool) -> tuple[common.Report, plt.Figure]:
         name="lin",
         title="Lin et al.: neuron modes over training",
         paper="An Analysis Framework for Understanding Deep Neural Networks Based on Network Dynamics (arXiv 2501.02436)",
-        setup=(
-            f"{len(population(quick))} seeds of a {'-'.join(map(str, HIDDEN))} ReLU MLP, checkpoints after epochs "
-            f"{', '.join(map(str, population(quick)[0].epochs))} (Adam), exported with `torch.export`; modes of "
-            f"each hidden layer's units over the 450 held-out digits. Cells: mean ± sd over seeds; OPT/NPT/dead "
-            f"are the mean fractions of order-preserving, non-order-preserving alive and dead units."
+        setup=common.epoch_series_setup(
+            population(quick),
+            "modes of each hidden layer's units over the 450 held-out digits. Cells: mean ± sd over seeds; "
+            "OPT/NPT/dead are the mean fractions of order-preserving, non-order-preserving alive and dead units.",
         ),
         table=table,
         outcomes=outcomes,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .helpers import chromium, headless
 
 CLI = [sys.executable, "-m", "deepscope.cli"]
 
@@ -226,9 +227,7 @@ window.addEventListener('load', () => {
 
 
 def test_report_renders_in_a_real_browser(tmp_path, client, exported):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it where apt is available)")
+    browser = chromium()
     model = client.upload_model(exported["cnn"]["onnx"])
     run = client.analyze(
         model,
@@ -241,26 +240,7 @@ def test_report_renders_in_a_real_browser(tmp_path, client, exported):
     assert "boom from a plugin" in html  # failed metrics are shown with their error
     probe = tmp_path / "probe.html"
     probe.write_text(html.replace("<head>", "<head>" + CHECK_SCRIPT, 1))
-    result = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = headless(browser, tmp_path / "profile", "--dump-dom", probe.as_uri())
     assert 'id="check"' in result.stdout, result.stderr[-2000:]
     check = result.stdout.split('id="check">', 1)[1].split("<", 1)[0]
     assert check == "images=3 broken=0 errors=0"

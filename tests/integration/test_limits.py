@@ -16,6 +16,7 @@ from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
 from .conftest import start_server
+from .helpers import analyze_slow
 
 LIMITS = dict(
     max_model_bytes=300_000,
@@ -123,12 +124,12 @@ def test_max_concurrent_runs(limited, mlp):
 
     def slow_run() -> None:
         try:
-            outcome["run"] = client.analyze(
+            outcome["run"] = analyze_slow(
+                client,
                 mlp,
+                0.6,
                 data=x,
                 batch_size=2,
-                metrics=["testing.slow"],
-                params={"testing.slow": {"seconds": 0.6}},
                 on_event=lambda ev: started.set() if ev.HasField("started") else None,
             )
         except Exception as exc:  # asserted below
@@ -138,14 +139,11 @@ def test_max_concurrent_runs(limited, mlp):
     thread.start()
     assert started.wait(30)
     with pytest.raises(deepscope.ResourceExhausted, match="max_concurrent_runs exceeded: 2 runs > limit 1 runs"):
-        client.analyze(mlp, data=x, metrics=["testing.slow"], params={"testing.slow": {"seconds": 0.0}})
+        analyze_slow(client, mlp, 0.0, data=x)
     thread.join(60)
     assert "error" not in outcome and outcome["run"].status == "completed"
     # The slot is free again.
-    assert (
-        client.analyze(mlp, data=x, metrics=["testing.slow"], params={"testing.slow": {"seconds": 0.0}}).status
-        == "completed"
-    )
+    assert analyze_slow(client, mlp, 0.0, data=x).status == "completed"
 
 
 def test_max_run_seconds(limited, mlp):
@@ -154,14 +152,7 @@ def test_max_run_seconds(limited, mlp):
     events: list[pb.AnalyzeResponse] = []
     t0 = time.monotonic()
     with pytest.raises(deepscope.ResourceExhausted, match=r"max_run_seconds exceeded: [\d.]+ s > limit 4.0 s"):
-        client.analyze(
-            mlp,
-            data=x,
-            batch_size=4,
-            metrics=["testing.slow"],
-            params={"testing.slow": {"seconds": 1.0}},
-            on_event=events.append,
-        )
+        analyze_slow(client, mlp, 1.0, data=x, batch_size=4, on_event=events.append)
     assert time.monotonic() - t0 < 15
     run_id = next(ev.started.id for ev in events if ev.HasField("started"))
     again = client.get_run(run_id)

@@ -19,6 +19,7 @@ import deepscope
 from deepscope.results import Curve, GraphData
 
 from .conftest import _child_env, start_server
+from .helpers import analyze_slow, settled
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs deepscope-server[ray]")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -72,6 +73,15 @@ def _upload(client: deepscope.Client, paths: list) -> list:
     return [client.upload_model(p, name=f"ckpt{i}.onnx") for i, p in enumerate(paths)]
 
 
+def _on_both(
+    ray_client: deepscope.Client, client: deepscope.Client, paths: list, events: list, **analyze: object
+) -> tuple[deepscope.Run, deepscope.Run]:
+    """The same Analyze of ``paths`` on digits through the Ray executor (its events into ``events``) and
+    the local one: (remote, local)."""
+    remote = ray_client.analyze(_upload(ray_client, paths), data="digits", on_event=events.append, **analyze)
+    return remote, client.analyze(_upload(client, paths), data="digits", **analyze)
+
+
 def _same(a: object, b: object, where: str) -> None:
     if isinstance(a, dict):
         assert a.keys() == b.keys(), where
@@ -119,15 +129,7 @@ def _nodes(events: list) -> set[str]:
 
 def test_four_checkpoints_match_the_local_executor_and_use_both_nodes(ray_client, client, checkpoints):
     events: list = []
-    remote = ray_client.analyze(
-        _upload(ray_client, checkpoints),
-        data="digits",
-        limit=96,
-        batch_size=32,
-        metrics=METRICS,
-        on_event=events.append,
-    )
-    local = client.analyze(_upload(client, checkpoints), data="digits", limit=96, batch_size=32, metrics=METRICS)
+    remote, local = _on_both(ray_client, client, checkpoints, events, limit=96, batch_size=32, metrics=METRICS)
     assert remote.status == "completed" and local.status == "completed"
     assert not remote.failures and {r.checkpoint for r in remote.results} == {0, 1, 2, 3}
     _assert_same_runs(local, remote)
@@ -140,21 +142,8 @@ def test_one_checkpoint_splits_its_data_for_mergeable_metrics(ray_client, client
     """2 CPUs, 1 checkpoint: dimension.effective runs on two data shards and is merged; the covariance
     merge is exact, so the spectrum equals one pass over all the data."""
     events: list = []
-    remote = ray_client.analyze(
-        _upload(ray_client, checkpoints[:1]),
-        data="digits",
-        limit=128,
-        batch_size=16,
-        metrics=["dimension.effective", "example.activation_moments"],
-        on_event=events.append,
-    )
-    local = client.analyze(
-        _upload(client, checkpoints[:1]),
-        data="digits",
-        limit=128,
-        batch_size=16,
-        metrics=["dimension.effective", "example.activation_moments"],
-    )
+    metrics = ["dimension.effective", "example.activation_moments"]
+    remote, local = _on_both(ray_client, client, checkpoints[:1], events, limit=128, batch_size=16, metrics=metrics)
     assert any("data shard 1" in e.progress.message for e in events if e.WhichOneof("event") == "progress")
     assert remote.status == "completed" and not remote.failures
     _assert_same_runs(local, remote)
@@ -173,20 +162,9 @@ def test_cancelling_mid_run_leaves_no_ray_task(ray_client, checkpoints):
     models = _upload(ray_client, checkpoints[:2])
     total = ray.cluster_resources()["CPU"]
     with pytest.raises(deepscope.DeadlineExceeded):
-        ray_client.analyze(
-            models,
-            data="digits",
-            split="all",
-            batch_size=16,
-            metrics=["testing.slow"],
-            params={"testing.slow": {"seconds": 0.5}},
-            timeout=4.0,
-        )
+        analyze_slow(ray_client, models, 0.5, data="digits", split="all", batch_size=16, timeout=4.0)
     assert _ray_cpus_free(total), f"Ray tasks still hold CPUs: {ray.available_resources()}"
-    deadline = time.monotonic() + 20
-    while (latest := ray_client.runs(1)[0]).status == "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert latest.status == "cancelled"
+    assert settled(lambda: ray_client.runs(1)[0]).status == "cancelled"
 
 
 def test_a_tasks_forkserver_preloads_the_ray_worker_script():

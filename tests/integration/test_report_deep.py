@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ import torch
 from torch import nn
 
 from deepscope.plots import checkpoint_names, layer_colours, robust_range
+
+from .helpers import chromium, headless
 
 DEPTH = 30  # Linear+ReLU pairs: 30 Linear and 29 ReLU layers
 
@@ -62,36 +63,6 @@ def deep_run(tmp_path_factory, server):
         )
     html = Path(run.report(root / "report.html")).read_text()
     return run, html, seen
-
-
-def chromium() -> str:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it where apt is available)")
-    return browser
-
-
-def headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=5000",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 PROBE = """<script>

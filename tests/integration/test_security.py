@@ -4,12 +4,13 @@ would run client code or allocate absurd sizes, refused through the real upload 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
-import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,52 +24,9 @@ import deepscope
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from .conftest import _child_env
+from .helpers import launch, stop
 
 TOKEN = "s3cret-token-for-tests-0123456789"
-
-
-def launch(store: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    """A raw ``python -m deepscope_server`` (no token file unless given); returns once it has a port."""
-    _child_env()
-    port_file = store / "port"
-    port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deepscope_server",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--store",
-            str(store / "store"),
-            "--no-entry-points",
-            *args,
-        ],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return proc, 0
-        if port_file.exists() and port_file.read_text().strip():
-            return proc, int(port_file.read_text())
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("server did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # ------------------------------------------------------------------ tokens
@@ -210,19 +168,21 @@ def certs(tmp_path_factory) -> Path:
     return d
 
 
-def test_tls_with_token_from_environment(tmp_path, certs):
-    proc, port = launch(
-        tmp_path,
-        "--tls-cert",
-        str(certs / "server.crt"),
-        "--tls-key",
-        str(certs / "server.key"),
-        env={"DEEPSCOPE_AUTH_TOKEN": TOKEN},
-    )
+@contextlib.contextmanager
+def _tls_server(store: Path, certs: Path, *args: str) -> Iterator[str]:
+    """A server with the test CA's server certificate and TOKEN from its environment; yields its address."""
+    tls = ("--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"))
+    proc, port = launch(store, *tls, *args, env={"DEEPSCOPE_AUTH_TOKEN": TOKEN})
     try:
         assert port > 0, proc.communicate(timeout=10)[0]
-        address = f"127.0.0.1:{port}"
-        root = (certs / "ca.crt").read_bytes()
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def test_tls_with_token_from_environment(tmp_path, certs):
+    root = (certs / "ca.crt").read_bytes()
+    with _tls_server(tmp_path, certs) as address:
         with deepscope.connect(address, token=TOKEN, root_certificates=root, progress=False) as client:
             assert client.health() == "SERVING"
             assert client.models() == []
@@ -237,25 +197,11 @@ def test_tls_with_token_from_environment(tmp_path, certs):
         with deepscope.connect(address, token=TOKEN, progress=False, timeout=5) as client:  # plaintext to a TLS port
             with pytest.raises(deepscope.Unavailable):
                 client.models()
-    finally:
-        stop(proc)
 
 
 def test_mutual_tls(tmp_path, certs):
-    proc, port = launch(
-        tmp_path,
-        "--tls-cert",
-        str(certs / "server.crt"),
-        "--tls-key",
-        str(certs / "server.key"),
-        "--tls-client-ca",
-        str(certs / "ca.crt"),
-        env={"DEEPSCOPE_AUTH_TOKEN": TOKEN},
-    )
-    try:
-        assert port > 0, proc.communicate(timeout=10)[0]
-        address = f"127.0.0.1:{port}"
-        root = (certs / "ca.crt").read_bytes()
+    root = (certs / "ca.crt").read_bytes()
+    with _tls_server(tmp_path, certs, "--tls-client-ca", str(certs / "ca.crt")) as address:
 
         def attempt(name: str | None) -> str:
             kwargs = {}
@@ -276,8 +222,6 @@ def test_mutual_tls(tmp_path, certs):
         assert attempt("client") == "ok"
         assert attempt(None) == "UNAVAILABLE"  # handshake refused: no client certificate
         assert attempt("intruder") == "UNAVAILABLE"  # signed by another CA
-    finally:
-        stop(proc)
 
 
 # ------------------------------------------------------------------ models never run client code

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ import deepscope
 import deepscope.embedded
 from deepscope import lock_record
 from deepscope.v1 import introspection_pb2 as pb
+
+from .helpers import launch, stop
 
 CLI = [sys.executable, "-m", "deepscope.cli"]
 
@@ -54,6 +57,17 @@ def dynamic_export(tmp_path_factory) -> Path:
 def _run(args: list[str], timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+@pytest.fixture()
+def analyze_cli(server) -> Callable[..., subprocess.CompletedProcess]:
+    """``deepscope analyze PATH ARGS... --quiet`` against the test server (its address and token)."""
+    embedded, address = server
+
+    def run(path: Path, *args: str) -> subprocess.CompletedProcess:
+        return _run([*CLI, "analyze", str(path), *args, "--server", address, "--token", embedded.token, "--quiet"])
+
+    return run
 
 
 # ---------------------------------------------------------------- ONNX as exported
@@ -136,25 +150,9 @@ def test_server_refuses_side_files_that_could_escape(client, default_export, sid
     assert client.health() == "SERVING"
 
 
-def test_cli_analyzes_a_default_onnx_export(server, default_export):
-    embedded, address = server
+def test_cli_analyzes_a_default_onnx_export(analyze_cli, default_export):
     _, path = default_export
-    result = _run(
-        [
-            *CLI,
-            "analyze",
-            str(path),
-            "--data",
-            "synthetic",
-            "--metrics",
-            "cnt.link_weights",
-            "--server",
-            address,
-            "--token",
-            embedded.token,
-            "--quiet",
-        ]
-    )
+    result = analyze_cli(path, "--data", "synthetic", "--metrics", "cnt.link_weights")
     assert result.returncode == 0, result.stderr
     assert "cnt.link_weights" in result.stdout and "FAILED" not in result.stdout
 
@@ -162,40 +160,30 @@ def test_cli_analyzes_a_default_onnx_export(server, default_export):
 # ---------------------------------------------------------------- metrics that do not apply; wrong data
 
 
-def test_metrics_all_skips_what_does_not_apply_and_honours_exclude(tmp_path, server):
+def test_metrics_all_skips_what_does_not_apply_and_honours_exclude(tmp_path, analyze_cli):
     """A model without activation layers: modes.activation_rates is skipped (with its reason), never fatal."""
-    embedded, address = server
     path = _export(_net(3, activation=False), tmp_path / "linear.onnx", dynamic_shapes=({0: "batch"},))
     out = tmp_path / "r.json"
-    result = _run(
-        [
-            *CLI,
-            "analyze",
-            str(path),
-            "--data",
-            "synthetic",
-            "--limit",
-            "64",
-            "--metrics",
-            "all",
-            "--exclude",
-            "basins.*,fractal.*",
-            "--exclude",
-            "complexity.*",
-            "--exclude",
-            "dimension.*",
-            "--exclude",
-            "modes.fractions,modes.graded,cnt.neuron_*",  # the slow ones: a fast test
-            "--exclude",
-            "testing.*",  # the test server's misbehaving plugins
-            "--json",
-            str(out),
-            "--server",
-            address,
-            "--token",
-            embedded.token,
-            "--quiet",
-        ]
+    result = analyze_cli(
+        path,
+        "--data",
+        "synthetic",
+        "--limit",
+        "64",
+        "--metrics",
+        "all",
+        "--exclude",
+        "basins.*,fractal.*",
+        "--exclude",
+        "complexity.*",
+        "--exclude",
+        "dimension.*",
+        "--exclude",
+        "modes.fractions,modes.graded,cnt.neuron_*",  # the slow ones: a fast test
+        "--exclude",
+        "testing.*",  # the test server's misbehaving plugins
+        "--json",
+        str(out),
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
@@ -222,8 +210,7 @@ def test_sdk_exclude_and_only_skipped_metrics(client, dynamic_export):
         client.analyze(model, data="synthetic", metrics=["cnt.*"], exclude=["cnt.typo"])
 
 
-def test_wrong_data_is_refused_before_the_run_even_for_weight_metrics(client, server, dynamic_export, tmp_path):
-    embedded, address = server
+def test_wrong_data_is_refused_before_the_run_even_for_weight_metrics(client, analyze_cli, dynamic_export, tmp_path):
     path = dynamic_export
     model = client.upload_model(path)
     before = len(client.runs(1000))
@@ -233,22 +220,7 @@ def test_wrong_data_is_refused_before_the_run_even_for_weight_metrics(client, se
     assert len(client.runs(1000)) == before  # no run was started
 
     np.save(tmp_path / "wrong.npy", wrong)
-    result = _run(
-        [
-            *CLI,
-            "analyze",
-            str(path),
-            "--data",
-            str(tmp_path / "wrong.npy"),
-            "--metrics",
-            "cnt.link_weights",
-            "--server",
-            address,
-            "--token",
-            embedded.token,
-            "--quiet",
-        ]
-    )
+    result = analyze_cli(path, "--data", str(tmp_path / "wrong.npy"), "--metrics", "cnt.link_weights")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "expected FP32 [?, 16], got FP32 [10, 7]" in result.stderr
 
@@ -343,30 +315,10 @@ def test_two_cli_runs_on_one_store_at_once_both_succeed(tmp_path, dynamic_export
 
 def test_a_store_held_by_a_standalone_server_gets_advice_the_user_can_follow(tmp_path):
     """Its address and token are the user's own: the embedded client says to connect, it does not guess."""
-    store, port_file = tmp_path / "store", tmp_path / "port"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    standalone = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deepscope_server",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--store",
-            str(store),
-            "--no-entry-points",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    standalone, port = launch(tmp_path)  # its store: tmp_path / "store"
+    store = tmp_path / "store"
     try:
-        deadline = time.monotonic() + 120
-        while not (port_file.exists() and port_file.read_text().strip()) and time.monotonic() < deadline:
-            assert standalone.poll() is None
-            time.sleep(0.1)
+        assert port > 0, standalone.communicate(timeout=10)[0]
         with pytest.raises(
             deepscope.embedded.EmbeddedServerError,
             match=f"not started embedded \\(pid {standalone.pid}\\); connect to it with --server",
@@ -374,5 +326,4 @@ def test_a_store_held_by_a_standalone_server_gets_advice_the_user_can_follow(tmp
             deepscope.Client.embedded(store=store, progress=False, no_entry_points=True)
         assert standalone.poll() is None  # left alone
     finally:
-        standalone.terminate()
-        standalone.wait(30)
+        stop(standalone)

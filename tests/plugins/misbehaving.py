@@ -17,31 +17,29 @@ from deepscope_server.model_graph import WithheldWeights
 from deepscope_server.plugin_api import CaptureRequest, Metric, Needs, Param, hookimpl
 
 
-class Raises(Metric):
-    name = "testing.raises"
-    description = "Raises in update()."
+class _InUpdate(Metric):
+    """Misbehaves in every update(): it reads the layers' outputs, so only runs over data reach it."""
+
     needs = Needs.OUTPUTS
 
     def update(self, batch):
+        self.misbehave()
+
+
+class Raises(_InUpdate):
+    name = "testing.raises"
+    description = "Raises in update()."
+
+    def misbehave(self):
         raise RuntimeError("boom from a plugin")
 
 
-class Hangs(Metric):
-    name = "testing.hangs"
-    description = "Sleeps in finish() far past any time limit."
-    needs = Needs.WEIGHTS
+class Aborts(_InUpdate):
+    name = "testing.aborts"
+    description = "Calls os.abort() in update(): kills whatever process hosts it."
 
-    def finish(self):
-        time.sleep(3600)
-
-
-class Malformed(Metric):
-    name = "testing.malformed"
-    description = "Returns a value of an unsupported type."
-    needs = Needs.WEIGHTS
-
-    def finish(self):
-        return {layer.name: {"value": object()} for layer in self.ctx.layers}
+    def misbehave(self):
+        os.abort()
 
 
 class Slow(Metric):
@@ -110,24 +108,6 @@ class SeesWeights(Metric):
         return out
 
 
-class Aborts(Metric):
-    name = "testing.aborts"
-    description = "Calls os.abort() in update(): kills whatever process hosts it."
-    needs = Needs.OUTPUTS
-
-    def update(self, batch):
-        os.abort()
-
-
-class Segfaults(Metric):
-    name = "testing.segfaults"
-    description = "Dereferences a null pointer through ctypes in finish()."
-    needs = Needs.WEIGHTS
-
-    def finish(self):
-        ctypes.string_at(0)
-
-
 class Leaks(Metric):
     """Keeps a fresh allocation from every batch: address space grows without bound."""
 
@@ -167,6 +147,39 @@ class Spins(Metric):
             if self.params["marker"]:
                 Path(self.params["marker"]).write_text(type(exc).__name__)
             raise
+
+
+class _InFinish(Metric):
+    """Misbehaves in finish(): it needs only the weights, so every run reaches it."""
+
+    needs = Needs.WEIGHTS
+
+    def finish(self):
+        return self.misbehave()
+
+
+class Hangs(_InFinish):
+    name = "testing.hangs"
+    description = "Sleeps in finish() far past any time limit."
+
+    def misbehave(self):
+        time.sleep(3600)
+
+
+class Malformed(_InFinish):
+    name = "testing.malformed"
+    description = "Returns a value of an unsupported type."
+
+    def misbehave(self):
+        return {layer.name: {"value": object()} for layer in self.ctx.layers}
+
+
+class Segfaults(_InFinish):
+    name = "testing.segfaults"
+    description = "Dereferences a null pointer through ctypes in finish()."
+
+    def misbehave(self):
+        ctypes.string_at(0)
 
 
 @hookimpl

@@ -63,20 +63,21 @@ def margins(w, b, x):
     return np.abs(x @ (w[1] - w[0]) + (b[1] - b[0]))
 
 
+def basins(metric, handle: LinearHandle, x: np.ndarray, *, labels=None, batch_size: int = 64, **params) -> dict:
+    """``metric``'s whole-model result on ``x`` through ``handle``, with no time budget: the test's
+    ``samples``, ``draws`` and ``steps`` decide the work."""
+    params = {"budget_seconds": 0, **params}
+    out = run_metric(
+        metric, handle.graph, data={"input": x}, labels=labels, model=handle, params=params, batch_size=batch_size
+    )
+    return out[WHOLE_MODEL]
+
+
 def test_sample_basin_matches_closed_form_in_the_margin():
     n, d, p = 40, 5, 0.9
     w, b, x = gaussian_problem(n, d, 0)
     handle = LinearHandle(w, b)
-    params = {
-        "budget_seconds": 0,
-        "samples": n,
-        "draws": 400,
-        "steps": 14,
-        "r_max": 20.0,
-        "keep_prob": p,
-        "curve_points": 0,
-    }
-    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params)[WHOLE_MODEL]
+    res = basins(P.SampleBasins, handle, x, samples=n, draws=400, steps=14, r_max=20.0, keep_prob=p, curve_points=0)
     expected = (
         margins(w, b, x) * math.sqrt(d) / (np.linalg.norm(x, axis=1) * np.linalg.norm(w[1] - w[0]) * stats.norm.ppf(p))
     )
@@ -93,8 +94,7 @@ def test_accuracy_curve_matches_closed_form():
     n, d = 60, 4
     w, b, x = gaussian_problem(n, d, 1)
     handle = LinearHandle(w, b)
-    params = {"budget_seconds": 0, "samples": n, "draws": 300, "steps": 1, "r_max": 3.0, "curve_points": 7}
-    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params)[WHOLE_MODEL]
+    res = basins(P.SampleBasins, handle, x, samples=n, draws=300, steps=1, r_max=3.0, curve_points=7)
     curve = res["accuracy_curve"]
     m, xn, wn = margins(w, b, x), np.linalg.norm(x, axis=1), np.linalg.norm(w[1] - w[0])
     with np.errstate(divide="ignore"):
@@ -107,16 +107,7 @@ def test_weight_basin_matches_closed_form():
     n, d, p = 12, 4, 0.9
     w, b, x = gaussian_problem(n, d, 2)
     handle = LinearHandle(w, b)
-    params = {
-        "budget_seconds": 0,
-        "samples": n,
-        "draws": 400,
-        "steps": 10,
-        "eta_max": 20.0,
-        "keep_prob": p,
-        "curve_points": 0,
-    }
-    res = run_metric(P.WeightBasins, handle.graph, data={"input": x}, model=handle, params=params)[WHOLE_MODEL]
+    res = basins(P.WeightBasins, handle, x, samples=n, draws=400, steps=10, eta_max=20.0, keep_prob=p, curve_points=0)
     sw = np.sqrt(np.mean(w**2))
     sb = np.sqrt(np.mean(b**2))
     expected = margins(w, b, x) / (stats.norm.ppf(p) * np.sqrt(2 * (sw**2 * np.sum(x**2, axis=1) + sb**2)))
@@ -137,10 +128,7 @@ def test_labels_define_reference_and_misclassified_get_zero():
     labels = pred.copy()
     labels[:7] = 1 - labels[:7]  # seven samples the model gets wrong
     handle = LinearHandle(w, b)
-    params = {"budget_seconds": 0, "samples": n, "draws": 8, "steps": 4, "curve_points": 3}
-    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, labels=labels, model=handle, params=params)[
-        WHOLE_MODEL
-    ]
+    res = basins(P.SampleBasins, handle, x, labels=labels, samples=n, draws=8, steps=4, curve_points=3)
     assert res["reference_used"] == "label" and res["n_misclassified"] == 7
     assert np.all(res["radius"][:7] == 0) and np.all(res["radius"][7:] > 0)
     assert res["clean_accuracy"] == pytest.approx(23 / 30) and res["accuracy_curve"].y[0] == pytest.approx(23 / 30)
@@ -150,17 +138,17 @@ def test_forward_passes_are_batched_and_bounded():
     n, d, k, steps, points = 50, 6, 20, 5, 4
     w, b, x = gaussian_problem(200, d, 4)
     handle = LinearHandle(w, b)
-    params = {
-        "budget_seconds": 0,
-        "samples": n,
-        "draws": k,
-        "steps": steps,
-        "curve_points": points,
-        "reference": "prediction",
-    }
-    res = run_metric(P.SampleBasins, handle.graph, data={"input": x}, model=handle, params=params, batch_size=32)[
-        WHOLE_MODEL
-    ]
+    res = basins(
+        P.SampleBasins,
+        handle,
+        x,
+        batch_size=32,
+        samples=n,
+        draws=k,
+        steps=steps,
+        curve_points=points,
+        reference="prediction",
+    )
     assert res["n_samples"] == n and np.array_equal(res["sample_indices"], np.arange(n))
     assert handle.largest_batch <= 256  # Context.max_batch_size default
     # clean reference + clean check + (points - 1) curve levels + r_max round + steps rounds

@@ -37,6 +37,19 @@ def _graph(module: nn.Module, kind: str, cls: str) -> tuple[object, nn.Linear]:
     ), head
 
 
+def _linear_into(fc: nn.Linear, name: str, kind: str, op_type: str, module: nn.Module, steps: int, width: int):
+    """``fc`` over ``steps`` tokens feeding the layer ``name`` (``module``'s parameters), whose output
+    has ``width`` features per token."""
+    tokens_in, tokens, out = (None, steps, fc.in_features), (None, steps, fc.out_features), (None, steps, width)
+    return make_graph(
+        [
+            Layer("fc", "linear", "Linear", weights=_params(fc), input_shapes=[tokens_in], output_shapes=[tokens]),
+            Layer(name, kind, op_type, weights=_params(module), input_shapes=[tokens], output_shapes=[out]),
+        ],
+        input_shape=tokens_in,
+    )
+
+
 def _oracle_blocks(module: nn.Module, gates: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Block key -> (W, b) from torch's own chunks of weight_{ih,hh}_l0 and bias_{ih,hh}_l0."""
     out = {}
@@ -181,22 +194,7 @@ def test_neurons_feeding_a_recurrent_layer_count_its_input_gate_links(bidirectio
     """Out-strength of a Linear feeding an LSTM = column sums of every weight_ih_l0 gate (both directions)."""
     torch.manual_seed(4)
     fc, lstm = nn.Linear(3, 4), nn.LSTM(4, 5, batch_first=True, bidirectional=bidirectional)
-    graph = make_graph(
-        [
-            Layer(
-                "fc", "linear", "Linear", weights=_params(fc), input_shapes=[(None, 7, 3)], output_shapes=[(None, 7, 4)]
-            ),
-            Layer(
-                "rnn",
-                "recurrent",
-                "LSTM",
-                weights=_params(lstm),
-                input_shapes=[(None, 7, 4)],
-                output_shapes=[(None, 7, 10 if bidirectional else 5)],
-            ),
-        ],
-        input_shape=(None, 7, 3),
-    )
+    graph = _linear_into(fc, "rnn", "recurrent", "LSTM", lstm, steps=7, width=10 if bidirectional else 5)
     r = run_metric(cnt.NodeStrength, graph)
     cols = lstm.weight_ih_l0.detach().numpy().astype(np.float64).sum(axis=0)
     if bidirectional:
@@ -214,22 +212,7 @@ def test_neurons_feeding_a_recurrent_layer_count_its_input_gate_links(bidirectio
 def test_neurons_feeding_self_attention_count_q_k_v_links() -> None:
     torch.manual_seed(5)
     fc, mha = nn.Linear(3, 6), nn.MultiheadAttention(6, 2, batch_first=True)
-    graph = make_graph(
-        [
-            Layer(
-                "fc", "linear", "Linear", weights=_params(fc), input_shapes=[(None, 4, 3)], output_shapes=[(None, 4, 6)]
-            ),
-            Layer(
-                "attn",
-                "attention",
-                "MultiheadAttention",
-                weights=_params(mha),
-                input_shapes=[(None, 4, 6)],
-                output_shapes=[(None, 4, 6)],
-            ),
-        ],
-        input_shape=(None, 4, 3),
-    )
+    graph = _linear_into(fc, "attn", "attention", "MultiheadAttention", mha, steps=4, width=6)
     r = run_metric(cnt.NodeStrength, graph)
     cols = mha.in_proj_weight.detach().numpy().astype(np.float64).sum(axis=0)  # q, k and v read the same tokens
     np.testing.assert_allclose(r["fc"]["out_strength"], np.tile(cols, 4), rtol=1e-6)

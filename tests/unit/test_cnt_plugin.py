@@ -11,6 +11,8 @@ from deepscope_server.model_graph import Layer
 from deepscope_server.plugin_api import WHOLE_MODEL, Curve, Table
 from deepscope_server.testing import make_graph, run_metric
 
+from .layers import batchnorm, linear
+
 torch.set_num_threads(1)
 
 W1 = np.array([[1.0, 2.0], [3.0, -4.0]])
@@ -21,25 +23,7 @@ B2 = np.array([0.0, 1.0, 2.0])
 
 def mlp():
     return make_graph(
-        [
-            Layer(
-                "fc1",
-                "linear",
-                "Linear",
-                weights={"weight": W1, "bias": B1},
-                input_shapes=[(None, 2)],
-                output_shapes=[(None, 2)],
-            ),
-            Layer("act", "activation", "ReLU", attrs={"function": "relu"}),
-            Layer(
-                "fc2",
-                "linear",
-                "Linear",
-                weights={"weight": W2, "bias": B2},
-                input_shapes=[(None, 2)],
-                output_shapes=[(None, 3)],
-            ),
-        ],
+        [linear("fc1", W1, B1), Layer("act", "activation", "ReLU", attrs={"function": "relu"}), linear("fc2", W2, B2)],
         input_shape=(None, 2),
     )
 
@@ -180,18 +164,7 @@ def test_input_dependent_conv_with_bn_fold():
                 input_shapes=[(None, 2, 5, 5)],
                 channel_axis=1,
             ),
-            Layer(
-                "bn",
-                "norm",
-                "BatchNorm2d",
-                weights={
-                    "weight": bn.weight.detach().numpy(),
-                    "bias": bn.bias.detach().numpy(),
-                    "running_mean": bn.running_mean.numpy(),
-                    "running_var": bn.running_var.numpy(),
-                },
-                attrs={"eps": bn.eps},
-            ),
+            batchnorm("bn", bn),
             Layer("r", "activation", "ReLU", attrs={"function": "relu"}),
         ]
     )

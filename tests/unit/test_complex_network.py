@@ -33,6 +33,8 @@ from deepscope_metrics.complex_network.unroll import conv_link_count, weight_gra
 from deepscope_server.model_graph import Layer
 from deepscope_server.testing import make_graph
 
+from .layers import batchnorm, conv2d, linear
+
 torch.set_num_threads(1)
 
 
@@ -158,15 +160,7 @@ def test_dense_hand_computed():
 def test_weight_graph_dense_and_conv_next():
     rng = np.random.default_rng(3)
     K, b = rng.normal(size=(2, 1, 2, 2)), rng.normal(size=2)
-    conv = Layer(
-        "c",
-        "conv",
-        "Conv2d",
-        input_shapes=[(None, 1, 3, 3)],
-        output_shapes=[(None, 2, 2, 2)],
-        weights={"weight": K, "bias": b},
-        attrs={"stride": (1, 1), "padding": (0, 0)},
-    )
+    conv = conv2d("c", K, b, (None, 1, 3, 3), (None, 2, 2, 2), attrs={"stride": (1, 1), "padding": (0, 0)})
     W2 = rng.normal(size=(3, 8))
     lin = Layer("l", "linear", "Linear", weights={"weight": W2})
     G = weight_graph(conv, lin)
@@ -185,15 +179,8 @@ def test_weight_graph_dense_and_conv_next():
 
 def test_capped_weight_graph_is_refused_with_its_link_count():
     """ResNet-18's layer4 conv (512->512 3x3 on 4x4): 26,214,400 links; refused by count, not by building it."""
-    conv = Layer(
-        "c",
-        "conv",
-        "Conv2d",
-        input_shapes=[(None, 512, 4, 4)],
-        output_shapes=[(None, 512, 4, 4)],
-        weights={"weight": np.zeros((512, 512, 3, 3))},
-        attrs={"stride": (1, 1), "padding": (1, 1)},
-    )
+    shape = (None, 512, 4, 4)
+    conv = conv2d("c", np.zeros((512, 512, 3, 3)), None, shape, shape, attrs={"stride": (1, 1), "padding": (1, 1)})
     with pytest.raises(ValueError, match="26,214,400 links > max_links 2,000,000"):
         weight_graph_coo(conv, max_links=2_000_000)
     # 4x4 map, 3x3 taps, padding 1: 36 (position, tap) pairs fall on padding of the 144
@@ -283,50 +270,22 @@ def test_real_sequential_conv_bn_pool_flatten_dense():
         net[1].running_mean.uniform_(-1, 1), net[1].running_var.uniform_(0.5, 2)
     conv, bn, lin1, lin2 = net[0], net[1], net[5], net[7]
     layers = [
-        Layer(
+        conv2d(
             "conv",
-            "conv",
-            "Conv2d",
-            input_shapes=[(None, 3, 8, 8)],
-            output_shapes=[(None, 4, 4, 4)],
-            weights={"weight": _np(conv.weight), "bias": _np(conv.bias)},
+            _np(conv.weight),
+            _np(conv.bias),
+            (None, 3, 8, 8),
+            (None, 4, 4, 4),
             attrs={"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 1},
             channel_axis=1,
         ),
-        Layer(
-            "bn",
-            "norm",
-            "BatchNorm2d",
-            weights={
-                "weight": _np(bn.weight),
-                "bias": _np(bn.bias),
-                "running_mean": _np(bn.running_mean),
-                "running_var": _np(bn.running_var),
-            },
-            attrs={"eps": bn.eps},
-            output_shapes=[(None, 4, 4, 4)],
-            channel_axis=1,
-        ),
+        batchnorm("bn", bn, output_shapes=[(None, 4, 4, 4)], channel_axis=1),
         Layer("relu", "activation", "ReLU", attrs={"function": "relu"}, output_shapes=[(None, 4, 4, 4)]),
         Layer("pool", "pool", "MaxPool2d", attrs={"kernel_size": 2, "stride": 2}, output_shapes=[(None, 4, 2, 2)]),
         Layer("flat", "other", "Flatten", output_shapes=[(None, 16)]),
-        Layer(
-            "fc1",
-            "linear",
-            "Linear",
-            weights={"weight": _np(lin1.weight), "bias": _np(lin1.bias)},
-            input_shapes=[(None, 16)],
-            output_shapes=[(None, 5)],
-        ),
+        linear("fc1", _np(lin1.weight), _np(lin1.bias)),
         Layer("relu2", "activation", "ReLU", attrs={"function": "relu"}),
-        Layer(
-            "fc2",
-            "linear",
-            "Linear",
-            weights={"weight": _np(lin2.weight), "bias": _np(lin2.bias)},
-            input_shapes=[(None, 5)],
-            output_shapes=[(None, 3)],
-        ),
+        linear("fc2", _np(lin2.weight), _np(lin2.bias)),
     ]
     graph = make_graph(layers, input_shape=(None, 3, 8, 8))
     nl = neuron_layer_strengths(graph, layers[0], mode="code")
@@ -357,27 +316,9 @@ def test_residual_identity_links():
     attrs = {"stride": 1, "padding": 1}
     shp = (None, 2, 4, 4)
     layers = [
-        Layer(
-            "a",
-            "conv",
-            "Conv2d",
-            inputs=["input"],
-            input_shapes=[shp],
-            output_shapes=[shp],
-            weights={"weight": Ka, "bias": ba},
-            attrs=attrs,
-        ),
+        conv2d("a", Ka, ba, shp, shp, inputs=["input"], attrs=attrs),
         Layer("ra", "activation", "ReLU", inputs=["a"], output_shapes=[shp]),
-        Layer(
-            "b",
-            "conv",
-            "Conv2d",
-            inputs=["ra"],
-            input_shapes=[shp],
-            output_shapes=[shp],
-            weights={"weight": Kb, "bias": bb},
-            attrs=attrs,
-        ),
+        conv2d("b", Kb, bb, shp, shp, inputs=["ra"], attrs=attrs),
         Layer("add", "other", "Add", inputs=["b", "ra"], output_shapes=[shp]),
         Layer("r", "activation", "ReLU", inputs=["add"], output_shapes=[shp]),
         Layer("fc", "linear", "Linear", inputs=["r"], input_shapes=[(None, 32)], weights={"weight": Wfc}),

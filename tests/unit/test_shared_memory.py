@@ -118,38 +118,22 @@ def test_a_size_larger_than_the_segment_is_refused():
     assert not os.path.exists(_path(message))
 
 
-@pytest.mark.parametrize(
-    ("address", "local"),
-    [
-        ("127.0.0.1:50051", True),
-        ("localhost:1", True),
-        ("[::1]:5", True),
-        ("ipv4:127.0.0.2:9", True),
-        ("unix:/tmp/ds.sock", True),
-        ("10.0.0.2:50051", False),
-        ("example.org:443", False),
-        ("[2001:db8::1]:5", False),
-        ("dns:///example.org:443", False),
-    ],
-)
-def test_client_asks_for_shared_memory_only_for_this_host(address, local):
-    assert client_shm.local_address(address) is local
+#: Addresses a client reaches on this host (loopback, unix sockets) and ones it may not.
+LOCAL_ADDRESSES = ["127.0.0.1:50051", "localhost:1", "[::1]:5", "ipv4:127.0.0.2:9", "unix:/tmp/ds.sock"]
+REMOTE_ADDRESSES = ["10.0.0.2:50051", "example.org:443", "[2001:db8::1]:5", "dns:///example.org:443"]
+#: Peers as grpc names them on the server side.
+LOCAL_PEERS = ["ipv4:127.0.0.1:40000", "ipv6:[::1]:40000", "unix:", "ipv6:[::ffff:127.0.0.1]:1"]
+REMOTE_PEERS = ["ipv4:10.1.2.3:40000", "ipv6:[2001:db8::1]:40000", "ipv4:128.0.0.1:1"]
 
 
-@pytest.mark.parametrize(
-    ("peer", "local"),
-    [
-        ("ipv4:127.0.0.1:40000", True),
-        ("ipv6:[::1]:40000", True),
-        ("unix:", True),
-        ("ipv6:[::ffff:127.0.0.1]:1", True),
-        ("ipv4:10.1.2.3:40000", False),
-        ("ipv6:[2001:db8::1]:40000", False),
-        ("ipv4:128.0.0.1:1", False),
-    ],
-)
-def test_server_grants_shared_memory_only_to_peers_on_this_host(peer, local):
-    assert server_shm.local_peer(peer) is local
+@pytest.mark.parametrize("address", LOCAL_ADDRESSES + REMOTE_ADDRESSES)
+def test_client_asks_for_shared_memory_only_for_this_host(address):
+    assert client_shm.local_address(address) is (address in LOCAL_ADDRESSES)
+
+
+@pytest.mark.parametrize("peer", LOCAL_PEERS + REMOTE_PEERS)
+def test_server_grants_shared_memory_only_to_peers_on_this_host(peer):
+    assert server_shm.local_peer(peer) is (peer in LOCAL_PEERS)
 
 
 def _parts(*parts: pb.CaptureResponse) -> list[pb.CaptureResponse]:
