@@ -23,6 +23,8 @@ from google.protobuf.duration_pb2 import Duration
 from . import times
 from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # re-exported
+from .frames import ChunkView
+from .frames import parser as frame_parser
 from .onnx_files import external_data_files
 from .progress import ProgressEvent, ProgressTracker, display_for, interactive
 from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
@@ -178,6 +180,9 @@ class Client:
     ) -> None:
         self._channel = channel
         self._stub = pb_grpc.IntrospectionServiceStub(channel)
+        # The tensor streams, with chunks read as views of the received bytes (deepscope.frames).
+        self._capture = _tensor_stream(channel, "Capture", pb.CaptureRequest, pb.CaptureResponse)
+        self._get_weights = _tensor_stream(channel, "GetWeights", pb.GetWeightsRequest, pb.GetWeightsResponse)
         self._metadata = [(PROTOCOL_KEY, str(PROTOCOL_VERSION))]
         if token:
             self._metadata.append(("authorization", f"Bearer {token}"))
@@ -304,7 +309,10 @@ class Client:
         """Layer parameters in PyTorch layout: {layer: {"weight": W, "bias": b, ...}}."""
         ref = model.id if isinstance(model, Model) else model
         assembler = Assembler()
-        for part in self._stream(self._stub.GetWeights, pb.GetWeightsRequest(model=ref, layers=list(layers))):
+        for part in self._stream(self._get_weights, pb.GetWeightsRequest(model=ref, layers=list(layers))):
+            if isinstance(part, ChunkView):
+                assembler.add(part)
+                continue
             kind = part.WhichOneof("part")
             if kind != "done":
                 assembler.add(getattr(part, kind))
@@ -370,7 +378,7 @@ class Client:
                 accept_shared_memory=self.shared_memory,
             )
             try:
-                return self._stub.Capture(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                return self._capture(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
 
@@ -655,6 +663,16 @@ def _client_batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[Any, Any
     return items(), 0
 
 
+def _tensor_stream(channel: grpc.Channel, method: str, request: Any, response: Any) -> Any:
+    """A server-streaming method whose chunk messages arrive as ``ChunkView``s (no payload copies)."""
+    service = pb.DESCRIPTOR.services_by_name["IntrospectionService"]
+    return channel.unary_stream(
+        f"/{service.full_name}/{service.methods_by_name[method].name}",
+        request_serializer=request.SerializeToString,
+        response_deserializer=frame_parser(response),
+    )
+
+
 def _receive_capture(call: Any, assembler: Assembler) -> dict[str, np.ndarray]:
     """One Capture stream's tensors: chunks through ``assembler`` or one shared-memory segment.
 
@@ -665,6 +683,9 @@ def _receive_capture(call: Any, assembler: Assembler) -> dict[str, np.ndarray]:
     done = None
     try:
         for part in call:
+            if isinstance(part, ChunkView):
+                assembler.add(part)
+                continue
             kind = part.WhichOneof("part")
             if kind == "done":
                 done = part.done

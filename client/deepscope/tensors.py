@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from .dtypes import kserve_dtype, numpy_dtype
+from .frames import ChunkView, chunk_frame
 from .text import shorten, shorten_list
 from .v1 import introspection_pb2 as pb
 from .v1 import tensor_pb2 as tpb
@@ -99,6 +100,16 @@ def checksum(array: np.ndarray) -> int:
     return crc32(_raw_bytes(array)[1])
 
 
+def _header(name: str, array: np.ndarray, raw: memoryview, crc: int | None) -> tpb.TensorHeader:
+    return tpb.TensorHeader(
+        name=name,
+        dtype=kserve_dtype(array.dtype),
+        shape=array.shape,
+        total_bytes=len(raw),
+        crc32=crc32(raw) if crc is None else crc,
+    )
+
+
 def tensor_parts(
     name: str,
     array: np.ndarray,
@@ -113,15 +124,7 @@ def tensor_parts(
     (``CaptureResponse(chunk=c)``) would copy every payload once more.
     """
     array, raw = _raw_bytes(array)
-    yield message(
-        header=tpb.TensorHeader(
-            name=name,
-            dtype=kserve_dtype(array.dtype),
-            shape=array.shape,
-            total_bytes=len(raw),
-            crc32=crc32(raw) if crc is None else crc,
-        )
-    )
+    yield message(header=_header(name, array, raw, crc))
     for offset in range(0, len(raw), chunk_bytes):
         part = message()
         chunk = part.chunk
@@ -129,6 +132,19 @@ def tensor_parts(
         chunk.offset = offset
         chunk.data = raw[offset : offset + chunk_bytes].tobytes()
         yield part
+
+
+def tensor_frames(
+    name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES, crc: int | None = None
+) -> Iterator[bytes]:
+    """``tensor_parts`` already serialised (the same bytes, valid as CaptureResponse and
+    GetWeightsResponse alike), each chunk copied once from ``array`` into its message
+    (``frames.chunk_frame``) instead of three times through the generated classes."""
+    array, raw = _raw_bytes(array)
+    yield pb.CaptureResponse(header=_header(name, array, raw, crc)).SerializeToString()
+    encoded = name.encode()
+    for offset in range(0, len(raw), chunk_bytes):
+        yield chunk_frame(encoded, offset, raw[offset : offset + chunk_bytes])
 
 
 #: The two streamed-tensor messages (they share their header and chunk fields).
@@ -201,8 +217,8 @@ class Assembler:
         self.tensors: dict[str, np.ndarray] = {}
         self.total_bytes = 0
 
-    def add(self, part: tpb.TensorHeader | tpb.TensorChunk) -> str | None:
-        """Feed one part; return the tensor's name when it completes, else None."""
+    def add(self, part: tpb.TensorHeader | tpb.TensorChunk | ChunkView) -> str | None:
+        """Feed one part (a chunk may be a ``ChunkView``); return the tensor's name when it completes, else None."""
         if isinstance(part, tpb.TensorHeader):
             if self._pending is not None:
                 raise TensorError(
