@@ -737,6 +737,9 @@ def connect(
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Server-streaming calls (Capture, GetWeights) read in the calling thread: without it grpc
+        # starts a "channel spin" thread whenever a call begins on an idle channel, once per capture.
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
     ]
     if tls or root_certificates or client_certificate:
         credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
