@@ -32,7 +32,7 @@ from .results import Run
 from .shared_memory import SharedMemoryUnavailable, local_address
 from .shared_memory import attach as attach_shared
 from .shared_memory import available as shared_memory_available
-from .tensors import CHUNK_BYTES, Assembler, TensorError, to_proto
+from .tensors import CHUNK_BYTES, Assembler, TensorError, capture_request_bytes, to_proto
 from .v1 import introspection_pb2 as pb
 from .v1 import introspection_pb2_grpc as pb_grpc
 from .values import from_value, to_value
@@ -374,11 +374,13 @@ class Client:
                 model=model.id,
                 layers=list(layers),
                 layer_inputs=list(layer_inputs),
-                inputs=[to_proto(a[lo : lo + batch_size], name) for name, a in inputs.items()],
                 accept_shared_memory=self.shared_memory,
             )
+            batch = {name: a[lo : lo + batch_size] for name, a in inputs.items()}
             try:
-                return self._capture(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                return self._capture(
+                    capture_request_bytes(request, batch), timeout=timeout or self.timeout, metadata=self._metadata
+                )
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
 
@@ -664,11 +666,14 @@ def _client_batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[Any, Any
 
 
 def _tensor_stream(channel: grpc.Channel, method: str, request: Any, response: Any) -> Any:
-    """A server-streaming method whose chunk messages arrive as ``ChunkView``s (no payload copies)."""
+    """A server-streaming method whose chunk messages arrive as ``ChunkView``s (no payload copies)
+    and whose request may be given as bytes."""
     service = pb.DESCRIPTOR.services_by_name["IntrospectionService"]
+    serialize = request.SerializeToString
     return channel.unary_stream(
         f"/{service.full_name}/{service.methods_by_name[method].name}",
-        request_serializer=request.SerializeToString,
+        # a request may come serialised already (capture_request_bytes)
+        request_serializer=lambda r: r if isinstance(r, bytes) else serialize(r),
         response_deserializer=frame_parser(response),
     )
 

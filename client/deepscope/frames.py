@@ -30,6 +30,17 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def with_bytes_field(head: bytes, tag: int, payload: memoryview | bytes) -> list[bytes | memoryview]:
+    """A serialised message ``head`` followed by one bytes field (``tag``: its key byte): the pieces
+    to join. Protobuf reads fields in any order, so this is the message with that field set."""
+    return [head, bytes((tag,)), _varint(len(payload)), payload] if len(payload) else [head]
+
+
+def length_delimited(tag: int, pieces: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """The pieces of one embedded-message field (``tag``: its key byte) holding ``pieces``."""
+    return [bytes((tag,)), _varint(sum(len(p) for p in pieces)), *pieces]
+
+
 def chunk_frame(name: bytes, offset: int, payload: memoryview | bytes) -> bytes:
     """One serialised chunk part (``name`` UTF-8 encoded), as protobuf would write it (defaults omitted)."""
     fields = b""

@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from .dtypes import kserve_dtype, numpy_dtype
-from .frames import ChunkView, chunk_frame
+from .frames import ChunkView, chunk_frame, length_delimited, with_bytes_field
 from .text import shorten, shorten_list
 from .v1 import introspection_pb2 as pb
 from .v1 import tensor_pb2 as tpb
@@ -44,6 +44,21 @@ def to_proto(array: np.ndarray, name: str = "") -> tpb.Tensor:
     """A whole tensor in one message (for inputs and small results)."""
     array = _little_endian(np.asarray(array))
     return tpb.Tensor(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape, data=array.tobytes())
+
+
+#: Key bytes: ``Tensor.data`` (field 4) and ``CaptureRequest.inputs`` (field 2), length-delimited.
+_TENSOR_DATA_TAG, _REQUEST_INPUTS_TAG = 0x22, 0x12
+
+
+def capture_request_bytes(request: pb.CaptureRequest, inputs: dict[str, np.ndarray]) -> bytes:
+    """``request`` with ``inputs`` added as wire tensors, serialised with one copy of their bytes
+    (``to_proto`` then serialising copies each input four times); parses as the same message."""
+    pieces: list[bytes | memoryview] = [request.SerializeToString()]
+    for name, value in inputs.items():
+        array, raw = _raw_bytes(value)
+        meta = tpb.Tensor(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape).SerializeToString()
+        pieces += length_delimited(_REQUEST_INPUTS_TAG, with_bytes_field(meta, _TENSOR_DATA_TAG, raw))
+    return b"".join(pieces)
 
 
 #: numpy's limits: at most 64 dimensions, and the product of the non-zero ones times the item

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepscope.frames import ChunkView, chunk_frame, parser, read_chunk
-from deepscope.tensors import Assembler, tensor_frames, tensor_parts
+from deepscope.tensors import Assembler, capture_request_bytes, tensor_frames, tensor_parts, to_proto
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
 
@@ -115,3 +115,21 @@ def test_views_assemble_like_messages_and_tampering_is_still_caught():
     with pytest.raises(Exception, match="checksum mismatch"):
         for frame in [*frames[1:3], bytes(flipped), *frames[4:]]:
             asm.add(parse(frame))
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"x": np.arange(12, dtype=np.float32).reshape(3, 4)},
+        {"a": np.arange(6, dtype=">i4").reshape(2, 3), "ß": np.ones((2, 0, 5), np.float16), "": np.float64(2.5)},
+        {"x": np.random.default_rng(0).standard_normal((256, 784)).astype(np.float32)[::1]},
+    ],
+)
+def test_a_capture_request_serialised_by_hand_is_the_same_message(inputs):
+    fields = dict(model="m" * 64, layers=["fc*", "kind:conv"], layer_inputs=["act1"], accept_shared_memory=True)
+    raw = capture_request_bytes(pb.CaptureRequest(**fields), inputs)
+    stock = pb.CaptureRequest(**fields, inputs=[to_proto(np.asarray(a), n) for n, a in inputs.items()])
+    assert pb.CaptureRequest.FromString(raw) == stock
+    assert pb.CaptureRequest.FromString(raw).SerializeToString(deterministic=True) == stock.SerializeToString(
+        deterministic=True
+    )
