@@ -23,6 +23,8 @@ from google.protobuf.duration_pb2 import Duration
 from . import times
 from .dtypes import kserve_dtype, numpy_dtype
 from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # re-exported
+from .frames import ChunkView
+from .frames import parser as frame_parser
 from .onnx_files import external_data_files
 from .progress import ProgressEvent, ProgressTracker, display_for, interactive
 from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
@@ -30,7 +32,7 @@ from .results import Run
 from .shared_memory import SharedMemoryUnavailable, local_address
 from .shared_memory import attach as attach_shared
 from .shared_memory import available as shared_memory_available
-from .tensors import CHUNK_BYTES, Assembler, TensorError, to_proto
+from .tensors import CHUNK_BYTES, Assembler, TensorError, capture_request_bytes, to_proto
 from .v1 import introspection_pb2 as pb
 from .v1 import introspection_pb2_grpc as pb_grpc
 from .values import from_value, to_value
@@ -178,6 +180,9 @@ class Client:
     ) -> None:
         self._channel = channel
         self._stub = pb_grpc.IntrospectionServiceStub(channel)
+        # The tensor streams, with chunks read as views of the received bytes (deepscope.frames).
+        self._capture = _tensor_stream(channel, "Capture", pb.CaptureRequest, pb.CaptureResponse)
+        self._get_weights = _tensor_stream(channel, "GetWeights", pb.GetWeightsRequest, pb.GetWeightsResponse)
         self._metadata = [(PROTOCOL_KEY, str(PROTOCOL_VERSION))]
         if token:
             self._metadata.append(("authorization", f"Bearer {token}"))
@@ -304,7 +309,10 @@ class Client:
         """Layer parameters in PyTorch layout: {layer: {"weight": W, "bias": b, ...}}."""
         ref = model.id if isinstance(model, Model) else model
         assembler = Assembler()
-        for part in self._stream(self._stub.GetWeights, pb.GetWeightsRequest(model=ref, layers=list(layers))):
+        for part in self._stream(self._get_weights, pb.GetWeightsRequest(model=ref, layers=list(layers))):
+            if isinstance(part, ChunkView):
+                assembler.add(part)
+                continue
             kind = part.WhichOneof("part")
             if kind != "done":
                 assembler.add(getattr(part, kind))
@@ -366,11 +374,13 @@ class Client:
                 model=model.id,
                 layers=list(layers),
                 layer_inputs=list(layer_inputs),
-                inputs=[to_proto(a[lo : lo + batch_size], name) for name, a in inputs.items()],
                 accept_shared_memory=self.shared_memory,
             )
+            batch = {name: a[lo : lo + batch_size] for name, a in inputs.items()}
             try:
-                return self._stub.Capture(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                return self._capture(
+                    capture_request_bytes(request, batch), timeout=timeout or self.timeout, metadata=self._metadata
+                )
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
 
@@ -655,6 +665,19 @@ def _client_batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[Any, Any
     return items(), 0
 
 
+def _tensor_stream(channel: grpc.Channel, method: str, request: Any, response: Any) -> Any:
+    """A server-streaming method whose chunk messages arrive as ``ChunkView``s (no payload copies)
+    and whose request may be given as bytes."""
+    service = pb.DESCRIPTOR.services_by_name["IntrospectionService"]
+    serialize = request.SerializeToString
+    return channel.unary_stream(
+        f"/{service.full_name}/{service.methods_by_name[method].name}",
+        # a request may come serialised already (capture_request_bytes)
+        request_serializer=lambda r: r if isinstance(r, bytes) else serialize(r),
+        response_deserializer=frame_parser(response),
+    )
+
+
 def _receive_capture(call: Any, assembler: Assembler) -> dict[str, np.ndarray]:
     """One Capture stream's tensors: chunks through ``assembler`` or one shared-memory segment.
 
@@ -665,6 +688,9 @@ def _receive_capture(call: Any, assembler: Assembler) -> dict[str, np.ndarray]:
     done = None
     try:
         for part in call:
+            if isinstance(part, ChunkView):
+                assembler.add(part)
+                continue
             kind = part.WhichOneof("part")
             if kind == "done":
                 done = part.done
@@ -716,6 +742,9 @@ def connect(
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Server-streaming calls (Capture, GetWeights) read in the calling thread: without it grpc
+        # starts a "channel spin" thread whenever a call begins on an idle channel, once per capture.
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
     ]
     if tls or root_certificates or client_certificate:
         credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)

@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from .dtypes import kserve_dtype, numpy_dtype
+from .frames import ChunkView, chunk_frame, length_delimited, with_bytes_field
 from .text import shorten, shorten_list
 from .v1 import introspection_pb2 as pb
 from .v1 import tensor_pb2 as tpb
@@ -43,6 +44,21 @@ def to_proto(array: np.ndarray, name: str = "") -> tpb.Tensor:
     """A whole tensor in one message (for inputs and small results)."""
     array = _little_endian(np.asarray(array))
     return tpb.Tensor(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape, data=array.tobytes())
+
+
+#: Key bytes: ``Tensor.data`` (field 4) and ``CaptureRequest.inputs`` (field 2), length-delimited.
+_TENSOR_DATA_TAG, _REQUEST_INPUTS_TAG = 0x22, 0x12
+
+
+def capture_request_bytes(request: pb.CaptureRequest, inputs: dict[str, np.ndarray]) -> bytes:
+    """``request`` with ``inputs`` added as wire tensors, serialised with one copy of their bytes
+    (``to_proto`` then serialising copies each input four times); parses as the same message."""
+    pieces: list[bytes | memoryview] = [request.SerializeToString()]
+    for name, value in inputs.items():
+        array, raw = _raw_bytes(value)
+        meta = tpb.Tensor(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape).SerializeToString()
+        pieces += length_delimited(_REQUEST_INPUTS_TAG, with_bytes_field(meta, _TENSOR_DATA_TAG, raw))
+    return b"".join(pieces)
 
 
 #: numpy's limits: at most 64 dimensions, and the product of the non-zero ones times the item
@@ -99,6 +115,16 @@ def checksum(array: np.ndarray) -> int:
     return crc32(_raw_bytes(array)[1])
 
 
+def _header(name: str, array: np.ndarray, raw: memoryview, crc: int | None) -> tpb.TensorHeader:
+    return tpb.TensorHeader(
+        name=name,
+        dtype=kserve_dtype(array.dtype),
+        shape=array.shape,
+        total_bytes=len(raw),
+        crc32=crc32(raw) if crc is None else crc,
+    )
+
+
 def tensor_parts(
     name: str,
     array: np.ndarray,
@@ -113,15 +139,7 @@ def tensor_parts(
     (``CaptureResponse(chunk=c)``) would copy every payload once more.
     """
     array, raw = _raw_bytes(array)
-    yield message(
-        header=tpb.TensorHeader(
-            name=name,
-            dtype=kserve_dtype(array.dtype),
-            shape=array.shape,
-            total_bytes=len(raw),
-            crc32=crc32(raw) if crc is None else crc,
-        )
-    )
+    yield message(header=_header(name, array, raw, crc))
     for offset in range(0, len(raw), chunk_bytes):
         part = message()
         chunk = part.chunk
@@ -129,6 +147,19 @@ def tensor_parts(
         chunk.offset = offset
         chunk.data = raw[offset : offset + chunk_bytes].tobytes()
         yield part
+
+
+def tensor_frames(
+    name: str, array: np.ndarray, chunk_bytes: int = CHUNK_BYTES, crc: int | None = None
+) -> Iterator[bytes]:
+    """``tensor_parts`` already serialised (the same bytes, valid as CaptureResponse and
+    GetWeightsResponse alike), each chunk copied once from ``array`` into its message
+    (``frames.chunk_frame``) instead of three times through the generated classes."""
+    array, raw = _raw_bytes(array)
+    yield pb.CaptureResponse(header=_header(name, array, raw, crc)).SerializeToString()
+    encoded = name.encode()
+    for offset in range(0, len(raw), chunk_bytes):
+        yield chunk_frame(encoded, offset, raw[offset : offset + chunk_bytes])
 
 
 #: The two streamed-tensor messages (they share their header and chunk fields).
@@ -201,8 +232,8 @@ class Assembler:
         self.tensors: dict[str, np.ndarray] = {}
         self.total_bytes = 0
 
-    def add(self, part: tpb.TensorHeader | tpb.TensorChunk) -> str | None:
-        """Feed one part; return the tensor's name when it completes, else None."""
+    def add(self, part: tpb.TensorHeader | tpb.TensorChunk | ChunkView) -> str | None:
+        """Feed one part (a chunk may be a ``ChunkView``); return the tensor's name when it completes, else None."""
         if isinstance(part, tpb.TensorHeader):
             if self._pending is not None:
                 raise TensorError(

@@ -19,7 +19,7 @@ import numpy as np
 
 from deepscope import times
 from deepscope.protocol import PROTOCOL_VERSION
-from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, checksum, from_proto, tensor_parts
+from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, checksum, from_proto, tensor_frames
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
@@ -368,15 +368,16 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         return pb.DeleteModelResponse(deleted=await asyncio.to_thread(self.models.delete, request.model))
 
     @rpc
-    async def GetWeights(self, request: pb.GetWeightsRequest, context) -> AsyncIterator[pb.GetWeightsResponse]:
+    async def GetWeights(self, request: pb.GetWeightsRequest, context) -> AsyncIterator[pb.GetWeightsResponse | bytes]:
         loaded = await asyncio.to_thread(self.models.get, request.model)
         graph = loaded.graph
         layers = graph.select(list(request.layers)) if request.layers else graph.layers
         count, total = 0, 0
         for layer in layers:
             for key, weight in layer.weights.items():
-                for part in tensor_parts(f"{layer.name}/{key}", np.asarray(weight), message=pb.GetWeightsResponse):
-                    yield part
+                # Parts already serialised (wire.py sends them as they are): one copy per chunk.
+                for frame in tensor_frames(f"{layer.name}/{key}", np.asarray(weight)):
+                    yield frame
                 count += 1
                 total += weight.nbytes
         yield pb.GetWeightsResponse(done=pb.WeightsDone(num_tensors=count, total_bytes=total))
@@ -439,7 +440,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             self.active_cancels.discard(cancel)
 
     @rpc
-    async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.CaptureResponse]:
+    async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.CaptureResponse | bytes]:
         # A model looked up before is found without a thread hop or a catalogue read.
         loaded = self.models.loaded_upload(request.model) or await asyncio.to_thread(self.models.get, request.model)
         inputs = self._decode_inputs(loaded, request.inputs)
@@ -489,8 +490,8 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         times.set_seconds(done.done.forward_time, seconds)
         if shared is None:
             for (name, array), crc in zip(tensors, crcs):
-                for part in tensor_parts(name, array, crc=crc):
-                    yield part
+                for frame in tensor_frames(name, array, crc=crc):  # serialised parts, sent as they are
+                    yield frame
             yield done
             return
         complete = False

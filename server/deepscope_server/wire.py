@@ -7,6 +7,10 @@ wrapper that holds the call's context: a unary request that does not decode is a
 INVALID_ARGUMENT; in a request stream the message that does not decode raises ``InvalidInput``
 (with the status code set too), which the service's handlers map to INVALID_ARGUMENT like any
 other bad content in a stream.
+
+Responses: a handler may also yield ``bytes`` that are already a serialised response (the tensor
+streams' chunks, written by ``deepscope.frames`` with one copy of their payload); they are sent as
+they are, everything else through the method's generated serialiser.
 """
 
 from __future__ import annotations
@@ -90,6 +94,17 @@ def _streaming(behavior: Callable[..., Any], deserializer: Deserializer, method:
     return unary
 
 
+def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The method's serialiser, except for responses already serialised (see the module docstring)."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serializer(message)
+
+    return serialize
+
+
 def decoding_in_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """The same handler, taking raw bytes and decoding them itself (async behaviours only)."""
     deserializer = handler.request_deserializer
@@ -104,12 +119,20 @@ def decoding_in_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.Rpc
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
     return kind[(handler.request_streaming, handler.response_streaming)](
-        wrap(behavior, deserializer, method), request_deserializer=None, response_serializer=handler.response_serializer
+        wrap(behavior, deserializer, method),
+        request_deserializer=None,
+        response_serializer=_passing_bytes(handler.response_serializer),
     )
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):
-    """Every call's handler decodes its own request bytes (see the module docstring)."""
+    """Every call's handler decodes its own request bytes (see the module docstring).
+
+    The wrapped handler is made once per method and handler, not per call (a per-call cost).
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -117,4 +140,9 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
-        return None if handler is None else decoding_in_handler(handler, details.method)
+        if handler is None:
+            return None
+        cached = self._wrapped.get(details.method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[details.method] = (handler, decoding_in_handler(handler, details.method))
+        return cached[1]

@@ -60,6 +60,53 @@ def test_multi_batch_capture_equals_one_batch(client, exported):
     np.testing.assert_array_equal(whole.layer_inputs["act1"], whole["fc1"])  # act1's input is fc1's output
 
 
+def test_hand_serialised_streams_parse_with_the_generated_classes(client, exported):
+    """What an older client or another language gets: the stock stub's messages, reassembled, equal
+    the SDK's arrays (its chunks are read as views by ``deepscope.frames``), weights too."""
+    from deepscope.tensors import Assembler
+
+    model = client.upload_model(exported["mlp"]["pt2"])
+    x = np.random.default_rng(2).standard_normal((4096, 64)).astype(np.float32)
+    client.shared_memory = False
+    sdk = client.capture(model, x, layers=["fc1", "act1"])
+    request = pb.CaptureRequest(model=model.id, layers=["fc1", "act1"], inputs=[to_proto(x)])
+    asm, kinds = Assembler(), []
+    for part in client._stub.Capture(request, timeout=60, metadata=client._metadata):
+        kinds.append(part.WhichOneof("part"))
+        if kinds[-1] != "done":
+            asm.add(getattr(part, kinds[-1]))
+    assert kinds.count("chunk") >= 3 and kinds[-1] == "done"
+    stock = asm.close()
+    for name in ("fc1", "act1"):
+        np.testing.assert_array_equal(stock[f"layer/{name}"].view(np.uint8), sdk[name].view(np.uint8))
+    asm = Assembler()
+    for part in client._stub.GetWeights(pb.GetWeightsRequest(model=model.id), timeout=60, metadata=client._metadata):
+        if part.WhichOneof("part") != "done":
+            asm.add(getattr(part, part.WhichOneof("part")))
+    stock, sdk_weights = asm.close(), client.weights(model)
+    assert stock.keys() == {f"{layer}/{key}" for layer, params in sdk_weights.items() for key in params}
+    for name, array in stock.items():
+        layer, _, key = name.rpartition("/")
+        np.testing.assert_array_equal(array, sdk_weights[layer][key])
+
+
+def test_a_capture_cancelled_mid_stream_leaves_the_server_serving(client, exported):
+    model = client.upload_model(exported["mlp"]["pt2"])
+    x = np.random.default_rng(3).standard_normal((4096, 64)).astype(np.float32)
+    request = pb.CaptureRequest(model=model.id, layers=["fc1"], inputs=[to_proto(x)])
+    call = client._capture(request, timeout=60, metadata=client._metadata)
+    first = next(call)
+    assert first.WhichOneof("part") == "header"
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in call:
+            pass
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    client.shared_memory = False
+    again = client.capture(model, x[:5], layers=["fc1"])
+    np.testing.assert_array_equal(again["fc1"], client.capture(model, x, layers=["fc1"])["fc1"][:5])
+
+
 def test_weights_in_pytorch_layout(client, exported, torch_models):
     model = client.upload_model(exported["mlp"]["onnx"])
     weights = client.weights(model, ["fc*"])
