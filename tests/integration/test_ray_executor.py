@@ -34,6 +34,8 @@ def cluster() -> Iterator[tuple[Cluster, object]]:
     # Only what the tests use: no dashboard (a heavy process per cluster), no usage-stats reporter.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray waits 30 s for its GCS to publish a port; a loaded 2-core CI box has taken longer.
+        env.setenv("RAY_gcs_server_port_wait_time_s", "120")
         node = {"num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False}
         cluster = Cluster(initialize_head=True, head_node_args=node)
         worker = cluster.add_node(**node)
