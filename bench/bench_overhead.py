@@ -23,6 +23,7 @@ from common import Table, cpu_per_call, interleaved, median, ms, script_main, se
 def run(smoke: bool = False, server=None) -> list[Table]:
     set_threads()
     import numpy as np
+    import psutil
     import torch
     from common import THREADS
 
@@ -67,11 +68,15 @@ def run(smoke: bool = False, server=None) -> list[Table]:
         )
         # CPU time per call, summed over the client, the server and its workers: what the call
         # costs the machine, much less sensitive than wall time to other people's load.
-        cpu = cpu_per_call(srv.pid, empty_capture, 50 if smoke else 300)
+        calls = 50 if smoke else 300
+        own = psutil.Process(srv.pid)
+        before = sum(own.cpu_times()[:2])
+        cpu = cpu_per_call(srv.pid, empty_capture, calls)
+        server_alone = (sum(own.cpu_times()[:2]) - before) / calls  # the rest is the model worker's
         table.add(
             "  CPU per empty capture: client / server + model worker",
             f"{ms(cpu[0]):.2f} / {ms(cpu[1]):.2f}",
-            "",
+            f"server {ms(server_alone):.2f}, worker {ms(cpu[1] - server_alone):.2f}",
             "",
             "",
         )

@@ -12,13 +12,17 @@ worker, so a hostile or buggy model can exhaust only its own worker, never the s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import signal
+import socket
+import struct
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -149,6 +153,7 @@ class SandboxedBackend(Backend):
         self._process: Any = None
         self._conn: Connection | None = None
         self._lifeline: Connection | None = None
+        self._sock: socket.socket | None = None  # the pipe to the worker, for the event loop's non-blocking I/O
         self.graph: ModelGraph
         self.device = "cpu"
 
@@ -194,6 +199,54 @@ class SandboxedBackend(Backend):
             "weights": {k: dict(v) for k, v in weights.items()},
         }
         return self._call(message, cancelled, deadline)
+
+    @property
+    def ready(self) -> bool:
+        """A worker is running (after a kill, the next call starts one: ``run`` does, in a thread)."""
+        return self._conn is not None
+
+    async def run_async(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        capture: Sequence[CaptureRequest] = (),
+        *,
+        cancelled: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> RunOutput:
+        """``run`` on the event loop: the request and reply go through the worker's pipe with
+        non-blocking I/O and the loop waits on the pipe itself, so a call costs no thread hand-off
+        and no polling. The same limits hold as in ``run``: the deadline, ``cancelled`` (checked every
+        ``_POLL_SECONDS`` while the worker is silent), the worker's death, a malformed reply; each
+        stops the worker. The caller holds the model's lock and has checked ``ready``. Requests with
+        inputs over ``wire_codec.INLINE_BYTES`` (passed as a shared-memory file) go through ``run``
+        in a thread."""
+        message = {"op": "run", "inputs": dict(inputs), "capture": list(capture)}
+        data = wire_codec.framed(message)
+        if data is None:
+            return await asyncio.to_thread(self.run, inputs, capture, cancelled=cancelled, deadline=deadline)
+        assert self._conn is not None and self._process is not None
+        deadline, flag, budget = self._forward_deadline(deadline)
+        if self._sock is None:
+            self._sock = socket.socket(fileno=os.dup(self._conn.fileno()))  # blocking mode untouched
+        pipe = _LoopPipe(self._sock, self._process, asyncio.get_running_loop(), cancelled, deadline, flag, budget)
+        try:
+            await pipe.send(data)
+        except OSError as exc:
+            death = describe_death(self._process)
+            self._stop()
+            raise ModelCrashed(f"the model's worker process is gone ({death}); it restarts on the next call") from exc
+        try:
+            reply = await pipe.reply(self.budget.max_message_bytes)
+        except (EOFError, OSError) as exc:
+            process = self._process
+            self._stop_after(lambda: self._death_error("the forward pass", process, pipe.peak), exc)
+        except wire_codec.CodecError as exc:
+            self._stop()
+            raise ModelCrashed(f"the forward pass failed: the worker sent a malformed reply ({exc})") from None
+        except BaseException:
+            self._stop()
+            raise
+        return self._result(reply)
 
     def close(self) -> None:
         """Ask the worker to stop; kill it if it does not."""
@@ -242,24 +295,41 @@ class SandboxedBackend(Backend):
         if self._conn is None:
             self._start(cancelled)  # the last worker was killed (deadline, crash): a fresh one
         assert self._conn is not None
-        limit = time.monotonic() + self.budget.forward_seconds
-        if deadline is None or deadline > limit:
-            deadline, flag, budget = limit, "--max-forward-seconds", self.budget.forward_seconds
-        else:
-            flag, budget = "the call's deadline", max(0.0, deadline - time.monotonic())
+        deadline, flag, budget = self._forward_deadline(deadline)
         try:
             wire_codec.send(self._conn, message)
         except (OSError, ValueError) as exc:
             death = describe_death(self._process)
             self._stop()
             raise ModelCrashed(f"the model's worker process is gone ({death}); it restarts on the next call") from exc
-        reply = self._wait(deadline, cancelled, "the forward pass", flag, budget)
+        return self._result(self._wait(deadline, cancelled, "the forward pass", flag, budget))
+
+    def _forward_deadline(self, deadline: float | None) -> tuple[float, str, float]:
+        """The earlier of the call's deadline and ``--max-forward-seconds``, with the flag that named it."""
+        limit = time.monotonic() + self.budget.forward_seconds
+        if deadline is None or deadline > limit:
+            return limit, "--max-forward-seconds", self.budget.forward_seconds
+        return deadline, "the call's deadline", max(0.0, deadline - time.monotonic())
+
+    def _result(self, reply: Any) -> RunOutput:
+        """The worker's answer to a run, or its error raised as the server's."""
+        if not isinstance(reply, dict):
+            self._stop()
+            raise ModelCrashed("the forward pass failed: the worker sent a malformed reply")
         if "error" in reply:
             error = reply["error"]
             if error["type"] == "MemoryError":
                 self._stop()
             raise _rebuild(error, loading=False, memory_bytes=self.budget.memory_bytes)
         return reply["ok"]
+
+    def _stop_after(self, error: Callable[[], DeepscopeError], cause: BaseException) -> None:
+        """Raise ``error()`` (read before the worker is reaped) having stopped the worker."""
+        try:
+            exc = error()
+        finally:
+            self._stop()
+        raise exc from cause
 
     def _wait(
         self, deadline: float, cancelled: Callable[[], bool] | None, what: str, flag: str, budget: float
@@ -317,8 +387,10 @@ class SandboxedBackend(Backend):
         )
 
     def _stop(self, grace: float = 0.0) -> None:
-        process, conn, life = self._process, self._conn, self._lifeline
-        self._process = self._conn = self._lifeline = None
+        process, conn, life, sock = self._process, self._conn, self._lifeline, self._sock
+        self._process = self._conn = self._lifeline = self._sock = None
+        if sock is not None:
+            sock.close()
         if process is not None:
             if grace:
                 process.join(grace)
@@ -328,6 +400,120 @@ class SandboxedBackend(Backend):
         for c in (conn, life):
             if c is not None:
                 c.close()
+
+
+class _LoopPipe:
+    """One request and its reply on a worker's pipe, with the event loop waiting on the socket.
+
+    Reads take exactly one message's bytes (the length prefix, then the body) with
+    ``MSG_DONTWAIT``, so nothing of the next message is consumed and the pipe stays usable by
+    ``Connection`` in a thread; a shared-memory file arrives as ``reduction.recv_handle`` does it,
+    once its byte is readable. A worker that stalls mid-message holds only this call, up to its
+    deadline, never the loop.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        process: Any,
+        loop: asyncio.AbstractEventLoop,
+        cancelled: Callable[[], bool] | None,
+        deadline: float,
+        flag: str,
+        budget: float,
+    ) -> None:
+        self.sock, self.process, self.loop, self.cancelled = sock, process, loop, cancelled
+        self.deadline, self.flag, self.budget = deadline, flag, budget
+        self.fd = sock.fileno()
+        self.peak = 0
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view, socket.MSG_DONTWAIT) :]
+            except BlockingIOError:
+                await self._ready(writable=True)
+
+    async def reply(self, max_segment_bytes: int) -> Any:
+        header = wire_codec.parse_header(await self._message(wire_codec.MAX_HEADER_BYTES), max_segment_bytes)
+        total = int(header["n"])
+        segment: Any = None
+        if total and header.get("inline"):
+            segment = bytearray(await self._message(total))
+            if len(segment) != total:
+                raise wire_codec.CodecError("an inline message is shorter than it says")
+        elif total:
+            await self._ready()
+            segment = wire_codec.map_segment(reduction.recvfds(self.sock, 1)[0], total)
+        return wire_codec.decode(header, segment)
+
+    async def _message(self, max_bytes: int) -> bytes:
+        """One message as ``Connection.send_bytes`` framed it."""
+        (size,) = struct.unpack("!i", await self._exactly(4))
+        if size == -1:
+            (size,) = struct.unpack("!Q", await self._exactly(8))
+        if size < 0 or size > max_bytes:
+            raise wire_codec.CodecError(f"a message of {size:,} bytes is over the limit of {max_bytes:,}")
+        return await self._exactly(size)
+
+    async def _exactly(self, n: int) -> bytes:
+        parts, left = [], n
+        while left:
+            try:
+                part = self.sock.recv(left, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                await self._ready()
+                continue
+            if not part:
+                raise EOFError("the worker closed its pipe")
+            parts.append(part)
+            left -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _ready(self, writable: bool = False) -> None:
+        """Wait until the socket is ready, checking cancellation, the deadline and the worker's
+        health every ``_POLL_SECONDS`` meanwhile, as ``SandboxedBackend._next_reply`` does."""
+        what = "the forward pass"
+        while not await self._wait_fd(writable):
+            if self.cancelled is not None and self.cancelled():
+                raise RunCancelled(f"{what} was cancelled (worker stopped)")
+            if time.monotonic() > self.deadline:
+                raise DeadlineExceeded(
+                    f"{what} took longer than {self.flag} ({self.budget:g} s); its worker process was stopped"
+                )
+            self.peak = max(self.peak, _address_space_peak(self.process.pid))
+            if not self.process.is_alive() and not self._readable_now():
+                raise EOFError("the worker died")
+
+    def _readable_now(self) -> bool:
+        try:
+            return bool(self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK))
+        except BlockingIOError:
+            return False
+        except OSError:
+            return False
+
+    async def _wait_fd(self, writable: bool) -> bool:
+        """True once the socket is ready, False after ``_POLL_SECONDS``."""
+        future: asyncio.Future[bool] = self.loop.create_future()
+
+        def settle(value: bool) -> None:
+            if not future.done():
+                future.set_result(value)
+
+        add, remove = (
+            (self.loop.add_writer, self.loop.remove_writer)
+            if writable
+            else (self.loop.add_reader, self.loop.remove_reader)
+        )
+        add(self.fd, settle, True)
+        timer = self.loop.call_later(_POLL_SECONDS, settle, False)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            remove(self.fd)
 
 
 def _memory_limit(memory_bytes: int) -> str:

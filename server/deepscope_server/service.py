@@ -44,6 +44,7 @@ from .errors import (
 from .isolation import RunCancelled
 from .models import LoadedModel, ModelManager
 from .plugins import Registry
+from .sandbox import SandboxedBackend
 from .store import Store, StoredModel
 from .uploads import SideFile
 
@@ -181,6 +182,16 @@ def _devices(settings: Settings) -> list[str]:
     import torch  # already imported by the backends; only asked here
 
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+#: Outputs up to this size are framed (checksums, shared-memory hand-off) on the event loop: a thread
+#: hop would cost more than the work; larger ones are framed in a thread so the loop keeps serving.
+_LOOP_FRAMING_BYTES = 64 << 10
+
+
+def _nbytes(out: Any) -> int:
+    """Bytes of a forward pass's outputs and captures."""
+    return sum(a.nbytes for a in out.outputs.values()) + sum(a.nbytes for a in out.captured.values())
 
 
 class _Handoff:
@@ -429,7 +440,18 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         self.active_cancels.add(cancel)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
+        backend = loaded.backend
         try:
+            # A sandboxed model that is idle: the event loop talks to its worker directly (no thread
+            # hop, no polling); busy (a run or another capture holds it) or stopped: a thread waits.
+            if isinstance(backend, SandboxedBackend) and backend.ready and loaded.lock.acquire(blocking=False):
+                try:
+                    out = await backend.run_async(inputs, captures, cancelled=cancel.is_set, deadline=deadline)
+                finally:
+                    loaded.lock.release()
+                if _nbytes(out) <= _LOOP_FRAMING_BYTES:
+                    return then(out)
+                return await asyncio.to_thread(then, out)
             return await asyncio.to_thread(
                 lambda: then(loaded.run(inputs, captures, cancelled=cancel.is_set, deadline=deadline))
             )

@@ -15,6 +15,7 @@ import json
 import math
 import mmap
 import os
+import struct
 from collections.abc import Callable
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
@@ -95,8 +96,8 @@ def _freeze(key: Any) -> Any:
     return key
 
 
-def send(conn: Connection, message: Any) -> None:
-    """Send ``message``: a JSON header, then (if it holds arrays with data) one memfd descriptor."""
+def _prepare(message: Any) -> tuple[bytes, list[np.ndarray], list[list[Any]], int]:
+    """The JSON header, the arrays and their layout (dtype, shape, offset), and the segment size."""
     arrays: list[np.ndarray] = []
     body = _encode(message, arrays)
     layout, total = [], 0
@@ -105,11 +106,16 @@ def send(conn: Connection, message: Any) -> None:
         layout.append([array.dtype.str, list(array.shape), total])
         total += array.nbytes
     inline = total <= INLINE_BYTES
-    header = json.dumps({"v": body, "a": layout, "n": total, "inline": inline}).encode()
+    return json.dumps({"v": body, "a": layout, "n": total, "inline": inline}).encode(), arrays, layout, total
+
+
+def send(conn: Connection, message: Any) -> None:
+    """Send ``message``: a JSON header, then (if it holds arrays with data) one memfd descriptor."""
+    header, arrays, layout, total = _prepare(message)
     if total == 0:
         conn.send_bytes(header)
         return
-    if inline:
+    if total <= INLINE_BYTES:
         buffer = bytearray(total)
         _fill(memoryview(buffer), arrays, layout)
         conn.send_bytes(header)
@@ -124,6 +130,21 @@ def send(conn: Connection, message: Any) -> None:
         reduction.send_handle(conn, fd, 0)
     finally:
         os.close(fd)
+
+
+def framed(message: Any) -> bytes | None:
+    """``message`` as the bytes ``send`` puts on the socket (each part length-prefixed as
+    ``Connection.send_bytes`` frames it), for a sender that must not block; None when it needs a
+    shared-memory file (arrays over ``INLINE_BYTES``), which only ``send`` passes."""
+    header, arrays, layout, total = _prepare(message)
+    if total > INLINE_BYTES:
+        return None
+    parts = [struct.pack("!i", len(header)), header]
+    if total:
+        buffer = bytearray(total)
+        _fill(memoryview(buffer), arrays, layout)
+        parts += [struct.pack("!i", total), buffer]
+    return b"".join(parts)
 
 
 def write_at(fd: int, array: np.ndarray, offset: int) -> None:
@@ -143,28 +164,47 @@ def _fill(buffer: Any, arrays: list[np.ndarray], layout: list[list[Any]]) -> Non
             del target  # no view may outlive the block (an mmap refuses to close while exported)
 
 
-def recv(conn: Connection, max_segment_bytes: int) -> Any:
-    """Receive one message; its arrays are private (copy-on-write) views of the sender's segment."""
+def parse_header(raw: bytes, max_segment_bytes: int) -> dict[str, Any]:
+    """A message's JSON header, with its segment size checked against ``max_segment_bytes``."""
     try:
-        header = json.loads(conn.recv_bytes(MAX_HEADER_BYTES))
+        header = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CodecError(f"malformed message header: {exc}") from None
+    if not isinstance(header, dict):
+        raise CodecError("malformed message header")
     total = int(header["n"])
     if total < 0 or total > max_segment_bytes:
         raise CodecError(f"a message of {total:,} bytes is over the limit of {max_segment_bytes:,}")
+    return header
+
+
+def map_segment(fd: int, total: int) -> mmap.mmap:
+    """A private (copy-on-write) mapping of a received shared-memory file; closes ``fd``."""
+    try:
+        if os.fstat(fd).st_size < total:
+            raise CodecError("the shared-memory segment is smaller than its message says")
+        return mmap.mmap(fd, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def recv(conn: Connection, max_segment_bytes: int) -> Any:
+    """Receive one message; its arrays are private (copy-on-write) views of the sender's segment."""
+    header = parse_header(conn.recv_bytes(MAX_HEADER_BYTES), max_segment_bytes)
+    total = int(header["n"])
     segment: mmap.mmap | bytearray | None = None
     if total and header.get("inline"):
         segment = bytearray(total)
         if conn.recv_bytes_into(segment) != total:
             raise CodecError("an inline message is shorter than it says")
     elif total:
-        fd = reduction.recv_handle(conn)
-        try:
-            if os.fstat(fd).st_size < total:
-                raise CodecError("the shared-memory segment is smaller than its message says")
-            segment = mmap.mmap(fd, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
+        segment = map_segment(reduction.recv_handle(conn), total)
+    return decode(header, segment)
+
+
+def decode(header: dict[str, Any], segment: mmap.mmap | bytearray | None) -> Any:
+    """The message a parsed header describes, its arrays views of ``segment``."""
+    total = int(header["n"])
     arrays = []
     for dtype_str, shape, offset in header["a"]:
         dtype = np.dtype(str(dtype_str))

@@ -124,6 +124,41 @@ def test_cancelled_capture_stops_the_forward_pass(bomb_server, bomb) -> None:
         busy.wait(timeout=10)  # raises psutil.TimeoutExpired if the worker kept running
 
 
+def test_a_worker_killed_mid_capture_is_model_crashed_and_the_next_call_works(bomb_server, bomb, exported) -> None:
+    """The event loop waits on the worker's pipe: a SIGKILL there is INTERNAL / MODEL_CRASHED for that
+    call only; the next capture of the same model gets a fresh worker, other models are served."""
+    embedded, _ = bomb_server
+    with _connect(bomb_server) as client:
+        evil = client.upload_model(bomb)
+        mlp = client.upload_model(exported["mlp"]["onnx"])
+        outcome: list[BaseException] = []
+
+        def attack() -> None:
+            try:
+                client.capture(evil, np.zeros((1, 1), np.float32), timeout=120)
+            except BaseException as exc:  # checked below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=attack)
+        thread.start()
+        deadline, busy = time.monotonic() + 60, None
+        while busy is None and time.monotonic() < deadline:
+            busy = _busiest_descendant(embedded, seconds=1.0)
+        assert busy is not None, "the bomb's worker never started computing"
+        busy.kill()
+        thread.join(30)
+        assert not thread.is_alive() and len(outcome) == 1
+        crashed = outcome[0]
+        assert isinstance(crashed, deepscope.DeepscopeError), crashed
+        assert crashed.code == grpc.StatusCode.INTERNAL and crashed.reason == "MODEL_CRASHED", crashed
+        assert "SIGKILL" in str(crashed)
+        x = np.zeros((4, 64), np.float32)
+        assert client.capture(mlp, x, layers=["fc1"], timeout=30)["fc1"].shape == (4, 32)
+        with pytest.raises(deepscope.DeepscopeError) as again:  # a fresh worker, stopped at its deadline
+            client.capture(evil, np.zeros((1, 1), np.float32), timeout=2.0)
+        assert again.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def _busiest_descendant(server: EmbeddedServer, seconds: float) -> psutil.Process | None:
     """The server's descendant that used the most CPU over ``seconds`` (at least a tenth of it)."""
 

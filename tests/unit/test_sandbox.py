@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -155,6 +157,76 @@ def test_forward_past_its_deadline_is_stopped_and_the_next_call_gets_a_fresh_wor
         flag = {"stop": False}
         with pytest.raises(RunCancelled):
             backend.run({"x": np.zeros((1, 1), np.float32)}, cancelled=lambda: flag.__setitem__("stop", True) or True)
+    finally:
+        backend.close()
+
+
+def test_run_on_the_event_loop_matches_run_and_shares_the_pipe(zoo_models) -> None:
+    """``run_async`` (the loop reads the worker's pipe itself) gives ``run``'s arrays, for inline and
+    shared-memory-file messages both ways, and leaves the pipe framed for ``run`` in between."""
+    zoo = zoo_models["cnn"]
+    sandboxed = SandboxedBackend.load(zoo.paths["pt2"])
+    try:
+        name = sandboxed.graph.inputs[0].name
+        small = zoo.example.numpy()[:1]
+        big = np.repeat(small, wire_codec.INLINE_BYTES // small.nbytes + 1, axis=0)  # passed as a memfd
+        requests = [CaptureRequest(layer.name) for layer in sandboxed.graph.layers[:3]]
+        pid = sandboxed.pid
+        for x in (small, big, small):
+            want = sandboxed.run({name: x}, requests)
+            got = asyncio.run(sandboxed.run_async({name: x}, requests))
+            for key in want.outputs:
+                np.testing.assert_array_equal(got.outputs[key], want.outputs[key])
+            for request in requests:
+                np.testing.assert_array_equal(got.captured[request], want.captured[request])
+        assert sum(a.nbytes for a in got.captured.values()) > 0 and sandboxed.pid == pid
+        # The model's own error comes back as the same domain error, and the worker survives it.
+        with pytest.raises(InvalidInput):
+            asyncio.run(sandboxed.run_async({name: np.zeros((2, 3, 1, 1), np.int8)}))
+        assert sandboxed.pid == pid
+    finally:
+        sandboxed.close()
+
+
+def test_run_on_the_event_loop_stops_the_worker_on_deadline_cancel_and_kill(tmp_path) -> None:
+    backend = SandboxedBackend.load(loop_bomb(tmp_path / "bomb.onnx"), limits=Limits(max_forward_seconds=30.0))
+    x = {"x": np.zeros((1, 1), np.float32)}
+
+    async def killed_mid_call() -> None:
+        task = asyncio.ensure_future(backend.run_async(x))
+        await asyncio.sleep(0.5)
+        assert backend.pid is not None and not task.done()
+        os.kill(backend.pid, signal.SIGKILL)
+        await task
+
+    async def cancelled_mid_call() -> None:
+        task = asyncio.ensure_future(backend.run_async(x))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await task
+
+    try:
+        first = backend.pid
+        with pytest.raises(DeadlineExceeded, match="call's deadline"):
+            asyncio.run(backend.run_async(x, deadline=time.monotonic() + 0.3))
+        assert not backend.ready and not _alive(first)
+        backend._start()
+        second = backend.pid
+        with pytest.raises(RunCancelled):
+            asyncio.run(backend.run_async(x, cancelled=lambda: True))
+        assert not backend.ready and not _alive(second)
+        backend._start()
+        third = backend.pid
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(cancelled_mid_call())
+        assert not backend.ready and not _alive(third)
+        backend._start()
+        with pytest.raises(ModelCrashed, match="SIGKILL.*starts a fresh worker"):
+            asyncio.run(killed_mid_call())
+        assert not backend.ready
+        # The next call starts a fresh worker (which the bomb then keeps past its deadline).
+        with pytest.raises(DeadlineExceeded, match="call's deadline"):
+            backend.run(x, deadline=time.monotonic() + 0.5)
     finally:
         backend.close()
 
