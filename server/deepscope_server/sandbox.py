@@ -228,18 +228,17 @@ class SandboxedBackend(Backend):
         deadline, flag, budget = self._forward_deadline(deadline)
         if self._sock is None:
             self._sock = socket.socket(fileno=os.dup(self._conn.fileno()))  # blocking mode untouched
-        pipe = _LoopPipe(self._sock, self._process, asyncio.get_running_loop(), cancelled, deadline, flag, budget)
+        watch = _Watch(self._process, cancelled, deadline, "the forward pass", flag, budget)
+        pipe = _LoopPipe(self._sock, asyncio.get_running_loop(), watch)
         try:
             await pipe.send(data)
         except OSError as exc:
-            death = describe_death(self._process)
-            self._stop()
-            raise ModelCrashed(f"the model's worker process is gone ({death}); it restarts on the next call") from exc
+            raise self._worker_gone() from exc
         try:
             reply = await pipe.reply(self.budget.max_message_bytes)
         except (EOFError, OSError) as exc:
             process = self._process
-            self._stop_after(lambda: self._death_error("the forward pass", process, pipe.peak), exc)
+            self._stop_after(lambda: self._death_error(watch.what, process, watch.peak), exc)
         except wire_codec.CodecError as exc:
             self._stop()
             raise ModelCrashed(f"the forward pass failed: the worker sent a malformed reply ({exc})") from None
@@ -299,10 +298,14 @@ class SandboxedBackend(Backend):
         try:
             wire_codec.send(self._conn, message)
         except (OSError, ValueError) as exc:
-            death = describe_death(self._process)
-            self._stop()
-            raise ModelCrashed(f"the model's worker process is gone ({death}); it restarts on the next call") from exc
+            raise self._worker_gone() from exc
         return self._result(self._wait(deadline, cancelled, "the forward pass", flag, budget))
+
+    def _worker_gone(self) -> ModelCrashed:
+        """The error for a request the worker could not take (its pipe is closed); stops what is left of it."""
+        death = describe_death(self._process)
+        self._stop()
+        return ModelCrashed(f"the model's worker process is gone ({death}); it restarts on the next call")
 
     def _forward_deadline(self, deadline: float | None) -> tuple[float, str, float]:
         """The earlier of the call's deadline and ``--max-forward-seconds``, with the flag that named it."""
@@ -347,19 +350,13 @@ class SandboxedBackend(Backend):
     ) -> dict[str, Any]:
         conn, process = self._conn, self._process
         assert conn is not None and process is not None
-        peak = 0
-        while not conn.poll(_POLL_SECONDS):
-            if cancelled is not None and cancelled():
-                raise RunCancelled(f"{what} was cancelled (worker stopped)")
-            if time.monotonic() > deadline:
-                raise DeadlineExceeded(f"{what} took longer than {flag} ({budget:g} s); its worker process was stopped")
-            peak = max(peak, _address_space_peak(process.pid))
-            if not process.is_alive() and not conn.poll(0):
-                raise self._death_error(what, process, peak)
+        watch = _Watch(process, cancelled, deadline, what, flag, budget)
         try:
+            while not conn.poll(_POLL_SECONDS):
+                watch.check(lambda: conn.poll(0))
             reply = wire_codec.recv(conn, self.budget.max_message_bytes)
         except (EOFError, OSError) as exc:  # it died: its end of the pipe closed before it answered
-            raise self._death_error(what, process, peak) from exc
+            raise self._death_error(what, process, watch.peak) from exc
         except wire_codec.CodecError as exc:
             raise ModelCrashed(f"{what} failed: the worker sent a malformed reply ({exc})") from None
         if not isinstance(reply, dict):
@@ -402,6 +399,32 @@ class SandboxedBackend(Backend):
                 c.close()
 
 
+@dataclass
+class _Watch:
+    """What ends a wait on a silent worker, for the thread's wait and the event loop's alike:
+    cancellation, the deadline, or the worker's death; and its memory peak seen meanwhile."""
+
+    process: Any
+    cancelled: Callable[[], bool] | None
+    deadline: float
+    what: str
+    flag: str
+    budget: float
+    peak: int = 0
+
+    def check(self, has_reply: Callable[[], bool]) -> None:
+        """Raise RunCancelled or DeadlineExceeded, or EOFError when the worker died without a reply."""
+        if self.cancelled is not None and self.cancelled():
+            raise RunCancelled(f"{self.what} was cancelled (worker stopped)")
+        if time.monotonic() > self.deadline:
+            raise DeadlineExceeded(
+                f"{self.what} took longer than {self.flag} ({self.budget:g} s); its worker process was stopped"
+            )
+        self.peak = max(self.peak, _address_space_peak(self.process.pid))
+        if not self.process.is_alive() and not has_reply():
+            raise EOFError("the worker died before it answered")
+
+
 class _LoopPipe:
     """One request and its reply on a worker's pipe, with the event loop waiting on the socket.
 
@@ -412,20 +435,9 @@ class _LoopPipe:
     deadline, never the loop.
     """
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        process: Any,
-        loop: asyncio.AbstractEventLoop,
-        cancelled: Callable[[], bool] | None,
-        deadline: float,
-        flag: str,
-        budget: float,
-    ) -> None:
-        self.sock, self.process, self.loop, self.cancelled = sock, process, loop, cancelled
-        self.deadline, self.flag, self.budget = deadline, flag, budget
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, watch: _Watch) -> None:
+        self.sock, self.loop, self.watch = sock, loop, watch
         self.fd = sock.fileno()
-        self.peak = 0
 
     async def send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -472,19 +484,9 @@ class _LoopPipe:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _ready(self, writable: bool = False) -> None:
-        """Wait until the socket is ready, checking cancellation, the deadline and the worker's
-        health every ``_POLL_SECONDS`` meanwhile, as ``SandboxedBackend._next_reply`` does."""
-        what = "the forward pass"
+        """Wait until the socket is ready, checking the watch every ``_POLL_SECONDS`` meanwhile."""
         while not await self._wait_fd(writable):
-            if self.cancelled is not None and self.cancelled():
-                raise RunCancelled(f"{what} was cancelled (worker stopped)")
-            if time.monotonic() > self.deadline:
-                raise DeadlineExceeded(
-                    f"{what} took longer than {self.flag} ({self.budget:g} s); its worker process was stopped"
-                )
-            self.peak = max(self.peak, _address_space_peak(self.process.pid))
-            if not self.process.is_alive() and not self._readable_now():
-                raise EOFError("the worker died")
+            self.watch.check(self._readable_now)
 
     def _readable_now(self) -> bool:
         try:
