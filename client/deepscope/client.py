@@ -6,6 +6,7 @@ uploads and multi-batch captures show a tqdm progress bar unless ``progress=Fals
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import hashlib
 import itertools
@@ -191,6 +192,8 @@ class Client:
         self._on_close = on_close
         #: Captures may come back through a shared-memory segment (a server on this host); see connect().
         self.shared_memory = shared_memory
+        #: Reusable segments whose arrays are all gone, to hand back with the next capture.
+        self._returned_segments: collections.deque[str] = collections.deque()
         self._summary_cache: dict[str, list[str]] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -375,6 +378,8 @@ class Client:
                 layers=list(layers),
                 layer_inputs=list(layer_inputs),
                 accept_shared_memory=self.shared_memory,
+                returns_segments=self.shared_memory,
+                released_segments=_drain(self._returned_segments),
             )
             batch = {name: a[lo : lo + batch_size] for name, a in inputs.items()}
             try:
@@ -405,7 +410,8 @@ class Client:
         def place(lo: int, call: Any) -> None:
             rows = min(batch_size, n - lo)
             placed: set[str] = set()
-            tensors = _receive_capture(call, Assembler(out=in_place(lo, rows, placed) if len(starts) > 1 else None))
+            assembler = Assembler(out=in_place(lo, rows, placed) if len(starts) > 1 else None)
+            tensors = _receive_capture(call, assembler, self._returned_segments)
             for name, array in tensors.items():
                 if name in placed:
                     continue
@@ -678,8 +684,19 @@ def _tensor_stream(channel: grpc.Channel, method: str, request: Any, response: A
     )
 
 
-def _receive_capture(call: Any, assembler: Assembler) -> dict[str, np.ndarray]:
-    """One Capture stream's tensors: chunks through ``assembler`` or one shared-memory segment.
+def _drain(names: collections.deque[str]) -> list[str]:
+    """Everything in ``names`` now (finalizers append from any thread)."""
+    out = []
+    while names:
+        out.append(names.popleft())
+    return out
+
+
+def _receive_capture(
+    call: Any, assembler: Assembler, returned: collections.deque[str] | None = None
+) -> dict[str, np.ndarray]:
+    """One Capture stream's tensors: chunks through ``assembler`` or one shared-memory segment
+    (a reusable one's name goes to ``returned`` once its arrays are gone).
 
     Complete or nothing: a stream without its done message, or whose done disagrees with what
     arrived, raises instead of returning a partial capture.
@@ -698,7 +715,7 @@ def _receive_capture(call: Any, assembler: Assembler) -> dict[str, np.ndarray]:
             if kind == "shared":
                 if shared:
                     raise TensorError("capture sent two shared-memory segments")
-                shared = attach_shared(part.shared)
+                shared = attach_shared(part.shared, returned=returned)
             else:
                 assembler.add(getattr(part, kind))
     except grpc.RpcError as error:

@@ -4,16 +4,20 @@ The client asks for shared memory only when the server is on its own host (a loo
 socket address) and accepts only names of the server's form (``deepscope_`` + 32 hex digits),
 so a server cannot point it at another file. It unlinks the segment as soon as it is mapped
 (freeing it on every path, even a malformed one); the arrays are private copy-on-write views of
-the mapping, alive as long as they are.
+the mapping, alive as long as they are. A segment the server lent for reuse is not unlinked: once
+its mapping and arrays are gone the client hands its name back with the next capture, and the
+server writes a later capture into pages it already has (far cheaper than fresh ones).
 """
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import mmap
 import os
 import re
 import stat
+import weakref
 
 import numpy as np
 
@@ -51,8 +55,13 @@ def local_address(address: str) -> bool:
         return False
 
 
-def attach(message: pb.SharedTensors, max_elements: int | None = None) -> dict[str, np.ndarray]:
-    """The tensors of ``message``; the segment is unlinked before anything else is checked."""
+def attach(
+    message: pb.SharedTensors, max_elements: int | None = None, returned: collections.deque[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The tensors of ``message``; the segment is unlinked before anything else is checked, or, when
+    the server lent it for reuse (and ``returned`` is given), its name goes to ``returned`` once
+    the mapping and every array on it are gone."""
+    reuse = message.reusable and returned is not None
     if not _NAME.fullmatch(message.segment):
         raise TensorError(
             f"shared-memory segment name {shorten(message.segment)!r} is not one a deepscope server makes; refused"
@@ -64,7 +73,8 @@ def attach(message: pb.SharedTensors, max_elements: int | None = None) -> dict[s
         raise SharedMemoryUnavailable(f"cannot open the capture's shared-memory segment: {exc}") from None
     try:
         try:
-            os.unlink(path)
+            if not reuse:
+                os.unlink(path)
         except OSError:
             pass  # the server's timeout got there first; the open descriptor still reads it
         info = os.fstat(fd)
@@ -74,6 +84,9 @@ def attach(message: pb.SharedTensors, max_elements: int | None = None) -> dict[s
         segment = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
+    if reuse:
+        assert returned is not None
+        weakref.finalize(segment, returned.append, message.segment)
     arrays: dict[str, np.ndarray] = {}
     for t in message.tensors:
         try:

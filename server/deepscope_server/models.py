@@ -107,9 +107,12 @@ class LoadedModel:
         *,
         cancelled: Cancel = None,
         deadline: float | None = None,
+        borrow: bool = False,
     ) -> RunOutput:
-        """Run one batch. ``cancelled`` / ``deadline`` (time.monotonic) stop a sandboxed forward pass."""
-        return self._call("run", (inputs, capture), cancelled, deadline)
+        """Run one batch. ``cancelled`` / ``deadline`` (time.monotonic) stop a sandboxed forward pass;
+        ``borrow``: a sandboxed model may return read-only arrays in buffers it reuses once they are
+        dropped (``SandboxedBackend.run``), for a caller that only reads them."""
+        return self._call("run", (inputs, capture), cancelled, deadline, {"borrow": True} if borrow else {})
 
     def run_with_weights(
         self,
@@ -123,11 +126,19 @@ class LoadedModel:
         """``run`` with some layers' weights replaced (``Backend.run_with_weights``)."""
         return self._call("run_with_weights", (inputs, weights, capture), cancelled, deadline)
 
-    def _call(self, method: str, args: tuple[object, ...], cancelled: Cancel, deadline: float | None) -> RunOutput:
+    def _call(
+        self,
+        method: str,
+        args: tuple[object, ...],
+        cancelled: Cancel,
+        deadline: float | None,
+        sandbox_options: dict[str, bool] | None = None,
+    ) -> RunOutput:
         """One call at a time: a sandbox stops it on ``cancelled`` / ``deadline``; in process it is only not started."""
         with self.lock:
             if isinstance(self.backend, SandboxedBackend):
-                return getattr(self.backend, method)(*args, cancelled=cancelled, deadline=deadline)
+                options = sandbox_options or {}
+                return getattr(self.backend, method)(*args, cancelled=cancelled, deadline=deadline, **options)
             _check_before(cancelled, deadline)
             return getattr(self.backend, method)(*args)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import lifeline, wire_codec
+from . import lifeline, reply_buffers, wire_codec
 from .backends import Backend, CaptureRequest, RunOutput
 from .config import Limits
 from .errors import (
@@ -119,6 +119,7 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
         wire_codec.send(conn, {"error": _error_message(exc), "trace": traceback.format_exc(limit=8)})
         return
     wire_codec.send(conn, reply)
+    buffers = reply_buffers.WorkerBuffers()
     while True:
         try:
             request = wire_codec.recv(conn, 1 << 62)
@@ -126,12 +127,13 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
             return
         if request.get("op") == "stop":
             return
+        buffers.give_back(request.get("free"))
         try:
             if request["op"] == "run":
                 out = backend.run(request["inputs"], request["capture"])
             else:
                 out = backend.run_with_weights(request["inputs"], request["weights"], request["capture"])
-            wire_codec.send(conn, {"ok": out})
+            wire_codec.send(conn, {"ok": out}, buffers if request.get("borrow") else None)
         except MemoryError as exc:
             wire_codec.send(conn, {"error": _error_message(exc)})
             return  # the heap may be in a bad state: the server starts a fresh worker next time
@@ -154,6 +156,7 @@ class SandboxedBackend(Backend):
         self._conn: Connection | None = None
         self._lifeline: Connection | None = None
         self._sock: socket.socket | None = None  # the pipe to the worker, for the event loop's non-blocking I/O
+        self._borrowed: reply_buffers.BorrowedReplies | None = None  # the running worker's lent buffers
         self.graph: ModelGraph
         self.device = "cpu"
 
@@ -180,8 +183,19 @@ class SandboxedBackend(Backend):
         *,
         cancelled: Callable[[], bool] | None = None,
         deadline: float | None = None,
+        borrow: bool = False,
     ) -> RunOutput:
-        return self._call({"op": "run", "inputs": dict(inputs), "capture": list(capture)}, cancelled, deadline)
+        """``borrow``: large outputs come as read-only views of the worker's reusable buffers, given
+        back once dropped; for a caller that only reads them and lets them go (a Capture)."""
+        return self._call(self._run_message(inputs, capture, borrow), cancelled, deadline)
+
+    def _run_message(
+        self, inputs: Mapping[str, np.ndarray], capture: Sequence[CaptureRequest], borrow: bool
+    ) -> dict[str, Any]:
+        message = {"op": "run", "inputs": dict(inputs), "capture": list(capture)}
+        if borrow:
+            message["borrow"] = True
+        return message
 
     def run_with_weights(
         self,
@@ -212,6 +226,7 @@ class SandboxedBackend(Backend):
         *,
         cancelled: Callable[[], bool] | None = None,
         deadline: float | None = None,
+        borrow: bool = False,
     ) -> RunOutput:
         """``run`` on the event loop: the request and reply go through the worker's pipe with
         non-blocking I/O and the loop waits on the pipe itself, so a call costs no thread hand-off
@@ -220,16 +235,16 @@ class SandboxedBackend(Backend):
         stops the worker. The caller holds the model's lock and has checked ``ready``. Requests with
         inputs over ``wire_codec.INLINE_BYTES`` (passed as a shared-memory file) go through ``run``
         in a thread."""
-        message = {"op": "run", "inputs": dict(inputs), "capture": list(capture)}
+        assert self._conn is not None and self._process is not None
+        message = self._with_returns(self._run_message(inputs, capture, borrow))
         data = wire_codec.framed(message)
         if data is None:
-            return await asyncio.to_thread(self.run, inputs, capture, cancelled=cancelled, deadline=deadline)
-        assert self._conn is not None and self._process is not None
+            return await asyncio.to_thread(self._call, message, cancelled, deadline)
         deadline, flag, budget = self._forward_deadline(deadline)
         if self._sock is None:
             self._sock = socket.socket(fileno=os.dup(self._conn.fileno()))  # blocking mode untouched
         watch = _Watch(self._process, cancelled, deadline, "the forward pass", flag, budget)
-        pipe = _LoopPipe(self._sock, asyncio.get_running_loop(), watch)
+        pipe = _LoopPipe(self._sock, asyncio.get_running_loop(), watch, self._borrowed)
         try:
             await pipe.send(data)
         except OSError as exc:
@@ -277,6 +292,7 @@ class SandboxedBackend(Backend):
         child.close()
         life_read.close()
         self._process, self._conn, self._lifeline = process, parent, life_write
+        self._borrowed = reply_buffers.BorrowedReplies()
         reply = self._wait(
             time.monotonic() + self.budget.load_seconds,
             cancelled,
@@ -293,13 +309,19 @@ class SandboxedBackend(Backend):
     def _call(self, message: dict[str, Any], cancelled: Callable[[], bool] | None, deadline: float | None) -> RunOutput:
         if self._conn is None:
             self._start(cancelled)  # the last worker was killed (deadline, crash): a fresh one
+            message = {k: v for k, v in message.items() if k != "free"}  # the gone worker's buffer ids
         assert self._conn is not None
         deadline, flag, budget = self._forward_deadline(deadline)
         try:
-            wire_codec.send(self._conn, message)
+            wire_codec.send(self._conn, self._with_returns(message))
         except (OSError, ValueError) as exc:
             raise self._worker_gone() from exc
         return self._result(self._wait(deadline, cancelled, "the forward pass", flag, budget))
+
+    def _with_returns(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` giving back the lent buffers whose arrays are gone."""
+        returned = self._borrowed.returned() if self._borrowed is not None else []
+        return {**message, "free": [*message.get("free", ()), *returned]} if returned else message
 
     def _worker_gone(self) -> ModelCrashed:
         """The error for a request the worker could not take (its pipe is closed); stops what is left of it."""
@@ -354,7 +376,7 @@ class SandboxedBackend(Backend):
         try:
             while not conn.poll(_POLL_SECONDS):
                 watch.check(lambda: conn.poll(0))
-            reply = wire_codec.recv(conn, self.budget.max_message_bytes)
+            reply = wire_codec.recv(conn, self.budget.max_message_bytes, self._borrowed)
         except (EOFError, OSError) as exc:  # it died: its end of the pipe closed before it answered
             raise self._death_error(what, process, watch.peak) from exc
         except wire_codec.CodecError as exc:
@@ -386,6 +408,7 @@ class SandboxedBackend(Backend):
     def _stop(self, grace: float = 0.0) -> None:
         process, conn, life, sock = self._process, self._conn, self._lifeline, self._sock
         self._process = self._conn = self._lifeline = self._sock = None
+        self._borrowed = None  # a fresh worker numbers its buffers afresh
         if sock is not None:
             sock.close()
         if process is not None:
@@ -435,8 +458,14 @@ class _LoopPipe:
     deadline, never the loop.
     """
 
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, watch: _Watch) -> None:
-        self.sock, self.loop, self.watch = sock, loop, watch
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        watch: _Watch,
+        borrowed: reply_buffers.BorrowedReplies | None = None,
+    ) -> None:
+        self.sock, self.loop, self.watch, self.borrowed = sock, loop, watch, borrowed
         self.fd = sock.fileno()
 
     async def send(self, data: bytes) -> None:
@@ -456,8 +485,11 @@ class _LoopPipe:
             if len(segment) != total:
                 raise wire_codec.CodecError("an inline message is shorter than it says")
         elif total:
-            await self._ready()
-            segment = wire_codec.map_segment(reduction.recvfds(self.sock, 1)[0], total)
+            fd = None
+            if wire_codec.carries_fd(header):
+                await self._ready()
+                fd = reduction.recvfds(self.sock, 1)[0]
+            segment = wire_codec.shared_segment(header, fd, self.borrowed)
         return wire_codec.decode(header, segment)
 
     async def _message(self, max_bytes: int) -> bytes:

@@ -431,7 +431,9 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         then: Callable[[Any], Any] = lambda out: out,
     ) -> Any:
         """One forward pass bounded by the call: its deadline, its cancellation and server shutdown;
-        ``then(output)`` runs in the same worker thread (after the model's lock is released).
+        ``then(output)`` runs in the same worker thread (after the model's lock is released). A
+        sandboxed model's outputs are borrowed (read-only, in buffers its worker reuses once they
+        are dropped): a Capture only copies or streams them.
 
         A sandboxed model is stopped mid-pass when any of them ends the call, so a model that
         never returns holds neither a thread nor the model past the call.
@@ -446,14 +448,16 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             # hop, no polling); busy (a run or another capture holds it) or stopped: a thread waits.
             if isinstance(backend, SandboxedBackend) and backend.ready and loaded.lock.acquire(blocking=False):
                 try:
-                    out = await backend.run_async(inputs, captures, cancelled=cancel.is_set, deadline=deadline)
+                    out = await backend.run_async(
+                        inputs, captures, cancelled=cancel.is_set, deadline=deadline, borrow=True
+                    )
                 finally:
                     loaded.lock.release()
                 if _nbytes(out) <= _LOOP_FRAMING_BYTES:
                     return then(out)
                 return await asyncio.to_thread(then, out)
             return await asyncio.to_thread(
-                lambda: then(loaded.run(inputs, captures, cancelled=cancel.is_set, deadline=deadline))
+                lambda: then(loaded.run(inputs, captures, cancelled=cancel.is_set, deadline=deadline, borrow=True))
             )
         except asyncio.CancelledError:
             cancel.set()
@@ -479,7 +483,13 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         )
         skip_outputs, seconds = request.skip_model_outputs, 0.0
         # Same host only: a remote peer could not map the segment, and never gets one made for it.
-        share = request.accept_shared_memory and self.segments.enabled and shared_memory.local_peer(context.peer())
+        peer = context.peer()
+        share = request.accept_shared_memory and self.segments.enabled and shared_memory.local_peer(peer)
+        # Segments go back to the connection they were lent to; every Unix-socket client has the
+        # same peer string, so those are never reused.
+        reusable = share and request.returns_segments and not peer.startswith("unix:")
+        if request.released_segments:
+            self.segments.release(request.released_segments, peer)
         loop = asyncio.get_running_loop()
 
         def framed(out: Any) -> tuple[list[tuple[str, np.ndarray]], list[int], pb.SharedTensors | None]:
@@ -493,11 +503,11 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             total = sum(a.nbytes for _, a in tensors)
             if total > self.limits.max_capture_bytes:
                 raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
-            shared = self.segments.share(tensors) if share else None
-            if shared is not None:  # freed by the client once it maps it; by this timer if it never does
+            shared = self.segments.share(tensors, peer, reusable) if share else None
+            if shared is not None:  # freed or handed back by the client; unlinked by this sweep if not
                 with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): close() unlinks it
                     loop.call_soon_threadsafe(
-                        loop.call_later, self.limits.shared_memory_seconds, self.segments.free, shared.segment
+                        loop.call_later, self.limits.shared_memory_seconds + 1.0, self.segments.sweep
                     )
             return tensors, [] if shared is not None else [checksum(a) for _, a in tensors], shared
 

@@ -17,10 +17,13 @@ checksum (nothing crosses a network). Why this is safe (docs/security.md):
 
 from __future__ import annotations
 
+import mmap
 import os
 import secrets
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from multiprocessing import resource_tracker
 
 import numpy as np
@@ -56,15 +59,29 @@ def local_peer(peer: str) -> bool:
     return False
 
 
-class SegmentPool:
-    """The server's live segments: created per capture, counted against a byte budget, unlinked
-    on timeout (or found gone because the client unlinked them)."""
+@dataclass
+class _Segment:
+    size: int
+    expiry: float  # time.monotonic: lent ones are unlinked then; free ones are dropped then
+    peer: str = ""  # reusable ones: the only peer that may hand it back and get it again
+    mapping: mmap.mmap | None = None  # reusable ones: the server's own writable mapping
+    lent: bool = True
 
-    def __init__(self, budget_bytes: int, ttl_seconds: float) -> None:
+
+class SegmentPool:
+    """The server's segments: lent to a capture's client, counted against a byte budget, unlinked
+    on timeout (or found gone because the client unlinked them). A client that returns segments
+    gets them back for later captures: writing into pages already mapped costs a copy, where a
+    fresh segment's pages are each allocated and zeroed on first touch (measured: 38 MB in 1.9 ms
+    against ~25 ms)."""
+
+    def __init__(self, budget_bytes: int, ttl_seconds: float, keep_bytes: int = 512 << 20) -> None:
         self.budget_bytes = budget_bytes
         self.ttl_seconds = ttl_seconds
+        #: Returned segments kept for reuse, at most this many bytes (the largest go first).
+        self.keep_bytes = keep_bytes
         self._lock = threading.Lock()
-        self._live: dict[str, tuple[int, float]] = {}  # name -> (bytes, expiry on time.monotonic)
+        self._segments: dict[str, _Segment] = {}
 
     @property
     def enabled(self) -> bool:
@@ -72,13 +89,17 @@ class SegmentPool:
 
     @property
     def outstanding_bytes(self) -> int:
+        """Bytes of segments alive now, lent or kept for reuse."""
         self.sweep()
         with self._lock:
-            return sum(size for size, _ in self._live.values())
+            return sum(seg.size for seg in self._segments.values())
 
-    def share(self, tensors: list[tuple[str, np.ndarray]]) -> pb.SharedTensors | None:
-        """The tensors written into a new segment, or None when they should stream instead (too
-        small, over the budget, or no room in /dev/shm). Runs in a worker thread (it copies)."""
+    def share(
+        self, tensors: list[tuple[str, np.ndarray]], peer: str = "", reusable: bool = False
+    ) -> pb.SharedTensors | None:
+        """The tensors written into a segment, or None when they should stream instead (too small,
+        over the budget, or no room in /dev/shm). ``reusable``: the client (``peer``) hands it back,
+        so it may be one it returned before. Runs in a worker thread (it copies)."""
         layout, total = [], 0
         for name, array in tensors:
             total = -(-total // ALIGN) * ALIGN
@@ -87,29 +108,29 @@ class SegmentPool:
         if total < MIN_BYTES:
             return None
         self.sweep()
-        name = PREFIX + secrets.token_hex(16)
-        with self._lock:
-            if sum(size for size, _ in self._live.values()) + total > self.budget_bytes:
-                return None
-            self._live[name] = (total, time.monotonic() + self.ttl_seconds)
-        path = os.path.join(SHM_DIR, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError:
-            self._forget(name, registered=False)
+        taken = self._take(total, peer) if reusable else None
+        name = taken or self._create(total + total // 8 if reusable else total, peer, reusable)
+        if name is None:
             return None
-        resource_tracker.register("/" + name, "shared_memory")
+        segment = self._segments[name]
         try:
-            os.ftruncate(fd, total)
-            for _, array, offset in layout:
-                if array.nbytes:
-                    write_at(fd, _raw(array), offset)
+            if segment.mapping is not None:
+                for _, array, offset in layout:
+                    if array.nbytes:
+                        raw = _raw(array)
+                        segment.mapping[offset : offset + raw.nbytes] = raw
+            else:
+                fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    for _, array, offset in layout:
+                        if array.nbytes:
+                            write_at(fd, _raw(array), offset)
+                finally:
+                    os.close(fd)
         except OSError:  # ENOSPC: /dev/shm is full; the gRPC stream still works
             self.free(name)
             return None
-        finally:
-            os.close(fd)
-        message = pb.SharedTensors(segment=name, size_bytes=total)
+        message = pb.SharedTensors(segment=name, size_bytes=total, reusable=segment.mapping is not None)
         for tensor_name, array, offset in layout:
             message.tensors.add(
                 name=tensor_name,
@@ -119,6 +140,18 @@ class SegmentPool:
                 total_bytes=array.nbytes,
             )
         return message
+
+    def release(self, names: Iterable[str], peer: str) -> None:
+        """Segments ``peer`` hands back (it dropped their arrays): kept for its next captures."""
+        expiry = time.monotonic() + self.ttl_seconds
+        with self._lock:
+            for name in names:
+                segment = self._segments.get(name)
+                if segment is not None and segment.lent and segment.mapping is not None and segment.peer == peer:
+                    segment.lent, segment.expiry = False, expiry
+            dropped = self._over_keep()
+        for name in dropped:
+            self.free(name)
 
     def free(self, name: str) -> None:
         """Unlink a segment now (the call failed, or its time is up); a client's mapping stays valid."""
@@ -132,24 +165,88 @@ class SegmentPool:
         """Forget segments their client unlinked; unlink those past their time."""
         now = time.monotonic()
         with self._lock:
-            names = list(self._live.items())
-        for name, (_, expiry) in names:
-            if now > expiry:
+            segments = list(self._segments.items())
+        for name, segment in segments:
+            if now > segment.expiry:
                 self.free(name)
-            elif not os.path.exists(os.path.join(SHM_DIR, name)):
+            elif segment.mapping is None and not os.path.exists(os.path.join(SHM_DIR, name)):
                 self._forget(name)
 
     def close(self) -> None:
         """Unlink every live segment (server shutdown)."""
         with self._lock:
-            names = list(self._live)
+            names = list(self._segments)
         for name in names:
             self.free(name)
 
+    def _take(self, total: int, peer: str) -> str | None:
+        """A returned segment of ``peer``'s that fits ``total`` bytes, now lent again."""
+        with self._lock:
+            fits = [
+                (seg.size, name)
+                for name, seg in self._segments.items()
+                if not seg.lent and seg.peer == peer and seg.size >= total
+            ]
+            if not fits:
+                return None
+            _, name = min(fits)
+            segment = self._segments[name]
+            segment.lent, segment.expiry = True, time.monotonic() + self.ttl_seconds
+            return name
+
+    def _create(self, size: int, peer: str, reusable: bool) -> str | None:
+        """A new segment of ``size`` bytes, lent; None when over the budget (after dropping kept
+        segments) or /dev/shm refuses it."""
+        name = PREFIX + secrets.token_hex(16)
+        with self._lock:
+            dropped = []
+            while sum(seg.size for seg in self._segments.values()) + size > self.budget_bytes:
+                kept = [n for n, seg in self._segments.items() if not seg.lent and n not in dropped]
+                if not kept:
+                    break
+                dropped.append(max(kept, key=lambda n: self._segments[n].size))
+            over = sum(seg.size for n, seg in self._segments.items() if n not in dropped) + size > self.budget_bytes
+            if not over:
+                self._segments[name] = _Segment(size, time.monotonic() + self.ttl_seconds, peer)
+        for old in dropped:
+            self.free(old)
+        if over:
+            return None
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            self._forget(name, registered=False)
+            return None
+        resource_tracker.register("/" + name, "shared_memory")
+        try:
+            os.ftruncate(fd, size)
+            if reusable:
+                self._segments[name].mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        except OSError:
+            self.free(name)
+            return None
+        finally:
+            os.close(fd)
+        return name
+
+    def _over_keep(self) -> list[str]:
+        """Kept segments past ``keep_bytes`` (largest first); called with the lock held."""
+        kept = sorted(((seg.size, n) for n, seg in self._segments.items() if not seg.lent), reverse=True)
+        total, dropped = sum(size for size, _ in kept), []
+        for size, name in kept:
+            if total <= self.keep_bytes:
+                break
+            dropped.append(name)
+            total -= size
+        return dropped
+
     def _forget(self, name: str, registered: bool = True) -> None:
         with self._lock:
-            known = self._live.pop(name, None) is not None
-        if known and registered:
+            segment = self._segments.pop(name, None)
+        if segment is not None and segment.mapping is not None:
+            segment.mapping.close()
+        if segment is not None and registered:
             try:
                 resource_tracker.unregister("/" + name, "shared_memory")
             except Exception:  # the tracker is a safety net, not a requirement

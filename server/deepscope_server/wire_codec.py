@@ -19,12 +19,15 @@ import struct
 from collections.abc import Callable
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .backends.base import CaptureRequest, RunOutput
 from .model_graph import Layer, ModelGraph, TensorSpec
+
+if TYPE_CHECKING:
+    from .reply_buffers import BorrowedReplies, WorkerBuffers
 
 #: The only classes a message may carry (by name).
 CLASSES: dict[str, Callable[..., Any]] = {
@@ -96,8 +99,8 @@ def _freeze(key: Any) -> Any:
     return key
 
 
-def _prepare(message: Any) -> tuple[bytes, list[np.ndarray], list[list[Any]], int]:
-    """The JSON header, the arrays and their layout (dtype, shape, offset), and the segment size."""
+def _prepare(message: Any) -> tuple[dict[str, Any], list[np.ndarray], list[list[Any]], int]:
+    """The header, the arrays and their layout (dtype, shape, offset), and the segment size."""
     arrays: list[np.ndarray] = []
     body = _encode(message, arrays)
     layout, total = [], 0
@@ -106,21 +109,35 @@ def _prepare(message: Any) -> tuple[bytes, list[np.ndarray], list[list[Any]], in
         layout.append([array.dtype.str, list(array.shape), total])
         total += array.nbytes
     inline = total <= INLINE_BYTES
-    return json.dumps({"v": body, "a": layout, "n": total, "inline": inline}).encode(), arrays, layout, total
+    return {"v": body, "a": layout, "n": total, "inline": inline}, arrays, layout, total
 
 
-def send(conn: Connection, message: Any) -> None:
-    """Send ``message``: a JSON header, then (if it holds arrays with data) one memfd descriptor."""
-    header, arrays, layout, total = _prepare(message)
+def send(conn: Connection, message: Any, buffers: WorkerBuffers | None = None) -> None:
+    """Send ``message``: a JSON header, then (if it holds arrays with data) one memfd descriptor.
+    With ``buffers`` (the request borrows), large arrays go into one of the worker's reusable
+    buffers instead, whose descriptor is sent only the first time it is lent."""
+    doc, arrays, layout, total = _prepare(message)
     if total == 0:
-        conn.send_bytes(header)
+        conn.send_bytes(json.dumps(doc).encode())
         return
     if total <= INLINE_BYTES:
         buffer = bytearray(total)
-        _fill(memoryview(buffer), arrays, layout)
-        conn.send_bytes(header)
+        fill(memoryview(buffer), arrays, layout)
+        conn.send_bytes(json.dumps(doc).encode())
         conn.send_bytes(buffer)
         return
+    if buffers is not None:
+        ident, new, view = buffers.lend(total)
+        try:
+            fill(view, arrays, layout)
+        finally:
+            view.release()
+        doc.update(buf=ident, new=new, drop=buffers.dropped())
+        conn.send_bytes(json.dumps(doc).encode())
+        if new:
+            reduction.send_handle(conn, buffers.fd(ident), 0)
+        return
+    header = json.dumps(doc).encode()
     fd = os.memfd_create("deepscope-tensors", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, total)
@@ -136,13 +153,14 @@ def framed(message: Any) -> bytes | None:
     """``message`` as the bytes ``send`` puts on the socket (each part length-prefixed as
     ``Connection.send_bytes`` frames it), for a sender that must not block; None when it needs a
     shared-memory file (arrays over ``INLINE_BYTES``), which only ``send`` passes."""
-    header, arrays, layout, total = _prepare(message)
+    doc, arrays, layout, total = _prepare(message)
     if total > INLINE_BYTES:
         return None
+    header = json.dumps(doc).encode()
     parts = [struct.pack("!i", len(header)), header]
     if total:
         buffer = bytearray(total)
-        _fill(memoryview(buffer), arrays, layout)
+        fill(memoryview(buffer), arrays, layout)
         parts += [struct.pack("!i", total), buffer]
     return b"".join(parts)
 
@@ -156,7 +174,8 @@ def write_at(fd: int, array: np.ndarray, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _fill(buffer: Any, arrays: list[np.ndarray], layout: list[list[Any]]) -> None:
+def fill(buffer: Any, arrays: list[np.ndarray], layout: list[list[Any]]) -> None:
+    """Copy ``arrays`` into ``buffer`` at their layout offsets."""
     for array, (_, _, offset) in zip(arrays, layout):
         if array.nbytes:
             target = np.ndarray(array.shape, array.dtype, buffer=buffer, offset=offset)
@@ -188,21 +207,43 @@ def map_segment(fd: int, total: int) -> mmap.mmap:
         os.close(fd)
 
 
-def recv(conn: Connection, max_segment_bytes: int) -> Any:
-    """Receive one message; its arrays are private (copy-on-write) views of the sender's segment."""
+def recv(conn: Connection, max_segment_bytes: int, borrowed: BorrowedReplies | None = None) -> Any:
+    """Receive one message; its arrays are private (copy-on-write) views of the sender's segment,
+    or read-only views of a lent buffer when the request borrowed (``borrowed``)."""
     header = parse_header(conn.recv_bytes(MAX_HEADER_BYTES), max_segment_bytes)
     total = int(header["n"])
-    segment: mmap.mmap | bytearray | None = None
+    segment: mmap.mmap | bytearray | np.ndarray | None = None
     if total and header.get("inline"):
         segment = bytearray(total)
         if conn.recv_bytes_into(segment) != total:
             raise CodecError("an inline message is shorter than it says")
     elif total:
-        segment = map_segment(reduction.recv_handle(conn), total)
+        segment = shared_segment(header, reduction.recv_handle(conn) if carries_fd(header) else None, borrowed)
     return decode(header, segment)
 
 
-def decode(header: dict[str, Any], segment: mmap.mmap | bytearray | None) -> Any:
+def carries_fd(header: dict[str, Any]) -> bool:
+    """Whether a descriptor follows a (non-inline) header: a one-off file, or a buffer lent for the first time."""
+    return "buf" not in header or bool(header.get("new"))
+
+
+def shared_segment(header: dict[str, Any], fd: int | None, borrowed: BorrowedReplies | None) -> mmap.mmap | np.ndarray:
+    """Where a non-inline message's arrays lie: its one-off file, mapped privately, or a lent buffer."""
+    total = int(header["n"])
+    if "buf" not in header:
+        assert fd is not None
+        return map_segment(fd, total)
+    if borrowed is None:
+        if fd is not None:
+            os.close(fd)
+        raise CodecError("the worker lent a buffer for a reply that did not borrow one")
+    borrowed.forget(header.get("drop"))
+    if fd is not None:
+        borrowed.adopt(header["buf"], fd)
+    return borrowed.view(header["buf"], total)
+
+
+def decode(header: dict[str, Any], segment: mmap.mmap | bytearray | np.ndarray | None) -> Any:
     """The message a parsed header describes, its arrays views of ``segment``."""
     total = int(header["n"])
     arrays = []

@@ -107,3 +107,30 @@ def test_a_segment_no_client_takes_is_unlinked_after_its_time(tmp_path, servers,
         # A client whose segment expired falls back to the stream and still gets the whole capture.
         acts = c.capture(model, _x(100), layers=["*"])
         assert acts and all(a.shape[0] == 100 for a in acts.values())
+
+
+def _segments() -> set[str]:
+    return {n for n in os.listdir(shared_memory.SHM_DIR) if n.startswith("deepscope_")}
+
+
+def test_segments_are_reused_without_touching_arrays_the_client_still_holds(client, exported):
+    """The SDK hands segments back once their arrays are gone; arrays it still holds never change."""
+    model = client.upload_model(exported["cnn"]["pt2"])
+    client.shared_memory = True
+    before = _segments()
+    held = client.capture(model, _x(100, seed=0), layers=["*"])
+    held_copy = {k: v.copy() for k, v in held.items()}
+    for seed in range(1, 8):
+        acts = client.capture(model, _x(100, seed=seed), layers=["*"])
+        assert not np.array_equal(acts["conv1"], held["conv1"])
+        del acts
+    for name, array in held_copy.items():
+        np.testing.assert_array_equal(held[name], array, err_msg=name)
+    assert len(_segments() - before) <= 2  # the held capture's segment and one reused for the rest
+    held["conv1"][0] = 0.0  # still a private, writable mapping
+    client.shared_memory = False
+    streamed = client.capture(model, _x(100, seed=7), layers=["*"])
+    client.shared_memory = True
+    again = client.capture(model, _x(100, seed=7), layers=["*"])
+    for name in streamed:
+        np.testing.assert_array_equal(again[name], streamed[name], err_msg=name)

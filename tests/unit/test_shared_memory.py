@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import stat
 import time
@@ -156,3 +157,74 @@ def test_done_must_agree_with_what_arrived():
     done = pb.CaptureResponse(done=pb.CaptureDone(num_tensors=5, total_bytes=total))
     with pytest.raises(TensorError, match="capture incomplete"):
         _receive_capture(_parts(pb.CaptureResponse(shared=message), done), Assembler())
+
+
+def _attach_returning(message: pb.SharedTensors) -> tuple[dict[str, np.ndarray], collections.deque[str]]:
+    returned: collections.deque[str] = collections.deque()
+    return client_shm.attach(message, returned=returned), returned
+
+
+def test_a_returned_segment_carries_the_same_peers_next_capture():
+    pool = SegmentPool(budget_bytes=64 << 20, ttl_seconds=60)
+    first = pool.share(_tensors(0), peer="ipv4:127.0.0.1:1", reusable=True)
+    assert first is not None and first.reusable
+    arrays, returned = _attach_returning(first)
+    assert os.path.exists(_path(first))  # lent for reuse: the client does not unlink it
+    np.testing.assert_array_equal(arrays["layer/a"], _tensors(0)[0][1])
+    assert not returned  # its arrays are alive
+    del arrays
+    assert list(returned) == [first.segment]  # all gone: handed back
+    pool.release(returned, peer="ipv4:127.0.0.1:2")  # another connection cannot hand it back
+    other = pool.share(_tensors(1), peer="ipv4:127.0.0.1:1", reusable=True)
+    assert other is not None and other.segment != first.segment
+    pool.release(returned, peer="ipv4:127.0.0.1:1")
+    assert pool.share(_tensors(2), peer="ipv4:127.0.0.1:2", reusable=True).segment != first.segment  # not its own
+    again = pool.share(_tensors(3), peer="ipv4:127.0.0.1:1", reusable=True)
+    assert again is not None and again.segment == first.segment
+    arrays, _ = _attach_returning(again)
+    for name, array in _tensors(3):  # the new capture's bytes, nothing of the old one's
+        np.testing.assert_array_equal(arrays[name], array)
+    pool.close()
+    assert not os.path.exists(_path(first))
+
+
+def test_returned_segments_past_the_keep_limit_or_their_time_are_unlinked():
+    one = sum(a.nbytes for _, a in _tensors())
+    pool = SegmentPool(budget_bytes=64 << 20, ttl_seconds=0.2, keep_bytes=int(one * 1.5))
+    peer = "ipv4:127.0.0.1:1"
+    a = pool.share(_tensors(0), peer=peer, reusable=True)
+    b = pool.share(_tensors(1), peer=peer, reusable=True)
+    assert a is not None and b is not None
+    pool.release([a.segment, b.segment], peer)  # two kept would pass keep_bytes: one goes
+    assert sum(os.path.exists(_path(m)) for m in (a, b)) == 1
+    time.sleep(0.3)
+    pool.sweep()  # kept past its time: unlinked, nothing left
+    assert not os.path.exists(_path(a)) and not os.path.exists(_path(b)) and pool.outstanding_bytes == 0
+
+
+def test_kept_segments_give_way_to_a_capture_over_the_budget():
+    one = sum(a.nbytes for _, a in _tensors())
+    pool = SegmentPool(budget_bytes=int(one * 2), ttl_seconds=60)
+    peer = "ipv4:127.0.0.1:1"
+    kept = pool.share(_tensors(0), peer=peer, reusable=True)
+    assert kept is not None
+    pool.release([kept.segment], peer)
+    other = pool.share(_tensors(1), peer="ipv4:127.0.0.1:2", reusable=True)  # needs the room
+    assert other is not None and not os.path.exists(_path(kept))
+    pool.close()
+
+
+def test_a_lent_segment_past_its_time_is_unlinked_and_its_late_return_ignored():
+    pool = SegmentPool(budget_bytes=64 << 20, ttl_seconds=0.05)
+    peer = "ipv4:127.0.0.1:1"
+    message = pool.share(_tensors(0), peer=peer, reusable=True)
+    arrays, returned = _attach_returning(message)
+    time.sleep(0.1)
+    pool.sweep()
+    assert not os.path.exists(_path(message)) and pool.outstanding_bytes == 0
+    np.testing.assert_array_equal(arrays["layer/a"], _tensors(0)[0][1])  # the client's mapping still reads
+    del arrays
+    pool.release(returned, peer)
+    fresh = pool.share(_tensors(1), peer=peer, reusable=True)
+    assert fresh is not None and fresh.segment != message.segment
+    pool.close()

@@ -245,20 +245,24 @@ class WeightsDone(_message.Message):
     def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs", "accept_shared_memory")
+    __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs", "accept_shared_memory", "returns_segments", "released_segments")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     LAYER_INPUTS_FIELD_NUMBER: _ClassVar[int]
     SKIP_MODEL_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     layers: _containers.RepeatedScalarFieldContainer[str]
     layer_inputs: _containers.RepeatedScalarFieldContainer[str]
     skip_model_outputs: bool
     accept_shared_memory: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ..., accept_shared_memory: _Optional[bool] = ...) -> None: ...
+    returns_segments: bool
+    released_segments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ..., accept_shared_memory: _Optional[bool] = ..., returns_segments: _Optional[bool] = ..., released_segments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CaptureResponse(_message.Message):
     __slots__ = ("header", "chunk", "done", "shared")
@@ -273,14 +277,16 @@ class CaptureResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[CaptureDone, _Mapping]] = ..., shared: _Optional[_Union[SharedTensors, _Mapping]] = ...) -> None: ...
 
 class SharedTensors(_message.Message):
-    __slots__ = ("segment", "size_bytes", "tensors")
+    __slots__ = ("segment", "size_bytes", "tensors", "reusable")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    REUSABLE_FIELD_NUMBER: _ClassVar[int]
     segment: str
     size_bytes: int
     tensors: _containers.RepeatedCompositeFieldContainer[SharedTensor]
-    def __init__(self, segment: _Optional[str] = ..., size_bytes: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[SharedTensor, _Mapping]]] = ...) -> None: ...
+    reusable: bool
+    def __init__(self, segment: _Optional[str] = ..., size_bytes: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[SharedTensor, _Mapping]]] = ..., reusable: _Optional[bool] = ...) -> None: ...
 
 class SharedTensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "offset", "total_bytes")
