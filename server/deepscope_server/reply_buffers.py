@@ -103,6 +103,7 @@ def _create(size: int) -> _Buffer:
     fd = os.memfd_create("deepscope-reply", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)  # out of memory is an error here, not a SIGBUS mid-copy
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
         return _Buffer(fd, mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE))
     except BaseException:

@@ -221,7 +221,8 @@ class SegmentPool:
         resource_tracker.register("/" + name, "shared_memory")
         try:
             os.ftruncate(fd, size)
-            if reusable:
+            if reusable:  # written through a mapping: its pages are allocated now, so a full
+                os.posix_fallocate(fd, 0, size)  # /dev/shm is ENOSPC here, never a SIGBUS later
                 self._segments[name].mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         except OSError:
             self.free(name)
