@@ -95,11 +95,12 @@ def from_proto(message: tpb.Tensor, max_elements: int | None = None) -> np.ndarr
         dtype = numpy_dtype(message.dtype)
     except ValueError as exc:
         raise TensorError(f"tensor '{shorten(message.name)}': {exc}") from None
+    data = message.data  # each access of a bytes field copies it: read it once
     try:
-        dims = check_shape(message.shape, dtype, len(message.data), max_elements)
+        dims = check_shape(message.shape, dtype, len(data), max_elements)
     except TensorError as exc:
         raise TensorError(f"tensor '{shorten(message.name)}': {exc}") from None
-    array = np.frombuffer(message.data, dtype=dtype).reshape(dims)
+    array = np.frombuffer(data, dtype=dtype).reshape(dims)
     if dtype == np.bool_ and array.size and array.view(np.uint8).max() > 1:
         raise TensorError(f"tensor '{shorten(message.name)}': BOOL bytes must be 0 or 1")
     return array

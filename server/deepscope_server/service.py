@@ -488,9 +488,10 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         # Segments go back to the connection they were lent to; every Unix-socket client has the
         # same peer string, so those are never reused.
         reusable = share and request.returns_segments and not peer.startswith("unix:")
-        if request.released_segments:
-            self.segments.release(request.released_segments, peer)
         loop = asyncio.get_running_loop()
+        if request.released_segments:  # kept for this peer's next captures; dropped by this sweep if unused
+            self.segments.release(request.released_segments, peer)
+            loop.call_later(self.limits.shared_memory_seconds + 1.0, self.segments.sweep)
 
         def framed(out: Any) -> tuple[list[tuple[str, np.ndarray]], list[int], pb.SharedTensors | None]:
             """The tensors to send with their checksums, or their shared-memory segment, made in the
