@@ -134,3 +134,20 @@ def test_segments_are_reused_without_touching_arrays_the_client_still_holds(clie
     again = client.capture(model, _x(100, seed=7), layers=["*"])
     for name in streamed:
         np.testing.assert_array_equal(again[name], streamed[name], err_msg=name)
+
+
+def test_segments_handed_back_are_unlinked_once_unused_for_their_time(tmp_path, servers, exported):
+    """A notebook that stops capturing leaves nothing in /dev/shm past --shared-memory-seconds."""
+    embedded, address = start_server(tmp_path / "store", shared_memory_seconds=1)
+    servers.append(embedded)
+    before = _segments()
+    with deepscope.connect(address, token=embedded.token, progress=False) as c:
+        model = c.upload_model(exported["cnn"]["onnx"])
+        for seed in range(3):
+            assert c.capture(model, _x(100, seed=seed), layers=["*"])
+        assert _segments() - before  # the last capture's segment, and the one handed back
+        for _ in range(100):
+            if not _segments() - before:
+                break
+            time.sleep(0.1)
+        assert not _segments() - before
