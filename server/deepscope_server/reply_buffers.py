@@ -53,7 +53,7 @@ class WorkerBuffers:
     """The worker's side: its reply files, free or lent, and which ids the server should forget."""
 
     #: Free buffers past this many bytes are closed (largest first); lent ones always stay.
-    keep_bytes: int = 512 << 20
+    keep_bytes: int = 256 << 20
     _free: dict[int, _Buffer] = field(default_factory=dict)
     _lent: dict[int, _Buffer] = field(default_factory=dict)
     _dropped: list[int] = field(default_factory=list)
