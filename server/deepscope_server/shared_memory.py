@@ -155,21 +155,22 @@ class SegmentPool:
 
     def free(self, name: str) -> None:
         """Unlink a segment now (the call failed, or its time is up); a client's mapping stays valid."""
-        try:
-            os.unlink(os.path.join(SHM_DIR, name))
-        except FileNotFoundError:
-            pass  # the client unlinked it already
-        self._forget(name)
+        with self._lock:
+            segment = self._segments.pop(name, None)
+        self._dispose(name, segment)
 
     def sweep(self) -> None:
         """Forget segments their client unlinked; unlink those past their time."""
         now = time.monotonic()
-        with self._lock:
-            segments = list(self._segments.items())
-        for name, segment in segments:
-            if now > segment.expiry:
-                self.free(name)
-            elif segment.mapping is None and not os.path.exists(os.path.join(SHM_DIR, name)):
+        with self._lock:  # taken out under the lock: ``_take`` cannot lend one being unlinked
+            expired = {name: seg for name, seg in self._segments.items() if now > seg.expiry}
+            for name in expired:
+                del self._segments[name]
+            one_off = [name for name, seg in self._segments.items() if seg.mapping is None]
+        for name, segment in expired.items():
+            self._dispose(name, segment)
+        for name in one_off:
+            if not os.path.exists(os.path.join(SHM_DIR, name)):
                 self._forget(name)
 
     def close(self) -> None:
@@ -243,11 +244,25 @@ class SegmentPool:
         return dropped
 
     def _forget(self, name: str, registered: bool = True) -> None:
+        """Stop tracking a segment whose file is gone (or was never made)."""
         with self._lock:
             segment = self._segments.pop(name, None)
-        if segment is not None and segment.mapping is not None:
+        if segment is not None:
+            self._dispose(name, segment, unlink=False, registered=registered)
+
+    @staticmethod
+    def _dispose(name: str, segment: _Segment | None, unlink: bool = True, registered: bool = True) -> None:
+        """Unlink a segment taken out of the pool, unmap it and untrack it."""
+        if unlink:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except FileNotFoundError:
+                pass  # the client unlinked it already
+        if segment is None:
+            return
+        if segment.mapping is not None:
             segment.mapping.close()
-        if segment is not None and registered:
+        if registered:
             try:
                 resource_tracker.unregister("/" + name, "shared_memory")
             except Exception:  # the tracker is a safety net, not a requirement

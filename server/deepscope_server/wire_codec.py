@@ -130,8 +130,11 @@ def send(conn: Connection, message: Any, buffers: WorkerBuffers | None = None) -
         ident, new, view = buffers.lend(total)
         try:
             fill(view, arrays, layout)
-        finally:
+        except BaseException:
             view.release()
+            buffers.give_back([ident])  # nothing was sent from it
+            raise
+        view.release()
         doc.update(buf=ident, new=new, drop=buffers.dropped())
         conn.send_bytes(json.dumps(doc).encode())
         if new:
