@@ -380,6 +380,7 @@ class Client:
                 accept_shared_memory=self.shared_memory,
                 returns_segments=self.shared_memory,
                 released_segments=_drain(self._returned_segments),
+                accept_packed_parts=True,
             )
             batch = {name: a[lo : lo + batch_size] for name, a in inputs.items()}
             try:
@@ -681,6 +682,7 @@ def _tensor_stream(channel: grpc.Channel, method: str, request: Any, response: A
         # a request may come serialised already (capture_request_bytes)
         request_serializer=lambda r: r if isinstance(r, bytes) else serialize(r),
         response_deserializer=frame_parser(response),
+        _registered_method=True,  # as the generated stubs call: the method is registered with the channel once
     )
 
 
@@ -690,6 +692,18 @@ def _drain(names: collections.deque[str]) -> list[str]:
     while names:
         out.append(names.popleft())
     return out
+
+
+def _unpacked(call: Iterable[Any]) -> Iterator[Any]:
+    """A Capture stream's parts, those packed into one message (``CaptureResponse.parts``) in turn."""
+    for message in call:
+        if isinstance(message, ChunkView) or message.WhichOneof("part") != "parts":
+            yield message
+            continue
+        for part in message.parts.parts:
+            if part.WhichOneof("part") == "parts":
+                raise TensorError("capture sent packed parts inside packed parts")
+            yield part
 
 
 def _receive_capture(
@@ -704,7 +718,7 @@ def _receive_capture(
     shared: dict[str, np.ndarray] = {}
     done = None
     try:
-        for part in call:
+        for part in _unpacked(call):
             if isinstance(part, ChunkView):
                 assembler.add(part)
                 continue
@@ -712,6 +726,8 @@ def _receive_capture(
             if kind == "done":
                 done = part.done
                 break
+            if kind is None:
+                raise TensorError("capture sent a message with no part this client knows")
             if kind == "shared":
                 if shared:
                     raise TensorError("capture sent two shared-memory segments")

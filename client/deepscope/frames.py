@@ -41,6 +41,19 @@ def length_delimited(tag: int, pieces: list[bytes | memoryview]) -> list[bytes |
     return [bytes((tag,)), _varint(sum(len(p) for p in pieces)), *pieces]
 
 
+#: ``CaptureResponse.parts`` (field 5) and, inside it, ``CaptureParts.parts`` (field 1).
+_PACKED_TAG, _PACKED_PART_TAG = 0x2A, 0x0A
+
+
+def packed_parts(parts: list[bytes]) -> bytes:
+    """One serialised ``CaptureResponse`` carrying ``parts`` (each a serialised CaptureResponse) in
+    its ``parts`` field, as protobuf would write it: a small capture in one message."""
+    pieces: list[bytes | memoryview] = []
+    for part in parts:
+        pieces += length_delimited(_PACKED_PART_TAG, [part])
+    return b"".join(length_delimited(_PACKED_TAG, pieces))
+
+
 def chunk_frame(name: bytes, offset: int, payload: memoryview | bytes) -> bytes:
     """One serialised chunk part (``name`` UTF-8 encoded), as protobuf would write it (defaults omitted)."""
     fields = b""

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 
 from deepscope import times
+from deepscope.frames import packed_parts
 from deepscope.protocol import PROTOCOL_VERSION
 from deepscope.tensors import CHUNK_BYTES, MAX_NDIM, TensorError, checksum, from_proto, tensor_frames
 from deepscope.v1 import introspection_pb2 as pb
@@ -47,6 +48,7 @@ from .plugins import Registry
 from .sandbox import SandboxedBackend
 from .store import Store, StoredModel
 from .uploads import SideFile
+from .wire import last_with_status
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,11 @@ def _devices(settings: Settings) -> list[str]:
 #: Outputs up to this size are framed (checksums, shared-memory hand-off) on the event loop: a thread
 #: hop would cost more than the work; larger ones are framed in a thread so the loop keeps serving.
 _LOOP_FRAMING_BYTES = 64 << 10
+
+
+#: A capture up to this size goes out as one message (``CaptureResponse.parts``) to a client that
+#: reads them: the per-message costs of gRPC on both sides are most of a small capture's time.
+_PACKED_BYTES = CHUNK_BYTES
 
 
 def _nbytes(out: Any) -> int:
@@ -378,6 +385,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
     async def DeleteModel(self, request: pb.DeleteModelRequest, context) -> pb.DeleteModelResponse:
         return pb.DeleteModelResponse(deleted=await asyncio.to_thread(self.models.delete, request.model))
 
+    @last_with_status
     @rpc
     async def GetWeights(self, request: pb.GetWeightsRequest, context) -> AsyncIterator[pb.GetWeightsResponse | bytes]:
         loaded = await asyncio.to_thread(self.models.get, request.model)
@@ -465,6 +473,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         finally:
             self.active_cancels.discard(cancel)
 
+    @last_with_status
     @rpc
     async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.CaptureResponse | bytes]:
         # A model looked up before is found without a thread hop or a catalogue read.
@@ -522,9 +531,15 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         )
         times.set_seconds(done.done.forward_time, seconds)
         if shared is None:
-            for (name, array), crc in zip(tensors, crcs):
-                for frame in tensor_frames(name, array, crc=crc):  # serialised parts, sent as they are
-                    yield frame
+            frames = (frame for (name, a), crc in zip(tensors, crcs) for frame in tensor_frames(name, a, crc=crc))
+            if request.accept_packed_parts and total <= _PACKED_BYTES:
+                parts = [*frames, done.SerializeToString()]
+                if sum(len(part) for part in parts) <= _PACKED_BYTES:  # headers too: one chunk's size at most
+                    yield packed_parts(parts)
+                    return
+                frames = iter(parts[:-1])
+            for frame in frames:  # serialised parts, sent as they are
+                yield frame
             yield done
             return
         complete = False

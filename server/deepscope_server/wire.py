@@ -11,6 +11,14 @@ other bad content in a stream.
 Responses: a handler may also yield ``bytes`` that are already a serialised response (the tensor
 streams' chunks, written by ``deepscope.frames`` with one copy of their payload); they are sent as
 they are, everything else through the method's generated serialiser.
+
+A server-streaming handler marked ``@last_with_status`` (one that yields its messages back to back
+and always at least one: Capture, GetWeights) sends its last message in the same batch as the call's
+status. grpc.aio sends each message of a stream in a batch of its own and the status in one more;
+a unary handler's response goes with the status. On the wire a stream is its messages then the
+status either way, so the handler is run as a unary one that writes all messages but the last with
+``context.write`` and returns the last: one batch fewer per call, for every client (measured on this
+machine: ~0.15 ms less server CPU per small call).
 """
 
 from __future__ import annotations
@@ -105,12 +113,65 @@ def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any],
     return serialize
 
 
+#: The attribute ``last_with_status`` sets on a handler.
+_LAST_WITH_STATUS = "deepscope_last_with_status"
+
+
+def last_with_status(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a server-streaming async-generator handler whose last message may wait for its end (see
+    the module docstring): it must yield its messages back to back, never hold one back while it waits."""
+    setattr(fn, _LAST_WITH_STATUS, True)
+    return fn
+
+
+_NOTHING: Any = object()
+
+
+def _sent_with_status(
+    stream: Callable[..., AsyncIterator[Any]], serialize: Callable[[Any], bytes]
+) -> Callable[..., Any]:
+    """A unary behaviour running ``stream``: each message but the last written as it comes, the last
+    returned (grpc sends it with the status). An error status set without aborting goes out alone,
+    as it would from the stream."""
+
+    async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        messages = stream(raw, context)
+        last = _NOTHING
+        try:
+            async for message in messages:
+                if last is not _NOTHING:
+                    await context.write(serialize(last))
+                last = message
+        finally:
+            await messages.aclose()  # an error or a cancellation mid-stream: the handler's cleanup runs now
+        code = context.code()
+        if code is not None and code != grpc.StatusCode.OK:
+            await context.abort(code)  # with the details and trailing metadata already set
+        if last is _NOTHING:
+            await rich_status.abort(context, grpc.StatusCode.INTERNAL, "the server's stream sent no message")
+        return last
+
+    return unary
+
+
 def decoding_in_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """The same handler, taking raw bytes and decoding them itself (async behaviours only)."""
     deserializer = handler.request_deserializer
     behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     if deserializer is None or not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
         return handler  # raw bytes already, or a sync handler grpc runs in its thread pool: left as is
+    if (
+        handler.unary_stream is not None
+        and inspect.isasyncgenfunction(behavior)
+        and getattr(behavior, _LAST_WITH_STATUS, False)
+    ):
+        serialize = _passing_bytes(handler.response_serializer)
+        assert serialize is not None
+        return grpc.unary_unary_rpc_method_handler(
+            _sent_with_status(_unary(behavior, deserializer, method), serialize),
+            request_deserializer=None,
+            response_serializer=serialize,
+        )
     wrap = _streaming if handler.request_streaming else _unary
     kind = {
         (False, False): grpc.unary_unary_rpc_method_handler,

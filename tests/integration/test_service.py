@@ -90,6 +90,38 @@ def test_hand_serialised_streams_parse_with_the_generated_classes(client, export
         np.testing.assert_array_equal(array, sdk_weights[layer][key])
 
 
+def test_a_small_capture_comes_packed_in_one_message_only_to_a_client_that_asks(client, exported):
+    """accept_packed_parts: the header, chunk and done of a small capture in one CaptureResponse;
+    a request without it (an older client) gets one part per message, the same tensors."""
+    model = client.upload_model(exported["mlp"]["pt2"])
+    x = np.random.default_rng(5).standard_normal((3, 64)).astype(np.float32)
+
+    def stream(packed: bool) -> list[pb.CaptureResponse]:
+        request = pb.CaptureRequest(model=model.id, layers=["fc1"], inputs=[to_proto(x)], accept_packed_parts=packed)
+        return list(client._stub.Capture(request, timeout=60, metadata=client._metadata))
+
+    packed, plain = stream(True), stream(False)
+    assert [m.WhichOneof("part") for m in packed] == ["parts"]
+    parts = list(packed[0].parts.parts)
+    assert [m.WhichOneof("part") for m in plain] == ["header", "chunk", "header", "chunk", "done"]
+    plain[-1].done.ClearField("forward_time")
+    parts[-1].done.ClearField("forward_time")
+    assert [m.SerializeToString() for m in parts] == [m.SerializeToString() for m in plain]
+    client.shared_memory = False
+    sdk = client.capture(model, x, layers=["fc1"])
+    np.testing.assert_array_equal(sdk["fc1"], _assembled(plain, "layer/fc1"))
+
+
+def _assembled(messages: list[pb.CaptureResponse], name: str) -> np.ndarray:
+    from deepscope.tensors import Assembler
+
+    asm = Assembler()
+    for m in messages:
+        if m.WhichOneof("part") != "done":
+            asm.add(getattr(m, m.WhichOneof("part")))
+    return asm.close()[name]
+
+
 def test_a_capture_cancelled_mid_stream_leaves_the_server_serving(client, exported):
     model = client.upload_model(exported["mlp"]["pt2"])
     x = np.random.default_rng(3).standard_normal((4096, 64)).astype(np.float32)

@@ -8,7 +8,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepscope.frames import ChunkView, chunk_frame, parser, read_chunk
+from deepscope.frames import ChunkView, chunk_frame, packed_parts, parser, read_chunk
 from deepscope.tensors import Assembler, capture_request_bytes, tensor_frames, tensor_parts, to_proto
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import tensor_pb2 as tpb
@@ -133,3 +133,39 @@ def test_a_capture_request_serialised_by_hand_is_the_same_message(inputs):
     assert pb.CaptureRequest.FromString(raw).SerializeToString(deterministic=True) == stock.SerializeToString(
         deterministic=True
     )
+
+
+def _capture_frames(arrays: dict[str, np.ndarray]) -> list[bytes]:
+    frames = [f for name, a in arrays.items() for f in tensor_frames(name, a, chunk_bytes=64)]
+    total = sum(a.nbytes for a in arrays.values())
+    done = pb.CaptureResponse(done=pb.CaptureDone(num_tensors=len(arrays), total_bytes=total, device="cpu"))
+    return [*frames, done.SerializeToString()]
+
+
+def test_packed_parts_are_byte_for_byte_what_protobuf_writes_and_read_as_the_same_capture():
+    from deepscope.client import _receive_capture
+
+    arrays = {"output/y": np.arange(40, dtype=np.float32).reshape(4, 10), "layer/fc1": np.ones((4, 3), np.int64)}
+    frames = _capture_frames(arrays)
+    packed = packed_parts(frames)
+    stock = pb.CaptureResponse(parts=pb.CaptureParts(parts=[pb.CaptureResponse.FromString(f) for f in frames]))
+    assert packed == stock.SerializeToString()
+    parse = parser(pb.CaptureResponse)
+    one = _receive_capture(iter([parse(packed)]), Assembler())
+    separate = _receive_capture(iter([parse(f) for f in frames]), Assembler())
+    assert one.keys() == separate.keys() == arrays.keys()
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(one[name], array)
+        np.testing.assert_array_equal(separate[name], array)
+
+
+def test_nested_packed_parts_and_unknown_parts_are_refused():
+    from deepscope.client import _receive_capture
+    from deepscope.tensors import TensorError
+
+    inner = packed_parts(_capture_frames({"output/y": np.zeros(3, np.float32)}))
+    nested = packed_parts([inner])
+    with pytest.raises(TensorError, match="inside packed parts"):
+        _receive_capture(iter([pb.CaptureResponse.FromString(nested)]), Assembler())
+    with pytest.raises(TensorError, match="no part this client knows"):
+        _receive_capture(iter([pb.CaptureResponse()]), Assembler())

@@ -245,7 +245,7 @@ class WeightsDone(_message.Message):
     def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs", "accept_shared_memory", "returns_segments", "released_segments")
+    __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs", "accept_shared_memory", "returns_segments", "released_segments", "accept_packed_parts")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,7 @@ class CaptureRequest(_message.Message):
     ACCEPT_SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     RETURNS_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     RELEASED_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_PACKED_PARTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -262,19 +263,28 @@ class CaptureRequest(_message.Message):
     accept_shared_memory: bool
     returns_segments: bool
     released_segments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ..., accept_shared_memory: _Optional[bool] = ..., returns_segments: _Optional[bool] = ..., released_segments: _Optional[_Iterable[str]] = ...) -> None: ...
+    accept_packed_parts: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ..., accept_shared_memory: _Optional[bool] = ..., returns_segments: _Optional[bool] = ..., released_segments: _Optional[_Iterable[str]] = ..., accept_packed_parts: _Optional[bool] = ...) -> None: ...
 
 class CaptureResponse(_message.Message):
-    __slots__ = ("header", "chunk", "done", "shared")
+    __slots__ = ("header", "chunk", "done", "shared", "parts")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     SHARED_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     header: _tensor_pb2.TensorHeader
     chunk: _tensor_pb2.TensorChunk
     done: CaptureDone
     shared: SharedTensors
-    def __init__(self, header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[CaptureDone, _Mapping]] = ..., shared: _Optional[_Union[SharedTensors, _Mapping]] = ...) -> None: ...
+    parts: CaptureParts
+    def __init__(self, header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[CaptureDone, _Mapping]] = ..., shared: _Optional[_Union[SharedTensors, _Mapping]] = ..., parts: _Optional[_Union[CaptureParts, _Mapping]] = ...) -> None: ...
+
+class CaptureParts(_message.Message):
+    __slots__ = ("parts",)
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[CaptureResponse]
+    def __init__(self, parts: _Optional[_Iterable[_Union[CaptureResponse, _Mapping]]] = ...) -> None: ...
 
 class SharedTensors(_message.Message):
     __slots__ = ("segment", "size_bytes", "tensors", "reusable")
