@@ -544,8 +544,11 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             return
         complete = False
         try:
-            yield pb.CaptureResponse(shared=shared)
-            yield done
+            if request.accept_packed_parts:  # one message instead of two
+                yield packed_parts([pb.CaptureResponse(shared=shared).SerializeToString(), done.SerializeToString()])
+            else:
+                yield pb.CaptureResponse(shared=shared)
+                yield done
             complete = True
         finally:
             if not complete:  # the call ended early: the client will not take the segment

@@ -17,6 +17,7 @@ checksum (nothing crosses a network). Why this is safe (docs/security.md):
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import secrets
@@ -83,8 +84,9 @@ class SegmentPool:
         self._lock = threading.Lock()
         self._segments: dict[str, _Segment] = {}
 
-    @property
+    @functools.cached_property
     def enabled(self) -> bool:
+        """Checked once: /dev/shm does not come and go under a running server."""
         return self.ttl_seconds > 0 and available()
 
     @property

@@ -151,3 +151,27 @@ def test_segments_handed_back_are_unlinked_once_unused_for_their_time(tmp_path, 
                 break
             time.sleep(0.1)
         assert not _segments() - before
+
+
+def test_a_client_that_reads_packed_parts_gets_the_segment_and_done_in_one_message(server, client, exported):
+    import grpc
+
+    embedded, address = server
+    model = client.upload_model(exported["cnn"]["pt2"])
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.IntrospectionServiceStub(channel)
+        request = pb.CaptureRequest(
+            model=model.id,
+            inputs=[to_proto(_x(100), "x")],
+            layers=["*"],
+            accept_shared_memory=True,
+            accept_packed_parts=True,
+        )
+        parts = list(stub.Capture(request, metadata=[("authorization", f"Bearer {embedded.token}")], timeout=60))
+    assert [p.WhichOneof("part") for p in parts] == ["parts"]
+    inner = parts[0].parts.parts
+    assert [p.WhichOneof("part") for p in inner] == ["shared", "done"]
+    arrays = shared_memory.attach(inner[0].shared)
+    assert inner[1].done.num_tensors == len(arrays) and not os.path.exists(
+        os.path.join(shared_memory.SHM_DIR, inner[0].shared.segment)
+    )
