@@ -30,9 +30,11 @@ SCRIPTS = (
     "bench_streaming_rss",
     "bench_concurrency",
     "bench_overhead",
-    "bench_sdk",
     "preauth_flood",
     "bench_ray",
+    # Last: its TorchLens peer wraps torch functions globally, after which torch.onnx.export fails
+    # in this process (the other scripts export ONNX models).
+    "bench_sdk",
 )
 #: Not in --smoke: starting a Ray cluster and warming its workers takes minutes on a busy 2-core box, which
 #: tests/unit/test_bench_smoke.py's 600 s budget cannot absorb; ``bench_ray.py --smoke`` runs it alone.
@@ -56,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     common.set_threads()
     print(f"# deepscope benchmarks{' (smoke)' if args.smoke else ''}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# {common.machine()}\n", flush=True)
-    scripts = args.only or [s for s in SCRIPTS if not (args.smoke and s in NOT_IN_SMOKE)]
+    scripts = (
+        sorted(args.only, key=SCRIPTS.index)
+        if args.only
+        else [s for s in SCRIPTS if not (args.smoke and s in NOT_IN_SMOKE)]
+    )
     shared: dict[str, object] = {}
     started: list = []
     if args.smoke:
