@@ -126,8 +126,12 @@ def test_a_restart_removes_a_model_cut_off_while_loading_and_skips_a_bad_run_row
             outcome["error"] = exc
 
     def new_folders() -> list[Path]:
+        """New model folders whose model file is in place: the server is loading it (the folder
+        alone exists a moment earlier, before the file is renamed into it)."""
         return [
-            p for p in (store / "models").iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name) and p.name not in known
+            p
+            for p in (store / "models").iterdir()
+            if re.fullmatch(r"[0-9a-f]{64}", p.name) and p.name not in known and (p / "model").exists()
         ]
 
     thread = threading.Thread(target=upload)
