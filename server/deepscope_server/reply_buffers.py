@@ -34,6 +34,9 @@ from .wire_codec import CodecError
 
 #: Buffers are sized in these steps, so slightly different batches reuse the same file.
 _STEP = 4 << 20
+#: A worker lends this many buffers at most (a well-behaved one: those the server holds plus its
+#: free ones, a handful); past it the server refuses the reply rather than map without bound.
+MAX_BUFFERS = 64
 #: Seals a worker puts on its buffers; the server requires SHRINK.
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
@@ -129,11 +132,17 @@ class BorrowedReplies:
     def forget(self, ids: Any) -> None:
         """Buffers the worker closed: unmapped once no array uses them."""
         for ident in ids if isinstance(ids, list) else ():
-            self._maps.pop(ident, None)
+            if isinstance(ident, int):
+                self._maps.pop(ident, None)
 
-    def adopt(self, ident: int, fd: int) -> None:
-        """Map a newly lent buffer (read-only, shared); closes ``fd``. Refused unless sealed against shrinking."""
+    def adopt(self, ident: Any, fd: int) -> None:
+        """Map a newly lent buffer (read-only, shared); closes ``fd``. Refused unless sealed against
+        shrinking, and past ``MAX_BUFFERS``."""
         try:
+            if not isinstance(ident, int) or isinstance(ident, bool):
+                raise CodecError(f"malformed reply buffer id {ident!r}")
+            if ident not in self._maps and len(self._maps) >= MAX_BUFFERS:
+                raise CodecError(f"the worker lent more than {MAX_BUFFERS} reply buffers")
             if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
                 raise CodecError("the worker's reply buffer is not sealed against shrinking")
             size = os.fstat(fd).st_size

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from deepscope_server import wire_codec
+from deepscope_server import reply_buffers, wire_codec
 from deepscope_server.backends import CaptureRequest
 from deepscope_server.isolation import _MP
 from deepscope_server.reply_buffers import BorrowedReplies, WorkerBuffers
@@ -128,3 +128,22 @@ def test_a_sandboxed_capture_reuses_the_workers_buffers_and_never_changes_held_a
         assert _memfds(sandboxed.pid) == 2  # the held reply's buffer and one reused for every other
     finally:
         sandboxed.close()
+
+
+def test_a_worker_cannot_make_the_server_map_buffers_without_bound_or_by_a_malformed_id() -> None:
+    borrowed = BorrowedReplies()
+    for ident in ("1", [1], True):
+        fd = os.memfd_create("x")
+        with pytest.raises(wire_codec.CodecError, match="malformed"):
+            borrowed.adopt(ident, fd)
+    buffers = WorkerBuffers()
+    for ident in range(reply_buffers.MAX_BUFFERS):
+        ident_, _, view = buffers.lend(1)
+        view.release()
+        borrowed.adopt(ident, os.dup(buffers.fd(ident_)))
+    ident_, _, view = buffers.lend(1)
+    view.release()
+    with pytest.raises(wire_codec.CodecError, match="more than"):
+        borrowed.adopt(reply_buffers.MAX_BUFFERS, os.dup(buffers.fd(ident_)))
+    borrowed.forget([0, "x", [2]])  # ids that are not ints are ignored
+    borrowed.adopt(reply_buffers.MAX_BUFFERS, os.dup(buffers.fd(ident_)))  # room again
