@@ -134,6 +134,8 @@ class GuardedMetric:
         worker = _MetricThread(fn, f"metric-{self.planned.name}")
         worker.start()
         worker.join(self.timeout)
+        if worker.is_alive():  # a metric calling ctx.check() raises on its own about now: let it
+            worker.join(_COOPERATIVE_GRACE)  # unwind (its except/finally blocks) undisturbed first
         if worker.is_alive():
             worker.stop()
             worker.join(1.0)  # a cooperating metric is gone by now; let it unwind before the next call
@@ -148,6 +150,11 @@ class GuardedMetric:
             self.error = f"{what} raised {type(exc).__name__}: {exc}\n{worker.trace}"
             return None
         return worker.value
+
+
+#: Seconds past its time limit a metric thread gets to stop by itself (``ctx.check()``) before
+#: MetricTimeout is raised in it: raised at once, it could land in the metric's own cleanup.
+_COOPERATIVE_GRACE = 0.5
 
 
 class _MetricThread(threading.Thread):
