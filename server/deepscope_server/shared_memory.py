@@ -110,28 +110,29 @@ class SegmentPool:
         if total < MIN_BYTES:
             return None
         self.sweep()
-        taken = self._take(total, peer) if reusable else None
-        name = taken or self._create(total + total // 8 if reusable else total, peer, reusable)
+        name, fd = (self._take(total, peer), None) if reusable else (None, None)
         if name is None:
-            return None
+            made = self._create(total + total // 8 if reusable else total, peer, reusable)
+            if made is None:
+                return None
+            name, fd = made
         segment = self._segments[name]
         try:
-            if segment.mapping is not None:
-                for _, array, offset in layout:
-                    if array.nbytes:
-                        raw = _raw(array)
-                        segment.mapping[offset : offset + raw.nbytes] = raw
-            else:
-                fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    for _, array, offset in layout:
-                        if array.nbytes:
-                            write_at(fd, _raw(array), offset)
-                finally:
-                    os.close(fd)
+            for _, array, offset in layout:
+                if not array.nbytes:
+                    continue
+                raw = _raw(array)
+                if segment.mapping is not None:
+                    segment.mapping[offset : offset + raw.nbytes] = raw
+                else:
+                    assert fd is not None
+                    write_at(fd, raw, offset)
         except OSError:  # ENOSPC: /dev/shm is full; the gRPC stream still works
             self.free(name)
             return None
+        finally:
+            if fd is not None:
+                os.close(fd)
         message = pb.SharedTensors(segment=name, size_bytes=total, reusable=segment.mapping is not None)
         for tensor_name, array, offset in layout:
             message.tensors.add(
@@ -151,7 +152,9 @@ class SegmentPool:
                 segment = self._segments.get(name)
                 if segment is not None and segment.lent and segment.mapping is not None and segment.peer == peer:
                     segment.lent, segment.expiry = False, expiry
-            dropped = self._over_keep()
+            dropped = self._largest_kept(
+                sum(seg.size for seg in self._segments.values() if not seg.lent) - self.keep_bytes
+            )
         for name in dropped:
             self.free(name)
 
@@ -197,18 +200,14 @@ class SegmentPool:
             segment.lent, segment.expiry = True, time.monotonic() + self.ttl_seconds
             return name
 
-    def _create(self, size: int, peer: str, reusable: bool) -> str | None:
-        """A new segment of ``size`` bytes, lent; None when over the budget (after dropping kept
-        segments) or /dev/shm refuses it."""
+    def _create(self, size: int, peer: str, reusable: bool) -> tuple[str, int] | None:
+        """A new segment of ``size`` bytes, lent, and its file open for writing (the caller closes
+        it); None when over the budget (after dropping kept segments) or /dev/shm refuses it."""
         name = PREFIX + secrets.token_hex(16)
         with self._lock:
-            dropped = []
-            while sum(seg.size for seg in self._segments.values()) + size > self.budget_bytes:
-                kept = [n for n, seg in self._segments.items() if not seg.lent and n not in dropped]
-                if not kept:
-                    break
-                dropped.append(max(kept, key=lambda n: self._segments[n].size))
-            over = sum(seg.size for n, seg in self._segments.items() if n not in dropped) + size > self.budget_bytes
+            excess = sum(seg.size for seg in self._segments.values()) + size - self.budget_bytes
+            dropped = self._largest_kept(excess)
+            over = sum(self._segments[n].size for n in dropped) < excess
             if not over:
                 self._segments[name] = _Segment(size, time.monotonic() + self.ttl_seconds, peer)
         for old in dropped:
@@ -228,21 +227,21 @@ class SegmentPool:
                 os.posix_fallocate(fd, 0, size)  # /dev/shm is ENOSPC here, never a SIGBUS later
                 self._segments[name].mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         except OSError:
+            os.close(fd)
             self.free(name)
             return None
-        finally:
-            os.close(fd)
-        return name
+        return name, fd
 
-    def _over_keep(self) -> list[str]:
-        """Kept segments past ``keep_bytes`` (largest first); called with the lock held."""
+    def _largest_kept(self, excess: int) -> list[str]:
+        """Kept (handed back) segments, largest first, until their sizes add up to ``excess`` or
+        none is left; called with the lock held."""
         kept = sorted(((seg.size, n) for n, seg in self._segments.items() if not seg.lent), reverse=True)
-        total, dropped = sum(size for size, _ in kept), []
+        dropped, freed = [], 0
         for size, name in kept:
-            if total <= self.keep_bytes:
+            if freed >= excess:
                 break
             dropped.append(name)
-            total -= size
+            freed += size
         return dropped
 
     def _forget(self, name: str, registered: bool = True) -> None:
