@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from deepscope.v1 import introspection_pb2 as pb
 from deepscope.v1 import introspection_pb2_grpc as pb_grpc
 
-from . import __version__, reflection
+from . import __version__, heap, reflection
 from .config import Settings, settings_from_args
 from .errors import StorageFull
 from .gate import GateInterceptor
@@ -164,6 +164,7 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = settings_from_args(argv)
+    heap.keep_freed_memory()
     if settings.check_store or settings.rebuild_catalogue:  # maintenance commands: no server
         from .storecheck import check_store, rebuild_catalogue
 

@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import lifeline
+from . import heap, lifeline
 from .backends import CaptureRequest, Inputs, LayerWeights, RunOutput
 from .errors import InvalidInput
 from .model_graph import ModelGraph
@@ -291,6 +291,7 @@ def _worker_main(conn: Connection, lifeline_end: Connection, memory_bytes: int) 
     """A metric worker: one metric instance, driven by the parent's calls until "stop" or EOF."""
     lifeline.watch(lifeline_end)  # exit with the server, even in the middle of a call
     _release_forkserver()
+    heap.keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))

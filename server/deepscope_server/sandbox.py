@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import lifeline, reply_buffers, wire_codec
+from . import heap, lifeline, reply_buffers, request_file, wire_codec
 from .backends import Backend, CaptureRequest, RunOutput
 from .config import Limits
 from .errors import (
@@ -106,6 +106,7 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
     """Load one model, then serve run requests until "stop" or EOF."""
     lifeline.watch(life)
     _release_forkserver()
+    heap.keep_freed_memory()
     from .models import load_checked  # imported before the memory limit, which is for the model alone
 
     _confine(limits.model_memory_bytes)
@@ -119,10 +120,10 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
         wire_codec.send(conn, {"error": _error_message(exc), "trace": traceback.format_exc(limit=8)})
         return
     wire_codec.send(conn, reply)
-    buffers = reply_buffers.WorkerBuffers()
+    buffers, requests = reply_buffers.WorkerBuffers(), request_file.RequestReader()
     while True:
         try:
-            request = wire_codec.recv(conn, 1 << 62)
+            request = wire_codec.recv(conn, 1 << 62, requests=requests)
         except (EOFError, OSError):
             return
         if request.get("op") == "stop":
@@ -157,6 +158,7 @@ class SandboxedBackend(Backend):
         self._lifeline: Connection | None = None
         self._sock: socket.socket | None = None  # the pipe to the worker, for the event loop's non-blocking I/O
         self._borrowed: reply_buffers.BorrowedReplies | None = None  # the running worker's lent buffers
+        self._requests: request_file.RequestFile | None = None  # where large requests' arrays go
         self.graph: ModelGraph
         self.device = "cpu"
 
@@ -233,11 +235,10 @@ class SandboxedBackend(Backend):
         and no polling. The same limits hold as in ``run``: the deadline, ``cancelled`` (checked every
         ``_POLL_SECONDS`` while the worker is silent), the worker's death, a malformed reply; each
         stops the worker. The caller holds the model's lock and has checked ``ready``. Requests with
-        inputs over ``wire_codec.INLINE_BYTES`` (passed as a shared-memory file) go through ``run``
-        in a thread."""
+        that must pass a descriptor (the worker's first large one) go through ``run`` in a thread."""
         assert self._conn is not None and self._process is not None
         message = self._with_returns(self._run_message(inputs, capture, borrow))
-        data = wire_codec.framed(message)
+        data = wire_codec.framed(message, self._requests)
         if data is None:
             return await asyncio.to_thread(self._call, message, cancelled, deadline)
         deadline, flag, budget = self._forward_deadline(deadline)
@@ -260,6 +261,7 @@ class SandboxedBackend(Backend):
         except BaseException:
             self._stop()
             raise
+        self._trim_requests()
         return self._result(reply)
 
     def close(self) -> None:
@@ -292,7 +294,7 @@ class SandboxedBackend(Backend):
         child.close()
         life_read.close()
         self._process, self._conn, self._lifeline = process, parent, life_write
-        self._borrowed = reply_buffers.BorrowedReplies()
+        self._borrowed, self._requests = reply_buffers.BorrowedReplies(), request_file.RequestFile()
         reply = self._wait(
             time.monotonic() + self.budget.load_seconds,
             cancelled,
@@ -313,10 +315,16 @@ class SandboxedBackend(Backend):
         assert self._conn is not None
         deadline, flag, budget = self._forward_deadline(deadline)
         try:
-            wire_codec.send(self._conn, self._with_returns(message))
+            wire_codec.send(self._conn, self._with_returns(message), request_file=self._requests)
         except (OSError, ValueError) as exc:
             raise self._worker_gone() from exc
-        return self._result(self._wait(deadline, cancelled, "the forward pass", flag, budget))
+        reply = self._wait(deadline, cancelled, "the forward pass", flag, budget)
+        self._trim_requests()
+        return self._result(reply)
+
+    def _trim_requests(self) -> None:
+        if self._requests is not None:
+            self._requests.trim()
 
     def _with_returns(self, message: dict[str, Any]) -> dict[str, Any]:
         """``message`` giving back the lent buffers whose arrays are gone."""
@@ -409,6 +417,9 @@ class SandboxedBackend(Backend):
         process, conn, life, sock = self._process, self._conn, self._lifeline, self._sock
         self._process = self._conn = self._lifeline = self._sock = None
         self._borrowed = None  # a fresh worker numbers its buffers afresh
+        if self._requests is not None:
+            self._requests.close()
+            self._requests = None
         if sock is not None:
             sock.close()
         if process is not None:

@@ -28,6 +28,7 @@ from .model_graph import Layer, ModelGraph, TensorSpec
 
 if TYPE_CHECKING:
     from .reply_buffers import BorrowedReplies, WorkerBuffers
+    from .request_file import RequestFile, RequestReader
 
 #: The only classes a message may carry (by name).
 CLASSES: dict[str, Callable[..., Any]] = {
@@ -41,6 +42,10 @@ MAX_HEADER_BYTES = 64 << 20
 #: Arrays up to this many bytes in all travel inline on the socket: for small messages a copy is
 #: cheaper than creating, mapping and passing a shared-memory file.
 INLINE_BYTES = 1 << 20
+#: Arrays over this many bytes in all go through a reusable file where there is one (the
+#: worker's reply buffers, the server's request file): its pages are warm, so above a few socket
+#: buffers' worth the copy into it is cheaper than the socket.
+REUSED_FILE_BYTES = 64 << 10
 
 
 class CodecError(ValueError):
@@ -112,15 +117,32 @@ def _prepare(message: Any) -> tuple[dict[str, Any], list[np.ndarray], list[list[
     return {"v": body, "a": layout, "n": total, "inline": inline}, arrays, layout, total
 
 
-def send(conn: Connection, message: Any, buffers: WorkerBuffers | None = None) -> None:
+def send(
+    conn: Connection,
+    message: Any,
+    buffers: WorkerBuffers | None = None,
+    request_file: RequestFile | None = None,
+) -> None:
     """Send ``message``: a JSON header, then (if it holds arrays with data) one memfd descriptor.
-    With ``buffers`` (the request borrows), large arrays go into one of the worker's reusable
-    buffers instead, whose descriptor is sent only the first time it is lent."""
+    With ``buffers`` (a worker's reply to a request that borrows), large arrays go into one of
+    the worker's reusable buffers instead, whose descriptor is sent only the first time it is
+    lent; with ``request_file`` (the server's request), into that file, likewise."""
     doc, arrays, layout, total = _prepare(message)
     if total == 0:
         conn.send_bytes(json.dumps(doc).encode())
         return
-    if total <= INLINE_BYTES:
+    if request_file is not None and total > REUSED_FILE_BYTES:
+        new = not request_file.shared
+        conn.send_bytes(_in_request_file(doc, arrays, layout, request_file))
+        if new:
+            fd = request_file.reader_fd()
+            try:
+                reduction.send_handle(conn, fd, 0)
+            finally:
+                os.close(fd)
+            request_file.shared = True
+        return
+    if total <= INLINE_BYTES and (buffers is None or total <= REUSED_FILE_BYTES):
         buffer = bytearray(total)
         fill(memoryview(buffer), arrays, layout)
         conn.send_bytes(json.dumps(doc).encode())
@@ -152,11 +174,17 @@ def send(conn: Connection, message: Any, buffers: WorkerBuffers | None = None) -
         os.close(fd)
 
 
-def framed(message: Any) -> bytes | None:
+def framed(message: Any, request_file: RequestFile | None = None) -> bytes | None:
     """``message`` as the bytes ``send`` puts on the socket (each part length-prefixed as
-    ``Connection.send_bytes`` frames it), for a sender that must not block; None when it needs a
-    shared-memory file (arrays over ``INLINE_BYTES``), which only ``send`` passes."""
+    ``Connection.send_bytes`` frames it), for a sender that must not block; None when it needs to
+    pass a descriptor (a one-off shared-memory file, or ``request_file`` the first time), which
+    only ``send`` does."""
     doc, arrays, layout, total = _prepare(message)
+    if request_file is not None and total > REUSED_FILE_BYTES:
+        if not request_file.shared:
+            return None
+        header = _in_request_file(doc, arrays, layout, request_file)
+        return struct.pack("!i", len(header)) + header
     if total > INLINE_BYTES:
         return None
     header = json.dumps(doc).encode()
@@ -166,6 +194,15 @@ def framed(message: Any) -> bytes | None:
         fill(memoryview(buffer), arrays, layout)
         parts += [struct.pack("!i", total), buffer]
     return b"".join(parts)
+
+
+def _in_request_file(
+    doc: dict[str, Any], arrays: list[np.ndarray], layout: list[list[Any]], request_file: RequestFile
+) -> bytes:
+    """The header of a message whose arrays are now written into ``request_file``."""
+    request_file.write(arrays, [offset for _, _, offset in layout])
+    doc.update(inline=False, file=1, new=not request_file.shared)
+    return json.dumps(doc).encode()
 
 
 def write_at(fd: int, array: np.ndarray, offset: int) -> None:
@@ -210,9 +247,15 @@ def map_segment(fd: int, total: int) -> mmap.mmap:
         os.close(fd)
 
 
-def recv(conn: Connection, max_segment_bytes: int, borrowed: BorrowedReplies | None = None) -> Any:
+def recv(
+    conn: Connection,
+    max_segment_bytes: int,
+    borrowed: BorrowedReplies | None = None,
+    requests: RequestReader | None = None,
+) -> Any:
     """Receive one message; its arrays are private (copy-on-write) views of the sender's segment,
-    or read-only views of a lent buffer when the request borrowed (``borrowed``)."""
+    read-only views of a lent buffer when the request borrowed (``borrowed``), or private copies
+    out of the server's request file (a worker's ``requests``)."""
     header = parse_header(conn.recv_bytes(MAX_HEADER_BYTES), max_segment_bytes)
     total = int(header["n"])
     segment: mmap.mmap | bytearray | np.ndarray | None = None
@@ -221,13 +264,28 @@ def recv(conn: Connection, max_segment_bytes: int, borrowed: BorrowedReplies | N
         if conn.recv_bytes_into(segment) != total:
             raise CodecError("an inline message is shorter than it says")
     elif total:
-        segment = shared_segment(header, reduction.recv_handle(conn) if carries_fd(header) else None, borrowed)
+        fd = reduction.recv_handle(conn) if carries_fd(header) else None
+        if "file" in header:
+            segment = _from_request_file(total, fd, requests)
+        else:
+            segment = shared_segment(header, fd, borrowed)
     return decode(header, segment)
 
 
 def carries_fd(header: dict[str, Any]) -> bool:
-    """Whether a descriptor follows a (non-inline) header: a one-off file, or a buffer lent for the first time."""
-    return "buf" not in header or bool(header.get("new"))
+    """Whether a descriptor follows a (non-inline) header: a one-off file, or a reusable one (a
+    lent buffer, the request file) sent for the first time."""
+    return ("buf" not in header and "file" not in header) or bool(header.get("new"))
+
+
+def _from_request_file(total: int, fd: int | None, requests: RequestReader | None) -> bytearray:
+    if requests is None:
+        if fd is not None:
+            os.close(fd)
+        raise CodecError("a message refers to a request file, which only a worker reads")
+    if fd is not None:
+        requests.adopt(fd)
+    return requests.read(total)
 
 
 def shared_segment(header: dict[str, Any], fd: int | None, borrowed: BorrowedReplies | None) -> mmap.mmap | np.ndarray:
