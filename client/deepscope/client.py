@@ -23,14 +23,14 @@ from google.protobuf.duration_pb2 import Duration
 
 from . import times
 from .dtypes import kserve_dtype, numpy_dtype
-from .errors import DeepscopeError, InvalidArgument, from_rpc_error  # re-exported
+from .errors import DeepscopeError, FailedPrecondition, InvalidArgument, from_rpc_error  # re-exported
 from .frames import ChunkView
 from .frames import parser as frame_parser
 from .onnx_files import external_data_files
 from .progress import ProgressEvent, ProgressTracker, display_for, interactive
 from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 from .results import Run
-from .shared_memory import SharedMemoryUnavailable, local_address
+from .shared_memory import InputSegment, InputSegments, SharedMemoryUnavailable, local_address
 from .shared_memory import attach as attach_shared
 from .shared_memory import available as shared_memory_available
 from .tensors import CHUNK_BYTES, Assembler, TensorError, capture_request_bytes, to_proto
@@ -194,6 +194,8 @@ class Client:
         self.shared_memory = shared_memory
         #: Reusable segments whose arrays are all gone, to hand back with the next capture.
         self._returned_segments: collections.deque[str] = collections.deque()
+        #: Segments the server lent for same-host requests' inputs.
+        self._input_segments = InputSegments()
         self._summary_cache: dict[str, list[str]] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -217,6 +219,7 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+        self._input_segments.close()
         if self._on_close:
             self._on_close()
             self._on_close = None
@@ -372,7 +375,9 @@ class Client:
         result.model_outputs, result.layer_inputs = {}, {}
         buckets = {"output": result.model_outputs, "layer": result, "input": result.layer_inputs}
 
-        def start(lo: int) -> Any:  # the RPC starts now; its messages are read when iterated
+        def start(lo: int) -> tuple[Any, InputSegment | None]:
+            """The RPC, started now (its messages are read when iterated), and the input segment it
+            uses until its response has arrived."""
             request = pb.CaptureRequest(
                 model=model.id,
                 layers=list(layers),
@@ -383,11 +388,22 @@ class Client:
                 accept_packed_parts=True,
             )
             batch = {name: a[lo : lo + batch_size] for name, a in inputs.items()}
+            segment = None
+            if self.shared_memory:  # same host: inputs through a segment the server lent
+                span = InputSegments.span(batch)
+                segment = self._input_segments.take(span)
+                if segment is None:
+                    request.want_input_segment_bytes = self._input_segments.wanted(span)
+            if segment is not None:
+                request.shared_inputs.CopyFrom(self._input_segments.write(segment, batch))
+                data = request.SerializeToString()
+            else:
+                data = capture_request_bytes(request, batch)
             try:
-                return self._capture(
-                    capture_request_bytes(request, batch), timeout=timeout or self.timeout, metadata=self._metadata
-                )
+                return self._capture(data, timeout=timeout or self.timeout, metadata=self._metadata), segment
             except grpc.RpcError as error:
+                if segment is not None:
+                    self._input_segments.give_back(segment)
                 raise from_rpc_error(error) from None
 
         def in_place(lo: int, rows: int, placed: set[str]) -> Callable[..., np.ndarray | None]:
@@ -408,11 +424,16 @@ class Client:
 
             return out
 
-        def place(lo: int, call: Any) -> None:
+        def place(lo: int, started: tuple[Any, InputSegment | None]) -> None:
+            call, segment = started
             rows = min(batch_size, n - lo)
             placed: set[str] = set()
             assembler = Assembler(out=in_place(lo, rows, placed) if len(starts) > 1 else None)
-            tensors = _receive_capture(call, assembler, self._returned_segments)
+            try:
+                tensors = _receive_capture(call, assembler, self._returned_segments, self._input_segments)
+            finally:
+                if segment is not None:
+                    self._input_segments.give_back(segment)
             for name, array in tensors.items():
                 if name in placed:
                     continue
@@ -429,22 +450,28 @@ class Client:
             bar.update(rows)
 
         # One request ahead: the server runs batch k+1's forward pass while batch k streams.
-        pending = start(starts[0])
+        pending: tuple[Any, InputSegment | None] | None = start(starts[0])
         try:
             for i, lo in enumerate(starts):
+                assert pending is not None
                 call, pending = pending, (start(starts[i + 1]) if i + 1 < len(starts) else None)
                 try:
                     place(lo, call)
-                except SharedMemoryUnavailable:
-                    # Another user's server, or a segment that expired: stream from now on.
-                    self.shared_memory = False
+                except (SharedMemoryUnavailable, FailedPrecondition) as exc:
+                    if isinstance(exc, SharedMemoryUnavailable):
+                        # Another user's server, or a segment that expired: stream from now on.
+                        self.shared_memory = False
+                    elif exc.reason == "INPUT_SEGMENT_UNKNOWN":
+                        self._input_segments.close()  # expired, or a new connection: ask afresh
+                    else:
+                        raise
                     if pending is not None:
-                        pending.cancel()
+                        pending[0].cancel()
                         pending = start(starts[i + 1])
                     place(lo, start(lo))
         finally:
             if pending is not None:  # an error stopped us: do not leave the prefetched call running
-                pending.cancel()
+                pending[0].cancel()
             bar.close()
         return result
 
@@ -707,10 +734,14 @@ def _unpacked(call: Iterable[Any]) -> Iterator[Any]:
 
 
 def _receive_capture(
-    call: Any, assembler: Assembler, returned: collections.deque[str] | None = None
+    call: Any,
+    assembler: Assembler,
+    returned: collections.deque[str] | None = None,
+    input_segments: InputSegments | None = None,
 ) -> dict[str, np.ndarray]:
     """One Capture stream's tensors: chunks through ``assembler`` or one shared-memory segment
-    (a reusable one's name goes to ``returned`` once its arrays are gone).
+    (a reusable one's name goes to ``returned`` once its arrays are gone); an input segment the
+    server lent goes to ``input_segments``.
 
     Complete or nothing: a stream without its done message, or whose done disagrees with what
     arrived, raises instead of returning a partial capture.
@@ -748,6 +779,8 @@ def _receive_capture(
             f"capture incomplete: the server sent {done.num_tensors} tensors ({done.total_bytes:,} "
             f"bytes), {len(tensors)} ({received:,} bytes) arrived"
         )
+    if input_segments is not None and done.HasField("input_segment"):
+        input_segments.adopt(done.input_segment)
     return tensors
 
 

@@ -7,22 +7,28 @@ so a server cannot point it at another file. It unlinks the segment as soon as i
 the mapping, alive as long as they are. A segment the server lent for reuse is not unlinked: once
 its mapping and arrays are gone the client hands its name back with the next capture, and the
 server writes a later capture into pages it already has (far cheaper than fresh ones).
+
+Inputs go the other way through segments the server lends (``InputSegments``): the client writes
+a request's inputs into one and the request names it, instead of carrying megabytes through gRPC.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import mmap
 import os
 import re
 import stat
+import threading
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
-from .dtypes import numpy_dtype
-from .tensors import TensorError, check_shape
+from .dtypes import kserve_dtype, numpy_dtype
+from .tensors import TensorError, check_shape, raw_bytes
 from .text import shorten
 from .v1 import introspection_pb2 as pb
 
@@ -104,3 +110,120 @@ def attach(
         if dtype == np.bool_ and t.total_bytes and arrays[t.name].view(np.uint8).max() > 1:
             raise TensorError(f"tensor '{shorten(t.name)}': BOOL bytes must be 0 or 1")
     return arrays
+
+
+@dataclass
+class InputSegment:
+    """An input segment the server lent this client: its descriptor (never mapped) and size."""
+
+    name: str
+    fd: int
+    size: int
+
+
+class InputSegments:
+    """Input segments lent by the server (``CaptureDone.input_segment``), for same-host requests'
+    inputs: a request writes its inputs into a free one and names it instead of carrying them; the
+    segment is free again once that request's response has arrived (the server read it first).
+
+    Written with ``pwrite``, never mapped: a server that shrank one could otherwise crash this
+    process with SIGBUS. At most ``KEEP`` are held (two: the SDK keeps one request ahead).
+    """
+
+    #: Inputs smaller than this travel in the request: a segment saves nothing on a few KB.
+    MIN_BYTES = 64 << 10
+    KEEP = 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[InputSegment] = []
+        self._held = 0
+        self.enabled = True
+
+    def take(self, total: int) -> InputSegment | None:
+        """The smallest free segment of at least ``total`` bytes, now in use."""
+        with self._lock:
+            fits = [seg for seg in self._free if seg.size >= total]
+            if not fits:
+                return None
+            seg = min(fits, key=lambda s: s.size)
+            self._free.remove(seg)
+            return seg
+
+    def wanted(self, total: int) -> int:
+        """Bytes to ask the server for (0: none), when no free segment fits ``total``; makes room
+        by closing the smallest free segment when ``KEEP`` are held already."""
+        if not self.enabled or total < self.MIN_BYTES:
+            return 0
+        with self._lock:
+            if self._held >= self.KEEP:
+                if not self._free:
+                    return 0
+                smallest = min(self._free, key=lambda s: s.size)
+                self._free.remove(smallest)
+                self._held -= 1
+                os.close(smallest.fd)
+            return total
+
+    def write(self, seg: InputSegment, arrays: dict[str, np.ndarray]) -> pb.SharedInputs:
+        """``arrays`` written into ``seg`` (64-byte aligned, little-endian), as a request names them."""
+        message = pb.SharedInputs(segment=seg.name)
+        offset = 0
+        for name, value in arrays.items():
+            array, raw = raw_bytes(value)
+            offset = -(-offset // 64) * 64
+            view, at = raw, offset
+            while view:
+                written = os.pwrite(seg.fd, view, at)
+                view, at = view[written:], at + written
+            message.tensors.add(
+                name=name, dtype=kserve_dtype(array.dtype), shape=array.shape, offset=offset, total_bytes=len(raw)
+            )
+            offset += len(raw)
+        return message
+
+    @staticmethod
+    def span(arrays: dict[str, np.ndarray]) -> int:
+        """Bytes ``write`` needs for ``arrays``."""
+        offset = 0
+        for value in arrays.values():
+            offset = -(-offset // 64) * 64 + np.asarray(value).nbytes
+        return offset
+
+    def give_back(self, seg: InputSegment) -> None:
+        """The response of the request that used ``seg`` has arrived."""
+        with self._lock:
+            self._free.append(seg)
+
+    def adopt(self, message: pb.InputSegment) -> None:
+        """Open a newly lent segment and unlink its name (the server keeps its own descriptor).
+        One that cannot be opened (another user's server) turns input segments off."""
+        if not _NAME.fullmatch(message.segment):
+            raise TensorError(f"input segment name {shorten(message.segment)!r} is not one a deepscope server makes")
+        path = os.path.join(SHM_DIR, message.segment)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            self.enabled = False
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < message.size_bytes:
+            os.close(fd)
+            raise TensorError(f"input segment is {info.st_size:,} bytes, the server says {message.size_bytes:,}")
+        with self._lock:
+            self._free.append(InputSegment(message.segment, fd, message.size_bytes))
+            self._held += 1
+
+    def discard(self, seg: InputSegment) -> None:
+        """Forget ``seg`` (the server no longer holds it)."""
+        with self._lock:
+            self._held -= 1
+        os.close(seg.fd)
+
+    def close(self) -> None:
+        with self._lock:
+            free, self._free, self._held = self._free, [], 0
+        for seg in free:
+            os.close(seg.fd)

@@ -55,7 +55,7 @@ def capture_request_bytes(request: pb.CaptureRequest, inputs: dict[str, np.ndarr
     (``to_proto`` then serialising copies each input four times); parses as the same message."""
     pieces: list[bytes | memoryview] = [request.SerializeToString()]
     for name, value in inputs.items():
-        array, raw = _raw_bytes(value)
+        array, raw = raw_bytes(value)
         meta = tpb.Tensor(name=name, dtype=kserve_dtype(array.dtype), shape=array.shape).SerializeToString()
         pieces += length_delimited(_REQUEST_INPUTS_TAG, with_bytes_field(meta, _TENSOR_DATA_TAG, raw))
     return b"".join(pieces)
@@ -106,14 +106,15 @@ def from_proto(message: tpb.Tensor, max_elements: int | None = None) -> np.ndarr
     return array
 
 
-def _raw_bytes(array: np.ndarray) -> tuple[np.ndarray, memoryview]:
+def raw_bytes(array: np.ndarray) -> tuple[np.ndarray, memoryview]:
+    """The array (C order, little-endian) and a view of its bytes as the wire carries them."""
     array = _little_endian(np.asarray(array))
     return array, array.reshape(-1).view(np.uint8).data if array.size else memoryview(b"")
 
 
 def checksum(array: np.ndarray) -> int:
     """The CRC-32 a header carries for ``array`` (servers compute it off their event loop)."""
-    return crc32(_raw_bytes(array)[1])
+    return crc32(raw_bytes(array)[1])
 
 
 def _header(name: str, array: np.ndarray, raw: memoryview, crc: int | None) -> tpb.TensorHeader:
@@ -139,7 +140,7 @@ def tensor_parts(
     Fields are set in place on the outer message: wrapping a finished TensorChunk
     (``CaptureResponse(chunk=c)``) would copy every payload once more.
     """
-    array, raw = _raw_bytes(array)
+    array, raw = raw_bytes(array)
     yield message(header=_header(name, array, raw, crc))
     for offset in range(0, len(raw), chunk_bytes):
         part = message()
@@ -156,7 +157,7 @@ def tensor_frames(
     """``tensor_parts`` already serialised (the same bytes, valid as CaptureResponse and
     GetWeightsResponse alike), each chunk copied once from ``array`` into its message
     (``frames.chunk_frame``) instead of three times through the generated classes."""
-    array, raw = _raw_bytes(array)
+    array, raw = raw_bytes(array)
     yield pb.CaptureResponse(header=_header(name, array, raw, crc)).SerializeToString()
     encoded = name.encode()
     for offset in range(0, len(raw), chunk_bytes):

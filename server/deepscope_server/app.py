@@ -48,6 +48,7 @@ class RunningServer:
             cancel.set()
         await self.server.stop(grace)
         self.service.segments.close()  # shared-memory captures no client took
+        self.service.input_segments.close()
         self.models.close()
         self.store.close()
 

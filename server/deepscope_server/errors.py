@@ -99,6 +99,13 @@ class StorageFull(DeepscopeError):
     reason = "STORAGE_FULL"
 
 
+class UnknownInputSegment(DeepscopeError):
+    """A request names an input segment its connection does not hold: expired or never lent
+    (FAILED_PRECONDITION); the client sends the inputs in the request instead."""
+
+    reason = "INPUT_SEGMENT_UNKNOWN"
+
+
 class Unavailable(DeepscopeError):
     """The server is shutting down or at capacity (UNAVAILABLE)."""
 

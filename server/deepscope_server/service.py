@@ -39,9 +39,11 @@ from .errors import (
     NotFound,
     StorageFull,
     Unavailable,
+    UnknownInputSegment,
     shorten,
     shorten_list,
 )
+from .input_segments import InputSegments
 from .isolation import RunCancelled
 from .models import LoadedModel, ModelManager
 from .plugins import Registry
@@ -61,6 +63,7 @@ STATUS_BY_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (RunCancelled, grpc.StatusCode.CANCELLED),
     (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (UnknownInputSegment, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
@@ -189,6 +192,9 @@ def _devices(settings: Settings) -> list[str]:
 #: Outputs up to this size are framed (checksums, shared-memory hand-off) on the event loop: a thread
 #: hop would cost more than the work; larger ones are framed in a thread so the loop keeps serving.
 _LOOP_FRAMING_BYTES = 64 << 10
+#: Inputs up to this size are read out of their input segment on the event loop (a copy of warm
+#: pages: well under a millisecond), larger ones in a thread.
+_LOOP_INPUT_BYTES = 4 << 20
 
 
 #: A capture up to this size goes out as one message (``CaptureResponse.parts``) to a client that
@@ -290,6 +296,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         self._runs = threading.BoundedSemaphore(self.limits.max_concurrent_runs)
         self.active_cancels: set[threading.Event] = set()
         self.segments = shared_memory.SegmentPool(self.limits.max_capture_bytes, self.limits.shared_memory_seconds)
+        self.input_segments = InputSegments(self.limits.shared_memory_seconds, self.limits.max_message_bytes)
         self.ray = ray_executor.connect(settings) if settings.executor == "ray" else None
 
     # ------------------------------------------------------------ server
@@ -417,8 +424,11 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
                 )
         return from_proto(tensor, self.limits.max_tensor_elements)
 
-    def _decode_inputs(self, loaded: LoadedModel, tensors: Any) -> dict[str, np.ndarray]:
-        decoded = [(t.name, self._decode(t)) for t in tensors]
+    def _decode_inputs(
+        self, loaded: LoadedModel, tensors: Any, decoded: list[tuple[str, np.ndarray]] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The request's inputs bound to the model's; ``decoded``: read from an input segment already."""
+        decoded = decoded if decoded is not None else [(t.name, self._decode(t)) for t in tensors]
         if not decoded:
             raise InvalidInput(
                 f"no input tensors; the model expects: "
@@ -478,7 +488,22 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
     async def Capture(self, request: pb.CaptureRequest, context) -> AsyncIterator[pb.CaptureResponse | bytes]:
         # A model looked up before is found without a thread hop or a catalogue read.
         loaded = self.models.loaded_upload(request.model) or await asyncio.to_thread(self.models.get, request.model)
-        inputs = self._decode_inputs(loaded, request.inputs)
+        # Same host only: a remote peer could not map a segment, and never gets one made for it.
+        peer = context.peer()
+        # Input segments go to one connection: Unix-socket clients all share one peer string.
+        inputs_peer = self.segments.enabled and shared_memory.local_peer(peer) and not peer.startswith("unix:")
+        shared_inputs = None
+        if request.HasField("shared_inputs"):
+            if not inputs_peer:
+                raise UnknownInputSegment("input segments are for loopback TCP clients on the server's host only")
+            if request.inputs:
+                raise InvalidInput("send inputs or shared_inputs, not both")
+            read = functools.partial(
+                self.input_segments.read, peer, request.shared_inputs, self.limits.max_tensor_elements
+            )
+            big = sum(t.total_bytes for t in request.shared_inputs.tensors) > _LOOP_INPUT_BYTES
+            shared_inputs = await asyncio.to_thread(read) if big else read()
+        inputs = self._decode_inputs(loaded, request.inputs, shared_inputs)
         graph = loaded.graph
         captures = (
             [CaptureRequest(layer.name, "output") for layer in graph.select(list(request.layers))]
@@ -491,8 +516,6 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             else []
         )
         skip_outputs, seconds = request.skip_model_outputs, 0.0
-        # Same host only: a remote peer could not map the segment, and never gets one made for it.
-        peer = context.peer()
         share = request.accept_shared_memory and self.segments.enabled and shared_memory.local_peer(peer)
         # Segments go back to the connection they were lent to; every Unix-socket client has the
         # same peer string, so those are never reused.
@@ -530,6 +553,12 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             )
         )
         times.set_seconds(done.done.forward_time, seconds)
+        # Unix-socket clients all share one peer string, so only TCP loopback peers get input segments.
+        if request.want_input_segment_bytes and request.accept_shared_memory and inputs_peer:
+            lent = self.input_segments.lend(peer, request.want_input_segment_bytes)
+            if lent is not None:
+                done.done.input_segment.CopyFrom(lent)
+                loop.call_later(self.limits.shared_memory_seconds + 1.0, self.input_segments.sweep)
         if shared is None:
             frames = (frame for (name, a), crc in zip(tensors, crcs) for frame in tensor_frames(name, a, crc=crc))
             if request.accept_packed_parts and total <= _PACKED_BYTES:

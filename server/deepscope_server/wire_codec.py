@@ -157,7 +157,7 @@ def send(
             buffers.give_back([ident])  # nothing was sent from it
             raise
         view.release()
-        doc.update(buf=ident, new=new, drop=buffers.dropped())
+        doc.update(inline=False, buf=ident, new=new, drop=buffers.dropped())
         conn.send_bytes(json.dumps(doc).encode())
         if new:
             reduction.send_handle(conn, buffers.fd(ident), 0)

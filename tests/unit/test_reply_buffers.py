@@ -147,3 +147,16 @@ def test_a_worker_cannot_make_the_server_map_buffers_without_bound_or_by_a_malfo
         borrowed.adopt(reply_buffers.MAX_BUFFERS, os.dup(buffers.fd(ident_)))
     borrowed.forget([0, "x", [2]])  # ids that are not ints are ignored
     borrowed.adopt(reply_buffers.MAX_BUFFERS, os.dup(buffers.fd(ident_)))  # room again
+
+
+def test_replies_over_the_reuse_threshold_but_under_the_inline_limit_use_a_buffer_too() -> None:
+    parent, child = _MP.Pipe(duplex=True)
+    buffers, borrowed = WorkerBuffers(), BorrowedReplies()
+    medium = np.arange(50_000, dtype=np.float32)  # 200 KB
+    assert wire_codec.REUSED_FILE_BYTES < medium.nbytes < wire_codec.INLINE_BYTES
+    wire_codec.send(child, {"x": medium}, buffers)
+    got = wire_codec.recv(parent, 1 << 30, borrowed)["x"]
+    np.testing.assert_array_equal(got, medium)
+    assert not got.flags.writeable and len(buffers._lent) == 1
+    wire_codec.send(child, {"x": medium})  # not borrowing: inline, as before
+    assert wire_codec.recv(parent, 1 << 30)["x"].flags.writeable

@@ -245,7 +245,7 @@ class WeightsDone(_message.Message):
     def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs", "accept_shared_memory", "returns_segments", "released_segments", "accept_packed_parts")
+    __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs", "accept_shared_memory", "returns_segments", "released_segments", "accept_packed_parts", "want_input_segment_bytes", "shared_inputs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +255,8 @@ class CaptureRequest(_message.Message):
     RETURNS_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     RELEASED_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_PACKED_PARTS_FIELD_NUMBER: _ClassVar[int]
+    WANT_INPUT_SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_INPUTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -264,7 +266,25 @@ class CaptureRequest(_message.Message):
     returns_segments: bool
     released_segments: _containers.RepeatedScalarFieldContainer[str]
     accept_packed_parts: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ..., accept_shared_memory: _Optional[bool] = ..., returns_segments: _Optional[bool] = ..., released_segments: _Optional[_Iterable[str]] = ..., accept_packed_parts: _Optional[bool] = ...) -> None: ...
+    want_input_segment_bytes: int
+    shared_inputs: SharedInputs
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ..., accept_shared_memory: _Optional[bool] = ..., returns_segments: _Optional[bool] = ..., released_segments: _Optional[_Iterable[str]] = ..., accept_packed_parts: _Optional[bool] = ..., want_input_segment_bytes: _Optional[int] = ..., shared_inputs: _Optional[_Union[SharedInputs, _Mapping]] = ...) -> None: ...
+
+class SharedInputs(_message.Message):
+    __slots__ = ("segment", "tensors")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    tensors: _containers.RepeatedCompositeFieldContainer[SharedTensor]
+    def __init__(self, segment: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[SharedTensor, _Mapping]]] = ...) -> None: ...
+
+class InputSegment(_message.Message):
+    __slots__ = ("segment", "size_bytes")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    size_bytes: int
+    def __init__(self, segment: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class CaptureResponse(_message.Message):
     __slots__ = ("header", "chunk", "done", "shared", "parts")
@@ -313,16 +333,18 @@ class SharedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class CaptureDone(_message.Message):
-    __slots__ = ("num_tensors", "total_bytes", "device", "forward_time")
+    __slots__ = ("num_tensors", "total_bytes", "device", "forward_time", "input_segment")
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_TIME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
     num_tensors: int
     total_bytes: int
     device: str
     forward_time: _duration_pb2.Duration
-    def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., device: _Optional[str] = ..., forward_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    input_segment: InputSegment
+    def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., device: _Optional[str] = ..., forward_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., input_segment: _Optional[_Union[InputSegment, _Mapping]] = ...) -> None: ...
 
 class Value(_message.Message):
     __slots__ = ("number", "integer", "flag", "text")
