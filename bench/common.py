@@ -25,7 +25,17 @@ THREADS = int(os.environ.get("DEEPSCOPE_BENCH_THREADS", "1"))
 
 
 def set_threads(n: int = THREADS) -> None:
-    """Pin torch's and onnxruntime's (through the backend's env var) intra-op threads."""
+    """Pin torch's and onnxruntime's (through the backend's env var) intra-op threads, and give this
+    process the glibc settings deepscope's server processes run with (``deepscope_server.heap``).
+
+    Why the latter: with glibc's defaults a forward pass's large tensors are mmapped and unmapped
+    on every call or not, depending on what ran before in the process, so the same bare forward
+    took 43-94 ms on the CNN b64 here. In-process baselines and peers now run with the allocator
+    the model workers have, so a ratio measures crossing the process boundary, not allocator luck
+    (and never flatters deepscope with a slowed-down baseline)."""
+    from deepscope_server import heap
+
+    heap.keep_freed_memory()
     os.environ["DEEPSCOPE_ORT_THREADS"] = str(n)  # read by bench server processes (--ort-threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     import torch
