@@ -23,6 +23,7 @@ import re
 import stat
 import threading
 import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,22 +95,38 @@ def attach(
         assert returned is not None
         weakref.finalize(segment, returned.append, message.segment)
     arrays: dict[str, np.ndarray] = {}
-    for t in message.tensors:
+    for t, dtype, dims in checked_layout(message.tensors, size, max_elements):
+        arrays[t.name] = (
+            np.ndarray(dims, dtype, buffer=segment, offset=t.offset) if t.total_bytes else np.empty(dims, dtype)
+        )
+        check_bool(arrays[t.name], t.name)
+    return arrays
+
+
+def checked_layout(
+    tensors: Iterable[pb.SharedTensor], size: int, max_elements: int | None
+) -> Iterator[tuple[pb.SharedTensor, np.dtype, tuple[int, ...]]]:
+    """Each tensor of a segment with its dtype and shape, once its dtype, shape, byte count and
+    place inside the ``size``-byte segment are checked (TensorError otherwise), names unique."""
+    seen: set[str] = set()
+    for t in tensors:
         try:
             dtype = numpy_dtype(t.dtype)
             dims = check_shape(t.shape, dtype, t.total_bytes, max_elements)
         except (TensorError, ValueError) as exc:
             raise TensorError(f"tensor '{shorten(t.name)}': {exc}") from None
-        if t.name in arrays:
+        if t.name in seen:
             raise TensorError(f"duplicate tensor '{shorten(t.name)}'")
+        seen.add(t.name)
         if t.offset + t.total_bytes > size:
             raise TensorError(f"tensor '{shorten(t.name)}' lies outside its shared-memory segment")
-        arrays[t.name] = (
-            np.ndarray(dims, dtype, buffer=segment, offset=t.offset) if t.total_bytes else np.empty(dims, dtype)
-        )
-        if dtype == np.bool_ and t.total_bytes and arrays[t.name].view(np.uint8).max() > 1:
-            raise TensorError(f"tensor '{shorten(t.name)}': BOOL bytes must be 0 or 1")
-    return arrays
+        yield t, dtype, dims
+
+
+def check_bool(array: np.ndarray, name: str) -> None:
+    """BOOL tensors hold only 0 and 1 bytes (numpy would read any other byte as True)."""
+    if array.dtype == np.bool_ and array.size and array.view(np.uint8).max() > 1:
+        raise TensorError(f"tensor '{shorten(name)}': BOOL bytes must be 0 or 1")
 
 
 @dataclass

@@ -25,8 +25,8 @@ from multiprocessing import resource_tracker
 
 import numpy as np
 
-from deepscope.dtypes import numpy_dtype
-from deepscope.tensors import TensorError, check_shape
+from deepscope.shared_memory import check_bool, checked_layout
+from deepscope.tensors import TensorError
 from deepscope.text import shorten
 from deepscope.v1 import introspection_pb2 as pb
 
@@ -91,23 +91,15 @@ class InputSegments:
                 )
             lent.last_used = time.monotonic()
             fd, size = lent.fd, lent.size
-        inputs, names = [], set()
-        for tensor in message.tensors:
-            try:
-                dtype = numpy_dtype(tensor.dtype)
-                dims = check_shape(tensor.shape, dtype, tensor.total_bytes, max_elements)
-            except (TensorError, ValueError) as exc:
-                raise InvalidInput(f"input '{shorten(tensor.name)}': {exc}") from None
-            if tensor.name in names:
-                raise InvalidInput(f"input '{shorten(tensor.name)}' is given twice")
-            names.add(tensor.name)
-            if tensor.offset + tensor.total_bytes > size:
-                raise InvalidInput(f"input '{shorten(tensor.name)}' lies outside its input segment")
-            array = np.empty(dims, dtype)
-            _read_exactly(fd, memoryview(array.reshape(-1).view(np.uint8)), tensor.offset, tensor.name)
-            if dtype == np.bool_ and array.size and array.view(np.uint8).max() > 1:
-                raise InvalidInput(f"input '{shorten(tensor.name)}': BOOL bytes must be 0 or 1")
-            inputs.append((tensor.name, array))
+        inputs = []
+        try:
+            for tensor, dtype, dims in checked_layout(message.tensors, size, max_elements):
+                array = np.empty(dims, dtype)
+                _read_exactly(fd, memoryview(array.reshape(-1).view(np.uint8)), tensor.offset, tensor.name)
+                check_bool(array, tensor.name)
+                inputs.append((tensor.name, array))
+        except TensorError as exc:
+            raise InvalidInput(f"input segment: {exc}") from None
         return inputs
 
     def sweep(self) -> None:
