@@ -16,6 +16,7 @@ each at most ``max_bytes`` (the request size limit), and unused ones are closed 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import threading
@@ -52,6 +53,7 @@ class InputSegments:
         self.ttl_seconds, self.max_bytes = ttl_seconds, max_bytes
         self._lock = threading.Lock()
         self._lent: dict[str, _Lent] = {}
+        self._sweep_pending = False
 
     def lend(self, peer: str, want_bytes: int) -> pb.InputSegment | None:
         """A new segment of at least ``want_bytes`` for ``peer``, or None (too large, too many, no room)."""
@@ -110,6 +112,22 @@ class InputSegments:
             gone = [(name, self._lent.pop(name).fd) for name in idle]
         for name, fd in gone:
             self._dispose(name, fd)
+
+    def sweep_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` sweep after ``ttl_seconds``, and again while segments are held, with one
+        timer at a time: a client that stops capturing or disconnects still has its segments
+        closed. Called on the loop's thread."""
+        if self._sweep_pending:
+            return
+        self._sweep_pending = True
+
+        def run() -> None:
+            self._sweep_pending = False
+            self.sweep()
+            if self._lent:
+                self.sweep_later(loop)
+
+        loop.call_later(self.ttl_seconds + 1.0, run)
 
     def close(self) -> None:
         with self._lock:

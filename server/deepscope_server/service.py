@@ -503,6 +503,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             )
             big = sum(t.total_bytes for t in request.shared_inputs.tensors) > _LOOP_INPUT_BYTES
             shared_inputs = await asyncio.to_thread(read) if big else read()
+            self.input_segments.sweep_later(asyncio.get_running_loop())
         inputs = self._decode_inputs(loaded, request.inputs, shared_inputs)
         graph = loaded.graph
         captures = (
@@ -558,7 +559,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             lent = self.input_segments.lend(peer, request.want_input_segment_bytes)
             if lent is not None:
                 done.done.input_segment.CopyFrom(lent)
-                loop.call_later(self.limits.shared_memory_seconds + 1.0, self.input_segments.sweep)
+                self.input_segments.sweep_later(loop)
         if shared is None:
             frames = (frame for (name, a), crc in zip(tensors, crcs) for frame in tensor_frames(name, a, crc=crc))
             if request.accept_packed_parts and total <= _PACKED_BYTES:

@@ -123,3 +123,26 @@ def test_the_client_keeps_two_segments_and_refuses_names_a_server_would_not_make
         client.adopt(pb.InputSegment(segment="../etc/passwd", size_bytes=10))
     client.adopt(pb.InputSegment(segment="deepscope_" + "f" * 32, size_bytes=10))  # gone: input segments off
     assert not client.enabled and client.wanted(1 << 20) == 0
+
+
+def test_segments_still_in_use_are_swept_again_until_they_go_quiet() -> None:
+    """A client that uses its segment, then disconnects, still has it closed: one timer at a time
+    keeps sweeping while segments are held."""
+    import asyncio
+
+    async def scenario() -> tuple[bool, bool]:
+        pool = InputSegments(ttl_seconds=0.2, max_bytes=1 << 20)
+        loop = asyncio.get_running_loop()
+        lent = pool.lend(PEER, 100_000)
+        path = os.path.join(SHM_DIR, lent.segment)
+        pool.sweep_later(loop)
+        pool.sweep_later(loop)  # one timer, not two
+        for _ in range(16):  # used every 0.1 s: outlives the first sweep (at 1.2 s)
+            await asyncio.sleep(0.1)
+            pool.read(PEER, pb.SharedInputs(segment=lent.segment), None)
+        alive = os.path.exists(path)
+        await asyncio.sleep(1.2)  # then quiet: the next sweep (at 2.4 s) closes it
+        return alive, os.path.exists(path)
+
+    alive, after = asyncio.run(scenario())
+    assert alive and not after
