@@ -30,7 +30,13 @@ from .onnx_files import external_data_files
 from .progress import ProgressEvent, ProgressTracker, display_for, interactive
 from .protocol import PROTOCOL_KEY, PROTOCOL_VERSION
 from .results import Run
-from .shared_memory import InputSegment, InputSegments, SharedMemoryUnavailable, local_address
+from .shared_memory import (
+    InputSegment,
+    InputSegments,
+    SharedMemoryUnavailable,
+    WorkerFileUnavailable,
+    local_address,
+)
 from .shared_memory import attach as attach_shared
 from .shared_memory import available as shared_memory_available
 from .tensors import CHUNK_BYTES, Assembler, TensorError, capture_request_bytes, to_proto
@@ -196,6 +202,8 @@ class Client:
         self._returned_segments: collections.deque[str] = collections.deque()
         #: Segments the server lent for same-host requests' inputs.
         self._input_segments = InputSegments()
+        #: Whether captures may come as the model worker's own buffer (until one cannot be opened).
+        self._worker_files = True
         self._summary_cache: dict[str, list[str]] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -384,6 +392,7 @@ class Client:
                 layer_inputs=list(layer_inputs),
                 accept_shared_memory=self.shared_memory,
                 returns_segments=self.shared_memory,
+                accept_worker_files=self.shared_memory and self._worker_files,
                 released_segments=_drain(self._returned_segments),
                 accept_packed_parts=True,
             )
@@ -458,7 +467,9 @@ class Client:
                 try:
                     place(lo, call)
                 except (SharedMemoryUnavailable, FailedPrecondition) as exc:
-                    if isinstance(exc, SharedMemoryUnavailable):
+                    if isinstance(exc, WorkerFileUnavailable):
+                        self._worker_files = False  # segments still work: the server copies into one
+                    elif isinstance(exc, SharedMemoryUnavailable):
                         # Another user's server, or a segment that expired: stream from now on.
                         self.shared_memory = False
                     elif exc.reason == "INPUT_SEGMENT_UNKNOWN":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import ipaddress
 import mmap
 import os
@@ -39,6 +40,15 @@ _NAME = re.compile(r"deepscope_[0-9a-f]{32}")
 
 class SharedMemoryUnavailable(OSError):
     """The segment cannot be mapped here (another user's server, expired, no /dev/shm): stream instead."""
+
+
+class WorkerFileUnavailable(SharedMemoryUnavailable):
+    """A lent worker buffer cannot be opened here (another user's server, another PID namespace):
+    ask for segments instead."""
+
+
+#: What a server may name as a lent worker buffer: a descriptor of its own process.
+_PROC_FD = re.compile(r"/proc/[0-9]{1,10}/fd/[0-9]{1,10}")
 
 
 def available() -> bool:
@@ -73,14 +83,16 @@ def attach(
         raise TensorError(
             f"shared-memory segment name {shorten(message.segment)!r} is not one a deepscope server makes; refused"
         )
+    fd = _open_worker_file(message.file) if message.file else None
     path = os.path.join(SHM_DIR, message.segment)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:  # PermissionError: the server runs as another user; FileNotFoundError: expired
-        raise SharedMemoryUnavailable(f"cannot open the capture's shared-memory segment: {exc}") from None
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:  # PermissionError: the server runs as another user; FileNotFoundError: expired
+            raise SharedMemoryUnavailable(f"cannot open the capture's shared-memory segment: {exc}") from None
     try:
         try:
-            if not reuse:
+            if not reuse and not message.file:
                 os.unlink(path)
         except OSError:
             pass  # the server's timeout got there first; the open descriptor still reads it
@@ -101,6 +113,25 @@ def attach(
         )
         check_bool(arrays[t.name], t.name)
     return arrays
+
+
+def _open_worker_file(path: str) -> int:
+    """A lent worker buffer, opened read-only, once it is certain it cannot shrink under a mapping
+    (a memfd sealed against shrinking; a truncated file would kill this process with SIGBUS)."""
+    if not _PROC_FD.fullmatch(path):
+        raise TensorError(f"worker buffer path {shorten(path)!r} is not one a deepscope server sends; refused")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise WorkerFileUnavailable(f"cannot open the capture's worker buffer: {exc}") from None
+    try:
+        sealed = bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK)
+    except OSError:
+        sealed = False
+    if not sealed:
+        os.close(fd)
+        raise TensorError("the capture's worker buffer is not sealed against shrinking; refused")
+    return fd
 
 
 def checked_layout(

@@ -62,12 +62,19 @@ class WorkerBuffers:
     _dropped: list[int] = field(default_factory=list)
     _next_id: int = 1
 
-    def give_back(self, ids: Any) -> None:
-        """The server is done with these (ids it never had are ignored)."""
+    def give_back(self, ids: Any, discard: Any = None) -> None:
+        """The server is done with these (ids it never had are ignored); ``discard``: close these
+        instead of reusing them (a client may still map them: their pages live on until it unmaps)."""
         for raw in ids if isinstance(ids, list) else ():
             buffer = self._lent.pop(raw, None) if isinstance(raw, int) else None
             if buffer is not None:
                 self._free[raw] = buffer
+        for raw in discard if isinstance(discard, list) else ():
+            buffer = self._lent.pop(raw, None) if isinstance(raw, int) else None
+            if buffer is not None:
+                buffer.mapping.close()
+                os.close(buffer.fd)
+                self._dropped.append(raw)
         self._trim()
 
     def lend(self, total: int) -> tuple[int, bool, memoryview]:
@@ -120,20 +127,57 @@ class BorrowedReplies:
 
     def __init__(self) -> None:
         self._maps: dict[int, mmap.mmap] = {}
+        self._fds: dict[int, int] = {}  # each mapped buffer's descriptor, kept for lending it on
         self._returned: collections.deque[int] = collections.deque()  # appended by finalizers, any thread
+        self._forfeited: set[int] = set()  # to be closed by the worker, not reused
+        #: id(view) -> (the view, a descriptor of its buffer alive as long as the view), for ``lendable``.
+        self._views: dict[int, tuple[weakref.ref[np.ndarray], int, int]] = {}
 
-    def returned(self) -> list[int]:
-        """Ids to give back now (drained)."""
-        ids = []
+    def returned(self) -> tuple[list[int], list[int]]:
+        """Ids to give back now (drained): those to reuse, and those to close (``forfeit``)."""
+        free, discard = [], []
         while self._returned:
-            ids.append(self._returned.popleft())
-        return ids
+            ident = self._returned.popleft()
+            if ident in self._forfeited:
+                self._forfeited.discard(ident)
+                self._maps.pop(ident, None)
+                fd = self._fds.pop(ident, None)
+                if fd is not None:
+                    os.close(fd)
+                discard.append(ident)
+            else:
+                free.append(ident)
+        return free, discard
+
+    def forfeit(self, ident: int) -> None:
+        """Buffer ``ident`` may still be mapped by a client that did not hand it back: once the
+        server's arrays on it are gone, the worker closes it instead of writing into it again."""
+        self._forfeited.add(ident)
+
+    def lendable(self, array: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+        """For an array of a borrowed reply: (the reply's byte view, which keeps the buffer lent
+        while held; a descriptor of the buffer, open as long as the view; the buffer's id)."""
+        base = array.base
+        entry = self._views.get(id(base))
+        if entry is None or entry[0]() is not base:
+            return None
+        assert isinstance(base, np.ndarray)
+        return base, entry[1], entry[2]
+
+    def close(self) -> None:
+        """The worker is gone: close the descriptors (views made earlier keep their own)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def forget(self, ids: Any) -> None:
         """Buffers the worker closed: unmapped once no array uses them."""
         for ident in ids if isinstance(ids, list) else ():
             if isinstance(ident, int):
                 self._maps.pop(ident, None)
+                fd = self._fds.pop(ident, None)
+                if fd is not None:
+                    os.close(fd)
 
     def adopt(self, ident: Any, fd: int) -> None:
         """Map a newly lent buffer (read-only, shared); closes ``fd``. Refused unless sealed against
@@ -149,10 +193,15 @@ class BorrowedReplies:
             if size <= 0:
                 raise CodecError("the worker's reply buffer is empty")
             self._maps[ident] = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            old = self._fds.pop(ident, None)
+            if old is not None:
+                os.close(old)
+            self._fds[ident], fd = fd, -1
         except OSError as exc:  # not a memfd (EINVAL from F_GET_SEALS), or unmappable
             raise CodecError(f"the worker's reply buffer cannot be mapped: {exc}") from None
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def view(self, ident: Any, total: int) -> np.ndarray:
         """A read-only byte array over a lent buffer's first ``total`` bytes; the buffer goes back
@@ -166,4 +215,12 @@ class BorrowedReplies:
         # The memoryview numpy made for this array alone: every view of it keeps it alive (an
         # array made straight on the mapping would hold the mapping itself, shared by all replies).
         weakref.finalize(view.base, self._returned.append, ident)
+        fd = os.dup(self._fds[ident])
+        key = id(view)
+        self._views[key] = (weakref.ref(view), fd, ident)
+        weakref.finalize(view, self._forget_view, key, fd)
         return view
+
+    def _forget_view(self, key: int, fd: int) -> None:
+        self._views.pop(key, None)
+        os.close(fd)

@@ -13,6 +13,7 @@ worker, so a hostile or buggy model can exhaust only its own worker, never the s
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import resource
 import signal
@@ -128,7 +129,7 @@ def _worker_main(conn: Connection, life: Connection, path: str, limits: Limits, 
             return
         if request.get("op") == "stop":
             return
-        buffers.give_back(request.get("free"))
+        buffers.give_back(request.get("free"), request.get("discard"))
         try:
             if request["op"] == "run":
                 out = backend.run(request["inputs"], request["capture"])
@@ -311,7 +312,7 @@ class SandboxedBackend(Backend):
     def _call(self, message: dict[str, Any], cancelled: Callable[[], bool] | None, deadline: float | None) -> RunOutput:
         if self._conn is None:
             self._start(cancelled)  # the last worker was killed (deadline, crash): a fresh one
-            message = {k: v for k, v in message.items() if k != "free"}  # the gone worker's buffer ids
+            message = {k: v for k, v in message.items() if k not in ("free", "discard")}  # the gone worker's ids
         assert self._conn is not None
         deadline, flag, budget = self._forward_deadline(deadline)
         try:
@@ -328,8 +329,22 @@ class SandboxedBackend(Backend):
 
     def _with_returns(self, message: dict[str, Any]) -> dict[str, Any]:
         """``message`` giving back the lent buffers whose arrays are gone."""
-        returned = self._borrowed.returned() if self._borrowed is not None else []
-        return {**message, "free": [*message.get("free", ()), *returned]} if returned else message
+        free, discard = self._borrowed.returned() if self._borrowed is not None else ([], [])
+        if free:
+            message = {**message, "free": [*message.get("free", ()), *free]}
+        if discard:
+            message = {**message, "discard": [*message.get("discard", ()), *discard]}
+        return message
+
+    def lendable(self, array: np.ndarray) -> tuple[np.ndarray, int, Callable[[], None]] | None:
+        """Where a borrowed array's buffer can be lent on to a client (``BorrowedReplies.lendable``),
+        with the call that makes the worker close it rather than reuse it; None if it cannot."""
+        borrowed = self._borrowed
+        found = borrowed.lendable(array) if borrowed is not None else None
+        if found is None or borrowed is None:
+            return None
+        base, fd, ident = found
+        return base, fd, functools.partial(borrowed.forfeit, ident)
 
     def _worker_gone(self) -> ModelCrashed:
         """The error for a request the worker could not take (its pipe is closed); stops what is left of it."""
@@ -416,6 +431,8 @@ class SandboxedBackend(Backend):
     def _stop(self, grace: float = 0.0) -> None:
         process, conn, life, sock = self._process, self._conn, self._lifeline, self._sock
         self._process = self._conn = self._lifeline = self._sock = None
+        if self._borrowed is not None:
+            self._borrowed.close()
         self._borrowed = None  # a fresh worker numbers its buffers afresh
         if self._requests is not None:
             self._requests.close()

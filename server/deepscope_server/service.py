@@ -69,6 +69,15 @@ STATUS_BY_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
 ]
 
 
+def _lend_reply(
+    segments: shared_memory.SegmentPool, backend: Any, tensors: list[tuple[str, np.ndarray]], peer: str
+) -> pb.SharedTensors | None:
+    """The capture as the worker's own reply buffer, lent on to the client; None: copy it instead."""
+    first = next((array for _, array in tensors if array.nbytes), None)
+    lendable = backend.lendable(first) if first is not None else None
+    return segments.lend_file(tensors, peer, lendable) if lendable is not None else None
+
+
 def status_for(exc: Exception) -> grpc.StatusCode | None:
     for kind, code in STATUS_BY_ERROR:
         if isinstance(exc, kind):
@@ -521,6 +530,9 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         # Segments go back to the connection they were lent to; every Unix-socket client has the
         # same peer string, so those are never reused.
         reusable = share and request.returns_segments and not peer.startswith("unix:")
+        # ...and the same connection may get the model worker's reply buffer itself, no copy.
+        backend = loaded.backend
+        worker_files = reusable and request.accept_worker_files and isinstance(backend, SandboxedBackend)
         loop = asyncio.get_running_loop()
         if request.released_segments:  # kept for this peer's next captures; dropped by this sweep if unused
             self.segments.release(request.released_segments, peer)
@@ -537,7 +549,9 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             total = sum(a.nbytes for _, a in tensors)
             if total > self.limits.max_capture_bytes:
                 raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
-            shared = self.segments.share(tensors, peer, reusable) if share else None
+            shared = _lend_reply(self.segments, backend, tensors, peer) if worker_files else None
+            if shared is None and share:
+                shared = self.segments.share(tensors, peer, reusable)
             if shared is not None:  # freed or handed back by the client; unlinked by this sweep if not
                 with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): close() unlinks it
                     loop.call_soon_threadsafe(

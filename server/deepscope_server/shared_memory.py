@@ -23,7 +23,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 
@@ -60,6 +60,10 @@ def local_peer(peer: str) -> bool:
     return False
 
 
+#: Model worker reply buffers lent on to clients at once (each worker may lend the server 64).
+MAX_LENT_FILES = 16
+
+
 @dataclass
 class _Segment:
     size: int
@@ -67,6 +71,10 @@ class _Segment:
     peer: str = ""  # reusable ones: the only peer that may hand it back and get it again
     mapping: mmap.mmap | None = None  # reusable ones: the server's own writable mapping
     lent: bool = True
+    #: A worker's reply buffer lent on by path (``lend_file``): the view that keeps it lent to the
+    #: server, and what makes the worker close it rather than reuse it (not handed back in time).
+    hold: np.ndarray | None = None
+    forfeit: Callable[[], None] | None = None
 
 
 class SegmentPool:
@@ -144,19 +152,72 @@ class SegmentPool:
             )
         return message
 
+    def lend_file(
+        self,
+        tensors: list[tuple[str, np.ndarray]],
+        peer: str,
+        lendable: tuple[np.ndarray, int, Callable[[], None]],
+    ) -> pb.SharedTensors | None:
+        """The tensors where they already lie, in a model worker's reply buffer, lent on to
+        ``peer``'s client by path (``/proc/<this pid>/fd/<n>``) instead of copied into a segment:
+        ``lendable`` is (the reply's byte view, a descriptor of the buffer open while the view
+        lives, the call that makes the worker close the buffer rather than reuse it). Held until the
+        client hands it back. None (copy instead) when a tensor is not in that view as the wire lays
+        it out, the capture is small, too many are lent, or it does not fit the budget."""
+        base, fd, forfeit = lendable
+        start, size = base.ctypes.data, base.nbytes
+        layout = []
+        for name, array in tensors:
+            offset = array.ctypes.data - start if array.nbytes else 0
+            if array.nbytes and (
+                array.base is not base
+                or not array.flags.c_contiguous
+                or array.dtype.byteorder == ">"
+                or offset < 0
+                or offset + array.nbytes > size
+            ):
+                return None
+            layout.append((name, array, offset))
+        if sum(a.nbytes for _, a in tensors) < MIN_BYTES:
+            return None
+        self.sweep()
+        name = PREFIX + secrets.token_hex(16)
+        with self._lock:
+            lent_files = sum(1 for seg in self._segments.values() if seg.hold is not None)
+            used = sum(seg.size for seg in self._segments.values())
+            if lent_files >= MAX_LENT_FILES or used + size > self.budget_bytes:
+                return None
+            self._segments[name] = _Segment(size, time.monotonic() + self.ttl_seconds, peer, hold=base, forfeit=forfeit)
+        message = pb.SharedTensors(segment=name, file=f"/proc/{os.getpid()}/fd/{fd}", size_bytes=size, reusable=True)
+        for tensor_name, array, offset in layout:
+            message.tensors.add(
+                name=tensor_name,
+                dtype=kserve_dtype(array.dtype),
+                shape=array.shape,
+                offset=offset,
+                total_bytes=array.nbytes,
+            )
+        return message
+
     def release(self, names: Iterable[str], peer: str) -> None:
-        """Segments ``peer`` hands back (it dropped their arrays): kept for its next captures."""
+        """Segments ``peer`` hands back (it dropped their arrays): kept for its next captures; a
+        lent worker buffer goes back to its worker."""
         expiry = time.monotonic() + self.ttl_seconds
+        returned = []
         with self._lock:
             for name in names:
                 segment = self._segments.get(name)
-                if segment is not None and segment.lent and segment.mapping is not None and segment.peer == peer:
+                if segment is not None and segment.hold is not None and segment.peer == peer:
+                    returned.append(self._segments.pop(name))
+                elif segment is not None and segment.lent and segment.mapping is not None and segment.peer == peer:
                     segment.lent, segment.expiry = False, expiry
             dropped = self._largest_kept(
                 sum(seg.size for seg in self._segments.values() if not seg.lent) - self.keep_bytes
             )
         for name in dropped:
             self.free(name)
+        for segment in returned:
+            segment.hold = None  # its worker gets it back with its next request
 
     def free(self, name: str) -> None:
         """Unlink a segment now (the call failed, or its time is up); a client's mapping stays valid."""
@@ -171,7 +232,7 @@ class SegmentPool:
             expired = {name: seg for name, seg in self._segments.items() if now > seg.expiry}
             for name in expired:
                 del self._segments[name]
-            one_off = [name for name, seg in self._segments.items() if seg.mapping is None]
+            one_off = [name for name, seg in self._segments.items() if seg.mapping is None and seg.hold is None]
         for name, segment in expired.items():
             self._dispose(name, segment)
         for name in one_off:
@@ -253,7 +314,14 @@ class SegmentPool:
 
     @staticmethod
     def _dispose(name: str, segment: _Segment | None, unlink: bool = True, registered: bool = True) -> None:
-        """Unlink a segment taken out of the pool, unmap it and untrack it."""
+        """Unlink a segment taken out of the pool, unmap it and untrack it. A lent worker buffer
+        not handed back (expired, or its call failed) may still be mapped by the client: its worker
+        closes it instead of writing into it again."""
+        if segment is not None and segment.hold is not None:
+            if segment.forfeit is not None:
+                segment.forfeit()
+            segment.hold = None
+            return
         if unlink:
             try:
                 os.unlink(os.path.join(SHM_DIR, name))

@@ -142,6 +142,7 @@ def test_segments_handed_back_are_unlinked_once_unused_for_their_time(tmp_path, 
     servers.append(embedded)
     before = _segments()
     with deepscope.connect(address, token=embedded.token, progress=False) as c:
+        c._worker_files = False  # segments, not the worker's own buffers (tested below)
         model = c.upload_model(exported["cnn"]["onnx"])
         for seed in range(3):
             assert c.capture(model, _x(100, seed=seed), layers=["*"])
@@ -175,3 +176,67 @@ def test_a_client_that_reads_packed_parts_gets_the_segment_and_done_in_one_messa
     assert inner[1].done.num_tensors == len(arrays) and not os.path.exists(
         os.path.join(shared_memory.SHM_DIR, inner[0].shared.segment)
     )
+
+
+def _lent_files(client: deepscope.Client, monkeypatch) -> list[str]:
+    """The worker-buffer paths the SDK is handed (spy on the real attach)."""
+    import deepscope.client as sdk
+
+    seen: list[str] = []
+    attach = sdk.attach_shared
+    monkeypatch.setattr(sdk, "attach_shared", lambda message, **kw: seen.append(message.file) or attach(message, **kw))
+    return seen
+
+
+def test_the_workers_reply_buffer_is_lent_to_the_client_and_held_arrays_never_change(client, exported, monkeypatch):
+    """No server-side copy: the SDK maps the model worker's sealed buffer, and a buffer it still
+    holds is never written again, whatever later captures do."""
+    model = client.upload_model(exported["cnn"]["pt2"])
+    client.shared_memory = False
+    want = [client.capture(model, _x(100, seed=s), layers=["*"]) for s in range(3)]
+    client.shared_memory = True
+    files = _lent_files(client, monkeypatch)
+    held = client.capture(model, _x(100, seed=0), layers=["*"])
+    for _ in range(2):
+        for seed in (1, 2):
+            got = client.capture(model, _x(100, seed=seed), layers=["*"])
+            for name in want[seed]:
+                np.testing.assert_array_equal(got[name], want[seed][name], err_msg=name)
+            del got
+    assert files and all(f.startswith("/proc/") for f in files)
+    for name in want[0]:
+        np.testing.assert_array_equal(held[name], want[0][name], err_msg=name)
+    held["conv1"][0] = 0.0  # a private mapping: writable, and the worker never sees it
+
+
+def test_a_buffer_held_past_its_time_is_closed_by_the_worker_never_reused(tmp_path, servers, exported, monkeypatch):
+    embedded, address = start_server(tmp_path / "store", shared_memory_seconds=1)
+    servers.append(embedded)
+    with deepscope.connect(address, token=embedded.token, progress=False) as c:
+        model = c.upload_model(exported["cnn"]["pt2"])
+        files = _lent_files(c, monkeypatch)
+        held = c.capture(model, _x(100, seed=0), layers=["*"])
+        copy = {k: v.copy() for k, v in held.items()}
+        time.sleep(2.5)  # the server's loan expired while the client still holds the arrays
+        for seed in range(1, 5):
+            assert c.capture(model, _x(100, seed=seed), layers=["*"])
+        assert files and files[0].startswith("/proc/")
+        for name, array in copy.items():
+            np.testing.assert_array_equal(held[name], array, err_msg=name)
+
+
+def test_a_client_that_cannot_open_worker_buffers_gets_segments(client, exported, monkeypatch):
+    """Another PID namespace or user: the SDK stops asking for worker buffers, still uses segments."""
+    model = client.upload_model(exported["cnn"]["pt2"])
+    client.shared_memory = False
+    want = client.capture(model, _x(100), layers=["*"])
+    client.shared_memory = True
+
+    def refuse(path: str) -> int:
+        raise shared_memory.WorkerFileUnavailable(f"cannot open {path}")
+
+    monkeypatch.setattr(shared_memory, "_open_worker_file", refuse)
+    got = client.capture(model, _x(100), layers=["*"])
+    assert client.shared_memory and not client._worker_files
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -146,3 +146,19 @@ def test_segments_still_in_use_are_swept_again_until_they_go_quiet() -> None:
 
     alive, after = asyncio.run(scenario())
     assert alive and not after
+
+
+def test_the_client_opens_only_sealed_worker_buffers_by_proc_path(tmp_path) -> None:
+    from deepscope import shared_memory as sdk_shm
+    from deepscope.tensors import TensorError
+
+    with pytest.raises(TensorError, match="not one a deepscope server sends"):
+        sdk_shm._open_worker_file(str(tmp_path / "x"))
+    unsealed = os.memfd_create("unsealed")
+    try:
+        with pytest.raises(TensorError, match="not sealed"):
+            sdk_shm._open_worker_file(f"/proc/{os.getpid()}/fd/{unsealed}")
+    finally:
+        os.close(unsealed)
+    with pytest.raises(sdk_shm.WorkerFileUnavailable):
+        sdk_shm._open_worker_file(f"/proc/{os.getpid()}/fd/999999")

@@ -35,10 +35,10 @@ def test_a_lent_buffer_is_read_in_place_and_reused_once_its_arrays_are_gone() ->
     second = wire_codec.recv(parent, 1 << 30, borrowed)["x"]
     np.testing.assert_array_equal(first, _big(0))  # untouched by the later reply
     np.testing.assert_array_equal(second, _big(1))
-    assert borrowed.returned() == []
+    assert borrowed.returned() == ([], [])
     del first
     gc.collect()
-    returned = borrowed.returned()
+    returned, _ = borrowed.returned()
     assert returned == [1]
     buffers.give_back(returned)
     header = {}
@@ -66,7 +66,7 @@ def test_free_buffers_past_the_keep_limit_are_closed_and_the_server_unmaps_them(
     got = wire_codec.recv(parent, 1 << 30, borrowed)["x"]
     del got
     gc.collect()
-    buffers.give_back(borrowed.returned())  # free, but over keep_bytes: closed
+    buffers.give_back(borrowed.returned()[0])  # free, but over keep_bytes: closed
     assert not buffers._free
     wire_codec.send(child, {"x": _big(1)}, buffers)  # its header tells the server to forget buffer 1
     np.testing.assert_array_equal(wire_codec.recv(parent, 1 << 30, borrowed)["x"], _big(1))
@@ -160,3 +160,22 @@ def test_replies_over_the_reuse_threshold_but_under_the_inline_limit_use_a_buffe
     assert not got.flags.writeable and len(buffers._lent) == 1
     wire_codec.send(child, {"x": medium})  # not borrowing: inline, as before
     assert wire_codec.recv(parent, 1 << 30)["x"].flags.writeable
+
+
+def test_a_forfeited_buffer_is_closed_by_the_worker_not_lent_again() -> None:
+    parent, child = _MP.Pipe(duplex=True)
+    buffers, borrowed = WorkerBuffers(), BorrowedReplies()
+    wire_codec.send(child, {"x": _big(0)}, buffers)
+    got = wire_codec.recv(parent, 1 << 30, borrowed)["x"]
+    base, fd, ident = borrowed.lendable(got)
+    assert base is got.base and ident == 1
+    assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:deepscope-reply")
+    borrowed.forfeit(ident)
+    del got, base
+    gc.collect()
+    free, discard = borrowed.returned()
+    assert free == [] and discard == [1]
+    buffers.give_back(free, discard)
+    assert not buffers._lent and not buffers._free  # closed, not kept for reuse
+    assert buffers.dropped() == [1]
+    assert borrowed.lendable(np.zeros(3)) is None  # an array not on a lent buffer

@@ -245,7 +245,7 @@ class WeightsDone(_message.Message):
     def __init__(self, num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs", "accept_shared_memory", "returns_segments", "released_segments", "accept_packed_parts", "want_input_segment_bytes", "shared_inputs")
+    __slots__ = ("model", "inputs", "layers", "layer_inputs", "skip_model_outputs", "accept_shared_memory", "returns_segments", "released_segments", "accept_packed_parts", "want_input_segment_bytes", "shared_inputs", "accept_worker_files")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +257,7 @@ class CaptureRequest(_message.Message):
     ACCEPT_PACKED_PARTS_FIELD_NUMBER: _ClassVar[int]
     WANT_INPUT_SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHARED_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_WORKER_FILES_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -268,7 +269,8 @@ class CaptureRequest(_message.Message):
     accept_packed_parts: bool
     want_input_segment_bytes: int
     shared_inputs: SharedInputs
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ..., accept_shared_memory: _Optional[bool] = ..., returns_segments: _Optional[bool] = ..., released_segments: _Optional[_Iterable[str]] = ..., accept_packed_parts: _Optional[bool] = ..., want_input_segment_bytes: _Optional[int] = ..., shared_inputs: _Optional[_Union[SharedInputs, _Mapping]] = ...) -> None: ...
+    accept_worker_files: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., layer_inputs: _Optional[_Iterable[str]] = ..., skip_model_outputs: _Optional[bool] = ..., accept_shared_memory: _Optional[bool] = ..., returns_segments: _Optional[bool] = ..., released_segments: _Optional[_Iterable[str]] = ..., accept_packed_parts: _Optional[bool] = ..., want_input_segment_bytes: _Optional[int] = ..., shared_inputs: _Optional[_Union[SharedInputs, _Mapping]] = ..., accept_worker_files: _Optional[bool] = ...) -> None: ...
 
 class SharedInputs(_message.Message):
     __slots__ = ("segment", "tensors")
@@ -307,16 +309,18 @@ class CaptureParts(_message.Message):
     def __init__(self, parts: _Optional[_Iterable[_Union[CaptureResponse, _Mapping]]] = ...) -> None: ...
 
 class SharedTensors(_message.Message):
-    __slots__ = ("segment", "size_bytes", "tensors", "reusable")
+    __slots__ = ("segment", "size_bytes", "tensors", "reusable", "file")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     REUSABLE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
     segment: str
     size_bytes: int
     tensors: _containers.RepeatedCompositeFieldContainer[SharedTensor]
     reusable: bool
-    def __init__(self, segment: _Optional[str] = ..., size_bytes: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[SharedTensor, _Mapping]]] = ..., reusable: _Optional[bool] = ...) -> None: ...
+    file: str
+    def __init__(self, segment: _Optional[str] = ..., size_bytes: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[SharedTensor, _Mapping]]] = ..., reusable: _Optional[bool] = ..., file: _Optional[str] = ...) -> None: ...
 
 class SharedTensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "offset", "total_bytes")
