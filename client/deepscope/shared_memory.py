@@ -83,7 +83,7 @@ def attach(
         raise TensorError(
             f"shared-memory segment name {shorten(message.segment)!r} is not one a deepscope server makes; refused"
         )
-    fd = _open_worker_file(message.file) if message.file else None
+    fd = _open_worker_file(message.file, message.file_inode) if message.file else None
     path = os.path.join(SHM_DIR, message.segment)
     if fd is None:
         try:
@@ -115,9 +115,10 @@ def attach(
     return arrays
 
 
-def _open_worker_file(path: str) -> int:
-    """A lent worker buffer, opened read-only, once it is certain it cannot shrink under a mapping
-    (a memfd sealed against shrinking; a truncated file would kill this process with SIGBUS)."""
+def _open_worker_file(path: str, inode: int) -> int:
+    """A lent worker buffer, opened read-only, once it is certain it is the file the server meant
+    (its inode) and cannot shrink under a mapping (a memfd sealed against shrinking; a truncated
+    file would kill this process with SIGBUS)."""
     if not _PROC_FD.fullmatch(path):
         raise TensorError(f"worker buffer path {shorten(path)!r} is not one a deepscope server sends; refused")
     try:
@@ -128,9 +129,14 @@ def _open_worker_file(path: str) -> int:
         sealed = bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK)
     except OSError:
         sealed = False
-    if not sealed:
+    problem = (
+        "is not the file the server lent (its descriptor was reused)"
+        if os.fstat(fd).st_ino != inode
+        else ("is not sealed against shrinking" if not sealed else "")
+    )
+    if problem:
         os.close(fd)
-        raise TensorError("the capture's worker buffer is not sealed against shrinking; refused")
+        raise TensorError(f"the capture's worker buffer {problem}; refused")
     return fd
 
 

@@ -188,7 +188,13 @@ class SegmentPool:
             if lent_files >= MAX_LENT_FILES or used + size > self.budget_bytes:
                 return None
             self._segments[name] = _Segment(size, time.monotonic() + self.ttl_seconds, peer, hold=base, forfeit=forfeit)
-        message = pb.SharedTensors(segment=name, file=f"/proc/{os.getpid()}/fd/{fd}", size_bytes=size, reusable=True)
+        message = pb.SharedTensors(
+            segment=name,
+            file=f"/proc/{os.getpid()}/fd/{fd}",
+            file_inode=os.fstat(fd).st_ino,
+            size_bytes=size,
+            reusable=True,
+        )
         for tensor_name, array, offset in layout:
             message.tensors.add(
                 name=tensor_name,

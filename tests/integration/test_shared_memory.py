@@ -232,7 +232,7 @@ def test_a_client_that_cannot_open_worker_buffers_gets_segments(client, exported
     want = client.capture(model, _x(100), layers=["*"])
     client.shared_memory = True
 
-    def refuse(path: str) -> int:
+    def refuse(path: str, inode: int) -> int:
         raise shared_memory.WorkerFileUnavailable(f"cannot open {path}")
 
     monkeypatch.setattr(shared_memory, "_open_worker_file", refuse)

@@ -151,14 +151,23 @@ def test_segments_still_in_use_are_swept_again_until_they_go_quiet() -> None:
 def test_the_client_opens_only_sealed_worker_buffers_by_proc_path(tmp_path) -> None:
     from deepscope import shared_memory as sdk_shm
     from deepscope.tensors import TensorError
+    from deepscope_server.reply_buffers import _create
 
     with pytest.raises(TensorError, match="not one a deepscope server sends"):
-        sdk_shm._open_worker_file(str(tmp_path / "x"))
+        sdk_shm._open_worker_file(str(tmp_path / "x"), 0)
     unsealed = os.memfd_create("unsealed")
+    sealed = _create(1 << 16)  # a real reply buffer: memfd sealed against shrinking
     try:
+        path = f"/proc/{os.getpid()}/fd/{unsealed}"
         with pytest.raises(TensorError, match="not sealed"):
-            sdk_shm._open_worker_file(f"/proc/{os.getpid()}/fd/{unsealed}")
+            sdk_shm._open_worker_file(path, os.fstat(unsealed).st_ino)
+        path = f"/proc/{os.getpid()}/fd/{sealed.fd}"
+        with pytest.raises(TensorError, match="descriptor was reused"):
+            sdk_shm._open_worker_file(path, os.fstat(unsealed).st_ino)
+        os.close(sdk_shm._open_worker_file(path, os.fstat(sealed.fd).st_ino))
     finally:
         os.close(unsealed)
+        sealed.mapping.close()
+        os.close(sealed.fd)
     with pytest.raises(sdk_shm.WorkerFileUnavailable):
-        sdk_shm._open_worker_file(f"/proc/{os.getpid()}/fd/999999")
+        sdk_shm._open_worker_file(f"/proc/{os.getpid()}/fd/999999", 0)

@@ -309,18 +309,20 @@ class CaptureParts(_message.Message):
     def __init__(self, parts: _Optional[_Iterable[_Union[CaptureResponse, _Mapping]]] = ...) -> None: ...
 
 class SharedTensors(_message.Message):
-    __slots__ = ("segment", "size_bytes", "tensors", "reusable", "file")
+    __slots__ = ("segment", "size_bytes", "tensors", "reusable", "file", "file_inode")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     REUSABLE_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
+    FILE_INODE_FIELD_NUMBER: _ClassVar[int]
     segment: str
     size_bytes: int
     tensors: _containers.RepeatedCompositeFieldContainer[SharedTensor]
     reusable: bool
     file: str
-    def __init__(self, segment: _Optional[str] = ..., size_bytes: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[SharedTensor, _Mapping]]] = ..., reusable: _Optional[bool] = ..., file: _Optional[str] = ...) -> None: ...
+    file_inode: int
+    def __init__(self, segment: _Optional[str] = ..., size_bytes: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[SharedTensor, _Mapping]]] = ..., reusable: _Optional[bool] = ..., file: _Optional[str] = ..., file_inode: _Optional[int] = ...) -> None: ...
 
 class SharedTensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "offset", "total_bytes")
