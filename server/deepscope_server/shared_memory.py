@@ -142,15 +142,7 @@ class SegmentPool:
             if fd is not None:
                 os.close(fd)
         message = pb.SharedTensors(segment=name, size_bytes=total, reusable=segment.mapping is not None)
-        for tensor_name, array, offset in layout:
-            message.tensors.add(
-                name=tensor_name,
-                dtype=kserve_dtype(array.dtype),
-                shape=array.shape,
-                offset=offset,
-                total_bytes=array.nbytes,
-            )
-        return message
+        return _described(message, layout)
 
     def lend_file(
         self,
@@ -195,15 +187,7 @@ class SegmentPool:
             size_bytes=size,
             reusable=True,
         )
-        for tensor_name, array, offset in layout:
-            message.tensors.add(
-                name=tensor_name,
-                dtype=kserve_dtype(array.dtype),
-                shape=array.shape,
-                offset=offset,
-                total_bytes=array.nbytes,
-            )
-        return message
+        return _described(message, layout)
 
     def release(self, names: Iterable[str], peer: str) -> None:
         """Segments ``peer`` hands back (it dropped their arrays): kept for its next captures; a
@@ -342,6 +326,15 @@ class SegmentPool:
                 resource_tracker.unregister("/" + name, "shared_memory")
             except Exception:  # the tracker is a safety net, not a requirement
                 pass
+
+
+def _described(message: pb.SharedTensors, layout: list[tuple[str, np.ndarray, int]]) -> pb.SharedTensors:
+    """``message`` with each tensor's name, dtype, shape, offset and size added."""
+    for name, array, offset in layout:
+        message.tensors.add(
+            name=name, dtype=kserve_dtype(array.dtype), shape=array.shape, offset=offset, total_bytes=array.nbytes
+        )
+    return message
 
 
 def _raw(array: np.ndarray) -> np.ndarray:
