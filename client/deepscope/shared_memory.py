@@ -115,6 +115,13 @@ def attach(
     return arrays
 
 
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """All of ``data`` into the file at ``offset`` (``pwrite`` may write less than asked)."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
 def _open_worker_file(path: str, inode: int) -> int:
     """A lent worker buffer, opened read-only, once it is certain it is the file the server meant
     (its inode) and cannot shrink under a mapping (a memfd sealed against shrinking; a truncated
@@ -190,9 +197,13 @@ class InputSegments:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._held: set[str] = set()  # names of the segments this client holds, free or in use
         self._free: list[InputSegment] = []
-        self._held = 0
         self.enabled = True
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     def take(self, total: int) -> InputSegment | None:
         """The smallest free segment of at least ``total`` bytes, now in use."""
@@ -210,44 +221,39 @@ class InputSegments:
         if not self.enabled or total < self.MIN_BYTES:
             return 0
         with self._lock:
-            if self._held >= self.KEEP:
+            if len(self._held) >= self.KEEP:
                 if not self._free:
                     return 0
                 smallest = min(self._free, key=lambda s: s.size)
                 self._free.remove(smallest)
-                self._held -= 1
+                self._held.discard(smallest.name)
                 os.close(smallest.fd)
             return total
 
     def write(self, seg: InputSegment, arrays: dict[str, np.ndarray]) -> pb.SharedInputs:
         """``arrays`` written into ``seg`` (64-byte aligned, little-endian), as a request names them."""
         message = pb.SharedInputs(segment=seg.name)
-        offset = 0
-        for name, value in arrays.items():
+        for (name, value), offset in zip(arrays.items(), _aligned_offsets(arrays)[0]):
             array, raw = raw_bytes(value)
-            offset = -(-offset // 64) * 64
-            view, at = raw, offset
-            while view:
-                written = os.pwrite(seg.fd, view, at)
-                view, at = view[written:], at + written
+            pwrite_all(seg.fd, raw, offset)
             message.tensors.add(
                 name=name, dtype=kserve_dtype(array.dtype), shape=array.shape, offset=offset, total_bytes=len(raw)
             )
-            offset += len(raw)
         return message
 
     @staticmethod
     def span(arrays: dict[str, np.ndarray]) -> int:
         """Bytes ``write`` needs for ``arrays``."""
-        offset = 0
-        for value in arrays.values():
-            offset = -(-offset // 64) * 64 + np.asarray(value).nbytes
-        return offset
+        return _aligned_offsets(arrays)[1]
 
     def give_back(self, seg: InputSegment) -> None:
-        """The response of the request that used ``seg`` has arrived."""
+        """The response of the request that used ``seg`` has arrived; a segment dropped meanwhile
+        (``close``: the server no longer holds it) is closed instead of reused."""
         with self._lock:
-            self._free.append(seg)
+            if seg.name in self._held:
+                self._free.append(seg)
+                return
+        os.close(seg.fd)
 
     def adopt(self, message: pb.InputSegment) -> None:
         """Open a newly lent segment and unlink its name (the server keeps its own descriptor).
@@ -268,16 +274,23 @@ class InputSegments:
             raise TensorError(f"input segment is {info.st_size:,} bytes, the server says {message.size_bytes:,}")
         with self._lock:
             self._free.append(InputSegment(message.segment, fd, message.size_bytes))
-            self._held += 1
-
-    def discard(self, seg: InputSegment) -> None:
-        """Forget ``seg`` (the server no longer holds it)."""
-        with self._lock:
-            self._held -= 1
-        os.close(seg.fd)
+            self._held.add(message.segment)
 
     def close(self) -> None:
+        """Drop every segment: free ones now, those in use when their response arrives."""
         with self._lock:
-            free, self._free, self._held = self._free, [], 0
+            free, self._free = self._free, []
+            self._held.clear()
         for seg in free:
             os.close(seg.fd)
+
+
+def _aligned_offsets(arrays: dict[str, np.ndarray]) -> tuple[list[int], int]:
+    """Where each input starts in its segment (packed in order, each on a 64-byte boundary), and
+    where the last ends."""
+    offsets: list[int] = []
+    end = 0
+    for value in arrays.values():
+        offsets.append(-(-end // 64) * 64)
+        end = offsets[-1] + np.asarray(value).nbytes
+    return offsets, end

@@ -33,6 +33,7 @@ from deepscope.v1 import introspection_pb2 as pb
 
 from .errors import InvalidInput, UnknownInputSegment
 from .shared_memory import PREFIX, SHM_DIR
+from .wire_codec import read_at
 
 #: Segments one connection may hold (the SDK uses two: it keeps one request ahead).
 MAX_PER_PEER = 4
@@ -97,7 +98,10 @@ class InputSegments:
         try:
             for tensor, dtype, dims in checked_layout(message.tensors, size, max_elements):
                 array = np.empty(dims, dtype)
-                _read_exactly(fd, memoryview(array.reshape(-1).view(np.uint8)), tensor.offset, tensor.name)
+                if not read_at(fd, memoryview(array.reshape(-1).view(np.uint8)), tensor.offset):
+                    raise InvalidInput(
+                        f"input '{shorten(tensor.name)}': the input segment is shorter than the request says"
+                    )
                 check_bool(array, tensor.name)
                 inputs.append((tensor.name, array))
         except TensorError as exc:
@@ -147,12 +151,3 @@ class InputSegments:
             resource_tracker.unregister("/" + name, "shared_memory")
         except Exception:  # the tracker is a safety net, not a requirement
             pass
-
-
-def _read_exactly(fd: int, view: memoryview, offset: int, name: str) -> None:
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got <= 0:
-            raise InvalidInput(f"input '{shorten(name)}': the input segment is shorter than the request says")
-        done += got

@@ -72,9 +72,7 @@ class WorkerBuffers:
         for raw in discard if isinstance(discard, list) else ():
             buffer = self._lent.pop(raw, None) if isinstance(raw, int) else None
             if buffer is not None:
-                buffer.mapping.close()
-                os.close(buffer.fd)
-                self._dropped.append(raw)
+                self._close(raw, buffer)
         self._trim()
 
     def lend(self, total: int) -> tuple[int, bool, memoryview]:
@@ -103,10 +101,13 @@ class WorkerBuffers:
     def _trim(self) -> None:
         while self._free and sum(b.size for b in self._free.values()) > self.keep_bytes:
             ident = max(self._free, key=lambda i: self._free[i].size)
-            buffer = self._free.pop(ident)
-            buffer.mapping.close()
-            os.close(buffer.fd)
-            self._dropped.append(ident)
+            self._close(ident, self._free.pop(ident))
+
+    def _close(self, ident: int, buffer: _Buffer) -> None:
+        """Close a buffer taken out of the pool; the server is told to forget it."""
+        buffer.mapping.close()
+        os.close(buffer.fd)
+        self._dropped.append(ident)
 
 
 def _create(size: int) -> _Buffer:
@@ -140,10 +141,7 @@ class BorrowedReplies:
             ident = self._returned.popleft()
             if ident in self._forfeited:
                 self._forfeited.discard(ident)
-                self._maps.pop(ident, None)
-                fd = self._fds.pop(ident, None)
-                if fd is not None:
-                    os.close(fd)
+                self.forget([ident])
                 discard.append(ident)
             else:
                 free.append(ident)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .wire_codec import CodecError
+from .wire_codec import CodecError, read_at, write_at
 
 #: After a request larger than this, the file gives its pages back (it regrows on demand).
 KEEP_BYTES = 256 << 20
@@ -37,11 +37,8 @@ class RequestFile:
     def write(self, arrays: list[np.ndarray], offsets: list[int]) -> None:
         """Each array's bytes at its offset (the kernel copies; the file grows as needed)."""
         for array, offset in zip(arrays, offsets):
-            view = memoryview(np.ascontiguousarray(array)).cast("B")
-            self._size = max(self._size, offset + len(view))
-            while view:
-                written = os.pwrite(self.fd, view, offset)
-                view, offset = view[written:], offset + written
+            self._size = max(self._size, offset + array.nbytes)
+            write_at(self.fd, array, offset)
 
     def reader_fd(self) -> int:
         """A new read-only descriptor of the file, for the worker (the caller closes it once sent)."""
@@ -73,10 +70,6 @@ class RequestReader:
         if self.fd is None:
             raise CodecError("a request refers to the request file before it was sent")
         buffer = bytearray(total)
-        view, offset = memoryview(buffer), 0
-        while offset < total:
-            got = os.preadv(self.fd, [view[offset:]], offset)
-            if got <= 0:
-                raise CodecError("the request file is shorter than its message says")
-            offset += got
+        if not read_at(self.fd, memoryview(buffer), 0):
+            raise CodecError("the request file is shorter than its message says")
         return buffer

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deepscope.shared_memory import pwrite_all
+
 from .backends.base import CaptureRequest, RunOutput
 from .model_graph import Layer, ModelGraph, TensorSpec
 
@@ -208,10 +210,18 @@ def _in_request_file(
 def write_at(fd: int, array: np.ndarray, offset: int) -> None:
     """The array's bytes into the segment file: the kernel copies, so no page faults in the sender
     (measured: 21 ms instead of 35 ms for 38 MB through a mapping)."""
-    view = memoryview(np.ascontiguousarray(array)).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    pwrite_all(fd, memoryview(np.ascontiguousarray(array)).cast("B"), offset)
+
+
+def read_at(fd: int, view: memoryview, offset: int) -> bool:
+    """Fill ``view`` from the file at ``offset``; False when the file ends first."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            return False
+        done += got
+    return True
 
 
 def fill(buffer: Any, arrays: list[np.ndarray], layout: list[list[Any]]) -> None:

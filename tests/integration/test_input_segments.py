@@ -39,14 +39,14 @@ def test_inputs_through_a_lent_segment_give_the_arrays_of_inputs_in_the_request(
     writes = _count_writes(client, monkeypatch)
     client.shared_memory = False
     want = client.capture(model, _x(1000), layers=["*"], batch_size=batch_size)
-    assert not writes and not client._input_segments._held
+    assert not writes and not client._input_segments.held
     client.shared_memory = True
     for _ in range(3):  # the first call asks for a segment (two when a batch is kept ahead), the others use it
         got = client.capture(model, _x(1000), layers=["*"], batch_size=batch_size)
         assert got.keys() == want.keys()
         for name in want:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-    assert writes and client._input_segments._held == (1 if batch_size == 1000 else 2)
+    assert writes and client._input_segments.held == (1 if batch_size == 1000 else 2)
     small = client.capture(model, _x(4), layers=["*"])  # a few KB stay in the request
     np.testing.assert_array_equal(small["conv1"], want["conv1"][:4])
 

@@ -171,3 +171,17 @@ def test_the_client_opens_only_sealed_worker_buffers_by_proc_path(tmp_path) -> N
         os.close(sealed.fd)
     with pytest.raises(sdk_shm.WorkerFileUnavailable):
         sdk_shm._open_worker_file(f"/proc/{os.getpid()}/fd/999999", 0)
+
+
+def test_a_segment_in_use_when_the_client_drops_them_all_is_closed_when_its_response_arrives(segments) -> None:
+    """After FAILED_PRECONDITION the SDK drops its segments; the one a call still uses is closed
+    when that call ends, not reused, and counts no longer as held."""
+    client, seg = _client_side(segments.lend(PEER, 100_000))
+    client.adopt(segments.lend(PEER, 100_000))
+    assert client.held == 2
+    client.close()
+    assert client.held == 0 and client.take(1) is None
+    client.give_back(seg)
+    assert client.take(1) is None and client.held == 0
+    with pytest.raises(OSError):
+        os.fstat(seg.fd)
