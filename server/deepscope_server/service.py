@@ -456,9 +456,11 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
         inputs: dict[str, np.ndarray],
         captures: list[CaptureRequest],
         then: Callable[[Any], Any] = lambda out: out,
+        first: Callable[[Any], Any] | None = None,
     ) -> Any:
         """One forward pass bounded by the call: its deadline, its cancellation and server shutdown;
-        ``then(output)`` runs in the same worker thread (after the model's lock is released). A
+        ``then(output)`` runs in the same worker thread (after the model's lock is released), unless
+        ``first(output)``, tried on the event loop after an idle worker's pass, returns a result. A
         sandboxed model's outputs are borrowed (read-only, in buffers its worker reuses once they
         are dropped): a Capture only copies or streams them.
 
@@ -482,7 +484,8 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
                     loaded.lock.release()
                 if _nbytes(out) <= _LOOP_FRAMING_BYTES:
                     return then(out)
-                return await asyncio.to_thread(then, out)
+                done = first(out) if first is not None else None
+                return done if done is not None else await asyncio.to_thread(then, out)
             return await asyncio.to_thread(
                 lambda: then(loaded.run(inputs, captures, cancelled=cancel.is_set, deadline=deadline, borrow=True))
             )
@@ -538,10 +541,10 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             self.segments.release(request.released_segments, peer)
             loop.call_later(self.limits.shared_memory_seconds + 1.0, self.segments.sweep)
 
-        def framed(out: Any) -> tuple[list[tuple[str, np.ndarray]], list[int], pb.SharedTensors | None]:
-            """The tensors to send with their checksums, or their shared-memory segment, made in the
-            forward's thread: a CRC or a copy over megabytes would otherwise stall every other call
-            on the event loop."""
+        Framed = tuple[list[tuple[str, np.ndarray]], list[int], pb.SharedTensors | None]
+
+        def chosen(out: Any) -> list[tuple[str, np.ndarray]]:
+            """The tensors the client asked for, by wire name, within --max-capture-bytes."""
             nonlocal seconds
             seconds = time.perf_counter() - start
             tensors = [] if skip_outputs else [(f"output/{k}", v) for k, v in out.outputs.items()]
@@ -549,6 +552,25 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             total = sum(a.nbytes for _, a in tensors)
             if total > self.limits.max_capture_bytes:
                 raise LimitExceeded("max_capture_bytes", self.limits.max_capture_bytes, total)
+            return tensors
+
+        def lent(out: Any) -> Framed | None:
+            """On the event loop: the capture as the worker's own reply buffer, lent on without a
+            copy (no thread hop needed), or None when it cannot be lent."""
+            if not worker_files:
+                return None
+            tensors = chosen(out)
+            shared = _lend_reply(self.segments, backend, tensors, peer)
+            if shared is None:
+                return None
+            loop.call_later(self.limits.shared_memory_seconds + 1.0, self.segments.sweep)
+            return tensors, [], shared
+
+        def framed(out: Any) -> Framed:
+            """The tensors to send with their checksums, or their shared-memory segment, made in the
+            forward's thread: a CRC or a copy over megabytes would otherwise stall every other call
+            on the event loop."""
+            tensors = chosen(out)
             shared = _lend_reply(self.segments, backend, tensors, peer) if worker_files else None
             if shared is None and share:
                 shared = self.segments.share(tensors, peer, reusable)
@@ -560,7 +582,7 @@ class IntrospectionService(pb_grpc.IntrospectionServiceServicer):
             return tensors, [] if shared is not None else [checksum(a) for _, a in tensors], shared
 
         start = time.perf_counter()
-        tensors, crcs, shared = await self._forward(context, loaded, inputs, captures, then=framed)
+        tensors, crcs, shared = await self._forward(context, loaded, inputs, captures, then=framed, first=lent)
         total = sum(a.nbytes for _, a in tensors)
         done = pb.CaptureResponse(
             done=pb.CaptureDone(
