@@ -242,22 +242,25 @@ def test_a_client_that_cannot_open_worker_buffers_gets_segments(client, exported
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-def test_a_capture_the_server_cannot_lend_is_copied_into_a_segment(client, exported, monkeypatch):
+def test_a_capture_the_server_cannot_lend_is_copied_into_a_segment(tmp_path, servers, exported, monkeypatch):
     """Every loan slot taken (the SDK holds the arrays of MAX_LENT_FILES captures): the next capture
     is copied into a segment instead, with the same arrays, and the held ones never change."""
     from deepscope_server.shared_memory import MAX_LENT_FILES
 
-    model = client.upload_model(exported["cnn"]["pt2"])
-    client.shared_memory = False
-    want = {seed: client.capture(model, _x(100, seed=seed), layers=["*"]) for seed in (0, 1)}
-    client.shared_memory = True
-    files = _lent_files(client, monkeypatch)
-    held = [client.capture(model, _x(100, seed=0), layers=["*"]) for _ in range(MAX_LENT_FILES)]
-    assert len(files) == MAX_LENT_FILES and all(f.startswith("/proc/") for f in files)
-    got = client.capture(model, _x(100, seed=1), layers=["*"])
-    assert files[-1] == ""  # a segment the server copied into, not a worker buffer
-    for name in want[1]:
-        np.testing.assert_array_equal(got[name], want[1][name], err_msg=name)
-    for acts in held:
-        for name in want[0]:
-            np.testing.assert_array_equal(acts[name], want[0][name], err_msg=name)
+    embedded, address = start_server(tmp_path / "store")  # its own server: no other test's loans
+    servers.append(embedded)
+    with deepscope.connect(address, token=embedded.token, progress=False) as c:
+        model = c.upload_model(exported["cnn"]["pt2"])
+        c.shared_memory = False
+        want = {seed: c.capture(model, _x(100, seed=seed), layers=["*"]) for seed in (0, 1)}
+        c.shared_memory = True
+        files = _lent_files(c, monkeypatch)
+        held = [c.capture(model, _x(100, seed=0), layers=["*"]) for _ in range(MAX_LENT_FILES)]
+        assert len(files) == MAX_LENT_FILES and all(f.startswith("/proc/") for f in files)
+        got = c.capture(model, _x(100, seed=1), layers=["*"])
+        assert files[-1] == ""  # a segment the server copied into, not a worker buffer
+        for name in want[1]:
+            np.testing.assert_array_equal(got[name], want[1][name], err_msg=name)
+        for acts in held:
+            for name in want[0]:
+                np.testing.assert_array_equal(acts[name], want[0][name], err_msg=name)
