@@ -1,14 +1,22 @@
 """``--executor ray`` on a real two-node Ray cluster on this machine (head + one worker node, 1 CPU each).
 
-One cluster for the module (starting Ray takes seconds); the node-loss test runs last because it
-removes the worker node. Results are compared with the local executor's on the same models.
+One cluster for the module (starting Ray takes seconds), started by a process of its own
+(``ray_cluster.py`` says why); the node-loss test runs last because it removes the worker node. Results are compared with the local executor's on the same models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,36 +30,100 @@ from .conftest import _child_env, start_server
 from .helpers import analyze_slow, settled
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs deepscope-server[ray]")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 METRICS = ["example.activation_moments", "example.weight_spectrum", "dimension.effective"]
-OBJECT_STORE = 80 << 20  # Ray's minimum is 75 MiB; the runs here move kilobytes
+CLUSTER_SCRIPT = Path(__file__).with_name("ray_cluster.py")
+CLUSTER_START_SECONDS = 120.0  # up in ~5 s here; two tries stay inside pytest-timeout's 300 s
+# At most one more try if the cluster did not start: a third-party daemon's start-up is outside the tests.
+CLUSTER_STARTS = 2
+
+
+class RayCluster:
+    """The two-node cluster of ``ray_cluster.py``, run in a process of its own (see its docstring)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(CLUSTER_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its Ray daemons share its process group, so one signal ends them all
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        first = self._line(CLUSTER_START_SECONDS)
+        if not first:  # no line in time, or the process ended (its traceback is on the test's stderr)
+            self.stop(within=0)
+            raise RuntimeError(
+                f"the Ray test cluster did not start in {CLUSTER_START_SECONDS:.0f} s "
+                f"(its process: exit code {self.process.returncode})"
+            )
+        started = json.loads(first)
+        self.address: str = started["address"]
+        self.worker_id: str = started["worker"]
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("")  # end of output
+
+    def _line(self, within: float) -> str | None:
+        try:
+            return self.lines.get(timeout=within)
+        except queue.Empty:
+            return None
+
+    def remove_worker(self) -> None:
+        """Kills the worker node's processes (Ray's ``Cluster.remove_node``, not graceful); returns at once."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("remove-worker\n")
+        self.process.stdin.flush()
+
+    def stop(self, within: float = 60) -> None:
+        """Shuts the cluster down, given ``within`` seconds to do it cleanly."""
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            self.process.wait(timeout=within)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of Ray is left
+        self.process.wait()
+        self.reader.join(timeout=10)  # at the end of the output
+        if self.process.stdout is not None and not self.reader.is_alive():
+            self.process.stdout.close()
+
+
+def _start_cluster() -> RayCluster:
+    for attempt in range(1, CLUSTER_STARTS + 1):
+        try:
+            return RayCluster()
+        except RuntimeError as exc:
+            if attempt == CLUSTER_STARTS:
+                raise
+            warnings.warn(f"Ray test cluster, start {attempt}: {exc}; starting it again", stacklevel=2)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[Cluster, object]]:
+def cluster() -> Iterator[RayCluster]:
     _child_env()  # the nodes' workers import the test plugins too
-    # Only what the tests use: no dashboard (a heavy process per cluster), no usage-stats reporter.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        # Ray waits 30 s for its GCS to publish a port; a loaded 2-core CI box has taken longer.
-        env.setenv("RAY_gcs_server_port_wait_time_s", "120")
-        node = {"num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False}
-        cluster = Cluster(initialize_head=True, head_node_args=node)
-        worker = cluster.add_node(**node)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)  # to look at the cluster from the test
-        try:
-            yield cluster, worker
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+    cluster = _start_cluster()
+    ray.init(address=cluster.address, log_to_driver=False)  # to look at the cluster from the test
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")
 def ray_client(cluster, tmp_path_factory) -> Iterator[deepscope.Client]:
     # The defaults users run: models load in the sandbox, metrics run in worker processes in each task.
-    server, address = start_server(tmp_path_factory.mktemp("ray-store"), executor="ray", ray_address=cluster[0].address)
+    server, address = start_server(tmp_path_factory.mktemp("ray-store"), executor="ray", ray_address=cluster.address)
     try:
         with deepscope.connect(address, token=server.token, progress=False) as client:
             yield client
@@ -169,7 +241,7 @@ def test_cancelling_mid_run_leaves_no_ray_task(ray_client, checkpoints):
     assert settled(lambda: ray_client.runs(1)[0]).status == "cancelled"
 
 
-def test_a_tasks_forkserver_preloads_the_ray_worker_script():
+def test_a_tasks_forkserver_preloads_the_ray_worker_script(cluster):
     """multiprocessing re-runs a script ``__main__`` in every metric process; the Ray worker's script
     imports Ray (0.6-0.9 s a process), so the forkserver must preload it under a name its own
     sys.path resolves (it lacks the script's directory, as this process does)."""
@@ -183,8 +255,7 @@ def test_a_tasks_forkserver_preloads_the_ray_worker_script():
 
 def test_losing_a_worker_node_fails_only_its_checkpoint(cluster, ray_client, checkpoints):
     """Runs last: it removes the worker node."""
-    cluster_, worker = cluster
-    worker_id = worker.node_id[:8]
+    worker_id = cluster.worker_id[:8]
     events: list = []
     killed = threading.Event()
 
@@ -194,7 +265,7 @@ def test_losing_a_worker_node_fails_only_its_checkpoint(cluster, ray_client, che
         forward = [e for e in events if e.WhichOneof("event") == "progress" and e.progress.stage == "forward"]
         if len(loading) == 2 and forward and not killed.is_set():
             killed.set()
-            threading.Thread(target=cluster_.remove_node, args=(worker, False), daemon=True).start()
+            cluster.remove_worker()
 
     run = ray_client.analyze(
         _upload(ray_client, checkpoints[:2]),
